@@ -1,0 +1,1 @@
+"""MettaGrid: a fast multi-agent grid world."""
