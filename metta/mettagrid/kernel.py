@@ -1,0 +1,755 @@
+"""The compiled MettaGrid simulation: one call steps every env and every agent of a batch.
+
+All state lives in a handful of NumPy arrays owned by ``MettaGridEnv`` (see ``env.py`` for the layout); the
+functions here are numba-compiled and cached on disk, so only the first import on a machine pays for
+compilation. Column indices of the packed state arrays are the module constants below.
+
+Grid cells: ``grid_agent`` holds 0 or (local agent index + 1); ``grid_obj`` holds 0 (empty), a converter
+(local converter index + 1) or a static object (``-type_id``: walls and blocks, which have no state but
+their position).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from metta.mettagrid.constants import (
+    COLOR,
+    CONVERTING,
+    EPISODE_COMPLETION_PCT,
+    FROZEN,
+    GLYPH,
+    GROUP,
+    H_ATTACK,
+    H_CHANGE_COLOR,
+    H_CHANGE_GLYPH,
+    H_GET,
+    H_MOVE,
+    H_NOOP,
+    H_PUT,
+    H_ROTATE,
+    H_SWAP,
+    INVENTORY_BASE,
+    LAST_ACTION,
+    LAST_ACTION_ARG,
+    LAST_REWARD,
+    ORIENTATION,
+    RESOURCE_REWARDS,
+    SWAPPABLE,
+    TYPE_ID,
+)
+from metta.mettagrid.game_tables import STAT_BLOCK_INDEX as _SB
+
+# env_i columns (int64[E, ...]).
+(E_H, E_W, E_GRID_OFF, E_CONV_OFF, E_CONV_N, E_STEP, E_MAX_STEPS, E_NEXT_EVENT, E_HAS_STAT_RW, E_RW_MASK, E_DONE,
+ E_TRUNCATES, E_SHARE, E_STRIDE, E_SLOT_OFF) = range(15)
+ENV_COLS = 15
+# Each env's grid slot has GRID_PAD empty cells around the map, so the observation window (at most 15x15)
+# never needs a bounds check: cells off the map read as empty. E_GRID_OFF is the index of map cell (0, 0),
+# E_STRIDE the padded row length, E_SLOT_OFF where the slot starts.
+GRID_PAD = 7
+# conv_i columns (int32[C, ...]).
+C_TYPE, C_R, C_C, C_COLOR, C_MAXOUT, C_TICKS, C_COOLDOWN, C_STATE, C_END, C_RECIPE_OBS = range(10)
+CONV_COLS = 10
+CONV_IDLE, CONV_CONVERTING, CONV_COOLING = 0, 1, 2
+# agent_i columns (int32[A, ...]).
+(A_R, A_C, A_ORIENT, A_FROZEN, A_FREEZE_DUR, A_COLOR, A_GLYPH, A_GROUP, A_GROUP_ID, A_LAST_ACT, A_LAST_ARG, A_SUCCESS,
+ A_OBS_N) = range(13)
+AGENT_COLS = 13  # A_OBS_N: tokens written in the agent's previous observation
+# agent_f columns (float32[A, ...]).
+F_PENALTY, F_GROUP_PCT, F_EP_REWARD, F_STAT_RW = range(4)
+AGENT_FCOLS = 4
+# params (int64[...]).
+P_N_AGENTS, P_TOKENS, P_OH, P_OW, P_G_COMPLETION, P_G_LAST_ACTION, P_G_LAST_REWARD, P_G_RESOURCE_RW, P_TRACK_MOVE = range(9)
+PARAM_COLS = 9
+# env_game_stats columns (float64[E, 3]).
+G_TOKENS_WRITTEN, G_TOKENS_DROPPED, G_TOKENS_FREE = range(3)
+
+# Stat blocks (offsets into agent_stats rows come from the layout's stat_offsets array).
+SB_ACT_SUCCESS = _SB["act_success"]
+SB_ACT_FAILED = _SB["act_failed"]
+SB_INVALID_TYPE = _SB["invalid_type"]
+SB_INVALID_ARG = _SB["invalid_arg"]
+SB_INVALID_ARG_TYPE = _SB["invalid_arg_type"]
+SB_FAILURE_PENALTY = _SB["failure_penalty"]
+SB_GAINED = _SB["gained"]
+SB_LOST = _SB["lost"]
+SB_PUT = _SB["put"]
+SB_GET = _SB["get"]
+SB_FROZEN = _SB["frozen"]
+SB_FROZEN_GROUP = _SB["frozen_group"]
+SB_MOVE_DIR = _SB["move_dir"]
+SB_ROT_TO = _SB["rot_to"]
+SB_SEQ_ROT = _SB["seq_rot"]
+SB_SWAP_TYPE = _SB["swap_type"]
+SB_ATT_HIT = _SB["att_hit"]
+SB_ATT_HIT_BY = _SB["att_hit_by"]
+SB_ATT_FF = _SB["att_ff"]
+SB_ATT_STEAL = _SB["att_steal"]
+SB_ATT_WASTED = _SB["att_wasted"]
+SB_ATT_BLOCKED = _SB["att_blocked"]
+
+# Orientation -> (dr, dc) of "forward".
+_FWD_R = np.array([-1, 1, 0, 0], dtype=np.int64)
+_FWD_C = np.array([0, 0, -1, 1], dtype=np.int64)
+
+jit = numba.njit(cache=True, nogil=True, boundscheck=False)
+
+
+@jit
+def rng_next(env_rng, e):
+    """xorshift64* step of env ``e``'s generator; returns 32 random bits."""
+    x = env_rng[e]
+    x ^= x >> np.uint64(12)
+    x ^= x << np.uint64(25)
+    x ^= x >> np.uint64(27)
+    env_rng[e] = x
+    return (x * np.uint64(0x2545F4914F6CDD1D)) >> np.uint64(32)
+
+
+@jit
+def stat_add(agent_stats, a, stat_off, block, sub, amount):
+    agent_stats[a, stat_off[block] + sub] += amount
+
+
+@jit
+def update_inventory(a, item, delta, agent_inv, agent_limit, agent_rw, agent_stats, stat_off, rewards):
+    """Add ``delta`` of ``item`` to agent ``a``, clamped to [0, limit]; update stats and inventory reward.
+
+    Returns the change actually applied.
+    """
+    old = agent_inv[a, item]
+    new = old + delta
+    if new < 0:
+        new = 0
+    limit = agent_limit[a, item]
+    if new > limit:
+        new = limit
+    applied = new - old
+    if applied == 0:
+        return 0
+    agent_inv[a, item] = new
+    if applied > 0:
+        agent_stats[a, stat_off[SB_GAINED] + item] += applied
+    else:
+        agent_stats[a, stat_off[SB_LOST] + item] -= applied
+    per_unit = agent_rw[a, 0, item]
+    if per_unit != 0.0:
+        cap = agent_rw[a, 1, item]
+        r_old = min(per_unit * old, cap)
+        r_new = min(per_unit * new, cap)
+        rewards[a] += r_new - r_old
+    return applied
+
+
+@jit
+def maybe_start_converting(ci, step, env_i, e, conv_i, conv_inv, conv_recipe, n_items):
+    """Start a conversion if the converter is idle, has room for output, and holds every input."""
+    if conv_i[ci, C_STATE] != CONV_IDLE:
+        return
+    max_out = conv_i[ci, C_MAXOUT]
+    if max_out >= 0:
+        held = 0
+        for i in range(n_items):
+            if conv_recipe[ci, 1, i] > 0:
+                held += conv_inv[ci, i]
+        if held >= max_out:
+            return
+    for i in range(n_items):
+        if conv_inv[ci, i] < conv_recipe[ci, 0, i]:
+            return
+    for i in range(n_items):
+        conv_inv[ci, i] -= conv_recipe[ci, 0, i]
+    conv_i[ci, C_STATE] = CONV_CONVERTING
+    end = step + conv_i[ci, C_TICKS]
+    conv_i[ci, C_END] = end
+    if end < env_i[e, E_NEXT_EVENT]:
+        env_i[e, E_NEXT_EVENT] = end
+
+
+@jit
+def process_events(e, env_i, conv_i, conv_inv, conv_recipe, n_items):
+    """Finish conversions and cooldowns that are due at this step (upstream's event queue, as timers)."""
+    step = env_i[e, E_STEP]
+    if step < env_i[e, E_NEXT_EVENT]:
+        return
+    off = env_i[e, E_CONV_OFF]
+    nxt = np.int64(1) << 62
+    for k in range(env_i[e, E_CONV_N]):
+        ci = off + k
+        state = conv_i[ci, C_STATE]
+        if state != CONV_IDLE and conv_i[ci, C_END] <= step:
+            if state == CONV_CONVERTING:
+                for i in range(n_items):
+                    v = conv_inv[ci, i] + conv_recipe[ci, 1, i]
+                    conv_inv[ci, i] = 255 if v > 255 else v
+                if conv_i[ci, C_COOLDOWN] > 0:
+                    conv_i[ci, C_STATE] = CONV_COOLING
+                    conv_i[ci, C_END] = step + conv_i[ci, C_COOLDOWN]
+                else:
+                    conv_i[ci, C_STATE] = CONV_IDLE
+                    maybe_start_converting(ci, step, env_i, e, conv_i, conv_inv, conv_recipe, n_items)
+            else:
+                conv_i[ci, C_STATE] = CONV_IDLE
+                maybe_start_converting(ci, step, env_i, e, conv_i, conv_inv, conv_recipe, n_items)
+        if conv_i[ci, C_STATE] != CONV_IDLE and conv_i[ci, C_END] < nxt:
+            nxt = conv_i[ci, C_END]
+    env_i[e, E_NEXT_EVENT] = nxt
+
+
+@jit
+def front_cell(r, c, orient, H, W):
+    """The cell in front of (r, c), clamped to the grid (so at an edge it is the cell itself)."""
+    fr = r + _FWD_R[orient]
+    fc = c + _FWD_C[orient]
+    if fr < 0:
+        fr = 0
+    elif fr >= H:
+        fr = H - 1
+    if fc < 0:
+        fc = 0
+    elif fc >= W:
+        fc = W - 1
+    return fr, fc
+
+
+@jit
+def do_attack(
+    a, e, arg, agent_base, goff, S, H, W, grid_agent, agent_i, agent_inv, agent_limit, agent_rw, agent_stats,
+    stat_off, rewards, defense, n_items, n_groups,
+):
+    """Attack the arg-th agent found in the 3x3 block ahead (nearest row first, centre, left, right)."""
+    orient = agent_i[a, A_ORIENT]
+    fr, fc = _FWD_R[orient], _FWD_C[orient]
+    # The agent's right-hand side: facing up it is +column.
+    rr, rc = fc, -fr
+    r0, c0 = agent_i[a, A_R], agent_i[a, A_C]
+    target = -1
+    found = 0
+    for dist in range(1, 4):
+        for lat in (0, -1, 1):
+            r = r0 + fr * dist + rr * lat
+            c = c0 + fc * dist + rc * lat
+            if r < 0 or r >= H or c < 0 or c >= W:
+                continue
+            v = grid_agent[goff + r * S + c]
+            if v != 0:
+                target = agent_base + v - 1
+                found += 1
+                if found > arg:
+                    break
+        if found > arg:
+            break
+    if target < 0:
+        return False
+    g_a = agent_i[a, A_GROUP]
+    g_t = agent_i[target, A_GROUP]
+    has_defense = False
+    for i in range(n_items):
+        if defense[i] > 0:
+            has_defense = True
+            if agent_inv[target, i] < defense[i]:
+                has_defense = False
+                break
+    if has_defense:
+        for i in range(n_items):
+            if defense[i] > 0:
+                update_inventory(target, i, -defense[i], agent_inv, agent_limit, agent_rw, agent_stats, stat_off, rewards)
+        agent_stats[a, stat_off[SB_ATT_BLOCKED] + g_a * n_groups + g_t] += 1
+        return True
+    was_frozen = agent_i[target, A_FROZEN] > 0
+    agent_i[target, A_FROZEN] = agent_i[target, A_FREEZE_DUR]
+    agent_stats[a, stat_off[SB_ATT_HIT] + g_a * n_groups + g_t] += 1
+    agent_stats[target, stat_off[SB_ATT_HIT_BY] + g_t * n_groups + g_a] += 1
+    if g_a == g_t:
+        agent_stats[a, stat_off[SB_ATT_FF] + g_a] += 1
+    if was_frozen:
+        agent_stats[a, stat_off[SB_ATT_WASTED] + g_a] += 1
+        return True
+    for i in range(n_items):
+        n = agent_inv[target, i]
+        if n > 0:
+            taken = update_inventory(a, i, n, agent_inv, agent_limit, agent_rw, agent_stats, stat_off, rewards)
+            if taken > 0:
+                update_inventory(target, i, -taken, agent_inv, agent_limit, agent_rw, agent_stats, stat_off, rewards)
+                agent_stats[a, stat_off[SB_ATT_STEAL] + (g_a * n_items + i) * n_groups + g_t] += taken
+    return True
+
+
+@jit
+def do_action(
+    a, e, handler, arg, agent_base, env_i, env_swappable, grid_agent, grid_obj, conv_i, conv_inv, conv_recipe,
+    agent_i, agent_inv, agent_limit, agent_rw, agent_stats, stat_off, rewards, defense, n_items, n_groups,
+    track_move,
+):
+    """Run one action of agent ``a``; returns whether it succeeded."""
+    H = env_i[e, E_H]
+    W = env_i[e, E_W]
+    goff = env_i[e, E_GRID_OFF]
+    S = env_i[e, E_STRIDE]
+    r = agent_i[a, A_R]
+    c = agent_i[a, A_C]
+    orient = agent_i[a, A_ORIENT]
+    if handler == H_NOOP:
+        return True
+    if handler == H_MOVE:
+        d = orient
+        if arg == 1:  # backward: the opposite direction (up<->down, left<->right)
+            d = orient ^ 1
+        nr = r + _FWD_R[d]
+        nc = c + _FWD_C[d]
+        if nr < 0 or nr >= H or nc < 0 or nc >= W:
+            return False
+        cell = goff + nr * S + nc
+        if grid_agent[cell] != 0 or grid_obj[cell] != 0:
+            return False
+        grid_agent[cell] = grid_agent[goff + r * S + c]
+        grid_agent[goff + r * S + c] = 0
+        agent_i[a, A_R] = nr
+        agent_i[a, A_C] = nc
+        if track_move:
+            agent_stats[a, stat_off[SB_MOVE_DIR] + d] += 1
+        return True
+    if handler == H_ROTATE:
+        agent_i[a, A_ORIENT] = arg
+        if track_move:
+            agent_stats[a, stat_off[SB_ROT_TO] + arg] += 1
+        return True
+    if handler == H_ATTACK:
+        return do_attack(
+            a, e, arg, agent_base, goff, S, H, W, grid_agent, agent_i, agent_inv, agent_limit, agent_rw, agent_stats,
+            stat_off, rewards, defense, n_items, n_groups,
+        )
+    if handler == H_CHANGE_COLOR:
+        col = agent_i[a, A_COLOR]
+        if arg == 0:
+            col += 1
+        elif arg == 1:
+            col -= 1
+        elif arg == 2:
+            col += 63
+        else:
+            col -= 63
+        agent_i[a, A_COLOR] = col & 255
+        return True
+    if handler == H_CHANGE_GLYPH:
+        agent_i[a, A_GLYPH] = arg
+        return True
+    fr, fc = front_cell(r, c, orient, H, W)
+    fcell = goff + fr * S + fc
+    if handler == H_SWAP:
+        if fr == r and fc == c:
+            return False
+        here = goff + r * S + c
+        obj = grid_obj[fcell]
+        if obj < 0 and env_swappable[e, -obj] != 0:
+            grid_obj[here] = obj
+            grid_obj[fcell] = 0
+            grid_agent[fcell] = grid_agent[here]
+            grid_agent[here] = 0
+            agent_i[a, A_R] = fr
+            agent_i[a, A_C] = fc
+            agent_stats[a, stat_off[SB_SWAP_TYPE] - obj] += 1
+            return True
+        other = grid_agent[fcell]
+        if other != 0 and obj == 0:
+            o = agent_base + other - 1
+            if agent_i[o, A_FROZEN] > 0:
+                grid_agent[fcell] = grid_agent[here]
+                grid_agent[here] = other
+                agent_i[o, A_R] = r
+                agent_i[o, A_C] = c
+                agent_i[a, A_R] = fr
+                agent_i[a, A_C] = fc
+                agent_stats[a, stat_off[SB_SWAP_TYPE]] += 1
+                return True
+        return False
+    # put_items / get_items act on the converter in front.
+    obj = grid_obj[fcell]
+    if obj <= 0:
+        return False
+    ci = env_i[e, E_CONV_OFF] + obj - 1
+    step = env_i[e, E_STEP]
+    moved = False
+    if handler == H_PUT:
+        for i in range(n_items):
+            need = conv_recipe[ci, 0, i]
+            if need > 0:
+                n = min(need, agent_inv[a, i], 255 - conv_inv[ci, i])
+                if n > 0:
+                    update_inventory(a, i, -n, agent_inv, agent_limit, agent_rw, agent_stats, stat_off, rewards)
+                    conv_inv[ci, i] += n
+                    agent_stats[a, stat_off[SB_PUT] + i] += n
+                    moved = True
+    elif handler == H_GET:
+        for i in range(n_items):
+            if conv_recipe[ci, 1, i] > 0 and conv_inv[ci, i] > 0:
+                taken = update_inventory(a, i, conv_inv[ci, i], agent_inv, agent_limit, agent_rw, agent_stats, stat_off, rewards)
+                if taken > 0:
+                    conv_inv[ci, i] -= taken
+                    agent_stats[a, stat_off[SB_GET] + i] += taken
+                    moved = True
+    if moved:
+        maybe_start_converting(ci, step, env_i, e, conv_i, conv_inv, conv_recipe, n_items)
+    return moved
+
+
+@jit
+def emit(out, n, T, loc, feature, value):
+    """Write one token if there is room; return the count of tokens wanted so far (room or not)."""
+    if n < T:
+        out[n, 0] = loc
+        out[n, 1] = feature
+        out[n, 2] = value
+    return n + 1
+
+
+@jit
+def write_agent_obs(
+    a, e, agent_base, env_i, env_swappable, grid_agent, grid_obj, conv_i, conv_inv, conv_recipe, agent_i,
+    agent_inv, rewards, obs, obs_offsets, cell_deltas, params, n_items, env_game_stats, resource_reward_mask,
+):
+    """Write agent ``a``'s token observation: global tokens, then the window in distance order.
+
+    Tokens that do not fit are counted as dropped; unused slots are filled with 0xFF. ``cell_deltas[k]`` is
+    the grid-index offset of window cell k in this env (precomputed once per env and step).
+    """
+    T = params[P_TOKENS]
+    oh = params[P_OH]
+    ow = params[P_OW]
+    center = ((oh // 2) << 4) | (ow // 2)
+    goff = env_i[e, E_GRID_OFF]
+    S = env_i[e, E_STRIDE]
+    coff = env_i[e, E_CONV_OFF]
+    out = obs[a]
+    n_cells = cell_deltas.shape[0]
+    n = 0
+    if params[P_G_COMPLETION]:
+        ms = env_i[e, E_MAX_STEPS]
+        pct = 0
+        if ms > 0:
+            pct = min(int(np.round(255.0 * env_i[e, E_STEP] / ms)), 255)
+        n = emit(out, n, T, center, EPISODE_COMPLETION_PCT, pct)
+    if params[P_G_LAST_ACTION]:
+        n = emit(out, n, T, center, LAST_ACTION, agent_i[a, A_LAST_ACT] & 255)
+        n = emit(out, n, T, center, LAST_ACTION_ARG, agent_i[a, A_LAST_ARG] & 255)
+    if params[P_G_LAST_REWARD]:
+        rv = int(np.round(rewards[a] * 100.0))
+        n = emit(out, n, T, center, LAST_REWARD, min(max(rv, 0), 255))
+    if params[P_G_RESOURCE_RW]:
+        n = emit(out, n, T, center, RESOURCE_REWARDS, resource_reward_mask & 255)
+    center_cell = goff + agent_i[a, A_R] * S + agent_i[a, A_C]
+    for k in range(n_cells):
+        cell = center_cell + cell_deltas[k]
+        ga = grid_agent[cell]
+        go = grid_obj[cell]
+        if ga == 0 and go == 0:
+            continue
+        loc = obs_offsets[k, 2]
+        if ga != 0:
+            o = agent_base + ga - 1
+            n = emit(out, n, T, loc, TYPE_ID, 0)
+            n = emit(out, n, T, loc, GROUP, agent_i[o, A_GROUP_ID])
+            n = emit(out, n, T, loc, FROZEN, 1 if agent_i[o, A_FROZEN] > 0 else 0)
+            n = emit(out, n, T, loc, ORIENTATION, agent_i[o, A_ORIENT])
+            n = emit(out, n, T, loc, COLOR, agent_i[o, A_COLOR])
+            if agent_i[o, A_GLYPH] != 0:
+                n = emit(out, n, T, loc, GLYPH, agent_i[o, A_GLYPH])
+            for i in range(n_items):
+                v = agent_inv[o, i]
+                if v > 0:
+                    n = emit(out, n, T, loc, INVENTORY_BASE + i, min(v, 255))
+        if go < 0:
+            n = emit(out, n, T, loc, TYPE_ID, -go)
+            if env_swappable[e, -go] != 0:
+                n = emit(out, n, T, loc, SWAPPABLE, 1)
+        elif go > 0:
+            ci = coff + go - 1
+            n = emit(out, n, T, loc, TYPE_ID, conv_i[ci, C_TYPE])
+            n = emit(out, n, T, loc, COLOR, conv_i[ci, C_COLOR])
+            n = emit(out, n, T, loc, CONVERTING, 1 if conv_i[ci, C_STATE] != CONV_IDLE else 0)
+            for i in range(n_items):
+                v = conv_inv[ci, i]
+                if v > 0:
+                    n = emit(out, n, T, loc, INVENTORY_BASE + i, v)
+            if conv_i[ci, C_RECIPE_OBS]:
+                for side in range(2):
+                    for i in range(n_items):
+                        v = conv_recipe[ci, side, i]
+                        if v > 0:
+                            n = emit(out, n, T, loc, INVENTORY_BASE + (side + 1) * n_items + i, v)
+    written = min(n, T)
+    # Slots past the previous observation's tokens are already 0xFF; clear only what it left behind.
+    for k in range(written, agent_i[a, A_OBS_N]):
+        out[k, 0] = 255
+        out[k, 1] = 255
+        out[k, 2] = 255
+    agent_i[a, A_OBS_N] = written
+    env_game_stats[e, G_TOKENS_WRITTEN] += written
+    env_game_stats[e, G_TOKENS_DROPPED] += n - written
+    env_game_stats[e, G_TOKENS_FREE] += T - written
+
+
+@jit
+def observe_env(
+    e, env_i, env_swappable, grid_agent, grid_obj, conv_i, conv_inv, conv_recipe, agent_i, agent_inv, rewards,
+    obs, obs_offsets, params, n_items, env_game_stats,
+):
+    N = params[P_N_AGENTS]
+    base = e * N
+    mask = env_i[e, E_RW_MASK]
+    S = env_i[e, E_STRIDE]
+    cell_deltas = np.empty(obs_offsets.shape[0], dtype=np.int64)
+    for k in range(obs_offsets.shape[0]):
+        cell_deltas[k] = obs_offsets[k, 0] * S + obs_offsets[k, 1]
+    for k in range(N):
+        write_agent_obs(
+            base + k, e, base, env_i, env_swappable, grid_agent, grid_obj, conv_i, conv_inv, conv_recipe, agent_i,
+            agent_inv, rewards, obs, obs_offsets, cell_deltas, params, n_items, env_game_stats, mask,
+        )
+
+
+@jit
+def step_envs(
+    actions, rewards, terminals, truncations, obs, env_i, env_rng, env_swappable, env_game_stats, grid_agent,
+    grid_obj, conv_i, conv_inv, conv_recipe, agent_i, agent_f, agent_inv, agent_limit, agent_rw, agent_stats,
+    agent_stat_rw, action_table, action_resources, defense, stat_off, obs_offsets, params, order, group_pool,
+):
+    """Advance every env of the batch by one step (upstream's step order). Returns how many envs finished.
+
+    Per env: clear rewards, advance the clock and due converter events; shuffle the agents; run actions by
+    priority (attacks first); observe; stat rewards; episode limit; group reward sharing.
+    """
+    N = params[P_N_AGENTS]
+    E = env_i.shape[0]
+    n_actions = action_table.shape[0]
+    n_items = agent_inv.shape[1]
+    n_groups = stat_off[SB_FROZEN_GROUP + 1] - stat_off[SB_FROZEN_GROUP]
+    track_move = params[P_TRACK_MOVE] != 0
+    n_done = 0
+    for e in range(E):
+        base = e * N
+        for k in range(N):
+            rewards[base + k] = 0.0
+            terminals[base + k] = False
+            truncations[base + k] = False
+        env_i[e, E_STEP] += 1
+        process_events(e, env_i, conv_i, conv_inv, conv_recipe, n_items)
+
+        for k in range(N):
+            order[k] = k
+        for k in range(N - 1, 0, -1):
+            j = rng_next(env_rng, e) % np.uint64(k + 1)
+            tmp = order[k]
+            order[k] = order[j]
+            order[j] = tmp
+
+        for prio in (1, 0):
+            for k in range(N):
+                a = base + order[k]
+                t = actions[a, 0]
+                arg = actions[a, 1]
+                valid_type = 0 <= t < n_actions
+                if valid_type:
+                    if action_table[t, 2] != prio:
+                        continue
+                elif prio != 0:
+                    continue
+                success = False
+                if not valid_type:
+                    agent_stats[a, stat_off[SB_INVALID_TYPE]] += 1
+                elif arg < 0 or arg > action_table[t, 1]:
+                    agent_stats[a, stat_off[SB_INVALID_ARG]] += 1
+                    agent_stats[a, stat_off[SB_INVALID_ARG_TYPE] + t] += 1
+                elif agent_i[a, A_FROZEN] > 0:
+                    agent_i[a, A_FROZEN] -= 1
+                    agent_stats[a, stat_off[SB_FROZEN]] += 1
+                    agent_stats[a, stat_off[SB_FROZEN_GROUP] + agent_i[a, A_GROUP]] += 1
+                    agent_i[a, A_LAST_ACT] = t
+                    agent_i[a, A_LAST_ARG] = arg
+                    agent_i[a, A_SUCCESS] = 0
+                    continue
+                else:
+                    handler = action_table[t, 0]
+                    if track_move and handler == H_ROTATE and agent_i[a, A_LAST_ACT] == t:
+                        agent_stats[a, stat_off[SB_SEQ_ROT]] += 1
+                    ok = True
+                    for i in range(n_items):
+                        if agent_inv[a, i] < action_resources[t, 0, i]:
+                            ok = False
+                            break
+                    if ok:
+                        success = do_action(
+                            a, e, handler, arg, base, env_i, env_swappable, grid_agent, grid_obj, conv_i, conv_inv,
+                            conv_recipe, agent_i, agent_inv, agent_limit, agent_rw, agent_stats, stat_off, rewards,
+                            defense, n_items, n_groups, track_move,
+                        )
+                    if success:
+                        for i in range(n_items):
+                            if action_resources[t, 1, i] > 0:
+                                update_inventory(
+                                    a, i, -action_resources[t, 1, i], agent_inv, agent_limit, agent_rw, agent_stats,
+                                    stat_off, rewards,
+                                )
+                        agent_stats[a, stat_off[SB_ACT_SUCCESS] + t] += 1
+                    else:
+                        agent_stats[a, stat_off[SB_ACT_FAILED] + t] += 1
+                if not success:
+                    agent_stats[a, stat_off[SB_FAILURE_PENALTY]] += 1
+                    rewards[a] -= agent_f[a, F_PENALTY]
+                agent_i[a, A_LAST_ACT] = t
+                agent_i[a, A_LAST_ARG] = arg
+                agent_i[a, A_SUCCESS] = 1 if success else 0
+
+        observe_env(
+            e, env_i, env_swappable, grid_agent, grid_obj, conv_i, conv_inv, conv_recipe, agent_i, agent_inv,
+            rewards, obs, obs_offsets, params, n_items, env_game_stats,
+        )
+
+        if env_i[e, E_HAS_STAT_RW]:
+            S = agent_stat_rw.shape[2]
+            for k in range(N):
+                a = base + k
+                total = 0.0
+                for s in range(S):
+                    per_unit = agent_stat_rw[a, 0, s]
+                    if per_unit != 0.0:
+                        total += min(agent_stats[a, s] * per_unit, agent_stat_rw[a, 1, s])
+                rewards[a] += total - agent_f[a, F_STAT_RW]
+                agent_f[a, F_STAT_RW] = total
+
+        if env_i[e, E_SHARE]:
+            for g in range(n_groups):
+                group_pool[g, 0] = 0.0
+                group_pool[g, 1] = 0.0
+            for k in range(N):
+                a = base + k
+                g = agent_i[a, A_GROUP]
+                share = rewards[a] * agent_f[a, F_GROUP_PCT]
+                rewards[a] -= share
+                group_pool[g, 0] += share
+                group_pool[g, 1] += 1.0
+            for k in range(N):
+                a = base + k
+                g = agent_i[a, A_GROUP]
+                rewards[a] += group_pool[g, 0] / group_pool[g, 1]
+
+        for k in range(N):
+            agent_f[base + k, F_EP_REWARD] += rewards[base + k]
+
+        ms = env_i[e, E_MAX_STEPS]
+        if ms > 0 and env_i[e, E_STEP] >= ms:
+            env_i[e, E_DONE] = 1
+            n_done += 1
+            if env_i[e, E_TRUNCATES]:
+                for k in range(N):
+                    truncations[base + k] = True
+            else:
+                for k in range(N):
+                    terminals[base + k] = True
+    return n_done
+
+
+@jit
+def load_episode(
+    e, level, lookup, conv_template_int, conv_template_recipe, agent_template_int, agent_template_float,
+    agent_template_limits, agent_template_rewards, agent_template_stat_rw, env_i, env_game_stats, grid_agent,
+    grid_obj, conv_i, conv_inv, conv_recipe, agent_i, agent_f, agent_inv, agent_limit, agent_rw, agent_stats,
+    agent_stat_rw, N,
+):
+    """Write a freshly built map into env ``e``'s slot and reset its converters and agents.
+
+    ``lookup[code] = (kind, index)`` says what each map cell code is in this game. Agents are numbered in
+    row-major map order. Returns 0 on success, or -(code + 1) of the first cell code the game does not know,
+    or the number of agent cells found if it differs from N (as N + 1 + found, to tell it apart from 0).
+    """
+    H = level.shape[0]
+    W = level.shape[1]
+    S = W + 2 * GRID_PAD
+    slot = env_i[e, E_SLOT_OFF]
+    for cell in range(slot, slot + (H + 2 * GRID_PAD) * S):
+        grid_agent[cell] = 0
+        grid_obj[cell] = 0
+    goff = slot + GRID_PAD * S + GRID_PAD
+    coff = env_i[e, E_CONV_OFF]
+    base = e * N
+    n_conv = 0
+    n_agents = 0
+    for r in range(H):
+        for c in range(W):
+            code = level[r, c]
+            kind = lookup[code, 0]
+            idx = lookup[code, 1]
+            cell = goff + r * S + c
+            if kind == 0:
+                continue
+            if kind == 1:
+                grid_obj[cell] = -idx
+            elif kind == 2:
+                ci = coff + n_conv
+                n_conv += 1
+                grid_obj[cell] = n_conv
+                conv_i[ci, C_TYPE] = conv_template_int[idx, 0]
+                conv_i[ci, C_R] = r
+                conv_i[ci, C_C] = c
+                conv_i[ci, C_COLOR] = conv_template_int[idx, 5]
+                conv_i[ci, C_MAXOUT] = conv_template_int[idx, 1]
+                conv_i[ci, C_TICKS] = conv_template_int[idx, 2]
+                conv_i[ci, C_COOLDOWN] = conv_template_int[idx, 3]
+                conv_i[ci, C_STATE] = CONV_IDLE
+                conv_i[ci, C_END] = 0
+                conv_i[ci, C_RECIPE_OBS] = conv_template_int[idx, 6]
+                init = conv_template_int[idx, 4]
+                for i in range(conv_inv.shape[1]):
+                    conv_recipe[ci, 0, i] = conv_template_recipe[idx, 0, i]
+                    conv_recipe[ci, 1, i] = conv_template_recipe[idx, 1, i]
+                    conv_inv[ci, i] = init if conv_template_recipe[idx, 1, i] > 0 else 0
+            elif kind == 3:
+                if n_agents < N:
+                    a = base + n_agents
+                    grid_agent[cell] = n_agents + 1
+                    agent_i[a, A_R] = r
+                    agent_i[a, A_C] = c
+                    agent_i[a, A_ORIENT] = 0
+                    agent_i[a, A_FROZEN] = 0
+                    agent_i[a, A_FREEZE_DUR] = agent_template_int[idx, 2]
+                    agent_i[a, A_COLOR] = 0
+                    agent_i[a, A_GLYPH] = 0
+                    agent_i[a, A_GROUP] = agent_template_int[idx, 0]
+                    agent_i[a, A_GROUP_ID] = agent_template_int[idx, 1]
+                    agent_i[a, A_LAST_ACT] = 0
+                    agent_i[a, A_LAST_ARG] = 0
+                    agent_i[a, A_SUCCESS] = 0
+                    agent_f[a, F_PENALTY] = agent_template_float[idx, 0]
+                    agent_f[a, F_GROUP_PCT] = agent_template_float[idx, 1]
+                    agent_f[a, F_EP_REWARD] = 0.0
+                    agent_f[a, F_STAT_RW] = 0.0
+                    for i in range(agent_inv.shape[1]):
+                        agent_inv[a, i] = 0
+                        agent_limit[a, i] = agent_template_limits[idx, i]
+                        agent_rw[a, 0, i] = agent_template_rewards[idx, 0, i]
+                        agent_rw[a, 1, i] = agent_template_rewards[idx, 1, i]
+                    for s in range(agent_stats.shape[1]):
+                        agent_stats[a, s] = 0.0
+                    for s in range(agent_template_stat_rw.shape[2]):
+                        agent_stat_rw[a, 0, s] = agent_template_stat_rw[idx, 0, s]
+                        agent_stat_rw[a, 1, s] = agent_template_stat_rw[idx, 1, s]
+                n_agents += 1
+            else:
+                return -(np.int64(code) + 1)
+    if n_agents != N:
+        return N + 1 + n_agents
+    env_i[e, E_H] = H
+    env_i[e, E_W] = W
+    env_i[e, E_STRIDE] = S
+    env_i[e, E_GRID_OFF] = goff
+    env_i[e, E_CONV_N] = n_conv
+    env_i[e, E_STEP] = 0
+    env_i[e, E_DONE] = 0
+    env_i[e, E_NEXT_EVENT] = np.int64(1) << 62
+    for g in range(env_game_stats.shape[1]):
+        env_game_stats[e, g] = 0.0
+    for k in range(n_conv):
+        maybe_start_converting(coff + k, 0, env_i, e, conv_i, conv_inv, conv_recipe, conv_inv.shape[1])
+    return 0
