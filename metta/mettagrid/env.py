@@ -67,6 +67,7 @@ class MettaGridEnv:
         is_training: bool = False,
         seed: int | None = None,
         env_offset: int = 0,
+        auto_reset: bool = True,
     ):
         if num_envs < 1:
             raise ValueError(f"num_envs={num_envs}; it must be at least 1")
@@ -75,6 +76,9 @@ class MettaGridEnv:
         self.render_mode = render_mode
         self.is_training = bool(is_training)
         self.env_offset = int(env_offset)
+        # Without auto-reset an ended episode keeps its final observation and the next step() must be
+        # preceded by reset() (what Gymnasium and PettingZoo users expect).
+        self.auto_reset = bool(auto_reset)
         self._tables_cache: dict[int, tuple[MettaGridConfig, EpisodeTables]] = {}
 
         # The first task fixes the batch layout (shapes, actions, items) that every later task must share.
@@ -300,7 +304,7 @@ class MettaGridEnv:
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[dict]]:
         if self._needs_reset:
-            raise RuntimeError("call reset(seed) before step(actions)")
+            raise RuntimeError("call reset(seed) before step(actions) (at the start, or after an episode ended with auto_reset=False)")
         if actions is not self.actions:
             actions = np.asarray(actions)
             if actions.shape != self.actions.shape:
@@ -323,7 +327,10 @@ class MettaGridEnv:
         if n_done:
             for e in np.flatnonzero(self._env_i[:, kn.E_DONE]):
                 infos.append(self._finish_episode(int(e)))
-                self._start_episode(int(e))
+                if self.auto_reset:
+                    self._start_episode(int(e))
+                else:
+                    self._needs_reset = True
         return self.observations, self.rewards, self.terminals, self.truncations, infos
 
     def _finish_episode(self, e: int) -> dict[str, Any]:
