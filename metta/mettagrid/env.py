@@ -226,12 +226,15 @@ class MettaGridEnv:
     # ----------------------------------------------------------------------------------------------------
     # Episodes
     def reset(self, seed: int | None = None) -> tuple[np.ndarray, list[dict]]:
-        if seed is None:
+        """Start a new episode in every env. ``seed`` reseeds everything; ``None`` continues the current
+        random streams (or, on the first reset, uses the constructor's seed or fresh entropy)."""
+        if seed is None and not self._env_rngs:
             seed = self._seed if self._seed is not None else int(np.random.SeedSequence().entropy % (2**31))
-        self._seed = int(seed)
-        self._env_rngs = [np.random.default_rng([self._seed, self.env_offset + e]) for e in range(self.num_envs)]
-        self.curriculum.seed(int(np.random.SeedSequence([self._seed, self.env_offset, 0x5EED]).generate_state(1)[0]))
-        self._episodes_started[:] = 0
+        if seed is not None:
+            self._seed = int(seed)
+            self._env_rngs = [np.random.default_rng([self._seed, self.env_offset + e]) for e in range(self.num_envs)]
+            self.curriculum.seed(int(np.random.SeedSequence([self._seed, self.env_offset, 0x5EED]).generate_state(1)[0]))
+            self._episodes_started[:] = 0
         for e in range(self.num_envs):
             self._start_episode(e)
         self.rewards[:] = 0
