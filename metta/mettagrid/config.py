@@ -11,7 +11,7 @@ from typing import Any, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from metta.mettagrid.map import MapBuilderConfig, RandomMap
+from metta.mettagrid.map import MapBuilderConfig, RandomMap, upgrade_legacy_builder
 
 DEFAULT_ITEMS = [
     "ore_red",
@@ -175,6 +175,12 @@ class GameConfig(Config):
     track_movement_metrics: bool = True
     recipe_details_obs: bool = False
     map_builder: MapBuilderConfig = Field(default_factory=lambda: RandomMap(width=25, height=25, agents=4, border_width=1))
+
+    @field_validator("map_builder", mode="before")
+    @classmethod
+    def _upgrade_legacy_map_builder(cls, v: Any) -> Any:
+        # Upstream YAML names builders by Hydra ``_target_``; map those to our ``type`` tags.
+        return upgrade_legacy_builder(v)
 
     @field_validator("objects", mode="before")
     @classmethod
