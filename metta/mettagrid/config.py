@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from metta.mettagrid.map import MapBuilderConfig, RandomMap, upgrade_legacy_builder
 
@@ -194,7 +194,12 @@ class GameConfig(Config):
                 is_converter = bool(set(obj) & _CONVERTER_KEYS) or name not in ("wall", "block")
                 if "swappable" in obj:
                     is_converter = False
-                obj = ConverterConfig(**obj) if is_converter else WallConfig(**obj)
+                kind = ConverterConfig if is_converter else WallConfig
+                try:
+                    obj = kind.model_validate(obj)
+                except ValidationError as err:
+                    problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+                    raise ValueError(f"objects.{name} ({kind.__name__}): {problems}") from None
             out[name] = obj
         return out
 
