@@ -135,6 +135,9 @@ class MettaGridEnv:
         n_items = len(L.items)
         S = L.num_stats
         self._env_i = np.zeros((E, kn.ENV_COLS), dtype=np.int64)
+        # Grid-index offsets of the observation window cells, per env (they depend on the map's stride).
+        self._env_cell_deltas = np.zeros((E, len(L.obs_offsets)), dtype=np.int64)
+        self._stat_names = L.stat_names()
         self._env_rng = np.ones(E, dtype=np.uint64)
         self._env_swappable = np.zeros((E, 256), dtype=np.uint8)
         self._env_game_stats = np.zeros((E, 3), dtype=np.float64)
@@ -165,8 +168,8 @@ class MettaGridEnv:
         cell_off = np.concatenate([[0], np.cumsum(self._cell_cap)])
         conv_off = np.concatenate([[0], np.cumsum(self._conv_cap)])
         n_items = len(self.layout.items)
-        grid_agent = np.zeros(int(cell_off[-1]), dtype=np.int32)
-        grid_obj = np.zeros(int(cell_off[-1]), dtype=np.int32)
+        grid = np.zeros((int(cell_off[-1]), 2), dtype=np.int32)  # (agent, object) per cell, interleaved
+        grid_agent, grid_obj = grid[:, 0], grid[:, 1]
         conv_i = np.zeros((int(conv_off[-1]), kn.CONV_COLS), dtype=np.int32)
         conv_inv = np.zeros((int(conv_off[-1]), n_items), dtype=np.int32)
         conv_recipe = np.zeros((int(conv_off[-1]), 2, n_items), dtype=np.int32)
@@ -183,6 +186,7 @@ class MettaGridEnv:
                 conv_inv[dst : dst + n_conv] = copy_from["conv_inv"][src : src + n_conv]
                 conv_recipe[dst : dst + n_conv] = copy_from["conv_recipe"][src : src + n_conv]
         self._grid_agent, self._grid_obj = grid_agent, grid_obj
+        self._grid_pair = grid.view(np.int64).reshape(-1)
         self._conv_i, self._conv_inv, self._conv_recipe = conv_i, conv_inv, conv_recipe
         ei[:, kn.E_GRID_OFF] += cell_off[:-1] - ei[:, kn.E_SLOT_OFF]
         ei[:, kn.E_SLOT_OFF] = cell_off[:-1]
@@ -191,9 +195,10 @@ class MettaGridEnv:
     def _ensure_capacity(self, e: int, cells: int, converters: int) -> None:
         if cells <= self._cell_cap[e] and converters <= self._conv_cap[e]:
             return
-        # Grow with headroom so a curriculum of varied map sizes settles after a few resets.
-        self._cell_cap[e] = max(self._cell_cap[e], int(cells * 1.5))
-        self._conv_cap[e] = max(self._conv_cap[e], int(converters * 1.5) + 1)
+        # Every env of a batch draws from the same curriculum, so when one needs a bigger slot the others
+        # soon will too: grow them all at once, with headroom, so the pools settle after a few resizes.
+        self._cell_cap[:] = np.maximum(self._cell_cap, int(cells * 1.25))
+        self._conv_cap[:] = np.maximum(self._conv_cap, int(converters * 1.25) + 1)
         self._layout_pools(
             copy_from={
                 "grid_agent": self._grid_agent,
@@ -282,14 +287,15 @@ class MettaGridEnv:
         stat_rw = tables.stat_rewards if tables.stat_rewards.shape[2] else np.zeros((len(self.layout.group_names), 2, self._agent_stat_rw.shape[2]), np.float32)
         status = kn.load_episode(
             e, grid, lookup, tables.conv_int, tables.conv_recipe, tables.agent_int, tables.agent_float,
-            tables.agent_limits, tables.agent_rewards, stat_rw, ei, self._env_game_stats,
+            tables.agent_limits, tables.agent_rewards, stat_rw, ei, self._env_cell_deltas, self.layout.obs_offsets,
+            self._env_game_stats,
             self._grid_agent, self._grid_obj, self._conv_i, self._conv_inv, self._conv_recipe, self._agent_i,
             self._agent_f, self._agent_inv, self._agent_limit, self._agent_rw, self._agent_stats, self._agent_stat_rw,
             self.layout.num_agents,
         )  # fmt: skip
         assert status == 0, status  # counts were checked above
         kn.observe_env(
-            e, ei, self._env_swappable, self._grid_agent, self._grid_obj, self._conv_i, self._conv_inv,
+            e, ei, self._env_cell_deltas, self._env_swappable, self._grid_pair, self._conv_i, self._conv_inv,
             self._conv_recipe, self._agent_i, self._agent_inv, self._zero_rewards, self.observations,
             self.layout.obs_offsets, self._params, len(self.layout.items), self._env_game_stats,
         )  # fmt: skip
@@ -320,7 +326,8 @@ class MettaGridEnv:
             np.copyto(self.actions, actions, casting="unsafe")
         n_done = kn.step_envs(
             self.actions, self.rewards, self.terminals, self.truncations, self.observations, self._env_i,
-            self._env_rng, self._env_swappable, self._env_game_stats, self._grid_agent, self._grid_obj, self._conv_i,
+            self._env_cell_deltas, self._env_rng, self._env_swappable, self._env_game_stats, self._grid_pair,
+            self._grid_agent, self._grid_obj, self._conv_i,
             self._conv_inv, self._conv_recipe, self._agent_i, self._agent_f, self._agent_inv, self._agent_limit,
             self._agent_rw, self._agent_stats, self._agent_stat_rw, self.layout.action_table,
             self.layout.action_resources, self.layout.defense_resources, self.layout.stat_offsets,
@@ -344,7 +351,7 @@ class MettaGridEnv:
         episode_rewards = self._agent_f[rows, kn.F_EP_REWARD].astype(np.float64)
         mean_reward = float(episode_rewards.mean())
         stat_means = self._agent_stats[rows].sum(axis=0) / N
-        names = self.layout.stat_names()
+        names = self._stat_names
         agent_stats = {names[i]: float(stat_means[i]) for i in np.flatnonzero(stat_means)}
         game_stats = {f"objects.{k}": float(v) for k, v in ep["objects"].items()}
         gs = self._env_game_stats[e]

@@ -6,7 +6,8 @@ compilation. Column indices of the packed state arrays are the module constants 
 
 Grid cells: ``grid_agent`` holds 0 or (local agent index + 1); ``grid_obj`` holds 0 (empty), a converter
 (local converter index + 1) or a static object (``-type_id``: walls and blocks, which have no state but
-their position).
+their position). Both are strided views of one interleaved int32 array, whose int64 view ``grid_pair``
+lets the observation scan skip an empty cell with a single load.
 """
 
 from __future__ import annotations
@@ -407,7 +408,7 @@ def emit(out, n, T, loc, feature, value):
 
 @jit
 def write_agent_obs(
-    a, e, agent_base, env_i, env_swappable, grid_agent, grid_obj, conv_i, conv_inv, conv_recipe, agent_i,
+    a, e, agent_base, env_i, env_swappable, grid_pair, conv_i, conv_inv, conv_recipe, agent_i,
     agent_inv, rewards, obs, obs_offsets, cell_deltas, params, n_items, env_game_stats, resource_reward_mask,
 ):
     """Write agent ``a``'s token observation: global tokens, then the window in distance order.
@@ -442,10 +443,12 @@ def write_agent_obs(
     center_cell = goff + agent_i[a, A_R] * S + agent_i[a, A_C]
     for k in range(n_cells):
         cell = center_cell + cell_deltas[k]
-        ga = grid_agent[cell]
-        go = grid_obj[cell]
-        if ga == 0 and go == 0:
+        # grid_pair[cell] is the (agent, object) pair of the cell as one int64: one load tells empty cells.
+        pair = grid_pair[cell]
+        if pair == 0:
             continue
+        ga = np.int32(pair & 0xFFFFFFFF)
+        go = np.int32(pair >> 32)
         loc = obs_offsets[k, 2]
         if ga != 0:
             o = agent_base + ga - 1
@@ -493,26 +496,24 @@ def write_agent_obs(
 
 @jit
 def observe_env(
-    e, env_i, env_swappable, grid_agent, grid_obj, conv_i, conv_inv, conv_recipe, agent_i, agent_inv, rewards,
+    e, env_i, env_cell_deltas, env_swappable, grid_pair, conv_i, conv_inv, conv_recipe, agent_i, agent_inv, rewards,
     obs, obs_offsets, params, n_items, env_game_stats,
 ):
     N = params[P_N_AGENTS]
     base = e * N
     mask = env_i[e, E_RW_MASK]
-    S = env_i[e, E_STRIDE]
-    cell_deltas = np.empty(obs_offsets.shape[0], dtype=np.int64)
-    for k in range(obs_offsets.shape[0]):
-        cell_deltas[k] = obs_offsets[k, 0] * S + obs_offsets[k, 1]
+    cell_deltas = env_cell_deltas[e]
     for k in range(N):
         write_agent_obs(
-            base + k, e, base, env_i, env_swappable, grid_agent, grid_obj, conv_i, conv_inv, conv_recipe, agent_i,
+            base + k, e, base, env_i, env_swappable, grid_pair, conv_i, conv_inv, conv_recipe, agent_i,
             agent_inv, rewards, obs, obs_offsets, cell_deltas, params, n_items, env_game_stats, mask,
         )
 
 
 @jit
 def step_envs(
-    actions, rewards, terminals, truncations, obs, env_i, env_rng, env_swappable, env_game_stats, grid_agent,
+    actions, rewards, terminals, truncations, obs, env_i, env_cell_deltas, env_rng, env_swappable, env_game_stats,
+    grid_pair, grid_agent,
     grid_obj, conv_i, conv_inv, conv_recipe, agent_i, agent_f, agent_inv, agent_limit, agent_rw, agent_stats,
     agent_stat_rw, action_table, action_resources, defense, stat_off, obs_offsets, params, order, group_pool,
 ):
@@ -603,7 +604,7 @@ def step_envs(
                 agent_i[a, A_SUCCESS] = 1 if success else 0
 
         observe_env(
-            e, env_i, env_swappable, grid_agent, grid_obj, conv_i, conv_inv, conv_recipe, agent_i, agent_inv,
+            e, env_i, env_cell_deltas, env_swappable, grid_pair, conv_i, conv_inv, conv_recipe, agent_i, agent_inv,
             rewards, obs, obs_offsets, params, n_items, env_game_stats,
         )
 
@@ -654,7 +655,8 @@ def step_envs(
 @jit
 def load_episode(
     e, level, lookup, conv_template_int, conv_template_recipe, agent_template_int, agent_template_float,
-    agent_template_limits, agent_template_rewards, agent_template_stat_rw, env_i, env_game_stats, grid_agent,
+    agent_template_limits, agent_template_rewards, agent_template_stat_rw, env_i, env_cell_deltas, obs_offsets,
+    env_game_stats, grid_agent,
     grid_obj, conv_i, conv_inv, conv_recipe, agent_i, agent_f, agent_inv, agent_limit, agent_rw, agent_stats,
     agent_stat_rw, N,
 ):
@@ -744,6 +746,8 @@ def load_episode(
     env_i[e, E_W] = W
     env_i[e, E_STRIDE] = S
     env_i[e, E_GRID_OFF] = goff
+    for k in range(obs_offsets.shape[0]):
+        env_cell_deltas[e, k] = obs_offsets[k, 0] * S + obs_offsets[k, 1]
     env_i[e, E_CONV_N] = n_conv
     env_i[e, E_STEP] = 0
     env_i[e, E_DONE] = 0
