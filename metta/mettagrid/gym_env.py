@@ -2,8 +2,7 @@
 
 A compatibility adapter for tools that speak Gymnasium; the metta trainer steps ``MettaGridEnv`` batches
 directly. ``EpisodicMettaGridEnv`` (below) is the 1-env MettaGridEnv that this adapter and the PettingZoo
-adapter share: it turns the batch env's auto-reset into the Gymnasium/PettingZoo contract of "return the
-terminal observation, then the user calls reset()".
+adapter share: "return the terminal observation, then the user calls reset()".
 """
 
 from __future__ import annotations
@@ -21,41 +20,26 @@ RENDER_MODES = ["human", "ansi"]
 
 
 class EpisodicMettaGridEnv(MettaGridEnv):
-    """A 1-env ``MettaGridEnv`` that keeps the last observations of each episode that ends.
+    """A 1-env ``MettaGridEnv`` with the Gymnasium/PettingZoo episode contract.
 
-    ``MettaGridEnv.step()`` both finishes an ended episode (``_finish_episode``) and loads the next one
-    (``_start_episode``) in the same call, so on return its observation buffer already shows the next
-    episode. ``_finish_episode`` runs after the kernel has written the final observations and before the next
-    episode is loaded, so that is where we copy them (and, when asked, the final text frame). The episode that
-    step() then loads is never shown: the adapters refuse further steps until ``reset()``, which reseeds and
-    reloads the env. This costs one unused map build per episode and needs nothing from ``MettaGridEnv``
-    beyond this hook; the alternative, a public ``auto_reset=False`` switch on ``MettaGridEnv``, would save
-    that map build.
+    It runs with ``auto_reset=False``: when an episode ends, its final observations stay in the buffer (the
+    terminal observation) and the env refuses to step until ``begin_episode()`` reseeds and reloads it.
     """
 
     def __init__(self, config: MettaGridConfig | dict | str | Curriculum, capture_frames: bool = False):
-        super().__init__(config, num_envs=1)
-        self.capture_frames = capture_frames
-        self.terminal_observations: np.ndarray | None = None
-        self.terminal_frame: str | None = None
+        super().__init__(config, num_envs=1, auto_reset=False)
 
-    def _finish_episode(self, e: int) -> dict[str, Any]:
-        self.terminal_observations = self.observations.copy()
-        # render_mode is None on this env, so render() only builds the text (the adapter prints it).
-        self.terminal_frame = self.render(e) if self.capture_frames else None
-        return super()._finish_episode(e)
+    @property
+    def terminal_observations(self) -> np.ndarray:
+        return self.observations.copy()
 
     def begin_episode(self, seed: int) -> np.ndarray:
         """Start a fresh episode from ``seed``; returns a copy of its first observations."""
-        self.terminal_observations = None
-        self.terminal_frame = None
         obs, _ = self.reset(seed)
         return obs.copy()
 
     def frame(self) -> str:
         """The text picture of the current episode (the final one right after an episode ended)."""
-        if self.terminal_frame is not None:
-            return self.terminal_frame
         return self.render(0)
 
 
@@ -113,7 +97,7 @@ class MettaGridGymEnv(gym.Env):
             raise ValueError(f"action must be 2 integers [action type, argument], got {action!r}")
         _, rewards, terminals, truncations, infos = self._env.step(action.reshape(1, 2))
         terminated, truncated = bool(terminals[0]), bool(truncations[0])
-        if infos:  # the episode ended; the env's buffer already holds the next episode's first observations
+        if infos:  # the episode ended; the buffer holds its final observations until reset()
             self._episode_over = True
             obs = self._env.terminal_observations[0]
             info = infos[0]

@@ -162,8 +162,8 @@ def test_pettingzoo_terminal_observation_is_last_state_of_episode():
     # The adapter seeds its env with a seed drawn from reset's seed; the episode stats name it.
     expected = reference_final_observations(cfg, infos["agent_0"]["attributes"]["seed"], actions)
     np.testing.assert_array_equal(np.stack([obs["agent_0"], obs["agent_1"]]), expected)
-    # The underlying env has already loaded another episode; its observations differ from the terminal ones.
-    assert not np.array_equal(env.mettagrid_env.observations, expected)
+    # The underlying env does not auto-reset: it still holds the ended episode until reset().
+    assert env.mettagrid_env.current_step() == MAX_STEPS
 
 
 def test_gym_terminal_observation_is_last_state_of_episode():
