@@ -6,11 +6,11 @@ as a change list ``[[step, value], ...]`` that gets an entry only when the value
 entry is written as a plain constant. ``read_replay`` decompresses, parses and validates a file, and
 ``expand_series`` turns a stored value back into one value per step, as a viewer does.
 
-The end of an episode: ``MettaGridEnv.step`` resets an env as soon as its episode ends, so after the
-terminal step the env already shows the next episode. ``log_step`` sees the terminal step through the
-terminals/truncations of the env's agent rows and records no frame for it (the objects it could read
-belong to the next episode); it keeps that step's rewards in ``episode_end`` instead. The last frame of a
-finished episode is therefore the state before the terminal step.
+The end of an episode: ``log_step`` sees the terminal step through the terminals/truncations of the
+env's agent rows and fills ``episode_end`` (that step's rewards and the episode returns). With the default
+``auto_reset=True``, ``MettaGridEnv.step`` has already reset the env, so the objects it shows belong to the
+next episode: no frame is recorded and the last frame is the state before the terminal step. With
+``auto_reset=False`` the terminal state is still on the map and becomes the last frame.
 
 This module never imports the env: it reads ``env`` through the public methods that ``MettaGridEnv``
 offers (``grid_objects``, ``map_size``, ``current_step``, ``agent_rows``, ...).
@@ -214,7 +214,7 @@ def validate_replay(data: Any) -> None:
     if not isinstance(data["file_name"], str):
         raise ReplayFormatError(f"replay: 'file_name' must be a string, got {_type(data['file_name'])}")
     names = {key: _check_names(data, key) for key in ("type_names", "action_names", "item_names", "group_names")}
-    _check_additions(data, num_agents)
+    _check_additions(data, num_agents, max_steps)
 
     objects = data["objects"]
     if not isinstance(objects, list):
@@ -231,7 +231,7 @@ def validate_replay(data: Any) -> None:
         )
 
 
-def _check_additions(data: dict, num_agents: int) -> None:
+def _check_additions(data: dict, num_agents: int, max_steps: int) -> None:
     """Top-level keys that are optional in the format (upstream's and ours)."""
     matrix = data.get("reward_sharing_matrix")
     if matrix is not None:
@@ -261,6 +261,11 @@ def _check_additions(data: dict, num_agents: int) -> None:
         ):
             if key not in end or not check(end[key]):
                 raise ReplayFormatError(f"replay: 'episode_end.{key}' must be {expected}, got {end.get(key)!r:.80}")
+        if end["step"] not in (max_steps - 1, max_steps):
+            raise ReplayFormatError(
+                f"replay: 'episode_end.step' is {end['step']}; it must be max_steps ({max_steps}, the terminal state "
+                f"was not recorded) or max_steps - 1 ({max_steps - 1}, the last frame is the terminal state)"
+            )
 
 
 def _check_object(i: int, obj: Any, ctx: dict, ids: set[int], agent_ids: set[int], num_agents: int) -> None:
@@ -489,7 +494,7 @@ class ReplayWriter:
 
     Use: ``start_episode(env)`` (records frame 0), then ``log_step(env)`` after every ``env.step``, then
     ``end_episode()`` (writes the file, returns its path). ``episode_ended`` turns true when ``log_step``
-    sees the env's terminal step; the env then already shows the next episode, which is not recorded.
+    sees the env's terminal step (recorded as a frame only if the env did not auto-reset).
     """
 
     def __init__(self, replay_dir: str | os.PathLike):
@@ -582,11 +587,12 @@ class ReplayWriter:
         rows = self._rows
         terminated = bool(np.any(env.terminals[rows]))
         truncated = bool(np.any(env.truncations[rows]))
+        expected = self._start_step + self._n_frames
+        current = env.current_step(env_index)
         if terminated or truncated:
-            # The env was reset inside step(): its objects are the next episode's. Keep only the rewards.
             rewards = [float(r) for r in env.rewards[rows]]
             totals = [0.0] * len(rewards)
-            for oid, track in self._tracks.items():
+            for track in self._tracks.values():
                 if "agent_id" in track.last:
                     totals[track.last["agent_id"]] = track.last["total_reward"]
             self._end = {
@@ -597,11 +603,13 @@ class ReplayWriter:
                 "total_rewards": [float(np.float32(t) + np.float32(r)) for t, r in zip(totals, rewards)],
             }
             self.episode_ended = True
-            return
-        expected = self._start_step + self._n_frames
-        if env.current_step(env_index) != expected:
+            if current != expected:
+                # Auto-reset: the env already shows the next episode; the terminal state is not observable.
+                return
+            # auto_reset=False: the terminal state is still on the map; it becomes the last frame.
+        elif current != expected:
             raise RuntimeError(
-                f"env {env_index} is at step {env.current_step(env_index)} but the replay expects step {expected}; "
+                f"env {env_index} is at step {current} but the replay expects step {expected}; "
                 "call log_step() exactly once after every env.step()"
             )
         objects = env.grid_objects(env_index)

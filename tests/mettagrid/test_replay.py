@@ -200,6 +200,24 @@ def test_scripted_swap_pickup_and_reward(tmp_path):
     assert expand_series(miner["total_reward"], 6)[-1] == frames[-1][2]["total_reward"] > 0
 
 
+def test_without_auto_reset_the_terminal_state_is_the_last_frame(tmp_path):
+    env = MettaGridEnv(RANDOM_CFG, seed=4, auto_reset=False)
+    env.reset(4)
+    rng = np.random.default_rng(4)
+    writer = ReplayWriter(tmp_path)
+    writer.start_episode(env, episode_id="no-reset")
+    frames = [snapshot(env)]
+    while not writer.episode_ended:
+        _, _, _, _, infos = env.step(random_actions(env, rng))
+        writer.log_step(env)
+        frames.append(snapshot(env))
+    data = read_replay(writer.end_episode())
+    assert data["max_steps"] == 31 and data["episode_end"]["step"] == 30
+    assert_frames_match(data, frames)
+    last_totals = [expand_series(_agent(data, k).get("total_reward", 0.0), 31)[-1] for k in (0, 1)]
+    assert last_totals == data["episode_end"]["total_rewards"] == infos[0]["episode_rewards"]
+
+
 def test_record_episode(tmp_path):
     env = MettaGridEnv(RANDOM_CFG, seed=5)
     rng = np.random.default_rng(0)
@@ -317,6 +335,7 @@ DATA_CORRUPTIONS = {
         "series entry 1 (step 4): expected true or false",
     ),
     "bad episode_end": (lambda d: d.update(episode_end={"step": 3}), "'episode_end.terminated'"),
+    "episode_end.step off": (lambda d: d["episode_end"].update(step=5), "'episode_end.step' is 5"),
 }
 
 
