@@ -484,7 +484,8 @@ class MettaGridEnv:
                 "action_id": int(ai[kn.A_LAST_ACT]),
                 "action_param": int(ai[kn.A_LAST_ARG]),
                 "action_success": bool(ai[kn.A_SUCCESS]),
-                "current_reward": float(self.rewards[a]),
+                # Right after an auto-reset the reward buffer still holds the last episode's final rewards.
+                "current_reward": float(self.rewards[a]) if self.current_step(e) > 0 else 0.0,
                 "total_reward": float(af[kn.F_EP_REWARD]),
             }
         step = self.current_step(e)
