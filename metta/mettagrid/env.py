@@ -16,8 +16,8 @@ seed fix every episode whichever process simulates it.
 
 from __future__ import annotations
 
-import hashlib
 import time
+import zlib
 from types import SimpleNamespace
 from typing import Any
 
@@ -295,7 +295,7 @@ class MettaGridEnv:
         )  # fmt: skip
         assert status == 0, status  # counts were checked above
         kn.observe_env(
-            e, ei, self._env_cell_deltas, self._env_swappable, self._grid_pair, self._conv_i, self._conv_inv,
+            e, ei, self._env_cell_deltas, self._grid_pair, self._conv_i, self._conv_inv,
             self._conv_recipe, self._agent_i, self._agent_inv, self._zero_rewards, self.observations,
             self.layout.obs_offsets, self._params, len(self.layout.items), self._env_game_stats,
         )  # fmt: skip
@@ -305,7 +305,7 @@ class MettaGridEnv:
             "task": task,
             "labels": list(level.labels) + ([cfg.label] if cfg.label else []),
             "objects": {cell_name(c): int(counts[c]) for c in present if c != 0 and lookup[c, 0] != KIND_AGENT},
-            "grid_hash": hashlib.blake2b(grid.tobytes() + bytes(str(grid.shape), "ascii"), digest_size=8).hexdigest(),
+            "grid_hash": f"{zlib.crc32(grid.tobytes(), zlib.crc32(repr(grid.shape).encode())):08x}",
             "init_ms": (time.perf_counter() - t0) * 1000.0,
             "start_time": time.perf_counter(),
             "map_shape": grid.shape,
@@ -326,7 +326,7 @@ class MettaGridEnv:
             np.copyto(self.actions, actions, casting="unsafe")
         n_done = kn.step_envs(
             self.actions, self.rewards, self.terminals, self.truncations, self.observations, self._env_i,
-            self._env_cell_deltas, self._env_rng, self._env_swappable, self._env_game_stats, self._grid_pair,
+            self._env_cell_deltas, self._env_rng, self._env_game_stats, self._grid_pair,
             self._grid_agent, self._grid_obj, self._conv_i,
             self._conv_inv, self._conv_recipe, self._agent_i, self._agent_f, self._agent_inv, self._agent_limit,
             self._agent_rw, self._agent_stats, self._agent_stat_rw, self.layout.action_table,
@@ -519,7 +519,7 @@ class MettaGridEnv:
         statics = self._grid_obj[goff : goff + H * stride].reshape(H, stride)[:, :W]
         next_id = N + 1 + n_conv
         for r, c in zip(*np.nonzero(statics < 0)):
-            type_id = int(-statics[r, c])
+            type_id = int(-statics[r, c]) & 255  # swappable statics are stored offset by 256
             objects[next_id] = {
                 "id": next_id,
                 "type_id": type_id,

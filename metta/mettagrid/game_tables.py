@@ -303,7 +303,8 @@ def build_episode_tables(game: GameConfig, layout: BatchLayout) -> EpisodeTables
             names[name] = (KIND_CONVERTER, len(templates))
             templates.append(obj)
         else:
-            names[name] = (KIND_STATIC, obj.type_id)
+            # The kernel stores a static object as -index in the grid; swappable ones are offset by 256.
+            names[name] = (KIND_STATIC, obj.type_id + 256 * int(obj.swappable))
             swappable[obj.type_id] = int(obj.swappable)
     conv_int = np.zeros((len(templates), 7), dtype=np.int32)
     conv_recipe = np.zeros((len(templates), 2, n_items), dtype=np.int32)

@@ -6,7 +6,7 @@ compilation. Column indices of the packed state arrays are the module constants 
 
 Grid cells: ``grid_agent`` holds 0 or (local agent index + 1); ``grid_obj`` holds 0 (empty), a converter
 (local converter index + 1) or a static object (``-type_id``: walls and blocks, which have no state but
-their position). Both are strided views of one interleaved int32 array, whose int64 view ``grid_pair``
+their position; ``-(type_id + 256)`` when swappable). Both are strided views of one interleaved int32 array, whose int64 view ``grid_pair``
 lets the observation scan skip an empty cell with a single load.
 """
 
@@ -50,6 +50,8 @@ ENV_COLS = 15
 # never needs a bounds check: cells off the map read as empty. E_GRID_OFF is the index of map cell (0, 0),
 # E_STRIDE the padded row length, E_SLOT_OFF where the slot starts.
 GRID_PAD = 7
+# Static objects are stored as -type_id, or -(type_id + SWAPPABLE_STATIC) when they can be swapped (blocks).
+SWAPPABLE_STATIC = 256
 # conv_i columns (int32[C, ...]).
 C_TYPE, C_R, C_C, C_COLOR, C_MAXOUT, C_TICKS, C_COOLDOWN, C_STATE, C_END, C_RECIPE_OBS = range(10)
 CONV_COLS = 10
@@ -280,7 +282,7 @@ def do_attack(
 
 @jit
 def do_action(
-    a, e, handler, arg, agent_base, env_i, env_swappable, grid_agent, grid_obj, conv_i, conv_inv, conv_recipe,
+    a, e, handler, arg, agent_base, env_i, grid_agent, grid_obj, conv_i, conv_inv, conv_recipe,
     agent_i, agent_inv, agent_limit, agent_rw, agent_stats, stat_off, rewards, defense, n_items, n_groups,
     track_move,
 ):
@@ -344,14 +346,14 @@ def do_action(
             return False
         here = goff + r * S + c
         obj = grid_obj[fcell]
-        if obj < 0 and env_swappable[e, -obj] != 0:
+        if obj <= -SWAPPABLE_STATIC:
             grid_obj[here] = obj
             grid_obj[fcell] = 0
             grid_agent[fcell] = grid_agent[here]
             grid_agent[here] = 0
             agent_i[a, A_R] = fr
             agent_i[a, A_C] = fc
-            agent_stats[a, stat_off[SB_SWAP_TYPE] - obj] += 1
+            agent_stats[a, stat_off[SB_SWAP_TYPE] + ((-obj) & 255)] += 1
             return True
         other = grid_agent[fcell]
         if other != 0 and obj == 0:
@@ -408,7 +410,7 @@ def emit(out, n, T, loc, feature, value):
 
 @jit
 def write_agent_obs(
-    a, e, agent_base, env_i, env_swappable, grid_pair, conv_i, conv_inv, conv_recipe, agent_i,
+    a, e, agent_base, env_i, grid_pair, conv_i, conv_inv, conv_recipe, agent_i,
     agent_inv, rewards, obs, obs_offsets, cell_deltas, params, n_items, env_game_stats, resource_reward_mask,
 ):
     """Write agent ``a``'s token observation: global tokens, then the window in distance order.
@@ -443,13 +445,20 @@ def write_agent_obs(
     center_cell = goff + agent_i[a, A_R] * S + agent_i[a, A_C]
     for k in range(n_cells):
         cell = center_cell + cell_deltas[k]
-        # grid_pair[cell] is the (agent, object) pair of the cell as one int64: one load tells empty cells.
+        # grid_pair[cell] is the cell's (agent, object) pair as one int64.
         pair = grid_pair[cell]
-        if pair == 0:
-            continue
         ga = np.int32(pair & 0xFFFFFFFF)
         go = np.int32(pair >> 32)
         loc = obs_offsets[k, 2]
+        if ga == 0 and go > -SWAPPABLE_STATIC and go <= 0:
+            # The common cells, empty or a plain wall, without a branch on which: the token is written either
+            # way and kept only for a wall. (Branch mispredictions on terrain cost more than the stores.)
+            if n < T:
+                out[n, 0] = loc
+                out[n, 1] = TYPE_ID
+                out[n, 2] = -go
+            n += go != 0
+            continue
         if ga != 0:
             o = agent_base + ga - 1
             n = emit(out, n, T, loc, TYPE_ID, 0)
@@ -464,8 +473,8 @@ def write_agent_obs(
                 if v > 0:
                     n = emit(out, n, T, loc, INVENTORY_BASE + i, min(v, 255))
         if go < 0:
-            n = emit(out, n, T, loc, TYPE_ID, -go)
-            if env_swappable[e, -go] != 0:
+            n = emit(out, n, T, loc, TYPE_ID, (-go) & 255)
+            if go <= -SWAPPABLE_STATIC:
                 n = emit(out, n, T, loc, SWAPPABLE, 1)
         elif go > 0:
             ci = coff + go - 1
@@ -483,8 +492,9 @@ def write_agent_obs(
                         if v > 0:
                             n = emit(out, n, T, loc, INVENTORY_BASE + (side + 1) * n_items + i, v)
     written = min(n, T)
-    # Slots past the previous observation's tokens are already 0xFF; clear only what it left behind.
-    for k in range(written, agent_i[a, A_OBS_N]):
+    # Slots past the previous observation's tokens are already 0xFF; clear only what it left behind, plus
+    # slot ``written``, where the scan may have put an empty cell's discarded token.
+    for k in range(written, min(max(agent_i[a, A_OBS_N], written + 1), T)):
         out[k, 0] = 255
         out[k, 1] = 255
         out[k, 2] = 255
@@ -496,7 +506,7 @@ def write_agent_obs(
 
 @jit
 def observe_env(
-    e, env_i, env_cell_deltas, env_swappable, grid_pair, conv_i, conv_inv, conv_recipe, agent_i, agent_inv, rewards,
+    e, env_i, env_cell_deltas, grid_pair, conv_i, conv_inv, conv_recipe, agent_i, agent_inv, rewards,
     obs, obs_offsets, params, n_items, env_game_stats,
 ):
     N = params[P_N_AGENTS]
@@ -505,14 +515,14 @@ def observe_env(
     cell_deltas = env_cell_deltas[e]
     for k in range(N):
         write_agent_obs(
-            base + k, e, base, env_i, env_swappable, grid_pair, conv_i, conv_inv, conv_recipe, agent_i,
+            base + k, e, base, env_i, grid_pair, conv_i, conv_inv, conv_recipe, agent_i,
             agent_inv, rewards, obs, obs_offsets, cell_deltas, params, n_items, env_game_stats, mask,
         )
 
 
 @jit
 def step_envs(
-    actions, rewards, terminals, truncations, obs, env_i, env_cell_deltas, env_rng, env_swappable, env_game_stats,
+    actions, rewards, terminals, truncations, obs, env_i, env_cell_deltas, env_rng, env_game_stats,
     grid_pair, grid_agent,
     grid_obj, conv_i, conv_inv, conv_recipe, agent_i, agent_f, agent_inv, agent_limit, agent_rw, agent_stats,
     agent_stat_rw, action_table, action_resources, defense, stat_off, obs_offsets, params, order, group_pool,
@@ -582,7 +592,7 @@ def step_envs(
                             break
                     if ok:
                         success = do_action(
-                            a, e, handler, arg, base, env_i, env_swappable, grid_agent, grid_obj, conv_i, conv_inv,
+                            a, e, handler, arg, base, env_i, grid_agent, grid_obj, conv_i, conv_inv,
                             conv_recipe, agent_i, agent_inv, agent_limit, agent_rw, agent_stats, stat_off, rewards,
                             defense, n_items, n_groups, track_move,
                         )
@@ -604,7 +614,7 @@ def step_envs(
                 agent_i[a, A_SUCCESS] = 1 if success else 0
 
         observe_env(
-            e, env_i, env_cell_deltas, env_swappable, grid_pair, conv_i, conv_inv, conv_recipe, agent_i, agent_inv,
+            e, env_i, env_cell_deltas, grid_pair, conv_i, conv_inv, conv_recipe, agent_i, agent_inv,
             rewards, obs, obs_offsets, params, n_items, env_game_stats,
         )
 
