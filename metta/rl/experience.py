@@ -1,0 +1,353 @@
+"""``Experience``: the rollout buffer, ``[segments, bptt_horizon, ...]``, plus LSTM state per agent.
+
+Layout. ``segments = batch_size // bptt_horizon`` rows; each row holds ``bptt_horizon`` consecutive steps of
+one agent (rows may span episode boundaries; ``dones`` marks where a new episode starts). Every agent owns
+one row at a time. When its row is full it takes the next free row; when none is left it writes nothing
+until ``reset_for_rollout()``. The buffer is ``ready_for_training`` once every row has been filled, so a
+row is never a mix of two rollouts (upstream handed out rows ring-wise, which could overwrite a finished
+row half-way when ``segments`` is not a multiple of the agents).
+
+Conventions (PufferLib's): the reward and done stored with observation ``t`` belong to the action taken at
+``t - 1``; ``dones = terminals | truncations``, and since envs reset in the same step, an observation with
+``done`` is the first observation of a new episode. ``reset_lstm_state(env_id, dones)`` zeroes those
+agents' recurrent state before the policy sees that observation.
+
+Bookkeeping (row and step of every agent) lives on the CPU, so storing a step never waits for the GPU;
+positions are computed per agent, so the agents of a batch need not be at the same step.
+
+Minibatches. ``minibatch_segments = minibatch_size // bptt_horizon`` rows each, ``num_minibatches`` per
+update epoch. Two ways to draw them:
+
+- ``iter_minibatches(advantages=None, prio_alpha=0.0, prio_beta=0.6)`` yields one update epoch's
+  minibatches. With ``prio_alpha == 0`` (the default) it is a random permutation of the rows cut into
+  ``num_minibatches`` parts: every row exactly once per epoch, importance weights 1. With ``prio_alpha > 0``
+  it draws each minibatch with ``sample_minibatch``. ``advantages`` (the ``[segments, bptt]`` tensor from
+  ``compute_advantage``) is needed for prioritized sampling; when given, each minibatch also carries
+  ``advantages`` and ``returns``. Without it (``for minibatch in experience.iter_minibatches():``),
+  ``process_minibatch_update`` takes the rows' advantages from its own ``advantages`` argument.
+- ``sample_minibatch(advantages, prio_alpha, prio_beta)`` draws ``minibatch_segments`` rows *with
+  replacement* from ``P(i) = p_i / sum(p)``, ``p_i = (sum_t |A[i, t]|) ** prio_alpha`` (uniform if all are 0),
+  and returns importance weights ``(segments * P(i)) ** -prio_beta``, which are exact for sampling with
+  replacement (upstream drew without replacement from a not-quite-normalized distribution).
+
+A minibatch is a dict of tensors on ``device``: ``obs [mb, bptt, *obs_shape]``, ``actions [mb, bptt, 2]``,
+``logprobs``, ``values``, ``rewards``, ``dones``, ``ratio`` (``[mb, bptt]``), ``indices [mb]``,
+``prio_weights [mb, 1]``, and ``advantages``/``returns`` when advantages were given.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+
+class Experience:
+    def __init__(
+        self,
+        total_agents: int,
+        batch_size: int,
+        bptt_horizon: int,
+        minibatch_size: int,
+        max_minibatch_size: int | None = None,
+        obs_space: Any = None,
+        atn_space: Any = None,
+        device: torch.device | str = "cpu",
+        hidden_size: int | None = None,
+        cpu_offload: bool = False,
+        num_lstm_layers: int = 2,
+        agents_per_batch: int | None = None,
+    ):
+        if obs_space is None or atn_space is None:
+            raise ValueError("obs_space and atn_space are required: pass env.single_observation_space and env.single_action_space")
+        if hidden_size is None or hidden_size < 1:
+            raise ValueError(f"hidden_size={hidden_size!r} must be the policy's LSTM size, e.g. hidden_size=policy.hidden_size")
+        for name, value in (("total_agents", total_agents), ("batch_size", batch_size), ("bptt_horizon", bptt_horizon), ("minibatch_size", minibatch_size), ("num_lstm_layers", num_lstm_layers)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name}={value!r} must be a positive integer")
+        if batch_size % bptt_horizon:
+            raise ValueError(
+                f"batch_size={batch_size} must be a multiple of bptt_horizon={bptt_horizon}; "
+                f"use batch_size={max(1, batch_size // bptt_horizon) * bptt_horizon}"
+            )
+        self.total_agents = int(total_agents)
+        self.batch_size = int(batch_size)
+        self.bptt_horizon = int(bptt_horizon)
+        self.segments = self.batch_size // self.bptt_horizon
+        if self.total_agents > self.segments:
+            raise ValueError(
+                f"total_agents={total_agents} is more than segments = batch_size / bptt_horizon = {batch_size} / "
+                f"{bptt_horizon} = {self.segments}; every agent needs a row: set batch_size >= total_agents * "
+                f"bptt_horizon = {total_agents * bptt_horizon}"
+            )
+
+        # A minibatch larger than max_minibatch_size is processed as several gradient-accumulated pieces.
+        max_minibatch_size = int(max_minibatch_size or minibatch_size)
+        self.accumulate_minibatches = max(1, int(minibatch_size) // max_minibatch_size)
+        self.minibatch_size = min(int(minibatch_size), max_minibatch_size)
+        self.max_minibatch_size = max_minibatch_size
+        if self.minibatch_size % self.bptt_horizon:
+            raise ValueError(
+                f"minibatch_size={self.minibatch_size} must be a multiple of bptt_horizon={bptt_horizon} "
+                f"(whole rows per minibatch); use minibatch_size={max(1, self.minibatch_size // bptt_horizon) * bptt_horizon}"
+            )
+        self.minibatch_segments = self.minibatch_size // self.bptt_horizon
+        if self.segments % self.minibatch_segments:
+            raise ValueError(
+                f"minibatch_size={self.minibatch_size} must divide batch_size={batch_size} "
+                f"(segments={self.segments} rows, {self.minibatch_segments} rows per minibatch)"
+            )
+        self.num_minibatches = self.segments // self.minibatch_segments
+
+        self.device = torch.device(device)
+        self.cpu_offload = bool(cpu_offload)
+        self.hidden_size = int(hidden_size)
+        self.num_lstm_layers = int(num_lstm_layers)
+        self.agents_per_batch = int(agents_per_batch or total_agents)
+
+        S, H = self.segments, self.bptt_horizon
+        obs_shape = tuple(obs_space.shape)
+        obs_dtype = torch.uint8 if np.dtype(obs_space.dtype) == np.uint8 else torch.float32
+        obs_device = torch.device("cpu") if self.cpu_offload else self.device
+        pin = self.cpu_offload and torch.cuda.is_available()
+        self.obs = torch.zeros((S, H, *obs_shape), dtype=obs_dtype, device=obs_device, pin_memory=pin)  # [S, H, *obs]
+        atn_shape = tuple(atn_space.shape) or (1,)
+        self.actions = torch.zeros((S, H, *atn_shape), dtype=torch.int32, device=self.device)  # [S, H, 2]
+        self.logprobs = torch.zeros((S, H), device=self.device)
+        self.values = torch.zeros((S, H), device=self.device)
+        self.rewards = torch.zeros((S, H), device=self.device)
+        self.dones = torch.zeros((S, H), device=self.device)
+        self.truncateds = torch.zeros((S, H), device=self.device)
+        self.ratio = torch.ones((S, H), device=self.device)
+        # Flat [S * H, ...] views: one index_copy_ per buffer stores a step for all agents of a batch.
+        self._flat = {
+            name: getattr(self, name).view(S * H, *getattr(self, name).shape[2:])
+            for name in ("obs", "actions", "logprobs", "values", "rewards", "dones", "truncateds")
+        }
+
+        # Recurrent state of every agent, [layers, agents, hidden]; a batch reads its rows by env_id slice.
+        self.lstm_h = torch.zeros((self.num_lstm_layers, self.total_agents, self.hidden_size), device=self.device)
+        self.lstm_c = torch.zeros_like(self.lstm_h)
+
+        # CPU bookkeeping: each agent's row (segments = "no row left") and step within it.
+        self.ep_indices = torch.zeros(self.total_agents, dtype=torch.int64)
+        self.ep_lengths = torch.zeros(self.total_agents, dtype=torch.int64)
+        self.reset_for_rollout()
+
+    # ------------------------------------------------------------------------------------------------------
+    # Rollout
+    @property
+    def ready_for_training(self) -> bool:
+        return self.full_rows >= self.segments
+
+    full = ready_for_training
+
+    def reset_for_rollout(self) -> None:
+        """Start filling the buffer from row 0 again: agent ``i`` writes row ``i`` from step 0."""
+        torch.arange(self.total_agents, out=self.ep_indices)
+        self.ep_lengths.zero_()
+        self.free_idx = self.total_agents
+        self.full_rows = 0
+        self._agents_without_row = 0
+
+    def reset_importance_sampling_ratios(self) -> None:
+        self.ratio.fill_(1.0)
+
+    def store(
+        self,
+        obs: torch.Tensor,
+        actions: torch.Tensor,
+        logprobs: torch.Tensor,
+        rewards: torch.Tensor,
+        dones: torch.Tensor,
+        truncations: torch.Tensor,
+        values: torch.Tensor,
+        env_id: slice,
+        mask: Any = None,
+        lstm_state: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> int:
+        """Store one step of the agents ``env_id`` (a slice of agent rows); returns the number of agents stored.
+
+        ``mask`` is accepted for the protocol; every agent of the slice is stored (MettaGrid agents are always
+        active). ``lstm_state = (h, c)`` is the state after this step's forward, kept for the next one.
+        """
+        del mask
+        env_id = self._as_slice(env_id, obs.shape[0])
+        rows = self.ep_indices[env_id]
+        steps = self.ep_lengths[env_id]
+        flat = rows * self.bptt_horizon + steps
+        data = {
+            "obs": obs, "actions": actions, "logprobs": logprobs, "values": values,
+            "rewards": rewards, "dones": dones, "truncateds": truncations,
+        }  # fmt: skip
+        if self._agents_without_row:
+            # Near the end of a rollout some agents have no row: drop their steps (rare, so it may allocate).
+            keep = rows < self.segments
+            flat = flat[keep]
+            data = {k: v[keep.to(v.device)] for k, v in data.items()}
+        flat_dev = flat.to(self.device, non_blocking=True)
+        for name, value in data.items():
+            buf = self._flat[name]
+            index = flat if buf.device.type == "cpu" else flat_dev
+            buf.index_copy_(0, index, value.reshape(-1, *buf.shape[1:]).to(buf.device, buf.dtype, non_blocking=True))
+
+        steps += 1  # a view: updates ep_lengths in place
+        if lstm_state is not None:
+            self.set_lstm_state(env_id, *lstm_state)
+        if bool((steps >= self.bptt_horizon).any()):
+            self._next_rows(env_id)
+        return obs.shape[0]
+
+    def _next_rows(self, env_id: slice) -> None:
+        rows = self.ep_indices[env_id]
+        steps = self.ep_lengths[env_id]
+        finished = (steps >= self.bptt_horizon).nonzero().flatten()
+        real = rows[finished] < self.segments
+        self.full_rows += int(real.sum())
+        n = finished.numel()
+        new_rows = torch.arange(self.free_idx, self.free_idx + n, dtype=torch.int64).clamp_(max=self.segments)
+        self._agents_without_row += int((new_rows >= self.segments).sum()) - int((~real).sum())
+        self.free_idx = min(self.free_idx + n, self.segments)
+        rows[finished] = new_rows
+        steps[finished] = 0
+
+    def _as_slice(self, env_id: slice | int, n: int) -> slice:
+        if isinstance(env_id, slice):
+            return env_id
+        start = int(env_id)
+        return slice(start, start + n)
+
+    # LSTM state ----------------------------------------------------------------------------------------
+    def get_lstm_state(self, env_id: slice | int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Views ``(h, c)`` of shape ``[layers, n, hidden]`` for the agents ``env_id`` (a slice, or a start
+        index covering ``agents_per_batch`` agents)."""
+        sl = self._as_slice(env_id, self.agents_per_batch)
+        return self.lstm_h[:, sl], self.lstm_c[:, sl]
+
+    def set_lstm_state(self, env_id: slice | int, lstm_h: torch.Tensor, lstm_c: torch.Tensor) -> None:
+        sl = self._as_slice(env_id, lstm_h.shape[1])
+        h, c = self.lstm_h[:, sl], self.lstm_c[:, sl]
+        if lstm_h.data_ptr() != h.data_ptr():
+            h.copy_(lstm_h)
+        if lstm_c.data_ptr() != c.data_ptr():
+            c.copy_(lstm_c)
+
+    def reset_lstm_state(self, env_id: slice | int, dones: torch.Tensor) -> None:
+        """Zero the recurrent state of the agents whose observation starts a new episode (``dones`` true)."""
+        sl = self._as_slice(env_id, dones.shape[0])
+        keep = (~dones.to(self.device, torch.bool)).to(self.lstm_h.dtype).view(1, -1, 1)
+        self.lstm_h[:, sl].mul_(keep)
+        self.lstm_c[:, sl].mul_(keep)
+
+    # Training ------------------------------------------------------------------------------------------
+    def update_values(self, indices: torch.Tensor, values: torch.Tensor) -> None:
+        self.values[indices] = values.detach().view(-1, self.bptt_horizon).to(self.values.dtype)
+
+    def update_ratio(self, indices: torch.Tensor, ratio: torch.Tensor) -> None:
+        self.ratio[indices] = ratio.detach().view(-1, self.bptt_horizon).to(self.ratio.dtype)
+
+    def sample_minibatch(
+        self,
+        advantages: torch.Tensor,
+        prio_alpha: float,
+        prio_beta: float,
+        minibatch_idx: int | None = None,
+        total_minibatches: int | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """One minibatch drawn with replacement by priority (see the module docstring)."""
+        del minibatch_idx, total_minibatches  # kept for upstream's signature; every draw is independent
+        probs = self.sampling_probs(advantages, prio_alpha)
+        idx = torch.multinomial(probs, self.minibatch_segments, replacement=True)
+        weights = (self.segments * probs[idx]).pow(-prio_beta).unsqueeze(1)
+        return self._minibatch(idx, advantages, weights)
+
+    def sampling_probs(self, advantages: torch.Tensor, prio_alpha: float) -> torch.Tensor:
+        """``P(row)`` for prioritized sampling, a proper distribution over the ``segments`` rows."""
+        if prio_alpha <= 0:
+            return torch.full((self.segments,), 1.0 / self.segments, device=advantages.device)
+        priority = advantages.detach().abs().sum(dim=1).pow(prio_alpha).nan_to_num_(0.0, 0.0, 0.0)
+        total = priority.sum()
+        if not bool(total > 0):
+            return torch.full((self.segments,), 1.0 / self.segments, device=advantages.device)
+        return priority / total
+
+    def iter_minibatches(
+        self, advantages: torch.Tensor | None = None, prio_alpha: float = 0.0, prio_beta: float = 0.6
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        """The ``num_minibatches`` minibatches of one update epoch (see the module docstring)."""
+        if prio_alpha > 0:
+            if advantages is None:
+                raise ValueError(
+                    f"prio_alpha={prio_alpha} samples by advantage, so pass advantages= (the tensor compute_advantage "
+                    "filled), or use prio_alpha=0 for uniform minibatches"
+                )
+            for i in range(self.num_minibatches):
+                yield self.sample_minibatch(advantages, prio_alpha, prio_beta, i, self.num_minibatches)
+            return
+        perm = torch.randperm(self.segments, device=self.device)
+        ones = torch.ones((self.minibatch_segments, 1), device=self.device)
+        for i in range(self.num_minibatches):
+            idx = perm[i * self.minibatch_segments : (i + 1) * self.minibatch_segments]
+            yield self._minibatch(idx, advantages, ones)
+
+    def _minibatch(self, idx: torch.Tensor, advantages: torch.Tensor | None, prio_weights: torch.Tensor) -> dict[str, torch.Tensor]:
+        obs_idx = idx if self.obs.device == idx.device else idx.to(self.obs.device)
+        mb = {
+            "obs": self.obs[obs_idx].to(self.device, non_blocking=True),
+            "actions": self.actions[idx],
+            "logprobs": self.logprobs[idx],
+            "values": self.values[idx],
+            "rewards": self.rewards[idx],
+            "dones": self.dones[idx],
+            "ratio": self.ratio[idx],
+            "indices": idx,
+            "prio_weights": prio_weights,
+        }
+        if advantages is not None:
+            mb["advantages"] = advantages[idx]
+            mb["returns"] = mb["advantages"] + mb["values"]
+        return mb
+
+    # Stats ---------------------------------------------------------------------------------------------
+    def stats(self) -> dict[str, float]:
+        actions = self.actions.float()
+        return {
+            "rewards": self.rewards.mean().item(),
+            "values": self.values.mean().item(),
+            "logprobs": self.logprobs.mean().item(),
+            "dones": self.dones.mean().item(),
+            "truncateds": self.truncateds.mean().item(),
+            "ratio": self.ratio.mean().item(),
+            "ep_lengths": self.ep_lengths.float().mean().item(),
+            "actions_mean": actions.mean().item(),
+            "actions_std": actions.std().item(),
+        }
+
+
+def calculate_batch_sizes(
+    forward_pass_minibatch_target_size: int, num_agents: int, num_workers: int, async_factor: int
+) -> tuple[int, int, int]:
+    """``(target envs per batch, envs per recv, total envs)`` from a target of agents per forward pass.
+
+    ``num_agents`` is agents per env. The envs per recv are rounded down to a multiple of ``num_workers``
+    (at least ``num_workers``) and ``num_envs = batch_size * async_factor``.
+    """
+    target = forward_pass_minibatch_target_size // num_agents
+    if target < max(2, num_workers):
+        target = num_workers
+    batch_size = max(1, target // num_workers) * num_workers
+    return target, batch_size, batch_size * async_factor
+
+
+def calculate_anneal_beta(epoch: int, total_timesteps: int, batch_size: int, prio_alpha: float, prio_beta0: float) -> float:
+    """Upstream's importance-sampling exponent: ``beta0 + (1 - beta0) * alpha * epoch / total_epochs``.
+
+    The factor ``prio_alpha`` is upstream's (with uniform sampling, alpha 0, beta stays at beta0 and the
+    weights are all 1 anyway); the result is capped at 1.
+    """
+    total_epochs = max(1, total_timesteps // batch_size)
+    return min(1.0, prio_beta0 + (1.0 - prio_beta0) * prio_alpha * epoch / total_epochs)
+
+
+calculate_prioritized_sampling_params = calculate_anneal_beta

@@ -1,0 +1,198 @@
+"""The PPO update for one minibatch: V-trace advantage recompute, clipped policy and value losses, entropy,
+kickstarter distillation and L2-init, plus the running loss statistics (``Losses``).
+
+``process_minibatch_update`` is the one implementation of the PPO loss in metta; every trainer calls it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from metta.rl.advantage import compute_advantage, normalize_advantage_distributed
+
+if TYPE_CHECKING:
+    from metta.rl.experience import Experience
+    from metta.rl.kickstarter import Kickstarter
+    from metta.rl.trainer_config import TrainerConfig
+
+
+@dataclass
+class Losses:
+    """Sums over the minibatches of an update; ``stats()`` gives the means (explained_variance as is)."""
+
+    policy_loss_sum: float = 0.0
+    value_loss_sum: float = 0.0
+    entropy_sum: float = 0.0
+    approx_kl_sum: float = 0.0
+    clipfrac_sum: float = 0.0
+    l2_reg_loss_sum: float = 0.0
+    l2_init_loss_sum: float = 0.0
+    ks_action_loss_sum: float = 0.0
+    ks_value_loss_sum: float = 0.0
+    importance_sum: float = 0.0
+    current_logprobs_sum: float = 0.0
+    explained_variance: float = 0.0
+    minibatches_processed: int = 0
+
+    def zero(self) -> None:
+        for f in fields(self):
+            setattr(self, f.name, type(f.default)(0))
+
+    def stats(self) -> dict[str, float]:
+        n = max(1, self.minibatches_processed)
+        out = {f.name[: -len("_sum")]: getattr(self, f.name) / n for f in fields(self) if f.name.endswith("_sum")}
+        out["explained_variance"] = self.explained_variance
+        return out
+
+
+def compute_ppo_losses(
+    minibatch: dict[str, torch.Tensor],
+    new_logprobs: torch.Tensor,
+    entropy: torch.Tensor,
+    newvalue: torch.Tensor,
+    importance_sampling_ratio: torch.Tensor,
+    adv: torch.Tensor,
+    trainer_cfg: "TrainerConfig",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(pg_loss, v_loss, entropy_loss, approx_kl, clipfrac)`` for tensors shaped like ``minibatch["values"]``.
+
+    - policy: ``max(-A * r, -A * clamp(r, 1 - clip, 1 + clip)).mean()``
+    - value: ``0.5 * max((V - R)^2, (V_old + clamp(V - V_old, +-vf_clip) - R)^2).mean()`` with clip_vloss,
+      else ``0.5 * ((V - R)^2).mean()``; ``R = minibatch["returns"]`` (initial advantages + old values)
+    - ``approx_kl = mean((r - 1) - log r)`` (Schulman's k3 estimator, http://joschu.net/blog/kl-approx.html)
+    """
+    ppo = trainer_cfg.ppo
+    ratio = importance_sampling_ratio
+    pg_loss1 = -adv * ratio
+    pg_loss2 = -adv * torch.clamp(ratio, 1 - ppo.clip_coef, 1 + ppo.clip_coef)
+    pg_loss = torch.max(pg_loss1, pg_loss2).mean()
+
+    returns, old_values = minibatch["returns"], minibatch["values"]
+    newvalue = newvalue.view(returns.shape)
+    if ppo.clip_vloss:
+        v_loss_unclipped = (newvalue - returns) ** 2
+        v_clipped = old_values + torch.clamp(newvalue - old_values, -ppo.vf_clip_coef, ppo.vf_clip_coef)
+        v_loss_clipped = (v_clipped - returns) ** 2
+        v_loss = 0.5 * torch.max(v_loss_unclipped, v_loss_clipped).mean()
+    else:
+        v_loss = 0.5 * ((newvalue - returns) ** 2).mean()
+
+    entropy_loss = entropy.mean()
+    with torch.no_grad():
+        logratio = torch.log(ratio)
+        approx_kl = ((ratio - 1) - logratio).mean()
+        clipfrac = ((ratio - 1.0).abs() > ppo.clip_coef).float().mean()
+    return pg_loss, v_loss, entropy_loss, approx_kl, clipfrac
+
+
+def process_minibatch_update(
+    policy: torch.nn.Module,
+    experience: "Experience",
+    minibatch: dict[str, torch.Tensor],
+    advantages: torch.Tensor | None,
+    trainer_cfg: "TrainerConfig",
+    kickstarter: "Kickstarter | None",
+    agent_step: int,
+    losses: Losses,
+    device: torch.device | str,
+) -> torch.Tensor:
+    """The total loss of one minibatch (upstream-facts 4.2); also updates ratios and values in ``experience``
+    and adds this minibatch's statistics to ``losses``.
+
+    ``advantages`` is the ``[segments, bptt]`` tensor from ``compute_advantage``; it is only read when the
+    minibatch does not carry its own (``experience.iter_minibatches()`` without advantages).
+    """
+    from metta.agent.policy_state import PolicyState
+
+    ppo = trainer_cfg.ppo
+    if "advantages" not in minibatch:
+        if advantages is None:
+            raise ValueError(
+                "this minibatch carries no advantages and advantages=None: pass the tensor compute_advantage filled"
+            )
+        minibatch["advantages"] = advantages[minibatch["indices"]]
+        minibatch["returns"] = minibatch["advantages"] + minibatch["values"]
+
+    obs = minibatch["obs"]
+    # Each row is replayed from a zero LSTM state: rows are short and the state at a row's start is unknown.
+    _, new_logprobs, entropy, newvalue, full_logprobs = policy(obs, PolicyState(), action=minibatch["actions"])
+    old_logprobs = minibatch["logprobs"]
+    new_logprobs = new_logprobs.view(old_logprobs.shape)
+    logratio = new_logprobs - old_logprobs
+    importance_sampling_ratio = logratio.exp()
+    experience.update_ratio(minibatch["indices"], importance_sampling_ratio)
+
+    # V-trace: recompute this minibatch's advantages with the current policy's (clipped) ratios.
+    adv = compute_advantage(
+        minibatch["values"], minibatch["rewards"], minibatch["dones"], importance_sampling_ratio.detach(),
+        minibatch["advantages"].clone(), ppo.gamma, ppo.gae_lambda,
+        trainer_cfg.vtrace.vtrace_rho_clip, trainer_cfg.vtrace.vtrace_c_clip, device,
+    )  # fmt: skip
+    adv = normalize_advantage_distributed(adv, ppo.norm_adv)
+    adv = minibatch["prio_weights"] * adv
+
+    pg_loss, v_loss, entropy_loss, approx_kl, clipfrac = compute_ppo_losses(
+        minibatch, new_logprobs, entropy.view(old_logprobs.shape), newvalue, importance_sampling_ratio, adv, trainer_cfg
+    )
+
+    zero = torch.zeros((), device=pg_loss.device)
+    ks_action_loss, ks_value_loss = zero, zero
+    if kickstarter is not None and kickstarter.enabled:
+        ks_action_loss, ks_value_loss = kickstarter.loss(
+            agent_step, full_logprobs, newvalue, obs, teacher_lstm_state=[], actions=minibatch["actions"]
+        )
+    l2_reg_loss = ppo.l2_reg_loss_coef * _l2_reg_loss(policy) if ppo.l2_reg_loss_coef > 0 else zero
+    l2_init_loss = ppo.l2_init_loss_coef * policy.l2_init_loss() if ppo.l2_init_loss_coef > 0 else zero
+
+    loss = (
+        pg_loss - ppo.ent_coef * entropy_loss + ppo.vf_coef * v_loss
+        + l2_reg_loss + l2_init_loss + ks_action_loss + ks_value_loss
+    )  # fmt: skip
+
+    experience.update_values(minibatch["indices"], newvalue.view(old_logprobs.shape))
+
+    # One device-to-host transfer for all statistics of the minibatch.
+    values = torch.stack([
+        pg_loss, v_loss, entropy_loss, approx_kl, clipfrac, l2_reg_loss, l2_init_loss, ks_action_loss,
+        ks_value_loss, importance_sampling_ratio.mean(), new_logprobs.mean(),
+    ]).detach().tolist()  # fmt: skip
+    losses.policy_loss_sum += values[0]
+    losses.value_loss_sum += values[1]
+    losses.entropy_sum += values[2]
+    losses.approx_kl_sum += values[3]
+    losses.clipfrac_sum += values[4]
+    losses.l2_reg_loss_sum += values[5]
+    losses.l2_init_loss_sum += values[6]
+    losses.ks_action_loss_sum += values[7]
+    losses.ks_value_loss_sum += values[8]
+    losses.importance_sum += values[9]
+    losses.current_logprobs_sum += values[10]
+    losses.minibatches_processed += 1
+    return loss
+
+
+def _l2_reg_loss(policy: Any) -> torch.Tensor:
+    """The policy's own L2 term if it has one, else the sum of squared parameters."""
+    if hasattr(policy, "l2_reg_loss"):
+        return policy.l2_reg_loss()
+    return sum(p.pow(2).sum() for p in policy.parameters() if p.requires_grad)
+
+
+def compute_explained_variance(values: torch.Tensor, advantages: torch.Tensor) -> float:
+    """``1 - Var(y - y_hat) / Var(y)`` with ``y_hat = values`` and ``y = advantages + values``; NaN if Var(y) = 0."""
+    y_pred = values.flatten()
+    y_true = advantages.flatten() + y_pred
+    var_y = y_true.var()
+    if not bool(var_y > 0):
+        return float("nan")
+    return float(1 - (y_true - y_pred).var() / var_y)
+
+
+def should_stop_early(losses: Losses, target_kl: float | None) -> bool:
+    """True when ``target_kl`` is set and the mean approx_kl so far exceeds it (stop the update epochs)."""
+    if target_kl is None or losses.minibatches_processed == 0:
+        return False
+    return losses.approx_kl_sum / losses.minibatches_processed > target_kl

@@ -1,0 +1,91 @@
+"""``Optimizer``: Adam (torch) or Muon (heavyball) with gradient clipping and real gradient accumulation.
+
+    optimizer = Optimizer("adam", policy, learning_rate=3e-4, max_grad_norm=0.5)
+    for minibatch in experience.iter_minibatches():
+        optimizer.step(process_minibatch_update(...), epoch, accumulate_steps=experience.accumulate_minibatches)
+
+``step(loss, epoch, accumulate_steps)`` backpropagates ``loss / accumulate_steps`` into the accumulated
+gradients and takes an optimizer step every ``accumulate_steps`` calls (counted by the optimizer itself, not
+from ``epoch``), so k calls on k equal parts of a batch give the same update as one call on the whole batch.
+Gradients are cleared only after a step (upstream cleared them before every backward, so nothing
+accumulated). After each step it calls ``policy.clip_weights()`` when the policy has it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+OPTIMIZER_TYPES = ("adam", "muon")
+
+
+class Optimizer:
+    def __init__(
+        self,
+        optimizer_type: str = "adam",
+        policy: torch.nn.Module | None = None,
+        learning_rate: float = 3e-4,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        max_grad_norm: float = 0.5,
+    ):
+        if policy is None:
+            raise ValueError("policy is required: Optimizer(optimizer_type, policy, learning_rate=...)")
+        if optimizer_type not in OPTIMIZER_TYPES:
+            raise ValueError(f"optimizer_type={optimizer_type!r} is not supported; use one of {list(OPTIMIZER_TYPES)}")
+        if not learning_rate > 0:
+            raise ValueError(f"learning_rate={learning_rate!r} must be > 0, e.g. 3e-4")
+        if not max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm={max_grad_norm!r} must be > 0, e.g. 0.5")
+        self.policy = policy
+        self.optimizer_type = optimizer_type
+        self.max_grad_norm = float(max_grad_norm)
+        self.params = [p for p in policy.parameters() if p.requires_grad]
+        if optimizer_type == "adam":
+            self.optimizer: torch.optim.Optimizer = torch.optim.Adam(
+                self.params, lr=learning_rate, betas=betas, eps=eps, weight_decay=weight_decay
+            )
+        else:
+            import heavyball
+
+            # heavyball wraps its kernels in torch.compile by default: 44 s for the first step on a CPU and
+            # slower steps after. Eager mode is fast here; set before the first step.
+            heavyball.utils.compile_mode = None
+            self.optimizer = heavyball.Muon(self.params, lr=learning_rate, betas=betas, eps=eps, weight_decay=weight_decay)
+        self.param_groups = self.optimizer.param_groups
+        self._pending = 0  # backward passes accumulated since the last optimizer step
+        self.last_grad_norm: torch.Tensor | float = 0.0
+
+    def step(self, loss: torch.Tensor, epoch: int = 0, accumulate_steps: int = 1) -> bool:
+        """Accumulate ``loss``'s gradient; every ``accumulate_steps``-th call, clip and step. Returns True on a step.
+
+        ``epoch`` is accepted for upstream's signature and does not decide when to step.
+        """
+        del epoch
+        if accumulate_steps < 1:
+            raise ValueError(f"accumulate_steps={accumulate_steps} must be >= 1")
+        (loss / accumulate_steps).backward()
+        self._pending += 1
+        if self._pending < accumulate_steps:
+            return False
+        self._pending = 0
+        # Kept as a tensor: reading it would make the GPU wait here.
+        self.last_grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        module = getattr(self.policy, "module", self.policy)  # DDP wraps the agent in .module
+        if hasattr(module, "clip_weights"):
+            module.clip_weights()
+        return True
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self._pending = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state_dict)

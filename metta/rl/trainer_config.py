@@ -1,0 +1,250 @@
+"""Typed trainer configuration: pydantic models with upstream's names, defaults and validators.
+
+Every model forbids unknown keys, so a typo is an error that names the key. Derived-size checks run at
+construction and quote the numbers, e.g. ``minibatch_size=500 must divide batch_size=16384``.
+
+Differences from upstream that make "defaults that run" hold:
+
+- ``num_workers`` defaults to 1 (upstream required it).
+- ``checkpoint_dir``, ``replay_dir`` and ``profile_dir`` default to folders under ``./train_dir``
+  (upstream required them); ``create_trainer_config(run_dir=...)`` points them into a run directory.
+
+Load and save: ``TrainerConfig.from_dict(d)``, ``TrainerConfig.from_yaml(path)``, ``cfg.to_yaml(path)``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from omegaconf import OmegaConf
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Config(BaseModel):
+    """Base: no unknown keys, validate on assignment so a later edit is checked too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | Any) -> "Config":
+        """Build from a plain dict or an omegaconf DictConfig (interpolations resolved)."""
+        if OmegaConf.is_config(data):
+            data = OmegaConf.to_container(data, resolve=True)
+        return cls.model_validate(data or {})
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> "Config":
+        return cls.from_dict(OmegaConf.load(str(path)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+    def to_yaml(self, path: str | os.PathLike | None = None) -> str:
+        """The YAML text; also written (atomically) to ``path`` when given."""
+        text = OmegaConf.to_yaml(OmegaConf.create(self.to_dict()))
+        if path is not None:
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(text)
+            os.replace(tmp, path)
+        return text
+
+
+class OptimizerConfig(Config):
+    type: Literal["adam", "muon"] = "adam"
+    learning_rate: float = Field(default=0.0004573146765703167, gt=0)
+    beta1: float = Field(default=0.9, ge=0, le=1)
+    beta2: float = Field(default=0.999, ge=0, le=1)
+    eps: float = Field(default=1e-12, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+
+
+class LRSchedulerConfig(Config):
+    enabled: bool = False
+    anneal_lr: bool = False
+    warmup_steps: int | None = Field(default=None, ge=0)
+    schedule_type: Literal["linear", "cosine", "exponential"] | None = None
+
+
+class PrioritizedExperienceReplayConfig(Config):
+    # 0 samples segments uniformly; 1 samples proportionally to the summed |advantage| of a segment.
+    prio_alpha: float = Field(default=0.0, ge=0, le=1)
+    # Initial importance-sampling exponent, annealed towards 1 (see calculate_anneal_beta).
+    prio_beta0: float = Field(default=0.6, ge=0, le=1)
+
+
+class VTraceConfig(Config):
+    vtrace_rho_clip: float = Field(default=1.0, gt=0)
+    vtrace_c_clip: float = Field(default=1.0, gt=0)
+
+
+class KickstartTeacherConfig(Config):
+    teacher_uri: str
+    action_loss_coef: float = Field(default=1.0, ge=0)
+    value_loss_coef: float = Field(default=1.0, ge=0)
+
+
+class KickstartConfig(Config):
+    teacher_uri: str | None = None
+    action_loss_coef: float = Field(default=1.0, ge=0)
+    value_loss_coef: float = Field(default=1.0, ge=0)
+    # The last anneal_ratio of kickstart_steps ramps the teacher losses linearly down to 0.
+    anneal_ratio: float = Field(default=0.65, ge=0, le=1)
+    kickstart_steps: int = Field(default=1_000_000_000, gt=0)
+    additional_teachers: list[KickstartTeacherConfig] | None = None
+
+
+class InitialPolicyConfig(Config):
+    uri: str | None = None
+    type: Literal["top", "latest", "specific"] = "top"
+    range: int = Field(default=1, gt=0)
+    metric: str = "epoch"
+    filters: dict[str, Any] = Field(default_factory=dict)
+
+
+class CheckpointConfig(Config):
+    checkpoint_interval: int = Field(default=60, ge=0)  # epochs; 0 disables
+    wandb_checkpoint_interval: int = Field(default=300, ge=0)  # epochs; 0 disables
+    checkpoint_dir: str = Field(default="train_dir/checkpoints", min_length=1)
+
+
+class SimulationConfig(Config):
+    evaluate_interval: int = Field(default=300, ge=0)  # epochs; 0 disables
+    replay_dir: str = Field(default="train_dir/replays", min_length=1)
+
+
+class TorchProfilerConfig(Config):
+    interval_epochs: int = Field(default=10000, ge=0)  # 0 disables
+    profile_dir: str = Field(default="train_dir/torch_traces", min_length=1)
+
+
+class PPOConfig(Config):
+    clip_coef: float = Field(default=0.1, gt=0, le=1)
+    ent_coef: float = Field(default=0.0021, ge=0)
+    gae_lambda: float = Field(default=0.916, ge=0, le=1)
+    gamma: float = Field(default=0.977, ge=0, le=1)
+    max_grad_norm: float = Field(default=0.5, gt=0)
+    vf_clip_coef: float = Field(default=0.1, ge=0)
+    vf_coef: float = Field(default=0.44, ge=0)
+    l2_reg_loss_coef: float = Field(default=0.0, ge=0)
+    l2_init_loss_coef: float = Field(default=0.0, ge=0)
+    norm_adv: bool = True
+    clip_vloss: bool = True
+    # Stop the remaining update epochs once the mean approx_kl of the epoch exceeds this (None: never).
+    target_kl: float | None = Field(default=None, gt=0)
+
+
+class TrainerConfig(Config):
+    target_: str = Field(default="metta.rl.trainer.MettaTrainer", alias="_target_")
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    total_timesteps: int = Field(default=50_000_000_000, gt=0)
+    batch_size: int = Field(default=524288, gt=0)  # agent-steps per rollout
+    minibatch_size: int = Field(default=16384, gt=0)  # agent-steps per gradient step
+    bptt_horizon: int = Field(default=64, gt=0)
+    update_epochs: int = Field(default=1, gt=0)
+    scale_batches_by_world_size: bool = False
+
+    zero_copy: bool = True
+    require_contiguous_env_ids: bool = False
+    verbose: bool = True
+    cpu_offload: bool = False
+    compile: bool = False
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "reduce-overhead"
+
+    forward_pass_minibatch_target_size: int = Field(default=4096, gt=0)
+    async_factor: int = Field(default=2, gt=0)
+    num_workers: int = Field(default=1, gt=0)
+
+    env: str | None = None
+    curriculum: str | None = "/env/mettagrid/curriculum/simple"
+    env_overrides: dict[str, Any] = Field(default_factory=dict)
+    grad_mean_variance_interval: int = Field(default=0, ge=0)
+
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    lr_scheduler: LRSchedulerConfig = Field(default_factory=LRSchedulerConfig)
+    prioritized_experience_replay: PrioritizedExperienceReplayConfig = Field(default_factory=PrioritizedExperienceReplayConfig)
+    vtrace: VTraceConfig = Field(default_factory=VTraceConfig)
+    ppo: PPOConfig = Field(default_factory=PPOConfig)
+    hyperparameter_scheduler: dict[str, Any] = Field(default_factory=dict)
+    kickstart: KickstartConfig = Field(default_factory=KickstartConfig)
+    initial_policy: InitialPolicyConfig = Field(default_factory=InitialPolicyConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    simulation: SimulationConfig = Field(default_factory=SimulationConfig)
+    profiler: TorchProfilerConfig = Field(default_factory=TorchProfilerConfig)
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> "TrainerConfig":
+        b, mb, h = self.batch_size, self.minibatch_size, self.bptt_horizon
+        if mb > b:
+            raise ValueError(f"minibatch_size={mb} is larger than batch_size={b}; use minibatch_size <= {b}")
+        if b % mb:
+            raise ValueError(
+                f"minibatch_size={mb} must divide batch_size={b} (remainder {b % mb}); {_size_hint(b, mb, h)}"
+            )
+        if mb % h:
+            raise ValueError(
+                f"minibatch_size={mb} must be a multiple of bptt_horizon={h} (whole segments per minibatch); "
+                f"{_size_hint(b, mb, h)}"
+            )
+        if self.curriculum is None and self.env is None:
+            raise ValueError("curriculum and env are both None; set curriculum (a curriculum path) or env (an env path)")
+        ck, wb = self.checkpoint.checkpoint_interval, self.checkpoint.wandb_checkpoint_interval
+        ev = self.simulation.evaluate_interval
+        if ev != 0 and ev < max(ck, wb):
+            raise ValueError(
+                f"simulation.evaluate_interval={ev} must be 0 (off) or >= checkpoint.checkpoint_interval={ck} and "
+                f"checkpoint.wandb_checkpoint_interval={wb}, since evaluation reads a saved policy; "
+                f"use evaluate_interval={max(ck, wb)} or more"
+            )
+        if ck != 0 and wb != 0 and wb < ck:
+            raise ValueError(
+                f"checkpoint.wandb_checkpoint_interval={wb} must be >= checkpoint.checkpoint_interval={ck} "
+                "(uploads reuse local checkpoints); raise it or set it to 0 to disable uploads"
+            )
+        return self
+
+    def check_num_agents(self, num_agents: int) -> None:
+        """Raise if a rollout of ``batch_size`` cannot hold one ``bptt_horizon`` row per agent."""
+        needed = num_agents * self.bptt_horizon
+        if self.batch_size < needed:
+            raise ValueError(
+                f"batch_size={self.batch_size} is smaller than num_agents * bptt_horizon = {num_agents} * "
+                f"{self.bptt_horizon} = {needed}; every agent needs at least one segment: use batch_size >= {needed} "
+                f"(a multiple of minibatch_size={self.minibatch_size}), fewer envs, or a shorter bptt_horizon"
+            )
+
+
+def _size_hint(batch: int, minibatch: int, bptt: int) -> str:
+    """A consistent fix for an error message: the nearest valid minibatch_size, or a batch_size."""
+    for mb in range(minibatch - minibatch % bptt, 0, -bptt):
+        if batch % mb == 0:
+            return f"e.g. minibatch_size={mb} (a multiple of bptt_horizon={bptt} that divides batch_size={batch})"
+    mb = max(bptt, minibatch - minibatch % bptt)
+    return f"e.g. batch_size={max(1, batch // mb) * mb} with minibatch_size={mb} (batch a multiple of minibatch, minibatch of bptt_horizon={bptt})"
+
+
+def create_trainer_config(
+    run_dir: str | os.PathLike | None = None,
+    vectorization: str = "serial",
+    overrides: dict[str, Any] | None = None,
+    **fields: Any,
+) -> TrainerConfig:
+    """A TrainerConfig from keyword fields and/or a nested ``overrides`` dict, adjusted like upstream's:
+
+    - ``vectorization == "serial"`` forces ``async_factor=1`` and ``zero_copy=False`` (nothing to overlap);
+    - directories not given explicitly go under ``run_dir``: ``checkpoints/``, ``replays/``, ``torch_traces/``.
+    """
+    data: dict[str, Any] = {**(overrides or {}), **fields}
+    if vectorization == "serial":
+        data["async_factor"] = 1
+        data["zero_copy"] = False
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        data.setdefault("checkpoint", {}).setdefault("checkpoint_dir", str(run_dir / "checkpoints"))
+        data.setdefault("simulation", {}).setdefault("replay_dir", str(run_dir / "replays"))
+        data.setdefault("profiler", {}).setdefault("profile_dir", str(run_dir / "torch_traces"))
+    return TrainerConfig.from_dict(data)

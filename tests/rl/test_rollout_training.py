@@ -1,0 +1,153 @@
+"""Rollout and PPO update with the real MettaAgent and the real vecenv; kickstarter with a saved teacher."""
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import DictConfig
+
+from metta.agent.metta_agent import make_policy
+from metta.agent.policy_state import PolicyState
+from metta.agent.policy_store import PolicyStore
+from metta.interface.environment import Environment, default_env_config
+from metta.mettagrid.config import MettaGridConfig
+from metta.rl.advantage import compute_advantage
+from metta.rl.experience import Experience
+from metta.rl.kickstarter import Kickstarter
+from metta.rl.losses import Losses, process_minibatch_update
+from metta.rl.optimizer import Optimizer
+from metta.rl.rollout import perform_rollout_step
+from metta.rl.trainer_config import KickstartConfig, TrainerConfig
+from metta.common.profiling.stopwatch import Stopwatch
+
+
+def short_episode_env(max_steps=6):
+    """2 envs x 2 agents; recv alternates between the two envs (async_factor=2)."""
+    data = default_env_config(num_agents=2, width=8, height=8).model_dump()
+    data["game"]["max_steps"] = max_steps
+    cfg = MettaGridConfig.model_validate(data)
+    return Environment(env_config=cfg, num_envs=2, async_factor=2, num_workers=2, seed=3)
+
+
+def experience_for(env, agent, batch_size, bptt=4, minibatch_size=16):
+    return Experience(
+        total_agents=env.num_agents, batch_size=batch_size, bptt_horizon=bptt, minibatch_size=minibatch_size,
+        obs_space=env.single_observation_space, atn_space=env.single_action_space, device="cpu",
+        hidden_size=agent.hidden_size, num_lstm_layers=agent.core_num_layers, agents_per_batch=env.agents_per_batch,
+    )  # fmt: skip
+
+
+def test_lstm_state_is_zeroed_at_episode_starts():
+    torch.manual_seed(0)
+    env = short_episode_env()  # 2 envs x 2 agents, recv returns one env (2 agents) at a time
+    agent = make_policy(env)
+    exp = experience_for(env, agent, batch_size=4 * 4 * 8)
+    timer = Stopwatch()
+    checked_done = checked_carry = 0
+    for _ in range(40):
+        # Which rows the next batch (round robin) writes, and the state it starts from.
+        g = env._next_batch
+        sl = slice(g * env.agents_per_batch, (g + 1) * env.agents_per_batch)
+        rows, steps = exp.ep_indices[sl].clone(), exp.ep_lengths[sl].clone()
+        h0, c0 = (x.clone() for x in exp.get_lstm_state(sl))
+        n, _ = perform_rollout_step(agent, env, exp, "cpu", timer)
+        assert n == env.agents_per_batch
+        obs, done = exp.obs[rows, steps], exp.dones[rows, steps].bool()
+        with torch.no_grad():
+            fresh = PolicyState()
+            agent(obs, fresh)
+            carried = PolicyState(lstm_h=h0, lstm_c=c0)
+            agent(obs, carried)
+        h_new = exp.lstm_h[:, sl]
+        for i in range(len(done)):
+            expected = fresh.lstm_h[:, i] if done[i] else carried.lstm_h[:, i]
+            assert torch.allclose(h_new[:, i], expected, atol=1e-6)
+            if done[i]:
+                checked_done += 1
+                assert not torch.allclose(h_new[:, i], carried.lstm_h[:, i], atol=1e-6)
+            elif h0[:, i].abs().sum() > 0:
+                checked_carry += 1
+    assert checked_done >= 4 and checked_carry >= 20
+    assert timer.get_elapsed("_rollout.env") > 0
+    env.close()
+
+
+def test_rollout_fills_buffer_and_ppo_update_runs():
+    torch.manual_seed(1)
+    env = Environment(num_agents=2, width=8, height=8, num_envs=2, seed=1)
+    agent = make_policy(env)
+    cfg = TrainerConfig(batch_size=64, minibatch_size=16, bptt_horizon=4)
+    exp = experience_for(env, agent, batch_size=cfg.batch_size)
+    steps = 0
+    while not exp.ready_for_training:
+        n, _ = perform_rollout_step(agent, env, exp, "cpu")
+        steps += n
+    assert steps == cfg.batch_size and exp.full_rows == exp.segments
+    assert exp.actions.dtype == torch.int32 and (exp.logprobs < 0).all()
+    old_values = exp.values.clone()
+
+    advantages = compute_advantage(
+        exp.values, exp.rewards, exp.dones, torch.ones_like(exp.values), torch.zeros_like(exp.values),
+        cfg.ppo.gamma, cfg.ppo.gae_lambda, cfg.vtrace.vtrace_rho_clip, cfg.vtrace.vtrace_c_clip, "cpu",
+    )  # fmt: skip
+    optimizer = Optimizer("adam", agent, learning_rate=1e-3)
+    losses = Losses()
+    params0 = [p.detach().clone() for p in agent.parameters()]
+    for epoch in range(cfg.update_epochs):
+        for minibatch in exp.iter_minibatches():
+            loss = process_minibatch_update(agent, exp, minibatch, advantages, cfg, None, steps, losses, "cpu")
+            assert loss.requires_grad and torch.isfinite(loss)
+            optimizer.step(loss, epoch)
+    assert losses.minibatches_processed == exp.num_minibatches
+    stats = losses.stats()
+    assert stats["entropy"] > 0 and stats["importance"] == pytest.approx(1.0, abs=0.05)
+    assert not torch.equal(exp.values, old_values), "update_values wrote the new values"
+    assert any(not torch.equal(a, b) for a, b in zip(params0, agent.parameters()))
+    env.close()
+
+
+def test_l2_init_and_prioritized_path():
+    torch.manual_seed(2)
+    env = Environment(num_agents=2, width=8, height=8, num_envs=2, seed=2)
+    agent = make_policy(env)
+    cfg = TrainerConfig.from_dict({"batch_size": 64, "minibatch_size": 32, "bptt_horizon": 4, "ppo": {"l2_init_loss_coef": 1.0}})
+    exp = experience_for(env, agent, batch_size=64, minibatch_size=32)
+    while not exp.ready_for_training:
+        perform_rollout_step(agent, env, exp, "cpu")
+    exp.rewards.normal_()
+    adv = compute_advantage(exp.values, exp.rewards, exp.dones, torch.ones_like(exp.values), torch.zeros_like(exp.values), 0.99, 0.95, 1, 1, "cpu")
+    losses = Losses()
+    for mb in exp.iter_minibatches(adv, prio_alpha=0.5, prio_beta=0.6):
+        loss = process_minibatch_update(agent, exp, mb, adv, cfg, None, 0, losses, "cpu")
+        loss.backward()
+    assert losses.minibatches_processed == 2
+    env.close()
+
+
+def test_kickstarter_with_saved_teacher(tmp_path):
+    torch.manual_seed(3)
+    env = Environment(num_agents=2, width=8, height=8, num_envs=1, seed=3)
+    teacher = make_policy(env)
+    store = PolicyStore(DictConfig({"device": "cpu", "trainer": {"checkpoint": {"checkpoint_dir": str(tmp_path)}}}))
+    record = store.create_empty_policy_record(store.make_model_name(1))
+    record.policy = teacher
+    store.save(record)
+
+    assert not Kickstarter(KickstartConfig(), "cpu", None, env).enabled
+    ks = Kickstarter(
+        KickstartConfig(teacher_uri=record.uri, kickstart_steps=1000, anneal_ratio=0.5, value_loss_coef=2.0), "cpu", store, env
+    )
+    assert ks.enabled and len(ks.teachers) == 1
+    assert [ks.annealing(s) for s in (0, 500, 750, 1000, 1001)] == [1.0, 1.0, 0.5, 0.0, 0.0]
+
+    obs = torch.from_numpy(env.recv()[0]).unsqueeze(0).repeat(1, 3, 1, 1)  # [B=1, T=3, tokens, 3]
+    actions = torch.zeros(1, 3, 2, dtype=torch.int32)
+    # The teacher distilled into itself: the action loss is the teacher's entropy, the value loss 0.
+    _, _, entropy, value, logp = teacher(obs, PolicyState(), action=actions)
+    ks_action, ks_value = ks.loss(0, logp.detach(), value.detach(), obs, actions=actions)
+    assert ks_action.item() == pytest.approx(entropy.mean().item(), rel=1e-4)
+    assert ks_value.item() == pytest.approx(0.0, abs=1e-8)
+    student_value = value.detach() + 1.0
+    ks_action, ks_value = ks.loss(750, logp.detach(), student_value, obs, actions=actions)
+    assert ks_value.item() == pytest.approx(2.0 * 0.5 * 1.0, rel=1e-4)
+    assert ks.loss(1001, logp, value, obs, actions=actions)[0].item() == 0.0
+    env.close()

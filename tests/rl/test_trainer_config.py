@@ -1,0 +1,71 @@
+"""TrainerConfig: upstream defaults, validators with numbers in the message, dict/YAML round trips."""
+
+import pytest
+from omegaconf import OmegaConf
+from pydantic import ValidationError
+
+from metta.rl.trainer_config import KickstartConfig, PPOConfig, TrainerConfig, create_trainer_config
+
+
+def test_defaults_match_upstream_and_construct():
+    cfg = TrainerConfig()
+    assert (cfg.batch_size, cfg.minibatch_size, cfg.bptt_horizon, cfg.update_epochs) == (524288, 16384, 64, 1)
+    assert (cfg.ppo.clip_coef, cfg.ppo.ent_coef, cfg.ppo.gae_lambda, cfg.ppo.gamma, cfg.ppo.vf_coef) == (0.1, 0.0021, 0.916, 0.977, 0.44)
+    assert cfg.optimizer.learning_rate == 0.0004573146765703167 and cfg.optimizer.eps == 1e-12
+    assert cfg.prioritized_experience_replay.prio_alpha == 0.0 and cfg.vtrace.vtrace_rho_clip == 1.0
+    assert cfg.kickstart.anneal_ratio == 0.65 and cfg.checkpoint.checkpoint_interval == 60
+    assert cfg.num_workers == 1 and cfg.checkpoint.checkpoint_dir  # defaults that run
+    seed = TrainerConfig(total_timesteps=10_000_000, batch_size=16384, minibatch_size=512, ppo=PPOConfig(gamma=0.99, gae_lambda=0.95))
+    assert seed.ppo.gamma == 0.99
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"batch_size": 16384, "minibatch_size": 500}, r"minibatch_size=500 must divide batch_size=16384 \(remainder 384\).*minibatch_size=256"),
+    ({"batch_size": 1024, "minibatch_size": 2048}, r"minibatch_size=2048 is larger than batch_size=1024"),
+    ({"batch_size": 4096, "minibatch_size": 1024, "bptt_horizon": 48}, r"minibatch_size=1024 must be a multiple of bptt_horizon=48"),
+    ({"curriculum": None}, r"curriculum and env are both None"),
+    ({"checkpoint": {"checkpoint_interval": 50}, "simulation": {"evaluate_interval": 10}}, r"evaluate_interval=10 must be 0 .* checkpoint.checkpoint_interval=50"),
+    ({"checkpoint": {"checkpoint_interval": 50, "wandb_checkpoint_interval": 20}, "simulation": {"evaluate_interval": 0}}, r"wandb_checkpoint_interval=20 must be >= checkpoint.checkpoint_interval=50"),
+    ({"ppo": {"clip_coef": -1}}, r"clip_coef"),
+    ({"optimizer": {"type": "sgd"}}, r"'adam' or 'muon'"),
+    ({"bogus_field": 1}, r"bogus_field"),
+    ({"checkpoint": {"checkpoint_dir": ""}}, r"checkpoint_dir"),
+])  # fmt: skip
+def test_bad_configs_fail_with_numbers(kwargs, message):
+    with pytest.raises(ValidationError, match=message):
+        TrainerConfig.from_dict(kwargs)
+
+
+def test_num_agents_check():
+    cfg = TrainerConfig(batch_size=4096, minibatch_size=1024, bptt_horizon=64)
+    cfg.check_num_agents(64)
+    with pytest.raises(ValueError, match=r"batch_size=4096 is smaller than num_agents \* bptt_horizon = 100 \* 64 = 6400"):
+        cfg.check_num_agents(100)
+
+
+def test_assignment_is_validated():
+    cfg = TrainerConfig(batch_size=4096, minibatch_size=1024)
+    with pytest.raises(ValidationError, match="minibatch_size=1000"):
+        cfg.minibatch_size = 1000
+
+
+def test_dict_yaml_round_trip(tmp_path):
+    cfg = TrainerConfig.from_dict(
+        {"batch_size": 8192, "minibatch_size": 1024, "ppo": {"target_kl": 0.02}, "kickstart": {"additional_teachers": [{"teacher_uri": "file://x.pt"}]}}
+    )
+    path = tmp_path / "sub" / "trainer.yaml"
+    cfg.to_yaml(path)
+    assert TrainerConfig.from_yaml(path) == cfg
+    assert TrainerConfig.from_dict(OmegaConf.create(cfg.to_dict())) == cfg
+    assert cfg.to_dict()["_target_"] == "metta.rl.trainer.MettaTrainer"
+    assert isinstance(cfg.kickstart, KickstartConfig) and cfg.kickstart.additional_teachers[0].action_loss_coef == 1.0
+
+
+def test_create_trainer_config(tmp_path):
+    cfg = create_trainer_config(run_dir=tmp_path, vectorization="serial", batch_size=4096, minibatch_size=512)
+    assert cfg.async_factor == 1 and cfg.zero_copy is False
+    assert cfg.checkpoint.checkpoint_dir == str(tmp_path / "checkpoints")
+    assert cfg.simulation.replay_dir == str(tmp_path / "replays")
+    assert cfg.profiler.profile_dir == str(tmp_path / "torch_traces")
+    explicit = create_trainer_config(run_dir=tmp_path, vectorization="multiprocessing", checkpoint={"checkpoint_dir": "/ck"})
+    assert explicit.checkpoint.checkpoint_dir == "/ck" and explicit.async_factor == 2
