@@ -1,0 +1,1 @@
+"""Components of the MettaAgent graph, one file per concept."""

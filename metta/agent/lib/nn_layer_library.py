@@ -1,0 +1,66 @@
+"""Plain parameter layers of the component graph: Linear, Conv2d, and the parameter-free Flatten."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from metta.agent.lib.metta_layer import AgentContext, LayerBase, ParamLayer, Shape
+
+
+def _single_source(name: str, in_shapes: list[Shape]) -> Shape:
+    if len(in_shapes) != 1:
+        raise ValueError(f"component {name!r} takes exactly one source, got {len(in_shapes)}")
+    return in_shapes[0]
+
+
+class Linear(ParamLayer):
+    """``nn.Linear`` over a flat per-sample input; ``nn_params.out_features`` (or ``output_size``) sets the width."""
+
+    def __init__(self, name: str, sources: list[str], context: AgentContext, nn_params: dict, **kwargs):
+        super().__init__(name, sources, context, **kwargs)
+        self.nn_params = dict(nn_params)
+
+    def _make_net(self, in_shapes: list[Shape]) -> Shape:
+        shape = _single_source(self.name, in_shapes)
+        if len(shape) != 1:
+            raise ValueError(f"component {self.name!r} (Linear) needs a flat input, its source gives {shape}; add a Flatten")
+        self.weight_net = nn.Linear(shape[0], **self.nn_params)
+        return (self.weight_net.out_features,)
+
+
+class Conv2d(ParamLayer):
+    """``nn.Conv2d`` over ``[C, H, W]``; ``nn_params`` are passed through (out_channels, kernel_size, ...)."""
+
+    def __init__(self, name: str, sources: list[str], context: AgentContext, nn_params: dict, **kwargs):
+        super().__init__(name, sources, context, **kwargs)
+        self.nn_params = dict(nn_params)
+
+    def _make_net(self, in_shapes: list[Shape]) -> Shape:
+        shape = _single_source(self.name, in_shapes)
+        if len(shape) != 3:
+            raise ValueError(f"component {self.name!r} (Conv2d) needs a [C, H, W] input, its source gives {shape}")
+        self.weight_net = nn.Conv2d(shape[0], **self.nn_params)
+        c, h, w = shape
+        out_h, out_w = (_conv_out(n, i, self.weight_net) for i, n in enumerate((h, w)))
+        if out_h < 1 or out_w < 1:
+            raise ValueError(f"component {self.name!r}: a {h}x{w} input is too small for {self.nn_params}")
+        return (self.weight_net.out_channels, out_h, out_w)
+
+
+def _conv_out(size: int, dim: int, conv: nn.Conv2d) -> int:
+    k, s, p, d = conv.kernel_size[dim], conv.stride[dim], conv.padding[dim], conv.dilation[dim]
+    return math.floor((size + 2 * p - d * (k - 1) - 1) / s) + 1
+
+
+class Flatten(LayerBase):
+    def __init__(self, name: str, sources: list[str], context: AgentContext):
+        super().__init__(name, sources, context)
+
+    def _make_net(self, in_shapes: list[Shape]) -> Shape:
+        return (math.prod(_single_source(self.name, in_shapes)),)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)

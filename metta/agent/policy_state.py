@@ -1,0 +1,26 @@
+"""``PolicyState``: the recurrent state that rollouts carry between policy calls."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class PolicyState:
+    """LSTM state, each ``[num_layers, batch, hidden]``; None means zeros (a fresh episode).
+
+    The policy overwrites both fields with the new, detached state on every call.
+    """
+
+    lstm_h: torch.Tensor | None = None
+    lstm_c: torch.Tensor | None = None
+
+    def reset_done(self, done: torch.Tensor) -> None:
+        """Zero the state of the agents whose episode ended (``done``: bool ``[batch]``), in place."""
+        if self.lstm_h is None or self.lstm_c is None:
+            return
+        keep = (~done.bool()).to(self.lstm_h.dtype).view(1, -1, 1)
+        self.lstm_h = self.lstm_h * keep
+        self.lstm_c = self.lstm_c * keep

@@ -1,0 +1,209 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from metta.agent import MettaAgent, PolicyState, make_policy
+from metta.agent.agent_config import AgentConfig, resolve_agent_config
+from metta.agent.lib.obs_token_to_box_shaper import ObsTokenToBoxShaper
+from metta.agent.lib.metta_layer import AgentContext
+
+
+def test_inference_shapes_and_state(env, rollout_obs):
+    agent = make_policy(env)
+    n = env.num_agents
+    state = PolicyState()
+    action, logprob, entropy, value, full = agent(rollout_obs[0], state)
+    assert action.shape == (n, 2) and action.dtype in (torch.int32, torch.int64)
+    assert logprob.shape == (n,) and entropy.shape == (n,) and value.shape == (n, 1)
+    assert full.shape == (n, agent.num_flat_actions) == (n, sum(m + 1 for m in env.max_action_args))
+    assert state.lstm_h.shape == state.lstm_c.shape == (agent.core_num_layers, n, agent.hidden_size)
+    assert not state.lstm_h.requires_grad
+    # Sampled actions are valid env actions and their logprob is the full distribution's entry.
+    assert torch.all(action[:, 1] <= torch.tensor(env.max_action_args)[action[:, 0].long()])
+    torch.testing.assert_close(full.gather(1, agent.action_to_flat(action).unsqueeze(1)).squeeze(1), logprob)
+    torch.testing.assert_close(full.exp().sum(1), torch.ones(n))
+
+
+def test_training_path_matches_rollout_path(env, rollout_obs):
+    torch.manual_seed(0)
+    agent = make_policy(env)
+    steps, n = rollout_obs.shape[:2]
+    state = PolicyState()
+    actions, logprobs, values = [], [], []
+    with torch.no_grad():
+        for t in range(steps):
+            a, lp, _, v, _ = agent(rollout_obs[t], state)
+            actions.append(a), logprobs.append(lp), values.append(v)
+    # Experience layout: [B=agents, T=steps, ...].
+    obs_bt = rollout_obs.transpose(0, 1)
+    act_bt = torch.stack(actions, 1)
+    _, lp_train, ent, v_train, full = agent(obs_bt, PolicyState(), act_bt)
+    assert lp_train.shape == (n * steps,) and v_train.shape == (n * steps, 1) and full.shape[0] == n * steps
+    torch.testing.assert_close(lp_train, torch.stack(logprobs, 1).reshape(-1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(v_train, torch.stack(values, 1).reshape(-1, 1), atol=1e-5, rtol=1e-5)
+    assert lp_train.requires_grad
+
+
+def test_zero_state_equals_fresh_state_and_reset_done(env, rollout_obs):
+    agent = make_policy(env)
+    obs = rollout_obs[0]
+    n = obs.shape[0]
+    zeros = torch.zeros(agent.core_num_layers, n, agent.hidden_size)
+    fresh = agent(obs, PolicyState(), torch.zeros(n, 2, dtype=torch.int32))
+    zeroed = agent(obs, PolicyState(zeros.clone(), zeros.clone()), torch.zeros(n, 2, dtype=torch.int32))
+    for a, b in zip(fresh[1:], zeroed[1:]):
+        torch.testing.assert_close(a, b)
+    # reset_done zeroes exactly the rows of agents whose episode ended.
+    state = PolicyState()
+    agent(obs, state)
+    done = torch.zeros(n, dtype=torch.bool)
+    done[1] = True
+    kept = state.lstm_h[:, 0].clone()
+    state.reset_done(done)
+    assert torch.all(state.lstm_h[:, 1] == 0) and torch.all(state.lstm_c[:, 1] == 0)
+    torch.testing.assert_close(state.lstm_h[:, 0], kept)
+
+
+def test_flat_action_index_round_trip(env):
+    agent = make_policy(env)
+    flat = torch.arange(agent.num_flat_actions)
+    pairs = agent.flat_to_action(flat)
+    torch.testing.assert_close(agent.action_to_flat(pairs), flat)
+    expected = [(t, a) for t, m in enumerate(env.max_action_args) for a in range(m + 1)]
+    assert pairs.tolist() == [list(p) for p in expected]
+
+
+def test_embeddings_follow_action_names_not_order(env, rollout_obs):
+    agent = make_policy(env)
+    agent.eval()
+    obs = rollout_obs[2]
+    names, maxes = env.action_names, env.max_action_args
+    *_, full = agent(obs, PolicyState())
+    by_name = {f"{n}_{a}": full[:, i] for i, (n, a) in enumerate((n, a) for n, m in zip(names, maxes) for a in range(m + 1))}
+    order = list(reversed(range(len(names))))
+    agent.activate_actions([names[i] for i in order], [maxes[i] for i in order], "cpu")
+    *_, full2 = agent(obs, PolicyState())
+    flat_names = [f"{names[i]}_{a}" for i in order for a in range(maxes[i] + 1)]
+    for j, name in enumerate(flat_names):
+        torch.testing.assert_close(full2[:, j], by_name[name])
+    # An action the policy never saw gets a new embedding index, after the known ones.
+    table = agent.components["_action_embeds_"].name_to_index
+    assert sorted(table.values()) == list(range(1, len(table) + 1))
+    agent.activate_actions(names + ["dance"], maxes + [0], "cpu")
+    assert table["dance_0"] == len(table)
+
+
+def _shuffled_obs(obs: torch.Tensor, permutation: dict[int, int]) -> torch.Tensor:
+    out = obs.clone()
+    ids = out[..., 1].long()
+    lookup = torch.arange(256)
+    for old, new in permutation.items():
+        lookup[old] = new
+    valid = out[..., 0] != 255
+    out[..., 1] = torch.where(valid, lookup[ids], ids).to(torch.uint8)
+    return out
+
+
+def test_feature_remapping_keeps_outputs(env, rollout_obs):
+    agent = make_policy(env)
+    agent.eval()
+    obs = rollout_obs[3]
+    features = env.get_observation_features()
+    ids = [f["id"] for f in features.values()]
+    shuffled_ids = ids[1:] + ids[:1]
+    permutation = dict(zip(ids, shuffled_ids))
+    moved = {name: {**info, "id": permutation[info["id"]]} for name, info in features.items()}
+    n = obs.shape[0]
+    act = torch.zeros(n, 2, dtype=torch.int32)
+    expected = agent(obs, PolicyState(), act)
+    agent.initialize_to_environment(moved, env.action_names, env.max_action_args, "cpu")
+    got = agent(_shuffled_obs(obs, permutation), PolicyState(), act)
+    for a, b in zip(expected[1:], got[1:]):
+        torch.testing.assert_close(a, b)
+    assert agent.original_feature_mapping == {name: info["id"] for name, info in features.items()}
+
+
+def test_unknown_features_dropped_in_eval_and_learned_in_training(env):
+    agent = make_policy(env)
+    features = dict(env.get_observation_features())
+    features["brand_new"] = {"id": 40, "normalization": 5.0}
+    agent.eval()
+    agent.initialize_to_environment(features, env.action_names, env.max_action_args, "cpu")
+    assert agent.components["_obs_"].feature_remap[40] == 255
+    assert "brand_new" not in agent.original_feature_mapping
+    agent.train()
+    agent.initialize_to_environment(features, env.action_names, env.max_action_args, "cpu")
+    assert agent.original_feature_mapping["brand_new"] == 40
+    assert agent.components["_obs_"].feature_remap[40] == 40
+
+
+def test_token_to_box_scatter_and_invalid_tokens():
+    context = AgentContext(obs_width=11, obs_height=11, feature_normalizations={0: 1.0, 4: 1.0}, clip_range=0)
+    shaper = ObsTokenToBoxShaper("_obs_", [], context)
+    shaper.setup([])
+    tokens = torch.full((2, 4, 3), 255, dtype=torch.uint8)
+    tokens[0, 0] = torch.tensor([(3 << 4) | 7, 4, 9])
+    tokens[1, 1] = torch.tensor([(10 << 4) | 0, 0, 2])
+    tokens[1, 2] = torch.tensor([255, 4, 77])  # empty slot with junk: skipped
+    tokens[1, 3] = torch.tensor([(1 << 4) | 1, 200, 5])  # feature id beyond the box: skipped
+    box = shaper.tokens_to_box(tokens)
+    assert box.shape == (2, 5, 11, 11)
+    assert box[0, 4, 3, 7] == 9 and box[1, 0, 10, 0] == 2
+    assert box.sum() == 11
+
+
+def test_clip_weights(env):
+    agent = make_policy(env, {"clip_range": 0.5})
+    layer = agent.components["fc1"]
+    with torch.no_grad():
+        layer.weight_net.weight.mul_(10)
+    agent.clip_weights()
+    limit = 0.5 * float(layer.largest_initial_weight)
+    assert layer.weight_net.weight.abs().max() <= limit + 1e-6
+    # clip_range=0 (the default) leaves weights alone.
+    free = make_policy(env)
+    with torch.no_grad():
+        free.components["fc1"].weight_net.weight.mul_(10)
+    before = free.components["fc1"].weight_net.weight.clone()
+    free.clip_weights()
+    torch.testing.assert_close(free.components["fc1"].weight_net.weight, before)
+
+
+def test_l2_init_loss_and_weight_copy(env):
+    agent = make_policy(env)
+    assert agent.l2_init_loss().item() == 0.0
+    layer = agent.components["fc1"]
+    with torch.no_grad():
+        layer.weight_net.weight.add_(0.1)
+    loss = agent.l2_init_loss()
+    assert loss.item() > 0
+    loss.backward()
+    assert layer.weight_net.weight.grad is not None and layer.weight_net.weight.grad.abs().sum() > 0
+    init = layer.initial_weight.clone()
+    agent.update_l2_init_weight_copy(alpha=0.9)
+    torch.testing.assert_close(layer.initial_weight, 0.9 * init + 0.1 * layer.weight_net.weight.detach())
+
+
+def test_weight_metrics(env):
+    metrics = make_policy(env).compute_weight_metrics(delta=0.01)
+    names = {m["name"] for m in metrics}
+    assert {"cnn1", "cnn2", "fc1", "encoded_obs", "critic_1", "_value_", "actor_1"} <= names
+    fc1 = next(m for m in metrics if m["name"] == "fc1")
+    assert 1 <= fc1["effective_rank"] <= 64 and fc1["sv_max"] >= fc1["sv_min"] > 0
+
+
+def test_configs_and_errors(env):
+    big = make_policy(env, "interface_default")
+    assert big.hidden_size == 512 and big.core_num_layers == 1
+    fast = make_policy(env)
+    assert fast.hidden_size == 128 and fast.core_num_layers == 2
+    # The seed documents' shape: {"device": ..., "agent": {knobs}} keeps the default graph.
+    cfg = resolve_agent_config({"device": "cpu", "agent": {"clip_range": 0.2, "l2_init_weight_update_interval": 100}})
+    assert cfg.clip_range == 0.2 and "critic_1" in cfg.components
+    with pytest.raises(ValueError, match="_core_"):
+        AgentConfig.model_validate({"components": {"_obs_": {"type": "ObsTokenToBoxShaper"}}})
+    with pytest.raises(ValueError, match="clip_rang"):
+        AgentConfig.model_validate({"clip_rang": 0.1})
+    with pytest.raises(RuntimeError, match="initialize_to_environment"):
+        MettaAgent((200, 3), 11, 11, env.feature_normalizations)(torch.zeros(1, 200, 3, dtype=torch.uint8), PolicyState())
