@@ -125,6 +125,7 @@ class Experience:
             name: getattr(self, name).view(S * H, *getattr(self, name).shape[2:])
             for name in ("obs", "actions", "logprobs", "values", "rewards", "dones", "truncateds")
         }
+        self._flat_np = {name: buf.numpy() for name, buf in self._flat.items() if buf.device.type == "cpu"}
 
         # Recurrent state of every agent, [layers, agents, hidden]; a batch reads its rows by env_id slice.
         self.lstm_h = torch.zeros((self.num_lstm_layers, self.total_agents, self.hidden_size), device=self.device)
@@ -186,9 +187,16 @@ class Experience:
             keep = rows < self.segments
             flat = flat[keep]
             data = {k: v[keep.to(v.device)] for k, v in data.items()}
-        flat_dev = flat.to(self.device, non_blocking=True)
+        flat_np = flat.numpy()
+        flat_dev = None
         for name, value in data.items():
             buf = self._flat[name]
+            if buf.device.type == "cpu" and value.device.type == "cpu":
+                # NumPy fancy assignment (casting on the fly) is ~50x faster than index_copy_ on CPU tensors.
+                self._flat_np[name][flat_np] = value.detach().reshape(-1, *buf.shape[1:]).numpy()
+                continue
+            if flat_dev is None:
+                flat_dev = flat.to(buf.device, non_blocking=True)
             index = flat if buf.device.type == "cpu" else flat_dev
             buf.index_copy_(0, index, value.reshape(-1, *buf.shape[1:]).to(buf.device, buf.dtype, non_blocking=True))
 
