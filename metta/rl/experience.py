@@ -195,9 +195,12 @@ class Experience:
                 # NumPy fancy assignment (casting on the fly) is ~50x faster than index_copy_ on CPU tensors.
                 self._flat_np[name][flat_np] = value.detach().reshape(-1, *buf.shape[1:]).numpy()
                 continue
-            if flat_dev is None:
-                flat_dev = flat.to(buf.device, non_blocking=True)
-            index = flat if buf.device.type == "cpu" else flat_dev
+            if buf.device.type == "cpu":
+                index = flat  # cpu_offload obs with the values on the GPU
+            else:
+                if flat_dev is None:
+                    flat_dev = flat.to(self.device, non_blocking=True)
+                index = flat_dev
             buf.index_copy_(0, index, value.reshape(-1, *buf.shape[1:]).to(buf.device, buf.dtype, non_blocking=True))
 
         steps += 1  # a view: updates ep_lengths in place
