@@ -1,0 +1,702 @@
+"""The vectorizer: many MettaGrid envs behind PufferLib's vecenv protocol, in-process or in worker processes.
+
+Why our own: no PufferLib release installs and works here (see DESIGN.md), and one ``MettaGridEnv`` already
+steps a whole batch of envs in one kernel call, so the vectorizer only has to split envs into *worker
+batches*, give each batch a slice of shared buffers, and overlap stepping with the learner.
+
+Layout (everything counted in envs; agent rows follow, ``agents_per_env`` rows per env)::
+
+    num_envs = num_workers * envs_per_worker          worker batch w = one MettaGridEnv, env_offset w*epw
+    num_envs = batch_size * num_batches               batch g = workers [g*wpb, (g+1)*wpb), contiguous rows
+
+``recv()`` returns the batches in round-robin order 0, 1, ..., num_batches-1, 0, ... and ``send(actions)``
+steps the batch that was just received. With ``batch_size < num_envs`` the other batches keep stepping in
+their worker processes while the learner works on this one (PufferLib's async double-buffering). Because
+each worker batch is seeded from ``(seed, env_offset)`` and sees only its own actions, the serial and the
+multiprocessing backends produce the same rollouts for the same seed and layout.
+
+Protocol::
+
+    vecenv.async_reset(seed)
+    while training:
+        obs, rewards, terminals, truncations, infos, env_ids, masks = vecenv.recv()
+        vecenv.send(actions)          # int32[agents_per_batch, 2], rows in env_ids order
+
+``infos`` is a list with one dict per episode that ended in the batch's last step. ``env_ids`` are the
+batch's rows among the ``num_agents`` rows of all envs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import multiprocessing as mp
+import os
+import pickle
+import secrets
+import signal
+import sys
+import threading
+import time
+import traceback
+import types
+import weakref
+from multiprocessing.connection import Connection
+from typing import Any, Sequence
+
+import numpy as np
+
+from metta.mettagrid.curriculum.core import Curriculum
+from metta.mettagrid.env import MettaGridEnv, make_curriculum
+
+VECTORIZATIONS = ("serial", "multiprocessing")
+
+# Worker messages are raw bytes, so the hot path pickles nothing: b"s" steps, the first byte tags the rest.
+_STEP = b"s"
+_OK = b"o"
+_RESET = ord("r")  # + seed as ASCII digits
+_CALL = ord("c")  # + pickle((method name, args))
+_QUIT = ord("q")
+_INFOS = ord("i")  # reply: + pickle(list of info dicts)
+_VALUE = ord("v")  # reply: + pickle(return value of a call)
+_ERROR = ord("e")  # reply: + pickle(traceback text)
+
+_BUFFER_DTYPES = {
+    "observations": np.uint8,
+    "rewards": np.float32,
+    "terminals": np.bool_,
+    "truncations": np.bool_,
+    "masks": np.bool_,
+    "actions": np.int32,
+}
+
+
+class WorkerError(RuntimeError):
+    """An exception raised inside a worker process; the message carries the worker's traceback."""
+
+
+def make_vecenv(
+    curriculum: Curriculum | Any,
+    vectorization: str = "serial",
+    num_envs: int = 1,
+    batch_size: int | None = None,
+    num_workers: int = 1,
+    zero_copy: bool = True,
+    is_training: bool = False,
+    render_mode: str | None = None,
+    seed: int | None = None,
+) -> "VecEnv":
+    """A vecenv over ``num_envs`` envs of ``curriculum`` (a Curriculum, an env config or a config path).
+
+    ``batch_size`` (envs per ``recv``, default ``num_envs``) must be a multiple of ``num_envs / num_workers``
+    and divide ``num_envs``. ``seed`` is only the default for ``async_reset()`` without a seed.
+    """
+    if vectorization not in VECTORIZATIONS:
+        raise ValueError(f"vectorization={vectorization!r} is not supported; use one of {list(VECTORIZATIONS)}")
+    cls = SerialVecEnv if vectorization == "serial" else MultiprocessingVecEnv
+    return cls(
+        curriculum,
+        num_envs=num_envs,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        zero_copy=zero_copy,
+        is_training=is_training,
+        render_mode=render_mode,
+        seed=seed,
+    )
+
+
+def _positive_int(name: str, value: Any, example: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}={value!r} must be a positive integer (e.g. {name}={example})")
+    return int(value)
+
+
+def check_layout(num_envs: Any, batch_size: Any, num_workers: Any) -> tuple[int, int, int]:
+    """Validated ``(num_envs, batch_size, num_workers)``; ``batch_size=None`` means ``num_envs``."""
+    num_envs = _positive_int("num_envs", num_envs, "8")
+    num_workers = _positive_int("num_workers", num_workers, "2")
+    batch_size = num_envs if batch_size is None else _positive_int("batch_size", batch_size, str(num_envs))
+    if num_workers > num_envs:
+        raise ValueError(
+            f"num_workers={num_workers} is more than num_envs={num_envs}; every worker needs at least one env: "
+            f"use num_workers <= {num_envs} or num_envs >= {num_workers}"
+        )
+    if num_envs % num_workers:
+        raise ValueError(
+            f"num_envs={num_envs} is not divisible by num_workers={num_workers}; every worker steps the same "
+            f"number of envs: use num_envs={num_workers * (num_envs // num_workers + 1)} or a num_workers that "
+            f"divides {num_envs}"
+        )
+    per_worker = num_envs // num_workers
+    if batch_size > num_envs or num_envs % batch_size:
+        raise ValueError(
+            f"batch_size={batch_size} (envs per recv) must divide num_envs={num_envs}; "
+            f"use batch_size=num_envs / async_factor, e.g. batch_size={num_envs} or {num_envs // 2 or 1}"
+        )
+    if batch_size % per_worker:
+        raise ValueError(
+            f"batch_size={batch_size} (envs per recv) must be a multiple of the envs per worker "
+            f"(num_envs / num_workers = {per_worker}), since a worker steps all its envs in one call: "
+            f"use batch_size={per_worker} (or a multiple of it), or raise num_workers so each worker holds fewer envs"
+        )
+    return num_envs, batch_size, num_workers
+
+
+class VecEnv:
+    """The layout, shared buffers and recv/send bookkeeping common to both backends."""
+
+    def __init__(
+        self,
+        curriculum: Curriculum | Any,
+        *,
+        num_envs: int = 1,
+        batch_size: int | None = None,
+        num_workers: int = 1,
+        zero_copy: bool = True,
+        is_training: bool = False,
+        render_mode: str | None = None,
+        seed: int | None = None,
+    ):
+        self.num_envs, self.batch_size, self.num_workers = check_layout(num_envs, batch_size, num_workers)
+        if not isinstance(zero_copy, (bool, np.bool_)):
+            raise ValueError(f"zero_copy={zero_copy!r} must be True or False")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+            raise ValueError(f"seed={seed!r} must be a non-negative integer or None")
+        self.zero_copy = bool(zero_copy)
+        self.is_training = bool(is_training)
+        self.render_mode = render_mode
+        self._default_seed = None if seed is None else int(seed)
+        self._closed = False
+
+        # Every worker batch gets its own copy of the curriculum, made by unpickling the same bytes, whether it
+        # lives in this process or in a worker: that is what makes the two backends give the same rollouts.
+        curriculum = make_curriculum(curriculum)
+        try:
+            self._curriculum_bytes = pickle.dumps(curriculum)
+        except Exception as err:
+            raise ValueError(
+                f"curriculum of type {type(curriculum).__name__} cannot be pickled ({err}); every worker batch "
+                "needs its own copy: make it picklable (no open files, locks or lambdas)"
+            ) from err
+        # The driver env is never stepped: it answers questions about spaces, actions and features.
+        self.driver_env = MettaGridEnv(pickle.loads(self._curriculum_bytes), num_envs=1, render_mode=render_mode)
+
+        self.envs_per_worker = self.num_envs // self.num_workers
+        self.workers_per_batch = self.batch_size // self.envs_per_worker
+        self.num_batches = self.num_envs // self.batch_size
+        self.agents_per_env = self.driver_env.agents_per_env
+        self.num_agents = self.num_envs * self.agents_per_env
+        self.agents_per_worker = self.envs_per_worker * self.agents_per_env
+        self.agents_per_batch = self.batch_size * self.agents_per_env
+        self.single_observation_space = self.driver_env.single_observation_space
+        self.single_action_space = self.driver_env.single_action_space
+        self._shapes = {
+            "observations": (self.num_agents, *self.single_observation_space.shape),
+            "rewards": (self.num_agents,),
+            "terminals": (self.num_agents,),
+            "truncations": (self.num_agents,),
+            "masks": (self.num_agents,),
+            "actions": (self.num_agents, 2),
+        }
+
+    def _init_batches(self, buffers: dict[str, np.ndarray]) -> None:
+        """Per-batch views of the global buffers, made once so recv/send only index a list."""
+        self.buffers = buffers
+        self.observations = buffers["observations"]
+        self.rewards = buffers["rewards"]
+        self.terminals = buffers["terminals"]
+        self.truncations = buffers["truncations"]
+        self.masks = buffers["masks"]
+        self.actions = buffers["actions"]
+        apb = self.agents_per_batch
+        self._batch_rows = [slice(g * apb, (g + 1) * apb) for g in range(self.num_batches)]
+        self._batch_views = [
+            tuple(buffers[name][rows] for name in ("observations", "rewards", "terminals", "truncations", "masks"))
+            for rows in self._batch_rows
+        ]
+        self._batch_actions = [self.actions[rows] for rows in self._batch_rows]
+        self._batch_env_ids = [np.arange(rows.start, rows.stop, dtype=np.int64) for rows in self._batch_rows]
+        self._batch_workers = [
+            range(g * self.workers_per_batch, (g + 1) * self.workers_per_batch) for g in range(self.num_batches)
+        ]
+        self._in_flight = [False] * self.num_batches
+        self._next_batch = 0
+        self._received: int | None = None
+        self._reset_done = False
+
+    def _worker_buffers(self, buffers: dict[str, np.ndarray], w: int) -> dict[str, np.ndarray]:
+        rows = slice(w * self.agents_per_worker, (w + 1) * self.agents_per_worker)
+        return {name: arr[rows] for name, arr in buffers.items()}
+
+    def _worker_env_kwargs(self, w: int) -> dict[str, Any]:
+        return {
+            "num_envs": self.envs_per_worker,
+            "env_offset": w * self.envs_per_worker,
+            "is_training": self.is_training,
+            "render_mode": self.render_mode,
+        }
+
+    # ----------------------------------------------------------------------------------------------------
+    # The protocol
+    def async_reset(self, seed: int | None = None) -> None:
+        """Reset every env; the next ``recv()`` returns batch 0. ``seed=None`` draws one (or uses make's)."""
+        self._check_open()
+        if seed is None:
+            seed = self._default_seed if self._default_seed is not None else secrets.randbelow(2**31)
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed={seed!r} must be a non-negative integer or None")
+        self.seed = int(seed)
+        self._reset_workers(self.seed)
+        # The driver env mirrors env 0's first episode, so its map, render() and grid_objects() make sense.
+        self.driver_env.reset(self.seed)
+        self._in_flight = [True] * self.num_batches
+        self._next_batch = 0
+        self._received = None
+        self._reset_done = True
+
+    def recv(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[dict], np.ndarray, np.ndarray]:
+        """The next batch in round-robin order: ``(obs, rewards, terminals, truncations, infos, env_ids, masks)``.
+
+        With ``zero_copy`` the arrays are views of the shared buffers, valid until the batch's next ``send``.
+        """
+        self._check_open()
+        g = self._next_batch
+        if not self._in_flight[g]:
+            if not self._reset_done:
+                raise RuntimeError("recv() before async_reset(seed): reset the vecenv first")
+            raise RuntimeError("recv() called twice without send(): send(actions) for the batch you received first")
+        infos = self._wait_batch(g)
+        self._in_flight[g] = False
+        self._received = g
+        self._next_batch = (g + 1) % self.num_batches
+        obs, rewards, terminals, truncations, masks = self._batch_views[g]
+        env_ids = self._batch_env_ids[g]
+        if not self.zero_copy:
+            obs, rewards, terminals, truncations, masks = (
+                obs.copy(), rewards.copy(), terminals.copy(), truncations.copy(), masks.copy()
+            )  # fmt: skip
+        return obs, rewards, terminals, truncations, infos, env_ids, masks
+
+    def send(self, actions: Any) -> None:
+        """Step the batch returned by the last ``recv()`` with ``actions`` (int[agents_per_batch, 2])."""
+        self._check_open()
+        g = self._received
+        if g is None:
+            raise RuntimeError("send() without a recv() before it: call recv() and send actions for that batch")
+        target = self._batch_actions[g]
+        if actions is not target:
+            if not isinstance(actions, np.ndarray):
+                actions = np.asarray(actions)  # e.g. a CPU torch tensor: a view, not a copy
+            if actions.shape != target.shape:
+                raise ValueError(
+                    f"actions must have shape {list(target.shape)} (agents_per_batch, [action type, argument]), "
+                    f"got {list(actions.shape)}"
+                )
+            if actions.dtype.kind not in "iu":
+                raise TypeError(f"actions must be integers (int32 preferred), got dtype {actions.dtype}")
+            np.copyto(target, actions, casting="unsafe")
+        self._received = None
+        self._step_batch(g)
+        self._in_flight[g] = True
+
+    def reset(self, seed: int | None = None) -> tuple[np.ndarray, list[dict]]:
+        """``async_reset(seed)`` then ``recv()``: the first batch's observations and (empty) infos."""
+        self.async_reset(seed)
+        obs, _, _, _, infos, _, _ = self.recv()
+        return obs, infos
+
+    def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[dict]]:
+        """Synchronous convenience (``batch_size == num_envs``): send then recv over all envs."""
+        if self.batch_size != self.num_envs:
+            raise RuntimeError(
+                f"step() is synchronous and needs batch_size == num_envs (got batch_size={self.batch_size}, "
+                f"num_envs={self.num_envs}); with async batches use send(actions) and recv()"
+            )
+        self.send(actions)
+        obs, rewards, terminals, truncations, infos, _, _ = self.recv()
+        return obs, rewards, terminals, truncations, infos
+
+    # ----------------------------------------------------------------------------------------------------
+    # The message channel: run a method (or read an attribute) on every worker batch's env
+    def call(self, name: str, *args: Any) -> list[Any]:
+        """``env.<name>(*args)`` on every worker batch (dotted names reach further, e.g. "curriculum.stats").
+
+        Returns one result per worker batch, in worker order. A non-callable attribute is returned as is.
+        """
+        return self.call_each(name, [args] * self.num_workers)
+
+    def call_each(self, name: str, args_per_worker: Sequence[Sequence[Any]]) -> list[Any]:
+        """Like ``call`` with different arguments per worker batch (``len(args_per_worker) == num_workers``)."""
+        self._check_open()
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"call name={name!r} must be a method or attribute name such as 'curriculum.stats'")
+        if len(args_per_worker) != self.num_workers:
+            raise ValueError(
+                f"args_per_worker has {len(args_per_worker)} entries but there are num_workers={self.num_workers} "
+                "worker batches; give one argument tuple per worker batch"
+            )
+        return self._call_workers(name, [tuple(a) for a in args_per_worker])
+
+    def get_curriculum_state(self) -> list[dict[str, Any]]:
+        """Each worker batch's ``curriculum.state_dict()``, in worker order (for checkpoints)."""
+        return self.call("curriculum.state_dict")
+
+    def set_curriculum_state(self, states: Sequence[dict[str, Any]] | dict[str, Any]) -> None:
+        """Restore ``get_curriculum_state()``'s list; a single dict is loaded into every worker batch."""
+        if isinstance(states, dict):
+            states = [states] * self.num_workers
+        states = list(states)
+        if len(states) != self.num_workers:
+            raise ValueError(
+                f"got curriculum states for {len(states)} worker batches but this vecenv has "
+                f"num_workers={self.num_workers}; resume with the same num_workers, or pass one state dict to "
+                "load it into every worker batch"
+            )
+        self.call_each("curriculum.load_state_dict", [(s,) for s in states])
+
+    # ----------------------------------------------------------------------------------------------------
+    # What policies and trainers read (from the driver env)
+    @property
+    def action_names(self) -> list[str]:
+        return self.driver_env.action_names
+
+    @property
+    def max_action_args(self) -> list[int]:
+        return self.driver_env.max_action_args
+
+    @property
+    def obs_width(self) -> int:
+        return self.driver_env.obs_width
+
+    @property
+    def obs_height(self) -> int:
+        return self.driver_env.obs_height
+
+    @property
+    def feature_normalizations(self) -> dict[int, float]:
+        return self.driver_env.feature_normalizations
+
+    def get_observation_features(self) -> dict[str, dict[str, float]]:
+        return self.driver_env.get_observation_features()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this vecenv is closed; make a new one")
+
+    def __enter__(self) -> "VecEnv":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # Backend hooks
+    def _reset_workers(self, seed: int) -> None:
+        raise NotImplementedError
+
+    def _step_batch(self, g: int) -> None:
+        raise NotImplementedError
+
+    def _wait_batch(self, g: int) -> list[dict]:
+        raise NotImplementedError
+
+    def _call_workers(self, name: str, args: list[tuple]) -> list[Any]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+def _invoke(env: MettaGridEnv, name: str, args: tuple) -> Any:
+    target: Any = env
+    for part in name.split("."):
+        target = getattr(target, part)
+    if callable(target):
+        return target(*args)
+    if args:
+        raise TypeError(f"{name} is an attribute, not a method; call it without arguments")
+    return target
+
+
+class SerialVecEnv(VecEnv):
+    """All worker batches in this process, stepped one after another inside ``send``."""
+
+    def __init__(self, curriculum: Curriculum | Any, **kwargs: Any):
+        super().__init__(curriculum, **kwargs)
+        buffers = {name: np.zeros(shape, dtype=_BUFFER_DTYPES[name]) for name, shape in self._shapes.items()}
+        self._init_batches(buffers)
+        self.envs = [
+            MettaGridEnv(
+                pickle.loads(self._curriculum_bytes), buf=self._worker_buffers(buffers, w), **self._worker_env_kwargs(w)
+            )
+            for w in range(self.num_workers)
+        ]
+        self._infos: list[list[dict]] = [[] for _ in range(self.num_batches)]
+
+    def _reset_workers(self, seed: int) -> None:
+        for env in self.envs:
+            env.reset(seed)
+        self._infos = [[] for _ in range(self.num_batches)]
+
+    def _step_batch(self, g: int) -> None:
+        infos: list[dict] = []
+        for w in self._batch_workers[g]:
+            env = self.envs[w]
+            infos += env.step(env.actions)[4]
+        self._infos[g] = infos
+
+    def _wait_batch(self, g: int) -> list[dict]:
+        infos, self._infos[g] = self._infos[g], []
+        return infos
+
+    def _call_workers(self, name: str, args: list[tuple]) -> list[Any]:
+        return [_invoke(env, name, a) for env, a in zip(self.envs, args)]
+
+    def close(self) -> None:
+        self._closed = True
+
+
+# --------------------------------------------------------------------------------------------------------
+# Multiprocessing backend
+
+
+def _shared_array(shape: tuple[int, ...], dtype: Any) -> tuple[Any, np.ndarray]:
+    """A RawArray (no lock: each row has one writer at a time) and a NumPy view of it."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = mp.RawArray(ctypes.c_uint8, max(nbytes, 1))
+    return raw, np.frombuffer(raw, dtype=dtype, count=int(np.prod(shape))).reshape(shape)
+
+
+def _set_parent_death_signal() -> None:
+    """Ask Linux to SIGTERM this process when its parent dies (a backup for EOF on the pipe)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _worker_main(conn: Connection, spec: dict[str, Any]) -> None:
+    """A worker: owns one MettaGridEnv over its rows of the shared buffers and serves the parent's messages."""
+    if spec["death_signal"]:
+        _set_parent_death_signal()
+    if os.getppid() != spec["parent_pid"]:
+        return  # the parent died before the death signal was armed
+    # Ctrl-C reaches the whole process group; the parent decides how to shut down, so workers ignore it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        rows = spec["rows"]
+        buf = {
+            name: np.frombuffer(raw, dtype=_BUFFER_DTYPES[name], count=int(np.prod(shape))).reshape(shape)[rows]
+            for name, (raw, shape) in spec["buffers"].items()
+        }
+        env = MettaGridEnv(pickle.loads(spec["curriculum"]), buf=buf, **spec["env_kwargs"])
+    except BaseException:
+        conn.send_bytes(bytes([_ERROR]) + pickle.dumps(traceback.format_exc()))
+        return
+    conn.send_bytes(_OK)
+    actions = env.actions
+    while True:
+        try:
+            msg = conn.recv_bytes()
+        except (EOFError, OSError):
+            return  # the parent is gone or closed the pipe
+        try:
+            if msg == _STEP:
+                infos = env.step(actions)[4]
+                conn.send_bytes(bytes([_INFOS]) + pickle.dumps(infos) if infos else _OK)
+            elif msg[0] == _RESET:
+                env.reset(int(msg[1:]))
+                conn.send_bytes(_OK)
+            elif msg[0] == _CALL:
+                name, args = pickle.loads(msg[1:])
+                conn.send_bytes(bytes([_VALUE]) + pickle.dumps(_invoke(env, name, args)))
+            elif msg[0] == _QUIT:
+                conn.send_bytes(_OK)
+                # Skip interpreter teardown (a third of a second with numba loaded): nothing here needs it.
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(0)
+            else:
+                raise ValueError(f"unknown message {msg[:16]!r}")
+        except (EOFError, BrokenPipeError):
+            return
+        except BaseException:
+            try:
+                conn.send_bytes(bytes([_ERROR]) + pickle.dumps(traceback.format_exc()))
+            except OSError:
+                return
+
+
+@contextlib.contextmanager
+def _main_module_hidden(hide: bool):
+    """While starting spawn workers, hide ``__main__`` so they do not re-import the user's script.
+
+    Spawn re-runs the parent's main module in every child; a training script imports torch and more, which
+    workers must not (memory, start time, threads). Workers need nothing from it unless the curriculum's
+    class is defined there, in which case ``hide`` is False.
+    """
+    if not hide:
+        yield
+        return
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if main is not None:
+            sys.modules["__main__"] = main
+
+
+def _shutdown(processes: list, conns: list, timeout: float = 2.0) -> None:
+    """Stop workers without ever hanging: ask, wait a little, then terminate, then kill."""
+    for conn in conns:
+        try:
+            conn.send_bytes(bytes([_QUIT]))
+        except (OSError, ValueError):
+            pass
+    deadline = time.monotonic() + timeout
+    for p in processes:
+        p.join(max(0.0, deadline - time.monotonic()))
+    for p in processes:
+        if p.is_alive():
+            p.terminate()
+    for p in processes:
+        p.join(0.5)
+        if p.is_alive():
+            p.kill()
+            p.join(1.0)
+    for conn in conns:
+        conn.close()
+
+
+class MultiprocessingVecEnv(VecEnv):
+    """One spawned worker process per worker batch; buffers in shared memory; one Pipe per worker.
+
+    The parent writes actions straight into shared memory and sends one byte per worker; a worker steps its
+    whole batch with one ``env.step`` call and answers with the infos of episodes that ended (usually
+    nothing). All waits are blocking pipe reads.
+    """
+
+    def __init__(self, curriculum: Curriculum | Any, **kwargs: Any):
+        super().__init__(curriculum, **kwargs)
+        raws: dict[str, tuple[Any, tuple[int, ...]]] = {}
+        buffers: dict[str, np.ndarray] = {}
+        for name, shape in self._shapes.items():
+            raw, arr = _shared_array(shape, _BUFFER_DTYPES[name])
+            raws[name] = (raw, shape)
+            buffers[name] = arr
+        self._init_batches(buffers)
+
+        ctx = mp.get_context("spawn")
+        # The parent-death signal fires when the *thread* that started the worker exits, so only arm it when
+        # the workers are started from the main thread (which lives as long as the process).
+        death_signal = threading.current_thread() is threading.main_thread()
+        self._conns: list[Connection] = []
+        self._processes: list[Any] = []
+        self._finalizer = weakref.finalize(self, _shutdown, self._processes, self._conns)
+        self._awaiting = [False] * self.num_workers  # a step reply is due from this worker
+        self._stash: list[list[dict]] = [[] for _ in range(self.num_batches)]  # infos read early (by call)
+        hide_main = b"__main__" not in self._curriculum_bytes
+        try:
+            with _main_module_hidden(hide_main):
+                for w in range(self.num_workers):
+                    parent_conn, child_conn = ctx.Pipe(duplex=True)
+                    spec = {
+                        "curriculum": self._curriculum_bytes,
+                        "env_kwargs": self._worker_env_kwargs(w),
+                        "buffers": raws,
+                        "rows": slice(w * self.agents_per_worker, (w + 1) * self.agents_per_worker),
+                        "death_signal": death_signal,
+                        "parent_pid": os.getpid(),
+                    }
+                    p = ctx.Process(target=_worker_main, args=(child_conn, spec), name=f"metta-vecenv-{w}", daemon=True)
+                    p.start()
+                    child_conn.close()  # only the worker holds its end, so its death reads as EOF here
+                    self._conns.append(parent_conn)
+                    self._processes.append(p)
+            for w in range(self.num_workers):
+                self._reply(w, "start")
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def worker_pids(self) -> list[int]:
+        return [p.pid for p in self._processes]
+
+    def _reply(self, w: int, what: str) -> bytes:
+        """The worker's next reply; re-raises its exception, or reports its death."""
+        try:
+            msg = self._conns[w].recv_bytes()
+        except (EOFError, OSError):
+            p = self._processes[w]
+            p.join(1.0)
+            raise WorkerError(
+                f"vecenv worker {w} (pid {p.pid}) died during {what} (exit code {p.exitcode}); "
+                "see its output above"
+            ) from None
+        if msg and msg[0] == _ERROR:
+            raise WorkerError(f"vecenv worker {w} failed during {what}:\n{pickle.loads(msg[1:])}")
+        return msg
+
+    def _collect_step(self, w: int) -> None:
+        msg = self._reply(w, "step")
+        self._awaiting[w] = False
+        if msg[0] == _INFOS:
+            self._stash[w // self.workers_per_batch] += pickle.loads(msg[1:])
+
+    def _drain(self) -> None:
+        for w in range(self.num_workers):
+            if self._awaiting[w]:
+                self._collect_step(w)
+
+    def _reset_workers(self, seed: int) -> None:
+        self._drain()
+        msg = bytes([_RESET]) + str(seed).encode()
+        for conn in self._conns:
+            conn.send_bytes(msg)
+        for w in range(self.num_workers):
+            self._reply(w, "reset")
+        self._stash = [[] for _ in range(self.num_batches)]
+
+    def _step_batch(self, g: int) -> None:
+        conns, awaiting = self._conns, self._awaiting
+        for w in self._batch_workers[g]:
+            conns[w].send_bytes(_STEP)
+            awaiting[w] = True
+
+    def _wait_batch(self, g: int) -> list[dict]:
+        for w in self._batch_workers[g]:
+            if self._awaiting[w]:
+                self._collect_step(w)
+        infos, self._stash[g] = self._stash[g], []
+        return infos
+
+    def _call_workers(self, name: str, args: list[tuple]) -> list[Any]:
+        # Replies come in order, so pending step replies are read (and their infos kept) first.
+        self._drain()
+        for conn, a in zip(self._conns, args):
+            conn.send_bytes(bytes([_CALL]) + pickle.dumps((name, a)))
+        # Read every worker's reply before raising, so no reply is left in a pipe to be mistaken for the next.
+        results, error = [], None
+        for w in range(self.num_workers):
+            try:
+                results.append(pickle.loads(self._reply(w, f"call({name!r})")[1:]))
+            except WorkerError as err:
+                error = error or err
+        if error is not None:
+            raise error
+        return results
+
+    def close(self) -> None:
+        """Stop the workers (idempotent, bounded time: ask, join, terminate, kill)."""
+        self._closed = True
+        self._finalizer()
