@@ -29,7 +29,12 @@ class LSTM(LayerBase):
         self.lstm = nn.LSTM(shape[0], self.hidden_size, num_layers=self.num_layers)
         for param_name, param in self.lstm.named_parameters():
             if "bias" in param_name:
-                nn.init.constant_(param, 1.0)  # upstream's choice: forget gates start open
+                # Forget gates start open (bias_ih + bias_hh = 1), the other gates at 0. Upstream set every
+                # bias to 1, which saturates the gates at init and starves the encoder of gradient: on a
+                # small MettaGrid task that agent had not started learning after 60k steps, this one had
+                # solved it by 80k (tests/rl/test_learning.py).
+                nn.init.zeros_(param)
+                nn.init.constant_(param[self.hidden_size : 2 * self.hidden_size], 0.5)
             else:
                 nn.init.orthogonal_(param)
         return (self.hidden_size,)

@@ -103,8 +103,9 @@ class ParamLayer(LayerBase):
         fan_in = w[0].numel()
         kind = self.initialization.lower()
         if kind == "orthogonal":
-            # Upstream's rule: gain sqrt(2) in front of Tanh, 1 otherwise.
-            nn.init.orthogonal_(w, gain=math.sqrt(2) if self.nonlinearity_name == "nn.Tanh" else 1.0)
+            # Gain sqrt(2) in front of ReLU and Tanh (the usual PPO init; upstream used it for Tanh only):
+            # with gain 1 the sparse token box shrinks layer by layer and the LSTM sees almost no signal.
+            nn.init.orthogonal_(w, gain=math.sqrt(2) if self.nonlinearity_name in ("nn.Tanh", "nn.ReLU") else 1.0)
         elif kind == "xavier":
             nn.init.xavier_uniform_(w)
         elif kind == "normal":
