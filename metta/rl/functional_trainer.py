@@ -83,10 +83,11 @@ def train_ppo(
             )  # fmt: skip
         for _ in range(trainer_cfg.update_epochs):
             for minibatch in experience.iter_minibatches(advantages, prio.prio_alpha, anneal_beta):
-                loss = process_minibatch_update(
-                    policy, experience, minibatch, advantages, trainer_cfg, kickstarter, agent_step, losses, device
-                )
-                optimizer.step(loss, epoch, experience.accumulate_minibatches)
+                with _timed(timer, "_train.learn"):
+                    loss = process_minibatch_update(
+                        policy, experience, minibatch, advantages, trainer_cfg, kickstarter, agent_step, losses, device
+                    )
+                    optimizer.step(loss, epoch, experience.accumulate_minibatches)
             epoch += 1
             if should_stop_early(losses, ppo.target_kl):
                 break

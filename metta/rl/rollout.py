@@ -72,7 +72,8 @@ def perform_rollout_step(
     # the next episode: those agents must not carry the old episode's memory into this forward pass.
     dones = d | t
     experience.reset_lstm_state(env_id, dones)
-    actions, logprobs, values, lstm_state = run_policy_inference(policy, o, experience, env_id, device)
+    with _timed(timer, "_rollout.forward"):
+        actions, logprobs, values, lstm_state = run_policy_inference(policy, o, experience, env_id, device)
     experience.store(o, actions, logprobs, r, dones, t, values, env_id, mask, lstm_state)
     with _timed(timer, "_rollout.env"):
         vecenv.send(actions.to("cpu", torch.int32).numpy())
