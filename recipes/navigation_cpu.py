@@ -1,0 +1,113 @@
+"""Train the default agent on the navigation curriculum on a CPU for a fixed wall-clock budget.
+
+Writes one JSON object per epoch to ``{out_dir}/metrics.jsonl`` (agent steps, wall time, mean episode
+reward, SPS, losses) and, first, the mean episode reward of a uniformly random policy on the same
+curriculum and seed, so the curve can be read against it:
+
+    python recipes/navigation_cpu.py --minutes 10 --out-dir train_dir/navigation_cpu
+
+This is the learning check of the PPO core (metta/rl); ``run.py`` is the full production loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from metta.agent.metta_agent import make_policy
+from metta.interface.environment import Environment
+from metta.rl.experience import Experience
+from metta.rl.functional_trainer import rollout, train_ppo
+from metta.rl.losses import Losses
+from metta.rl.optimizer import Optimizer
+from metta.rl.trainer_config import TrainerConfig
+
+CURRICULUM = "/env/mettagrid/curriculum/navigation/bucketed"
+
+
+def random_policy_reward(num_envs: int, seed: int, episodes: int) -> float:
+    env = Environment(curriculum_path=CURRICULUM, num_envs=num_envs, seed=seed, is_training=False, device="cpu")
+    rng = np.random.default_rng(seed)
+    max_args = np.array(env.max_action_args)
+    rewards: list[float] = []
+    while len(rewards) < episodes:
+        _, _, _, _, infos, env_ids, _ = env.recv()
+        types = rng.integers(0, len(max_args), len(env_ids))
+        env.send(np.stack([types, rng.integers(0, max_args[types] + 1)], axis=1).astype(np.int32))
+        rewards += [info["episode_reward"] for info in infos]
+    env.close()
+    return float(np.mean(rewards))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--out-dir", default="train_dir/navigation_cpu")
+    parser.add_argument("--num-envs", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=16384)
+    parser.add_argument("--minibatch-size", type=int, default=4096)
+    parser.add_argument("--bptt-horizon", type=int, default=16)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--random-episodes", type=int, default=256)
+    args = parser.parse_args()
+
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = (out / "metrics.jsonl").open("w")
+
+    random_reward = random_policy_reward(args.num_envs, args.seed, args.random_episodes)
+    metrics.write(json.dumps({"random_policy_episode_reward": random_reward}) + "\n")
+    print(f"random policy: mean episode reward {random_reward:.4f}")
+
+    torch.manual_seed(args.seed)
+    cfg = TrainerConfig(
+        total_timesteps=10**12,
+        batch_size=args.batch_size,
+        minibatch_size=args.minibatch_size,
+        bptt_horizon=args.bptt_horizon,
+        ppo={"ent_coef": 0.01, "gamma": 0.99, "gae_lambda": 0.95},
+        optimizer={"learning_rate": args.learning_rate},
+    )
+    env = Environment(curriculum_path=CURRICULUM, num_envs=args.num_envs, seed=args.seed, is_training=True, device="cpu")
+    policy = make_policy(env)
+    experience = Experience(
+        total_agents=env.num_agents, batch_size=cfg.batch_size, bptt_horizon=cfg.bptt_horizon,
+        minibatch_size=cfg.minibatch_size, obs_space=env.single_observation_space,
+        atn_space=env.single_action_space, device="cpu", hidden_size=policy.hidden_size,
+        num_lstm_layers=policy.core_num_layers, agents_per_batch=env.agents_per_batch,
+    )  # fmt: skip
+    optimizer = Optimizer("adam", policy, learning_rate=cfg.optimizer.learning_rate, max_grad_norm=cfg.ppo.max_grad_norm)
+    losses = Losses()
+    agent_step, epoch = 0, 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < args.minutes * 60:
+        t0 = time.perf_counter()
+        agent_step_before = agent_step
+        agent_step, stats = rollout(policy, env, experience, "cpu", agent_step)
+        epoch = train_ppo(policy, optimizer, experience, "cpu", losses, epoch, cfg, agent_step=agent_step)
+        rewards = stats.get("episode_reward", [])
+        row = {
+            "epoch": epoch,
+            "agent_step": agent_step,
+            "seconds": round(time.perf_counter() - start, 1),
+            "episodes": len(rewards),
+            "episode_reward": float(np.mean(rewards)) if rewards else None,
+            "sps": round((agent_step - agent_step_before) / (time.perf_counter() - t0)),
+            **{f"losses/{k}": v for k, v in losses.stats().items()},
+        }
+        metrics.write(json.dumps(row) + "\n")
+        metrics.flush()
+        if rewards:
+            print(f"epoch {epoch} step {agent_step} t={row['seconds']}s reward {row['episode_reward']:.4f} sps {row['sps']}")
+    env.close()
+    metrics.close()
+
+
+if __name__ == "__main__":
+    main()
