@@ -21,7 +21,7 @@ import torch
 
 from metta.agent.metta_agent import make_policy
 from metta.interface.environment import Environment
-from metta.rl.experience import Experience
+from metta.rl.experience import make_experience
 from metta.rl.functional_trainer import rollout, train_ppo
 from metta.rl.losses import Losses
 from metta.rl.optimizer import Optimizer
@@ -76,12 +76,7 @@ def main() -> None:
     )
     env = Environment(curriculum_path=CURRICULUM, num_envs=args.num_envs, seed=args.seed, is_training=True, device="cpu")
     policy = make_policy(env)
-    experience = Experience(
-        total_agents=env.num_agents, batch_size=cfg.batch_size, bptt_horizon=cfg.bptt_horizon,
-        minibatch_size=cfg.minibatch_size, obs_space=env.single_observation_space,
-        atn_space=env.single_action_space, device="cpu", hidden_size=policy.hidden_size,
-        num_lstm_layers=policy.core_num_layers, agents_per_batch=env.agents_per_batch,
-    )  # fmt: skip
+    experience = make_experience(env, policy, cfg, "cpu")
     optimizer = Optimizer("adam", policy, learning_rate=cfg.optimizer.learning_rate, max_grad_norm=cfg.ppo.max_grad_norm)
     losses = Losses()
     agent_step, epoch = 0, 0

@@ -336,6 +336,23 @@ class Experience:
         }
 
 
+def make_experience(vecenv: Any, policy: Any, trainer_cfg: Any, device: torch.device | str = "cpu") -> "Experience":
+    """An ``Experience`` sized from a vecenv, a policy and a ``TrainerConfig`` (the usual construction)."""
+    return Experience(
+        total_agents=vecenv.num_agents,
+        batch_size=trainer_cfg.batch_size,
+        bptt_horizon=trainer_cfg.bptt_horizon,
+        minibatch_size=trainer_cfg.minibatch_size,
+        obs_space=vecenv.single_observation_space,
+        atn_space=vecenv.single_action_space,
+        device=device,
+        hidden_size=policy.hidden_size,
+        cpu_offload=trainer_cfg.cpu_offload,
+        num_lstm_layers=policy.core_num_layers,
+        agents_per_batch=getattr(vecenv, "agents_per_batch", None),
+    )
+
+
 def calculate_batch_sizes(
     forward_pass_minibatch_target_size: int, num_agents: int, num_workers: int, async_factor: int
 ) -> tuple[int, int, int]:
