@@ -34,9 +34,10 @@ DEFAULT_HEIGHT = 32
 def default_env_config(num_agents: int = DEFAULT_NUM_AGENTS, width: int = DEFAULT_WIDTH, height: int = DEFAULT_HEIGHT) -> MettaGridConfig:
     """The default navigation env (upstream's ``_get_default_env_config``), sized by its arguments.
 
-    ``num_agents`` rooms, one agent each, tiled into one map; every room is a ``width x height`` procedural
-    terrain with ``max(1, width * height // 100)`` altars. Upstream used fixed terrain files here and ignored
-    ``width``/``height``; generating the rooms keeps them honoured and costs about a millisecond per room.
+    ``num_agents`` rooms, one agent each, tiled into one map; every room is a ``width x height`` map of the
+    ``terrain_maps_nohearts`` terrain set with ``max(1, width * height // 100)`` altars. Upstream used that
+    set's fixed-size maps and ignored ``width``/``height``; here the set is generated at the requested size
+    (once per process), so the sizes are honoured and an episode reset only places agents and altars.
     All eight classic actions are on, and the classic objects (red mine, red generator, altar, wall,
     swappable block) are configured.
     """
@@ -99,10 +100,10 @@ def default_env_config(num_agents: int = DEFAULT_NUM_AGENTS, width: int = DEFAUL
                     "num_rooms": num_agents,
                     "border_width": 6,
                     "room": {
-                        "type": "varied_terrain",
+                        "type": "terrain",
+                        "dir": "terrain_maps_nohearts",
                         "width": width,
                         "height": height,
-                        "style": "balanced",
                         "agents": 1,
                         "objects": {"altar": altars},
                         "border_width": 3,

@@ -85,17 +85,26 @@ def make_vecenv(
     is_training: bool = False,
     render_mode: str | None = None,
     seed: int | None = None,
+    pin_workers: bool = True,
 ) -> "VecEnv":
     """A vecenv over ``num_envs`` envs of ``curriculum`` (a Curriculum, an env config or a config path).
 
     ``batch_size`` (envs per ``recv``, default ``num_envs``) must be a multiple of ``num_envs / num_workers``
     and divide ``num_envs``. ``seed`` is only the default for ``async_reset()`` without a seed.
+    ``pin_workers`` (multiprocessing, Linux) keeps worker processes off the first allowed CPU, which the
+    learner then has to itself: a worker woken by the learner otherwise often lands on the learner's core
+    and waits for it, and the overlap of env stepping and learning is lost.
     """
     if vectorization not in VECTORIZATIONS:
         raise ValueError(f"vectorization={vectorization!r} is not supported; use one of {list(VECTORIZATIONS)}")
-    cls = SerialVecEnv if vectorization == "serial" else MultiprocessingVecEnv
-    return cls(
+    if vectorization == "serial":
+        return SerialVecEnv(
+            curriculum, num_envs=num_envs, batch_size=batch_size, num_workers=num_workers, zero_copy=zero_copy,
+            is_training=is_training, render_mode=render_mode, seed=seed,
+        )  # fmt: skip
+    return MultiprocessingVecEnv(
         curriculum,
+        pin_workers=pin_workers,
         num_envs=num_envs,
         batch_size=batch_size,
         num_workers=num_workers,
@@ -483,6 +492,17 @@ def _set_parent_death_signal() -> None:
         pass
 
 
+def _worker_cpus(num_workers: int) -> list[int | None]:
+    """The CPU each worker is pinned to: all allowed CPUs but the first, round-robin (None: no pinning)."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return [None] * num_workers
+    if len(cpus) < 2:
+        return [None] * num_workers
+    return [cpus[1 + w % (len(cpus) - 1)] for w in range(num_workers)]
+
+
 def _worker_main(conn: Connection, spec: dict[str, Any]) -> None:
     """A worker: owns one MettaGridEnv over its rows of the shared buffers and serves the parent's messages."""
     if spec["death_signal"]:
@@ -491,6 +511,9 @@ def _worker_main(conn: Connection, spec: dict[str, Any]) -> None:
         return  # the parent died before the death signal was armed
     # Ctrl-C reaches the whole process group; the parent decides how to shut down, so workers ignore it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if spec["cpu"] is not None:
+        with contextlib.suppress(OSError):  # a CPU set we may not use is not worth failing for
+            os.sched_setaffinity(0, {spec["cpu"]})
     try:
         rows = spec["rows"]
         buf = {
@@ -585,8 +608,9 @@ class MultiprocessingVecEnv(VecEnv):
     nothing). All waits are blocking pipe reads.
     """
 
-    def __init__(self, curriculum: Curriculum | Any, **kwargs: Any):
+    def __init__(self, curriculum: Curriculum | Any, pin_workers: bool = True, **kwargs: Any):
         super().__init__(curriculum, **kwargs)
+        worker_cpus = _worker_cpus(self.num_workers) if pin_workers else [None] * self.num_workers
         raws: dict[str, tuple[Any, tuple[int, ...]]] = {}
         buffers: dict[str, np.ndarray] = {}
         for name, shape in self._shapes.items():
@@ -616,6 +640,7 @@ class MultiprocessingVecEnv(VecEnv):
                         "rows": slice(w * self.agents_per_worker, (w + 1) * self.agents_per_worker),
                         "death_signal": death_signal,
                         "parent_pid": os.getpid(),
+                        "cpu": worker_cpus[w],
                     }
                     p = ctx.Process(target=_worker_main, args=(child_conn, spec), name=f"metta-vecenv-{w}", daemon=True)
                     p.start()

@@ -487,30 +487,33 @@ class _BaseMap:
     labels: tuple[str, ...]
 
 
-_BASE_MAPS: dict[tuple[str, int], _BaseMap] = {}
+_BASE_MAPS: dict[tuple[str, int, tuple[int, int] | None], _BaseMap] = {}
 
 
-def _generate_base(dir: str, index: int) -> np.ndarray:
-    # The seed depends on (dir, index) only, so the set is the same in every process and every run.
-    rng = np.random.default_rng([zlib.crc32(dir.encode()), index])
+def _generate_base(dir: str, index: int, shape: tuple[int, int] | None = None) -> np.ndarray:
+    # The seed depends on (dir, index[, shape]) only, so the set is the same in every process and every run.
+    rng = np.random.default_rng([zlib.crc32(dir.encode()), index, *(shape or ())])
     if dir == "terrain_maps_nohearts":
         size, style = _SIZES[int(rng.integers(3))], "mixed"
     else:
         style, size = dir.split("/", 1)[1].rsplit("_", 1)
     lo, hi = SIZE_SIDES[size]
     height, width = (int(v) for v in rng.integers(lo, hi + 1, size=2))
+    if shape is not None:  # a set of the same terrain style at a size the caller chose
+        height, width = shape
     if style == "cylinder-world":
         return generate_cylinders(height, width, rng)
     return generate_terrain(height, width, _SET_STYLES.get(style, style), rng)
 
 
-def base_map(dir: str, index: int) -> _BaseMap:
-    """Map ``index`` of terrain set ``dir``, generated on first use and cached for the process."""
-    key = (dir, index)
+def base_map(dir: str, index: int, shape: tuple[int, int] | None = None) -> _BaseMap:
+    """Map ``index`` of terrain set ``dir`` (at ``shape`` = (height, width) if given), generated on first use
+    and cached for the process."""
+    key = (dir, index, shape)
     cached = _BASE_MAPS.get(key)
     if cached is not None:
         return cached
-    grid = _generate_base(dir, index)
+    grid = _generate_base(dir, index, shape)
     empty = grid == EMPTY
     # Upstream's rule: an empty cell with at least one empty 4-neighbour, not on the outermost ring.
     has_empty_neighbour = np.zeros_like(empty)
@@ -614,8 +617,10 @@ class TerrainMap(MapBuilder):
     """One map of a fixed terrain set (upstream's ``TerrainFromNumpy``) with agents and objects added.
 
     ``dir`` names the set (see ``TERRAIN_DIRS``); ``file`` picks a map by index, otherwise the rng does.
-    Agents and the objects the map lacks (``objects[name]`` minus those already there) go on random empty
-    cells that have an empty 4-neighbour and are off the map's outermost ring.
+    ``width`` and ``height`` (give both or neither) make the set's maps that size instead of the set's own
+    sizes: the same terrain style, still generated once per process and reused. Agents and the objects the
+    map lacks (``objects[name]`` minus those already there) go on random empty cells that have an empty
+    4-neighbour and are off the map's outermost ring.
     """
 
     type: Literal["terrain", "terrain_from_numpy"] = "terrain"
@@ -625,6 +630,8 @@ class TerrainMap(MapBuilder):
     objects: dict[str, int] = Field(default_factory=dict)
     border_width: int = Field(default=0, ge=0)
     border_object: str = "wall"
+    width: int | None = Field(default=None, ge=8)
+    height: int | None = Field(default=None, ge=8)
 
     @field_validator("dir")
     @classmethod
@@ -638,11 +645,16 @@ class TerrainMap(MapBuilder):
     def _file_in_set(self) -> "TerrainMap":
         if self.file is not None and not 0 <= self.file < MAPS_PER_SET:
             raise ValueError(f"terrain file={self.file} is out of range; each set has maps 0..{MAPS_PER_SET - 1}")
+        if (self.width is None) != (self.height is None):
+            raise ValueError(
+                f"terrain width={self.width}, height={self.height}: give both (a custom size) or neither (the set's sizes)"
+            )
         return self
 
     def build(self, rng: np.random.Generator) -> Level:
         index = self.file if self.file is not None else int(rng.integers(MAPS_PER_SET))
-        base = base_map(self.dir, index)
+        shape = (self.height, self.width) if self.width is not None else None
+        base = base_map(self.dir, index, shape)
         agents = np.asarray(agent_cells(self.agents), dtype=np.uint8)
         objects = []
         for name, want in self.objects.items():
