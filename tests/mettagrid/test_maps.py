@@ -409,3 +409,16 @@ def test_upgrade_legacy_errors_and_passthrough():
     assert upgrade_legacy_builder(builder) is builder
     assert upgrade_legacy_builder({"type": "random"}) == {"type": "random"}
     assert isinstance(TypeAdapter(MapBuilderConfig).validate_python({"type": "terrain_from_numpy"}), TerrainMap)
+
+
+def test_terrain_set_at_a_custom_size():
+    from metta.mettagrid.map.terrain import TerrainMap
+
+    builder = TerrainMap(dir="terrain_maps_nohearts", width=20, height=16, agents=1, objects={"altar": 3}, border_width=2)
+    a = builder.build(np.random.default_rng(5))
+    b = builder.build(np.random.default_rng(5))
+    assert a.grid.shape == (16 + 4, 20 + 4)
+    assert np.array_equal(a.grid, b.grid)
+    assert a.count("altar") == 3 and a.num_agents() == 1
+    with pytest.raises(ValueError, match="give both"):
+        TerrainMap(dir="terrain_maps_nohearts", width=20)
