@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from metta.agent.metta_agent import make_policy
+from metta.agent.policy_state import PolicyState
 from metta.interface.environment import Environment
 from metta.rl.experience import make_experience
 from metta.rl.functional_trainer import rollout, train_ppo
@@ -30,18 +31,27 @@ from metta.rl.trainer_config import TrainerConfig
 CURRICULUM = "/env/mettagrid/curriculum/navigation/bucketed"
 
 
-def random_policy_reward(num_envs: int, seed: int, episodes: int) -> float:
+def evaluate(policy: torch.nn.Module | None, num_envs: int, seed: int, episodes: int) -> float:
+    """Mean episode reward over the first ``episodes`` episodes of a fresh curriculum (so the random and the
+    trained policy see the same tasks); ``policy=None`` acts uniformly at random."""
     env = Environment(curriculum_path=CURRICULUM, num_envs=num_envs, seed=seed, is_training=False, device="cpu")
     rng = np.random.default_rng(seed)
     max_args = np.array(env.max_action_args)
+    state = PolicyState()
     rewards: list[float] = []
     while len(rewards) < episodes:
-        _, _, _, _, infos, env_ids, _ = env.recv()
-        types = rng.integers(0, len(max_args), len(env_ids))
-        env.send(np.stack([types, rng.integers(0, max_args[types] + 1)], axis=1).astype(np.int32))
+        obs, _, terminals, truncations, infos, env_ids, _ = env.recv()
+        if policy is None:
+            types = rng.integers(0, len(max_args), len(env_ids))
+            actions = np.stack([types, rng.integers(0, max_args[types] + 1)], axis=1).astype(np.int32)
+        else:
+            with torch.no_grad():
+                state.reset_done(torch.from_numpy(terminals | truncations))
+                actions = policy(torch.from_numpy(obs), state)[0].numpy().astype(np.int32)
+        env.send(actions)
         rewards += [info["episode_reward"] for info in infos]
     env.close()
-    return float(np.mean(rewards))
+    return float(np.mean(rewards[:episodes]))
 
 
 def main() -> None:
@@ -54,14 +64,14 @@ def main() -> None:
     parser.add_argument("--bptt-horizon", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--random-episodes", type=int, default=256)
+    parser.add_argument("--eval-episodes", type=int, default=256, help="episodes for each policy's evaluation")
     args = parser.parse_args()
 
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     metrics = (out / "metrics.jsonl").open("w")
 
-    random_reward = random_policy_reward(args.num_envs, args.seed, args.random_episodes)
+    random_reward = evaluate(None, args.num_envs, args.seed + 1, args.eval_episodes)
     metrics.write(json.dumps({"random_policy_episode_reward": random_reward}) + "\n")
     print(f"random policy: mean episode reward {random_reward:.4f}")
 
@@ -101,7 +111,18 @@ def main() -> None:
         if rewards:
             print(f"epoch {epoch} step {agent_step} t={row['seconds']}s reward {row['episode_reward']:.4f} sps {row['sps']}")
     env.close()
+    policy.eval()
+    trained_reward = evaluate(policy, args.num_envs, args.seed + 1, args.eval_episodes)
+    summary = {
+        "random_policy_episode_reward": random_reward,
+        "trained_policy_episode_reward": trained_reward,
+        "ratio": trained_reward / max(random_reward, 1e-9),
+        "agent_step": agent_step,
+        "minutes": args.minutes,
+    }
+    metrics.write(json.dumps({"final_evaluation": summary}) + "\n")
     metrics.close()
+    print(json.dumps(summary))
 
 
 if __name__ == "__main__":
