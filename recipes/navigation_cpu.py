@@ -63,6 +63,7 @@ def main() -> None:
     parser.add_argument("--minibatch-size", type=int, default=4096)
     parser.add_argument("--bptt-horizon", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--update-epochs", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-episodes", type=int, default=256, help="episodes for each policy's evaluation")
     args = parser.parse_args()
@@ -81,6 +82,7 @@ def main() -> None:
         batch_size=args.batch_size,
         minibatch_size=args.minibatch_size,
         bptt_horizon=args.bptt_horizon,
+        update_epochs=args.update_epochs,
         ppo={"ent_coef": 0.01, "gamma": 0.99, "gae_lambda": 0.95},
         optimizer={"learning_rate": args.learning_rate},
     )

@@ -160,7 +160,7 @@ def default_objects() -> dict[str, ObjectConfig]:
 
 
 class GameConfig(Config):
-    num_agents: int = Field(default=4, ge=1)
+    num_agents: int = Field(default=4, ge=1, le=32767)
     obs_width: int = 11
     obs_height: int = 11
     num_observation_tokens: int = Field(default=200, ge=1)

@@ -40,6 +40,7 @@ from metta.mettagrid.map.level import Level, cell_name, code_table_size
 
 _MIN_CELLS = 32 * 32
 _MIN_CONVERTERS = 16
+_MAX_CONVERTERS = 32767  # grid cells hold converter indices as int16
 
 
 def make_curriculum(curriculum: Any) -> Curriculum:
@@ -168,7 +169,9 @@ class MettaGridEnv:
         cell_off = np.concatenate([[0], np.cumsum(self._cell_cap)])
         conv_off = np.concatenate([[0], np.cumsum(self._conv_cap)])
         n_items = len(self.layout.items)
-        grid = np.zeros((int(cell_off[-1]), 2), dtype=np.int32)  # (agent, object) per cell, interleaved
+        # (agent, object) per cell, interleaved int16: half the memory of int32 pairs, and the observation scan
+        # is bound by memory traffic over all envs' grids.
+        grid = np.zeros((int(cell_off[-1]), 2), dtype=np.int16)
         grid_agent, grid_obj = grid[:, 0], grid[:, 1]
         conv_i = np.zeros((int(conv_off[-1]), kn.CONV_COLS), dtype=np.int32)
         conv_inv = np.zeros((int(conv_off[-1]), n_items), dtype=np.int32)
@@ -186,7 +189,7 @@ class MettaGridEnv:
                 conv_inv[dst : dst + n_conv] = copy_from["conv_inv"][src : src + n_conv]
                 conv_recipe[dst : dst + n_conv] = copy_from["conv_recipe"][src : src + n_conv]
         self._grid_agent, self._grid_obj = grid_agent, grid_obj
-        self._grid_pair = grid.view(np.int64).reshape(-1)
+        self._grid_pair = grid.view(np.int32).reshape(-1)
         self._conv_i, self._conv_inv, self._conv_recipe = conv_i, conv_inv, conv_recipe
         ei[:, kn.E_GRID_OFF] += cell_off[:-1] - ei[:, kn.E_SLOT_OFF]
         ei[:, kn.E_SLOT_OFF] = cell_off[:-1]
@@ -270,6 +273,10 @@ class MettaGridEnv:
                 f"{self.layout.num_agents}; make the map builder place exactly num_agents agents"
             )
         n_conv = int(counts[present[kinds == KIND_CONVERTER]].sum())
+        if n_conv > _MAX_CONVERTERS:
+            raise ValueError(
+                f"the map of task {task.id!r} has {n_conv} converters; at most {_MAX_CONVERTERS} per env are supported"
+            )
         pad = 2 * kn.GRID_PAD
         self._ensure_capacity(e, (grid.shape[0] + pad) * (grid.shape[1] + pad), n_conv)
 

@@ -6,7 +6,7 @@ compilation. Column indices of the packed state arrays are the module constants 
 
 Grid cells: ``grid_agent`` holds 0 or (local agent index + 1); ``grid_obj`` holds 0 (empty), a converter
 (local converter index + 1) or a static object (``-type_id``: walls and blocks, which have no state but
-their position; ``-(type_id + 256)`` when swappable). Both are strided views of one interleaved int32 array, whose int64 view ``grid_pair``
+their position; ``-(type_id + 256)`` when swappable). Both are strided views of one interleaved int16 array, whose int32 view ``grid_pair``
 lets the observation scan skip an empty cell with a single load.
 """
 
@@ -445,10 +445,10 @@ def write_agent_obs(
     center_cell = goff + agent_i[a, A_R] * S + agent_i[a, A_C]
     for k in range(n_cells):
         cell = center_cell + cell_deltas[k]
-        # grid_pair[cell] is the cell's (agent, object) pair as one int64.
+        # grid_pair[cell] is the cell's (agent, object) pair as one int32 (little-endian: agent in the low half).
         pair = grid_pair[cell]
-        ga = np.int32(pair & 0xFFFFFFFF)
-        go = np.int32(pair >> 32)
+        ga = pair & 0xFFFF
+        go = pair >> 16
         loc = obs_offsets[k, 2]
         if ga == 0 and go > -SWAPPABLE_STATIC and go <= 0:
             # The common cells, empty or a plain wall, without a branch on which: the token is written either
