@@ -1,0 +1,115 @@
+"""Where training metrics go: a local JSON-lines file (always), wandb (when a run is given), TensorBoard (when
+asked), and the console (a line per epoch, with a progress bar toward the total when stdout is a terminal).
+
+    logger = StatsLogger(run_dir, total_timesteps=cfg.trainer.total_timesteps, wandb_run=wandb_run)
+    logger.log(epoch, agent_step, {"overview/sps": sps, "overview/reward": r, "losses/policy_loss": pl, ...})
+    logger.close()
+
+Metric keys follow the shared vocabulary (``overview/*``, ``losses/*``, ``env_*``, ``timing/*``). The file is
+``{run_dir}/metrics.jsonl``, one object per call, appended to, so a resumed run continues its curve.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-safe scalar: tensors and NumPy numbers become floats, NaN and inf become None."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class StatsLogger:
+    def __init__(
+        self,
+        run_dir: str | Path,
+        total_timesteps: int | None = None,
+        wandb_run: Any = None,
+        console: bool = True,
+        tensorboard: bool = False,
+        stream: TextIO | None = None,
+    ):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self._file = self.metrics_path.open("a")
+        self.total_timesteps = total_timesteps
+        self.wandb_run = wandb_run
+        self.console = console
+        self.stream = stream or sys.stdout
+        self._is_tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as err:  # tensorboard is an optional install
+                raise ImportError("tensorboard=True needs the tensorboard package: pip install tensorboard") from err
+            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+        self._start = time.time()
+
+    def log(self, epoch: int, agent_step: int, metrics: dict[str, Any]) -> None:
+        row = {"epoch": epoch, "agent_step": agent_step, "time": round(time.time() - self._start, 3)}
+        row.update({k: _plain(v) for k, v in metrics.items()})
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+        if self.wandb_run is not None:
+            self.wandb_run.log({**row, "metric/agent_step": agent_step, "metric/epoch": epoch}, step=agent_step)
+        if self._tb is not None:
+            for key, value in row.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self._tb.add_scalar(key, value, agent_step)
+        if self.console:
+            self.stream.write(self._line(epoch, agent_step, row) + "\n")
+            self.stream.flush()
+
+    def _line(self, epoch: int, agent_step: int, row: dict[str, Any]) -> str:
+        def fmt(key: str, label: str, spec: str = ".3f") -> str | None:
+            value = row.get(key)
+            return f"{label} {value:{spec}}" if isinstance(value, (int, float)) else None
+
+        parts = [f"epoch {epoch:>5}", f"steps {agent_step:>11,}"]
+        parts += [
+            p
+            for p in (
+                fmt("overview/sps", "sps", ",.0f"),
+                fmt("overview/reward", "reward", ".4f"),
+                fmt("losses/policy_loss", "pg", ".4f"),
+                fmt("losses/value_loss", "vf", ".4f"),
+                fmt("losses/entropy", "ent", ".3f"),
+                fmt("losses/approx_kl", "kl", ".4f"),
+            )
+            if p
+        ]
+        split = [
+            f"{name} {row[key] * 100:.0f}%"
+            for name, key in (
+                ("env", "timing/frac/env"),
+                ("fwd", "timing/frac/forward"),
+                ("learn", "timing/frac/learn"),
+                ("other", "timing/frac/other"),
+            )
+            if isinstance(row.get(key), (int, float))
+        ]
+        if split:
+            parts.append("[" + " ".join(split) + "]")
+        if self.total_timesteps and self._is_tty:
+            done = min(1.0, agent_step / self.total_timesteps)
+            width = 20
+            parts.append("|" + "#" * int(done * width) + "." * (width - int(done * width)) + f"| {done * 100:.0f}%")
+        return "  ".join(parts)
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None

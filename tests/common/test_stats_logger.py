@@ -1,0 +1,24 @@
+"""StatsLogger: the metrics file always, console lines, resumed runs append."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+
+from metta.common.stats_logger import StatsLogger
+
+
+def test_metrics_file_console_and_append(tmp_path):
+    out = io.StringIO()
+    logger = StatsLogger(tmp_path, total_timesteps=1000, stream=out)
+    logger.log(1, 100, {"overview/sps": 1234.5, "overview/reward": 0.5, "losses/entropy": 2.0, "timing/frac/env": 0.25, "x": math.nan})
+    logger.close()
+    logger = StatsLogger(tmp_path, total_timesteps=1000, stream=out, console=False)
+    logger.log(2, 200, {"overview/reward": 0.75})
+    logger.close()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[0]["x"] is None and rows[1]["overview/reward"] == 0.75
+    line = out.getvalue().strip()
+    assert "epoch     1" in line and "sps 1,234" in line and "reward 0.5000" in line and "env 25%" in line
+    assert "|" not in line  # no progress bar when the stream is not a terminal
