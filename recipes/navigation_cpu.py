@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--update-epochs", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--eval-episodes", type=int, default=256, help="episodes for each policy's evaluation")
+    parser.add_argument("--eval-episodes", type=int, default=128, help="episodes for each policy's evaluation")
     args = parser.parse_args()
 
     out = Path(args.out_dir)
