@@ -1,6 +1,8 @@
-"""Wrapping the agent for distributed training."""
+"""Wrapping the agent for distributed training; pruning checkpoints; checking a policy fits an environment."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
@@ -24,3 +26,38 @@ def wrap_agent_distributed(agent: torch.nn.Module, device: torch.device | str) -
 def unwrap_agent(agent: torch.nn.Module) -> torch.nn.Module:
     """The agent inside a DDP wrapper (or the agent itself)."""
     return getattr(agent, "module", agent)
+
+
+def cleanup_old_policies(checkpoint_dir: str, keep_last_n: int = 5) -> list[str]:
+    """Delete all but the newest ``keep_last_n`` checkpoints (policy + trainer state); returns what was deleted.
+
+    Upstream's version globbed ``policy_*.pt`` while files are named ``model_XXXX.pt``, so it never deleted
+    anything; this one is ``metta.rl.checkpoint.prune_checkpoints``.
+    """
+    from metta.rl.checkpoint import prune_checkpoints  # checkpoint imports this module
+
+    return prune_checkpoints(checkpoint_dir, keep_last_n)
+
+
+def validate_policy_environment_match(policy: torch.nn.Module, env: Any) -> None:
+    """Raise ``ValueError`` if ``policy`` was built for observations of another shape than ``env``'s.
+
+    Actions need no check: a MettaAgent keys its action embeddings by name and activates new ones.
+    """
+    agent = unwrap_agent(policy)
+    env = getattr(env, "driver_env", env)
+    policy_shape = tuple(getattr(agent, "obs_shape", ()) or ())
+    env_shape = tuple(env.single_observation_space.shape)
+    if policy_shape and policy_shape != env_shape:
+        raise ValueError(
+            f"the policy expects observations of shape {list(policy_shape)} but the environment produces "
+            f"{list(env_shape)}; build the agent for this environment (Agent(env)) or use an environment with the "
+            "policy's observation tokens"
+        )
+    for name in ("obs_width", "obs_height"):
+        mine, theirs = getattr(agent, name, None), getattr(env, name, None)
+        if mine is not None and theirs is not None and mine != theirs:
+            raise ValueError(
+                f"the policy's {name}={mine} differs from the environment's {name}={theirs}; the observation window "
+                "must match: build the agent for this environment (Agent(env))"
+            )

@@ -1,0 +1,33 @@
+"""Turning a user's device argument into a ``torch.device``, with one CUDA fallback rule."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_device(device: str | torch.device | None, name: str = "device") -> torch.device:
+    """``device`` as a ``torch.device``; None means CUDA when available, else CPU.
+
+    Asking for CUDA on a machine without it warns and returns the CPU, so that the same script runs on a
+    laptop and a GPU box (upstream's ``metta/rl/util/distributed.py`` behaviour).
+    """
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"{name}={device!r} is not a torch device; use 'cpu', 'cuda' or 'cuda:N'") from e
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            logger.warning("%s=%r was requested but CUDA is not available; using the CPU", name, str(device))
+            return torch.device("cpu")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"{name}={str(device)!r} but only {torch.cuda.device_count()} CUDA device(s) are visible; "
+                f"use 'cuda:0' to 'cuda:{torch.cuda.device_count() - 1}'"
+            )
+    return resolved

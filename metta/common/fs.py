@@ -1,0 +1,104 @@
+"""Crash-safe file writes and checksums.
+
+A write is atomic: the bytes go to a temp file in the same directory, are fsynced, and the temp file is
+renamed over the target with ``os.replace`` (atomic on POSIX and Windows), then the directory is fsynced so
+the rename itself survives a power cut. A process killed at any moment (SIGKILL included) leaves either
+the old file or the new one, plus at most a ``<name>.tmp.<pid>`` leftover that ``remove_stale_temp_files``
+cleans up.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import io
+import os
+from typing import Any
+
+import torch
+
+TEMP_MARKER = ".tmp."
+
+
+def temp_path_for(path: str) -> str:
+    """The temp name a write to ``path`` uses (same directory, so ``os.replace`` never crosses filesystems)."""
+    return f"{path}{TEMP_MARKER}{os.getpid()}"
+
+
+def fsync_dir(path: str) -> None:
+    """Persist a directory entry (a rename or a delete); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # Windows cannot open directories; its renames are durable enough for our purpose
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems (e.g. certain network mounts) refuse fsync on directories
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: str) -> None:
+    """Flush a file written by someone else's code (e.g. ``PolicyStore.save``) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically and durably."""
+    path = os.path.abspath(path)
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    tmp = temp_path_for(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    fsync_dir(directory)
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_torch_save(obj: Any, path: str) -> None:
+    """``torch.save(obj, path)``, atomically and durably."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def remove_stale_temp_files(directory: str, pattern: str = "*") -> list[str]:
+    """Delete ``<pattern>.tmp.<pid>`` leftovers of writes killed midway; returns the removed paths.
+
+    Temp files of this process are kept: one of its writes may be in flight on another thread.
+    """
+    removed = []
+    own_suffix = f"{TEMP_MARKER}{os.getpid()}"
+    for tmp in glob.glob(os.path.join(directory, f"{pattern}{TEMP_MARKER}*")):
+        if tmp.endswith(own_suffix):
+            continue
+        try:
+            os.remove(tmp)
+            removed.append(tmp)
+        except FileNotFoundError:
+            pass
+    return removed

@@ -1,0 +1,416 @@
+"""Complete training checkpoints: written atomically, verified on load, pruned, resumable after any crash.
+
+One checkpoint is two files in the checkpoint directory::
+
+    model_0010.pt              the policy (PolicyStore's format: config + weights, no pickled module)
+    trainer_state_0010.ckpt    everything else, and the policy file's name and sha256
+
+The trainer state holds ``agent_step``, ``epoch``, the optimizer state, the RNG states (python, numpy,
+torch, cuda), the curriculum state of every vecenv worker, the trainer config, the stopwatch state and any
+``extra_args``. Its file is a header line, the sha256 of the payload, and the ``torch.save`` payload:
+``torch.load`` does not verify zip checksums, so without our own digest a flipped byte would load silently.
+
+Why a crash never leaves a run that cannot resume: the policy file is written first (atomically, fsynced),
+then the trainer state that points to it (atomically, fsynced). A trainer state therefore only exists once
+its policy is complete, and old checkpoints are deleted only after the new one is durable (trainer state
+first, so no surviving state points to a deleted policy). ``load_latest_checkpoint`` walks the trainer
+states from the newest, skips (with a warning naming the file) any that is truncated, corrupt, or whose
+policy file is missing or does not match its digest, and returns the first good one.
+
+Only rank 0 writes; every rank may read.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import random
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from metta.agent.policy_record import PolicyRecord
+from metta.agent.policy_store import PolicyFileError, PolicyStore, read_policy_file
+from metta.common.distributed import is_master
+from metta.common.fs import atomic_write_bytes, fsync_dir, fsync_file, remove_stale_temp_files, sha256_bytes, sha256_file
+from metta.rl.policy_management import unwrap_agent
+
+logger = logging.getLogger(__name__)
+
+TRAINER_STATE_HEADER = b"METTA-TRAINER-CHECKPOINT 1\n"
+_DIGEST_LEN = 64  # hex sha256
+_TRAINER_STATE_RE = re.compile(r"^trainer_state_(\d+)\.ckpt$")
+DEFAULT_KEEP_LAST_N = 5
+
+
+class CheckpointError(RuntimeError):
+    """A trainer state that cannot be used: unreadable, corrupt, or pointing to a bad policy file."""
+
+
+def policy_file_name(epoch: int) -> str:
+    return PolicyStore.make_model_name(epoch)
+
+
+def trainer_state_file_name(epoch: int) -> str:
+    return f"trainer_state_{epoch:04d}.ckpt"
+
+
+@dataclass
+class TrainerCheckpoint:
+    """Everything besides the policy weights that a resumed run needs (upstream's ``TrainerCheckpoint``)."""
+
+    agent_step: int = 0
+    epoch: int = 0
+    optimizer_state_dict: dict[str, Any] | None = None
+    policy_path: str | None = None  # absolute once loaded; stored as a name relative to the checkpoint dir
+    policy_sha256: str | None = None
+    stopwatch_state: dict[str, Any] | None = None
+    rng_state: dict[str, Any] | None = None
+    curriculum_state: list[dict[str, Any]] | dict[str, Any] | None = None
+    trainer_config: dict[str, Any] | None = None
+    extra_args: dict[str, Any] = field(default_factory=dict)
+    path: str | None = None  # the trainer-state file this record was read from or written to
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "agent_step": int(self.agent_step),
+            "epoch": int(self.epoch),
+            "optimizer_state_dict": self.optimizer_state_dict,
+            # Relative, so a run directory can be moved or copied and still resume.
+            "policy_path": os.path.basename(self.policy_path) if self.policy_path else None,
+            "policy_sha256": self.policy_sha256,
+            "stopwatch_state": self.stopwatch_state,
+            "rng_state": self.rng_state,
+            "curriculum_state": self.curriculum_state,
+            "trainer_config": self.trainer_config,
+            "extra_args": dict(self.extra_args),
+        }
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any], path: str) -> "TrainerCheckpoint":
+        missing = [k for k in ("agent_step", "epoch", "optimizer_state_dict", "policy_path") if k not in payload]
+        if missing:
+            raise CheckpointError(f"trainer state {path} lacks required keys {missing}; it was not written by metta")
+        known = set(cls.__dataclass_fields__) - {"path", "extra_args"}
+        extra = dict(payload.get("extra_args") or {})
+        extra.update({k: v for k, v in payload.items() if k not in known and k != "extra_args"})
+        policy_path = payload["policy_path"]
+        if policy_path:
+            policy_path = os.path.join(os.path.dirname(os.path.abspath(path)), policy_path)
+        return cls(
+            **{k: payload.get(k) for k in known if k != "policy_path"},
+            policy_path=policy_path,
+            extra_args=extra,
+            path=path,
+        )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Trainer-state files
+def write_trainer_state(path: str, ckpt: TrainerCheckpoint) -> None:
+    buffer = io.BytesIO()
+    torch.save(ckpt.to_payload(), buffer)
+    payload = buffer.getvalue()
+    atomic_write_bytes(path, TRAINER_STATE_HEADER + sha256_bytes(payload).encode("ascii") + b"\n" + payload)
+    ckpt.path = path
+
+
+def read_trainer_state(path: str) -> TrainerCheckpoint:
+    """Read and verify one trainer-state file; raises ``CheckpointError`` naming the file when it is bad."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise CheckpointError(f"cannot read trainer state {path}: {e}") from e
+    head = len(TRAINER_STATE_HEADER)
+    if not data.startswith(TRAINER_STATE_HEADER) or len(data) < head + _DIGEST_LEN + 1:
+        raise CheckpointError(f"trainer state {path} is truncated or not a metta trainer checkpoint (bad header)")
+    digest = data[head : head + _DIGEST_LEN].decode("ascii", errors="replace")
+    payload = data[head + _DIGEST_LEN + 1 :]
+    if sha256_bytes(payload) != digest:
+        raise CheckpointError(f"trainer state {path} is corrupt or truncated (sha256 mismatch)")
+    try:
+        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for damaged or foreign payloads
+        raise CheckpointError(f"trainer state {path} cannot be unpickled: {type(e).__name__}: {e}") from e
+    if not isinstance(state, dict):
+        raise CheckpointError(f"trainer state {path} holds a {type(state).__name__}, expected a dict")
+    return TrainerCheckpoint.from_payload(state, path)
+
+
+def list_trainer_states(checkpoint_dir: str) -> list[tuple[int, str]]:
+    """``(epoch, path)`` of every trainer-state file, newest epoch first."""
+    if not os.path.isdir(checkpoint_dir):
+        return []
+    found = []
+    for name in os.listdir(checkpoint_dir):
+        m = _TRAINER_STATE_RE.match(name)
+        if m:
+            found.append((int(m.group(1)), os.path.join(checkpoint_dir, name)))
+    return sorted(found, reverse=True)
+
+
+def verify_checkpoint(ckpt: TrainerCheckpoint) -> None:
+    """Raise ``CheckpointError`` unless the policy file the state points to exists and matches its digest."""
+    where = f"trainer state {ckpt.path}"
+    if not ckpt.policy_path:
+        raise CheckpointError(f"{where} names no policy file")
+    if not os.path.isfile(ckpt.policy_path):
+        raise CheckpointError(f"{where} points to {ckpt.policy_path}, which does not exist")
+    if ckpt.policy_sha256 and sha256_file(ckpt.policy_path) != ckpt.policy_sha256:
+        raise CheckpointError(f"{where}: its policy file {ckpt.policy_path} is corrupt, truncated or was overwritten (sha256 mismatch)")
+
+
+def load_latest_checkpoint(checkpoint_dir: str) -> TrainerCheckpoint | None:
+    """The newest verified checkpoint in ``checkpoint_dir``, or None when there is none.
+
+    Every bad checkpoint on the way is reported with a warning that names its file; it is left in place.
+    """
+    for _, path in list_trainer_states(checkpoint_dir):
+        try:
+            ckpt = read_trainer_state(path)
+            verify_checkpoint(ckpt)
+            return ckpt
+        except CheckpointError as e:
+            logger.warning("skipping checkpoint: %s; trying the previous one", e)
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------
+# RNG states
+def capture_rng_state() -> dict[str, Any]:
+    """Python, NumPy (global), torch CPU and CUDA generator states, as weights-only-loadable values."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        # np.ndarray is not allowed by torch.load(weights_only=True): store the keys as a list.
+        "numpy": {"name": name, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    if "python" in state:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if "numpy" in state:
+        n = state["numpy"]
+        np.random.set_state((n["name"], np.asarray(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    if "torch" in state:
+        torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        cuda_states = state["cuda"]
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+        else:
+            logger.warning(
+                "checkpoint has CUDA RNG states for %d devices but %d are visible; CUDA RNG not restored",
+                len(cuda_states), torch.cuda.device_count(),
+            )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------------
+# Saving
+def should_save(epoch: int, checkpoint_interval: int, force_save: bool = False) -> bool:
+    """Upstream's rule: every ``checkpoint_interval`` epochs (0 disables), or when forced."""
+    if force_save:
+        return True
+    return checkpoint_interval > 0 and epoch % checkpoint_interval == 0
+
+
+def _config_as_dict(trainer_config: Any) -> dict[str, Any] | None:
+    if trainer_config is None:
+        return None
+    if hasattr(trainer_config, "model_dump"):
+        return trainer_config.model_dump(mode="json", by_alias=True)
+    if type(trainer_config).__module__.startswith("omegaconf"):
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(trainer_config, resolve=True)  # type: ignore[return-value]
+    if isinstance(trainer_config, Mapping):
+        return dict(trainer_config)
+    raise TypeError(f"trainer_config is a {type(trainer_config).__name__}; pass a TrainerConfig, a dict or a DictConfig")
+
+
+def _check_save_args(checkpoint_dir: Any, epoch: Any, agent_step: Any, keep_last_n: Any) -> None:
+    if not isinstance(checkpoint_dir, (str, os.PathLike)) or not str(checkpoint_dir):
+        raise ValueError(f"checkpoint_dir={checkpoint_dir!r} must be a directory path, e.g. dirs.checkpoint_dir")
+    for name, value in (("epoch", epoch), ("agent_step", agent_step)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{name}={value!r} must be a non-negative int")
+    if keep_last_n is not None and (not isinstance(keep_last_n, int) or keep_last_n < 1):
+        raise ValueError(f"keep_last_n={keep_last_n!r} must be >= 1 (None keeps every checkpoint)")
+
+
+def save_checkpoint(
+    checkpoint_dir: str,
+    *,
+    epoch: int,
+    agent_step: int,
+    agent: torch.nn.Module,
+    optimizer: Any,
+    policy_store: PolicyStore,
+    stats: Mapping[str, Any] | None = None,
+    trainer_config: Any = None,
+    vecenv: Any = None,
+    curriculum_state: Any = None,
+    stopwatch: Any = None,
+    keep_last_n: int | None = DEFAULT_KEEP_LAST_N,
+    final: bool = False,
+    metadata: Mapping[str, Any] | None = None,
+    extra_args: Mapping[str, Any] | None = None,
+) -> PolicyRecord | None:
+    """Write a complete checkpoint for ``epoch`` and prune old ones. Rank 0 only (others get None).
+
+    ``optimizer`` is anything with ``state_dict()`` (metta's ``Optimizer`` or a torch optimizer) or None.
+    The curriculum state comes from ``curriculum_state`` or, when None, ``vecenv.get_curriculum_state()``.
+    Returns the saved policy's record.
+    """
+    _check_save_args(checkpoint_dir, epoch, agent_step, keep_last_n)
+    if not is_master():
+        return None
+    checkpoint_dir = os.path.abspath(str(checkpoint_dir))
+    os.makedirs(checkpoint_dir, exist_ok=True)
+    state_path = os.path.join(checkpoint_dir, trainer_state_file_name(epoch))
+    policy_path = os.path.join(checkpoint_dir, policy_file_name(epoch))
+
+    existing = _existing_checkpoint(state_path)
+    if existing is not None and existing.agent_step == agent_step:
+        # Weights change only in a training phase, which advances the epoch: an existing checkpoint with the
+        # same epoch and agent_step (e.g. the final forced save right after an interval save) is this one.
+        return policy_store.policy_record(policy_path, selector_type="latest")
+    if os.path.exists(state_path):
+        # Rewriting an epoch: first retire the state that points to the policy file we are about to replace.
+        os.remove(state_path)
+        fsync_dir(checkpoint_dir)
+
+    meta: dict[str, Any] = {"agent_step": int(agent_step), "epoch": int(epoch), "final": bool(final)}
+    if stats is not None:
+        meta["stats"] = dict(stats)
+    if stopwatch is not None:
+        meta["total_time"] = stopwatch.get_elapsed()
+        meta["train_time"] = stopwatch.get_elapsed("_train")
+    meta.update(metadata or {})
+
+    # 1. The policy, durably, before anything points to it.
+    record = policy_store.create_empty_policy_record(os.path.basename(policy_path), override_path=policy_path)
+    record.metadata = meta
+    record.policy = unwrap_agent(agent)
+    policy_store.save(record, policy_path)
+    fsync_file(policy_path)
+    fsync_dir(checkpoint_dir)
+
+    # 2. The trainer state that points to it.
+    if curriculum_state is None and vecenv is not None and hasattr(vecenv, "get_curriculum_state"):
+        curriculum_state = vecenv.get_curriculum_state()
+    ckpt = TrainerCheckpoint(
+        agent_step=int(agent_step),
+        epoch=int(epoch),
+        optimizer_state_dict=optimizer.state_dict() if optimizer is not None else None,
+        policy_path=policy_path,
+        policy_sha256=sha256_file(policy_path),
+        stopwatch_state=stopwatch.save_state() if stopwatch is not None else None,
+        rng_state=capture_rng_state(),
+        curriculum_state=curriculum_state,
+        trainer_config=_config_as_dict(trainer_config),
+        extra_args=dict(extra_args or {}),
+    )
+    write_trainer_state(state_path, ckpt)
+
+    # 3. Only now is it safe to drop old checkpoints.
+    prune_checkpoints(checkpoint_dir, keep_last_n, current_epoch=epoch)
+    return record
+
+
+def _existing_checkpoint(state_path: str) -> TrainerCheckpoint | None:
+    if not os.path.exists(state_path):
+        return None
+    try:
+        ckpt = read_trainer_state(state_path)
+        verify_checkpoint(ckpt)
+        return ckpt
+    except CheckpointError:
+        return None
+
+
+def prune_checkpoints(checkpoint_dir: str, keep_last_n: int | None, current_epoch: int | None = None) -> list[str]:
+    """Keep the newest ``keep_last_n`` checkpoints (None keeps all); returns the deleted paths.
+
+    Trainer states newer than ``current_epoch`` belong to a timeline this run abandoned (it resumed from an
+    older checkpoint, e.g. because the newer one was corrupt). They are renamed to ``*.abandoned`` rather than
+    kept, so they can neither be resumed by mistake nor crowd out the good checkpoints in the count.
+    Policy files without a trainer state (a save killed midway, or ``ensure_initial_policy``'s) are untouched.
+    """
+    removed = remove_stale_temp_files(checkpoint_dir, "model_*") + remove_stale_temp_files(checkpoint_dir, "trainer_state_*")
+    states = list_trainer_states(checkpoint_dir)
+    if current_epoch is not None:
+        for epoch, path in [s for s in states if s[0] > current_epoch]:
+            logger.warning("checkpoint %s is newer than the current epoch %d; renaming it to %s.abandoned", path, current_epoch, path)
+            os.replace(path, path + ".abandoned")
+        states = [s for s in states if s[0] <= current_epoch]
+    if keep_last_n is None or len(states) <= keep_last_n:
+        return removed
+    kept_policies = {os.path.join(checkpoint_dir, policy_file_name(epoch)) for epoch, _ in states[:keep_last_n]}
+    for epoch, state_path in states[keep_last_n:]:
+        # The state first: a surviving state must never point to a deleted policy.
+        os.remove(state_path)
+        fsync_dir(checkpoint_dir)
+        removed.append(state_path)
+        policy_path = os.path.join(checkpoint_dir, policy_file_name(epoch))
+        if policy_path not in kept_policies and os.path.exists(policy_path):
+            os.remove(policy_path)
+            removed.append(policy_path)
+    fsync_dir(checkpoint_dir)
+    return removed
+
+
+# ----------------------------------------------------------------------------------------------------
+# Restoring
+def restore_checkpoint(
+    ckpt: TrainerCheckpoint,
+    agent: torch.nn.Module | None = None,
+    optimizer: Any = None,
+    vecenv: Any = None,
+    stopwatch: Any = None,
+    restore_rng: bool = True,
+) -> None:
+    """Load a verified checkpoint into live objects (each one optional).
+
+    The agent's weights are loaded in place, so call this before ``wrap_agent_distributed`` or pass the
+    wrapped agent (it is unwrapped). Every rank should call it with the same checkpoint; RNG states are
+    restored on rank 0 only, since the other ranks must keep streams of their own.
+    """
+    if agent is not None:
+        try:
+            state_dict = read_policy_file(ckpt.policy_path)["state_dict"]
+            unwrap_agent(agent).load_state_dict(state_dict)
+        except (PolicyFileError, RuntimeError) as e:
+            raise CheckpointError(
+                f"cannot load policy {ckpt.policy_path} into the agent: {e}. The checkpoint was made with a "
+                "different agent config or environment; build the agent with the config in the checkpoint's "
+                "trainer state, or start a new run directory"
+            ) from e
+    if optimizer is not None and ckpt.optimizer_state_dict is not None:
+        try:
+            optimizer.load_state_dict(ckpt.optimizer_state_dict)
+        except (ValueError, KeyError, RuntimeError) as e:
+            logger.warning(
+                "optimizer state in %s does not fit this optimizer (%s); continuing with a fresh optimizer state. "
+                "Use the same optimizer type and agent as the run that wrote it to restore it", ckpt.path, e,
+            )  # fmt: skip
+    if vecenv is not None and ckpt.curriculum_state is not None and hasattr(vecenv, "set_curriculum_state"):
+        try:
+            vecenv.set_curriculum_state(ckpt.curriculum_state)
+        except ValueError as e:
+            logger.warning("curriculum state in %s not restored: %s", ckpt.path, e)
+    if stopwatch is not None and ckpt.stopwatch_state:
+        stopwatch.load_state(ckpt.stopwatch_state, resume_running=True)
+    if restore_rng and ckpt.rng_state and is_master():
+        restore_rng_state(ckpt.rng_state)
