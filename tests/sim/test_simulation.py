@@ -1,0 +1,176 @@
+from __future__ import annotations
+
+import copy
+import time
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+from torch import nn
+
+from metta.mettagrid.replay import expand_series, read_replay
+from metta.sim.simulation import Simulation, SimulationSuite, candidate_agent_count, episode_quotas, read_episode_stats
+from metta.sim.simulation_config import SimulationConfig, SimulationSuiteConfig, SingleEnvSimulationConfig
+
+from sim_helpers import SMALL_ENV, save_new_policy
+
+
+class ConstantPolicy(nn.Module):
+    """Always the same action; remembers how many rows it was asked about."""
+
+    def __init__(self, action_type: int, arg: int = 0):
+        super().__init__()
+        self.action = (action_type, arg)
+        self.batch_sizes: list[int] = []
+
+    def forward(self, obs: torch.Tensor, state):
+        self.batch_sizes.append(obs.shape[0])
+        actions = torch.tensor([self.action] * obs.shape[0], dtype=torch.int32)
+        return actions, None, None, None, None
+
+
+def test_quotas_and_candidate_counts():
+    assert episode_quotas(5, 2) == [3, 2]
+    assert episode_quotas(2, 2) == [1, 1]
+    assert candidate_agent_count(4, 1.0) == 4
+    assert candidate_agent_count(4, 0.5) == 2
+    assert candidate_agent_count(4, 0.1) == 1  # at least one agent is the candidate's
+    assert candidate_agent_count(100, 0.29) == 29
+
+
+def test_exact_episode_count_stats_and_replays(saved_record, policy_store, tmp_path):
+    cfg = SingleEnvSimulationConfig(env=SMALL_ENV, num_episodes=3)
+    sim = Simulation(
+        "cat/sim", cfg, saved_record, policy_store, stats_dir=tmp_path / "stats", replay_dir=tmp_path / "replays"
+    )
+    result = sim.simulate()
+
+    assert result.num_episodes == 3 and not result.timed_out
+    assert result.episode_lengths == [30, 30, 30]
+    records = read_episode_stats(result.stats_path)
+    assert [r["episode_index"] for r in records] == [0, 1, 2]
+    for rec, reward, replay in zip(records, result.rewards, result.replay_paths):
+        assert rec["sim_name"] == "cat/sim" and rec["policy_uri"] == saved_record.uri
+        assert rec["candidate_agents"] == [0, 1] and rec["npc_agents"] == [] and rec["npc_reward"] is None
+        assert rec["reward"] == pytest.approx(np.mean(rec["agent_rewards"])) == pytest.approx(reward)
+        assert rec["infos"]["episode_length"] == 30
+        assert rec["replay_path"] == str(replay)
+        data = read_replay(replay)  # validates against docs/replay_format.md
+        assert data["num_agents"] == 2 and data["episode_end"]["step"] == data["max_steps"] == 30
+        assert data["episode_end"]["total_rewards"] == pytest.approx(rec["agent_rewards"], abs=1e-5)
+    assert len({str(p) for p in result.replay_paths}) == 3
+    assert any(r != 0 for r in result.rewards)  # the move reward makes the mean check meaningful
+
+
+def test_time_limit_is_honoured(saved_record, policy_store, tmp_path):
+    endless = {**SMALL_ENV, "game": {**SMALL_ENV["game"], "max_steps": 1_000_000}}
+    cfg = SingleEnvSimulationConfig(env=endless, num_episodes=2, max_time_s=0.5)
+    t0 = time.monotonic()
+    result = Simulation("slow", cfg, saved_record, policy_store, stats_dir=tmp_path).simulate()
+    assert time.monotonic() - t0 < 10
+    assert result.timed_out and result.num_episodes == 0 and np.isnan(result.mean_reward)
+    assert read_episode_stats(result.stats_path) == []
+
+
+def test_npc_and_candidate_act_on_their_own_rows(policy_store, tmp_path):
+    npc = save_new_policy(policy_store, "npc.pt", seed=1)
+    probe = Simulation("probe", SingleEnvSimulationConfig(env=SMALL_ENV, num_episodes=1), ConstantPolicy(0))
+    noop = probe._make_vecenv().action_names.index("noop")
+    candidate = ConstantPolicy(noop)
+    cfg = SingleEnvSimulationConfig(env=SMALL_ENV, num_episodes=2, npc_policy_uri=npc.uri, policy_agents_pct=0.5)
+    sim = Simulation("duel", cfg, candidate, policy_store, stats_dir=tmp_path, replay_dir=tmp_path / "replays")
+    result = sim.simulate()
+
+    assert result.num_episodes == 2
+    assert set(candidate.batch_sizes) == {sim.num_envs}  # one candidate row per env
+    records = read_episode_stats(result.stats_path)
+    for rec in records:
+        assert rec["candidate_agents"] == [0] and rec["npc_agents"] == [1] and rec["npc_policy_uri"] == npc.uri
+        assert rec["reward"] == rec["agent_rewards"][0] and rec["npc_reward"] == rec["agent_rewards"][1]
+    for path in result.replay_paths:
+        data = read_replay(path)
+        agents = {o["agent_id"]: o for o in data["objects"] if "agent_id" in o}
+        steps = data["max_steps"]
+        cand_actions = expand_series(agents[0].get("action_id", 0), steps)[1:]  # frame 0 has no action
+        npc_actions = expand_series(agents[1].get("action_id", 0), steps)[1:]
+        assert set(cand_actions) == {noop}
+        assert len(set(npc_actions)) > 1  # the sampled MettaAgent does not only noop
+
+
+def test_live_agent_is_not_changed_by_evaluation(saved_record, policy_store):
+    agent = saved_record.policy
+    agent.train()
+    before = copy.deepcopy(agent.state_dict())
+    actions = list(agent.action_names)
+    # A smaller action set than the agent's: binding the live agent to it would change what it acts on.
+    narrow = {**SMALL_ENV, "game": {**SMALL_ENV["game"], "actions": {"attack": {"enabled": False}}}}
+    Simulation("s", SingleEnvSimulationConfig(env=narrow, num_episodes=1), agent).simulate()
+    assert agent.training and agent.action_names == actions
+    after = agent.state_dict()
+    assert before.keys() == after.keys()
+    for k, v in before.items():
+        assert torch.equal(v, after[k]) if isinstance(v, torch.Tensor) else v == after[k], k
+
+
+def test_suite_fields_propagate_unless_a_sim_sets_them():
+    suite = SimulationSuiteConfig(
+        name="s",
+        num_episodes=4,
+        max_time_s=7,
+        env_overrides={"game.max_steps": 20},
+        simulations={
+            "a": {"env": SMALL_ENV},
+            "b": SingleEnvSimulationConfig(env=SMALL_ENV, num_episodes=2, env_overrides={"game.num_agents": 2}),
+        },
+    )
+    a, b = suite.simulations["a"], suite.simulations["b"]
+    assert (a.num_episodes, a.max_time_s, a.env_overrides) == (4, 7, {"game.max_steps": 20})
+    assert (b.num_episodes, b.max_time_s) == (2, 7)
+    assert b.env_overrides == {"game.max_steps": 20, "game.num_agents": 2}
+    # The suite's default max_time_s (not given) does not override anything.
+    plain = SimulationSuiteConfig(name="p", num_episodes=1, simulations={"a": {"env": SMALL_ENV, "max_time_s": 5}})
+    assert plain.simulations["a"].max_time_s == 5
+
+
+def test_suite_runs_every_simulation(saved_record, policy_store, tmp_path):
+    sims = {"x/a": {"env": SMALL_ENV}, "x/b": {"env": SMALL_ENV}}
+    suite = SimulationSuiteConfig(name="s", num_episodes=1, simulations=sims)
+    results = SimulationSuite(suite, saved_record, policy_store, stats_dir=tmp_path).simulate()
+    assert list(results) == ["x/a", "x/b"]
+    assert {r["suite_name"] for r in read_episode_stats(tmp_path)} == {"s"}
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"env": "/env/mettagrid/no_such_env", "num_episodes": 1}, ["no_such_env"]),
+        ({"env": SMALL_ENV, "num_episodes": 0}, ["num_episodes", "greater than or equal to 1"]),
+        ({"env": SMALL_ENV, "num_episodes": 1, "policy_agents_pct": 0.0}, ["policy_agents_pct", "greater than 0"]),
+        ({"env": SMALL_ENV, "num_episodes": 1, "policy_agents_pct": 1.5}, ["policy_agents_pct", "less than or equal"]),
+        ({"env": SMALL_ENV, "num_episodes": 1, "policy_agents_pct": 0.5}, ["npc_policy_uri"]),
+        ({"env": SMALL_ENV, "num_episodes": 1, "max_time_s": 0}, ["max_time_s"]),
+        ({"env": SMALL_ENV, "num_episodes": 1, "episodes": 3}, ["episodes", "Extra inputs are not permitted"]),
+    ],
+)
+def test_bad_config_values_raise_clear_errors(kwargs, words):
+    with pytest.raises(ValidationError) as err:
+        SingleEnvSimulationConfig(**kwargs)
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_bad_simulation_arguments(saved_record, policy_store, tmp_path):
+    cfg = SingleEnvSimulationConfig(env=SMALL_ENV, num_episodes=1)
+    with pytest.raises(ValueError, match="vectorization='serial'"):
+        Simulation("s", cfg, saved_record, policy_store, vectorization="multiprocessing", replay_dir=tmp_path)
+    with pytest.raises(ValueError, match="vectorization='threads' is not supported"):
+        Simulation("s", cfg, saved_record, policy_store, vectorization="threads")
+    with pytest.raises(TypeError, match="PolicyRecord"):
+        Simulation("s", cfg, "model.pt", policy_store)
+    with pytest.raises(ValueError, match="no policy_store"):
+        with_npc = cfg.model_copy(update={"npc_policy_uri": "file://x.pt", "policy_agents_pct": 0.5})
+        Simulation("s", with_npc, saved_record)
+    with pytest.raises(ValueError, match="game.no_such_key|no_such_key"):
+        Simulation("s", cfg.model_copy(update={"env_overrides": {"game.no_such_key": 1}}), saved_record)
+    assert SimulationConfig(num_episodes=1).max_time_s == 120
