@@ -451,11 +451,18 @@ class MettaGridEnv:
         N = self.layout.num_agents
         return slice(env_index * N, (env_index + 1) * N)
 
-    def grid_objects(self, env_index: int = 0) -> dict[int, dict[str, Any]]:
+    def static_moves(self, env_index: int = 0) -> int:
+        """How many times walls or blocks moved in env ``env_index`` this episode (swaps): a replay writer only
+        needs to re-read the static objects when this changes."""
+        off = int(self.layout.stat_offsets[kn.SB_SWAP_TYPE])
+        return int(self._agent_stats[self.agent_rows(env_index), off + 1 : off + 256].sum())
+
+    def grid_objects(self, env_index: int = 0, include_static: bool = True) -> dict[int, dict[str, Any]]:
         """Every object of one env as a dict (for replays, renderers and tests).
 
         Ids: agents are ``1..N`` (agent_id + 1); converters follow; static objects (walls, blocks) come last
-        and are numbered by map position, so a block that moves changes id.
+        and are numbered by map position, so a block that moves changes id. ``include_static=False`` leaves
+        them out (they are most of a terrain map and only move by swaps; see ``static_moves``).
         """
         e = env_index
         N = self.layout.num_agents
@@ -523,6 +530,8 @@ class MettaGridEnv:
                 "cooldown_remaining": remaining if state == kn.CONV_COOLING else 0,
                 "cooldown": int(c[kn.C_COOLDOWN]),
             }
+        if not include_static:
+            return objects
         statics = self._grid_obj[goff : goff + H * stride].reshape(H, stride)[:, :W]
         next_id = N + 1 + n_conv
         for r, c in zip(*np.nonzero(statics < 0)):

@@ -531,6 +531,7 @@ class ReplayWriter:
         self._static_type: dict[tuple[int, int], int] = {}  # (r, c) -> its type_id
 
         objects = env.grid_objects(e)
+        self._static_moves = env.static_moves(e) if hasattr(env, "static_moves") else None
         task = env.current_task(e)
         cfg = task.env_cfg() if task is not None else None
         height, width = env.map_size(e)
@@ -612,9 +613,14 @@ class ReplayWriter:
                 f"env {env_index} is at step {current} but the replay expects step {expected}; "
                 "call log_step() exactly once after every env.step()"
             )
-        objects = env.grid_objects(env_index)
+        # Walls and blocks are most objects of a terrain map and move only by swaps: re-read them only then.
+        moves = env.static_moves(env_index) if hasattr(env, "static_moves") else None
+        statics_changed = moves is None or moves != self._static_moves
+        objects = env.grid_objects(env_index, include_static=statics_changed) if moves is not None else env.grid_objects(env_index)
         self._record_dynamic(objects, first=False)
-        self._record_statics(objects)
+        if statics_changed:
+            self._record_statics(objects)
+            self._static_moves = moves
         self._n_frames += 1
 
     def end_episode(self) -> Path:

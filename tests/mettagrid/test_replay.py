@@ -384,3 +384,19 @@ def test_reward_sharing_matrix_matches_the_env(tmp_path):
     np.testing.assert_allclose(rewards, matrix @ np.array([0.0, 2.0]))
     mine = next(o for o in data["objects"] if o["type_id"] == 2)
     assert mine["recipe_max"] == -1
+
+
+def test_static_objects_are_reread_only_after_a_swap():
+    from metta.mettagrid.env import MettaGridEnv
+
+    env = MettaGridEnv(
+        {"game": {"num_agents": 1, "max_steps": 10, "objects": {"wall": {"type_id": 1}, "block": {"type_id": 14, "swappable": True}},
+                  "map_builder": {"type": "ascii", "map_data": "#####\n#@s.#\n#####"}}}
+    )
+    env.reset(seed=0)
+    assert env.static_moves() == 0
+    assert all(o["type_name"] == "agent" for o in env.grid_objects(include_static=False).values())
+    rot, swap = env.action_names.index("rotate"), env.action_names.index("swap")
+    env.step(np.array([[rot, 3]], dtype=np.int32))
+    env.step(np.array([[swap, 0]], dtype=np.int32))
+    assert env.static_moves() == 1
