@@ -98,6 +98,7 @@ class RunConfig(BaseModel):
     evaluate: bool = Field(default=True, description="evaluate on the terrain suite every evaluate_interval epochs")
     replay: bool = Field(default=True, description="write a replay with each evaluation")
     torch_threads: int | None = Field(default=None, description="default: torch's choice")
+    debug_dump_weights: bool = Field(default=False, description="every rank saves its final weights to {run_dir}/rank{r}_weights.pt")
     trainer: TrainerConfig = Field(default_factory=cpu_trainer_config)
     wandb: WandbSettings = Field(default_factory=WandbSettings)
 
@@ -160,7 +161,8 @@ def main() -> None:
     eval_scores: dict[str, float] = {}
 
     # ---------------------------------------------------------------- the loop
-    timer.start()
+    if not timer.get_summary()["is_running"]:  # a resumed stopwatch is already running
+        timer.start()
     while agent_step < trainer_cfg.total_timesteps:
         steps_before, t_epoch = agent_step, time.time()
         phase_before = timer.get_all_elapsed()
@@ -226,6 +228,8 @@ def main() -> None:
         trainer_cfg.checkpoint.checkpoint_interval, force_save=True, trainer_config=trainer_cfg, vecenv=env,
         stopwatch=timer, keep_last_n=cfg.keep_checkpoints, final=True, metadata={"eval_scores": eval_scores},
     )  # fmt: skip
+    if cfg.debug_dump_weights:  # lets a test check that every rank ends with the same weights
+        torch.save(unwrap_agent(agent).state_dict(), Path(dirs.run_dir, f"rank{rank}_weights.pt"))
     if cfg.evaluate and is_master:
         eval_scores = evaluate_and_replay(unwrap_agent(agent), policy_store, evaluation_suite, device, dirs, epoch, cfg.replay)
         stats_logger.log(epoch, agent_step, {f"eval/{k}": v for k, v in eval_scores.items()})

@@ -1,0 +1,265 @@
+"""run.py end to end: every invocation is a real subprocess with tiny sizes on the CPU.
+
+One epoch is 4 envs x 32 agents x 8 steps = 1024 agent steps (batch_size=1024, 4 minibatches of 256), so
+total_timesteps=3000 gives 3 epochs. The whole file takes about a minute on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from metta.agent.policy_store import read_policy_file
+from metta.rl.checkpoint import list_trainer_states, load_latest_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+RUN_PY = str(REPO / "run.py")
+STEPS_PER_EPOCH = 1024
+MINIBATCHES_PER_EPOCH = 4
+TINY = [
+    "num_envs=4",
+    "trainer.batch_size=1024",
+    "trainer.minibatch_size=256",
+    "trainer.bptt_horizon=8",
+    "evaluate=false",
+    "trainer.checkpoint.checkpoint_interval=1",
+    "device=cpu",
+]
+RESUMED_RE = re.compile(r"resumed from (\S+): epoch (\d+), agent_step (\d+)")
+
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    for key in ("METTA_RUN", "DATA_DIR", "WANDB_DIR", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    env["WANDB_MODE"] = "disabled"
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def run_py(data_dir: Path, run: str, total: int, *extra: str, env: dict[str, str] | None = None,
+           timeout: float = 120, launcher: list[str] | None = None) -> subprocess.CompletedProcess:  # fmt: skip
+    args = [f"data_dir={data_dir}", f"run={run}", f"trainer.total_timesteps={total}", *TINY, *extra]
+    cmd = (launcher or [sys.executable]) + [RUN_PY, *args]
+    return subprocess.run(cmd, cwd=REPO, env=env or _env(), capture_output=True, text=True, timeout=timeout)
+
+
+def output(proc: subprocess.CompletedProcess) -> str:
+    return proc.stdout + proc.stderr
+
+
+def assert_ok(proc: subprocess.CompletedProcess) -> str:
+    out = output(proc)
+    assert proc.returncode == 0, f"run.py exited {proc.returncode}:\n{out[-4000:]}"
+    return out
+
+
+def metrics_rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def resumed(out: str) -> tuple[str, int, int]:
+    m = RESUMED_RE.search(out)
+    assert m, f"no 'resumed from' line in the log:\n{out[-3000:]}"
+    return m.group(1), int(m.group(2)), int(m.group(3))
+
+
+def adam_steps(ckpt) -> float:
+    """The Adam step count of the first parameter: it only keeps growing across a resume if the state was restored."""
+    state = ckpt.optimizer_state_dict["state"]
+    return float(state[min(state)]["step"])
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory) -> Path:
+    """One completed 3-epoch run; tests that change it work on a copy."""
+    data_dir = tmp_path_factory.mktemp("base")
+    assert_ok(run_py(data_dir, "base", 3000))
+    return data_dir / "base"
+
+
+def copy_run(run_dir: Path, tmp_path: Path, name: str) -> Path:
+    dest = tmp_path / name
+    shutil.copytree(run_dir, dest)
+    return tmp_path
+
+
+# -------------------------------------------------------------------------------------------------------- 1
+def test_smoke_run_writes_run_directory(base_run: Path):
+    assert (base_run / "config.yaml").is_file()
+    assert (base_run / "checkpoints").is_dir()
+    rows = metrics_rows(base_run)
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert [r["agent_step"] for r in rows] == [1024, 2048, 3072]
+    for row in rows:
+        assert row["overview/sps"] > 0
+    states = list_trainer_states(str(base_run / "checkpoints"))
+    assert [epoch for epoch, _ in states] == [3, 2, 1]
+    ckpt = load_latest_checkpoint(str(base_run / "checkpoints"))
+    assert (ckpt.epoch, ckpt.agent_step) == (3, 3072)
+    assert os.path.isfile(ckpt.policy_path)
+
+
+# -------------------------------------------------------------------------------------------------------- 2
+def test_resume_after_clean_stop(base_run: Path, tmp_path: Path):
+    data_dir = copy_run(base_run, tmp_path, "base")
+    run_dir = data_dir / "base"
+    before = load_latest_checkpoint(str(run_dir / "checkpoints"))
+    out = assert_ok(run_py(data_dir, "base", 5000))
+
+    path, epoch, agent_step = resumed(out)
+    assert Path(path).name == "model_0003.pt"
+    assert (epoch, agent_step) == (before.epoch, before.agent_step) == (3, 3072)
+    assert "timer 'global' is already running" not in out
+
+    rows = metrics_rows(run_dir)
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5]
+    assert [r["agent_step"] for r in rows] == [1024 * e for e in range(1, 6)]
+
+    after = load_latest_checkpoint(str(run_dir / "checkpoints"))
+    assert (after.epoch, after.agent_step) == (5, 5120)
+    # Adam's step counter carried over: 3 epochs' worth before, 5 epochs' worth after (a fresh optimizer: 2).
+    per_epoch = adam_steps(before) / before.epoch
+    assert per_epoch > 0
+    assert adam_steps(after) == pytest.approx(per_epoch * after.epoch)
+
+
+# -------------------------------------------------------------------------------------------------------- 3
+def test_resume_after_sigkill(tmp_path: Path):
+    ckpt_dir = tmp_path / "killed" / "checkpoints"
+    args = [f"data_dir={tmp_path}", "run=killed", "trainer.total_timesteps=1000000", *TINY]
+    proc = subprocess.Popen([sys.executable, RUN_PY, *args], cwd=REPO, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.time() + 90
+        while len(list_trainer_states(str(ckpt_dir))) < 2:
+            assert proc.poll() is None, f"run.py exited early with {proc.returncode}"
+            assert time.time() < deadline, "no two checkpoints within 90 s"
+            time.sleep(0.05)
+        time.sleep(0.3)  # land somewhere mid-epoch, possibly mid-save
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+    last_good = load_latest_checkpoint(str(ckpt_dir))
+    assert last_good is not None and last_good.agent_step > 0
+    total = last_good.agent_step + 2 * STEPS_PER_EPOCH
+    out = assert_ok(run_py(tmp_path, "killed", total))
+    _, epoch, agent_step = resumed(out)
+    assert (epoch, agent_step) == (last_good.epoch, last_good.agent_step)
+
+    final = load_latest_checkpoint(str(ckpt_dir))
+    assert final.agent_step >= total and final.epoch == last_good.epoch + 2
+    assert adam_steps(final) == pytest.approx(adam_steps(last_good) / last_good.epoch * final.epoch)
+
+
+# -------------------------------------------------------------------------------------------------------- 4
+def test_corrupt_checkpoint_falls_back_to_previous(base_run: Path, tmp_path: Path):
+    data_dir = copy_run(base_run, tmp_path, "base")
+    newest = data_dir / "base" / "checkpoints" / "trainer_state_0003.ckpt"
+    data = newest.read_bytes()
+    newest.write_bytes(data[: len(data) // 2])
+
+    out = assert_ok(run_py(data_dir, "base", 4000))
+    warning = [line for line in out.splitlines() if "WARNING" in line and "trainer_state_0003.ckpt" in line]
+    assert warning, f"no warning naming the truncated file:\n{out[-3000:]}"
+    path, epoch, agent_step = resumed(out)
+    assert Path(path).name == "model_0002.pt"
+    assert (epoch, agent_step) == (2, 2048)
+
+    final = load_latest_checkpoint(str(data_dir / "base" / "checkpoints"))
+    assert (final.epoch, final.agent_step) == (4, 4096)
+
+
+# -------------------------------------------------------------------------------------------------------- 5
+@pytest.mark.parametrize(
+    "override, names",
+    [("trainer.totl_timesteps=5", "trainer.totl_timesteps"), ("trainer.minibatch_size=500", "minibatch_size")],
+)
+def test_bad_override_fails_before_work(tmp_path: Path, override: str, names: str):
+    cmd = [sys.executable, RUN_PY, f"data_dir={tmp_path}", "run=bad", override]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert names in output(proc)
+    assert not (tmp_path / "bad").exists()
+    assert "Traceback" not in output(proc)
+
+
+# -------------------------------------------------------------------------------------------------------- 6
+def test_help_lists_keys():
+    proc = subprocess.run([sys.executable, RUN_PY, "--help"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, output(proc)
+    for key in ("trainer.ppo.clip_coef", "trainer.total_timesteps", "num_envs", "wandb.enabled", "debug_dump_weights"):
+        assert key in proc.stdout
+
+
+# -------------------------------------------------------------------------------------------------------- 7
+def assert_same(a, b, where: str) -> None:
+    """Equal state dicts, tensors compared exactly (a state dict may also carry plain values, e.g. feature maps)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), f"differs at {where}"
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), f"keys differ at {where}"
+        for k in a:
+            assert_same(a[k], b[k], f"{where}.{k}")
+    else:
+        assert a == b, f"differs at {where}"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_processes(tmp_path: Path):
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}"]
+    env = _env(OMP_NUM_THREADS="1")
+    out = assert_ok(run_py(tmp_path, "ddp", 4000, "debug_dump_weights=true", env=env, launcher=launcher, timeout=180))
+    run_dir = tmp_path / "ddp"
+
+    # agent_step counts both ranks: 2 x 1024 per epoch.
+    rows = metrics_rows(run_dir)
+    assert [r["agent_step"] for r in rows] == [2048, 4096]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert out.count("INFO done:") == 1  # only rank 0 logs
+
+    # Only rank 0 wrote: one run directory, one set of checkpoints, no stray files from rank 1.
+    assert [p.name for p in tmp_path.iterdir()] == ["ddp"]
+    assert len(glob.glob(str(run_dir / "**" / "metrics*.jsonl"), recursive=True)) == 1
+    assert (run_dir / "config.yaml").is_file()
+    assert [e for e, _ in list_trainer_states(str(run_dir / "checkpoints"))] == [2, 1]
+    final = load_latest_checkpoint(str(run_dir / "checkpoints"))
+    assert final.agent_step == 4096
+
+    # Every rank ends with the same weights, which are the ones in the final checkpoint.
+    w0 = torch.load(run_dir / "rank0_weights.pt", weights_only=True)
+    w1 = torch.load(run_dir / "rank1_weights.pt", weights_only=True)
+    assert_same(w0, w1, "rank0 vs rank1")
+    assert_same(read_policy_file(final.policy_path)["state_dict"], w0, "final checkpoint vs rank0")
+
+
+# -------------------------------------------------------------------------------------------------------- 8
+def test_wandb_offline_writes_run_directory(tmp_path: Path):
+    wandb_dir = tmp_path / "wandb_dir"
+    wandb_dir.mkdir()
+    env = _env(WANDB_MODE="offline", WANDB_DIR=str(wandb_dir), WANDB_SILENT="true")
+    assert_ok(run_py(tmp_path / "data", "w", 2000, env=env))
+    found = glob.glob(str(tmp_path / "**" / "offline-run-*"), recursive=True)
+    assert found, f"no wandb offline run directory under {tmp_path}"
+    assert any(glob.glob(os.path.join(d, "*.wandb")) for d in found)
