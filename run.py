@@ -113,7 +113,12 @@ def main() -> None:
 
     # ---------------------------------------------------------------- setup
     device, is_master, world_size, rank = setup_device_and_distributed(cfg.device)
-    dirs = setup_run_directories(cfg.run, cfg.data_dir)
+    run_name = cfg.run
+    if world_size > 1 and run_name is None:  # every rank must use rank 0's (timestamped) default name
+        names = [setup_run_directories(None, cfg.data_dir).run_name if is_master else None]
+        torch.distributed.broadcast_object_list(names, src=0)
+        run_name = names[0]
+    dirs = setup_run_directories(run_name, cfg.data_dir)
     torch.manual_seed(cfg.seed + rank)
     np.random.seed(cfg.seed + rank)
     if cfg.torch_threads:

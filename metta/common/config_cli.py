@@ -54,12 +54,28 @@ def field_paths(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str
     return rows
 
 
+def _lookup(tree: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            raise KeyError(dotted)
+        tree = tree[part]
+    return tree
+
+
 def help_text(model: type[BaseModel], prog: str, doc: str = "") -> str:
     lines = [f"usage: {prog} [--config FILE.yaml] [key=value ...]", ""]
     if doc:
         lines += [doc.strip(), ""]
     lines.append("Fields (key=value, value parsed as YAML):")
+    try:  # the defaults a run really gets, nested default factories included
+        actual = model().model_dump(by_alias=True)
+    except ValidationError:
+        actual = {}
     for key, type_name, default, description in field_paths(model):
+        try:
+            default = _lookup(actual, key)
+        except KeyError:
+            pass
         text = f"  {key}={default!r}  ({type_name})"
         if description:
             text += f"  {description}"
