@@ -17,14 +17,8 @@ import torch
 from metta.rl.advantage import compute_advantage
 from metta.rl.experience import Experience, calculate_anneal_beta
 from metta.rl.losses import Losses, compute_explained_variance, process_minibatch_update, should_stop_early
-from metta.rl.rollout import perform_rollout_step
+from metta.rl.rollout import _timed, perform_rollout_step
 from metta.stats import accumulate_rollout_stats
-
-
-def _timed(timer: Any, name: str):
-    from contextlib import nullcontext
-
-    return timer(name) if timer is not None else nullcontext()
 
 
 def rollout(
