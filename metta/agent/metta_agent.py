@@ -216,6 +216,7 @@ class MettaAgent(nn.Module):
             "_T_": horizon,
             "lstm_h": state.lstm_h,
             "lstm_c": state.lstm_c,
+            "episode_starts": state.episode_starts,
         }
         for component in self._order:
             component(td)

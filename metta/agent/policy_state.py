@@ -12,10 +12,15 @@ class PolicyState:
     """LSTM state, each ``[num_layers, batch, hidden]``; None means zeros (a fresh episode).
 
     The policy overwrites both fields with the new, detached state on every call.
+
+    ``episode_starts`` (bool ``[batch, T]``, optional) is for the training path: where it is true at step
+    ``t > 0`` the LSTM zeroes its state before step ``t``, exactly as the rollout did when that observation
+    began a new episode, so a ``[B, T]`` replay that crosses an episode boundary matches the rollout.
     """
 
     lstm_h: torch.Tensor | None = None
     lstm_c: torch.Tensor | None = None
+    episode_starts: torch.Tensor | None = None
 
     def reset_done(self, done: torch.Tensor) -> None:
         """Zero the state of the agents whose episode ended (``done``: bool ``[batch]``), in place."""

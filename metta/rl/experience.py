@@ -12,6 +12,13 @@ Conventions (PufferLib's): the reward and done stored with observation ``t`` bel
 ``done`` is the first observation of a new episode. ``reset_lstm_state(env_id, dones)`` zeroes those
 agents' recurrent state before the policy sees that observation.
 
+Stored state. When an agent starts a row, the LSTM state it enters that row's first step with is kept
+(``row_lstm_h``/``row_lstm_c``, ``[layers, segments, hidden]``) and every minibatch carries it, so training
+replays each row from the state the rollout really had (not from zeros, as upstream did) and, with the row's
+``dones`` as episode starts, resets it where the rollout did. At the first minibatch of an update the
+policy then reproduces the rollout's log-probabilities exactly, and the LSTM is trained on the long-memory
+states it acts from.
+
 Bookkeeping (row and step of every agent) lives on the CPU, so storing a step never waits for the GPU;
 positions are computed per agent, so the agents of a batch need not be at the same step.
 
@@ -31,7 +38,8 @@ update epoch. Two ways to draw them:
   replacement (upstream drew without replacement from a not-quite-normalized distribution).
 
 A minibatch is a dict of tensors on ``device``: ``obs [mb, bptt, *obs_shape]``, ``actions [mb, bptt, 2]``,
-``logprobs``, ``values``, ``rewards``, ``dones``, ``ratio`` (``[mb, bptt]``), ``indices [mb]``,
+``logprobs``, ``values``, ``rewards``, ``dones``, ``ratio`` (``[mb, bptt]``), ``lstm_h``/``lstm_c``
+(``[layers, mb, hidden]``, each row's stored start state), ``indices [mb]``,
 ``prio_weights [mb, 1]``, and ``advantages``/``returns`` when advantages were given.
 """
 
@@ -130,6 +138,9 @@ class Experience:
         # Recurrent state of every agent, [layers, agents, hidden]; a batch reads its rows by env_id slice.
         self.lstm_h = torch.zeros((self.num_lstm_layers, self.total_agents, self.hidden_size), device=self.device)
         self.lstm_c = torch.zeros_like(self.lstm_h)
+        # The state each row starts from, [layers, segments, hidden] (see "Stored state").
+        self.row_lstm_h = torch.zeros((self.num_lstm_layers, S, self.hidden_size), device=self.device)
+        self.row_lstm_c = torch.zeros_like(self.row_lstm_h)
 
         # CPU bookkeeping: each agent's row (segments = "no row left") and step within it.
         self.ep_indices = torch.zeros(self.total_agents, dtype=torch.int64)
@@ -177,6 +188,7 @@ class Experience:
         env_id = self._as_slice(env_id, obs.shape[0])
         rows = self.ep_indices[env_id]
         steps = self.ep_lengths[env_id]
+        self._store_row_start_state(env_id, rows, steps)
         flat = rows * self.bptt_horizon + steps
         data = {
             "obs": obs, "actions": actions, "logprobs": logprobs, "values": values,
@@ -209,6 +221,21 @@ class Experience:
         if bool((steps >= self.bptt_horizon).any()):
             self._next_rows(env_id)
         return obs.shape[0]
+
+    def _store_row_start_state(self, env_id: slice, rows: torch.Tensor, steps: torch.Tensor) -> None:
+        """Keep the state that agents beginning a row enter it with (the state before this step's forward)."""
+        starting = (steps == 0) & (rows < self.segments)
+        if not bool(starting.any()):
+            return  # most steps: no agent of this batch begins a row
+        h, c = self.lstm_h[:, env_id], self.lstm_c[:, env_id]
+        if bool(starting.all()):
+            target = rows.to(self.device, non_blocking=True)
+        else:
+            target = rows[starting].to(self.device, non_blocking=True)
+            which = starting.nonzero().flatten().to(self.device, non_blocking=True)
+            h, c = h[:, which], c[:, which]
+        self.row_lstm_h[:, target] = h
+        self.row_lstm_c[:, target] = c
 
     def _next_rows(self, env_id: slice) -> None:
         rows = self.ep_indices[env_id]
@@ -312,6 +339,8 @@ class Experience:
             "rewards": self.rewards[idx],
             "dones": self.dones[idx],
             "ratio": self.ratio[idx],
+            "lstm_h": self.row_lstm_h[:, idx],
+            "lstm_c": self.row_lstm_c[:, idx],
             "indices": idx,
             "prio_weights": prio_weights,
         }

@@ -117,8 +117,12 @@ def process_minibatch_update(
         minibatch["returns"] = minibatch["advantages"] + minibatch["values"]
 
     obs = minibatch["obs"]
-    # Each row is replayed from a zero LSTM state: rows are short and the state at a row's start is unknown.
-    _, new_logprobs, entropy, newvalue, full_logprobs = policy(obs, PolicyState(), action=minibatch["actions"])
+    # Each row is replayed from the LSTM state the rollout entered it with, resetting where episodes began
+    # inside it, so the replay sees what the rollout saw (a minibatch without stored states starts at zeros).
+    state = PolicyState(
+        lstm_h=minibatch.get("lstm_h"), lstm_c=minibatch.get("lstm_c"), episode_starts=minibatch["dones"].bool()
+    )
+    _, new_logprobs, entropy, newvalue, full_logprobs = policy(obs, state, action=minibatch["actions"])
     old_logprobs = minibatch["logprobs"]
     new_logprobs = new_logprobs.view(old_logprobs.shape)
     logratio = new_logprobs - old_logprobs

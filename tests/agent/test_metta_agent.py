@@ -45,6 +45,35 @@ def test_training_path_matches_rollout_path(env, rollout_obs):
     assert lp_train.requires_grad
 
 
+def test_training_path_resets_at_episode_starts_like_the_rollout(env, rollout_obs):
+    """A [B, T] replay with episode starts inside equals a rollout that zeroes the state at those steps,
+    starting from a carried (non-zero) state."""
+    torch.manual_seed(1)
+    agent = make_policy(env)
+    steps, n = rollout_obs.shape[:2]
+    starts = torch.zeros(n, steps, dtype=torch.bool)
+    starts[0, 3] = True
+    starts[1 % n, 5] = True
+    with torch.no_grad():
+        warm = PolicyState()
+        agent(rollout_obs[0], warm)  # a non-zero state to start from
+    h0, c0 = warm.lstm_h.clone(), warm.lstm_c.clone()
+    state = PolicyState(lstm_h=h0.clone(), lstm_c=c0.clone())
+    logprobs, actions = [], []
+    with torch.no_grad():
+        for t in range(steps):
+            if t > 0:
+                state.reset_done(starts[:, t])
+            a, lp, _, _, _ = agent(rollout_obs[t], state)
+            actions.append(a), logprobs.append(lp)
+    replay = PolicyState(lstm_h=h0, lstm_c=c0, episode_starts=starts)
+    _, lp_train, _, _, _ = agent(rollout_obs.transpose(0, 1), replay, torch.stack(actions, 1))
+    torch.testing.assert_close(lp_train, torch.stack(logprobs, 1).reshape(-1), atol=1e-5, rtol=1e-5)
+    # Ignoring the starts gives different log-probabilities after them (the test has teeth).
+    _, lp_no_reset, _, _, _ = agent(rollout_obs.transpose(0, 1), PolicyState(lstm_h=h0, lstm_c=c0), torch.stack(actions, 1))
+    assert not torch.allclose(lp_no_reset, lp_train, atol=1e-4)
+
+
 def test_zero_state_equals_fresh_state_and_reset_done(env, rollout_obs):
     agent = make_policy(env)
     obs = rollout_obs[0]

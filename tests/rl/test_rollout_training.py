@@ -105,6 +105,31 @@ def test_rollout_fills_buffer_and_ppo_update_runs():
     env.close()
 
 
+def test_update_replays_rows_from_the_rollout_state():
+    """Before any weight change, the training forward of every minibatch reproduces the rollout's
+    log-probabilities and values exactly: rows start from the stored LSTM state and reset where episodes did."""
+    torch.manual_seed(4)
+    env = short_episode_env(max_steps=7)  # episodes end inside rows
+    agent = make_policy(env)
+    cfg = TrainerConfig(batch_size=4 * 4 * 8, minibatch_size=16, bptt_horizon=4)
+    exp = experience_for(env, agent, batch_size=cfg.batch_size)
+    for _ in range(3):  # later rollouts start rows from carried, non-zero states
+        exp.reset_for_rollout()
+        while not exp.ready_for_training:
+            perform_rollout_step(agent, env, exp, "cpu")
+    assert exp.row_lstm_h.abs().sum(dim=(0, 2)).gt(0).float().mean() > 0.5
+    assert exp.dones[:, 1:].any(), "some row crosses an episode boundary"
+    adv = torch.zeros_like(exp.values)
+    losses = Losses()
+    for mb in exp.iter_minibatches():
+        ratio_before = mb["logprobs"].clone()
+        with torch.no_grad():
+            process_minibatch_update(agent, exp, mb, adv, cfg, None, 0, losses, "cpu")
+        torch.testing.assert_close(exp.ratio[mb["indices"]], torch.ones_like(ratio_before), atol=1e-5, rtol=0)
+    assert losses.stats()["approx_kl"] == pytest.approx(0.0, abs=1e-9)
+    env.close()
+
+
 def test_l2_init_and_prioritized_path():
     torch.manual_seed(2)
     env = Environment(num_agents=2, width=8, height=8, num_envs=2, seed=2)

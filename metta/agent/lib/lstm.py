@@ -3,6 +3,11 @@
 The input arrives flattened as ``[B*T, features]`` in batch-major order (``td["_B_"]``, ``td["_T_"]``
 give the split). The state is read from ``td["lstm_h"]``/``td["lstm_c"]`` (None means zeros) and the new
 state is written back detached, so gradients never flow across rollout steps.
+
+``td["episode_starts"]`` (bool ``[B, T]``, optional) marks steps whose observation began a new episode; the
+state is zeroed before such a step when ``t > 0`` (at ``t = 0`` the caller's state already is the reset one).
+Sequences without an episode start inside run as one fused ``nn.LSTM`` call; otherwise the call is split
+at the steps that need a reset.
 """
 
 from __future__ import annotations
@@ -44,15 +49,32 @@ class LSTM(LayerBase):
         batch, horizon = td["_B_"], td["_T_"]
         x = x.view(batch, horizon, -1).transpose(0, 1)  # [T, B, F]: nn.LSTM's time-major layout
         h, c = td.get("lstm_h"), td.get("lstm_c")
-        if h is None or c is None:
-            out, (h, c) = self.lstm(x)
-        else:
+        if h is not None and c is not None:
             expected = (self.num_layers, batch, self.hidden_size)
             if tuple(h.shape) != expected or tuple(c.shape) != expected:
                 raise ValueError(
                     f"LSTM state must be [num_layers, batch, hidden] = {list(expected)}, "
                     f"got lstm_h {list(h.shape)} and lstm_c {list(c.shape)}"
                 )
-            out, (h, c) = self.lstm(x, (h, c))
+        starts = td.get("episode_starts")
+        reset_steps = []
+        if starts is not None and horizon > 1:
+            starts = starts.reshape(batch, horizon).bool()
+            reset_steps = starts[:, 1:].any(dim=0).nonzero().flatten().add(1).tolist()
+        if not reset_steps:
+            out, (h, c) = self.lstm(x) if h is None or c is None else self.lstm(x, (h, c))
+        else:
+            if h is None or c is None:
+                h = x.new_zeros(self.num_layers, batch, self.hidden_size)
+                c = torch.zeros_like(h)
+            pieces = []
+            bounds = [0, *reset_steps, horizon]
+            for begin, end in zip(bounds[:-1], bounds[1:]):
+                if begin > 0:
+                    keep = (~starts[:, begin]).to(x.dtype).view(1, batch, 1)
+                    h, c = h * keep, c * keep
+                piece, (h, c) = self.lstm(x[begin:end], (h, c))
+                pieces.append(piece)
+            out = torch.cat(pieces)
         td["lstm_h"], td["lstm_c"] = h.detach(), c.detach()
         td[self.name] = out.transpose(0, 1).reshape(batch * horizon, self.hidden_size)
