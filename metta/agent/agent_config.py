@@ -6,6 +6,11 @@ type) and its ``sources``. The ready configs:
 
 - ``fast`` (the default): upstream's ``configs/agent/fast.yaml``, small enough to train on a laptop CPU.
 - ``interface_default``: upstream's ``_get_default_agent_config`` (full-resolution CNN, 512-wide LSTM).
+
+Two conveniences for configs written by hand (seed 001): ``AgentConfig(name="fast", hidden_size=512)``
+picks a ready graph by ``name`` (legacy names such as ``simple_cnn`` map to one, see ``AGENT_NAME_ALIASES``)
+and ``hidden_size`` sets the LSTM width (``components._core_.output_size``). Both are filled in after
+validation, so a dumped config names its graph's LSTM width and loads back to the same agent.
 """
 
 from __future__ import annotations
@@ -56,6 +61,11 @@ class ComponentConfig(BaseModel):
 class AgentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
+    name: str | None = None
+    """A ready graph ("fast", "interface_default" or a legacy alias) used when ``components`` is not given;
+    None with no components means "fast". With explicit components it is only a label."""
+    hidden_size: int | None = Field(default=None, gt=0)
+    """The LSTM width: sets ``components._core_.output_size``. None keeps the graph's own (128 for fast)."""
     target: str | None = Field(default=None, alias="_target_")
     """Ignored; accepted so that upstream agent YAML files validate."""
     clip_range: float = 0.0
@@ -68,6 +78,35 @@ class AgentConfig(BaseModel):
     """Accepted for upstream compatibility; tokens are always read from the observation tensor itself."""
     components: dict[str, ComponentConfig] = Field(default_factory=lambda: fast_components())
 
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_name_and_hidden_size(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        data = dict(data)
+        explicit_components = data.get("components") is not None
+        if not explicit_components:
+            data.pop("components", None)
+            name = data.get("name")
+            if name is None:
+                data["name"] = "fast"
+            elif isinstance(name, str):
+                data["components"] = AGENT_CONFIGS_COMPONENTS[canonical_agent_name(name)]()
+        hidden = data.get("hidden_size")
+        if isinstance(hidden, int) and not isinstance(hidden, bool) and hidden > 0:
+            components = dict(data.get("components") or fast_components())
+            core = components.get("_core_")
+            if core is not None:  # a graph without _core_ is reported by _check_graph
+                core = core if isinstance(core, ComponentConfig) else ComponentConfig.model_validate(core)
+                if explicit_components and core.output_size not in (None, hidden):
+                    raise ValueError(
+                        f"hidden_size={hidden} conflicts with components._core_.output_size={core.output_size}; "
+                        "set only one of them (hidden_size sets the LSTM width)"
+                    )
+                components["_core_"] = core.model_copy(update={"output_size": hidden})
+                data["components"] = components
+        return data
+
     @model_validator(mode="after")
     def _check_graph(self) -> AgentConfig:
         missing = [n for n in REQUIRED_COMPONENTS if n not in self.components]
@@ -79,6 +118,8 @@ class AgentConfig(BaseModel):
                 raise ValueError(f"component {name!r} has sources {unknown} that are not components; known: {sorted(self.components)}")
         if self.clip_range < 0:
             raise ValueError(f"clip_range={self.clip_range} must be >= 0 (0 turns clipping off)")
+        if self.hidden_size is None and self.components["_core_"].output_size is not None:
+            self.hidden_size = self.components["_core_"].output_size
         return self
 
 
@@ -129,14 +170,37 @@ def interface_default_components() -> dict[str, ComponentConfig]:
 
 
 def fast_agent_config() -> AgentConfig:
-    return AgentConfig(components=fast_components())
+    return AgentConfig(name="fast")
 
 
 def interface_default_agent_config() -> AgentConfig:
-    return AgentConfig(components=interface_default_components())
+    return AgentConfig(name="interface_default")
 
 
 AGENT_CONFIGS = {"fast": fast_agent_config, "interface_default": interface_default_agent_config}
+AGENT_CONFIGS_COMPONENTS = {"fast": fast_components, "interface_default": interface_default_components}
+
+# Names found in older configs and documents, and the ready graph each one means here.
+AGENT_NAME_ALIASES = {
+    "simple_cnn": "fast",  # seed 001's name for the plain CNN-LSTM: the fast graph
+    "simple": "fast",
+}
+
+
+def canonical_agent_name(name: str) -> str:
+    """The ready graph a name means ("fast", "interface_default"), or a ValueError listing the choices."""
+    if name in AGENT_CONFIGS_COMPONENTS:
+        return name
+    if name in AGENT_NAME_ALIASES:
+        return AGENT_NAME_ALIASES[name]
+    hint = ""
+    if str(name).startswith("latent_attn"):
+        hint = " (upstream's attention agents are not implemented here)"
+    aliases = ", ".join(f"{k!r} -> {v!r}" for k, v in AGENT_NAME_ALIASES.items())
+    raise ValueError(
+        f"agent name={name!r} is unknown{hint}; use one of {sorted(AGENT_CONFIGS_COMPONENTS)} (legacy aliases: "
+        f"{aliases}) or give the graph as components"
+    )
 
 
 def resolve_agent_config(config: AgentConfig | Mapping[str, Any] | str | None) -> AgentConfig:
@@ -150,9 +214,12 @@ def resolve_agent_config(config: AgentConfig | Mapping[str, Any] | str | None) -
     if isinstance(config, AgentConfig):
         return config
     if isinstance(config, str):
-        if config not in AGENT_CONFIGS:
-            raise ValueError(f"agent config {config!r} is unknown; ready configs: {sorted(AGENT_CONFIGS)}")
-        return AGENT_CONFIGS[config]()
+        if config not in AGENT_CONFIGS and config not in AGENT_NAME_ALIASES:
+            raise ValueError(
+                f"agent config {config!r} is unknown; ready configs: {sorted(AGENT_CONFIGS)} "
+                f"(legacy aliases: {sorted(AGENT_NAME_ALIASES)})"
+            )
+        return AgentConfig(name=config)
     data = _plain(config)
     if not isinstance(data, dict):
         raise TypeError(f"agent config must be an AgentConfig, a mapping or a name, got {type(config).__name__}")
