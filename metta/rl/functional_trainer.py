@@ -10,13 +10,19 @@ Both are thin: the step of a rollout is ``perform_rollout_step`` and the loss of
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
 from metta.rl.advantage import compute_advantage
 from metta.rl.experience import Experience, calculate_anneal_beta
-from metta.rl.losses import Losses, compute_explained_variance, process_minibatch_update, should_stop_early
+from metta.rl.losses import (
+    CustomLossFn,
+    Losses,
+    compute_explained_variance,
+    process_minibatch_update,
+    should_stop_early,
+)
 from metta.rl.rollout import _timed, perform_rollout_step
 from metta.stats import accumulate_rollout_stats
 
@@ -55,11 +61,14 @@ def train_ppo(
     kickstarter: Any = None,
     agent_step: int = 0,
     timer: Any = None,
+    custom_loss_fns: Sequence[CustomLossFn] | None = None,
 ) -> int:
     """PPO on the full buffer: advantages once, then ``update_epochs`` passes over its minibatches.
 
     Returns the new epoch (one per update pass, as upstream counts). ``losses`` holds the means afterwards.
+    ``custom_loss_fns`` are added to every minibatch's loss (see ``metta.rl.losses``).
     """
+    _check_optimizer(optimizer)
     ppo = trainer_cfg.ppo
     prio = trainer_cfg.prioritized_experience_replay
     with _timed(timer, "_train"):
@@ -79,7 +88,8 @@ def train_ppo(
             for minibatch in experience.iter_minibatches(advantages, prio.prio_alpha, anneal_beta):
                 with _timed(timer, "_train.learn"):
                     loss = process_minibatch_update(
-                        policy, experience, minibatch, advantages, trainer_cfg, kickstarter, agent_step, losses, device
+                        policy, experience, minibatch, advantages, trainer_cfg, kickstarter, agent_step, losses, device,
+                        custom_loss_fns,
                     )
                     optimizer.step(loss, epoch, experience.accumulate_minibatches)
             epoch += 1
@@ -87,3 +97,12 @@ def train_ppo(
                 break
         losses.explained_variance = compute_explained_variance(experience.values, advantages)
     return epoch
+
+
+def _check_optimizer(optimizer: Any) -> None:
+    # A torch optimizer's step(closure) would call the loss tensor and fail with a confusing message.
+    if isinstance(optimizer, torch.optim.Optimizer) or not callable(getattr(optimizer, "step", None)):
+        raise TypeError(
+            f"optimizer is a {type(optimizer).__name__}; train_ppo needs metta's Optimizer (step(loss, epoch, "
+            "accumulate_steps) does backward, clipping and the step): Optimizer('adam', policy, learning_rate=3e-4)"
+        )

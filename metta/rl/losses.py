@@ -1,13 +1,20 @@
 """The PPO update for one minibatch: V-trace advantage recompute, clipped policy and value losses, entropy,
-kickstarter distillation and L2-init, plus the running loss statistics (``Losses``).
+kickstarter distillation and L2-init, optional user losses, plus the running loss statistics (``Losses``).
 
 ``process_minibatch_update`` is the one implementation of the PPO loss in metta; every trainer calls it.
+
+Custom losses (seed 001) are plain functions ``fn(policy, obs, actions, rewards, values, advantages) ->
+scalar tensor``, added to the minibatch's total loss and logged as ``custom/<fn.__name__>`` by
+``Losses.stats()``. They receive the minibatch's ``obs [mb, bptt, ...]``, ``actions [mb, bptt, 2]`` and
+``rewards [mb, bptt]``, the current policy's ``values [mb, bptt]`` (with gradient, from the same forward pass
+as the PPO loss) and the ``advantages [mb, bptt]`` the policy loss uses (V-trace, normalized, detached).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any
+import math
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
@@ -18,10 +25,17 @@ if TYPE_CHECKING:
     from metta.rl.kickstarter import Kickstarter
     from metta.rl.trainer_config import TrainerConfig
 
+# fn(policy, obs, actions, rewards, values, advantages) -> scalar tensor
+CustomLossFn = Callable[..., torch.Tensor]
+
 
 @dataclass
 class Losses:
-    """Sums over the minibatches of an update; ``stats()`` gives the means (explained_variance as is)."""
+    """Sums over the minibatches of an update; ``stats()`` gives the means (explained_variance as is).
+
+    ``custom_loss_sums`` holds one sum per custom loss name; ``stats()`` reports them as ``custom/<name>``
+    (only when there are any, so the standard keys stay exactly as they are).
+    """
 
     policy_loss_sum: float = 0.0
     value_loss_sum: float = 0.0
@@ -36,16 +50,53 @@ class Losses:
     current_logprobs_sum: float = 0.0
     explained_variance: float = 0.0
     minibatches_processed: int = 0
+    custom_loss_sums: dict[str, float] = field(default_factory=dict)
 
     def zero(self) -> None:
         for f in fields(self):
-            setattr(self, f.name, type(f.default)(0))
+            if f.name == "custom_loss_sums":
+                self.custom_loss_sums.clear()
+            else:
+                setattr(self, f.name, type(f.default)(0))
 
     def stats(self) -> dict[str, float]:
         n = max(1, self.minibatches_processed)
         out = {f.name[: -len("_sum")]: getattr(self, f.name) / n for f in fields(self) if f.name.endswith("_sum")}
         out["explained_variance"] = self.explained_variance
+        for name, total in self.custom_loss_sums.items():
+            out[f"custom/{name}"] = total / n
         return out
+
+
+def custom_loss_names(custom_loss_fns: Sequence[CustomLossFn]) -> list[str]:
+    """The name each custom loss is logged under: its ``__name__`` (or its type's name for a callable object),
+    with ``_2``, ``_3``, ... appended to repeats so two losses never share a log key."""
+    names: list[str] = []
+    seen: dict[str, int] = {}
+    for fn in custom_loss_fns:
+        if not callable(fn):
+            raise TypeError(
+                f"custom loss {fn!r} is a {type(fn).__name__}, not a function; pass functions "
+                "fn(policy, obs, actions, rewards, values, advantages) -> scalar tensor"
+            )
+        base = getattr(fn, "__name__", None) or type(fn).__name__
+        seen[base] = seen.get(base, 0) + 1
+        names.append(base if seen[base] == 1 else f"{base}_{seen[base]}")
+    return names
+
+
+def _check_custom_loss(name: str, value: Any) -> torch.Tensor:
+    """``value`` as a 0-d tensor, or a ValueError that names the function and what it returned."""
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"custom loss {name!r} returned a {type(value).__name__} ({value!r}); it must return a scalar torch tensor")
+    if value.numel() != 1:
+        raise ValueError(
+            f"custom loss {name!r} returned a tensor of shape {list(value.shape)}; it must return a scalar "
+            "(reduce it, e.g. with .mean())"
+        )
+    if not value.is_floating_point():
+        raise ValueError(f"custom loss {name!r} returned a {value.dtype} tensor; it must be a floating-point scalar")
+    return value.reshape(())
 
 
 def compute_ppo_losses(
@@ -98,12 +149,17 @@ def process_minibatch_update(
     agent_step: int,
     losses: Losses,
     device: torch.device | str,
+    custom_loss_fns: Sequence[CustomLossFn] | None = None,
 ) -> torch.Tensor:
     """The total loss of one minibatch (upstream-facts 4.2); also updates ratios and values in ``experience``
     and adds this minibatch's statistics to ``losses``.
 
     ``advantages`` is the ``[segments, bptt]`` tensor from ``compute_advantage``; it is only read when the
     minibatch does not carry its own (``experience.iter_minibatches()`` without advantages).
+
+    ``custom_loss_fns``: functions ``fn(policy, obs, actions, rewards, values, advantages) -> scalar tensor``
+    (see the module docstring) added to the loss. One that returns a non-tensor, a non-scalar, NaN or inf
+    raises a ValueError naming it, before the loss reaches the optimizer.
     """
     from metta.agent.policy_state import PolicyState
 
@@ -156,13 +212,28 @@ def process_minibatch_update(
         + l2_reg_loss + l2_init_loss + ks_action_loss + ks_value_loss
     )  # fmt: skip
 
+    custom_names: list[str] = []
+    custom_values: list[torch.Tensor] = []
+    if custom_loss_fns:
+        custom_names = custom_loss_names(custom_loss_fns)
+        new_values = newvalue.view(old_logprobs.shape)
+        for name, fn in zip(custom_names, custom_loss_fns, strict=True):
+            value = _check_custom_loss(name, fn(policy, obs, minibatch["actions"], minibatch["rewards"], new_values, adv))
+            custom_values.append(value)
+            loss = loss + value
+
     experience.update_values(minibatch["indices"], newvalue.view(old_logprobs.shape))
 
-    # One device-to-host transfer for all statistics of the minibatch.
+    # One device-to-host transfer for all statistics of the minibatch (custom losses included, so checking
+    # them for NaN/inf costs no extra GPU sync).
     values = torch.stack([
         pg_loss, v_loss, entropy_loss, approx_kl, clipfrac, l2_reg_loss, l2_init_loss, ks_action_loss,
         ks_value_loss, importance_sampling_ratio.mean(), new_logprobs.mean(),
+        *(v.to(pg_loss.device, pg_loss.dtype) for v in custom_values),
     ]).detach().tolist()  # fmt: skip
+    for name, value in zip(custom_names, values[11:], strict=True):
+        if not math.isfinite(value):
+            raise ValueError(f"custom loss {name!r} returned {value}; it must be finite (check for log(0) or division by zero)")
     losses.policy_loss_sum += values[0]
     losses.value_loss_sum += values[1]
     losses.entropy_sum += values[2]
@@ -174,6 +245,8 @@ def process_minibatch_update(
     losses.ks_value_loss_sum += values[8]
     losses.importance_sum += values[9]
     losses.current_logprobs_sum += values[10]
+    for name, value in zip(custom_names, values[11:], strict=True):
+        losses.custom_loss_sums[name] = losses.custom_loss_sums.get(name, 0.0) + value
     losses.minibatches_processed += 1
     return loss
 
