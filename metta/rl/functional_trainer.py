@@ -1,4 +1,6 @@
-"""The training loop as two plain functions (seed 000): ``rollout()`` fills the buffer, ``train_ppo()`` learns.
+"""The training loop as plain functions (seeds 000 and 001).
+
+Two functions are the loop itself: ``rollout()`` fills the buffer, ``train_ppo()`` learns.
 
     while agent_step < trainer_cfg.total_timesteps:
         agent_step, stats = rollout(policy, vecenv, experience, device, agent_step, timer)
@@ -6,12 +8,25 @@
 
 Both are thin: the step of a rollout is ``perform_rollout_step`` and the loss of a minibatch is
 ``process_minibatch_update``, the same functions ``run.py`` calls.
+
+On top of them, seed 001's loop over the components of ``metta.rl.components``:
+
+    state = functional_training_loop(trainer_config, ppo_config, policy, curriculum, policy_store,
+                                     step_fn=None, custom_losses=[curiosity_loss], run_dir="train_dir/x")
+
+``create_training_components`` builds the components, ``default_training_step`` is one rollout and one
+update through them, and ``TrainingState`` carries the counters; a custom ``step_fn(state, components,
+config, experience) -> metrics`` replaces the default step.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import os
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 
 from metta.rl.advantage import compute_advantage
@@ -25,6 +40,13 @@ from metta.rl.losses import (
 )
 from metta.rl.rollout import _timed, perform_rollout_step
 from metta.stats import accumulate_rollout_stats
+
+if TYPE_CHECKING:
+    from metta.agent.policy_record import PolicyRecord
+    from metta.agent.policy_store import PolicyStore
+    from metta.rl.components import PolicyEvaluator, PPOOptimizer, RolloutCollector, StatsLogger, TrainingCheckpointer
+    from metta.rl.trainer_config import PPOConfig, TrainerConfig
+    from metta.sim.simulation_config import SimulationSuiteConfig
 
 
 def rollout(
@@ -68,7 +90,7 @@ def train_ppo(
     Returns the new epoch (one per update pass, as upstream counts). ``losses`` holds the means afterwards.
     ``custom_loss_fns`` are added to every minibatch's loss (see ``metta.rl.losses``).
     """
-    _check_optimizer(optimizer)
+    check_metta_optimizer(optimizer)
     ppo = trainer_cfg.ppo
     prio = trainer_cfg.prioritized_experience_replay
     with _timed(timer, "_train"):
@@ -99,10 +121,265 @@ def train_ppo(
     return epoch
 
 
-def _check_optimizer(optimizer: Any) -> None:
+def check_metta_optimizer(optimizer: Any) -> None:
     # A torch optimizer's step(closure) would call the loss tensor and fail with a confusing message.
     if isinstance(optimizer, torch.optim.Optimizer) or not callable(getattr(optimizer, "step", None)):
         raise TypeError(
             f"optimizer is a {type(optimizer).__name__}; train_ppo needs metta's Optimizer (step(loss, epoch, "
             "accumulate_steps) does backward, clipping and the step): Optimizer('adam', policy, learning_rate=3e-4)"
         )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Seed 001: the loop over components
+@dataclass
+class TrainingState:
+    """The counters of a run; ``metrics`` are the last step's, ``policy_record`` the last saved policy."""
+
+    agent_step: int = 0
+    epoch: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    eval_scores: dict[str, float] = field(default_factory=dict)
+    policy_record: "PolicyRecord | None" = None
+    start_time: float = field(default_factory=time.time)
+
+    @property
+    def agent_steps(self) -> int:
+        """``agent_step`` under the name seed 001's migration example uses."""
+        return self.agent_step
+
+
+@dataclass
+class TrainingComponents:
+    """What ``create_training_components`` returns; ``evaluator`` is None without an evaluation suite."""
+
+    collector: "RolloutCollector"
+    ppo: "PPOOptimizer"
+    checkpointer: "TrainingCheckpointer"
+    stats_logger: "StatsLogger"
+    optimizer: Any
+    evaluator: "PolicyEvaluator | None" = None
+    custom_loss_fns: list[CustomLossFn] = field(default_factory=list)
+    run_dir: str = ""
+    timer: Any = None
+
+
+StepFn = Callable[[TrainingState, TrainingComponents, "TrainerConfig", Experience], Mapping[str, float]]
+
+
+def resolve_trainer_config(config: Any, ppo_config: "PPOConfig | None" = None) -> "TrainerConfig":
+    """``config`` as a TrainerConfig with ``ppo_config`` (when given) as its ``ppo`` section.
+
+    ``config`` may be a TrainerConfig or any object with a TrainerConfig in ``.trainer`` (a training config).
+    """
+    from metta.rl.trainer_config import PPOConfig, TrainerConfig
+
+    if not isinstance(config, TrainerConfig) and isinstance(getattr(config, "trainer", None), TrainerConfig):
+        config = config.trainer
+    if not isinstance(config, TrainerConfig):
+        raise TypeError(f"config is a {type(config).__name__}; pass a TrainerConfig (metta.rl.trainer_config)")
+    if ppo_config is None:
+        return config
+    if not isinstance(ppo_config, PPOConfig):
+        raise TypeError(f"ppo_config is a {type(ppo_config).__name__}; pass a PPOConfig or None (use config.ppo)")
+    return config.model_copy(update={"ppo": ppo_config})
+
+
+def _run_dirs(config: "TrainerConfig", run_dir: str | os.PathLike | None) -> tuple[str, str]:
+    """``(run_dir, checkpoint_dir)``: checkpoints under ``run_dir`` when it is given, else the config's folder."""
+    if run_dir is None:
+        checkpoint_dir = os.path.abspath(config.checkpoint.checkpoint_dir)
+        return os.path.dirname(checkpoint_dir), checkpoint_dir
+    run_dir = os.path.abspath(os.fspath(run_dir))
+    return run_dir, os.path.join(run_dir, "checkpoints")
+
+
+def create_training_components(
+    config: Any,
+    ppo_config: "PPOConfig | None",
+    policy: torch.nn.Module,
+    vecenv: Any,
+    experience: Experience,
+    policy_store: "PolicyStore",
+    *,
+    optimizer: Any = None,
+    device: torch.device | str = "cpu",
+    run_dir: str | os.PathLike | None = None,
+    wandb_run: Any = None,
+    evaluation_suite: "SimulationSuiteConfig | None" = None,
+    custom_loss_fns: Sequence[CustomLossFn] | None = None,
+    kickstarter: Any = None,
+    timer: Any = None,
+    console: bool = True,
+) -> TrainingComponents:
+    """The components of a run, wired to the same policy, buffer and optimizer.
+
+    ``optimizer`` defaults to metta's ``Optimizer`` from ``config.optimizer`` and ``ppo.max_grad_norm``.
+    Metrics go to ``{run_dir}/metrics.jsonl`` and checkpoints to ``{run_dir}/checkpoints`` (``run_dir``
+    defaults to the folder above ``config.checkpoint.checkpoint_dir``, which is then used as is).
+    """
+    from metta.rl.components import PolicyEvaluator, PPOOptimizer, RolloutCollector, StatsLogger, TrainingCheckpointer
+    from metta.rl.losses import custom_loss_names
+    from metta.rl.optimizer import Optimizer
+
+    trainer_cfg = resolve_trainer_config(config, ppo_config)
+    losses = list(custom_loss_fns or [])
+    custom_loss_names(losses)  # a non-callable is reported now, not at the first minibatch
+    if optimizer is None:
+        opt = trainer_cfg.optimizer
+        optimizer = Optimizer(
+            opt.type, policy, learning_rate=opt.learning_rate, betas=(opt.beta1, opt.beta2), eps=opt.eps,
+            weight_decay=opt.weight_decay, max_grad_norm=trainer_cfg.ppo.max_grad_norm,
+        )  # fmt: skip
+    run_dir, checkpoint_dir = _run_dirs(trainer_cfg, run_dir)
+    evaluator = None
+    if evaluation_suite is not None:
+        evaluator = PolicyEvaluator(evaluation_suite, policy_store, device, stats_dir=os.path.join(run_dir, "stats"))
+    return TrainingComponents(
+        collector=RolloutCollector(vecenv, policy, experience, device, timer),
+        ppo=PPOOptimizer(policy, optimizer, device, trainer_cfg, kickstarter=kickstarter, timer=timer),
+        checkpointer=TrainingCheckpointer(checkpoint_dir, policy_store, wandb_run),
+        stats_logger=StatsLogger(run_dir, trainer_cfg.total_timesteps, wandb_run=wandb_run, console=console),
+        optimizer=optimizer,
+        evaluator=evaluator,
+        custom_loss_fns=losses,
+        run_dir=run_dir,
+        timer=timer,
+    )
+
+
+def default_training_step(
+    state: TrainingState, components: TrainingComponents, config: "TrainerConfig", experience: Experience
+) -> dict[str, float]:
+    """One rollout and one PPO update through the components; advances ``state`` and returns the metrics
+    (``overview/sps``, ``overview/reward`` when episodes finished, ``losses/*``)."""
+    del config  # part of the step signature so that custom steps can read it; the components hold their copy
+    if experience is not components.collector.experience:
+        raise ValueError("experience is not the buffer the components' RolloutCollector fills; pass the same Experience")
+    start = time.perf_counter()
+    episode_stats, steps = components.collector.collect()
+    components.ppo.epoch = state.epoch  # the state is the source of truth (a resumed or custom loop may set it)
+    loss_stats = components.ppo.update(experience, components.custom_loss_fns, state.agent_step + steps)
+    state.agent_step += steps
+    state.epoch = components.ppo.epoch
+    metrics: dict[str, float] = {"overview/sps": steps / max(time.perf_counter() - start, 1e-9)}
+    rewards = episode_stats.get("episode_reward", [])
+    if rewards:
+        metrics["overview/reward"] = float(np.mean(rewards))
+        metrics["overview/episodes"] = float(len(rewards))
+    metrics.update({f"losses/{k}": v for k, v in loss_stats.items()})
+    state.metrics = metrics
+    return metrics
+
+
+def functional_training_loop(
+    config: Any,
+    ppo_config: "PPOConfig | None",
+    policy: torch.nn.Module,
+    curriculum: Any,
+    policy_store: "PolicyStore",
+    step_fn: StepFn | None = None,
+    custom_losses: Sequence[CustomLossFn] | None = None,
+    *,
+    device: torch.device | str = "cpu",
+    num_envs: int = 4,
+    num_workers: int = 1,
+    vectorization: str = "serial",
+    seed: int = 0,
+    run_dir: str | os.PathLike | None = None,
+    optimizer: Any = None,
+    checkpoint_interval: int | None = None,
+    evaluation_suite: "SimulationSuiteConfig | None" = None,
+    evaluate_interval: int | None = None,
+    wandb_run: Any = None,
+    console: bool = True,
+) -> TrainingState:
+    """Train ``policy`` on ``curriculum`` until ``config.total_timesteps`` agent steps; returns the final state.
+
+    ``config`` is a TrainerConfig (sizes, optimizer, intervals); ``ppo_config`` (or None) replaces its ``ppo``.
+    ``curriculum`` is a Curriculum, an env config or a curriculum path; the vecenv (``num_envs`` envs, reset
+    with ``seed``) and the Experience are built here and closed at the end. ``step_fn`` defaults to
+    ``default_training_step``; ``custom_losses`` are added to every minibatch's PPO loss. Every step's metrics
+    go to the console and ``{run_dir}/metrics.jsonl``; a complete checkpoint is written every
+    ``checkpoint_interval`` epochs (default ``config.checkpoint.checkpoint_interval``, 0 for none) and at the
+    end; with an ``evaluation_suite`` the policy is scored every ``evaluate_interval`` epochs (default
+    ``config.simulation.evaluate_interval``) and at the end.
+    """
+    from metta.rl.experience import make_experience
+    from metta.rl.vecenv import make_vecenv
+
+    trainer_cfg = resolve_trainer_config(config, ppo_config)
+    if not isinstance(policy, torch.nn.Module):
+        raise TypeError(f"policy is a {type(policy).__name__}; pass the agent (an nn.Module), e.g. Agent(env)")
+    if step_fn is not None and not callable(step_fn):
+        raise TypeError(f"step_fn is a {type(step_fn).__name__}; pass a function (state, components, config, experience) -> metrics")
+    step = step_fn or default_training_step
+    if checkpoint_interval is None:
+        checkpoint_interval = trainer_cfg.checkpoint.checkpoint_interval
+    if evaluate_interval is None:
+        evaluate_interval = trainer_cfg.simulation.evaluate_interval
+    for name, value in (("checkpoint_interval", checkpoint_interval), ("evaluate_interval", evaluate_interval)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name}={value!r} must be an int >= 0 (epochs; 0 turns it off)")
+
+    vecenv = make_vecenv(
+        curriculum, vectorization, num_envs=num_envs, num_workers=num_workers, is_training=True, seed=seed
+    )
+    components: TrainingComponents | None = None
+    try:
+        vecenv.async_reset(seed)
+        experience = make_experience(vecenv, policy, trainer_cfg, device)
+        components = create_training_components(
+            trainer_cfg, None, policy, vecenv, experience, policy_store, optimizer=optimizer, device=device,
+            run_dir=run_dir, wandb_run=wandb_run, evaluation_suite=evaluation_suite, custom_loss_fns=custom_losses,
+            console=console,
+        )  # fmt: skip
+        state = TrainingState()
+        if console:
+            print(
+                f"functional training: {trainer_cfg.total_timesteps:,} agent steps, {vecenv.num_agents} agents, "
+                f"batch {trainer_cfg.batch_size}, run dir {components.run_dir}",
+                flush=True,
+            )
+        last_save = last_eval = 0
+        while state.agent_step < trainer_cfg.total_timesteps:
+            steps_before = state.agent_step
+            metrics = step(state, components, trainer_cfg, experience)
+            if not isinstance(metrics, Mapping):
+                raise TypeError(f"step_fn returned a {type(metrics).__name__}; it must return a dict of metrics")
+            if state.agent_step <= steps_before:
+                raise RuntimeError("step_fn did not advance state.agent_step; add the steps it collected, or the loop never ends")
+            components.stats_logger.log(state.epoch, state.agent_step, dict(metrics))
+            # Epochs advance by update_epochs per step, so "since the last one" rather than "epoch % interval".
+            if checkpoint_interval and state.epoch - last_save >= checkpoint_interval:
+                _save(state, components, trainer_cfg, vecenv)
+                last_save = state.epoch
+            if components.evaluator is not None and evaluate_interval and state.epoch - last_eval >= evaluate_interval:
+                _evaluate(state, components, policy)
+                last_eval = state.epoch
+        _save(state, components, trainer_cfg, vecenv, final=True)
+        if components.evaluator is not None:
+            _evaluate(state, components, policy)
+        if console:
+            elapsed = time.time() - state.start_time
+            print(f"done: epoch {state.epoch}, {state.agent_step:,} agent steps in {elapsed:.1f} s", flush=True)
+        return state
+    finally:
+        if components is not None:
+            components.stats_logger.close()
+        vecenv.close()
+
+
+def _save(state: TrainingState, components: TrainingComponents, config: "TrainerConfig", vecenv: Any, final: bool = False) -> None:
+    record = components.checkpointer.save(
+        components.collector.policy, components.optimizer, state.agent_step, state.epoch, trainer_config=config,
+        vecenv=vecenv, metadata={"eval_scores": dict(state.eval_scores)}, final=final,
+    )  # fmt: skip
+    if record is not None:
+        state.policy_record = record
+
+
+def _evaluate(state: TrainingState, components: TrainingComponents, policy: torch.nn.Module) -> None:
+    assert components.evaluator is not None
+    state.eval_scores = components.evaluator.evaluate(policy)
+    components.stats_logger.log(state.epoch, state.agent_step, {f"eval/{k}": v for k, v in state.eval_scores.items()})
