@@ -58,6 +58,11 @@ def main() -> None:
     parser.add_argument("--num-envs", type=int, default=4, help="envs of 4 agents each (default 4)")
     parser.add_argument("--checkpoint-every", type=int, default=5, help="epochs between checkpoints (default 5)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="torch CPU threads (default 1: the demo's small minibatches gain little from more, and on a busy "
+        "2-core machine extra threads made it ~5x slower)",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -67,6 +72,7 @@ def main() -> None:
         trainer_cfg.ppo = load_yaml_config(args.ppo_config, PPOConfig)
     trainer_cfg.checkpoint.checkpoint_interval = args.checkpoint_every
     device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
 
