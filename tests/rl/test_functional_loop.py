@@ -1,0 +1,64 @@
+"""functional_training_loop on the real env and policy: custom step, custom losses in metrics.jsonl, periodic and
+final checkpoints, console progress, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from component_helpers import fresh_policy, policy_store, tiny_config, tiny_curriculum, value_regularizer
+from metta.rl.checkpoint import load_latest_checkpoint
+from metta.rl.functional_trainer import TrainingState, default_training_step, functional_training_loop
+from metta.rl.trainer_config import PPOConfig
+
+
+def test_loop_with_custom_step_losses_and_checkpoints(tmp_path, capsys):
+    calls: list[int] = []
+
+    def my_step(state, components, config, experience):
+        calls.append(state.epoch)
+        metrics = default_training_step(state, components, config, experience)
+        metrics["custom/calls"] = float(len(calls))
+        return metrics
+
+    torch.manual_seed(0)
+    cfg = tiny_config(total_timesteps=192)  # three rollouts of 64 agent steps
+    state = functional_training_loop(
+        cfg, PPOConfig(ent_coef=0.02), fresh_policy(), tiny_curriculum(), policy_store(str(tmp_path / "store")),
+        step_fn=my_step, custom_losses=[value_regularizer], num_envs=2, run_dir=tmp_path / "run",
+        checkpoint_interval=2,
+    )  # fmt: skip
+    assert isinstance(state, TrainingState)
+    assert calls == [0, 1, 2] and state.epoch == 3 and state.agent_steps == state.agent_step == 192
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and rows[-1]["custom/calls"] == 3.0
+    assert all(r["losses/custom/value_regularizer"] > 0 for r in rows)
+    files = sorted(os.listdir(tmp_path / "run" / "checkpoints"))
+    assert files == ["model_0002.pt", "model_0003.pt", "trainer_state_0002.ckpt", "trainer_state_0003.ckpt"]
+    ckpt = load_latest_checkpoint(str(tmp_path / "run" / "checkpoints"))
+    assert (ckpt.epoch, ckpt.agent_step) == (3, 192) and ckpt.trainer_config["ppo"]["ent_coef"] == 0.02
+    assert state.policy_record.file_path.endswith("model_0003.pt")
+    out = capsys.readouterr().out
+    assert "functional training: 192 agent steps" in out and "epoch     3" in out and "done: epoch 3" in out
+
+
+def test_loop_errors_are_clear(tmp_path):
+    store = policy_store(str(tmp_path / "store"))
+    with pytest.raises(TypeError, match="config is a dict; pass a TrainerConfig"):
+        functional_training_loop({"batch_size": 64}, None, fresh_policy(), tiny_curriculum(), store)
+    with pytest.raises(TypeError, match="ppo_config is a dict"):
+        functional_training_loop(tiny_config(), {"gamma": 0.9}, fresh_policy(), tiny_curriculum(), store)
+    with pytest.raises(ValueError, match="checkpoint_interval=-1"):
+        functional_training_loop(tiny_config(), None, fresh_policy(), tiny_curriculum(), store, checkpoint_interval=-1)
+
+    def stuck_step(state, components, config, experience):
+        return {}
+
+    with pytest.raises(RuntimeError, match="did not advance state.agent_step"):
+        functional_training_loop(
+            tiny_config(), None, fresh_policy(), tiny_curriculum(), store, step_fn=stuck_step, num_envs=2,
+            run_dir=tmp_path / "run", console=False,
+        )  # fmt: skip
