@@ -58,6 +58,7 @@ def test_quickstart_notebook_executes(tmp_path, monkeypatch):
     monkeypatch.setenv("METTA_NOTEBOOK_EVAL_EPISODES", str(EVAL_EPISODES))
     monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's inline backend, whatever the shell set
     monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # torch threads: at this size more only contend with other work
 
     nb = nbformat.read(NOTEBOOK, as_version=4)
     curve_source = _cell_with_tag(nb, "learning-curve").source
