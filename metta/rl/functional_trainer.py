@@ -281,7 +281,7 @@ def functional_training_loop(
     step_fn: StepFn | None = None,
     custom_losses: Sequence[CustomLossFn] | None = None,
     *,
-    device: torch.device | str = "cpu",
+    device: torch.device | str | None = None,
     num_envs: int = 4,
     num_workers: int = 1,
     vectorization: str = "serial",
@@ -297,6 +297,7 @@ def functional_training_loop(
     """Train ``policy`` on ``curriculum`` until ``config.total_timesteps`` agent steps; returns the final state.
 
     ``config`` is a TrainerConfig (sizes, optimizer, intervals); ``ppo_config`` (or None) replaces its ``ppo``.
+    ``device`` defaults to the device of the policy's parameters.
     ``curriculum`` is a Curriculum, an env config or a curriculum path; the vecenv (``num_envs`` envs, reset
     with ``seed``) and the Experience are built here and closed at the end. ``step_fn`` defaults to
     ``default_training_step``; ``custom_losses`` are added to every minibatch's PPO loss. Every step's metrics
@@ -314,6 +315,8 @@ def functional_training_loop(
     if step_fn is not None and not callable(step_fn):
         raise TypeError(f"step_fn is a {type(step_fn).__name__}; pass a function (state, components, config, experience) -> metrics")
     step = step_fn or default_training_step
+    if device is None:
+        device = next(policy.parameters()).device
     if checkpoint_interval is None:
         checkpoint_interval = trainer_cfg.checkpoint.checkpoint_interval
     if evaluate_interval is None:
