@@ -65,6 +65,11 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--update-epochs", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-steps", type=int, default=None, help="also stop after this many agent steps")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--ent-coef", type=float, default=0.01)
+    parser.add_argument("--gamma", type=float, default=0.99)
+    parser.add_argument("--gae-lambda", type=float, default=0.95)
     parser.add_argument("--eval-episodes", type=int, default=128, help="episodes for each policy's evaluation")
     args = parser.parse_args()
 
@@ -76,6 +81,8 @@ def main() -> None:
     metrics.write(json.dumps({"random_policy_episode_reward": random_reward}) + "\n")
     print(f"random policy: mean episode reward {random_reward:.4f}")
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     cfg = TrainerConfig(
         total_timesteps=10**12,
@@ -83,7 +90,7 @@ def main() -> None:
         minibatch_size=args.minibatch_size,
         bptt_horizon=args.bptt_horizon,
         update_epochs=args.update_epochs,
-        ppo={"ent_coef": 0.01, "gamma": 0.99, "gae_lambda": 0.95},
+        ppo={"ent_coef": args.ent_coef, "gamma": args.gamma, "gae_lambda": args.gae_lambda},
         optimizer={"learning_rate": args.learning_rate},
     )
     env = Environment(curriculum_path=CURRICULUM, num_envs=args.num_envs, seed=args.seed, is_training=True, device="cpu")
@@ -93,7 +100,7 @@ def main() -> None:
     losses = Losses()
     agent_step, epoch = 0, 0
     start = time.perf_counter()
-    while time.perf_counter() - start < args.minutes * 60:
+    while time.perf_counter() - start < args.minutes * 60 and agent_step < (args.max_steps or float("inf")):
         t0 = time.perf_counter()
         agent_step_before = agent_step
         agent_step, stats = rollout(policy, env, experience, "cpu", agent_step)
@@ -107,6 +114,8 @@ def main() -> None:
             "episode_reward": float(np.mean(rewards)) if rewards else None,
             "sps": round((agent_step - agent_step_before) / (time.perf_counter() - t0)),
             **{f"losses/{k}": v for k, v in losses.stats().items()},
+            # What the agents do per episode (mean per agent): shows e.g. a forward bias before rewards rise.
+            **{k: float(np.mean(v)) for k, v in stats.items() if k.startswith("agent/action.") and k.endswith(".success")},
         }
         metrics.write(json.dumps(row) + "\n")
         metrics.flush()

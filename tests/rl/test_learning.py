@@ -58,7 +58,7 @@ def random_policy_reward(num_episodes: int = 400) -> float:
 def test_ppo_learns_to_find_the_altar():
     torch.manual_seed(0)
     cfg = TrainerConfig(
-        total_timesteps=90_000,
+        total_timesteps=120_000,
         batch_size=2048,
         minibatch_size=512,
         bptt_horizon=8,
