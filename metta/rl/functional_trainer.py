@@ -38,6 +38,7 @@ from metta.rl.losses import (
     process_minibatch_update,
     should_stop_early,
 )
+from metta.rl.optimizer import Optimizer
 from metta.rl.rollout import _timed, perform_rollout_step
 from metta.stats import accumulate_rollout_stats
 
@@ -90,8 +91,8 @@ def train_ppo(
     Returns the new epoch (one per update pass, as upstream counts). ``losses`` holds the means afterwards.
     ``custom_loss_fns`` are added to every minibatch's loss (see ``metta.rl.losses``).
     """
-    check_metta_optimizer(optimizer)
     ppo = trainer_cfg.ppo
+    optimizer = as_metta_optimizer(optimizer, policy, ppo.max_grad_norm)
     prio = trainer_cfg.prioritized_experience_replay
     with _timed(timer, "_train"):
         losses.zero()
@@ -121,13 +122,18 @@ def train_ppo(
     return epoch
 
 
-def check_metta_optimizer(optimizer: Any) -> None:
-    # A torch optimizer's step(closure) would call the loss tensor and fail with a confusing message.
-    if isinstance(optimizer, torch.optim.Optimizer) or not callable(getattr(optimizer, "step", None)):
+def as_metta_optimizer(optimizer: Any, policy: torch.nn.Module, max_grad_norm: float) -> Any:
+    """The optimizer ``train_ppo`` steps: a plain torch optimizer (seed 000 passes ``torch.optim.Adam``) gets
+    metta's ``step(loss, epoch, accumulate_steps)`` via ``Optimizer.wrap``; anything else must have that step."""
+    if isinstance(optimizer, torch.optim.Optimizer):
+        return Optimizer.wrap(optimizer, policy, max_grad_norm)
+    if not callable(getattr(optimizer, "step", None)):
         raise TypeError(
             f"optimizer is a {type(optimizer).__name__}; train_ppo needs metta's Optimizer (step(loss, epoch, "
-            "accumulate_steps) does backward, clipping and the step): Optimizer('adam', policy, learning_rate=3e-4)"
+            "accumulate_steps) does backward, clipping and the step) or a torch.optim.Optimizer: "
+            "Optimizer('adam', policy, learning_rate=3e-4)"
         )
+    return optimizer
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -220,7 +226,6 @@ def create_training_components(
     """
     from metta.rl.components import PolicyEvaluator, PPOOptimizer, RolloutCollector, StatsLogger, TrainingCheckpointer
     from metta.rl.losses import custom_loss_names
-    from metta.rl.optimizer import Optimizer
 
     trainer_cfg = resolve_trainer_config(config, ppo_config)
     losses = list(custom_loss_fns or [])

@@ -9,6 +9,9 @@ gradients and takes an optimizer step every ``accumulate_steps`` calls (counted 
 from ``epoch``), so k calls on k equal parts of a batch give the same update as one call on the whole batch.
 Gradients are cleared only after a step (upstream cleared them before every backward, so nothing
 accumulated). After each step it calls ``policy.clip_weights()`` when the policy has it.
+
+``Optimizer.wrap(torch.optim.SGD(policy.parameters(), lr=0.01), policy)`` gives the same ``step`` to an
+optimizer you built yourself; ``train_ppo`` does that for you when handed a plain torch optimizer.
 """
 
 from __future__ import annotations
@@ -79,6 +82,27 @@ class Optimizer:
         if hasattr(module, "clip_weights"):
             module.clip_weights()
         return True
+
+    @classmethod
+    def wrap(cls, torch_optimizer: torch.optim.Optimizer, policy: torch.nn.Module, max_grad_norm: float = 0.5) -> "Optimizer":
+        """Give an optimizer you built yourself (any ``torch.optim.Optimizer``) metta's ``step(loss, ...)``.
+
+        Clipping covers the parameters in ``torch_optimizer``'s param groups.
+        """
+        if not isinstance(torch_optimizer, torch.optim.Optimizer):
+            raise TypeError(f"torch_optimizer is a {type(torch_optimizer).__name__}; pass a torch.optim.Optimizer")
+        if not max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm={max_grad_norm!r} must be > 0, e.g. 0.5")
+        self = cls.__new__(cls)
+        self.policy = policy
+        self.optimizer_type = type(torch_optimizer).__name__.lower()
+        self.max_grad_norm = float(max_grad_norm)
+        self.params = [p for group in torch_optimizer.param_groups for p in group["params"]]
+        self.optimizer = torch_optimizer
+        self.param_groups = torch_optimizer.param_groups
+        self._pending = 0
+        self.last_grad_norm = 0.0
+        return self
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)

@@ -14,7 +14,7 @@ from metta.agent.policy_state import PolicyState
 from metta.rl.advantage import compute_advantage
 from metta.rl.components import PolicyEvaluator, PPOOptimizer, RolloutCollector, StatsLogger, TrainingCheckpointer
 from metta.rl.experience import calculate_anneal_beta, make_experience
-from metta.rl.functional_trainer import functional_training_loop, rollout
+from metta.rl.functional_trainer import functional_training_loop, rollout, train_ppo
 from metta.rl.losses import Losses, compute_explained_variance, process_minibatch_update
 from metta.rl.rollout import perform_rollout_step
 from metta.rl.trainer_config import PPOConfig
@@ -205,7 +205,7 @@ def test_components_reject_wrong_arguments(filled):
     with pytest.raises(TypeError, match="experience"):
         RolloutCollector(tiny_vecenv_stub(), policy, {}, "cpu")
     with pytest.raises(TypeError, match="metta's Optimizer"):
-        PPOOptimizer(policy, torch.optim.Adam(policy.parameters()), "cpu", cfg)
+        PPOOptimizer(policy, object(), "cpu", cfg)
     with pytest.raises(TypeError, match="PPOConfig or a TrainerConfig"):
         PPOOptimizer(policy, optimizer_for(policy, cfg), "cpu", {"gamma": 0.9})
     with pytest.raises(TypeError, match="SimulationSuiteConfig"):
@@ -283,3 +283,25 @@ def test_stats_logger_is_the_common_one(tmp_path):
     from metta.common.stats_logger import StatsLogger as CommonStatsLogger
 
     assert StatsLogger is CommonStatsLogger
+
+
+def test_train_ppo_takes_a_plain_torch_optimizer_as_seed_000_does():
+    """Seed 000 passes torch.optim.Adam(...) to train_ppo: it is wrapped (clipping included) and gives the
+    same weights as metta's Optimizer('adam') with the same settings."""
+    cfg = tiny_config()
+    weights = []
+    for make_optimizer in (
+        lambda p: optimizer_for(p, cfg),
+        lambda p: torch.optim.Adam(p.parameters(), lr=cfg.optimizer.learning_rate, betas=(cfg.optimizer.beta1, cfg.optimizer.beta2), eps=cfg.optimizer.eps),
+    ):
+        policy, env = fresh_policy(), tiny_vecenv()
+        experience = make_experience(env, policy, cfg, "cpu")
+        torch.manual_seed(ROLLOUT_SEED)
+        rollout(policy, env, experience, "cpu", 0, None)
+        env.close()
+        epoch = train_ppo(policy, make_optimizer(policy), experience, "cpu", Losses(), 0, cfg)
+        assert epoch == cfg.update_epochs
+        weights.append([p.detach().clone() for p in policy.parameters()])
+    assert any(not torch.equal(a, b) for a, b in zip(weights[0], fresh_policy().parameters()))
+    for a, b in zip(*weights):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -17,7 +17,7 @@ import torch
 from metta.agent.policy_state import PolicyState
 from metta.rl.advantage import normalize_advantage_distributed
 from metta.rl.experience import Experience
-from metta.rl.functional_trainer import check_metta_optimizer, train_ppo
+from metta.rl.functional_trainer import as_metta_optimizer, train_ppo
 from metta.rl.losses import CustomLossFn, Losses, compute_ppo_losses
 from metta.rl.trainer_config import PPOConfig, TrainerConfig
 
@@ -42,7 +42,6 @@ class PPOOptimizer:
     ):
         if not isinstance(policy, torch.nn.Module):
             raise TypeError(f"policy is a {type(policy).__name__}; pass the agent (an nn.Module), e.g. Agent(env)")
-        check_metta_optimizer(optimizer)
         if config is None:
             config = PPOConfig()
         if isinstance(config, PPOConfig):
@@ -50,7 +49,7 @@ class PPOOptimizer:
         if not isinstance(config, TrainerConfig):
             raise TypeError(f"config is a {type(config).__name__}; pass a PPOConfig or a TrainerConfig")
         self.policy = policy
-        self.optimizer = optimizer
+        self.optimizer = as_metta_optimizer(optimizer, policy, config.ppo.max_grad_norm)
         self.device = device
         self.trainer_cfg = config
         self.kickstarter = kickstarter
