@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from metta.agent.metta_agent import make_policy
+from metta.agent.policy_store import PolicyStore
 from metta.agent.policy_state import PolicyState
 from metta.interface.environment import Environment
 from metta.rl.experience import make_experience
@@ -127,6 +128,12 @@ def main() -> None:
             print(f"epoch {epoch} step {agent_step} t={row['seconds']}s reward {row['episode_reward']:.4f} sps {row['sps']}")
     env.close()
     policy.eval()
+    # Saved with the policy store so the trained agent can be evaluated again or watched in a replay.
+    store = PolicyStore({"device": "cpu", "trainer": {"checkpoint": {"checkpoint_dir": str(out)}}})
+    record = store.create_empty_policy_record(f"navigation_cpu_e{epoch}")
+    record.policy = policy
+    record.metadata.update(agent_step=agent_step, epoch=epoch)
+    store.save(record)
     trained_reward = evaluate(policy, args.num_envs, args.seed + 1, args.eval_episodes)
     summary = {
         "random_policy_episode_reward": random_reward,
