@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -263,3 +264,43 @@ def test_wandb_offline_writes_run_directory(tmp_path: Path):
     found = glob.glob(str(tmp_path / "**" / "offline-run-*"), recursive=True)
     assert found, f"no wandb offline run directory under {tmp_path}"
     assert any(glob.glob(os.path.join(d, "*.wandb")) for d in found)
+
+
+# -------------------------------------------------------------------------------------------------------- 9
+def test_run_py_and_the_functional_trainer_give_the_same_losses(base_run: Path):
+    """run.py's loop and rollout()/train_ppo() share one implementation: built the way run.py builds them
+    (same seeds, config and order of construction), the functional trainer's first epoch has run.py's losses."""
+    from omegaconf import OmegaConf
+
+    from metta.interface import Agent, Environment
+    from metta.rl.experience import make_experience
+    from metta.rl.functional_trainer import rollout, train_ppo
+    from metta.rl.losses import Losses
+    from metta.rl.optimizer import Optimizer
+    from metta.rl.trainer_config import TrainerConfig
+
+    run_cfg = json.loads((base_run / "run_config.json").read_text())
+    trainer_cfg = TrainerConfig.from_dict(OmegaConf.to_container(OmegaConf.load(base_run / "config.yaml").trainer))
+    torch.manual_seed(run_cfg["seed"])
+    np.random.seed(run_cfg["seed"])
+    env = Environment(
+        curriculum_path=run_cfg["curriculum"], device="cpu", seed=run_cfg["seed"], num_envs=run_cfg["num_envs"],
+        async_factor=run_cfg["async_factor"], num_workers=run_cfg["num_workers"],
+        vectorization=run_cfg["vectorization"], is_training=True,
+    )  # fmt: skip
+    agent = Agent(env, config=run_cfg["agent"], device="cpu")
+    opt = trainer_cfg.optimizer
+    optimizer = Optimizer(opt.type, agent, learning_rate=opt.learning_rate, betas=(opt.beta1, opt.beta2), eps=opt.eps,
+                          weight_decay=opt.weight_decay, max_grad_norm=trainer_cfg.ppo.max_grad_norm)  # fmt: skip
+    experience = make_experience(env, agent, trainer_cfg, "cpu")
+    losses = Losses()
+    try:
+        agent_step, _ = rollout(agent, env, experience, "cpu", 0)
+        epoch = train_ppo(agent, optimizer, experience, "cpu", losses, 0, trainer_cfg, agent_step=agent_step)
+    finally:
+        env.close()
+    first = metrics_rows(base_run)[0]
+    assert (first["epoch"], first["agent_step"]) == (epoch, agent_step)
+    ours = losses.stats()
+    for name in ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac", "explained_variance"):
+        assert ours[name] == pytest.approx(first[f"losses/{name}"], rel=1e-4, abs=1e-6), name
