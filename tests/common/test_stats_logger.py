@@ -22,3 +22,19 @@ def test_metrics_file_console_and_append(tmp_path):
     line = out.getvalue().strip()
     assert "epoch     1" in line and "sps 1,234" in line and "reward 0.5000" in line and "env 25%" in line
     assert "|" not in line  # no progress bar when the stream is not a terminal
+
+
+def test_tensorboard_scalars_are_written_per_agent_step(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logger = StatsLogger(tmp_path, console=False, tensorboard=True)
+    logger.log(1, 100, {"overview/reward": 0.5, "losses/entropy": 2.0, "note": "text is skipped", "flag": True})
+    logger.log(2, 200, {"overview/reward": 0.75, "losses/entropy": 1.5})
+    logger.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"overview/reward", "losses/entropy", "epoch", "agent_step"} <= tags
+    assert "note" not in tags and "flag" not in tags
+    rewards = events.Scalars("overview/reward")
+    assert [(e.step, e.value) for e in rewards] == [(100, 0.5), (200, 0.75)]
