@@ -11,6 +11,9 @@ This is the learning check of the PPO core (metta/rl); ``run.py`` is the full pr
 The defaults come from a sweep on the 2-core CPU (session 2 notes on issue 3). The one that mattered most is
 the entropy coefficient: with rewards this sparse the advantage signal per action is tiny, and ent_coef
 0.01 held the policy near uniform (rotate still ~40% of actions after 4M steps); 0.0005 lets it commit.
+Two passes over each batch (update_epochs 2) learn fastest per minute here: in 10-minute runs 3.8x the random
+policy's reward, against 2.6x with one pass (more steps, less learned from each) and 3.1x with four (fewer
+steps); learning rate 2e-3 learned faster at first, then collapsed after an approx_kl spike.
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ def main() -> None:
     parser.add_argument("--minibatch-size", type=int, default=4096)
     parser.add_argument("--bptt-horizon", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--update-epochs", type=int, default=1)
+    parser.add_argument("--update-epochs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-steps", type=int, default=None, help="also stop after this many agent steps")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
