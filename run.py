@@ -70,7 +70,7 @@ def cpu_trainer_config() -> TrainerConfig:
     return TrainerConfig(
         total_timesteps=3_000_000,
         batch_size=32768,
-        minibatch_size=4096,
+        minibatch_size=2048,
         bptt_horizon=16,
         update_epochs=2,
         ppo={"clip_coef": 0.1, "ent_coef": 0.0005, "gamma": 0.95, "gae_lambda": 0.9},
