@@ -11,7 +11,9 @@ It runs the real loop (``rollout`` + ``train_ppo``, i.e. ``perform_rollout_step`
 - ``compute_bound_agent_steps_per_second``: what the policy's compute alone allows, timed in this script on
   synthetic batches of the same shapes (inference on one env batch, forward+backward+step on one minibatch).
 
-    python benchmarks/train_sps.py [--num-envs 64] [--batch-size 16384] [--minibatch-size 4096] [--iterations 4]
+    python benchmarks/train_sps.py [--num-envs 64] [--batch-size 32768] [--minibatch-size 2048] [--update-epochs 2]
+
+The defaults are run.py's CPU defaults.
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--curriculum", default="/env/mettagrid/curriculum/navigation/bucketed")
     parser.add_argument("--num-envs", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=16384)
-    parser.add_argument("--minibatch-size", type=int, default=4096)
+    parser.add_argument("--batch-size", type=int, default=32768)
+    parser.add_argument("--minibatch-size", type=int, default=2048)
     parser.add_argument("--bptt-horizon", type=int, default=16)
+    parser.add_argument("--update-epochs", type=int, default=2)
     parser.add_argument("--iterations", type=int, default=4, help="timed rollout+train iterations after one warm-up")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -53,6 +56,7 @@ def main() -> None:
         batch_size=args.batch_size,
         minibatch_size=args.minibatch_size,
         bptt_horizon=args.bptt_horizon,
+        update_epochs=args.update_epochs,
     )
     env = Environment(curriculum_path=args.curriculum, num_envs=args.num_envs, seed=args.seed, device="cpu")
     policy = make_policy(env)

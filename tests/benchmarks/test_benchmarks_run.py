@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
     [
         ["benchmarks/env_sps.py", "--seconds", "0.3", "--num-envs", "2", "--max-steps", "50"],
         ["benchmarks/env_sps.py", "--workload", "navigation", "--seconds", "0.3", "--num-envs", "2", "--max-steps", "50"],
+        ["benchmarks/train_sps.py", "--num-envs", "2", "--batch-size", "1024", "--minibatch-size", "512", "--iterations", "1"],
     ],
 )
 def test_benchmark_prints_one_json_line(args):
