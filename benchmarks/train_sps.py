@@ -95,7 +95,8 @@ def main() -> None:
     inference_obs = torch.from_numpy(np.random.default_rng(0).integers(0, 255, (n, *obs_shape), dtype=np.uint8))
     inference_obs[:, 20:] = 255  # mostly empty slots, like real observations
     segments = cfg.minibatch_size // cfg.bptt_horizon
-    train_obs = inference_obs[:segments].unsqueeze(1).expand(segments, cfg.bptt_horizon, *obs_shape).contiguous()
+    rows = inference_obs[torch.arange(segments) % n]  # a minibatch may have more segments than one env batch has agents
+    train_obs = rows.unsqueeze(1).expand(segments, cfg.bptt_horizon, *obs_shape).contiguous()
     train_actions = torch.zeros((segments, cfg.bptt_horizon, 2), dtype=torch.int32)
 
     def timed(fn, repeats: int) -> float:
