@@ -138,6 +138,10 @@ class MettaGridEnv:
         self._env_i = np.zeros((E, kn.ENV_COLS), dtype=np.int64)
         # Grid-index offsets of the observation window cells, per env (they depend on the map's stride).
         self._env_cell_deltas = np.zeros((E, len(L.obs_offsets)), dtype=np.int64)
+        # Distance rank of each window cell, indexed by row * obs_width + col (obs_offsets is in rank order).
+        self._obs_rank = np.zeros(L.obs_height * L.obs_width, dtype=np.int64)
+        dr, dc = L.obs_offsets[:, 0], L.obs_offsets[:, 1]
+        self._obs_rank[(dr + L.obs_height // 2) * L.obs_width + dc + L.obs_width // 2] = np.arange(len(dr))
         self._stat_names = L.stat_names()
         self._env_rng = np.ones(E, dtype=np.uint64)
         self._env_swappable = np.zeros((E, 256), dtype=np.uint8)
@@ -190,6 +194,10 @@ class MettaGridEnv:
                 conv_recipe[dst : dst + n_conv] = copy_from["conv_recipe"][src : src + n_conv]
         self._grid_agent, self._grid_obj = grid_agent, grid_obj
         self._grid_pair = grid.view(np.int32).reshape(-1)
+        # Occupancy bitmap of the grid (see kernel.occ_row_bits); one spare word for rows that end in the last.
+        occupied = np.zeros(((len(self._grid_pair) + 63) // 64 + 1) * 64, dtype=bool)
+        occupied[: len(self._grid_pair)] = self._grid_pair != 0
+        self._occ = np.packbits(occupied, bitorder="little").view(np.uint64)
         self._conv_i, self._conv_inv, self._conv_recipe = conv_i, conv_inv, conv_recipe
         ei[:, kn.E_GRID_OFF] += cell_off[:-1] - ei[:, kn.E_SLOT_OFF]
         ei[:, kn.E_SLOT_OFF] = cell_off[:-1]
@@ -298,13 +306,14 @@ class MettaGridEnv:
             self._env_game_stats,
             self._grid_agent, self._grid_obj, self._conv_i, self._conv_inv, self._conv_recipe, self._agent_i,
             self._agent_f, self._agent_inv, self._agent_limit, self._agent_rw, self._agent_stats, self._agent_stat_rw,
-            self.layout.num_agents,
+            self.layout.num_agents, self._occ,
         )  # fmt: skip
         assert status == 0, status  # counts were checked above
         kn.observe_env(
             e, ei, self._env_cell_deltas, self._grid_pair, self._conv_i, self._conv_inv,
             self._conv_recipe, self._agent_i, self._agent_inv, self._zero_rewards, self.observations,
-            self.layout.obs_offsets, self._params, len(self.layout.items), self._env_game_stats,
+            self.layout.obs_offsets, self._params, len(self.layout.items), self._env_game_stats, self._occ,
+            self._obs_rank,
         )  # fmt: skip
         self._tasks[e] = task
         self._episodes_started[e] += 1
@@ -338,7 +347,7 @@ class MettaGridEnv:
             self._conv_inv, self._conv_recipe, self._agent_i, self._agent_f, self._agent_inv, self._agent_limit,
             self._agent_rw, self._agent_stats, self._agent_stat_rw, self.layout.action_table,
             self.layout.action_resources, self.layout.defense_resources, self.layout.stat_offsets,
-            self.layout.obs_offsets, self._params, self._order, self._group_pool,
+            self.layout.obs_offsets, self._params, self._order, self._group_pool, self._occ, self._obs_rank,
         )  # fmt: skip
         infos: list[dict] = []
         if n_done:

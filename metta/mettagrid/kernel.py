@@ -13,6 +13,7 @@ lets the observation scan skip an empty cell with a single load.
 from __future__ import annotations
 
 import numba
+from numba.cpython.unsafe.numbers import trailing_zeros
 import numpy as np
 
 from metta.mettagrid.constants import (
@@ -98,6 +99,53 @@ _FWD_R = np.array([-1, 1, 0, 0], dtype=np.int64)
 _FWD_C = np.array([0, 0, -1, 1], dtype=np.int64)
 
 jit = numba.njit(cache=True, nogil=True, boundscheck=False)
+
+
+# Occupancy bitmap: bit ``cell & 63`` of word ``cell >> 6`` is set when grid cell ``cell`` holds an agent or an
+# object. The observation scan reads one or two words per window row instead of every window cell, and visits
+# only the occupied cells (a quarter to a half of the window on terrain maps, a few percent in open rooms).
+
+
+@jit
+def lowest_bit_index(x):
+    """Index of the lowest set bit of a non-zero uint64 (one tzcnt instruction)."""
+    return np.int64(trailing_zeros(x))
+
+
+@jit
+def occ_set(occ, cell):
+    occ[cell >> 6] |= np.uint64(1) << np.uint64(cell & 63)
+
+
+@jit
+def occ_clear(occ, cell):
+    occ[cell >> 6] &= ~(np.uint64(1) << np.uint64(cell & 63))
+
+
+@jit
+def occ_clear_range(occ, start, end):
+    """Clear the bits of cells start .. end-1."""
+    cell = start
+    while cell < end and cell & 63:
+        occ_clear(occ, cell)
+        cell += 1
+    while cell + 64 <= end:
+        occ[cell >> 6] = np.uint64(0)
+        cell += 64
+    while cell < end:
+        occ_clear(occ, cell)
+        cell += 1
+
+
+@jit
+def occ_row_bits(occ, start, width):
+    """Bits of the ``width`` cells from flat index ``start`` (bit j = cell start + j)."""
+    w = start >> 6
+    lo = start & 63
+    bits = occ[w] >> np.uint64(lo)
+    if lo + width > 64:
+        bits |= occ[w + 1] << np.uint64(64 - lo)
+    return bits & ((np.uint64(1) << np.uint64(width)) - np.uint64(1))
 
 
 @jit
@@ -284,7 +332,7 @@ def do_attack(
 def do_action(
     a, e, handler, arg, agent_base, env_i, grid_agent, grid_obj, conv_i, conv_inv, conv_recipe,
     agent_i, agent_inv, agent_limit, agent_rw, agent_stats, stat_off, rewards, defense, n_items, n_groups,
-    track_move,
+    track_move, occ,
 ):
     """Run one action of agent ``a``; returns whether it succeeded."""
     H = env_i[e, E_H]
@@ -309,6 +357,8 @@ def do_action(
             return False
         grid_agent[cell] = grid_agent[goff + r * S + c]
         grid_agent[goff + r * S + c] = 0
+        occ_set(occ, cell)  # a move is the only action that changes which cells are occupied (swaps trade places)
+        occ_clear(occ, goff + r * S + c)
         agent_i[a, A_R] = nr
         agent_i[a, A_C] = nc
         if track_move:
@@ -412,6 +462,7 @@ def emit(out, n, T, loc, feature, value):
 def write_agent_obs(
     a, e, agent_base, env_i, grid_pair, conv_i, conv_inv, conv_recipe, agent_i,
     agent_inv, rewards, obs, obs_offsets, cell_deltas, params, n_items, env_game_stats, resource_reward_mask,
+    occ, obs_rank,
 ):
     """Write agent ``a``'s token observation: global tokens, then the window in distance order.
 
@@ -426,7 +477,6 @@ def write_agent_obs(
     S = env_i[e, E_STRIDE]
     coff = env_i[e, E_CONV_OFF]
     out = obs[a]
-    n_cells = cell_deltas.shape[0]
     n = 0
     if params[P_G_COMPLETION]:
         ms = env_i[e, E_MAX_STEPS]
@@ -443,57 +493,78 @@ def write_agent_obs(
     if params[P_G_RESOURCE_RW]:
         n = emit(out, n, T, center, RESOURCE_REWARDS, resource_reward_mask & 255)
     center_cell = goff + agent_i[a, A_R] * S + agent_i[a, A_C]
-    for k in range(n_cells):
-        cell = center_cell + cell_deltas[k]
-        # grid_pair[cell] is the cell's (agent, object) pair as one int32 (little-endian: agent in the low half).
-        pair = grid_pair[cell]
-        ga = pair & 0xFFFF
-        go = pair >> 16
-        loc = obs_offsets[k, 2]
-        if ga == 0 and go > -SWAPPABLE_STATIC and go <= 0:
-            # The common cells, empty or a plain wall, without a branch on which: the token is written either
-            # way and kept only for a wall. (Branch mispredictions on terrain cost more than the stores.)
-            if n < T:
-                out[n, 0] = loc
-                out[n, 1] = TYPE_ID
-                out[n, 2] = -go
-            n += go != 0
-            continue
-        if ga != 0:
-            o = agent_base + ga - 1
-            n = emit(out, n, T, loc, TYPE_ID, 0)
-            n = emit(out, n, T, loc, GROUP, agent_i[o, A_GROUP_ID])
-            n = emit(out, n, T, loc, FROZEN, 1 if agent_i[o, A_FROZEN] > 0 else 0)
-            n = emit(out, n, T, loc, ORIENTATION, agent_i[o, A_ORIENT])
-            n = emit(out, n, T, loc, COLOR, agent_i[o, A_COLOR])
-            if agent_i[o, A_GLYPH] != 0:
-                n = emit(out, n, T, loc, GLYPH, agent_i[o, A_GLYPH])
-            for i in range(n_items):
-                v = agent_inv[o, i]
-                if v > 0:
-                    n = emit(out, n, T, loc, INVENTORY_BASE + i, min(v, 255))
-        if go < 0:
-            n = emit(out, n, T, loc, TYPE_ID, (-go) & 255)
-            if go <= -SWAPPABLE_STATIC:
-                n = emit(out, n, T, loc, SWAPPABLE, 1)
-        elif go > 0:
-            ci = coff + go - 1
-            n = emit(out, n, T, loc, TYPE_ID, conv_i[ci, C_TYPE])
-            n = emit(out, n, T, loc, COLOR, conv_i[ci, C_COLOR])
-            n = emit(out, n, T, loc, CONVERTING, 1 if conv_i[ci, C_STATE] != CONV_IDLE else 0)
-            for i in range(n_items):
-                v = conv_inv[ci, i]
-                if v > 0:
-                    n = emit(out, n, T, loc, INVENTORY_BASE + i, v)
-            if conv_i[ci, C_RECIPE_OBS]:
-                for side in range(2):
-                    for i in range(n_items):
-                        v = conv_recipe[ci, side, i]
-                        if v > 0:
-                            n = emit(out, n, T, loc, INVENTORY_BASE + (side + 1) * n_items + i, v)
+    # The occupied window cells as a mask over their distance rank (obs_rank[row * ow + col]), up to 4 x 64
+    # cells: the scan below then walks them nearest first, the order upstream writes tokens in.
+    m0 = np.uint64(0)
+    m1 = np.uint64(0)
+    m2 = np.uint64(0)
+    m3 = np.uint64(0)
+    row_start = center_cell - (oh // 2) * S - (ow // 2)
+    for i in range(oh):
+        bits = occ_row_bits(occ, row_start + i * S, ow)
+        while bits:
+            j = lowest_bit_index(bits)
+            bits &= bits - np.uint64(1)
+            k = obs_rank[i * ow + j]
+            bit = np.uint64(1) << np.uint64(k & 63)
+            if k < 64:
+                m0 |= bit
+            elif k < 128:
+                m1 |= bit
+            elif k < 192:
+                m2 |= bit
+            else:
+                m3 |= bit
+    for word in range(4):
+        if word == 0:
+            m = m0
+        elif word == 1:
+            m = m1
+        elif word == 2:
+            m = m2
+        else:
+            m = m3
+        while m:
+            k = word * 64 + lowest_bit_index(m)
+            m &= m - np.uint64(1)
+            pair = grid_pair[center_cell + cell_deltas[k]]  # (agent, object) as one int32, agent in the low half
+            ga = pair & 0xFFFF
+            go = pair >> 16
+            loc = obs_offsets[k, 2]
+            if ga != 0:
+                o = agent_base + ga - 1
+                n = emit(out, n, T, loc, TYPE_ID, 0)
+                n = emit(out, n, T, loc, GROUP, agent_i[o, A_GROUP_ID])
+                n = emit(out, n, T, loc, FROZEN, 1 if agent_i[o, A_FROZEN] > 0 else 0)
+                n = emit(out, n, T, loc, ORIENTATION, agent_i[o, A_ORIENT])
+                n = emit(out, n, T, loc, COLOR, agent_i[o, A_COLOR])
+                if agent_i[o, A_GLYPH] != 0:
+                    n = emit(out, n, T, loc, GLYPH, agent_i[o, A_GLYPH])
+                for i in range(n_items):
+                    v = agent_inv[o, i]
+                    if v > 0:
+                        n = emit(out, n, T, loc, INVENTORY_BASE + i, min(v, 255))
+            if go < 0:
+                n = emit(out, n, T, loc, TYPE_ID, (-go) & 255)
+                if go <= -SWAPPABLE_STATIC:
+                    n = emit(out, n, T, loc, SWAPPABLE, 1)
+            elif go > 0:
+                ci = coff + go - 1
+                n = emit(out, n, T, loc, TYPE_ID, conv_i[ci, C_TYPE])
+                n = emit(out, n, T, loc, COLOR, conv_i[ci, C_COLOR])
+                n = emit(out, n, T, loc, CONVERTING, 1 if conv_i[ci, C_STATE] != CONV_IDLE else 0)
+                for i in range(n_items):
+                    v = conv_inv[ci, i]
+                    if v > 0:
+                        n = emit(out, n, T, loc, INVENTORY_BASE + i, v)
+                if conv_i[ci, C_RECIPE_OBS]:
+                    for side in range(2):
+                        for i in range(n_items):
+                            v = conv_recipe[ci, side, i]
+                            if v > 0:
+                                n = emit(out, n, T, loc, INVENTORY_BASE + (side + 1) * n_items + i, v)
     written = min(n, T)
-    # Slots past the previous observation's tokens are already 0xFF; clear only what it left behind, plus
-    # slot ``written``, where the scan may have put an empty cell's discarded token.
+    # Slots past the previous observation's tokens are already 0xFF; clear only what it left behind.
     for k in range(written, min(max(agent_i[a, A_OBS_N], written + 1), T)):
         out[k, 0] = 255
         out[k, 1] = 255
@@ -507,7 +578,7 @@ def write_agent_obs(
 @jit
 def observe_env(
     e, env_i, env_cell_deltas, grid_pair, conv_i, conv_inv, conv_recipe, agent_i, agent_inv, rewards,
-    obs, obs_offsets, params, n_items, env_game_stats,
+    obs, obs_offsets, params, n_items, env_game_stats, occ, obs_rank,
 ):
     N = params[P_N_AGENTS]
     base = e * N
@@ -516,7 +587,7 @@ def observe_env(
     for k in range(N):
         write_agent_obs(
             base + k, e, base, env_i, grid_pair, conv_i, conv_inv, conv_recipe, agent_i,
-            agent_inv, rewards, obs, obs_offsets, cell_deltas, params, n_items, env_game_stats, mask,
+            agent_inv, rewards, obs, obs_offsets, cell_deltas, params, n_items, env_game_stats, mask, occ, obs_rank,
         )
 
 
@@ -526,6 +597,7 @@ def step_envs(
     grid_pair, grid_agent,
     grid_obj, conv_i, conv_inv, conv_recipe, agent_i, agent_f, agent_inv, agent_limit, agent_rw, agent_stats,
     agent_stat_rw, action_table, action_resources, defense, stat_off, obs_offsets, params, order, group_pool,
+    occ, obs_rank,
 ):
     """Advance every env of the batch by one step (upstream's step order). Returns how many envs finished.
 
@@ -594,7 +666,7 @@ def step_envs(
                         success = do_action(
                             a, e, handler, arg, base, env_i, grid_agent, grid_obj, conv_i, conv_inv,
                             conv_recipe, agent_i, agent_inv, agent_limit, agent_rw, agent_stats, stat_off, rewards,
-                            defense, n_items, n_groups, track_move,
+                            defense, n_items, n_groups, track_move, occ,
                         )
                     if success:
                         for i in range(n_items):
@@ -615,7 +687,7 @@ def step_envs(
 
         observe_env(
             e, env_i, env_cell_deltas, grid_pair, conv_i, conv_inv, conv_recipe, agent_i, agent_inv,
-            rewards, obs, obs_offsets, params, n_items, env_game_stats,
+            rewards, obs, obs_offsets, params, n_items, env_game_stats, occ, obs_rank,
         )
 
         if env_i[e, E_HAS_STAT_RW]:
@@ -668,7 +740,7 @@ def load_episode(
     agent_template_limits, agent_template_rewards, agent_template_stat_rw, env_i, env_cell_deltas, obs_offsets,
     env_game_stats, grid_agent,
     grid_obj, conv_i, conv_inv, conv_recipe, agent_i, agent_f, agent_inv, agent_limit, agent_rw, agent_stats,
-    agent_stat_rw, N,
+    agent_stat_rw, N, occ,
 ):
     """Write a freshly built map into env ``e``'s slot and reset its converters and agents.
 
@@ -680,9 +752,11 @@ def load_episode(
     W = level.shape[1]
     S = W + 2 * GRID_PAD
     slot = env_i[e, E_SLOT_OFF]
-    for cell in range(slot, slot + (H + 2 * GRID_PAD) * S):
+    slot_end = slot + (H + 2 * GRID_PAD) * S
+    for cell in range(slot, slot_end):
         grid_agent[cell] = 0
         grid_obj[cell] = 0
+    occ_clear_range(occ, slot, slot_end)
     goff = slot + GRID_PAD * S + GRID_PAD
     coff = env_i[e, E_CONV_OFF]
     base = e * N
@@ -696,6 +770,7 @@ def load_episode(
             cell = goff + r * S + c
             if kind == 0:
                 continue
+            occ_set(occ, cell)  # an unknown code returns an error below; the caller then discards the slot
             if kind == 1:
                 grid_obj[cell] = -idx
             elif kind == 2:
