@@ -481,8 +481,9 @@ class _BaseMap:
     grid: np.ndarray  # read-only; contains no agents and no altars
     candidates: np.ndarray  # flat indices of cells where build() may put agents (upstream's rule)
     object_candidates: np.ndarray  # the candidates whose blocking would not split the open space
-    empty: np.ndarray  # bool mask of open cells, for the connectivity check
+    empty: np.ndarray  # bool mask of open cells
     n_empty: int
+    open_padded: np.ndarray  # bool[(h + 2) * (w + 2)]: ``empty`` inside a blocked ring, flattened
     counts: np.ndarray  # cells per code, to compute the missing object counts
     labels: tuple[str, ...]
 
@@ -530,12 +531,20 @@ def base_map(dir: str, index: int, shape: tuple[int, int] | None = None) -> _Bas
     empty.flags.writeable = False
     # An object is an obstacle: on a corridor cell it would cut the map in two, so objects avoid cut cells.
     object_ok = ok & ~articulation_cells(empty)
+    # ``empty`` inside a ring of blocked cells: the connectivity check steps to cell +-1 and +-(w + 2) with no
+    # bounds checks or divisions, over arrays small enough to stay in cache between episodes.
+    h, w = grid.shape
+    open_padded = np.zeros((h + 2, w + 2), dtype=np.bool_)
+    open_padded[1:-1, 1:-1] = empty
+    open_padded = open_padded.ravel()
+    open_padded.flags.writeable = False
     cached = _BaseMap(
         grid=grid,
         candidates=np.flatnonzero(ok),
         object_candidates=np.flatnonzero(object_ok),
         empty=empty,
         n_empty=int(empty.sum()),
+        open_padded=open_padded,
         counts=np.bincount(grid.ravel(), minlength=256),
         labels=labels,
     )
@@ -547,10 +556,11 @@ _PLACEMENT_TRIES = 8
 
 
 @numba.njit(cache=True)
-def _finish_placement(empty: np.ndarray, n_empty: int, agent_draw: np.ndarray, objects: np.ndarray, n_agents: int):
+def _finish_placement(open_padded: np.ndarray, n_empty: int, width: int, agent_draw: np.ndarray, objects: np.ndarray,
+                      n_agents: int):  # fmt: skip
     """Agents = the first ``n_agents`` of ``agent_draw`` not taken by an object; and whether, with the objects
-    blocking their cells, every open cell is in one region that every object touches."""
-    h, w = empty.shape
+    blocking their cells, every open cell is in one region that every object touches. Cells are flat indices
+    of the unpadded map (``width`` columns); ``open_padded`` is the open mask with a blocked ring around it."""
     agents = np.empty(n_agents, dtype=np.int64)
     n = 0
     for i in range(len(agent_draw)):
@@ -566,19 +576,22 @@ def _finish_placement(empty: np.ndarray, n_empty: int, agent_draw: np.ndarray, o
             n += 1
     if len(objects) <= 1:
         return agents, True  # one object off the cut cells cannot split the map
+    pw = width + 2
+    steps = (1, -1, pw, -pw)
     # 0 = not reached, 1 = reached, 2 = blocked by an object.
-    state = np.zeros(h * w, dtype=np.uint8)
+    state = np.zeros(len(open_padded), dtype=np.uint8)
+    padded_objects = np.empty(len(objects), dtype=np.int64)
     for j in range(len(objects)):
-        state[objects[j]] = 2
-    flat = empty.ravel()
+        padded_objects[j] = (objects[j] // width + 1) * pw + objects[j] % width + 1
+        state[padded_objects[j]] = 2
     start = -1
-    for k in range(h * w):
-        if flat[k] and state[k] == 0:
+    for k in range(len(open_padded)):
+        if open_padded[k] and state[k] == 0:
             start = k
             break
     if start < 0:
         return agents, False
-    queue = np.empty(h * w, dtype=np.int64)
+    queue = np.empty(n_empty, dtype=np.int64)
     queue[0] = start
     state[start] = 1
     head = 0
@@ -586,29 +599,17 @@ def _finish_placement(empty: np.ndarray, n_empty: int, agent_draw: np.ndarray, o
     while head < tail:
         cur = queue[head]
         head += 1
-        r = cur // w
-        c = cur % w
-        for dr, dc in ((-1, 0), (1, 0), (0, -1), (0, 1)):
-            nr = r + dr
-            nc = c + dc
-            if 0 <= nr < h and 0 <= nc < w:
-                v = nr * w + nc
-                if flat[v] and state[v] == 0:
-                    state[v] = 1
-                    queue[tail] = v
-                    tail += 1
+        for step in steps:
+            v = cur + step
+            if open_padded[v] and state[v] == 0:
+                state[v] = 1
+                queue[tail] = v
+                tail += 1
     if tail != n_empty - len(objects):
         return agents, False
     for j in range(len(objects)):
-        r = objects[j] // w
-        c = objects[j] % w
-        touches = (
-            (r > 0 and state[objects[j] - w] == 1)
-            or (r < h - 1 and state[objects[j] + w] == 1)
-            or (c > 0 and state[objects[j] - 1] == 1)
-            or (c < w - 1 and state[objects[j] + 1] == 1)
-        )
-        if not touches:
+        o = padded_objects[j]
+        if not (state[o + 1] == 1 or state[o - 1] == 1 or state[o + pw] == 1 or state[o - pw] == 1):
             return agents, False
     return agents, True
 
@@ -681,7 +682,7 @@ class TerrainMap(MapBuilder):
             for _ in range(_PLACEMENT_TRIES):
                 obj = rng.choice(base.object_candidates, size=n_o, replace=False)
                 agent_draw = rng.choice(base.candidates, size=n_a + n_o, replace=False)
-                agt, ok = _finish_placement(base.empty, base.n_empty, agent_draw, obj, n_a)
+                agt, ok = _finish_placement(base.open_padded, base.n_empty, w, agent_draw, obj, n_a)
                 if ok:
                     break
             inner[agt // w, agt % w] = agents
