@@ -26,3 +26,16 @@ def test_benchmark_prints_one_json_line(args):
     assert len(lines) == 1
     result = json.loads(lines[0])
     assert result["agent_steps_per_second"] > 0
+
+
+def test_trajectory_hash_is_deterministic():
+    """The hashes speed work is checked against must not depend on the run."""
+    runs = [
+        subprocess.run([sys.executable, "benchmarks/trajectory_hash.py", "--steps", "20"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300, check=True)  # fmt: skip
+        for _ in range(2)
+    ]
+    first, second = (json.loads(run.stdout.strip()) for run in runs)
+    assert set(first["hashes"]) == {"perf", "navigation", "simple"}
+    assert all(len(h) == 16 for h in first["hashes"].values())
+    assert first == second
