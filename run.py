@@ -53,7 +53,7 @@ from metta.rl.kickstarter import Kickstarter
 from metta.rl.losses import Losses, compute_explained_variance, process_minibatch_update, should_stop_early
 from metta.rl.policy_management import unwrap_agent, wrap_agent_distributed
 from metta.rl.rollout import perform_rollout_step
-from metta.rl.trainer_config import TrainerConfig
+from metta.rl.trainer_config import TrainerConfig, cpu_learning_settings
 from metta.stats import accumulate_rollout_stats
 
 logger = logging.getLogger("run")
@@ -62,19 +62,15 @@ logger = logging.getLogger("run")
 def cpu_trainer_config() -> TrainerConfig:
     """Defaults that show learning in minutes on a laptop CPU; raise the sizes on a GPU.
 
-    The PPO values come from the navigation sweep on a 2-core CPU (recipes/navigation_cpu.py): with rewards
-    this sparse, ent_coef 0.01 held the policy near uniform, while 0.0005 with a shorter horizon
-    (gamma 0.95, gae_lambda 0.9) lets it commit to walking and collecting within a few million steps, and two
-    passes over each batch learn the most per minute.
+    ``cpu_learning_settings()`` holds the update settings of the navigation sweep (two passes per batch, lr 1e-3,
+    ent_coef 0.0005, gamma 0.95, gae_lambda 0.9; docs/training.md says why).
     """
     return TrainerConfig(
         total_timesteps=3_000_000,
         batch_size=32768,
         minibatch_size=2048,
         bptt_horizon=16,
-        update_epochs=2,
-        ppo={"clip_coef": 0.1, "ent_coef": 0.0005, "gamma": 0.95, "gae_lambda": 0.9},
-        optimizer={"learning_rate": 1e-3},
+        **cpu_learning_settings(),
         checkpoint={"checkpoint_interval": 20, "wandb_checkpoint_interval": 0},
         simulation={"evaluate_interval": 100},
     )

@@ -8,13 +8,9 @@ curriculum and seed, so the curve can be read against it:
 
 This is the learning check of the PPO core (metta/rl); ``run.py`` is the full production loop.
 
-The defaults come from a sweep on the 2-core CPU (session 2 notes on issue 3). The one that mattered most is
-the entropy coefficient: with rewards this sparse the advantage signal per action is tiny, and ent_coef
-0.01 held the policy near uniform (rotate still ~40% of actions after 4M steps); 0.0005 lets it commit.
-Two passes over each batch (update_epochs 2) in minibatches of 2048 learned the most per minute: 4.5x the
-random policy's reward after 10 minutes, against 3.8x with minibatches of 4096, 2.6x with one pass (more
-steps, less learned from each), 3.1x with four passes (fewer steps) and 1.7x with minibatches of 1024; learning
-rate 2e-3 learned faster at first, then collapsed after an approx_kl spike. Single runs: expect spread.
+The defaults are run.py's CPU settings (``cpu_learning_settings()``, batch 32768, minibatch 2048), which came
+from sweeping this script; docs/training.md has the table (4.5x the random policy's reward after 10 minutes at
+best, single runs spread widely).
 """
 
 from __future__ import annotations
@@ -35,7 +31,7 @@ from metta.rl.experience import make_experience
 from metta.rl.functional_trainer import rollout, train_ppo
 from metta.rl.losses import Losses
 from metta.rl.optimizer import Optimizer
-from metta.rl.trainer_config import TrainerConfig
+from metta.rl.trainer_config import TrainerConfig, cpu_learning_settings
 
 CURRICULUM = "/env/mettagrid/curriculum/navigation/bucketed"
 
@@ -64,6 +60,7 @@ def evaluate(policy: torch.nn.Module | None, num_envs: int, seed: int, episodes:
 
 
 def main() -> None:
+    defaults = cpu_learning_settings()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--out-dir", default="train_dir/navigation_cpu")
@@ -71,14 +68,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32768)
     parser.add_argument("--minibatch-size", type=int, default=2048)
     parser.add_argument("--bptt-horizon", type=int, default=16)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--update-epochs", type=int, default=2)
+    parser.add_argument("--learning-rate", type=float, default=defaults["optimizer"]["learning_rate"])
+    parser.add_argument("--update-epochs", type=int, default=defaults["update_epochs"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-steps", type=int, default=None, help="also stop after this many agent steps")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--ent-coef", type=float, default=0.0005)
-    parser.add_argument("--gamma", type=float, default=0.95)
-    parser.add_argument("--gae-lambda", type=float, default=0.9)
+    parser.add_argument("--ent-coef", type=float, default=defaults["ppo"]["ent_coef"])
+    parser.add_argument("--gamma", type=float, default=defaults["ppo"]["gamma"])
+    parser.add_argument("--gae-lambda", type=float, default=defaults["ppo"]["gae_lambda"])
     parser.add_argument("--eval-episodes", type=int, default=128, help="episodes for each policy's evaluation")
     args = parser.parse_args()
 
@@ -99,7 +96,7 @@ def main() -> None:
         minibatch_size=args.minibatch_size,
         bptt_horizon=args.bptt_horizon,
         update_epochs=args.update_epochs,
-        ppo={"ent_coef": args.ent_coef, "gamma": args.gamma, "gae_lambda": args.gae_lambda},
+        ppo={**defaults["ppo"], "ent_coef": args.ent_coef, "gamma": args.gamma, "gae_lambda": args.gae_lambda},
         optimizer={"learning_rate": args.learning_rate},
     )
     env = Environment(curriculum_path=CURRICULUM, num_envs=args.num_envs, seed=args.seed, is_training=True, device="cpu")

@@ -138,10 +138,6 @@ class MettaGridEnv:
         self._env_i = np.zeros((E, kn.ENV_COLS), dtype=np.int64)
         # Grid-index offsets of the observation window cells, per env (they depend on the map's stride).
         self._env_cell_deltas = np.zeros((E, len(L.obs_offsets)), dtype=np.int64)
-        # Distance rank of each window cell, indexed by row * obs_width + col (obs_offsets is in rank order).
-        self._obs_rank = np.zeros(L.obs_height * L.obs_width, dtype=np.int64)
-        dr, dc = L.obs_offsets[:, 0], L.obs_offsets[:, 1]
-        self._obs_rank[(dr + L.obs_height // 2) * L.obs_width + dc + L.obs_width // 2] = np.arange(len(dr))
         self._stat_names = L.stat_names()
         self._env_rng = np.ones(E, dtype=np.uint64)
         self._env_swappable = np.zeros((E, 256), dtype=np.uint8)
@@ -313,7 +309,7 @@ class MettaGridEnv:
             e, ei, self._env_cell_deltas, self._grid_pair, self._conv_i, self._conv_inv,
             self._conv_recipe, self._agent_i, self._agent_inv, self._zero_rewards, self.observations,
             self.layout.obs_offsets, self._params, len(self.layout.items), self._env_game_stats, self._occ,
-            self._obs_rank,
+            self.layout.obs_rank,
         )  # fmt: skip
         self._tasks[e] = task
         self._episodes_started[e] += 1
@@ -347,7 +343,7 @@ class MettaGridEnv:
             self._conv_inv, self._conv_recipe, self._agent_i, self._agent_f, self._agent_inv, self._agent_limit,
             self._agent_rw, self._agent_stats, self._agent_stat_rw, self.layout.action_table,
             self.layout.action_resources, self.layout.defense_resources, self.layout.stat_offsets,
-            self.layout.obs_offsets, self._params, self._order, self._group_pool, self._occ, self._obs_rank,
+            self.layout.obs_offsets, self._params, self._order, self._group_pool, self._occ, self.layout.obs_rank,
         )  # fmt: skip
         infos: list[dict] = []
         if n_done:

@@ -114,6 +114,7 @@ class BatchLayout:
     defense_resources: np.ndarray = field(repr=False)  # int32[n_items]
     stat_offsets: np.ndarray = field(repr=False)  # int64[len(_STAT_BLOCKS) + 1]
     obs_offsets: np.ndarray = field(repr=False)  # int32[cells, 3]: dr, dc, packed location (distance order)
+    obs_rank: np.ndarray = field(repr=False)  # int64[obs_height * obs_width]: each window cell's index in obs_offsets
     type_names: dict[int, str] = field(default_factory=dict)
 
     def signature(self) -> tuple:
@@ -178,6 +179,16 @@ def window_offsets(obs_height: int, obs_width: int) -> np.ndarray:
     return np.array(cells, dtype=np.int32)
 
 
+def window_ranks(offsets: np.ndarray, obs_height: int, obs_width: int) -> np.ndarray:
+    """The inverse of ``window_offsets``: for the window cell at (row, col), ``rank[row * obs_width + col]`` is
+    its index in token order (the observation scan orders occupied cells by it)."""
+    rank = np.zeros(obs_height * obs_width, dtype=np.int64)
+    rows = offsets[:, 0] + obs_height // 2
+    cols = offsets[:, 1] + obs_width // 2
+    rank[rows * obs_width + cols] = np.arange(len(offsets))
+    return rank
+
+
 def build_layout(game: GameConfig) -> BatchLayout:
     items = list(game.inventory_item_names)
     item_index = {name: i for i, name in enumerate(items)}
@@ -220,6 +231,7 @@ def build_layout(game: GameConfig) -> BatchLayout:
     recipe_obs = game.recipe_details_obs or any(
         isinstance(o, ConverterConfig) and o.recipe_details_obs for o in game.objects.values()
     )
+    offsets_in_window = window_offsets(game.obs_height, game.obs_width)
     return BatchLayout(
         num_agents=game.num_agents,
         items=items,
@@ -237,7 +249,8 @@ def build_layout(game: GameConfig) -> BatchLayout:
         action_resources=action_resources,
         defense_resources=defense,
         stat_offsets=offsets,
-        obs_offsets=window_offsets(game.obs_height, game.obs_width),
+        obs_offsets=offsets_in_window,
+        obs_rank=window_ranks(offsets_in_window, game.obs_height, game.obs_width),
         type_names={0: "agent", **{o.type_id: name for name, o in game.objects.items()}},
     )
 

@@ -6,8 +6,9 @@ compilation. Column indices of the packed state arrays are the module constants 
 
 Grid cells: ``grid_agent`` holds 0 or (local agent index + 1); ``grid_obj`` holds 0 (empty), a converter
 (local converter index + 1) or a static object (``-type_id``: walls and blocks, which have no state but
-their position; ``-(type_id + 256)`` when swappable). Both are strided views of one interleaved int16 array, whose int32 view ``grid_pair``
-lets the observation scan skip an empty cell with a single load.
+their position; ``-(type_id + 256)`` when swappable). Both are strided views of one interleaved int16 array,
+whose int32 view ``grid_pair`` gives a cell's contents in one load. ``occ`` is the occupancy bitmap of the same
+cells (see ``occ_row_bits``): the observation scan reads it to visit only the occupied cells of a window.
 """
 
 from __future__ import annotations

@@ -40,15 +40,10 @@ class Optimizer:
             raise ValueError(f"optimizer_type={optimizer_type!r} is not supported; use one of {list(OPTIMIZER_TYPES)}")
         if not learning_rate > 0:
             raise ValueError(f"learning_rate={learning_rate!r} must be > 0, e.g. 3e-4")
-        if not max_grad_norm > 0:
-            raise ValueError(f"max_grad_norm={max_grad_norm!r} must be > 0, e.g. 0.5")
-        self.policy = policy
-        self.optimizer_type = optimizer_type
-        self.max_grad_norm = float(max_grad_norm)
-        self.params = [p for p in policy.parameters() if p.requires_grad]
+        params = [p for p in policy.parameters() if p.requires_grad]
         if optimizer_type == "adam":
-            self.optimizer: torch.optim.Optimizer = torch.optim.Adam(
-                self.params, lr=learning_rate, betas=betas, eps=eps, weight_decay=weight_decay
+            optimizer: torch.optim.Optimizer = torch.optim.Adam(
+                params, lr=learning_rate, betas=betas, eps=eps, weight_decay=weight_decay
             )
         else:
             import heavyball
@@ -56,8 +51,30 @@ class Optimizer:
             # heavyball wraps its kernels in torch.compile by default: 44 s for the first step on a CPU and
             # slower steps after. Eager mode is fast here; set before the first step.
             heavyball.utils.compile_mode = None
-            self.optimizer = heavyball.Muon(self.params, lr=learning_rate, betas=betas, eps=eps, weight_decay=weight_decay)
-        self.param_groups = self.optimizer.param_groups
+            optimizer = heavyball.Muon(params, lr=learning_rate, betas=betas, eps=eps, weight_decay=weight_decay)
+        self._bind(optimizer_type, optimizer, policy, max_grad_norm)
+
+    @classmethod
+    def wrap(cls, torch_optimizer: torch.optim.Optimizer, policy: torch.nn.Module, max_grad_norm: float = 0.5) -> "Optimizer":
+        """Give an optimizer you built yourself (any ``torch.optim.Optimizer``) metta's ``step(loss, ...)``.
+
+        Clipping covers the parameters in ``torch_optimizer``'s param groups.
+        """
+        if not isinstance(torch_optimizer, torch.optim.Optimizer):
+            raise TypeError(f"torch_optimizer is a {type(torch_optimizer).__name__}; pass a torch.optim.Optimizer")
+        self = cls.__new__(cls)
+        self._bind(type(torch_optimizer).__name__.lower(), torch_optimizer, policy, max_grad_norm)
+        return self
+
+    def _bind(self, optimizer_type: str, optimizer: torch.optim.Optimizer, policy: torch.nn.Module, max_grad_norm: float) -> None:
+        if not max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm={max_grad_norm!r} must be > 0, e.g. 0.5")
+        self.policy = policy
+        self.optimizer_type = optimizer_type
+        self.max_grad_norm = float(max_grad_norm)
+        self.optimizer = optimizer
+        self.params = [p for group in optimizer.param_groups for p in group["params"]]  # what gets clipped
+        self.param_groups = optimizer.param_groups
         self._pending = 0  # backward passes accumulated since the last optimizer step
         self.last_grad_norm: torch.Tensor | float = 0.0
 
@@ -82,27 +99,6 @@ class Optimizer:
         if hasattr(module, "clip_weights"):
             module.clip_weights()
         return True
-
-    @classmethod
-    def wrap(cls, torch_optimizer: torch.optim.Optimizer, policy: torch.nn.Module, max_grad_norm: float = 0.5) -> "Optimizer":
-        """Give an optimizer you built yourself (any ``torch.optim.Optimizer``) metta's ``step(loss, ...)``.
-
-        Clipping covers the parameters in ``torch_optimizer``'s param groups.
-        """
-        if not isinstance(torch_optimizer, torch.optim.Optimizer):
-            raise TypeError(f"torch_optimizer is a {type(torch_optimizer).__name__}; pass a torch.optim.Optimizer")
-        if not max_grad_norm > 0:
-            raise ValueError(f"max_grad_norm={max_grad_norm!r} must be > 0, e.g. 0.5")
-        self = cls.__new__(cls)
-        self.policy = policy
-        self.optimizer_type = type(torch_optimizer).__name__.lower()
-        self.max_grad_norm = float(max_grad_norm)
-        self.params = [p for group in torch_optimizer.param_groups for p in group["params"]]
-        self.optimizer = torch_optimizer
-        self.param_groups = torch_optimizer.param_groups
-        self._pending = 0
-        self.last_grad_norm = 0.0
-        return self
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from metta.agent.agent_config import AgentConfig, fast_agent_config
 from metta.common.fs import atomic_write_text
-from metta.rl.trainer_config import TrainerConfig
+from metta.rl.trainer_config import TrainerConfig, cpu_learning_settings
 from metta.rl.vecenv import check_layout
 
 __all__ = [
@@ -70,19 +70,17 @@ class WandbConfig(BaseModel):
 
 
 def _cpu_trainer() -> TrainerConfig:
-    """The trainer of ``TrainingConfig()``: sized to show learning on a laptop CPU, with the PPO values of
-    run.py's defaults (the navigation sweep in recipes/navigation_cpu.py) at a smaller batch."""
+    """The trainer of ``TrainingConfig()``: sized to show learning on a laptop CPU, with run.py's update settings
+    (``cpu_learning_settings()``) at a smaller batch."""
     return TrainerConfig(
         total_timesteps=1_000_000,
         batch_size=8192,
         minibatch_size=2048,
         bptt_horizon=16,
-        update_epochs=2,
         async_factor=1,
         zero_copy=False,
         curriculum="/env/mettagrid/curriculum/navigation/bucketed",
-        ppo={"clip_coef": 0.1, "ent_coef": 0.0005, "gamma": 0.95, "gae_lambda": 0.9},
-        optimizer={"learning_rate": 1e-3},
+        **cpu_learning_settings(),
         checkpoint={"checkpoint_interval": 20, "wandb_checkpoint_interval": 0},
         simulation={"evaluate_interval": 0},
     )

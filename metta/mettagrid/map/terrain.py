@@ -481,8 +481,7 @@ class _BaseMap:
     grid: np.ndarray  # read-only; contains no agents and no altars
     candidates: np.ndarray  # flat indices of cells where build() may put agents (upstream's rule)
     object_candidates: np.ndarray  # the candidates whose blocking would not split the open space
-    empty: np.ndarray  # bool mask of open cells
-    n_empty: int
+    n_empty: int  # open cells
     open_padded: np.ndarray  # bool[(h + 2) * (w + 2)]: ``empty`` inside a blocked ring, flattened
     counts: np.ndarray  # cells per code, to compute the missing object counts
     labels: tuple[str, ...]
@@ -528,7 +527,6 @@ def base_map(dir: str, index: int, shape: tuple[int, int] | None = None) -> _Bas
     grid.flags.writeable = False
     root, _, leaf = dir.partition("/")
     labels = (root, leaf, size_label(grid.size)) if leaf else (root, size_label(grid.size))
-    empty.flags.writeable = False
     # An object is an obstacle: on a corridor cell it would cut the map in two, so objects avoid cut cells.
     object_ok = ok & ~articulation_cells(empty)
     # ``empty`` inside a ring of blocked cells: the connectivity check steps to cell +-1 and +-(w + 2) with no
@@ -542,7 +540,6 @@ def base_map(dir: str, index: int, shape: tuple[int, int] | None = None) -> _Bas
         grid=grid,
         candidates=np.flatnonzero(ok),
         object_candidates=np.flatnonzero(object_ok),
-        empty=empty,
         n_empty=int(empty.sum()),
         open_padded=open_padded,
         counts=np.bincount(grid.ravel(), minlength=256),
