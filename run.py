@@ -52,6 +52,7 @@ from metta.rl.experience import calculate_anneal_beta, make_experience
 from metta.rl.kickstarter import Kickstarter
 from metta.rl.losses import Losses, compute_explained_variance, process_minibatch_update, should_stop_early
 from metta.rl.policy_management import unwrap_agent, wrap_agent_distributed
+from metta.rl.optimizer import apply_lr_schedule
 from metta.rl.rollout import perform_rollout_step
 from metta.rl.trainer_config import TrainerConfig, cpu_learning_settings
 from metta.stats import accumulate_rollout_stats
@@ -189,6 +190,7 @@ def main() -> None:
 
         # Train: advantages once, then PPO epochs over (prioritised) minibatches.
         with timer("_train"):
+            apply_lr_schedule(optimizer, trainer_cfg, steps_before)  # the rate for the progress at this batch's start
             losses.zero()
             experience.reset_importance_sampling_ratios()
             prio = trainer_cfg.prioritized_experience_replay

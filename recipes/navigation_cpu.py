@@ -30,8 +30,8 @@ from metta.interface.environment import Environment
 from metta.rl.experience import make_experience
 from metta.rl.functional_trainer import rollout, train_ppo
 from metta.rl.losses import Losses
-from metta.rl.optimizer import Optimizer
-from metta.rl.trainer_config import TrainerConfig, cpu_learning_settings
+from metta.rl.optimizer import Optimizer, scheduled_learning_rate, set_learning_rate
+from metta.rl.trainer_config import LRSchedulerConfig, TrainerConfig, cpu_learning_settings
 
 CURRICULUM = "/env/mettagrid/curriculum/navigation/bucketed"
 
@@ -76,6 +76,10 @@ def main() -> None:
     parser.add_argument("--ent-coef", type=float, default=defaults["ppo"]["ent_coef"])
     parser.add_argument("--gamma", type=float, default=defaults["ppo"]["gamma"])
     parser.add_argument("--gae-lambda", type=float, default=defaults["ppo"]["gae_lambda"])
+    parser.add_argument(
+        "--lr-schedule", choices=["constant", "linear", "cosine"], default="constant",
+        help="learning-rate schedule over the wall-clock budget (progress = elapsed / --minutes)",
+    )  # fmt: skip
     parser.add_argument("--eval-episodes", type=int, default=128, help="episodes for each policy's evaluation")
     args = parser.parse_args()
 
@@ -104,12 +108,15 @@ def main() -> None:
     experience = make_experience(env, policy, cfg, "cpu")
     optimizer = Optimizer("adam", policy, learning_rate=cfg.optimizer.learning_rate, max_grad_norm=cfg.ppo.max_grad_norm)
     losses = Losses()
+    schedule = LRSchedulerConfig(enabled=args.lr_schedule != "constant", schedule_type=None if args.lr_schedule == "constant" else args.lr_schedule)
     agent_step, epoch = 0, 0
     start = time.perf_counter()
     while time.perf_counter() - start < args.minutes * 60 and agent_step < (args.max_steps or float("inf")):
         t0 = time.perf_counter()
         agent_step_before = agent_step
         agent_step, stats = rollout(policy, env, experience, "cpu", agent_step)
+        progress = (time.perf_counter() - start) / (args.minutes * 60)
+        set_learning_rate(optimizer, scheduled_learning_rate(args.learning_rate, schedule, progress))
         epoch = train_ppo(policy, optimizer, experience, "cpu", losses, epoch, cfg, agent_step=agent_step)
         rewards = stats.get("episode_reward", [])
         row = {
@@ -119,6 +126,7 @@ def main() -> None:
             "episodes": len(rewards),
             "episode_reward": float(np.mean(rewards)) if rewards else None,
             "sps": round((agent_step - agent_step_before) / (time.perf_counter() - t0)),
+            "learning_rate": optimizer.param_groups[0]["lr"],
             **{f"losses/{k}": v for k, v in losses.stats().items()},
             # What the agents do per episode (mean per agent): shows e.g. a forward bias before rewards rise.
             **{k: float(np.mean(v)) for k, v in stats.items() if k.startswith("agent/action.") and k.endswith(".success")},

@@ -30,7 +30,7 @@ from metta.rl.advantage import compute_advantage
 from metta.rl.experience import Experience, calculate_anneal_beta
 from metta.rl.kickstarter import Kickstarter
 from metta.rl.losses import Losses, process_minibatch_update
-from metta.rl.optimizer import Optimizer
+from metta.rl.optimizer import Optimizer, apply_lr_schedule, scheduled_learning_rate
 from metta.rl.policy_management import wrap_agent_distributed
 from metta.rl.rollout import perform_rollout_step
 from metta.rl.trainer_config import CheckpointConfig, OptimizerConfig, PPOConfig, TrainerConfig
@@ -49,6 +49,8 @@ __all__ = [
     "Environment",
     "Agent",
     "Optimizer",
+    "apply_lr_schedule",
+    "scheduled_learning_rate",
     # Training
     "perform_rollout_step",
     "process_minibatch_update",

@@ -38,7 +38,7 @@ from metta.rl.losses import (
     process_minibatch_update,
     should_stop_early,
 )
-from metta.rl.optimizer import Optimizer
+from metta.rl.optimizer import Optimizer, apply_lr_schedule
 from metta.rl.rollout import _timed, perform_rollout_step
 from metta.stats import accumulate_rollout_stats
 
@@ -94,6 +94,8 @@ def train_ppo(
     ppo = trainer_cfg.ppo
     optimizer = as_metta_optimizer(optimizer, policy, ppo.max_grad_norm)
     prio = trainer_cfg.prioritized_experience_replay
+    # agent_step counts this batch's steps already; the rate is the one for the progress at the batch's start.
+    apply_lr_schedule(optimizer, trainer_cfg, max(agent_step - experience.batch_size, 0))
     with _timed(timer, "_train"):
         losses.zero()
         experience.reset_importance_sampling_ratios()

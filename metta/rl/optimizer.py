@@ -12,10 +12,15 @@ accumulated). After each step it calls ``policy.clip_weights()`` when the policy
 
 ``Optimizer.wrap(torch.optim.SGD(policy.parameters(), lr=0.01), policy)`` gives the same ``step`` to an
 optimizer you built yourself; ``train_ppo`` does that for you when handed a plain torch optimizer.
+
+The learning-rate schedule (``TrainerConfig.lr_scheduler``) is applied once per batch, before its updates, by
+``apply_lr_schedule(optimizer, trainer_cfg, agent_step)``; ``scheduled_learning_rate`` is the formula, for
+loops that measure progress some other way (e.g. by wall-clock time), with ``set_learning_rate``.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -109,3 +114,49 @@ class Optimizer:
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state_dict)
+
+
+SCHEDULE_TYPES = ("linear", "cosine", "exponential")
+# The exponential schedule decays to this fraction of the base rate at the end of training.
+EXPONENTIAL_FINAL_FRACTION = 0.01
+
+
+def scheduled_learning_rate(base_lr: float, schedule: Any, progress: float, agent_step: int = 0) -> float:
+    """The learning rate at ``progress`` (0 at the start of training, 1 at the end) under ``schedule``
+    (an ``LRSchedulerConfig``): ``base_lr`` when it is not enabled; otherwise its ``schedule_type`` (linear and
+    cosine fall to 0 at the end, exponential to 1% of ``base_lr``; unset means linear when ``anneal_lr`` is true
+    and cosine otherwise, upstream's CosineAnnealingLR), times a linear warm-up over the first
+    ``warmup_steps`` agent steps."""
+    if not schedule.enabled:
+        return base_lr
+    kind = schedule.schedule_type or ("linear" if schedule.anneal_lr else "cosine")
+    if kind not in SCHEDULE_TYPES:
+        raise ValueError(f"lr_scheduler.schedule_type={kind!r} is not supported; use one of {list(SCHEDULE_TYPES)}")
+    progress = min(max(progress, 0.0), 1.0)
+    if kind == "linear":
+        factor = 1.0 - progress
+    elif kind == "cosine":
+        factor = 0.5 * (1.0 + math.cos(math.pi * progress))
+    else:
+        factor = EXPONENTIAL_FINAL_FRACTION**progress
+    if schedule.warmup_steps:
+        factor *= min(1.0, (agent_step + 1) / schedule.warmup_steps)
+    return base_lr * factor
+
+
+def apply_lr_schedule(optimizer: Any, trainer_cfg: Any, agent_step: int) -> None:
+    """Set ``optimizer``'s learning rate for the next batch, whose rollout began at ``agent_step``, from
+    ``trainer_cfg.lr_scheduler`` (base rate ``trainer_cfg.optimizer.learning_rate``, progress
+    ``agent_step / trainer_cfg.total_timesteps``). Does nothing when the schedule is not enabled, so a rate
+    the caller set stays."""
+    schedule = trainer_cfg.lr_scheduler
+    if not schedule.enabled:
+        return
+    progress = agent_step / max(trainer_cfg.total_timesteps, 1)
+    set_learning_rate(optimizer, scheduled_learning_rate(trainer_cfg.optimizer.learning_rate, schedule, progress, agent_step))
+
+
+def set_learning_rate(optimizer: Any, learning_rate: float) -> None:
+    """Set the rate of every param group of ``optimizer`` (metta's ``Optimizer`` or a torch optimizer)."""
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate

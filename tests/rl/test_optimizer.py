@@ -64,3 +64,39 @@ def test_gradient_clipping_and_state_dict():
 def test_unknown_type_lists_allowed():
     with pytest.raises(ValueError, match=r"optimizer_type='sgd' is not supported; use one of \['adam', 'muon'\]"):
         Optimizer("sgd", Linear())
+
+
+def test_learning_rate_schedules():
+    from metta.rl.optimizer import scheduled_learning_rate
+    from metta.rl.trainer_config import LRSchedulerConfig
+
+    def at(progress, agent_step=10**6, **schedule):
+        return scheduled_learning_rate(1.0, LRSchedulerConfig(**schedule), progress, agent_step)
+
+    assert at(0.5) == 1.0  # not enabled: constant
+    assert at(0.25, enabled=True, schedule_type="linear") == pytest.approx(0.75)
+    assert at(0.5, enabled=True, schedule_type="cosine") == pytest.approx(0.5)
+    assert at(0.5, enabled=True) == pytest.approx(0.5)  # unset type: upstream's cosine
+    assert at(0.25, enabled=True, anneal_lr=True) == pytest.approx(0.75)  # unset type with anneal_lr: linear
+    assert at(1.0, enabled=True, schedule_type="cosine") == pytest.approx(0.0)
+    assert at(1.0, enabled=True, schedule_type="exponential") == pytest.approx(0.01)
+    assert at(0.5, enabled=True, schedule_type="exponential") == pytest.approx(0.1)
+    assert at(2.0, enabled=True, schedule_type="linear") == 0.0  # past the end stays at the end
+    # Warm-up multiplies the schedule over the first warmup_steps agent steps.
+    assert at(0.0, agent_step=49, enabled=True, schedule_type="linear", warmup_steps=100) == pytest.approx(0.5)
+    assert at(0.0, agent_step=500, enabled=True, schedule_type="linear", warmup_steps=100) == 1.0
+
+
+def test_apply_lr_schedule_sets_metta_and_torch_optimizers():
+    from metta.rl.optimizer import apply_lr_schedule
+    from metta.rl.trainer_config import TrainerConfig
+
+    cfg = TrainerConfig(total_timesteps=1000, optimizer={"learning_rate": 0.1}, lr_scheduler={"enabled": True, "schedule_type": "linear"})
+    model = Linear()
+    for optimizer in (Optimizer("adam", model, learning_rate=0.1), torch.optim.SGD(model.parameters(), lr=0.1)):
+        apply_lr_schedule(optimizer, cfg, agent_step=250)
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(0.075)
+    # Not enabled: a rate the caller set stays.
+    optimizer = Optimizer("adam", model, learning_rate=0.3)
+    apply_lr_schedule(optimizer, TrainerConfig(total_timesteps=1000), agent_step=900)
+    assert optimizer.param_groups[0]["lr"] == 0.3

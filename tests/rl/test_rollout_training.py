@@ -176,3 +176,26 @@ def test_kickstarter_with_saved_teacher(tmp_path):
     assert ks_value.item() == pytest.approx(2.0 * 0.5 * 1.0, rel=1e-4)
     assert ks.loss(1001, logp, value, obs, actions=actions)[0].item() == 0.0
     env.close()
+
+
+def test_train_ppo_follows_the_lr_schedule():
+    from metta.rl.experience import make_experience
+    from metta.rl.functional_trainer import rollout, train_ppo
+
+    torch.manual_seed(2)
+    env = Environment(num_agents=2, width=8, height=8, num_envs=2, seed=2)
+    agent = make_policy(env)
+    cfg = TrainerConfig(
+        total_timesteps=128, batch_size=64, minibatch_size=16, bptt_horizon=4, optimizer={"learning_rate": 0.002},
+        lr_scheduler={"enabled": True, "schedule_type": "linear"},
+    )  # fmt: skip
+    exp = make_experience(env, agent, cfg)
+    optimizer = Optimizer("adam", agent, learning_rate=cfg.optimizer.learning_rate)
+    losses, agent_step, epoch, rates = Losses(), 0, 0, []
+    while agent_step < cfg.total_timesteps:
+        agent_step, _ = rollout(agent, env, exp, "cpu", agent_step)
+        epoch = train_ppo(agent, optimizer, exp, "cpu", losses, epoch, cfg, agent_step=agent_step)
+        rates.append(optimizer.param_groups[0]["lr"])
+    # Each batch trains at the rate for the progress where its rollout began: 0 and 64 of 128 steps.
+    assert rates == pytest.approx([0.002, 0.001])
+    env.close()
