@@ -279,6 +279,45 @@ def test_terrain_sets_sizes_labels_and_connectivity(dir):
         assert reachable_everything(level)
 
 
+def test_placement_quick_test_agrees_with_the_full_search():
+    """The local ring test may only say "connected" where the search over the whole map says so too; where it
+    cannot tell, the search decides. Dense draws (many objects) exercise both branches."""
+    from metta.mettagrid.map.terrain import _finish_placement, _objects_keep_open_space_connected, _open_space_connected
+
+    g = rng(5)
+    quick_yes = search_no = 0
+    for dir in ("varied_terrain/maze_small", "varied_terrain/dense_small", "terrain_maps_nohearts"):
+        base = base_map(dir, 0)
+        w = base.grid.shape[1]
+        assert base.open_connected
+        for n_objects in (2, 10, 60):
+            for _ in range(150):
+                obj = g.choice(base.object_candidates, size=n_objects, replace=False)
+                padded = (obj // w + 1) * (w + 2) + obj % w + 1
+                full = _open_space_connected(base.open_padded, base.n_empty, w + 2, padded)
+                quick = _objects_keep_open_space_connected(base.open_padded, w + 2, padded)
+                assert full or not quick, (dir, obj)
+                _, ok = _finish_placement(base.open_padded, base.n_empty, True, w, obj[:1], obj, 0)
+                assert ok == full
+                quick_yes += quick
+                search_no += not full
+    assert quick_yes > 100 and search_no > 10  # both outcomes were seen
+    # A ring corridor has no cut cell, yet two objects on it split it; the quick test must not pass them.
+    ring = np.ones((7, 7), dtype=bool)
+    ring[2:5, 2:5] = False
+    ring[[0, -1], :] = False
+    ring[:, [0, -1]] = False
+    padded_mask = np.zeros((9, 9), dtype=bool)
+    padded_mask[1:-1, 1:-1] = ring
+    open_padded = padded_mask.ravel()
+    two = np.array([(1 + 1) * 9 + 3 + 1, (5 + 1) * 9 + 3 + 1])  # top and bottom of the ring
+    assert not _objects_keep_open_space_connected(open_padded, 9, two)
+    assert not _open_space_connected(open_padded, int(ring.sum()), 9, two)
+    # One object leaves it connected: the quick test cannot see that (the detour is not local), the search can.
+    assert not _objects_keep_open_space_connected(open_padded, 9, two[:1])
+    assert _open_space_connected(open_padded, int(ring.sum()), 9, two[:1])
+
+
 def test_terrain_sets_are_fixed_and_independent_of_the_episode_rng():
     a = TerrainMap(dir="varied_terrain/sparse_medium", file=3, agents=0).build(rng(1)).grid
     b = TerrainMap(dir="varied_terrain/sparse_medium", file=3, agents=0).build(rng(99)).grid

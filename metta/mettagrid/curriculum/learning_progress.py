@@ -73,6 +73,8 @@ class LearningProgressCurriculum(RandomCurriculum):
         self.memory = int(memory)
 
         self._outcomes: list[deque[float]] = [deque(maxlen=self.memory) for _ in range(n)]
+        self._rates = np.full(n, np.nan)  # mean of each task's outcomes, kept current by complete_task
+        self._lp: np.ndarray | None = None  # learning progress, computed again after the EMAs change
         self._baseline = np.full(n, np.nan)
         self._p_fast = np.zeros(n)
         self._p_slow = np.zeros(n)
@@ -98,13 +100,20 @@ class LearningProgressCurriculum(RandomCurriculum):
 
     def learning_progress(self) -> np.ndarray:
         """Per-task learning progress (0 for tasks not yet tracked)."""
-        lp = np.abs(self._reweight(self._p_fast) - self._reweight(self._p_slow))
-        return np.where(self._tracked, lp, 0.0)
+        # Episode-end stats read it after every episode; it changes only when the EMAs do.
+        if self._lp is None:
+            lp = np.abs(self._reweight(self._p_fast) - self._reweight(self._p_slow))
+            self._lp = np.where(self._tracked, lp, 0.0)
+        return self._lp.copy()
 
     def success_rates(self) -> np.ndarray:
         """Mean of each task's remembered outcomes (NaN for tasks never played)."""
-        # Plain sum/len: np.mean costs microseconds per call, and this runs at every episode end.
-        return np.array([sum(o) / len(o) if o else np.nan for o in self._outcomes])
+        return self._rates.copy()
+
+    def _recompute_rate(self, idx: int) -> None:
+        o = self._outcomes[idx]
+        # Plain sum/len over at most `memory` values: np.mean costs microseconds per call.
+        self._rates[idx] = sum(o) / len(o) if o else np.nan
 
     def learning_progress_distribution(self) -> dict[str, float]:
         return {t: float(p) for t, p in zip(self._task_ids, self._dist)}
@@ -131,6 +140,7 @@ class LearningProgressCurriculum(RandomCurriculum):
         self._p_slow[old] = a * self._p_fast[old] + (1.0 - a) * self._p_slow[old]
         self._p_true[old] = a * safe_rates[old] + (1.0 - a) * self._p_true[old]
         self._tracked |= mask
+        self._lp = None
 
     def _compute_distribution(self) -> None:
         lp = self.learning_progress()
@@ -163,6 +173,7 @@ class LearningProgressCurriculum(RandomCurriculum):
         super().complete_task(task_id, score)
         idx = self._task_index[task_id]
         self._outcomes[idx].append(min(max(float(score), 0.0), 1.0))
+        self._recompute_rate(idx)
         self._new_outcomes[idx] += 1
         if all(self._new_outcomes[i] >= self.sample_threshold for i in self._active):
             self._update_estimates()
@@ -217,5 +228,8 @@ class LearningProgressCurriculum(RandomCurriculum):
         self._active = [int(i) for i in lp["active"]]
         self._new_outcomes = np.array(lp["new_outcomes"], dtype=np.int64)
         self._num_updates = int(lp["num_updates"])
+        for idx in range(len(self._outcomes)):
+            self._recompute_rate(idx)
+        self._lp = None
         counts = np.bincount(self._active, minlength=len(self._task_ids))
         self._set_weights(counts.astype(float).tolist())

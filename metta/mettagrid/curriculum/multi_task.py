@@ -88,6 +88,7 @@ class MultiTaskCurriculum(Curriculum):
         }
         self._task_ids: list[str] = list(self._curricula)
         self._task_index: dict[str, int] = {t: i for i, t in enumerate(self._task_ids)}
+        self._completion_keys = [f"task_completions/{t}" for t in self._task_ids]  # built once: stats run per episode
         self.num_agents = self._check_num_agents()
         self._completion_window = completion_moving_avg_window
         self._completions: deque[str] = deque(maxlen=completion_moving_avg_window)
@@ -140,8 +141,9 @@ class MultiTaskCurriculum(Curriculum):
     def get_completion_rates(self) -> dict[str, float]:
         total = len(self._completions)
         if total == 0:
-            return {f"task_completions/{t}": 0.0 for t in self._task_ids}
-        return {f"task_completions/{t}": self._completion_counts[t] / total for t in self._task_ids}
+            return dict.fromkeys(self._completion_keys, 0.0)
+        counts = self._completion_counts
+        return {key: counts[t] / total for key, t in zip(self._completion_keys, self._task_ids)}
 
     def get_task_probs(self) -> dict[str, float]:
         p = 1.0 / len(self._task_ids)

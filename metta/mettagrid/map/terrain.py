@@ -482,6 +482,7 @@ class _BaseMap:
     candidates: np.ndarray  # flat indices of cells where build() may put agents (upstream's rule)
     object_candidates: np.ndarray  # the candidates whose blocking would not split the open space
     n_empty: int  # open cells
+    open_connected: bool  # whether the open cells are one 4-connected region
     open_padded: np.ndarray  # bool[(h + 2) * (w + 2)]: ``empty`` inside a blocked ring, flattened
     counts: np.ndarray  # cells per code, to compute the missing object counts
     labels: tuple[str, ...]
@@ -541,6 +542,7 @@ def base_map(dir: str, index: int, shape: tuple[int, int] | None = None) -> _Bas
         candidates=np.flatnonzero(ok),
         object_candidates=np.flatnonzero(object_ok),
         n_empty=int(empty.sum()),
+        open_connected=bool(_open_space_connected(open_padded, int(empty.sum()), w + 2, np.empty(0, dtype=np.int64))),
         open_padded=open_padded,
         counts=np.bincount(grid.ravel(), minlength=256),
         labels=labels,
@@ -553,11 +555,102 @@ _PLACEMENT_TRIES = 8
 
 
 @numba.njit(cache=True)
-def _finish_placement(open_padded: np.ndarray, n_empty: int, width: int, agent_draw: np.ndarray, objects: np.ndarray,
-                      n_agents: int):  # fmt: skip
+def _objects_keep_open_space_connected(open_padded: np.ndarray, pw: int, padded_objects: np.ndarray) -> bool:
+    """A quick sufficient test that the objects, blocking their cells, leave connected open space connected and
+    each touch it: block them one at a time and require that the open 4-neighbours of each lie on one run of
+    open cells around its 8-neighbour ring (then every path through the cell has a detour around it). False
+    means "not shown", not "split": the caller then searches the whole map."""
+    ring = (-pw, -pw + 1, 1, pw + 1, pw, pw - 1, -1, -pw - 1)  # N, NE, E, SE, S, SW, W, NW: consecutive cells touch
+    n = len(padded_objects)
+    for j in range(n):
+        cell = padded_objects[j]
+        is_open = np.zeros(8, dtype=np.bool_)
+        for k in range(8):
+            c = cell + ring[k]
+            ok = open_padded[c]
+            for i in range(j):  # objects blocked before this one
+                if padded_objects[i] == c:
+                    ok = False
+            is_open[k] = ok
+        # Count the runs around the ring that hold an open 4-neighbour (even positions).
+        runs = 0
+        for k in range(8):
+            if is_open[k] and not is_open[(k + 7) % 8]:  # a run starts here
+                m = k
+                side = False
+                while is_open[m % 8] and m < k + 8:
+                    if m % 2 == 0:
+                        side = True
+                    m += 1
+                if side:
+                    runs += 1
+        if runs == 0 and (is_open[0] or is_open[2] or is_open[4] or is_open[6]):
+            runs = 1  # the whole ring is open: no run start
+        if runs != 1:
+            return False
+    # Every object must still touch open space once all of them block (a later object can cover a neighbour).
+    for j in range(n):
+        cell = padded_objects[j]
+        touches = False
+        for k in range(0, 8, 2):
+            c = cell + ring[k]
+            if open_padded[c]:
+                blocked = False
+                for i in range(n):
+                    if padded_objects[i] == c:
+                        blocked = True
+                touches = touches or not blocked
+        if not touches:
+            return False
+    return True
+
+
+@numba.njit(cache=True)
+def _open_space_connected(open_padded: np.ndarray, n_empty: int, pw: int, padded_objects: np.ndarray) -> bool:
+    """Whether, with ``padded_objects`` blocking their cells, every open cell is in one region that every object
+    touches (a breadth-first search over the whole map)."""
+    # 0 = not reached, 1 = reached, 2 = blocked by an object.
+    state = np.zeros(len(open_padded), dtype=np.uint8)
+    for j in range(len(padded_objects)):
+        state[padded_objects[j]] = 2
+    start = -1
+    for k in range(len(open_padded)):
+        if open_padded[k] and state[k] == 0:
+            start = k
+            break
+    if start < 0:
+        return False
+    steps = (1, -1, pw, -pw)
+    queue = np.empty(n_empty, dtype=np.int64)
+    queue[0] = start
+    state[start] = 1
+    head = 0
+    tail = 1
+    while head < tail:
+        cur = queue[head]
+        head += 1
+        for step in steps:
+            v = cur + step
+            if open_padded[v] and state[v] == 0:
+                state[v] = 1
+                queue[tail] = v
+                tail += 1
+    if tail != n_empty - len(padded_objects):
+        return False
+    for j in range(len(padded_objects)):
+        o = padded_objects[j]
+        if not (state[o + 1] == 1 or state[o - 1] == 1 or state[o + pw] == 1 or state[o - pw] == 1):
+            return False
+    return True
+
+
+@numba.njit(cache=True)
+def _finish_placement(open_padded: np.ndarray, n_empty: int, open_connected: bool, width: int, agent_draw: np.ndarray,
+                      objects: np.ndarray, n_agents: int):  # fmt: skip
     """Agents = the first ``n_agents`` of ``agent_draw`` not taken by an object; and whether, with the objects
     blocking their cells, every open cell is in one region that every object touches. Cells are flat indices
-    of the unpadded map (``width`` columns); ``open_padded`` is the open mask with a blocked ring around it."""
+    of the unpadded map (``width`` columns); ``open_padded`` is the open mask with a blocked ring around it;
+    ``open_connected`` says whether its open cells are one region before any object is placed."""
     agents = np.empty(n_agents, dtype=np.int64)
     n = 0
     for i in range(len(agent_draw)):
@@ -574,41 +667,14 @@ def _finish_placement(open_padded: np.ndarray, n_empty: int, width: int, agent_d
     if len(objects) <= 1:
         return agents, True  # one object off the cut cells cannot split the map
     pw = width + 2
-    steps = (1, -1, pw, -pw)
-    # 0 = not reached, 1 = reached, 2 = blocked by an object.
-    state = np.zeros(len(open_padded), dtype=np.uint8)
     padded_objects = np.empty(len(objects), dtype=np.int64)
     for j in range(len(objects)):
         padded_objects[j] = (objects[j] // width + 1) * pw + objects[j] % width + 1
-        state[padded_objects[j]] = 2
-    start = -1
-    for k in range(len(open_padded)):
-        if open_padded[k] and state[k] == 0:
-            start = k
-            break
-    if start < 0:
-        return agents, False
-    queue = np.empty(n_empty, dtype=np.int64)
-    queue[0] = start
-    state[start] = 1
-    head = 0
-    tail = 1
-    while head < tail:
-        cur = queue[head]
-        head += 1
-        for step in steps:
-            v = cur + step
-            if open_padded[v] and state[v] == 0:
-                state[v] = 1
-                queue[tail] = v
-                tail += 1
-    if tail != n_empty - len(objects):
-        return agents, False
-    for j in range(len(objects)):
-        o = padded_objects[j]
-        if not (state[o + 1] == 1 or state[o - 1] == 1 or state[o + pw] == 1 or state[o - pw] == 1):
-            return agents, False
-    return agents, True
+    # The local test settles almost every draw in a few hundred operations; the search over the whole map
+    # (thousands of cells) gives the same answer and runs only when the local test cannot.
+    if open_connected and _objects_keep_open_space_connected(open_padded, pw, padded_objects):
+        return agents, True
+    return agents, _open_space_connected(open_padded, n_empty, pw, padded_objects)
 
 
 class TerrainMap(MapBuilder):
@@ -679,7 +745,7 @@ class TerrainMap(MapBuilder):
             for _ in range(_PLACEMENT_TRIES):
                 obj = rng.choice(base.object_candidates, size=n_o, replace=False)
                 agent_draw = rng.choice(base.candidates, size=n_a + n_o, replace=False)
-                agt, ok = _finish_placement(base.open_padded, base.n_empty, w, agent_draw, obj, n_a)
+                agt, ok = _finish_placement(base.open_padded, base.n_empty, base.open_connected, w, agent_draw, obj, n_a)
                 if ok:
                     break
             inner[agt // w, agt % w] = agents
