@@ -1,12 +1,14 @@
 """Policy cost: FLOPs per agent-step of a MettaAgent and its measured CPU throughput, printed as one JSON line.
 
-FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` on real navigation observations; it
-does not see inside ``nn.LSTM``, so the LSTM's matrix products (``2 * 4H * (in + H)`` per layer per step,
-times 3 with its backward) are added analytically. Throughput: inference on ``--batch`` agents (one
-rollout step, no grad, state carried) and training forward+backward on ``[--train-b, --train-t]``
-sequences, both in agent-steps per second on this machine's CPU with torch's default thread count.
+FLOPs are counted with ``metta.agent.flops`` (torch's ``FlopCounterMode``, sparse products counted by their
+stored entries) on real navigation observations; the counter does not see inside ``nn.LSTM``, so the LSTM's
+matrix products (``2 * 4H * (in + H)`` per layer per step, times 3 with its backward) are added analytically.
+Throughput: inference on ``--batch`` agents (one rollout step, no grad, state carried) and training
+forward+backward on ``[--train-b, --train-t]`` sequences, both in agent-steps per second on this machine's CPU
+with torch's default thread count.
 
-    python benchmarks/policy_flops.py [--config fast|interface_default] [--batch 256] [--train-b 32] [--train-t 16] [--seconds 3]
+    python benchmarks/policy_flops.py [--config fast|interface_default] [--batch 256] [--train-b 32] [--train-t 16]
+                                      [--seconds 3] [--first-conv tokens|dense]
 """
 
 from __future__ import annotations
@@ -17,23 +19,6 @@ import platform
 import time
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
-
-
-def lstm_forward_flops(agent) -> int:
-    """Matrix-product FLOPs of the LSTM core for one agent-step (the gate nonlinearities are negligible)."""
-    lstm = agent.components["_core_"].lstm
-    flops, width = 0, lstm.input_size
-    for _ in range(lstm.num_layers):
-        flops += 2 * 4 * lstm.hidden_size * (width + lstm.hidden_size)
-        width = lstm.hidden_size
-    return flops
-
-
-def counted_flops(fn) -> int:
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops()
 
 
 def time_loop(fn, seconds: float) -> float:
@@ -57,15 +42,22 @@ def main() -> None:
     parser.add_argument("--train-b", type=int, default=32, help="sequences per training call")
     parser.add_argument("--train-t", type=int, default=16, help="steps per sequence (bptt_horizon)")
     parser.add_argument("--seconds", type=float, default=3.0, help="timing budget per measurement")
+    parser.add_argument(
+        "--first-conv", choices=["tokens", "dense"], default="tokens",
+        help="the first convolution from the tokens (the agent's default) or over the dense box (the components)",
+    )  # fmt: skip
     args = parser.parse_args()
 
     from metta.agent import PolicyState, make_policy
+    from metta.agent.flops import counted_flops, lstm_forward_flops
     from metta.mettagrid.env import MettaGridEnv
 
     torch.manual_seed(0)
     env = MettaGridEnv("/env/mettagrid/curriculum/navigation/bucketed", num_envs=8, seed=0)
     env_obs, _ = env.reset(0)
     agent = make_policy(env, args.config)
+    if args.first_conv == "dense":
+        agent.token_conv = None
     params = sum(p.numel() for p in agent.parameters())
 
     obs = tile(torch.from_numpy(env_obs.copy()), args.batch)
@@ -83,6 +75,7 @@ def main() -> None:
 
     lstm = lstm_forward_flops(agent)
     state = PolicyState()
+    infer()  # rollouts reuse the first convolution's weight table between optimizer steps; count that steady state
     forward = counted_flops(infer) / args.batch + lstm
     agent.zero_grad()
     forward_backward = counted_flops(train_step) / n_train + 3 * lstm
@@ -95,6 +88,7 @@ def main() -> None:
             {
                 "benchmark": "policy_flops",
                 "config": args.config,
+                "first_conv": "tokens" if agent.token_conv is not None else "dense",
                 "params": params,
                 "flops_per_agent_step_forward": int(forward),
                 "flops_per_agent_step_forward_backward": int(forward_backward),

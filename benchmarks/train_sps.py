@@ -7,7 +7,8 @@ It runs the real loop (``rollout`` + ``train_ppo``, i.e. ``perform_rollout_step`
 - ``phases``: fractions of wall time in env stepping (recv/send), policy forward during the rollout,
   advantage computation, learning (minibatch forward, loss, backward, optimizer step) and everything else;
 - ``overhead_fraction``: the share of wall time outside env stepping and policy forward/backward;
-- ``flops_per_agent_step``: policy FLOPs per agent step (rollout forward + training forward/backward);
+- ``flops_per_agent_step``: policy FLOPs per agent step (rollout forward + training forward/backward per
+  update epoch), counted by ``metta.agent.flops`` (sparse products by their entries, the LSTM analytically);
 - ``compute_bound_agent_steps_per_second``: what the policy's compute alone allows, timed in this script on
   synthetic batches of the same shapes (inference on one env batch, forward+backward+step on one minibatch).
 
@@ -121,14 +122,11 @@ def main() -> None:
     compute_bound = 1.0 / per_agent_step
 
     try:
-        from torch.utils.flop_counter import FlopCounterMode
+        from metta.agent.flops import counted_flops, lstm_forward_flops
 
-        with FlopCounterMode(display=False) as counter:
-            infer()
-        infer_flops = counter.get_total_flops() / n
-        with FlopCounterMode(display=False) as counter:
-            learn()
-        learn_flops = counter.get_total_flops() / cfg.minibatch_size
+        lstm = lstm_forward_flops(policy)
+        infer_flops = counted_flops(infer) / n + lstm
+        learn_flops = counted_flops(learn) / cfg.minibatch_size + 3 * lstm
         flops = infer_flops + learn_flops * cfg.update_epochs
     except Exception:  # noqa: BLE001 - FLOP counting is informative only
         flops = None

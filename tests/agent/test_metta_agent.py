@@ -236,3 +236,74 @@ def test_configs_and_errors(env):
         AgentConfig.model_validate({"clip_rang": 0.1})
     with pytest.raises(RuntimeError, match="initialize_to_environment"):
         MettaAgent((200, 3), 11, 11, env.feature_normalizations)(torch.zeros(1, 200, 3, dtype=torch.uint8), PolicyState())
+
+
+def _with_junk_tokens(obs: torch.Tensor) -> torch.Tensor:
+    """Real observations plus the tokens both encoder paths must skip."""
+    out = obs.clone()
+    out[:, -1] = torch.tensor([255, 3, 77], dtype=torch.uint8)  # an empty slot with junk in it
+    out[:, -2] = torch.tensor([(12 << 4) | 3, 0, 9], dtype=torch.uint8)  # row 12: off the 11x11 window
+    out[:, -3] = torch.tensor([(2 << 4) | 2, 250, 9], dtype=torch.uint8)  # a feature beyond the channels
+    return out
+
+
+@pytest.mark.parametrize("config", ["fast", "interface_default"])
+def test_token_conv_equals_the_box_and_convolution_components(env, rollout_obs, config):
+    """The first convolution computed from the tokens gives the components' outputs and gradients."""
+    torch.manual_seed(3)
+    agent = make_policy(env, config=config)
+    fused = agent.token_conv
+    assert fused is not None and fused.name == "cnn1"
+    obs = _with_junk_tokens(rollout_obs.transpose(0, 1))  # [B=8, T=6, 200, 3]
+    actions = torch.zeros(obs.shape[0], obs.shape[1], 2, dtype=torch.int32)
+
+    def outputs_and_grads(token_conv):
+        agent.token_conv = token_conv
+        agent.zero_grad()
+        _, logprob, entropy, value, _ = agent(obs, PolicyState(), action=actions)
+        (logprob.sum() + entropy.sum() + value.sum()).backward()
+        return [logprob, entropy, value], {n: p.grad.clone() for n, p in agent.named_parameters() if p.grad is not None}
+
+    dense_out, dense_grads = outputs_and_grads(None)
+    fused_out, fused_grads = outputs_and_grads(fused)
+    for a, b in zip(dense_out, fused_out):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert dense_grads.keys() == fused_grads.keys() and "components.cnn1.weight_net.weight" in fused_grads
+    for name in dense_grads:
+        torch.testing.assert_close(dense_grads[name], fused_grads[name], rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_token_conv_rollout_table_follows_weight_changes(env, rollout_obs):
+    """Without gradients the weight table is cached; an optimizer step (in-place update) must refresh it."""
+    agent = make_policy(env)
+    obs = rollout_obs[2]
+    act = torch.zeros(obs.shape[0], 2, dtype=torch.int32)
+    optimizer = torch.optim.SGD(agent.parameters(), lr=0.5)
+    with torch.no_grad():
+        before = agent(obs, PolicyState(), act)[3]
+    _, logprob, _, value, _ = agent(obs, PolicyState(), act)
+    (value.sum() + logprob.sum()).backward()
+    optimizer.step()
+    fused = agent.token_conv
+    with torch.no_grad():
+        after = agent(obs, PolicyState(), act)[3]
+        agent.token_conv = None
+        dense_after = agent(obs, PolicyState(), act)[3]
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, dense_after, rtol=1e-4, atol=1e-5)
+    assert fused is not None
+
+
+def test_token_conv_only_when_nothing_else_reads_the_box(env):
+    from metta.agent.lib.nn_layer_library import Flatten
+    from metta.agent.lib.token_conv import TokenConv
+
+    agent = make_policy(env)
+    components = dict(agent.components)
+    assert TokenConv.for_components(components) is not None
+    context = agent.components["_obs_"].context
+    components["box_reader"] = Flatten("box_reader", ["obs_normalizer"], context)
+    assert TokenConv.for_components(components) is None
+    components.pop("box_reader")
+    components["raw_reader"] = Flatten("raw_reader", ["_obs_"], context)
+    assert TokenConv.for_components(components) is None
