@@ -59,6 +59,16 @@ def evaluate(policy: torch.nn.Module | None, num_envs: int, seed: int, episodes:
     return float(np.mean(rewards[:episodes]))
 
 
+def _key_value(item: str) -> tuple[str, object]:
+    key, sep, text = item.partition("=")
+    if not sep:
+        raise SystemExit(f"--ppo {item!r}: write KEY=VALUE, e.g. clip_vloss=false")
+    try:
+        return key, json.loads(text)
+    except json.JSONDecodeError:
+        return key, text
+
+
 def main() -> None:
     defaults = cpu_learning_settings()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -80,6 +90,10 @@ def main() -> None:
         "--lr-schedule", choices=["constant", "linear", "cosine"], default="constant",
         help="learning-rate schedule over the wall-clock budget (progress = elapsed / --minutes)",
     )  # fmt: skip
+    parser.add_argument(
+        "--ppo", nargs="*", default=[], metavar="KEY=VALUE",
+        help="more PPOConfig fields, e.g. --ppo clip_vloss=false vf_coef=0.5 (values are read as JSON, else text)",
+    )  # fmt: skip
     parser.add_argument("--eval-episodes", type=int, default=128, help="episodes for each policy's evaluation")
     args = parser.parse_args()
 
@@ -100,7 +114,10 @@ def main() -> None:
         minibatch_size=args.minibatch_size,
         bptt_horizon=args.bptt_horizon,
         update_epochs=args.update_epochs,
-        ppo={**defaults["ppo"], "ent_coef": args.ent_coef, "gamma": args.gamma, "gae_lambda": args.gae_lambda},
+        ppo={
+            **defaults["ppo"], "ent_coef": args.ent_coef, "gamma": args.gamma, "gae_lambda": args.gae_lambda,
+            **dict(_key_value(item) for item in args.ppo),
+        },  # fmt: skip
         optimizer={"learning_rate": args.learning_rate},
     )
     env = Environment(curriculum_path=CURRICULUM, num_envs=args.num_envs, seed=args.seed, is_training=True, device="cpu")

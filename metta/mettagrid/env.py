@@ -265,7 +265,8 @@ class MettaGridEnv:
         level: Level = game.map_builder.build(rng)
         grid = level.grid
         lookup = tables.code_lookup()
-        counts = np.bincount(grid.ravel(), minlength=code_table_size())
+        counts = np.empty(max(code_table_size(), 256), dtype=np.int64)
+        kn.count_cell_codes(grid, counts)
         present = np.flatnonzero(counts)
         kinds = lookup[present, 0]
         if (kinds < 0).any():

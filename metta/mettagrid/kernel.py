@@ -736,6 +736,17 @@ def step_envs(
 
 
 @jit
+def count_cell_codes(grid, counts):
+    """``counts[code]`` = cells of ``grid`` (uint8 codes, any shape) holding that code; ``counts`` is zeroed first.
+    ``np.bincount`` widens the codes to int64 first, which costs more than the counting on a 40k-cell map."""
+    for i in range(counts.shape[0]):
+        counts[i] = 0
+    flat = grid.ravel()
+    for i in range(flat.shape[0]):
+        counts[flat[i]] += 1
+
+
+@jit
 def load_episode(
     e, level, lookup, conv_template_int, conv_template_recipe, agent_template_int, agent_template_float,
     agent_template_limits, agent_template_rewards, agent_template_stat_rw, env_i, env_cell_deltas, obs_offsets,
