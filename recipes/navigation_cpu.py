@@ -8,9 +8,9 @@ curriculum and seed, so the curve can be read against it:
 
 This is the learning check of the PPO core (metta/rl); ``run.py`` is the full production loop.
 
-The defaults are run.py's CPU settings (``cpu_learning_settings()``, batch 32768, minibatch 2048, the learning
-rate on a cosine decay over the time budget), which came from sweeping this script; docs/training.md has the
-table (4.8x the random policy's reward after 10 minutes at best, single runs spread widely).
+The defaults are run.py's CPU settings (``cpu_learning_settings()``, batch 32768, minibatch 2048), which came
+from sweeping this script; docs/training.md has the table (4.5x the random policy's reward after 10 minutes at
+best, single runs spread widely).
 """
 
 from __future__ import annotations
@@ -87,8 +87,7 @@ def main() -> None:
     parser.add_argument("--gamma", type=float, default=defaults["ppo"]["gamma"])
     parser.add_argument("--gae-lambda", type=float, default=defaults["ppo"]["gae_lambda"])
     parser.add_argument(
-        "--lr-schedule", choices=["constant", "linear", "cosine"],
-        default=defaults["lr_scheduler"]["schedule_type"] if defaults["lr_scheduler"]["enabled"] else "constant",
+        "--lr-schedule", choices=["constant", "linear", "cosine"], default="constant",
         help="learning-rate schedule over the wall-clock budget (progress = elapsed / --minutes)",
     )  # fmt: skip
     parser.add_argument(

@@ -220,18 +220,15 @@ class TrainerConfig(Config):
 
 def cpu_learning_settings() -> dict[str, Any]:
     """The update settings that learned navigation fastest per minute on a 2-core CPU (the sweep is in
-    docs/training.md): two passes over each batch, learning rate 1e-3 falling to 0 on a cosine over the run,
-    and PPO with a small entropy bonus and a short horizon. With ent_coef 0.01 the policy stayed near uniform for
-    millions of steps, because each altar pays one heart per episode and the per-action advantage signal is
-    tiny; the cosine decay gave the best 10-minute result (the policy keeps improving while the rate falls).
-    Used by run.py's CPU defaults, ``TrainingConfig()`` and recipes/navigation_cpu.py; pass as
-    ``TrainerConfig(**cpu_learning_settings(), ...)`` (the schedule follows ``total_timesteps``).
+    docs/training.md): two passes over each batch, learning rate 1e-3, and PPO with a small entropy bonus and a
+    short horizon. With ent_coef 0.01 the policy stayed near uniform for millions of steps, because each altar
+    pays one heart per episode and the per-action advantage signal is tiny. Used by run.py's CPU defaults,
+    ``TrainingConfig()`` and recipes/navigation_cpu.py; pass as ``TrainerConfig(**cpu_learning_settings(), ...)``.
     """
     return {
         "update_epochs": 2,
         "ppo": {"clip_coef": 0.1, "ent_coef": 0.0005, "gamma": 0.95, "gae_lambda": 0.9},
         "optimizer": {"learning_rate": 1e-3},
-        "lr_scheduler": {"enabled": True, "schedule_type": "cosine"},
     }
 
 
