@@ -87,7 +87,7 @@ class MettaAgent(nn.Module):
         self._order = self._setup_components()
         # The first convolution straight from the tokens (same function, a tenth of the arithmetic); set to
         # None to run the box, normalizer and convolution components instead.
-        self.token_conv: TokenConv | None = TokenConv.for_components(dict(self.components))
+        self.token_conv = TokenConv.for_components(dict(self.components))
 
         core = self.components["_core_"]
         if not isinstance(core, LSTM):
@@ -129,6 +129,21 @@ class MettaAgent(nn.Module):
         if unused:
             raise ValueError(f"components {unused} feed neither _value_ nor _action_; remove them or use them as sources")
         return order
+
+    @property
+    def token_conv(self) -> TokenConv | None:
+        return self._token_conv
+
+    @token_conv.setter
+    def token_conv(self, token_conv: TokenConv | None) -> None:
+        """Setting it (or None) also fixes what forward runs: the fused first convolution in place of its three
+        components, or the components."""
+        self._token_conv = token_conv
+        if token_conv is None:
+            self._forward_order = list(self._order)
+        else:
+            fused = (token_conv.shaper, token_conv.normalizer, token_conv.conv)
+            self._forward_order = [token_conv, *(c for c in self._order if c not in fused)]
 
     @property
     def device(self) -> torch.device:
@@ -222,16 +237,8 @@ class MettaAgent(nn.Module):
             "lstm_c": state.lstm_c,
             "episode_starts": state.episode_starts,
         }
-        token_conv = self.token_conv
-        if token_conv is None:
-            for component in self._order:
-                component(td)
-        else:
-            fused = (token_conv.shaper, token_conv.normalizer, token_conv.conv)
-            token_conv(td)
-            for component in self._order:
-                if component not in fused:
-                    component(td)
+        for component in self._forward_order:
+            component(td)
         state.lstm_h, state.lstm_c = td["lstm_h"], td["lstm_c"]
 
         log_probs = F.log_softmax(td["_action_"], dim=-1)  # [BT, A]

@@ -2,10 +2,10 @@
 
 Each token is ``(location, feature_id, value)`` with ``location = (row << 4) | col``; a location byte of
 0xFF marks an empty slot. The value goes to ``box[n, feature_id, row, col]``. All tokens are scattered in
-one vectorised write. Two 256-entry lookup tables turn the location byte into a cell offset and the
-feature byte into a channel offset; invalid bytes map to a huge offset, and clamping the summed index
-sends those tokens to a spare slot past the end of the box. That keeps the per-token work to two
-gathers, two adds and a clamp (no bit twiddling, masks or Python loops on the hot path).
+one vectorised write. ``decode`` turns the location byte into a cell (a 256-entry table; invalid bytes map
+to a huge offset) and the feature byte into the policy's feature id; features beyond the box get a huge
+offset too, and clamping the summed index sends those tokens to a spare slot past the end of the box (no
+bit twiddling or Python loops on the hot path). ``TokenConv`` reads tokens with the same ``decode``.
 """
 
 from __future__ import annotations
@@ -43,14 +43,19 @@ class ObsTokenToBoxShaper(LayerBase):
     def forward(self, td: dict) -> None:
         td[self.name] = self.tokens_to_box(td["x"])
 
+    def decode(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(cell, feature)`` of each token: ``cell = row * W + col`` (above ``H * W - 1`` for empty slots and
+        cells off the window) and the policy's feature id (``>= num_channels`` for features it drops)."""
+        byte_index = tokens[..., :2].long()
+        return self.location_offset[byte_index[..., 0]], self.feature_remap.long()[byte_index[..., 1]]
+
     def tokens_to_box(self, tokens: torch.Tensor) -> torch.Tensor:
         n = tokens.shape[0]
         c, h, w = self.out_shape
-        remapped = self.feature_remap.long()
-        channel_offset = torch.where(remapped < c, remapped * (h * w), _INVALID_OFFSET)
+        cell, feature = self.decode(tokens)
+        channel_offset = torch.where(feature < c, feature * (h * w), _INVALID_OFFSET)
         batch_offset = torch.arange(n, device=tokens.device).mul_(c * h * w).unsqueeze(1)
-        byte_index = tokens[..., :2].long()
-        index = self.location_offset[byte_index[..., 0]] + channel_offset[byte_index[..., 1]] + batch_offset
+        index = cell + channel_offset + batch_offset
         spare = n * c * h * w
         box = torch.zeros(spare + 1, dtype=torch.float32, device=tokens.device)
         box.index_put_((index.clamp_max_(spare).flatten(),), tokens[..., 2].flatten().float())

@@ -102,11 +102,8 @@ class TokenConv:
 
     def __call__(self, td: dict) -> None:
         tokens = td["x"]
-        shaper = self.shaper
         n = tokens.shape[0]
-        byte_index = tokens[..., :2].long()
-        cell = shaper.location_offset[byte_index[..., 0]]  # huge for empty slots and cells off the window
-        feature = shaper.feature_remap.long()[byte_index[..., 1]]  # 255 for dropped features
+        cell, feature = self.shaper.decode(tokens)
         valid = (cell < self.cells) & (feature < self.channels)
         feature = feature.clamp_max(self.channels - 1)
         columns = (feature * self.cells + cell)[valid]
