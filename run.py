@@ -199,8 +199,8 @@ def main() -> None:
                 advantages = torch.zeros_like(experience.values)
                 compute_advantage(
                     experience.values, experience.rewards, experience.dones, torch.ones_like(experience.values),
-                    advantages, trainer_cfg.ppo.gamma, trainer_cfg.ppo.gae_lambda,
-                    trainer_cfg.vtrace.vtrace_rho_clip, trainer_cfg.vtrace.vtrace_c_clip, device,
+                    advantages, trainer_cfg.ppo.gamma, trainer_cfg.ppo.gae_lambda, trainer_cfg.vtrace.vtrace_rho_clip,
+                    trainer_cfg.vtrace.vtrace_c_clip, device, next_rows=experience.next_rows,  # across row ends
                 )  # fmt: skip
             for _ in range(trainer_cfg.update_epochs):
                 for minibatch in experience.iter_minibatches(advantages, prio.prio_alpha, beta):

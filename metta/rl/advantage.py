@@ -1,9 +1,8 @@
 """Advantages: generalized GAE with V-trace clipping (PufferLib's "puff advantage"), and their normalization.
 
-The buffers are ``[segments, bptt]``: each row is one agent's ``bptt`` consecutive steps, and rows are
-independent (no bootstrap across a row's end, so the last step of every row keeps advantage 0). Following
-PufferLib, the reward and done stored with observation ``t`` belong to the action taken at ``t - 1``, so the
-recursion reads ``rewards[t + 1]`` and ``dones[t + 1]``::
+The buffers are ``[segments, bptt]``: each row is one agent's ``bptt`` consecutive steps. Following PufferLib,
+the reward and done stored with observation ``t`` belong to the action taken at ``t - 1``, so the recursion
+reads ``rewards[t + 1]`` and ``dones[t + 1]``::
 
     nextnonterminal = 1 - dones[t + 1]
     rho_t = min(ratio[t], rho_clip);  c_t = min(ratio[t], c_clip)
@@ -11,22 +10,64 @@ recursion reads ``rewards[t + 1]`` and ``dones[t + 1]``::
     A[t] = delta + gamma * gae_lambda * c_t * A[t + 1] * nextnonterminal
 
 With ratio == 1 and both clips >= 1 this is plain GAE.
+
+Row ends. Alone, a row's last step has no ``t + 1``: its advantage is 0, and the reward stored at a row's first
+step is never seen (PufferLib's rule, harmless there because a row is an agent's whole rollout). An agent
+usually fills several rows of one rollout in turn, so that rule would drop one reward in ``bptt`` and cut
+every lambda-return at the row's end. Two optional inputs carry the recursion across:
+
+- ``next_rows`` (``int64 [segments]``, from ``Experience.next_rows``): the row that continues row ``s`` in
+  time, or -1. The step after row ``s``'s last is then row ``next_rows[s]``'s step 0, including its advantage
+  (rows continue into rows with a larger index, so rows are solved from the last one down).
+- ``tail`` (a ``RowTail``): that following step given directly, for rows taken out of the buffer (a
+  minibatch, whose V-trace advantages are recomputed from its own rows only).
+
+Rows with neither keep advantage 0 at their last step (an agent's last row of a rollout).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numba
 import numpy as np
 import torch
 import torch.distributed as dist
 
+_NO_NEXT = -1  # next_rows: the row ends the agent's part of the buffer
+_USE_TAIL = -2  # kernel only: the step after the row's last is tail[s]
+
+
+class RowTail(NamedTuple):
+    """The step after each row's last step (all ``[segments]``): what the recursion reads as ``t + 1`` there,
+    with the advantage already computed for it. Rows where ``valid`` is false keep advantage 0 at their end."""
+
+    rewards: torch.Tensor
+    values: torch.Tensor
+    dones: torch.Tensor
+    advantages: torch.Tensor
+    valid: torch.Tensor
+
 
 @numba.njit(cache=True, nogil=True)
-def _advantage_kernel(values, rewards, dones, ratio, advantages, gamma, gae_lambda, rho_clip, c_clip):  # pragma: no cover - compiled
+def _advantage_kernel(values, rewards, dones, ratio, advantages, gamma, gae_lambda, rho_clip, c_clip, next_rows, tail):  # pragma: no cover - compiled
     segments, horizon = values.shape
-    for s in range(segments):
-        advantages[s, horizon - 1] = 0.0
+    for s in range(segments - 1, -1, -1):  # a row's successor (a larger index) is solved first
+        n = next_rows[s]
         last = 0.0
+        if n != _NO_NEXT:
+            if n == _USE_TAIL:
+                r_next, v_next, d_next, a_next = tail[s, 0], tail[s, 1], tail[s, 2], tail[s, 3]
+            else:
+                r_next, v_next, d_next, a_next = rewards[n, 0], values[n, 0], dones[n, 0], advantages[n, 0]
+            t = horizon - 1
+            nextnonterminal = 1.0 - d_next
+            r = ratio[s, t]
+            rho_t = r if r < rho_clip else rho_clip
+            c_t = r if r < c_clip else c_clip
+            last = rho_t * (r_next + gamma * v_next * nextnonterminal - values[s, t])
+            last += gamma * gae_lambda * c_t * a_next * nextnonterminal
+        advantages[s, horizon - 1] = last
         for t in range(horizon - 2, -1, -1):
             nextnonterminal = 1.0 - dones[s, t + 1]
             r = ratio[s, t]
@@ -41,6 +82,23 @@ def _as_numpy_f32(x: torch.Tensor) -> np.ndarray:
     return x.detach().to(torch.float32).contiguous().numpy()
 
 
+def _checked_next_rows(next_rows: torch.Tensor | None, segments: int) -> torch.Tensor | None:
+    if next_rows is None:
+        return None
+    next_rows = torch.as_tensor(next_rows).to("cpu", torch.int64)
+    if next_rows.shape != (segments,):
+        raise ValueError(f"next_rows has shape {list(next_rows.shape)}; it must be [segments] = [{segments}]")
+    rows = torch.arange(segments)
+    bad = (next_rows != _NO_NEXT) & ((next_rows <= rows) | (next_rows >= segments))
+    if bool(bad.any()):
+        s = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"next_rows[{s}]={int(next_rows[s])}: a row continues into a later row (an index in ({s}, {segments})) "
+            "or none (-1); pass Experience.next_rows"
+        )
+    return next_rows
+
+
 def compute_advantage(
     values: torch.Tensor,
     rewards: torch.Tensor,
@@ -52,9 +110,12 @@ def compute_advantage(
     vtrace_rho_clip: float,
     vtrace_c_clip: float,
     device: torch.device | str | None = None,
+    next_rows: torch.Tensor | None = None,
+    tail: RowTail | None = None,
 ) -> torch.Tensor:
     """Fill ``advantages`` (``[segments, bptt]``) in place by the recursion above and return it.
 
+    ``next_rows`` or ``tail`` carry the recursion across row ends (see the module docstring); give at most one.
     No gradient flows through the result (the ratio is detached): advantages are targets, not predictions.
     On CPU a compiled kernel does the work; elsewhere a torch loop over time, vectorised over segments.
     ``device`` is accepted for upstream compatibility; the tensors' own device is used.
@@ -66,23 +127,34 @@ def compute_advantage(
             raise ValueError(f"{name} has shape {list(t.shape)} but values has {list(shape)}; all must be [segments, bptt]")
     if values.dim() != 2:
         raise ValueError(f"values must be [segments, bptt], got shape {list(shape)}")
+    if next_rows is not None and tail is not None:
+        raise ValueError("pass next_rows (rows of this buffer continue each other) or tail (the steps after the rows), not both")
+    if tail is not None and any(t.shape != shape[:1] for t in tail):
+        raise ValueError(f"every field of tail must be [segments] = [{shape[0]}]; got {[list(t.shape) for t in tail]}")
     if shape[1] == 0:
         return advantages
-
+    next_rows = _checked_next_rows(next_rows, shape[0])
     if advantages.device.type == "cpu":
         out = advantages if (advantages.dtype == torch.float32 and advantages.is_contiguous()) else torch.empty(shape, dtype=torch.float32)
+        links = np.full(shape[0], _NO_NEXT, dtype=np.int64) if next_rows is None else next_rows.numpy()
+        tail_np = np.zeros((shape[0], 4), dtype=np.float32)
+        if tail is not None:
+            links[tail.valid.detach().cpu().numpy().astype(bool)] = _USE_TAIL
+            tail_np = _as_numpy_f32(torch.stack([tail.rewards, tail.values, tail.dones, tail.advantages], dim=1))
         _advantage_kernel(
             _as_numpy_f32(values), _as_numpy_f32(rewards), _as_numpy_f32(dones), _as_numpy_f32(importance_sampling_ratio),
             out.detach().numpy(), float(gamma), float(gae_lambda), float(vtrace_rho_clip), float(vtrace_c_clip),
+            links, tail_np,
         )  # fmt: skip
         if out is not advantages:
             advantages.copy_(out)
         return advantages
+    if next_rows is None:
+        return _advantage_torch(values, rewards, dones, importance_sampling_ratio, advantages, gamma, gae_lambda, vtrace_rho_clip, vtrace_c_clip, tail)
+    return _advantage_torch_chained(values, rewards, dones, importance_sampling_ratio, advantages, gamma, gae_lambda, vtrace_rho_clip, vtrace_c_clip, next_rows)
 
-    return _advantage_torch(values, rewards, dones, importance_sampling_ratio, advantages, gamma, gae_lambda, vtrace_rho_clip, vtrace_c_clip)
 
-
-def _advantage_torch(values, rewards, dones, importance_sampling_ratio, advantages, gamma, gae_lambda, rho_clip, c_clip):
+def _advantage_torch(values, rewards, dones, importance_sampling_ratio, advantages, gamma, gae_lambda, rho_clip, c_clip, tail=None):
     """The same recursion in torch ops (any device): a loop over time, vectorised over segments."""
     with torch.no_grad():
         v, r, ratio = values.float(), rewards.float(), importance_sampling_ratio.detach().float()
@@ -92,11 +164,36 @@ def _advantage_torch(values, rewards, dones, importance_sampling_ratio, advantag
         # delta for every t at once; only the time recursion is sequential.
         delta = rho[:, :-1] * (r[:, 1:] + gamma * v[:, 1:] * nonterminal[:, 1:] - v[:, :-1])
         decay = gamma * gae_lambda * c[:, :-1] * nonterminal[:, 1:]
-        advantages[:, -1] = 0.0
         last = torch.zeros_like(v[:, 0])
+        if tail is not None:
+            tail_nonterminal = 1.0 - tail.dones.float()
+            last = rho[:, -1] * (tail.rewards.float() + gamma * tail.values.float() * tail_nonterminal - v[:, -1])
+            last = last + gamma * gae_lambda * c[:, -1] * tail.advantages.float() * tail_nonterminal
+            last = last * tail.valid.to(last.dtype)
+        advantages[:, -1] = last
         for t in range(values.shape[1] - 2, -1, -1):
             last = delta[:, t] + decay[:, t] * last
             advantages[:, t] = last
+    return advantages
+
+
+def _advantage_torch_chained(values, rewards, dones, ratio, advantages, gamma, gae_lambda, rho_clip, c_clip, next_rows):
+    """``next_rows`` on the torch path: rows are solved in waves, each wave the rows whose successor is solved."""
+    links = next_rows.numpy()
+    depth_np = np.zeros(len(links), dtype=np.int64)  # rows after this one in its chain
+    for s in range(len(links) - 1, -1, -1):
+        if links[s] != _NO_NEXT:
+            depth_np[s] = depth_np[links[s]] + 1
+    depth = torch.from_numpy(depth_np)
+    device = values.device
+    for d in range(int(depth.max()) + 1 if len(depth) else 0):
+        rows = (depth == d).nonzero().flatten()
+        nxt = next_rows[rows].clamp(min=0).to(device)
+        rows = rows.to(device)
+        tail = RowTail(rewards[nxt, 0], values[nxt, 0], dones[nxt, 0], advantages[nxt, 0], torch.full_like(rows, d > 0, dtype=torch.bool))
+        part = torch.empty((len(rows), values.shape[1]), dtype=advantages.dtype, device=device)
+        _advantage_torch(values[rows], rewards[rows], dones[rows], ratio[rows], part, gamma, gae_lambda, rho_clip, c_clip, tail)
+        advantages[rows] = part
     return advantages
 
 

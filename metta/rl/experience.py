@@ -19,6 +19,11 @@ replays each row from the state the rollout really had (not from zeros, as upstr
 policy then reproduces the rollout's log-probabilities exactly, and the LSTM is trained on the long-memory
 states it acts from.
 
+Row chains. ``next_rows[r]`` is the row the agent that filled row ``r`` went on to fill (-1 if none); rows of
+one agent form a chain in time. ``compute_advantage(..., next_rows=experience.next_rows)`` follows the chains,
+so rewards and returns cross row ends, and ``row_tail(indices, advantages)`` gives a minibatch the step after
+each of its rows for the per-minibatch V-trace recomputation.
+
 Bookkeeping (row and step of every agent) lives on the CPU, so storing a step never waits for the GPU;
 positions are computed per agent, so the agents of a batch need not be at the same step.
 
@@ -49,6 +54,8 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
+
+from metta.rl.advantage import RowTail
 
 
 class Experience:
@@ -145,6 +152,9 @@ class Experience:
         # CPU bookkeeping: each agent's row (segments = "no row left") and step within it.
         self.ep_indices = torch.zeros(self.total_agents, dtype=torch.int64)
         self.ep_lengths = torch.zeros(self.total_agents, dtype=torch.int64)
+        # The row each row continues into (the same agent's next row of this rollout), -1 for none: lets
+        # compute_advantage carry returns across row ends (see "Row chains").
+        self.next_rows = torch.full((S,), -1, dtype=torch.int64)
         self.reset_for_rollout()
 
     # ------------------------------------------------------------------------------------------------------
@@ -159,6 +169,7 @@ class Experience:
         """Start filling the buffer from row 0 again: agent ``i`` writes row ``i`` from step 0."""
         torch.arange(self.total_agents, out=self.ep_indices)
         self.ep_lengths.zero_()
+        self.next_rows.fill_(-1)
         self.free_idx = self.total_agents
         self.full_rows = 0
         self._agents_without_row = 0
@@ -247,6 +258,8 @@ class Experience:
         new_rows = torch.arange(self.free_idx, self.free_idx + n, dtype=torch.int64).clamp_(max=self.segments)
         self._agents_without_row += int((new_rows >= self.segments).sum()) - int((~real).sum())
         self.free_idx = min(self.free_idx + n, self.segments)
+        linked = real & (new_rows < self.segments)
+        self.next_rows[rows[finished][linked]] = new_rows[linked]
         rows[finished] = new_rows
         steps[finished] = 0
 
@@ -284,6 +297,18 @@ class Experience:
 
     def update_ratio(self, indices: torch.Tensor, ratio: torch.Tensor) -> None:
         self.ratio[indices] = ratio.detach().view(-1, self.bptt_horizon).to(self.ratio.dtype)
+
+    def row_tail(self, indices: torch.Tensor, advantages: torch.Tensor) -> RowTail:
+        """For the rows ``indices``, the step that follows each one's last (its successor's step 0, see
+        ``next_rows``), with that step's entry of ``advantages``: what ``compute_advantage(..., tail=...)``
+        needs to recompute a minibatch's advantages without cutting returns at its rows' ends."""
+        following = self.next_rows[indices.cpu()]
+        valid = following >= 0
+        following = following.clamp(min=0).to(self.device, non_blocking=True)
+        return RowTail(
+            self.rewards[following, 0], self.values[following, 0], self.dones[following, 0],
+            advantages[following, 0], valid.to(self.device, non_blocking=True),
+        )  # fmt: skip
 
     def sample_minibatch(
         self,

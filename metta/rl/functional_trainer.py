@@ -107,7 +107,7 @@ def train_ppo(
             compute_advantage(
                 experience.values, experience.rewards, experience.dones, torch.ones_like(experience.values),
                 advantages, ppo.gamma, ppo.gae_lambda, trainer_cfg.vtrace.vtrace_rho_clip,
-                trainer_cfg.vtrace.vtrace_c_clip, device,
+                trainer_cfg.vtrace.vtrace_c_clip, device, next_rows=experience.next_rows,
             )  # fmt: skip
         for _ in range(trainer_cfg.update_epochs):
             for minibatch in experience.iter_minibatches(advantages, prio.prio_alpha, anneal_beta):

@@ -185,11 +185,13 @@ def process_minibatch_update(
     importance_sampling_ratio = logratio.exp()
     experience.update_ratio(minibatch["indices"], importance_sampling_ratio)
 
-    # V-trace: recompute this minibatch's advantages with the current policy's (clipped) ratios.
+    # V-trace: recompute this minibatch's advantages with the current policy's (clipped) ratios; each row's
+    # last step bootstraps from the step that follows it in the buffer (its chain's next row).
+    tail = experience.row_tail(minibatch["indices"], advantages) if advantages is not None else None
     adv = compute_advantage(
         minibatch["values"], minibatch["rewards"], minibatch["dones"], importance_sampling_ratio.detach(),
         minibatch["advantages"].clone(), ppo.gamma, ppo.gae_lambda,
-        trainer_cfg.vtrace.vtrace_rho_clip, trainer_cfg.vtrace.vtrace_c_clip, device,
+        trainer_cfg.vtrace.vtrace_rho_clip, trainer_cfg.vtrace.vtrace_c_clip, device, tail=tail,
     )  # fmt: skip
     adv = normalize_advantage_distributed(adv, ppo.norm_adv)
     adv = minibatch["prio_weights"] * adv

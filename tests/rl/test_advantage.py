@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from metta.rl.advantage import _advantage_torch, compute_advantage, normalize_advantage_distributed
+from metta.rl.advantage import RowTail, _advantage_torch, _advantage_torch_chained, compute_advantage, normalize_advantage_distributed
 
 
 def reference_advantage(values, rewards, dones, ratio, gamma, lam, rho_clip, c_clip):
@@ -52,6 +52,77 @@ def test_matches_numpy_loop(impl, gamma, lam, rho_clip, c_clip, ratio_one):
     assert result is out
     np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=1e-5)
     assert (out[:, -1] == 0).all()
+
+
+def random_chains(rng, segments, agents):
+    """next_rows as Experience builds them: agents take rows 0..agents-1, then the free rows in turn."""
+    next_rows = np.full(segments, -1, dtype=np.int64)
+    current = list(range(agents))
+    free = agents
+    while free < segments:
+        for a in rng.permutation(agents):
+            if free == segments:
+                break
+            next_rows[current[a]] = free
+            current[a], free = free, free + 1
+    return next_rows
+
+
+@pytest.mark.parametrize("impl", ["numba", "torch"])
+def test_next_rows_equals_one_long_row_per_agent(impl):
+    """Chained rows give exactly the advantages of each agent's steps laid end to end as one row."""
+    S, H, agents = 23, 8, 5
+    rng = np.random.default_rng(7)
+    values, rewards, dones, ratio = random_batch(seed=11, S=S, H=H)
+    next_rows = random_chains(rng, S, agents)
+    gamma, lam, rho_clip, c_clip = 0.95, 0.9, 1.0, 1.0
+    expected = np.zeros((S, H))
+    for first in range(agents):
+        chain = [first]
+        while next_rows[chain[-1]] >= 0:
+            chain.append(int(next_rows[chain[-1]]))
+        joined = [np.concatenate([x[r] for r in chain])[None] for x in (values, rewards, dones, ratio)]
+        long_row = reference_advantage(*joined, gamma, lam, rho_clip, c_clip)[0]
+        for i, r in enumerate(chain):
+            expected[r] = long_row[i * H : (i + 1) * H]
+    args = [torch.from_numpy(x.copy()) for x in (values, rewards, dones, ratio)]
+    out = torch.zeros(S, H)
+    if impl == "numba":
+        compute_advantage(*args, out, gamma, lam, rho_clip, c_clip, "cpu", next_rows=torch.from_numpy(next_rows))
+    else:
+        _advantage_torch_chained(*args, out, gamma, lam, rho_clip, c_clip, torch.from_numpy(next_rows))
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=1e-5)
+    # Only the last row of each agent's chain ends with 0; a reward at a row's first step now counts.
+    assert (out[torch.from_numpy(next_rows >= 0), -1] != 0).all()
+
+
+@pytest.mark.parametrize("impl", ["numba", "torch"])
+def test_tail_recomputes_a_minibatch_as_the_whole_buffer_did(impl):
+    """A minibatch's rows with their tails (V-trace clipped ratios included) reproduce the chained buffer."""
+    S, H = 20, 6
+    values, rewards, dones, ratio = random_batch(seed=3, S=S, H=H)
+    next_rows = torch.from_numpy(random_chains(np.random.default_rng(1), S, 4))
+    args = [torch.from_numpy(x.copy()) for x in (values, rewards, dones, ratio)]
+    full = compute_advantage(*args, torch.zeros(S, H), 0.9, 0.8, 0.7, 1.3, next_rows=next_rows)
+    idx = torch.tensor([2, 9, 15, 0, 19])
+    nxt = next_rows[idx]
+    following = nxt.clamp(min=0)
+    tail = RowTail(args[1][following, 0], args[0][following, 0], args[2][following, 0], full[following, 0], nxt >= 0)
+    part = [a[idx] for a in args]
+    out = torch.zeros(len(idx), H)
+    if impl == "numba":
+        compute_advantage(*part, out, 0.9, 0.8, 0.7, 1.3, tail=tail)
+    else:
+        _advantage_torch(*part, out, 0.9, 0.8, 0.7, 1.3, tail)
+    np.testing.assert_allclose(out.numpy(), full[idx].numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_bad_next_rows_are_named():
+    z = torch.zeros(4, 3)
+    with pytest.raises(ValueError, match=r"next_rows\[2\]=1: a row continues into a later row"):
+        compute_advantage(z, z, z, z + 1, z.clone(), 0.9, 0.9, 1.0, 1.0, next_rows=torch.tensor([1, 3, 1, -1]))
+    with pytest.raises(ValueError, match=r"next_rows has shape \[3\]"):
+        compute_advantage(z, z, z, z + 1, z.clone(), 0.9, 0.9, 1.0, 1.0, next_rows=torch.tensor([1, 2, -1]))
 
 
 def test_plain_gae_without_dones_by_hand():

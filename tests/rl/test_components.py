@@ -35,7 +35,7 @@ def _advantages(experience, cfg):
     return compute_advantage(
         experience.values, experience.rewards, experience.dones, torch.ones_like(experience.values),
         torch.zeros_like(experience.values), cfg.ppo.gamma, cfg.ppo.gae_lambda, cfg.vtrace.vtrace_rho_clip,
-        cfg.vtrace.vtrace_c_clip, "cpu",
+        cfg.vtrace.vtrace_c_clip, "cpu", next_rows=experience.next_rows,
     )  # fmt: skip
 
 

@@ -60,8 +60,16 @@ def test_rows_are_whole_and_ready_exactly_when_full(total_agents, batches):
     agent, t = exp.obs[:, :, 0, 0].long(), exp.obs[:, :, 0, 1].long()
     assert (agent == agent[:, :1]).all(), "a row mixes agents"
     assert (t == t[:, :1] + torch.arange(4)).all(), "a row's steps are not consecutive"
+    # next_rows chains each agent's rows in time: the next row is the same agent, one step after the last.
+    linked = (exp.next_rows >= 0).nonzero().flatten()
+    nxt = exp.next_rows[linked]
+    assert (agent[nxt, 0] == agent[linked, 0]).all() and (t[nxt, 0] == t[linked, -1] + 1).all()
+    assert (nxt > linked).all()
+    # Every agent's chain ends once (its last row of the rollout), so rows without a successor = agents with rows.
+    assert int((exp.next_rows < 0).sum()) == len(set(agent[:, 0].tolist()))
     exp.reset_for_rollout()
     assert not exp.ready_for_training and exp.ep_indices.tolist() == list(range(total_agents))
+    assert (exp.next_rows == -1).all()
 
 
 def test_lstm_state_views_and_reset():

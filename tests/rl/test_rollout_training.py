@@ -111,7 +111,7 @@ def test_update_replays_rows_from_the_rollout_state():
     torch.manual_seed(4)
     env = short_episode_env(max_steps=7)  # episodes end inside rows
     agent = make_policy(env)
-    cfg = TrainerConfig(batch_size=4 * 4 * 8, minibatch_size=16, bptt_horizon=4)
+    cfg = TrainerConfig(batch_size=4 * 4 * 8, minibatch_size=16, bptt_horizon=4, ppo={"norm_adv": False})
     exp = experience_for(env, agent, batch_size=cfg.batch_size)
     for _ in range(3):  # later rollouts start rows from carried, non-zero states
         exp.reset_for_rollout()
@@ -119,14 +119,23 @@ def test_update_replays_rows_from_the_rollout_state():
             perform_rollout_step(agent, env, exp, "cpu")
     assert exp.row_lstm_h.abs().sum(dim=(0, 2)).gt(0).float().mean() > 0.5
     assert exp.dones[:, 1:].any(), "some row crosses an episode boundary"
-    adv = torch.zeros_like(exp.values)
+    ppo, vtrace = cfg.ppo, cfg.vtrace
+    adv = compute_advantage(
+        exp.values, exp.rewards, exp.dones, torch.ones_like(exp.values), torch.zeros_like(exp.values), ppo.gamma,
+        ppo.gae_lambda, vtrace.vtrace_rho_clip, vtrace.vtrace_c_clip, "cpu", next_rows=exp.next_rows,
+    )  # fmt: skip
+    assert (exp.next_rows >= 0).sum() == exp.segments - env.num_agents, "each agent's rows form one chain"
     losses = Losses()
+    seen = []  # the minibatch's V-trace advantages, as the loss uses them (no normalisation here)
     for mb in exp.iter_minibatches():
         ratio_before = mb["logprobs"].clone()
         with torch.no_grad():
-            process_minibatch_update(agent, exp, mb, adv, cfg, None, 0, losses, "cpu")
+            process_minibatch_update(agent, exp, mb, adv, cfg, None, 0, losses, "cpu", [lambda *a: seen.append(a[5]) or a[5].sum() * 0])
         torch.testing.assert_close(exp.ratio[mb["indices"]], torch.ones_like(ratio_before), atol=1e-5, rtol=0)
+        # Ratio 1: recomputed from the minibatch's rows and their tails, they equal the whole buffer's, row ends too.
+        torch.testing.assert_close(seen[-1], adv[mb["indices"]], atol=1e-5, rtol=1e-4)
     assert losses.stats()["approx_kl"] == pytest.approx(0.0, abs=1e-9)
+    assert adv[exp.next_rows >= 0, -1].abs().sum() > 0, "row ends bootstrap from the next row"
     env.close()
 
 
