@@ -147,6 +147,8 @@ class MettaGridEnv:
         self._layout_pools(copy_from=None)
         self._agent_i = np.zeros((A, kn.AGENT_COLS), dtype=np.int32)
         self._agent_i[:, kn.A_OBS_N] = L.num_tokens  # the first observation clears the whole buffer
+        self._agent_i[:, kn.A_OBS_WANT] = -1  # ... and is written in full
+        self._env_marks = np.zeros((E, kn.MARK_CAP, 2), dtype=np.int64)
         self._agent_f = np.zeros((A, kn.AGENT_FCOLS), dtype=np.float32)
         self._agent_inv = np.zeros((A, n_items), dtype=np.int32)
         self._agent_limit = np.zeros((A, n_items), dtype=np.int32)
@@ -163,6 +165,7 @@ class MettaGridEnv:
         self._order = np.zeros(N, dtype=np.int32)
         self._group_pool = np.zeros((len(L.group_names), 2), dtype=np.float64)
         self._zero_rewards = np.zeros(A, dtype=np.float32)
+        self._code_counts = np.zeros(max(code_table_size(), 256), dtype=np.int64)
 
     def _layout_pools(self, copy_from: dict | None) -> None:
         """(Re)build the grid and converter pools from the per-env capacities, keeping loaded envs' data."""
@@ -265,25 +268,8 @@ class MettaGridEnv:
         level: Level = game.map_builder.build(rng)
         grid = level.grid
         lookup = tables.code_lookup()
-        counts = np.empty(max(code_table_size(), 256), dtype=np.int64)
-        kn.count_cell_codes(grid, counts)
-        present = np.flatnonzero(counts)
-        kinds = lookup[present, 0]
-        if (kinds < 0).any():
-            raise tables.unknown_cell_error(int(present[np.argmax(kinds < 0)]))
-        n_agents = int(counts[present[kinds == KIND_AGENT]].sum())
-        if n_agents != self.layout.num_agents:
-            raise ValueError(
-                f"the map of task {task.id!r} has {n_agents} agent cells but game.num_agents="
-                f"{self.layout.num_agents}; make the map builder place exactly num_agents agents"
-            )
-        n_conv = int(counts[present[kinds == KIND_CONVERTER]].sum())
-        if n_conv > _MAX_CONVERTERS:
-            raise ValueError(
-                f"the map of task {task.id!r} has {n_conv} converters; at most {_MAX_CONVERTERS} per env are supported"
-            )
         pad = 2 * kn.GRID_PAD
-        self._ensure_capacity(e, (grid.shape[0] + pad) * (grid.shape[1] + pad), n_conv)
+        self._ensure_capacity(e, (grid.shape[0] + pad) * (grid.shape[1] + pad), 0)
 
         ei = self._env_i
         max_steps = game.max_steps
@@ -297,20 +283,38 @@ class MettaGridEnv:
         self._env_swappable[e] = tables.swappable
         self._env_rng[e] = np.uint64(rng.integers(1, 2**63))
         stat_rw = tables.stat_rewards if tables.stat_rewards.shape[2] else np.zeros((len(self.layout.group_names), 2, self._agent_stat_rw.shape[2]), np.float32)
-        status = kn.load_episode(
-            e, grid, lookup, tables.conv_int, tables.conv_recipe, tables.agent_int, tables.agent_float,
-            tables.agent_limits, tables.agent_rewards, stat_rw, ei, self._env_cell_deltas, self.layout.obs_offsets,
-            self._env_game_stats,
-            self._grid_agent, self._grid_obj, self._conv_i, self._conv_inv, self._conv_recipe, self._agent_i,
-            self._agent_f, self._agent_inv, self._agent_limit, self._agent_rw, self._agent_stats, self._agent_stat_rw,
-            self.layout.num_agents, self._occ,
-        )  # fmt: skip
-        assert status == 0, status  # counts were checked above
+        counts = self._code_counts
+        status = kn.LOAD_CONVERTERS_FULL
+        while status == kn.LOAD_CONVERTERS_FULL:
+            status = kn.load_episode(
+                e, grid, lookup, tables.conv_int, tables.conv_recipe, tables.agent_int, tables.agent_float,
+                tables.agent_limits, tables.agent_rewards, stat_rw, ei, self._env_cell_deltas, self.layout.obs_offsets,
+                self._env_game_stats, self._grid_pair, self._conv_i, self._conv_inv, self._conv_recipe, self._agent_i,
+                self._agent_f, self._agent_inv, self._agent_limit, self._agent_rw, self._agent_stats, self._agent_stat_rw,
+                self.layout.num_agents, self._occ, counts, int(self._conv_cap[e]),
+            )  # fmt: skip
+            if status == kn.LOAD_CONVERTERS_FULL:  # rare: the slot grows, then the map is loaded again
+                kn.count_cell_codes(grid, counts)
+                present = np.flatnonzero(counts)
+                n_conv = int(counts[present[lookup[present, 0] == KIND_CONVERTER]].sum())
+                if n_conv > _MAX_CONVERTERS:
+                    raise ValueError(
+                        f"the map of task {task.id!r} has {n_conv} converters; at most {_MAX_CONVERTERS} per env are supported"
+                    )
+                self._ensure_capacity(e, int(self._cell_cap[e]), n_conv)
+        if status < 0:
+            raise tables.unknown_cell_error(-status - 1)
+        if status > 0:
+            raise ValueError(
+                f"the map of task {task.id!r} has {status - self.layout.num_agents - 1} agent cells but game.num_agents="
+                f"{self.layout.num_agents}; make the map builder place exactly num_agents agents"
+            )
+        present = np.flatnonzero(counts)
         kn.observe_env(
             e, ei, self._env_cell_deltas, self._grid_pair, self._conv_i, self._conv_inv,
             self._conv_recipe, self._agent_i, self._agent_inv, self._zero_rewards, self.observations,
             self.layout.obs_offsets, self._params, len(self.layout.items), self._env_game_stats, self._occ,
-            self.layout.obs_rank,
+            self.layout.obs_rank, self._env_marks,
         )  # fmt: skip
         self._tasks[e] = task
         self._episodes_started[e] += 1
@@ -318,7 +322,7 @@ class MettaGridEnv:
             "task": task,
             "labels": list(level.labels) + ([cfg.label] if cfg.label else []),
             "objects": {cell_name(c): int(counts[c]) for c in present if c != 0 and lookup[c, 0] != KIND_AGENT},
-            "grid_hash": f"{zlib.crc32(grid.tobytes(), zlib.crc32(repr(grid.shape).encode())):08x}",
+            "grid_hash": f"{zlib.crc32(np.ascontiguousarray(grid), zlib.crc32(repr(grid.shape).encode())):08x}",
             "init_ms": (time.perf_counter() - t0) * 1000.0,
             "start_time": time.perf_counter(),
             "map_shape": grid.shape,
@@ -345,6 +349,7 @@ class MettaGridEnv:
             self._agent_rw, self._agent_stats, self._agent_stat_rw, self.layout.action_table,
             self.layout.action_resources, self.layout.defense_resources, self.layout.stat_offsets,
             self.layout.obs_offsets, self._params, self._order, self._group_pool, self._occ, self.layout.obs_rank,
+            self._env_marks,
         )  # fmt: skip
         infos: list[dict] = []
         if n_done:

@@ -46,8 +46,13 @@ from metta.mettagrid.game_tables import STAT_BLOCK_INDEX as _SB
 
 # env_i columns (int64[E, ...]).
 (E_H, E_W, E_GRID_OFF, E_CONV_OFF, E_CONV_N, E_STEP, E_MAX_STEPS, E_NEXT_EVENT, E_HAS_STAT_RW, E_RW_MASK, E_DONE,
- E_TRUNCATES, E_SHARE, E_STRIDE, E_SLOT_OFF) = range(15)
-ENV_COLS = 15
+ E_TRUNCATES, E_SHARE, E_STRIDE, E_SLOT_OFF, E_MARK_N) = range(16)
+ENV_COLS = 16
+# Changed cells. An agent's window tokens change only when something in its window changes, so each step
+# records the cells whose observable state it changed (env_marks[e, :E_MARK_N] = (row, col); E_MARK_N = -1
+# when too many, or everything, changed) and an agent with no marked cell in its window rewrites only its
+# global tokens: its window tokens from the previous step are still in the buffer and still true.
+MARK_CAP = 32
 # Each env's grid slot has GRID_PAD empty cells around the map, so the observation window (at most 15x15)
 # never needs a bounds check: cells off the map read as empty. E_GRID_OFF is the index of map cell (0, 0),
 # E_STRIDE the padded row length, E_SLOT_OFF where the slot starts.
@@ -60,8 +65,10 @@ CONV_COLS = 10
 CONV_IDLE, CONV_CONVERTING, CONV_COOLING = 0, 1, 2
 # agent_i columns (int32[A, ...]).
 (A_R, A_C, A_ORIENT, A_FROZEN, A_FREEZE_DUR, A_COLOR, A_GLYPH, A_GROUP, A_GROUP_ID, A_LAST_ACT, A_LAST_ARG, A_SUCCESS,
- A_OBS_N) = range(13)
-AGENT_COLS = 13  # A_OBS_N: tokens written in the agent's previous observation
+ A_OBS_N, A_OBS_WANT) = range(14)
+# A_OBS_N: tokens written in the agent's previous observation; A_OBS_WANT: tokens it wanted (written + dropped),
+# or -1 when its buffer does not hold a complete previous observation (the next one is written in full).
+AGENT_COLS = 14
 # agent_f columns (float32[A, ...]).
 F_PENALTY, F_GROUP_PCT, F_EP_REWARD, F_STAT_RW = range(4)
 AGENT_FCOLS = 4
@@ -161,6 +168,20 @@ def rng_next(env_rng, e):
 
 
 @jit
+def mark_cell(env_i, env_marks, e, r, c):
+    """Record that cell (r, c) of env ``e`` looks different this step (see MARK_CAP)."""
+    n = env_i[e, E_MARK_N]
+    if n < 0:
+        return
+    if n >= env_marks.shape[1]:
+        env_i[e, E_MARK_N] = -1
+        return
+    env_marks[e, n, 0] = r
+    env_marks[e, n, 1] = c
+    env_i[e, E_MARK_N] = n + 1
+
+
+@jit
 def stat_add(agent_stats, a, stat_off, block, sub, amount):
     agent_stats[a, stat_off[block] + sub] += amount
 
@@ -221,7 +242,7 @@ def maybe_start_converting(ci, step, env_i, e, conv_i, conv_inv, conv_recipe, n_
 
 
 @jit
-def process_events(e, env_i, conv_i, conv_inv, conv_recipe, n_items):
+def process_events(e, env_i, conv_i, conv_inv, conv_recipe, n_items, env_marks):
     """Finish conversions and cooldowns that are due at this step (upstream's event queue, as timers)."""
     step = env_i[e, E_STEP]
     if step < env_i[e, E_NEXT_EVENT]:
@@ -232,6 +253,7 @@ def process_events(e, env_i, conv_i, conv_inv, conv_recipe, n_items):
         ci = off + k
         state = conv_i[ci, C_STATE]
         if state != CONV_IDLE and conv_i[ci, C_END] <= step:
+            mark_cell(env_i, env_marks, e, conv_i[ci, C_R], conv_i[ci, C_C])
             if state == CONV_CONVERTING:
                 for i in range(n_items):
                     v = conv_inv[ci, i] + conv_recipe[ci, 1, i]
@@ -463,12 +485,13 @@ def emit(out, n, T, loc, feature, value):
 def write_agent_obs(
     a, e, agent_base, env_i, grid_pair, conv_i, conv_inv, conv_recipe, agent_i,
     agent_inv, rewards, obs, obs_offsets, cell_deltas, params, n_items, env_game_stats, resource_reward_mask,
-    occ, obs_rank,
+    occ, obs_rank, full,
 ):
     """Write agent ``a``'s token observation: global tokens, then the window in distance order.
 
     Tokens that do not fit are counted as dropped; unused slots are filled with 0xFF. ``cell_deltas[k]`` is
-    the grid-index offset of window cell k in this env (precomputed once per env and step).
+    the grid-index offset of window cell k in this env (precomputed once per env and step). With ``full``
+    false only the global tokens are written: the window is unchanged since the previous observation.
     """
     T = params[P_TOKENS]
     oh = params[P_OH]
@@ -493,84 +516,89 @@ def write_agent_obs(
         n = emit(out, n, T, center, LAST_REWARD, min(max(rv, 0), 255))
     if params[P_G_RESOURCE_RW]:
         n = emit(out, n, T, center, RESOURCE_REWARDS, resource_reward_mask & 255)
-    center_cell = goff + agent_i[a, A_R] * S + agent_i[a, A_C]
-    # The occupied window cells as a mask over their distance rank (obs_rank[row * ow + col]), up to 4 x 64
-    # cells: the scan below then walks them nearest first, the order upstream writes tokens in.
-    m0 = np.uint64(0)
-    m1 = np.uint64(0)
-    m2 = np.uint64(0)
-    m3 = np.uint64(0)
-    row_start = center_cell - (oh // 2) * S - (ow // 2)
-    for i in range(oh):
-        bits = occ_row_bits(occ, row_start + i * S, ow)
-        while bits:
-            j = lowest_bit_index(bits)
-            bits &= bits - np.uint64(1)
-            k = obs_rank[i * ow + j]
-            bit = np.uint64(1) << np.uint64(k & 63)
-            if k < 64:
-                m0 |= bit
-            elif k < 128:
-                m1 |= bit
-            elif k < 192:
-                m2 |= bit
+    if full:
+        center_cell = goff + agent_i[a, A_R] * S + agent_i[a, A_C]
+        # The occupied window cells as a mask over their distance rank (obs_rank[row * ow + col]), up to 4 x 64
+        # cells: the scan below then walks them nearest first, the order upstream writes tokens in.
+        m0 = np.uint64(0)
+        m1 = np.uint64(0)
+        m2 = np.uint64(0)
+        m3 = np.uint64(0)
+        row_start = center_cell - (oh // 2) * S - (ow // 2)
+        for i in range(oh):
+            bits = occ_row_bits(occ, row_start + i * S, ow)
+            while bits:
+                j = lowest_bit_index(bits)
+                bits &= bits - np.uint64(1)
+                k = obs_rank[i * ow + j]
+                bit = np.uint64(1) << np.uint64(k & 63)
+                if k < 64:
+                    m0 |= bit
+                elif k < 128:
+                    m1 |= bit
+                elif k < 192:
+                    m2 |= bit
+                else:
+                    m3 |= bit
+        for word in range(4):
+            if word == 0:
+                m = m0
+            elif word == 1:
+                m = m1
+            elif word == 2:
+                m = m2
             else:
-                m3 |= bit
-    for word in range(4):
-        if word == 0:
-            m = m0
-        elif word == 1:
-            m = m1
-        elif word == 2:
-            m = m2
-        else:
-            m = m3
-        while m:
-            k = word * 64 + lowest_bit_index(m)
-            m &= m - np.uint64(1)
-            pair = grid_pair[center_cell + cell_deltas[k]]  # (agent, object) as one int32, agent in the low half
-            ga = pair & 0xFFFF
-            go = pair >> 16
-            loc = obs_offsets[k, 2]
-            if ga != 0:
-                o = agent_base + ga - 1
-                n = emit(out, n, T, loc, TYPE_ID, 0)
-                n = emit(out, n, T, loc, GROUP, agent_i[o, A_GROUP_ID])
-                n = emit(out, n, T, loc, FROZEN, 1 if agent_i[o, A_FROZEN] > 0 else 0)
-                n = emit(out, n, T, loc, ORIENTATION, agent_i[o, A_ORIENT])
-                n = emit(out, n, T, loc, COLOR, agent_i[o, A_COLOR])
-                if agent_i[o, A_GLYPH] != 0:
-                    n = emit(out, n, T, loc, GLYPH, agent_i[o, A_GLYPH])
-                for i in range(n_items):
-                    v = agent_inv[o, i]
-                    if v > 0:
-                        n = emit(out, n, T, loc, INVENTORY_BASE + i, min(v, 255))
-            if go < 0:
-                n = emit(out, n, T, loc, TYPE_ID, (-go) & 255)
-                if go <= -SWAPPABLE_STATIC:
-                    n = emit(out, n, T, loc, SWAPPABLE, 1)
-            elif go > 0:
-                ci = coff + go - 1
-                n = emit(out, n, T, loc, TYPE_ID, conv_i[ci, C_TYPE])
-                n = emit(out, n, T, loc, COLOR, conv_i[ci, C_COLOR])
-                n = emit(out, n, T, loc, CONVERTING, 1 if conv_i[ci, C_STATE] != CONV_IDLE else 0)
-                for i in range(n_items):
-                    v = conv_inv[ci, i]
-                    if v > 0:
-                        n = emit(out, n, T, loc, INVENTORY_BASE + i, v)
-                if conv_i[ci, C_RECIPE_OBS]:
-                    for side in range(2):
-                        for i in range(n_items):
-                            v = conv_recipe[ci, side, i]
-                            if v > 0:
-                                n = emit(out, n, T, loc, INVENTORY_BASE + (side + 1) * n_items + i, v)
+                m = m3
+            while m:
+                k = word * 64 + lowest_bit_index(m)
+                m &= m - np.uint64(1)
+                pair = grid_pair[center_cell + cell_deltas[k]]  # (agent, object) as one int32, agent in the low half
+                ga = pair & 0xFFFF
+                go = pair >> 16
+                loc = obs_offsets[k, 2]
+                if ga != 0:
+                    o = agent_base + ga - 1
+                    n = emit(out, n, T, loc, TYPE_ID, 0)
+                    n = emit(out, n, T, loc, GROUP, agent_i[o, A_GROUP_ID])
+                    n = emit(out, n, T, loc, FROZEN, 1 if agent_i[o, A_FROZEN] > 0 else 0)
+                    n = emit(out, n, T, loc, ORIENTATION, agent_i[o, A_ORIENT])
+                    n = emit(out, n, T, loc, COLOR, agent_i[o, A_COLOR])
+                    if agent_i[o, A_GLYPH] != 0:
+                        n = emit(out, n, T, loc, GLYPH, agent_i[o, A_GLYPH])
+                    for i in range(n_items):
+                        v = agent_inv[o, i]
+                        if v > 0:
+                            n = emit(out, n, T, loc, INVENTORY_BASE + i, min(v, 255))
+                if go < 0:
+                    n = emit(out, n, T, loc, TYPE_ID, (-go) & 255)
+                    if go <= -SWAPPABLE_STATIC:
+                        n = emit(out, n, T, loc, SWAPPABLE, 1)
+                elif go > 0:
+                    ci = coff + go - 1
+                    n = emit(out, n, T, loc, TYPE_ID, conv_i[ci, C_TYPE])
+                    n = emit(out, n, T, loc, COLOR, conv_i[ci, C_COLOR])
+                    n = emit(out, n, T, loc, CONVERTING, 1 if conv_i[ci, C_STATE] != CONV_IDLE else 0)
+                    for i in range(n_items):
+                        v = conv_inv[ci, i]
+                        if v > 0:
+                            n = emit(out, n, T, loc, INVENTORY_BASE + i, v)
+                    if conv_i[ci, C_RECIPE_OBS]:
+                        for side in range(2):
+                            for i in range(n_items):
+                                v = conv_recipe[ci, side, i]
+                                if v > 0:
+                                    n = emit(out, n, T, loc, INVENTORY_BASE + (side + 1) * n_items + i, v)
+    else:
+        n = agent_i[a, A_OBS_WANT]  # the window tokens after the globals are those of the previous step
     written = min(n, T)
-    # Slots past the previous observation's tokens are already 0xFF; clear only what it left behind.
-    for k in range(written, min(max(agent_i[a, A_OBS_N], written + 1), T)):
-        out[k, 0] = 255
-        out[k, 1] = 255
-        out[k, 2] = 255
+    if full:
+        # Slots past the previous observation's tokens are already 0xFF; clear only what it left behind.
+        for k in range(written, min(max(agent_i[a, A_OBS_N], written + 1), T)):
+            out[k, 0] = 255
+            out[k, 1] = 255
+            out[k, 2] = 255
     agent_i[a, A_OBS_N] = written
+    agent_i[a, A_OBS_WANT] = n
     env_game_stats[e, G_TOKENS_WRITTEN] += written
     env_game_stats[e, G_TOKENS_DROPPED] += n - written
     env_game_stats[e, G_TOKENS_FREE] += T - written
@@ -579,16 +607,30 @@ def write_agent_obs(
 @jit
 def observe_env(
     e, env_i, env_cell_deltas, grid_pair, conv_i, conv_inv, conv_recipe, agent_i, agent_inv, rewards,
-    obs, obs_offsets, params, n_items, env_game_stats, occ, obs_rank,
+    obs, obs_offsets, params, n_items, env_game_stats, occ, obs_rank, env_marks,
 ):
+    """Observations of env ``e``'s agents; windows without a marked cell keep their tokens (see MARK_CAP)."""
     N = params[P_N_AGENTS]
     base = e * N
     mask = env_i[e, E_RW_MASK]
     cell_deltas = env_cell_deltas[e]
+    half_h = params[P_OH] // 2
+    half_w = params[P_OW] // 2
+    n_marks = env_i[e, E_MARK_N]
     for k in range(N):
+        a = base + k
+        full = n_marks < 0 or agent_i[a, A_OBS_WANT] < 0
+        if not full:
+            r = agent_i[a, A_R]
+            c = agent_i[a, A_C]
+            for m in range(n_marks):
+                if abs(env_marks[e, m, 0] - r) <= half_h and abs(env_marks[e, m, 1] - c) <= half_w:
+                    full = True
+                    break
         write_agent_obs(
-            base + k, e, base, env_i, grid_pair, conv_i, conv_inv, conv_recipe, agent_i,
+            a, e, base, env_i, grid_pair, conv_i, conv_inv, conv_recipe, agent_i,
             agent_inv, rewards, obs, obs_offsets, cell_deltas, params, n_items, env_game_stats, mask, occ, obs_rank,
+            full,
         )
 
 
@@ -598,7 +640,7 @@ def step_envs(
     grid_pair, grid_agent,
     grid_obj, conv_i, conv_inv, conv_recipe, agent_i, agent_f, agent_inv, agent_limit, agent_rw, agent_stats,
     agent_stat_rw, action_table, action_resources, defense, stat_off, obs_offsets, params, order, group_pool,
-    occ, obs_rank,
+    occ, obs_rank, env_marks,
 ):
     """Advance every env of the batch by one step (upstream's step order). Returns how many envs finished.
 
@@ -619,7 +661,8 @@ def step_envs(
             terminals[base + k] = False
             truncations[base + k] = False
         env_i[e, E_STEP] += 1
-        process_events(e, env_i, conv_i, conv_inv, conv_recipe, n_items)
+        env_i[e, E_MARK_N] = 0
+        process_events(e, env_i, conv_i, conv_inv, conv_recipe, n_items, env_marks)
 
         for k in range(N):
             order[k] = k
@@ -648,6 +691,8 @@ def step_envs(
                     agent_stats[a, stat_off[SB_INVALID_ARG_TYPE] + t] += 1
                 elif agent_i[a, A_FROZEN] > 0:
                     agent_i[a, A_FROZEN] -= 1
+                    if agent_i[a, A_FROZEN] == 0:
+                        mark_cell(env_i, env_marks, e, agent_i[a, A_R], agent_i[a, A_C])  # its frozen token goes
                     agent_stats[a, stat_off[SB_FROZEN]] += 1
                     agent_stats[a, stat_off[SB_FROZEN_GROUP] + agent_i[a, A_GROUP]] += 1
                     agent_i[a, A_LAST_ACT] = t
@@ -663,12 +708,26 @@ def step_envs(
                         if agent_inv[a, i] < action_resources[t, 0, i]:
                             ok = False
                             break
+                    r0 = agent_i[a, A_R]
+                    c0 = agent_i[a, A_C]
+                    orient0 = agent_i[a, A_ORIENT]
                     if ok:
                         success = do_action(
                             a, e, handler, arg, base, env_i, grid_agent, grid_obj, conv_i, conv_inv,
                             conv_recipe, agent_i, agent_inv, agent_limit, agent_rw, agent_stats, stat_off, rewards,
                             defense, n_items, n_groups, track_move, occ,
                         )
+                    if success and handler != H_NOOP:
+                        # The cells this action can have changed (an attack reaches too far: everything).
+                        if handler == H_ATTACK:
+                            env_i[e, E_MARK_N] = -1
+                        elif handler != H_ROTATE or agent_i[a, A_ORIENT] != orient0:
+                            mark_cell(env_i, env_marks, e, r0, c0)
+                            if agent_i[a, A_R] != r0 or agent_i[a, A_C] != c0:
+                                mark_cell(env_i, env_marks, e, agent_i[a, A_R], agent_i[a, A_C])
+                            if handler == H_PUT or handler == H_GET:
+                                fr, fc = front_cell(r0, c0, orient0, env_i[e, E_H], env_i[e, E_W])
+                                mark_cell(env_i, env_marks, e, fr, fc)
                     if success:
                         for i in range(n_items):
                             if action_resources[t, 1, i] > 0:
@@ -676,6 +735,7 @@ def step_envs(
                                     a, i, -action_resources[t, 1, i], agent_inv, agent_limit, agent_rw, agent_stats,
                                     stat_off, rewards,
                                 )
+                                mark_cell(env_i, env_marks, e, agent_i[a, A_R], agent_i[a, A_C])
                         agent_stats[a, stat_off[SB_ACT_SUCCESS] + t] += 1
                     else:
                         agent_stats[a, stat_off[SB_ACT_FAILED] + t] += 1
@@ -688,7 +748,7 @@ def step_envs(
 
         observe_env(
             e, env_i, env_cell_deltas, grid_pair, conv_i, conv_inv, conv_recipe, agent_i, agent_inv,
-            rewards, obs, obs_offsets, params, n_items, env_game_stats, occ, obs_rank,
+            rewards, obs, obs_offsets, params, n_items, env_game_stats, occ, obs_rank, env_marks,
         )
 
         if env_i[e, E_HAS_STAT_RW]:
@@ -746,19 +806,24 @@ def count_cell_codes(grid, counts):
         counts[flat[i]] += 1
 
 
+LOAD_CONVERTERS_FULL = -1000  # load_episode: the map has more converters than the env's converter slot
+
+
 @jit
 def load_episode(
     e, level, lookup, conv_template_int, conv_template_recipe, agent_template_int, agent_template_float,
     agent_template_limits, agent_template_rewards, agent_template_stat_rw, env_i, env_cell_deltas, obs_offsets,
-    env_game_stats, grid_agent,
-    grid_obj, conv_i, conv_inv, conv_recipe, agent_i, agent_f, agent_inv, agent_limit, agent_rw, agent_stats,
-    agent_stat_rw, N, occ,
+    env_game_stats, grid_pair,
+    conv_i, conv_inv, conv_recipe, agent_i, agent_f, agent_inv, agent_limit, agent_rw, agent_stats,
+    agent_stat_rw, N, occ, counts, conv_cap,
 ):
     """Write a freshly built map into env ``e``'s slot and reset its converters and agents.
 
     ``lookup[code] = (kind, index)`` says what each map cell code is in this game. Agents are numbered in
-    row-major map order. Returns 0 on success, or -(code + 1) of the first cell code the game does not know,
-    or the number of agent cells found if it differs from N (as N + 1 + found, to tell it apart from 0).
+    row-major map order. ``counts[code]`` receives the cells of each code. Returns 0 on success, or
+    -(code + 1) of the first cell code the game does not know, or LOAD_CONVERTERS_FULL when the map has more
+    than ``conv_cap`` converters, or the number of agent cells found if it differs from N (as N + 1 + found,
+    to tell it apart from 0). After an error the slot holds part of the map and must be loaded again.
     """
     H = level.shape[0]
     W = level.shape[1]
@@ -766,29 +831,49 @@ def load_episode(
     slot = env_i[e, E_SLOT_OFF]
     slot_end = slot + (H + 2 * GRID_PAD) * S
     for cell in range(slot, slot_end):
-        grid_agent[cell] = 0
-        grid_obj[cell] = 0
+        grid_pair[cell] = 0
     occ_clear_range(occ, slot, slot_end)
+    for i in range(counts.shape[0]):
+        counts[i] = 0
     goff = slot + GRID_PAD * S + GRID_PAD
     coff = env_i[e, E_CONV_OFF]
     base = e * N
     n_conv = 0
     n_agents = 0
     for r in range(H):
+        # Counted by runs (maps are long runs of wall and of floor): one store per run, not per cell.
+        run_code = level[r, 0]
+        run = 0
+        # The row's occupancy bits are gathered in a word and stored once per 64 cells.
+        row0 = goff + r * S
+        word_index = row0 >> 6
+        word = np.uint64(0)
         for c in range(W):
             code = level[r, c]
+            if code == run_code:
+                run += 1
+            else:
+                counts[run_code] += run
+                run_code = code
+                run = 1
             kind = lookup[code, 0]
-            idx = lookup[code, 1]
-            cell = goff + r * S + c
             if kind == 0:
                 continue
-            occ_set(occ, cell)  # an unknown code returns an error below; the caller then discards the slot
+            cell = row0 + c
+            if (cell >> 6) != word_index:
+                occ[word_index] |= word
+                word_index = cell >> 6
+                word = np.uint64(0)
+            word |= np.uint64(1) << np.uint64(cell & 63)
+            idx = lookup[code, 1]
             if kind == 1:
-                grid_obj[cell] = -idx
+                grid_pair[cell] = np.int32(-idx) << 16  # (agent 0, object -idx) as one int32
             elif kind == 2:
+                if n_conv >= conv_cap:
+                    return LOAD_CONVERTERS_FULL
                 ci = coff + n_conv
                 n_conv += 1
-                grid_obj[cell] = n_conv
+                grid_pair[cell] = np.int32(n_conv) << 16
                 conv_i[ci, C_TYPE] = conv_template_int[idx, 0]
                 conv_i[ci, C_R] = r
                 conv_i[ci, C_C] = c
@@ -807,7 +892,7 @@ def load_episode(
             elif kind == 3:
                 if n_agents < N:
                     a = base + n_agents
-                    grid_agent[cell] = n_agents + 1
+                    grid_pair[cell] = n_agents + 1
                     agent_i[a, A_R] = r
                     agent_i[a, A_C] = c
                     agent_i[a, A_ORIENT] = 0
@@ -837,6 +922,8 @@ def load_episode(
                 n_agents += 1
             else:
                 return -(np.int64(code) + 1)
+        occ[word_index] |= word
+        counts[run_code] += run
     if n_agents != N:
         return N + 1 + n_agents
     env_i[e, E_H] = H
@@ -847,6 +934,7 @@ def load_episode(
         env_cell_deltas[e, k] = obs_offsets[k, 0] * S + obs_offsets[k, 1]
     env_i[e, E_CONV_N] = n_conv
     env_i[e, E_STEP] = 0
+    env_i[e, E_MARK_N] = -1  # a new map: every window is new
     env_i[e, E_DONE] = 0
     env_i[e, E_NEXT_EVENT] = np.int64(1) << 62
     for g in range(env_game_stats.shape[1]):
