@@ -64,7 +64,7 @@ def cpu_trainer_config() -> TrainerConfig:
     """Defaults that show learning in minutes on a laptop CPU; raise the sizes on a GPU.
 
     ``cpu_learning_settings()`` holds the update settings of the navigation sweep (two passes per batch, lr 1e-3,
-    ent_coef 0.0005, gamma 0.95, gae_lambda 0.9; docs/training.md says why).
+    ent_coef 0.0005, gamma 0.99, gae_lambda 0.95; docs/training.md says why).
     """
     return TrainerConfig(
         total_timesteps=3_000_000,

@@ -27,6 +27,10 @@ from metta.agent.metta_agent import make_policy
 from metta.agent.policy_store import PolicyStore
 from metta.agent.policy_state import PolicyState
 from metta.interface.environment import Environment
+from metta.mettagrid.config_loader import load_config_dict
+from metta.mettagrid.curriculum.core import Curriculum
+from metta.mettagrid.curriculum.loader import curriculum_from_any
+from metta.mettagrid.env import MettaGridEnv
 from metta.rl.experience import make_experience
 from metta.rl.functional_trainer import rollout, train_ppo
 from metta.rl.losses import Losses
@@ -36,27 +40,49 @@ from metta.rl.trainer_config import LRSchedulerConfig, TrainerConfig, cpu_learni
 CURRICULUM = "/env/mettagrid/curriculum/navigation/bucketed"
 
 
+def evaluation_curriculum() -> Curriculum:
+    """The training curriculum's 64 tasks drawn uniformly (``rand_task_rate`` 1, every task active). Its draws
+    never depend on the rewards, so with one seed every policy plays exactly the same episodes."""
+    raw = load_config_dict(CURRICULUM)
+    return curriculum_from_any({**raw, "rand_task_rate": 1.0, "num_active_tasks": 64})
+
+
 def evaluate(policy: torch.nn.Module | None, num_envs: int, seed: int, episodes: int) -> float:
-    """Mean episode reward over the first ``episodes`` episodes of a fresh curriculum (so the random and the
-    trained policy see the same tasks); ``policy=None`` acts uniformly at random."""
-    env = Environment(curriculum_path=CURRICULUM, num_envs=num_envs, seed=seed, is_training=False, device="cpu")
+    """Mean episode reward over the first ``episodes`` episodes of ``evaluation_curriculum()`` (the same
+    episodes for every policy); ``policy=None`` acts uniformly at random."""
+    env = MettaGridEnv(evaluation_curriculum(), num_envs=num_envs, is_training=False)
+    obs, _ = env.reset(seed=seed)
+    done = np.zeros(env.num_agents, dtype=bool)
     rng = np.random.default_rng(seed)
     max_args = np.array(env.max_action_args)
     state = PolicyState()
     rewards: list[float] = []
     while len(rewards) < episodes:
-        obs, _, terminals, truncations, infos, env_ids, _ = env.recv()
         if policy is None:
-            types = rng.integers(0, len(max_args), len(env_ids))
+            types = rng.integers(0, len(max_args), env.num_agents)
             actions = np.stack([types, rng.integers(0, max_args[types] + 1)], axis=1).astype(np.int32)
         else:
             with torch.no_grad():
-                state.reset_done(torch.from_numpy(terminals | truncations))
+                state.reset_done(torch.from_numpy(done))
                 actions = policy(torch.from_numpy(obs), state)[0].numpy().astype(np.int32)
-        env.send(actions)
+        obs, _, terminals, truncations, infos = env.step(actions)
+        done = terminals | truncations
         rewards += [info["episode_reward"] for info in infos]
     env.close()
     return float(np.mean(rewards[:episodes]))
+
+
+def evaluate_saved(path: str, num_envs: int, seed: int, episodes: int) -> dict:
+    """A saved policy (``--evaluate PATH``) against the random policy on the same episodes."""
+    store = PolicyStore({"device": "cpu", "trainer": {"checkpoint": {"checkpoint_dir": str(Path(path).parent)}}})
+    policy = store.policy_record(path).policy
+    policy.eval()
+    random_reward = evaluate(None, num_envs, seed, episodes)
+    trained_reward = evaluate(policy, num_envs, seed, episodes)
+    return {
+        "policy": path, "eval_seed": seed, "episodes": episodes, "random_policy_episode_reward": random_reward,
+        "trained_policy_episode_reward": trained_reward, "ratio": trained_reward / max(random_reward, 1e-9),
+    }  # fmt: skip
 
 
 def _key_value(item: str) -> tuple[str, object]:
@@ -94,8 +120,12 @@ def main() -> None:
         "--ppo", nargs="*", default=[], metavar="KEY=VALUE",
         help="more PPOConfig fields, e.g. --ppo clip_vloss=false vf_coef=0.5 (values are read as JSON, else text)",
     )  # fmt: skip
-    parser.add_argument("--eval-episodes", type=int, default=128, help="episodes for each policy's evaluation")
+    parser.add_argument("--eval-episodes", type=int, default=512, help="episodes for each policy's evaluation")
+    parser.add_argument("--evaluate", metavar="POLICY", help="only evaluate this saved policy (a file the run saved)")
     args = parser.parse_args()
+    if args.evaluate:
+        print(json.dumps(evaluate_saved(args.evaluate, args.num_envs, args.seed + 1, args.eval_episodes)))
+        return
 
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -221,13 +221,15 @@ class TrainerConfig(Config):
 def cpu_learning_settings() -> dict[str, Any]:
     """The update settings that learned navigation fastest per minute on a 2-core CPU (the sweep is in
     docs/training.md): two passes over each batch, learning rate 1e-3, and PPO with a small entropy bonus and a
-    short horizon. With ent_coef 0.01 the policy stayed near uniform for millions of steps, because each altar
-    pays one heart per episode and the per-action advantage signal is tiny. Used by run.py's CPU defaults,
-    ``TrainingConfig()`` and recipes/navigation_cpu.py; pass as ``TrainerConfig(**cpu_learning_settings(), ...)``.
+    long horizon (gamma 0.99, gae_lambda 0.95: altars are often dozens of steps away, and returns run across
+    BPTT rows, see compute_advantage). With ent_coef 0.01 the policy stayed near uniform for millions of steps,
+    because each altar pays one heart per episode and the per-action advantage signal is tiny. Used by run.py's
+    CPU defaults, ``TrainingConfig()`` and recipes/navigation_cpu.py; pass as
+    ``TrainerConfig(**cpu_learning_settings(), ...)``.
     """
     return {
         "update_epochs": 2,
-        "ppo": {"clip_coef": 0.1, "ent_coef": 0.0005, "gamma": 0.95, "gae_lambda": 0.9},
+        "ppo": {"clip_coef": 0.1, "ent_coef": 0.0005, "gamma": 0.99, "gae_lambda": 0.95},
         "optimizer": {"learning_rate": 1e-3},
     }
 
