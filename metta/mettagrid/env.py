@@ -291,9 +291,9 @@ class MettaGridEnv:
                 tables.agent_limits, tables.agent_rewards, stat_rw, ei, self._env_cell_deltas, self.layout.obs_offsets,
                 self._env_game_stats, self._grid_pair, self._conv_i, self._conv_inv, self._conv_recipe, self._agent_i,
                 self._agent_f, self._agent_inv, self._agent_limit, self._agent_rw, self._agent_stats, self._agent_stat_rw,
-                self.layout.num_agents, self._occ, counts, int(self._conv_cap[e]),
+                self.layout.num_agents, self._occ, counts, min(int(self._conv_cap[e]), _MAX_CONVERTERS),
             )  # fmt: skip
-            if status == kn.LOAD_CONVERTERS_FULL:  # rare: the slot grows, then the map is loaded again
+            if status == kn.LOAD_CONVERTERS_FULL:  # rare: the slot grows (up to the int16 limit), then a reload
                 kn.count_cell_codes(grid, counts)
                 present = np.flatnonzero(counts)
                 n_conv = int(counts[present[lookup[present, 0] == KIND_CONVERTER]].sum())

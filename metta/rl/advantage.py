@@ -49,32 +49,30 @@ class RowTail(NamedTuple):
     valid: torch.Tensor
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _gae_step(value, ratio, next_reward, next_value, next_done, next_advantage, gamma, gae_lambda, rho_clip, c_clip):  # pragma: no cover - compiled
+    """``A[t]`` from step ``t``'s value and ratio and what the recursion reads at ``t + 1``."""
+    nextnonterminal = 1.0 - next_done
+    rho_t = ratio if ratio < rho_clip else rho_clip
+    c_t = ratio if ratio < c_clip else c_clip
+    delta = rho_t * (next_reward + gamma * next_value * nextnonterminal - value)
+    return delta + gamma * gae_lambda * c_t * next_advantage * nextnonterminal
+
+
 @numba.njit(cache=True, nogil=True)
 def _advantage_kernel(values, rewards, dones, ratio, advantages, gamma, gae_lambda, rho_clip, c_clip, next_rows, tail):  # pragma: no cover - compiled
     segments, horizon = values.shape
+    h = horizon - 1
     for s in range(segments - 1, -1, -1):  # a row's successor (a larger index) is solved first
         n = next_rows[s]
         last = 0.0
-        if n != _NO_NEXT:
-            if n == _USE_TAIL:
-                r_next, v_next, d_next, a_next = tail[s, 0], tail[s, 1], tail[s, 2], tail[s, 3]
-            else:
-                r_next, v_next, d_next, a_next = rewards[n, 0], values[n, 0], dones[n, 0], advantages[n, 0]
-            t = horizon - 1
-            nextnonterminal = 1.0 - d_next
-            r = ratio[s, t]
-            rho_t = r if r < rho_clip else rho_clip
-            c_t = r if r < c_clip else c_clip
-            last = rho_t * (r_next + gamma * v_next * nextnonterminal - values[s, t])
-            last += gamma * gae_lambda * c_t * a_next * nextnonterminal
-        advantages[s, horizon - 1] = last
-        for t in range(horizon - 2, -1, -1):
-            nextnonterminal = 1.0 - dones[s, t + 1]
-            r = ratio[s, t]
-            rho_t = r if r < rho_clip else rho_clip
-            c_t = r if r < c_clip else c_clip
-            delta = rho_t * (rewards[s, t + 1] + gamma * values[s, t + 1] * nextnonterminal - values[s, t])
-            last = delta + gamma * gae_lambda * c_t * last * nextnonterminal
+        if n == _USE_TAIL:
+            last = _gae_step(values[s, h], ratio[s, h], tail[s, 0], tail[s, 1], tail[s, 2], tail[s, 3], gamma, gae_lambda, rho_clip, c_clip)
+        elif n != _NO_NEXT:
+            last = _gae_step(values[s, h], ratio[s, h], rewards[n, 0], values[n, 0], dones[n, 0], advantages[n, 0], gamma, gae_lambda, rho_clip, c_clip)
+        advantages[s, h] = last
+        for t in range(h - 1, -1, -1):
+            last = _gae_step(values[s, t], ratio[s, t], rewards[s, t + 1], values[s, t + 1], dones[s, t + 1], last, gamma, gae_lambda, rho_clip, c_clip)
             advantages[s, t] = last
 
 
@@ -158,20 +156,21 @@ def _advantage_torch(values, rewards, dones, importance_sampling_ratio, advantag
     """The same recursion in torch ops (any device): a loop over time, vectorised over segments."""
     with torch.no_grad():
         v, r, ratio = values.float(), rewards.float(), importance_sampling_ratio.detach().float()
-        nonterminal = 1.0 - dones.float()
-        rho = ratio.clamp(max=rho_clip)
-        c = ratio.clamp(max=c_clip)
+        if tail is None:
+            zero = torch.zeros_like(v[:, 0])
+            tail = RowTail(zero, zero, zero, zero, zero)
+        # What the recursion reads at t + 1: the row shifted by one, then the step after the row.
+        next_v = torch.cat([v[:, 1:], tail.values.float()[:, None]], dim=1)
+        next_r = torch.cat([r[:, 1:], tail.rewards.float()[:, None]], dim=1)
+        next_nonterminal = 1.0 - torch.cat([dones[:, 1:].float(), tail.dones.float()[:, None]], dim=1)
         # delta for every t at once; only the time recursion is sequential.
-        delta = rho[:, :-1] * (r[:, 1:] + gamma * v[:, 1:] * nonterminal[:, 1:] - v[:, :-1])
-        decay = gamma * gae_lambda * c[:, :-1] * nonterminal[:, 1:]
-        last = torch.zeros_like(v[:, 0])
-        if tail is not None:
-            tail_nonterminal = 1.0 - tail.dones.float()
-            last = rho[:, -1] * (tail.rewards.float() + gamma * tail.values.float() * tail_nonterminal - v[:, -1])
-            last = last + gamma * gae_lambda * c[:, -1] * tail.advantages.float() * tail_nonterminal
-            last = last * tail.valid.to(last.dtype)
-        advantages[:, -1] = last
-        for t in range(values.shape[1] - 2, -1, -1):
+        delta = ratio.clamp(max=rho_clip) * (next_r + gamma * next_v * next_nonterminal - v)
+        decay = gamma * gae_lambda * ratio.clamp(max=c_clip) * next_nonterminal
+        valid = tail.valid.to(v.dtype)  # rows without a following step end with advantage 0
+        delta[:, -1] *= valid
+        decay[:, -1] *= valid
+        last = tail.advantages.float()
+        for t in range(values.shape[1] - 1, -1, -1):
             last = delta[:, t] + decay[:, t] * last
             advantages[:, t] = last
     return advantages
