@@ -144,6 +144,9 @@ class MettaAgent(nn.Module):
         else:
             fused = (token_conv.shaper, token_conv.normalizer, token_conv.conv)
             self._forward_order = [token_conv, *(c for c in self._order if c not in fused)]
+        core = self._forward_order.index(self.components["_core_"])  # sources come first: the order is topological
+        self._encoder_order = self._forward_order[:core]
+        self._decoder_order = self._forward_order[core + 1 :]
 
     @property
     def device(self) -> torch.device:
@@ -237,10 +240,24 @@ class MettaAgent(nn.Module):
             "lstm_c": state.lstm_c,
             "episode_starts": state.episode_starts,
         }
-        for component in self._forward_order:
-            component(td)
+        self._encode(td)
+        self._core(td)
         state.lstm_h, state.lstm_c = td["lstm_h"], td["lstm_c"]
+        return self._decode(td, action)
 
+    # The forward pass in three parts: what runs before the LSTM core, the core (whose sequence splits depend on
+    # the data, so it stays eager), and the heads with the action sampling. compile_forward compiles the first
+    # and the last.
+    def _encode(self, td: dict[str, Any]) -> None:
+        for component in self._encoder_order:
+            component(td)
+
+    def _core(self, td: dict[str, Any]) -> None:
+        self.components["_core_"](td)
+
+    def _decode(self, td: dict[str, Any], action: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        for component in self._decoder_order:
+            component(td)
         log_probs = F.log_softmax(td["_action_"], dim=-1)  # [BT, A]
         if action is None:
             flat = torch.multinomial(log_probs.exp(), 1).squeeze(1)
@@ -251,6 +268,12 @@ class MettaAgent(nn.Module):
         logprob = log_probs.gather(1, flat.unsqueeze(1)).squeeze(1)
         entropy = -(log_probs.exp() * log_probs).sum(-1)
         return action, logprob, entropy, td["_value_"], log_probs
+
+    def compile_forward(self, mode: str = "default") -> None:
+        """Run the parts before and after the LSTM under ``torch.compile(mode=mode)``; the LSTM stays eager.
+        Same outputs as eager (up to float rounding); parameters, state dict and checkpoints are unchanged."""
+        self._encode = torch.compile(self._encode, mode=mode)
+        self._decode = torch.compile(self._decode, mode=mode)
 
     # ------------------------------------------------------------------------------------------------
     # Weight regularisation and diagnostics

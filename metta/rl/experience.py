@@ -56,6 +56,7 @@ import numpy as np
 import torch
 
 from metta.rl.advantage import RowTail
+from metta.rl.host_transfer import ActionDownload, HostUpload
 
 
 class Experience:
@@ -155,6 +156,13 @@ class Experience:
         # The row each row continues into (the same agent's next row of this rollout), -1 for none: lets
         # compute_advantage carry returns across row ends (see "Row chains").
         self.next_rows = torch.full((S,), -1, dtype=torch.int64)
+        # Off the CPU, each agent's flat buffer position (row * bptt + step) is kept on the device as well: a
+        # step adds 1 there, and the host copies positions over only when agents change rows (every bptt steps).
+        self._flat_pos = None if self.device.type == "cpu" else torch.zeros(self.total_agents, dtype=torch.int64, device=self.device)
+        self._next_rows_device: torch.Tensor | None = None
+        # The rollout step's transfers on a GPU (see metta.rl.rollout): one upload, one download.
+        self.host_upload = None if self.device.type == "cpu" else HostUpload(self.device)
+        self.actions_to_host = ActionDownload(self.device)
         self.reset_for_rollout()
 
     # ------------------------------------------------------------------------------------------------------
@@ -173,6 +181,9 @@ class Experience:
         self.free_idx = self.total_agents
         self.full_rows = 0
         self._agents_without_row = 0
+        self._next_rows_device = None
+        if self._flat_pos is not None:
+            self._flat_pos.copy_(self.ep_indices * self.bptt_horizon)
 
     def reset_importance_sampling_ratios(self) -> None:
         self.ratio.fill_(1.0)
@@ -200,18 +211,21 @@ class Experience:
         rows = self.ep_indices[env_id]
         steps = self.ep_lengths[env_id]
         self._store_row_start_state(env_id, rows, steps)
-        flat = rows * self.bptt_horizon + steps
         data = {
             "obs": obs, "actions": actions, "logprobs": logprobs, "values": values,
             "rewards": rewards, "dones": dones, "truncateds": truncations,
         }  # fmt: skip
+        flat_dev = None if self._flat_pos is None else self._flat_pos[env_id]
         if self._agents_without_row:
             # Near the end of a rollout some agents have no row: drop their steps (rare, so it may allocate).
             keep = rows < self.segments
-            flat = flat[keep]
+            flat_dev = None
             data = {k: v[keep.to(v.device)] for k, v in data.items()}
+            rows, steps_kept = rows[keep], steps[keep]
+        else:
+            steps_kept = steps
+        flat = rows * self.bptt_horizon + steps_kept  # on the host
         flat_np = flat.numpy()
-        flat_dev = None
         for name, value in data.items():
             buf = self._flat[name]
             if buf.device.type == "cpu" and value.device.type == "cpu":
@@ -227,10 +241,14 @@ class Experience:
             buf.index_copy_(0, index, value.reshape(-1, *buf.shape[1:]).to(buf.device, buf.dtype, non_blocking=True))
 
         steps += 1  # a view: updates ep_lengths in place
+        if self._flat_pos is not None:
+            self._flat_pos[env_id] += 1
         if lstm_state is not None:
             self.set_lstm_state(env_id, *lstm_state)
         if bool((steps >= self.bptt_horizon).any()):
             self._next_rows(env_id)
+            if self._flat_pos is not None:  # agents moved to new rows: their positions come from the host
+                self._flat_pos[env_id] = (self.ep_indices[env_id] * self.bptt_horizon + steps).to(self.device, non_blocking=True)
         return obs.shape[0]
 
     def _store_row_start_state(self, env_id: slice, rows: torch.Tensor, steps: torch.Tensor) -> None:
@@ -249,6 +267,7 @@ class Experience:
         self.row_lstm_c[:, target] = c
 
     def _next_rows(self, env_id: slice) -> None:
+        self._next_rows_device = None
         rows = self.ep_indices[env_id]
         steps = self.ep_lengths[env_id]
         finished = (steps >= self.bptt_horizon).nonzero().flatten()
@@ -302,12 +321,15 @@ class Experience:
         """For the rows ``indices``, the step that follows each one's last (its successor's step 0, see
         ``next_rows``), with that step's entry of ``advantages``: what ``compute_advantage(..., tail=...)``
         needs to recompute a minibatch's advantages without cutting returns at its rows' ends."""
-        following = self.next_rows[indices.cpu()]
+        if self._next_rows_device is None or self._next_rows_device.device != indices.device:
+            # Once per update (the chains are fixed once the rollout is done), not once per minibatch.
+            self._next_rows_device = self.next_rows.to(indices.device)
+        following = self._next_rows_device[indices]
         valid = following >= 0
-        following = following.clamp(min=0).to(self.device, non_blocking=True)
+        following = following.clamp(min=0)
         return RowTail(
             self.rewards[following, 0], self.values[following, 0], self.dones[following, 0],
-            advantages[following, 0], valid.to(self.device, non_blocking=True),
+            advantages[following, 0], valid,
         )  # fmt: skip
 
     def sample_minibatch(

@@ -120,6 +120,9 @@ def train_ppo(
             epoch += 1
             if should_stop_early(losses, ppo.target_kl):
                 break
+        if timer is not None and torch.device(device).type == "cuda":
+            with _timed(timer, "_train.learn"):  # the device finishes the update inside the learn phase's time
+                torch.cuda.synchronize(device)
         losses.explained_variance = compute_explained_variance(experience.values, advantages)
     return epoch
 

@@ -35,6 +35,10 @@ class Losses:
 
     ``custom_loss_sums`` holds one sum per custom loss name; ``stats()`` reports them as ``custom/<name>``
     (only when there are any, so the standard keys stay exactly as they are).
+
+    ``add(stats_tensor, custom_names)`` keeps the sums on the device, so a minibatch costs no device-to-host
+    synchronisation; ``flush()`` (called by ``stats()``, ``should_stop_early`` and ``zero()``) moves them into
+    the float fields with one transfer.
     """
 
     policy_loss_sum: float = 0.0
@@ -51,21 +55,56 @@ class Losses:
     explained_variance: float = 0.0
     minibatches_processed: int = 0
     custom_loss_sums: dict[str, float] = field(default_factory=dict)
+    _pending: Any = field(default=None, repr=False, compare=False)  # device sums not yet in the fields
+    _pending_custom: list[str] = field(default_factory=list, repr=False, compare=False)
 
     def zero(self) -> None:
         for f in fields(self):
             if f.name == "custom_loss_sums":
                 self.custom_loss_sums.clear()
+            elif f.name == "_pending_custom":
+                self._pending_custom = []
+            elif f.name == "_pending":
+                self._pending = None
             else:
                 setattr(self, f.name, type(f.default)(0))
 
+    def add(self, values: torch.Tensor, custom_names: Sequence[str] = ()) -> None:
+        """Add one minibatch's statistics: ``values`` holds ``STAT_FIELDS`` in order, then one value per name
+        in ``custom_names``."""
+        values = values.detach()
+        custom_names = list(custom_names)
+        if self._pending is not None and (self._pending_custom != custom_names or self._pending.shape != values.shape):
+            self.flush()
+        self._pending = values.clone() if self._pending is None else self._pending.add_(values)
+        self._pending_custom = custom_names
+        self.minibatches_processed += 1
+
+    def flush(self) -> None:
+        if self._pending is None:
+            return
+        totals = self._pending.tolist()
+        for name, total in zip(STAT_FIELDS, totals):
+            setattr(self, name, getattr(self, name) + total)
+        for name, total in zip(self._pending_custom, totals[len(STAT_FIELDS) :], strict=True):
+            self.custom_loss_sums[name] = self.custom_loss_sums.get(name, 0.0) + total
+        self._pending, self._pending_custom = None, []
+
     def stats(self) -> dict[str, float]:
+        self.flush()
         n = max(1, self.minibatches_processed)
         out = {f.name[: -len("_sum")]: getattr(self, f.name) / n for f in fields(self) if f.name.endswith("_sum")}
         out["explained_variance"] = self.explained_variance
         for name, total in self.custom_loss_sums.items():
             out[f"custom/{name}"] = total / n
         return out
+
+
+# The order of the statistics tensor process_minibatch_update hands to Losses.add.
+STAT_FIELDS = (
+    "policy_loss_sum", "value_loss_sum", "entropy_sum", "approx_kl_sum", "clipfrac_sum", "l2_reg_loss_sum",
+    "l2_init_loss_sum", "ks_action_loss_sum", "ks_value_loss_sum", "importance_sum", "current_logprobs_sum",
+)  # fmt: skip
 
 
 def custom_loss_names(custom_loss_fns: Sequence[CustomLossFn]) -> list[str]:
@@ -226,30 +265,18 @@ def process_minibatch_update(
 
     experience.update_values(minibatch["indices"], newvalue.view(old_logprobs.shape))
 
-    # One device-to-host transfer for all statistics of the minibatch (custom losses included, so checking
-    # them for NaN/inf costs no extra GPU sync).
-    values = torch.stack([
+    # The statistics stay on the device (Losses.add); custom losses are checked for NaN/inf here, which costs
+    # one transfer per minibatch only when there are any.
+    stats = torch.stack([
         pg_loss, v_loss, entropy_loss, approx_kl, clipfrac, l2_reg_loss, l2_init_loss, ks_action_loss,
         ks_value_loss, importance_sampling_ratio.mean(), new_logprobs.mean(),
         *(v.to(pg_loss.device, pg_loss.dtype) for v in custom_values),
-    ]).detach().tolist()  # fmt: skip
-    for name, value in zip(custom_names, values[11:], strict=True):
-        if not math.isfinite(value):
-            raise ValueError(f"custom loss {name!r} returned {value}; it must be finite (check for log(0) or division by zero)")
-    losses.policy_loss_sum += values[0]
-    losses.value_loss_sum += values[1]
-    losses.entropy_sum += values[2]
-    losses.approx_kl_sum += values[3]
-    losses.clipfrac_sum += values[4]
-    losses.l2_reg_loss_sum += values[5]
-    losses.l2_init_loss_sum += values[6]
-    losses.ks_action_loss_sum += values[7]
-    losses.ks_value_loss_sum += values[8]
-    losses.importance_sum += values[9]
-    losses.current_logprobs_sum += values[10]
-    for name, value in zip(custom_names, values[11:], strict=True):
-        losses.custom_loss_sums[name] = losses.custom_loss_sums.get(name, 0.0) + value
-    losses.minibatches_processed += 1
+    ]).detach()  # fmt: skip
+    if custom_values:
+        for name, value in zip(custom_names, stats[len(STAT_FIELDS) :].tolist(), strict=True):
+            if not math.isfinite(value):
+                raise ValueError(f"custom loss {name!r} returned {value}; it must be finite (check for log(0) or division by zero)")
+    losses.add(stats, custom_names)
     return loss
 
 
@@ -274,4 +301,5 @@ def should_stop_early(losses: Losses, target_kl: float | None) -> bool:
     """True when ``target_kl`` is set and the mean approx_kl so far exceeds it (stop the update epochs)."""
     if target_kl is None or losses.minibatches_processed == 0:
         return False
+    losses.flush()
     return losses.approx_kl_sum / losses.minibatches_processed > target_kl

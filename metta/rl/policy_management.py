@@ -23,6 +23,28 @@ def wrap_agent_distributed(agent: torch.nn.Module, device: torch.device | str) -
     return torch.nn.parallel.DistributedDataParallel(agent)
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_policy(agent: torch.nn.Module, mode: str = "default") -> torch.nn.Module:
+    """Run ``agent``'s forward under ``torch.compile`` with ``mode``; returns the same module, compiled in place,
+    so its state dict, checkpoints and attributes are unchanged.
+
+    A ``MettaAgent`` compiles the parts before and after its LSTM (``compile_forward``): the LSTM splits a
+    sequence where episodes start, which depends on the data, so it stays eager. Any other module is compiled
+    whole (``nn.Module.compile``). Compilation happens at the first calls of each input shape (a rollout
+    batch, a minibatch) and of each grad mode.
+    """
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile_mode={mode!r} is not a torch.compile mode; use one of {list(COMPILE_MODES)}")
+    module = unwrap_agent(agent)
+    if hasattr(module, "compile_forward"):
+        module.compile_forward(mode)
+    else:
+        module.compile(mode=mode)
+    return agent
+
+
 def unwrap_agent(agent: torch.nn.Module) -> torch.nn.Module:
     """The agent inside a DDP wrapper (or the agent itself)."""
     return getattr(agent, "module", agent)

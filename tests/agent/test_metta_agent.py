@@ -247,13 +247,16 @@ def _with_junk_tokens(obs: torch.Tensor) -> torch.Tensor:
     return out
 
 
+@pytest.mark.parametrize("product", ["sparse", "bag"])
 @pytest.mark.parametrize("config", ["fast", "interface_default"])
-def test_token_conv_equals_the_box_and_convolution_components(env, rollout_obs, config):
-    """The first convolution computed from the tokens gives the components' outputs and gradients."""
+def test_token_conv_equals_the_box_and_convolution_components(env, rollout_obs, config, product):
+    """The first convolution computed from the tokens gives the components' outputs and gradients, by either
+    product (the sparse one runs on CPUs, the bag one on GPUs)."""
     torch.manual_seed(3)
     agent = make_policy(env, config=config)
     fused = agent.token_conv
     assert fused is not None and fused.name == "cnn1"
+    fused.product = product
     obs = _with_junk_tokens(rollout_obs.transpose(0, 1))  # [B=8, T=6, 200, 3]
     actions = torch.zeros(obs.shape[0], obs.shape[1], 2, dtype=torch.int32)
 

@@ -50,6 +50,7 @@ class LSTM(LayerBase):
         x = x.view(batch, horizon, -1).transpose(0, 1)  # [T, B, F]: nn.LSTM's time-major layout
         h, c = td.get("lstm_h"), td.get("lstm_c")
         if h is not None and c is not None:
+            h, c = h.contiguous(), c.contiguous()  # cuDNN needs contiguous states (a slice of agents is not)
             expected = (self.num_layers, batch, self.hidden_size)
             if tuple(h.shape) != expected or tuple(c.shape) != expected:
                 raise ValueError(

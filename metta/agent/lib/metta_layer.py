@@ -128,9 +128,9 @@ class ParamLayer(LayerBase):
     def clip_weights(self) -> None:
         if self.context.clip_range <= 0:
             return
-        limit = float(self.context.clip_range * self.clip_scale * self.largest_initial_weight)
+        limit = self.largest_initial_weight * (self.context.clip_range * self.clip_scale)  # a tensor: no sync
         with torch.no_grad():
-            self.weight_net.weight.clamp_(-limit, limit)
+            self.weight_net.weight.clamp_(min=-limit, max=limit)
 
     def l2_init_loss(self) -> torch.Tensor:
         return ((self.weight_net.weight - self.initial_weight) ** 2).sum() * self.l2_init_scale
