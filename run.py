@@ -7,7 +7,8 @@
     torchrun --nproc_per_node=2 run.py run=ddp              # one process per GPU (gloo on CPU, NCCL on GPU)
 
 Everything lands in `{data_dir}/{run}/`: `config.yaml`, `metrics.jsonl` (one JSON object per epoch),
-`checkpoints/` (complete, atomic checkpoints), `replays/`, `stats/` (evaluation episodes). Running again
+`checkpoints/` (complete, atomic checkpoints), `replays/` (with a viewer page per replay), `stats/` (evaluation
+episodes), `index.html` (the run report). Running again
 with the same `run` name resumes from the last good checkpoint. wandb logs when an API key is configured or
 `WANDB_MODE=offline` is set (`wandb.enabled=true|false` forces it).
 """

@@ -558,6 +558,7 @@
   }
 
   function render() {
+    const t0 = performance.now();
     dirty = false;
     M.frames++;
     const dpr = window.devicePixelRatio || 1;
@@ -638,6 +639,8 @@
       updateSelectionPanel();
       updateAgentTable();
     }
+    const ms = performance.now() - t0;
+    M.renderMs = M.renderMs === undefined ? ms : M.renderMs * 0.9 + ms * 0.1;
   }
 
   function updateStepLabel() {
