@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from metta.common.headless_browser import HeadlessBrowser, find_chromium
 from metta.common.run_report import find_replays, main, read_metrics, write_comparison, write_run_report
 from metta.common.stats_logger import StatsLogger
 from metta.mettagrid.env import MettaGridEnv
@@ -65,14 +64,6 @@ def make_run(root: Path, name: str, reward_scale: float = 1.0, replays: bool = T
 def runs(tmp_path_factory) -> list[Path]:
     root = tmp_path_factory.mktemp("runs")
     return [make_run(root, "alpha"), make_run(root, "beta", reward_scale=2.0, replays=False)]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if find_chromium() is None:
-        pytest.skip("Chromium is not installed (CI installs Debian's chromium package)")
-    with HeadlessBrowser(width=1300, height=1000) as b:
-        yield b
 
 
 def polylines(html: str, metric: str) -> list[list[tuple[float, float]]]:

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from metta.common.headless_browser import HeadlessBrowser, find_chromium
 from metta.mettagrid.env import MettaGridEnv
 from metta.mettagrid.replay import (
     ReplayWriter,
@@ -65,14 +64,6 @@ def replay_path(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def replay(replay_path) -> dict:
     return read_replay(replay_path)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if find_chromium() is None:
-        pytest.skip("Chromium is not installed (CI installs Debian's chromium package)")
-    with HeadlessBrowser(width=1400, height=900) as b:
-        yield b
 
 
 @pytest.fixture(scope="module")

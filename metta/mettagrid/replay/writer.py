@@ -46,17 +46,24 @@ def _pairs(counts: dict[int, int]) -> list[list[int]]:
     return [[int(i), int(n)] for i, n in sorted(counts.items()) if n]
 
 
-def _agent_values(o: dict[str, Any], vision: int) -> dict[str, Any]:
-    frozen = int(o["frozen"])
+def _common_values(o: dict[str, Any], layer: int) -> dict[str, Any]:
+    """The keys every agent and building has (section 4.3 of docs/replay_format.md)."""
     return {
         "id": int(o["id"]),
         "type_id": int(o["type_id"]),
-        "location": [int(o["c"]), int(o["r"]), AGENT_LAYER],
+        "location": [int(o["c"]), int(o["r"]), layer],
         "orientation": int(o["orientation"]),
         "inventory": _pairs(o["inventory"]),
         "inventory_max": int(o["inventory_max"]),
         "color": int(o["color"]),
         "is_swappable": False,
+    }
+
+
+def _agent_values(o: dict[str, Any], vision: int) -> dict[str, Any]:
+    frozen = int(o["frozen"])
+    return {
+        **_common_values(o, AGENT_LAYER),
         "agent_id": int(o["agent_id"]),
         "is_agent": True,
         "vision_size": vision,
@@ -81,14 +88,7 @@ def _converter_values(o: dict[str, Any], item_ids: dict[str, int]) -> dict[str, 
     ticks, cooldown = int(o["conversion_ticks"]), int(o["cooldown"])
     conv_left, cool_left = int(o["conversion_remaining"]), int(o["cooldown_remaining"])
     return {
-        "id": int(o["id"]),
-        "type_id": int(o["type_id"]),
-        "location": [int(o["c"]), int(o["r"]), OBJECT_LAYER],
-        "orientation": int(o["orientation"]),
-        "inventory": _pairs(o["inventory"]),
-        "inventory_max": int(o["inventory_max"]),
-        "color": int(o["color"]),
-        "is_swappable": False,
+        **_common_values(o, OBJECT_LAYER),
         "input_resources": _pairs({item_ids[name]: n for name, n in o["recipe_input"].items()}),
         "output_resources": _pairs({item_ids[name]: n for name, n in o["recipe_output"].items()}),
         "recipe_max": recipe_max,
