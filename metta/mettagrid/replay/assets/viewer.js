@@ -50,7 +50,11 @@
   }
   const typeColor = (name) => TYPE_COLORS[name] || hashColor(name);
   const actionColor = (name) => ACTION_COLORS[name] || hashColor(name);
-  const groupColor = (g) => GROUP_COLORS[((g % GROUP_COLORS.length) + GROUP_COLORS.length) % GROUP_COLORS.length];
+  // Groups are coloured in the order of their ids among the replay's agents (the first group blue, ...).
+  const groupColor = (g) => {
+    const rank = R && R.groupRank.has(g) ? R.groupRank.get(g) : g;
+    return GROUP_COLORS[((rank % GROUP_COLORS.length) + GROUP_COLORS.length) % GROUP_COLORS.length];
+  };
   function rgb(css) {
     const c = document.createElement('canvas').getContext('2d');
     c.fillStyle = css;
@@ -234,6 +238,7 @@
     });
     if (seenAgents.size !== R.numAgents) fail(`'num_agents' is ${R.numAgents} but ${seenAgents.size} objects are agents`);
     R.agents.sort((a, b) => a.agentId - b.agentId);
+    R.groupRank = new Map([...new Set(R.agents.map((a) => a.groupId))].sort((p, q) => p - q).map((g, i) => [g, i]));
     R.vision = [R.meta.obs_width || R.agents[0].visionSize, R.meta.obs_height || R.agents[0].visionSize];
     return R;
   }
@@ -1188,6 +1193,10 @@
     R = buildReplay(data);
     M.replay = R;
     $('title').textContent = `${R.fileName}  ·  ${R.env.label || ''}`;
+    const end = R.meta.episode_end;
+    $('episode-label').textContent = end
+      ? `episode of ${end.step + 1} steps, ${end.terminated ? 'terminated' : 'truncated'}${end.step >= R.n ? ' (last state not recorded)' : ''}`
+      : `${R.n} frames, episode not finished`;
     $('scrubber').max = String(R.n - 1);
     $('speed').innerHTML = SPEEDS.map((v) => `<option value="${v}">${v} steps/s</option>`).join('');
     setSpeed(state.speed);
