@@ -3,8 +3,8 @@
     python benchmarks/viewer_fps.py --keep /tmp/bench        # a 24-agent replay with every building type
     python docs/make_screenshots.py --replay /tmp/bench/<id>.json.z --run-dir train_dir/<run>
 
-The viewer is shown at ``--step`` with the best-rewarded agent selected, zoomed in around it, every agent's
-action drawn; the report is the run directory's ``index.html``, rewritten first.
+The viewer is shown at ``--step`` with the best-rewarded agent (then the one holding most items) away from the
+map's edge selected, zoomed in around it, every agent's action drawn; the report is the run directory's ``index.html``, rewritten first.
 """
 
 from __future__ import annotations
@@ -29,7 +29,10 @@ def viewer_shot(replay: Path, out: Path, step: int, zoom: float) -> None:
         page.evaluate(f"""(() => {{
             const R = metta.replay, k = Math.min({step}, R.n - 1);
             metta.setStep(k);
-            const best = R.agents.reduce((a, b) => (b.total[k] > a.total[k] ? b : a));
+            const held = (a) => a.inventory[k].reduce((t, [, n]) => t + n, 0);
+            const inside = R.agents.filter((a) => a.xs[k] > 12 && a.xs[k] < R.W - 12 && a.ys[k] > 8 && a.ys[k] < R.H - 8);
+            const score = (a) => a.total[k] * 1000 + held(a);
+            const best = (inside.length ? inside : R.agents).reduce((a, b) => (score(b) > score(a) ? b : a));
             metta.selectAgent(best.agentId);
             metta.view.s = {zoom};
             metta.centerOn(best.xs[k], best.ys[k]);

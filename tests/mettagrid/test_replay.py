@@ -538,6 +538,7 @@ LEGACY = {
         {"id": 3, "type_id": 8, "position": [4, 0], "recipe_input": [3, 3, 3], "recipe_output": [6],
          "recipe_max": 5, "production_time": 1, "cooldown_time": 10, "converting": [[0, False], [1, True]]},
         {"id": 4, "type_id": 1, "position": [0, 0]},
+        {"id": 5, "type_id": 8, "position": [4, 3], "cooldown_time": 10},  # a building with no recipe keys
     ],
     "metta_version": "0.1.0", "episode_id": "old", "task": "custom", "env_config": None, "start_step": 0,
     "orientation_names": ["up", "down", "left", "right"],
@@ -550,7 +551,8 @@ def test_files_of_earlier_metta_versions_still_read(tmp_path):
     path.write_bytes(zlib.compress(json.dumps(LEGACY).encode()))
     data = read_replay(path)
     check_upstream_rules(data)
-    a0, a1, altar, wall = data["objects"]
+    a0, a1, altar, wall, bare = data["objects"]
+    assert bare["input_resources"] == bare["output_resources"] == [] and bare["cooldown_duration"] == 10
     assert a0["location"] == [[0, [1, 1, 0]], [2, [2, 1, 0]]] and a1["location"] == [3, 2, 0]
     assert a0["inventory"] == [[0, []], [1, [[0, 1], [6, 2]]]]
     assert a0["is_frozen"] == [[0, False], [1, True]] and a0["freeze_remaining"] == a0["frozen_progress"]

@@ -221,6 +221,8 @@ _DRAFT_RENAMES = {
     "swappable": "is_swappable",
 }
 _DRAFT_ADDITIONS = ("metta_version", "episode_id", "task", "start_step", "orientation_names", "episode_end")
+_DRAFT_CONVERTER_KEYS = ("recipe_input", "recipe_output", "recipe_max", "production_progress", "production_time",
+                         "cooldown_progress", "cooldown_time", "converting", "cooling_down")  # fmt: skip
 _ALIASES = {  # validator name <- loader name
     "freeze_remaining": "frozen_progress",
     "freeze_duration": "frozen_time",
@@ -285,7 +287,7 @@ def _upgrade_object(obj: Any, type_names: Any, vision: int) -> Any:
     if not isinstance(obj, dict):
         return obj
     is_agent = "agent_id" in obj
-    is_converter = "recipe_input" in obj or "recipe_output" in obj
+    is_converter = any(key in obj for key in _DRAFT_CONVERTER_KEYS)  # keys at their defaults were left out
     new: dict[str, Any] = {}
     for key, value in obj.items():
         if key == "position":
