@@ -664,6 +664,7 @@
     const dpr = window.devicePixelRatio || 1;
     mini.width = Math.round(R.W * miniScale * dpr);
     mini.height = Math.round(R.H * miniScale * dpr);
+    mini.hidden = false;
   }
   function renderMinimap() {
     const dpr = window.devicePixelRatio || 1;
