@@ -7,7 +7,8 @@
     torchrun --nproc_per_node=2 run.py run=ddp              # one process per GPU (gloo on CPU, NCCL on GPU)
 
 Everything lands in `{data_dir}/{run}/`: `config.yaml`, `metrics.jsonl` (one JSON object per epoch),
-`checkpoints/` (complete, atomic checkpoints), `replays/`, `stats/` (evaluation episodes). Running again
+`checkpoints/` (complete, atomic checkpoints), `replays/` (with a viewer page per replay), `stats/` (evaluation
+episodes), `index.html` (the run report). Running again
 with the same `run` name resumes from the last good checkpoint. wandb logs when an API key is configured or
 `WANDB_MODE=offline` is set (`wandb.enabled=true|false` forces it).
 """
@@ -28,6 +29,7 @@ from metta.agent.policy_store import PolicyStore
 from metta.common.config_cli import ConfigCliError, parse_config
 from metta.common.profiling.memory_monitor import MemoryMonitor
 from metta.common.profiling.stopwatch import Stopwatch
+from metta.common.run_report import write_run_report
 from metta.common.stats_logger import StatsLogger
 from metta.common.system_monitor import SystemMonitor
 from metta.interface import (
@@ -47,6 +49,7 @@ from metta.interface import (
     setup_device_and_distributed,
     setup_run_directories,
 )
+from metta.mettagrid.replay import write_viewer_page
 from metta.rl.advantage import compute_advantage
 from metta.rl.experience import calculate_anneal_beta, make_experience
 from metta.rl.kickstarter import Kickstarter
@@ -248,6 +251,7 @@ def main() -> None:
         stats_logger.log(epoch, agent_step, {f"eval/{k}": v for k, v in eval_scores.items()})
     if stats_logger is not None:
         stats_logger.close()
+        logger.info("run report: %s", write_run_report(dirs.run_dir).resolve().as_uri())
     system_monitor.stop()
     env.close()
     cleanup_wandb(wandb_ctx)
@@ -288,13 +292,15 @@ def epoch_metrics(episode_infos, losses, experience, optimizer, system_monitor, 
 
 
 def evaluate_and_replay(agent, policy_store, suite, device, dirs, epoch, replay: bool) -> dict[str, float]:
-    """Score the policy on the terrain suite and (optionally) write one replay; logs where it is."""
+    """Score the policy on the terrain suite, (optionally) write one replay with its viewer page, and refresh the
+    run report; logs where they are."""
     scores = evaluate_policy_suite(agent, policy_store, suite, device, stats_dir=dirs.stats_dir)
     logger.info("evaluation at epoch %d: %s", epoch, ", ".join(f"{k} {v:.3f}" for k, v in sorted(scores.items())))
     if replay:
         path = generate_replay_simple(agent, policy_store, create_replay_config(), device, replay_dir=dirs.replay_dir, epoch=epoch)
         if path is not None:
-            logger.info("replay written: %s (open with metta.mettagrid.replay.read_replay)", path)
+            logger.info("replay: %s", write_viewer_page(path).resolve().as_uri())
+    logger.info("run report: %s", write_run_report(dirs.run_dir).resolve().as_uri())
     return scores
 
 

@@ -114,6 +114,8 @@ def test_smoke_run_writes_run_directory(base_run: Path):
     ckpt = load_latest_checkpoint(str(base_run / "checkpoints"))
     assert (ckpt.epoch, ckpt.agent_step) == (3, 3072)
     assert os.path.isfile(ckpt.policy_path)
+    report = (base_run / "index.html").read_text()  # the run report, written at the end
+    assert 'data-metric="overview/sps"' in report and "run_config.json" in report
 
 
 # -------------------------------------------------------------------------------------------------------- 2

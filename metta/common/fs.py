@@ -15,8 +15,6 @@ import io
 import os
 from typing import Any
 
-import torch
-
 TEMP_MARKER = ".tmp."
 
 
@@ -72,6 +70,8 @@ def atomic_write_text(path: str, text: str) -> None:
 
 def atomic_torch_save(obj: Any, path: str) -> None:
     """``torch.save(obj, path)``, atomically and durably."""
+    import torch  # here, so that the plain file helpers load without torch
+
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())

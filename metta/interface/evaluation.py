@@ -138,13 +138,12 @@ def generate_replay_simple(
 ) -> Path | None:
     """Record one episode of ``replay_config`` and return the replay file's path.
 
-    If the episode does not finish within ``max_time_s``, the part recorded so far is written (``episode_end``
-    null) and its path returned, with a warning; None only if nothing was recorded.
+    If the episode does not finish within ``max_time_s``, the part recorded so far is written (no
+    ``episode_end``) and its path returned, with a warning; None only if nothing was recorded.
 
     The file is ``{replay_dir}[/epoch_{epoch:04d}]/replay/{episode_id}.json.z`` (docs/replay_format.md).
-    Upstream returned a MettaScope URL; this returns the local path. A viewer opens it from a URL, e.g.
-    ``python -m http.server 8000 --directory <replay_dir>`` and ``<viewer>?replayUrl=http://localhost:8000/
-    <path relative to replay_dir>``; ``metta.mettagrid.replay.read_replay(path)`` reads it in Python.
+    Upstream returned a MettaScope URL; this returns the local path. ``metta.mettagrid.replay.write_viewer_page``
+    writes a page that shows it (``python -m metta.mettagrid.replay view PATH``); ``read_replay(path)`` reads it.
     ``vectorization`` is accepted for upstream's signature; one episode is always recorded in-process (serial).
     """
     log = logger or _logger

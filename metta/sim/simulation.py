@@ -18,7 +18,7 @@ Outputs:
   episode (see ``EPISODE_RECORD_KEYS``), written atomically when the simulation ends.
 - ``replay_dir``: ``{replay_dir}/{sim name}/{episode_id}.json.z``, one replay per counted episode
   (``metta.mettagrid.replay.ReplayWriter``, format in docs/replay_format.md); at the time limit the episodes
-  being recorded are written too, as partial replays (``episode_end`` null, ``partial_replay_paths``).
+  being recorded are written too, as partial replays (no ``episode_end``, ``partial_replay_paths``).
   Recording reads each env's grid in this process, so it needs ``vectorization="serial"``.
 
 The candidate policy is a ``PolicyRecord`` or a policy module. A ``MettaAgent`` (also a record's) is copied
@@ -379,7 +379,8 @@ class Simulation:
                     replay_path = None
                     writer = writers[e]
                     if writer is not None:
-                        replay_path = str(writer.end_episode())
+                        written = writer.end_episode()  # None when the episode ended before any frame
+                        replay_path = None if written is None else str(written)
                         if finished[e] + 1 < quotas[e]:
                             writer.start_episode(vecenv.envs[0], e)  # the env auto-reset: frame 0 of the next
                         else:
@@ -395,7 +396,8 @@ class Simulation:
                         results.replay_paths.append(Path(replay_path))
         if results.timed_out:
             # Recording is the slow part on big maps; keep what was recorded rather than throw it away.
-            results.partial_replay_paths = [w.end_episode() for w in writers if w is not None]
+            partial = [w.end_episode() for w in writers if w is not None]
+            results.partial_replay_paths = [p for p in partial if p is not None]
         return records
 
     @staticmethod

@@ -11,7 +11,7 @@ from metta.interface.evaluation import (
     generate_replay_simple,
 )
 from metta.mettagrid.config_loader import load_env_config
-from metta.mettagrid.replay import read_replay
+from metta.mettagrid.replay import read_replay, replay_metadata
 from metta.sim.simulation import SimulationSuite, read_episode_stats
 from metta.sim.simulation_config import SimulationSuiteConfig, SingleEnvSimulationConfig
 
@@ -69,7 +69,7 @@ def test_generate_replay_simple_writes_a_valid_replay(saved_record, policy_store
     path = generate_replay_simple(saved_record, policy_store, cfg, "cpu", replay_dir=tmp_path, epoch=7)
     assert path.is_file() and path.parent.parent == tmp_path / "epoch_0007"
     data = read_replay(path)
-    assert data["num_agents"] == 2 and data["max_steps"] == 30 and data["episode_end"] is not None
+    assert data["num_agents"] == 2 and data["max_steps"] == 29 and replay_metadata(data)["episode_end"] is not None
 
 
 def test_evaluation_suite_resolves_its_envs():
@@ -120,4 +120,4 @@ def test_a_replay_cut_by_the_time_limit_is_written_partial(saved_record, policy_
     cfg = SingleEnvSimulationConfig(env=endless, num_episodes=1, max_time_s=0.3)
     path = generate_replay_simple(saved_record, policy_store, cfg, "cpu", replay_dir=tmp_path)
     data = read_replay(path)
-    assert data["episode_end"] is None and data["max_steps"] > 1
+    assert replay_metadata(data)["episode_end"] is None and data["max_steps"] > 1

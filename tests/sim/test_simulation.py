@@ -9,7 +9,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from metta.mettagrid.replay import expand_series, read_replay
+from metta.mettagrid.replay import expand_series, read_replay, replay_metadata
 from metta.sim.simulation import Simulation, SimulationSuite, candidate_agent_count, episode_quotas, read_episode_stats
 from metta.sim.simulation_config import SimulationConfig, SimulationSuiteConfig, SingleEnvSimulationConfig
 
@@ -57,8 +57,9 @@ def test_exact_episode_count_stats_and_replays(saved_record, policy_store, tmp_p
         assert rec["infos"]["episode_length"] == 30
         assert rec["replay_path"] == str(replay)
         data = read_replay(replay)  # validates against docs/replay_format.md
-        assert data["num_agents"] == 2 and data["episode_end"]["step"] == data["max_steps"] == 30
-        assert data["episode_end"]["total_rewards"] == pytest.approx(rec["agent_rewards"], abs=1e-5)
+        end = replay_metadata(data)["episode_end"]  # frames are the states after steps 1..29; 30 is terminal
+        assert data["num_agents"] == 2 and end["step"] == data["max_steps"] == 29
+        assert end["total_rewards"] == pytest.approx(rec["agent_rewards"], abs=1e-5)
     assert len({str(p) for p in result.replay_paths}) == 3
     assert any(r != 0 for r in result.rewards)  # the move reward makes the mean check meaningful
 
@@ -92,8 +93,8 @@ def test_npc_and_candidate_act_on_their_own_rows(policy_store, tmp_path):
         data = read_replay(path)
         agents = {o["agent_id"]: o for o in data["objects"] if "agent_id" in o}
         steps = data["max_steps"]
-        cand_actions = expand_series(agents[0].get("action_id", 0), steps)[1:]  # frame 0 has no action
-        npc_actions = expand_series(agents[1].get("action_id", 0), steps)[1:]
+        cand_actions = expand_series(agents[0]["action_id"], steps)  # frame k holds step k+1's action
+        npc_actions = expand_series(agents[1]["action_id"], steps)
         assert set(cand_actions) == {noop}
         assert len(set(npc_actions)) > 1  # the sampled MettaAgent does not only noop
 

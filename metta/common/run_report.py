@@ -1,0 +1,498 @@
+"""How a run went, as one self-contained HTML page: ``{run_dir}/index.html``.
+
+    write_run_report("train_dir/my_run")                       # -> train_dir/my_run/index.html
+    write_comparison(["train_dir/a", "train_dir/b"], "ab.html")  # runs side by side
+
+    python -m metta.common.run_report report RUN_DIR
+    python -m metta.common.run_report compare RUN_DIR RUN_DIR ... --out compare.html
+
+The report reads what a run directory holds: ``metrics.jsonl`` (one JSON object per epoch, written by
+``StatsLogger``), ``run_config.json`` or ``config.yaml``, and the replays under ``replays/`` with their
+viewer pages. It shows learning curves (reward, SPS, losses, the timing split, evaluation scores per
+terrain), the config, and links to each replay page by epoch. The charts are SVG drawn here: the page needs
+no script, no network and no server, and it opens straight from disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import math
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from metta.common.fs import atomic_write_text
+
+PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f",
+           "#bab0ac"]  # fmt: skip
+MAX_POINTS = 600  # points per curve; longer runs are thinned evenly (first and last kept)
+MAIN_KEYS = ("overview/reward", "overview/sps")
+LOSS_PREFIX = "losses/"
+TIMING_PREFIX = "timing/frac/"
+EVAL_PREFIX = "eval/"
+EPOCH_DIR = re.compile(r"epoch_(\d+)")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Reading a run directory
+def read_metrics(run_dir: str | os.PathLike) -> tuple[list[dict[str, Any]], int]:
+    """The rows of ``metrics.jsonl`` and how many lines could not be read (a line cut by a crash, say)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    rows: list[dict[str, Any]] = []
+    bad = 0
+    if not path.is_file():
+        return rows, bad
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                bad += 1
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+            else:
+                bad += 1
+    return rows, bad
+
+
+def series(rows: list[dict[str, Any]], key: str, x_key: str = "agent_step") -> list[tuple[float, float]]:
+    """(x, value) of every row with a finite number under ``key``, in file order."""
+    out = []
+    for row in rows:
+        x, y = row.get(x_key), row.get(key)
+        if _finite(x) and _finite(y):
+            out.append((float(x), float(y)))
+    return out
+
+
+def eval_series(rows: list[dict[str, Any]], key: str) -> list[tuple[float, float]]:
+    """An evaluation score: rows repeat the last score until the next evaluation, so keep where it changes."""
+    points = series(rows, key)
+    kept = [p for i, p in enumerate(points) if i == 0 or p[1] != points[i - 1][1]]
+    if points and kept[-1] != points[-1]:
+        kept.append(points[-1])
+    return kept
+
+
+@dataclass
+class ReplayLink:
+    epoch: int | None
+    href: str  # relative to the run directory
+    name: str
+    has_page: bool
+
+
+def find_replays(run_dir: str | os.PathLike) -> list[ReplayLink]:
+    """Every replay under ``{run_dir}/replays``, by epoch (from its ``epoch_NNNN`` folder), newest first."""
+    root = Path(run_dir)
+    links = []
+    for replay in sorted((root / "replays").rglob("*.json.z")):
+        rel = replay.relative_to(root)
+        match = EPOCH_DIR.search(str(rel.parent))
+        page = replay.with_name(replay.name[: -len(".json.z")] + ".html")
+        target = page if page.is_file() else replay
+        links.append(ReplayLink(int(match.group(1)) if match else None, target.relative_to(root).as_posix(),
+                                replay.name, page.is_file()))  # fmt: skip
+    return sorted(links, key=lambda r: (-(r.epoch if r.epoch is not None else -1), r.href))
+
+
+def read_config(run_dir: str | os.PathLike) -> tuple[str, str] | None:
+    """(file name, text) of the run's config: run.py's ``run_config.json``, else ``config.yaml``."""
+    root = Path(run_dir)
+    for name in ("run_config.json", "config.yaml"):
+        path = root / name
+        if path.is_file():
+            text = path.read_text(encoding="utf-8", errors="replace")
+            if name.endswith(".json"):
+                try:
+                    text = json.dumps(json.loads(text), indent=2)
+                except json.JSONDecodeError:
+                    pass
+            return name, text
+    return None
+
+
+# --------------------------------------------------------------------------------------------------------
+# SVG charts
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _thin(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    if len(points) <= MAX_POINTS:
+        return points
+    step = (len(points) - 1) / (MAX_POINTS - 1)
+    return [points[round(i * step)] for i in range(MAX_POINTS)]
+
+
+def _nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+    if hi <= lo:
+        return [lo]
+    raw = (hi - lo) / max(1, count)
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    start = math.ceil(lo / step) * step
+    ticks = []
+    t = start
+    while t <= hi + step * 1e-9:
+        ticks.append(round(t, 12))
+        t += step
+    return ticks
+
+
+def _tick_labels(ticks: list[float]) -> list[str]:
+    """Labels that tell neighbouring ticks apart (more digits for a narrow range)."""
+    labels = [fmt_number(t) for t in ticks]
+    digits = 4
+    while len(set(labels)) < len(labels) and digits <= 10:
+        labels = [f"{t:.{digits}g}" for t in ticks]
+        digits += 1
+    return labels
+
+
+def fmt_number(v: float) -> str:
+    """Short labels: 1.5k, 2M, 0.013, 3.2e-05."""
+    a = abs(v)
+    if a == 0:
+        return "0"
+    if a >= 1e9:
+        return f"{v / 1e9:.3g}G"
+    if a >= 1e6:
+        return f"{v / 1e6:.3g}M"
+    if a >= 1e3:
+        return f"{v / 1e3:.3g}k"
+    if a >= 0.01:
+        return f"{v:.3g}"
+    return f"{v:.2g}"
+
+
+@dataclass
+class Curve:
+    label: str
+    points: list[tuple[float, float]]
+    color: str
+    markers: bool = False
+
+
+def line_chart(title: str, curves: list[Curve], key: str, x_label: str = "agent steps", width: int = 440,
+               height: int = 220) -> str:  # fmt: skip
+    """An SVG line chart; each curve is a polyline with a <title> per point group for hovering."""
+    curves = [Curve(c.label, _thin(c.points), c.color, c.markers) for c in curves if c.points]
+    left, right, top, bottom = 56, 12, 26, 34
+    pw, ph = width - left - right, height - top - bottom
+    out = [f'<svg class="chart" data-metric="{html.escape(key)}" viewBox="0 0 {width} {height}" width="{width}" '
+           f'height="{height}" role="img" aria-label="{html.escape(title)}">',
+           f'<text class="title" x="{left}" y="16">{html.escape(title)}</text>']  # fmt: skip
+    if not curves:
+        out.append(f'<text class="empty" x="{left + pw / 2}" y="{top + ph / 2}" text-anchor="middle">no data</text></svg>')
+        return "".join(out)
+    xs = [x for c in curves for x, _ in c.points]
+    ys = [y for c in curves for _, y in c.points]
+    x0, x1 = min(xs), max(xs)
+    y0, y1 = min(ys), max(ys)
+    x_ticks = _nice_ticks(x0, x1, 4) if x1 > x0 else [x0]
+    if x1 == x0:
+        x0, x1 = x0 - max(1.0, abs(x0) * 0.05), x1 + max(1.0, abs(x1) * 0.05)
+    if y1 == y0:
+        pad = abs(y0) * 0.1 or 1.0
+        y0, y1 = y0 - pad, y1 + pad
+    else:
+        pad = (y1 - y0) * 0.06
+        y0, y1 = y0 - pad, y1 + pad
+
+    def sx(x: float) -> float:
+        return left + (x - x0) / (x1 - x0) * pw
+
+    def sy(y: float) -> float:
+        return top + (1 - (y - y0) / (y1 - y0)) * ph
+
+    out.append(f'<rect class="plot" x="{left}" y="{top}" width="{pw}" height="{ph}"/>')
+    y_ticks = _nice_ticks(y0, y1)
+    for t, label in zip(y_ticks, _tick_labels(y_ticks)):
+        out.append(f'<line class="grid" x1="{left}" x2="{left + pw}" y1="{sy(t):.1f}" y2="{sy(t):.1f}"/>'
+                   f'<text class="tick" x="{left - 5}" y="{sy(t) + 4:.1f}" text-anchor="end">{label}</text>')  # fmt: skip
+    for t, label in zip(x_ticks, _tick_labels(x_ticks)):
+        out.append(f'<text class="tick" x="{sx(t):.1f}" y="{top + ph + 15}" text-anchor="middle">{label}</text>')
+    out.append(f'<text class="axis" x="{left + pw / 2}" y="{height - 3}" text-anchor="middle">{html.escape(x_label)}</text>')
+    for c in curves:
+        pts = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in c.points)
+        label = html.escape(c.label)
+        out.append(f'<polyline class="curve" data-label="{label}" points="{pts}" stroke="{c.color}">'
+                   f"<title>{label}: last {fmt_number(c.points[-1][1])}</title></polyline>")  # fmt: skip
+        if c.markers or len(c.points) == 1:
+            for x, y in c.points:
+                out.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{c.color}">'
+                           f"<title>{label} at {fmt_number(x)}: {y:.4g}</title></circle>")  # fmt: skip
+    if len(curves) > 1:
+        lx = left + 6
+        for i, c in enumerate(curves):
+            ly = top + 12 + 13 * i
+            out.append(f'<rect x="{lx}" y="{ly - 8}" width="10" height="3" fill="{c.color}"/>'
+                       f'<text class="legend" x="{lx + 14}" y="{ly - 4}">{html.escape(c.label)}</text>')  # fmt: skip
+    out.append("</svg>")
+    return "".join(out)
+
+
+def stacked_chart(title: str, layers: list[tuple[str, list[tuple[float, float]]]], key: str, width: int = 440,
+                  height: int = 220) -> str:  # fmt: skip
+    """Fractions that add up to 1 per x (the timing split) as stacked areas."""
+    layers = [(name, _thin(points)) for name, points in layers if points]
+    left, right, top, bottom = 56, 110, 26, 34
+    pw, ph = width - left - right, height - top - bottom
+    out = [f'<svg class="chart" data-metric="{html.escape(key)}" viewBox="0 0 {width} {height}" width="{width}" '
+           f'height="{height}" role="img" aria-label="{html.escape(title)}">',
+           f'<text class="title" x="{left}" y="16">{html.escape(title)}</text>']  # fmt: skip
+    xs = sorted({x for _, pts in layers for x, _ in pts})
+    if not xs:
+        out.append(f'<text class="empty" x="{left + pw / 2}" y="{top + ph / 2}" text-anchor="middle">no data</text></svg>')
+        return "".join(out)
+    x0, x1 = xs[0], xs[-1] if xs[-1] > xs[0] else xs[0] + 1
+
+    def sx(x: float) -> float:
+        return left + (x - x0) / (x1 - x0) * pw
+
+    def sy(y: float) -> float:
+        return top + (1 - y) * ph
+
+    out.append(f'<rect class="plot" x="{left}" y="{top}" width="{pw}" height="{ph}"/>')
+    values = [dict(points) for _, points in layers]
+    base = [0.0] * len(xs)
+    for i, (name, _) in enumerate(layers):
+        upper = [b + values[i].get(x, 0.0) for b, x in zip(base, xs)]
+        if len(xs) == 1:
+            pts = [(sx(x0) - 3, sy(upper[0])), (sx(x0) + 3, sy(upper[0])), (sx(x0) + 3, sy(base[0])), (sx(x0) - 3, sy(base[0]))]
+        else:
+            pts = [(sx(x), sy(u)) for x, u in zip(xs, upper)] + [(sx(x), sy(b)) for x, b in reversed(list(zip(xs, base)))]
+        color = PALETTE[i % len(PALETTE)]
+        mean = sum(values[i].get(x, 0.0) for x in xs) / len(xs)
+        out.append(f'<polygon class="area" data-label="{html.escape(name)}" fill="{color}" points="'
+                   + " ".join(f"{a:.1f},{b:.1f}" for a, b in pts)
+                   + f'"><title>{html.escape(name)}: {mean:.0%} on average</title></polygon>')  # fmt: skip
+        out.append(f'<rect x="{left + pw + 8}" y="{top + 14 * i}" width="10" height="10" fill="{color}"/>'
+                   f'<text class="legend" x="{left + pw + 22}" y="{top + 9 + 14 * i}">{html.escape(name)} {mean:.0%}</text>')  # fmt: skip
+        base = upper
+    for t in (0, 0.25, 0.5, 0.75, 1.0):
+        out.append(f'<text class="tick" x="{left - 5}" y="{sy(t) + 4:.1f}" text-anchor="end">{t:.0%}</text>')
+    x_ticks = _nice_ticks(x0, x1, 4)
+    for t, label in zip(x_ticks, _tick_labels(x_ticks)):
+        out.append(f'<text class="tick" x="{sx(t):.1f}" y="{top + ph + 15}" text-anchor="middle">{label}</text>')
+    out.append(f'<text class="axis" x="{left + pw / 2}" y="{height - 3}" text-anchor="middle">agent steps</text></svg>')
+    return "".join(out)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Pages
+STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; margin: 0; background: #f6f7f9;
+       color: #1f2430; font-size: 14px; }
+header { background: #1f2430; color: #e5e9f0; padding: 14px 24px; }
+header h1 { margin: 0; font-size: 20px; }
+header .sub { color: #9aa3b5; margin-top: 4px; }
+main { padding: 12px 24px 40px; }
+section { margin-top: 18px; }
+h2 { font-size: 16px; border-bottom: 1px solid #d8dce3; padding-bottom: 4px; }
+.cards { display: flex; flex-wrap: wrap; gap: 12px; }
+.card { background: #fff; border: 1px solid #d8dce3; border-radius: 6px; padding: 8px 14px; min-width: 120px; }
+.card .k { color: #6b7385; font-size: 12px; }
+.card .v { font-size: 20px; font-weight: 600; font-variant-numeric: tabular-nums; }
+.charts { display: flex; flex-wrap: wrap; gap: 12px; }
+svg.chart { background: #fff; border: 1px solid #d8dce3; border-radius: 6px; }
+svg .title { font-size: 13px; font-weight: 600; fill: #1f2430; }
+svg .tick, svg .axis, svg .legend { font-size: 10px; fill: #6b7385; }
+svg .empty { font-size: 12px; fill: #9aa3b5; }
+svg .plot { fill: #fbfcfd; stroke: #e3e6eb; }
+svg .grid { stroke: #eceef2; }
+svg .curve { fill: none; stroke-width: 1.8; }
+table { border-collapse: collapse; background: #fff; }
+td, th { border: 1px solid #d8dce3; padding: 4px 10px; text-align: left; font-variant-numeric: tabular-nums; }
+th { background: #eef0f4; }
+pre { background: #fff; border: 1px solid #d8dce3; padding: 10px; overflow: auto; max-height: 480px; font-size: 12px; }
+.note { color: #6b7385; }
+a { color: #2e6fd1; }
+"""
+
+
+def _page(title: str, subtitle: str, body: str) -> str:
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{STYLE}</style></head><body><header><h1>{html.escape(title)}</h1>"
+            f'<div class="sub">{subtitle}</div></header><main>{body}</main></body></html>')  # fmt: skip
+
+
+def _card(label: str, value: str) -> str:
+    return f'<div class="card"><div class="k">{html.escape(label)}</div><div class="v">{html.escape(value)}</div></div>'
+
+
+def _last(rows: list[dict[str, Any]], key: str) -> float | None:
+    for row in reversed(rows):
+        if _finite(row.get(key)):
+            return float(row[key])
+    return None
+
+
+def _numeric_keys(rows: list[dict[str, Any]]) -> list[str]:
+    keys: dict[str, None] = {}
+    for row in rows:
+        for k, v in row.items():
+            if _finite(v) and k not in ("epoch", "agent_step", "time"):
+                keys.setdefault(k, None)
+    return list(keys)
+
+
+def _short_name(key: str, prefix: str) -> str:
+    return key[len(prefix) :] if key.startswith(prefix) else key
+
+
+def run_report_html(run_dir: str | os.PathLike) -> str:
+    """The report page of one run directory."""
+    root = Path(run_dir)
+    rows, bad = read_metrics(root)
+    keys = _numeric_keys(rows)
+    name = root.resolve().name
+    updated = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime((root / "metrics.jsonl").stat().st_mtime)) if rows else "-"
+    subtitle = f"{html.escape(str(root.resolve()))} · metrics updated {updated}"
+    parts = []
+    last_row = rows[-1] if rows else {}
+    cards = [
+        _card("epoch", str(last_row.get("epoch", "-"))),
+        _card("agent steps", fmt_number(last_row["agent_step"]) if _finite(last_row.get("agent_step")) else "-"),
+    ]
+    for key, label in (("overview/reward", "reward"), ("overview/sps", "steps / s")):
+        value = _last(rows, key)
+        cards.append(_card(label, "-" if value is None else fmt_number(value)))
+    if _finite(last_row.get("time")):
+        cards.append(_card("wall time", f"{last_row['time'] / 60:.1f} min"))
+    parts.append(f'<section><div class="cards">{"".join(cards)}</div></section>')
+    if not rows:
+        parts.append('<section><p class="note">No metrics yet: metrics.jsonl is missing or empty.</p></section>')
+    if bad:
+        parts.append(f'<p class="note">{bad} line(s) of metrics.jsonl could not be read and are left out.</p>')
+
+    # Learning curves
+    charts = [line_chart(title, [Curve(title, series(rows, key), PALETTE[i])], key)
+              for i, (key, title) in enumerate((("overview/reward", "reward per episode"), ("overview/sps", "agent steps per second")))]  # fmt: skip
+    eval_keys = [k for k in keys if k.startswith(EVAL_PREFIX)]
+    if eval_keys:
+        curves = [Curve(_short_name(k, EVAL_PREFIX), eval_series(rows, k), PALETTE[i % len(PALETTE)], markers=True)
+                  for i, k in enumerate(eval_keys)]  # fmt: skip
+        charts.append(line_chart("evaluation score per terrain", curves, "eval"))
+    timing = [(_short_name(k, TIMING_PREFIX), series(rows, k)) for k in keys if k.startswith(TIMING_PREFIX)]
+    if timing:
+        charts.append(stacked_chart("where the time goes", timing, "timing"))
+    parts.append(f'<section><h2>Learning curves</h2><div class="charts">{"".join(charts)}</div></section>')
+
+    loss_keys = [k for k in keys if k.startswith(LOSS_PREFIX)]
+    if loss_keys:
+        loss_charts = [line_chart(_short_name(k, LOSS_PREFIX), [Curve(k, series(rows, k), PALETTE[i % len(PALETTE)])], k, width=340, height=190)
+                       for i, k in enumerate(loss_keys)]  # fmt: skip
+        parts.append(f'<section><h2>Losses</h2><div class="charts">{"".join(loss_charts)}</div></section>')
+
+    if eval_keys:
+        table = "".join(f"<tr><td>{html.escape(_short_name(k, EVAL_PREFIX))}</td><td>{_last(rows, k):.4f}</td></tr>" for k in eval_keys)
+        parts.append(f"<section><h2>Latest evaluation</h2><table><tr><th>simulation</th><th>score</th></tr>{table}</table></section>")
+
+    replays = find_replays(root)
+    if replays:
+        items = "".join(
+            f'<tr><td>{"-" if r.epoch is None else r.epoch}</td><td><a href="{html.escape(r.href)}">{html.escape(r.name)}</a>'
+            f'{"" if r.has_page else " (no viewer page: <code>python -m metta.mettagrid.replay view</code>)"}</td></tr>'
+            for r in replays
+        )
+        parts.append(f'<section><h2>Replays</h2><table class="replays"><tr><th>epoch</th><th>replay</th></tr>{items}</table></section>')
+    else:
+        parts.append('<section><h2>Replays</h2><p class="note">No replays in replays/ yet.</p></section>')
+
+    config = read_config(root)
+    if config is not None:
+        parts.append(f"<section><h2>Config ({html.escape(config[0])})</h2><pre>{html.escape(config[1])}</pre></section>")
+
+    shown = set(MAIN_KEYS) | set(eval_keys) | set(loss_keys) | {k for k in keys if k.startswith(TIMING_PREFIX)}
+    others = [k for k in keys if k not in shown]
+    if others:
+        small = [line_chart(k, [Curve(k, series(rows, k), PALETTE[i % len(PALETTE)])], k, width=300, height=170)
+                 for i, k in enumerate(others)]  # fmt: skip
+        parts.append(f"<section><details><summary>All other metrics ({len(others)})</summary>"
+                     f'<div class="charts">{"".join(small)}</div></details></section>')  # fmt: skip
+    return _page(f"run {name}", subtitle, "".join(parts))
+
+
+def write_run_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+    """Write ``{run_dir}/index.html`` (or ``out``) atomically and return its path."""
+    path = Path(run_dir) / "index.html" if out is None else Path(out)
+    atomic_write_text(str(path), run_report_html(run_dir))
+    return path
+
+
+COMPARE_KEYS = ("overview/reward", "overview/sps", "losses/policy_loss", "losses/value_loss", "losses/entropy",
+                "losses/approx_kl", "losses/explained_variance")  # fmt: skip
+
+
+def comparison_html(run_dirs: Iterable[str | os.PathLike]) -> str:
+    """One page with the curves of several runs side by side, a colour per run."""
+    runs = []
+    for i, run_dir in enumerate(run_dirs):
+        root = Path(run_dir)
+        rows, _ = read_metrics(root)
+        runs.append((root.resolve().name, root, rows, PALETTE[i % len(PALETTE)]))
+    eval_keys: dict[str, None] = {}
+    for _, _, rows, _ in runs:
+        for k in _numeric_keys(rows):
+            if k.startswith(EVAL_PREFIX):
+                eval_keys.setdefault(k, None)
+    charts = []
+    for key in (*COMPARE_KEYS, *eval_keys):
+        getter = eval_series if key.startswith(EVAL_PREFIX) else series
+        curves = [Curve(name, getter(rows, key), color, markers=key.startswith(EVAL_PREFIX)) for name, _, rows, color in runs]
+        if any(c.points for c in curves):
+            charts.append(line_chart(key, curves, key))
+    header = "".join(f"<th>{html.escape(k)}</th>" for k in ("run", "epoch", "agent steps", "reward", "steps / s"))
+    body = ""
+    for name, root, rows, color in runs:
+        last = rows[-1] if rows else {}
+        report = root / "index.html"
+        link = f'<a href="{html.escape(report.resolve().as_uri())}">{html.escape(name)}</a>' if report.is_file() else html.escape(name)
+        values = [str(last.get("epoch", "-")), fmt_number(last["agent_step"]) if _finite(last.get("agent_step")) else "-"]
+        values += ["-" if (v := _last(rows, k)) is None else fmt_number(v) for k in MAIN_KEYS]
+        cells = "".join(f"<td>{html.escape(v)}</td>" for v in values)
+        body += f'<tr><td><span style="color:{color}">■</span> {link}</td>{cells}</tr>'
+    table = f"<section><table><tr>{header}</tr>{body}</table></section>"
+    subtitle = " · ".join(html.escape(str(root.resolve())) for _, root, _, _ in runs)
+    return _page(f"{len(runs)} runs compared", subtitle, table + f'<section><div class="charts">{"".join(charts)}</div></section>')
+
+
+def write_comparison(run_dirs: Iterable[str | os.PathLike], out: str | os.PathLike) -> Path:
+    """Write the comparison page of several run directories to ``out`` and return its path."""
+    atomic_write_text(str(out), comparison_html(run_dirs))
+    return Path(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m metta.common.run_report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_report = sub.add_parser("report", help="write {run_dir}/index.html")
+    p_report.add_argument("run_dir", type=Path)
+    p_compare = sub.add_parser("compare", help="one page with several runs' curves side by side")
+    p_compare.add_argument("run_dirs", type=Path, nargs="+")
+    p_compare.add_argument("--out", type=Path, default=Path("compare.html"))
+    args = parser.parse_args(argv)
+    dirs = [args.run_dir] if args.command == "report" else args.run_dirs
+    missing = [str(d) for d in dirs if not d.is_dir()]
+    if missing:
+        print(f"error: not a directory: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    path = write_run_report(args.run_dir) if args.command == "report" else write_comparison(args.run_dirs, args.out)
+    print(path.resolve().as_uri())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

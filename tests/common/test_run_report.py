@@ -1,0 +1,143 @@
+"""The run report and the run comparison: pages built from a real run directory's files, then shown in headless
+Chromium (one browser for the module)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from metta.common.run_report import find_replays, main, read_metrics, write_comparison, write_run_report
+from metta.common.stats_logger import StatsLogger
+from metta.mettagrid.env import MettaGridEnv
+from metta.mettagrid.replay import ReplayWriter, write_viewer_page
+
+EPOCHS = 12
+REPLAY_ENV = {
+    "game": {
+        "num_agents": 2,
+        "max_steps": 20,
+        "map_builder": {"type": "random", "width": 8, "height": 8, "agents": 2, "objects": {"altar": 1}, "border_width": 1},
+    }
+}
+
+
+def make_run(root: Path, name: str, reward_scale: float = 1.0, replays: bool = True) -> Path:
+    """A run directory as run.py leaves it: metrics.jsonl from StatsLogger, run_config.json, replays with pages."""
+    run_dir = root / name
+    logger = StatsLogger(run_dir, console=False)
+    for epoch in range(1, EPOCHS + 1):
+        metrics = {
+            "overview/reward": reward_scale * math.log(epoch + 1),
+            "overview/sps": 1000 + 10 * epoch,
+            "losses/policy_loss": 0.1 / epoch,
+            "losses/value_loss": 0.5 / epoch,
+            "losses/entropy": 2.0 - 0.05 * epoch,
+            "timing/frac/env": 0.2,
+            "timing/frac/forward": 0.3,
+            "timing/frac/learn": 0.4,
+            "timing/frac/other": 0.1,
+            "env_agent/heart.gained": 0.01 * epoch,
+        }
+        if epoch >= 4:  # run.py carries the last evaluation's scores until the next one
+            last_eval = 4 * (epoch // 4)
+            metrics |= {"eval/navigation/terrain_small": last_eval / 20, "eval/navigation/terrain_large": last_eval / 40}
+        logger.log(epoch, epoch * 1024, metrics)
+    logger.close()
+    (run_dir / "run_config.json").write_text(json.dumps({"run": name, "trainer": {"batch_size": 1024}}))
+    if replays:
+        env = MettaGridEnv(REPLAY_ENV, seed=1)
+        noops = np.tile([env.action_names.index("noop"), 0], (env.num_agents, 1)).astype(np.int32)
+        for epoch in (4, 8):
+            writer = ReplayWriter(run_dir / "replays" / f"epoch_{epoch:04d}" / "replay")
+            path = writer.record_episode(env, lambda obs: noops, max_steps=5)
+            if epoch == 4:
+                write_viewer_page(path)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> list[Path]:
+    root = tmp_path_factory.mktemp("runs")
+    return [make_run(root, "alpha"), make_run(root, "beta", reward_scale=2.0, replays=False)]
+
+
+def polylines(html: str, metric: str) -> list[list[tuple[float, float]]]:
+    chart = re.search(rf'<svg class="chart" data-metric="{re.escape(metric)}".*?</svg>', html, re.S)
+    assert chart, f"no chart for {metric}"
+    return [[tuple(map(float, p.split(","))) for p in pts.split()] for pts in re.findall(r'<polyline[^>]*points="([^"]*)"', chart.group(0))]
+
+
+def test_report_is_built_from_the_run_directory(runs):
+    run_dir = runs[0]
+    with (run_dir / "metrics.jsonl").open("a") as f:
+        f.write('{"epoch": 13, "agent_st')  # a line cut by a crash
+    path = write_run_report(run_dir)
+    assert path == run_dir / "index.html"
+    html = path.read_text()
+    rows, bad = read_metrics(run_dir)
+    assert len(rows) == EPOCHS and bad == 1 and "1 line(s) of metrics.jsonl could not be read" in html
+    (reward,) = polylines(html, "overview/reward")
+    assert len(reward) == EPOCHS
+    ys = [y for _, y in reward]
+    assert ys == sorted(ys, reverse=True), "reward rises every epoch, so its SVG y falls"
+    small, large = polylines(html, "eval")
+    assert len(small) == len(large) == 3  # evaluations at epochs 4, 8 and 12: where the score changed
+    assert {"policy_loss", "value_loss", "entropy"} <= set(re.findall(r'<text class="title"[^>]*>([^<]*)<', html))
+    assert 'data-metric="timing"' in html and "learn 40%" in html
+    assert "terrain_small" in html and "&quot;batch_size&quot;: 1024" in html
+    # Replays by epoch, newest first: a viewer page where one was written, the .json.z otherwise.
+    links = find_replays(run_dir)
+    assert [(r.epoch, r.has_page) for r in links] == [(8, False), (4, True)]
+    assert links[1].href.endswith(".html") and (run_dir / links[1].href).is_file()
+    assert f'href="{links[1].href}"' in html and f'href="{links[0].href}"' in html
+    assert not re.search(r"""(src|href)\s*=\s*["']?https?://""", html)
+
+
+def test_commands(runs, tmp_path, capsys):
+    assert main(["report", str(runs[1])]) == 0
+    assert capsys.readouterr().out.strip() == (runs[1] / "index.html").resolve().as_uri()
+    out = tmp_path / "cmp.html"
+    assert main(["compare", str(runs[0]), str(runs[1]), "--out", str(out)]) == 0
+    assert out.is_file()
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "No metrics yet" in write_run_report(empty).read_text()
+
+
+def test_report_renders_its_curves_in_a_browser(browser, runs):
+    page = browser.open(write_run_report(runs[0]).resolve().as_uri())
+    browser.pump(0.2)
+    assert page.console_errors == []
+    drawn = page.evaluate("""[...document.querySelectorAll('svg.chart')].map(svg => ({
+        metric: svg.dataset.metric,
+        curves: [...svg.querySelectorAll('polyline.curve')].map(p => {
+            const b = p.getBBox(); return {points: p.points.numberOfItems, w: b.width, h: b.height,
+                                           stroke: getComputedStyle(p).stroke}; }),
+        areas: svg.querySelectorAll('polygon.area').length}))""")
+    charts = {c["metric"]: c for c in drawn}
+    reward = charts["overview/reward"]["curves"][0]
+    assert reward["points"] == EPOCHS and reward["w"] > 100 and reward["h"] > 50 and reward["stroke"] != "none"
+    assert len(charts["eval"]["curves"]) == 2 and charts["timing"]["areas"] == 4
+    assert all(c["curves"] and all(p["points"] >= 1 for p in c["curves"]) for m, c in charts.items() if m != "timing")
+    # The replay link opens the replay's viewer page.
+    href = page.evaluate("document.querySelector('table.replays a[href$=\".html\"]').href")
+    viewer = browser.open(href)
+    assert viewer.wait_for("window.metta.ready || window.metta.error") is True
+    assert viewer.console_errors == []
+
+
+def test_comparison_shows_each_run_in_its_colour(browser, runs, tmp_path):
+    path = write_comparison(runs, tmp_path / "compare.html")
+    page = browser.open(path.resolve().as_uri())
+    browser.pump(0.2)
+    assert page.console_errors == []
+    labels = page.evaluate("[...document.querySelectorAll('svg[data-metric=\"overview/reward\"] polyline')].map(p => p.dataset.label)")
+    assert labels == ["alpha", "beta"]
+    rewards = page.evaluate("[...document.querySelectorAll('table tr')].slice(1).map(r => r.cells[3].textContent)")
+    assert rewards == [f"{math.log(EPOCHS + 1):.3g}", f"{2 * math.log(EPOCHS + 1):.3g}"]
