@@ -279,7 +279,6 @@ class MettaGridEnv:
         ei[e, kn.E_TRUNCATES] = int(game.episode_truncates)
         ei[e, kn.E_SHARE] = int(any(g.group_reward_pct > 0 for g in game.groups.values()))
         ei[e, kn.E_HAS_STAT_RW] = int(tables.stat_rewards.shape[2] > 0)
-        ei[e, kn.E_RW_MASK] = tables.resource_reward_mask
         self._env_swappable[e] = tables.swappable
         self._env_rng[e] = np.uint64(rng.integers(1, 2**63))
         stat_rw = tables.stat_rewards if tables.stat_rewards.shape[2] else np.zeros((len(self.layout.group_names), 2, self._agent_stat_rw.shape[2]), np.float32)
