@@ -121,7 +121,8 @@ def _read_yaml_file(path: str) -> Any:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigCliError(f"--config {path}: not valid YAML{where}: {problem}; fix the file (keys as in --help)") from None
+        message = f"--config {path}: not valid YAML{where}: {problem}; fix the file (keys as in --help)"
+        raise ConfigCliError(message) from None
     except (UnicodeDecodeError, OSError) as err:
         raise ConfigCliError(f"--config {path}: cannot be read as a UTF-8 YAML file ({err})") from None
 

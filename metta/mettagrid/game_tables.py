@@ -356,7 +356,8 @@ def build_episode_tables(game: GameConfig, layout: BatchLayout) -> EpisodeTables
     for g, gname in enumerate(layout.group_names):
         names[f"agent.{gname}"] = (KIND_AGENT, g)
         cfg = game.group_agent_config(gname)
-        agent_int[g] = (g, game.groups[gname].id, cfg.freeze_duration, resource_reward_bits(cfg.rewards.inventory, items))
+        rw_bits = resource_reward_bits(cfg.rewards.inventory, items)
+        agent_int[g] = (g, game.groups[gname].id, cfg.freeze_duration, rw_bits)
         agent_float[g] = (cfg.action_failure_penalty, game.groups[gname].group_reward_pct)
         limits[g] = cfg.default_resource_limit
         for item, n in cfg.resource_limits.items():

@@ -36,7 +36,9 @@ class EpisodicMettaGridEnv(MettaGridEnv):
     terminal observation) and the env refuses to step until ``begin_episode()`` reseeds and reloads it.
     """
 
-    def __init__(self, curriculum: MettaGridConfig | dict | str | Curriculum, *, is_training: bool = False, timings: bool = False):
+    def __init__(
+        self, curriculum: MettaGridConfig | dict | str | Curriculum, *, is_training: bool = False, timings: bool = False
+    ):
         super().__init__(curriculum, num_envs=1, auto_reset=False, is_training=is_training, timings=timings)
 
     def begin_episode(self, seed: int) -> np.ndarray:
@@ -53,32 +55,16 @@ class EpisodicMettaGridEnv(MettaGridEnv):
         obs, rewards, _, _, infos = self.step(actions)
         return obs.copy(), rewards.copy(), (infos[0] if infos else None)
 
-    def frame(self, render_mode: str | None) -> str | None:
-        """The adapters' ``render()``: the text picture of the current episode (the final one right after an
-        episode ended), printed for "human" and returned for "ansi"."""
-        if render_mode is None:
-            gym.logger.warn("render() was called with render_mode=None; pass render_mode='ansi' or 'human'")
-            return None
-        if self.current_task() is None:
-            raise gym.error.ResetNeeded("render() before reset(): there is no map yet; call reset() first")
-        text = self.render(0)
-        if render_mode == "human":
-            print(text)
-            return None
-        return text
 
-
-class MettaGridGymEnv(gym.Env):
-    """One MettaGrid env with exactly one agent, as a Gymnasium ``Env``.
+class EpisodicAdapter:
+    """What the Gymnasium and PettingZoo adapters share: construction, names, ``render()`` and ``close()``.
 
     ``curriculum`` is a ``Curriculum``, a ``MettaGridConfig``, a dict, or a config path such as
-    ``"/env/mettagrid/navigation/training/terrain_from_numpy_defaults"``. Each ``reset()`` draws a new map;
-    ``reset(seed=s)`` makes the following episodes reproducible. ``is_training`` is upstream's flag (with
+    ``"/env/mettagrid/navigation/training/terrain_from_numpy_defaults"``; ``render_mode`` is None, "ansi"
+    (``render()`` returns the map as text) or "human" (it prints it). ``is_training`` is upstream's flag (with
     ``desync_episodes`` it cuts the first episode to a random length). ``timings=True`` adds wall-clock
     timings to the episode's info (off by default, so identical runs give identical infos).
     """
-
-    metadata = {"render_modes": RENDER_MODES, "name": "mettagrid"}
 
     def __init__(
         self,
@@ -91,15 +77,11 @@ class MettaGridGymEnv(gym.Env):
         check_render_mode(render_mode)
         self.render_mode = render_mode
         self._env = EpisodicMettaGridEnv(curriculum, is_training=is_training, timings=timings)
-        if self._env.num_agents != 1:
-            raise ValueError(
-                f"MettaGridGymEnv needs a single-agent map, but game.num_agents={self._env.num_agents}; set "
-                "game.num_agents=1 (and a map builder that places one agent) or use MettaGridPettingZooEnv "
-                "for multi-agent maps"
-            )
-        self.observation_space = self._env.single_observation_space
-        self.action_space = self._env.single_action_space
-        self._episode_over = True
+        self._setup()
+
+    def _setup(self) -> None:
+        """The adapter's own spaces and state, once ``self._env`` exists."""
+        raise NotImplementedError
 
     @property
     def action_names(self) -> list[str]:
@@ -113,6 +95,42 @@ class MettaGridGymEnv(gym.Env):
     def mettagrid_env(self) -> MettaGridEnv:
         """The underlying 1-env ``MettaGridEnv`` (for feature names, grid objects and similar)."""
         return self._env
+
+    def render(self) -> str | None:
+        """The current episode's map (the final one right after an episode ended)."""
+        if self.render_mode is None:
+            gym.logger.warn("render() was called with render_mode=None; pass render_mode='ansi' or 'human'")
+            return None
+        if self._env.current_task() is None:
+            raise gym.error.ResetNeeded("render() before reset(): there is no map yet; call reset() first")
+        text = self._env.render(0)
+        if self.render_mode == "human":
+            print(text)
+            return None
+        return text
+
+    def close(self) -> None:
+        self._env.close()
+
+
+class MettaGridGymEnv(EpisodicAdapter, gym.Env):
+    """One MettaGrid env with exactly one agent, as a Gymnasium ``Env`` (arguments: see ``EpisodicAdapter``).
+
+    Each ``reset()`` draws a new map; ``reset(seed=s)`` makes the following episodes reproducible.
+    """
+
+    metadata = {"render_modes": RENDER_MODES, "name": "mettagrid"}
+
+    def _setup(self) -> None:
+        if self._env.num_agents != 1:
+            raise ValueError(
+                f"MettaGridGymEnv needs a single-agent map, but game.num_agents={self._env.num_agents}; set "
+                "game.num_agents=1 (and a map builder that places one agent) or use MettaGridPettingZooEnv "
+                "for multi-agent maps"
+            )
+        self.observation_space = self._env.single_observation_space
+        self.action_space = self._env.single_action_space
+        self._episode_over = True
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)  # (re)seeds self.np_random when seed is given
@@ -134,9 +152,3 @@ class MettaGridGymEnv(gym.Env):
             self.render()
         # The only episode end is the time limit: a truncation.
         return obs[0], float(rewards[0]), False, self._episode_over, info or {}
-
-    def render(self) -> str | None:
-        return self._env.frame(self.render_mode)
-
-    def close(self) -> None:
-        self._env.close()

@@ -15,37 +15,22 @@ import gymnasium as gym
 import numpy as np
 from pettingzoo import ParallelEnv
 
-from metta.mettagrid.config import MettaGridConfig
-from metta.mettagrid.curriculum.core import Curriculum
-from metta.mettagrid.env import MettaGridEnv, write_actions
-from metta.mettagrid.gym_env import RENDER_MODES, EpisodicMettaGridEnv, check_render_mode
+from metta.mettagrid.env import write_actions
+from metta.mettagrid.gym_env import RENDER_MODES, EpisodicAdapter
 
 
-class MettaGridPettingZooEnv(ParallelEnv):
-    """One MettaGrid env as a PettingZoo ``ParallelEnv`` with agents ``"agent_0"`` .. ``"agent_{n-1}"``.
+class MettaGridPettingZooEnv(EpisodicAdapter, ParallelEnv):
+    """One MettaGrid env as a PettingZoo ``ParallelEnv`` with agents ``"agent_0"`` .. ``"agent_{n-1}"``
+    (arguments: see ``EpisodicAdapter``).
 
-    ``curriculum`` is a ``Curriculum``, a ``MettaGridConfig``, a dict, or a config path such as
-    ``"/env/mettagrid/navigation/training/terrain_from_numpy_defaults"``. Each ``reset()`` draws a new map;
-    ``reset(seed=s)`` makes the following episodes reproducible. On the step that ends an episode, every
-    agent's info holds the episode stats of ``MettaGridEnv``. ``is_training`` and ``timings`` are as in
-    ``MettaGridGymEnv``. ``state()`` is every agent's observation, flattened, in agent order (upstream's
-    global state).
+    Each ``reset()`` draws a new map; ``reset(seed=s)`` makes the following episodes reproducible. On the step
+    that ends an episode, every agent's info holds the episode stats of ``MettaGridEnv``. ``state()`` is every
+    agent's observation, flattened, in agent order (upstream's global state).
     """
 
     metadata = {"render_modes": RENDER_MODES, "name": "mettagrid_v0", "is_parallelizable": True}
 
-    def __init__(
-        self,
-        curriculum: MettaGridConfig | dict | str | Curriculum,
-        render_mode: str | None = None,
-        *,
-        is_training: bool = False,
-        timings: bool = False,
-    ):
-        check_render_mode(render_mode)
-        self.render_mode = render_mode
-        # EpisodicMettaGridEnv keeps the final observations of an ended episode (see its docstring).
-        self._env = EpisodicMettaGridEnv(curriculum, is_training=is_training, timings=timings)
+    def _setup(self) -> None:
         self.possible_agents = [f"agent_{i}" for i in range(self._env.num_agents)]
         self.agents: list[str] = []
         # One space object per agent, returned by every call (PettingZoo seeds them one by one).
@@ -61,19 +46,6 @@ class MettaGridPettingZooEnv(ParallelEnv):
 
     def action_space(self, agent: str) -> gym.spaces.Space:
         return self.action_spaces[agent]
-
-    @property
-    def action_names(self) -> list[str]:
-        return self._env.action_names
-
-    @property
-    def max_action_args(self) -> list[int]:
-        return self._env.max_action_args
-
-    @property
-    def mettagrid_env(self) -> MettaGridEnv:
-        """The underlying 1-env ``MettaGridEnv`` (for feature names, grid objects and similar)."""
-        return self._env
 
     def reset(
         self, seed: int | None = None, options: dict[str, Any] | None = None
@@ -109,14 +81,8 @@ class MettaGridPettingZooEnv(ParallelEnv):
             {a: dict(info) if ended else {} for a in agents},
         )
 
-    def render(self) -> str | None:
-        return self._env.frame(self.render_mode)
-
     def state(self) -> np.ndarray:
         """Every agent's current observation, flattened in agent order (a copy)."""
         if self._env.current_task() is None:
             raise gym.error.ResetNeeded("state() before reset(): there is no episode yet; call reset() first")
         return self._env.observations.reshape(-1).copy()
-
-    def close(self) -> None:
-        self._env.close()

@@ -186,8 +186,9 @@ class VecEnv:
         worker_timeout_s: float = DEFAULT_WORKER_TIMEOUT_S,
     ):
         self.num_envs, self.batch_size, self.num_workers = check_layout(num_envs, batch_size, num_workers)
-        is_number = isinstance(worker_timeout_s, (int, float, np.integer, np.floating)) and not isinstance(worker_timeout_s, bool)
-        if not is_number or not 0 < worker_timeout_s < float("inf"):
+        timeout = worker_timeout_s
+        is_number = isinstance(timeout, (int, float, np.integer, np.floating)) and not isinstance(timeout, bool)
+        if not is_number or not 0 < timeout < float("inf"):
             raise ValueError(
                 f"worker_timeout_s={worker_timeout_s!r} must be a positive number of seconds (default "
                 f"{DEFAULT_WORKER_TIMEOUT_S:g}); raise it if a worker's steps are legitimately that slow"
