@@ -736,8 +736,8 @@ class MultiprocessingVecEnv(VecEnv):
         state = "is alive but not answering (stopped or hung)" if p.is_alive() else "is gone"
         return WorkerError(
             f"vecenv worker {w} (pid {p.pid}) did not answer {what} within {timeout:g} s and {state}; "
-            f"close this vecenv and make a new one (worker_timeout_s={self.worker_timeout_s:g}: raise it if steps "
-            "are legitimately that slow)"
+            f"close this vecenv and make a new one (worker_timeout_s={self.worker_timeout_s:g}: raise it if the worker "
+            "is legitimately that slow)"
         )
 
     def _collect_step(self, w: int) -> None:
