@@ -104,7 +104,7 @@ class RunConfig(BaseModel):
     keep_checkpoints: int = Field(default=5, ge=1, description="checkpoints kept on disk (older ones pruned)")
     evaluate: bool = Field(default=True, description="evaluate on the terrain suite every evaluate_interval epochs")
     replay: bool = Field(default=True, description="write a replay with each evaluation")
-    torch_threads: int | None = Field(default=None, description="default: torch's choice")
+    torch_threads: int | None = Field(default=None, ge=1, description="threads for torch ops (default: torch's choice)")
     debug_dump_weights: bool = Field(default=False, description="every rank saves its final weights to {run_dir}/rank{r}_weights.pt")
     trainer: TrainerConfig = Field(default_factory=cpu_trainer_config)
     wandb: WandbSettings = Field(default_factory=WandbSettings)

@@ -113,6 +113,20 @@ def _merge(base: dict, update: dict) -> dict:
     return out
 
 
+def _read_yaml_file(path: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as stream:  # a stream, so YAML's marks carry the file's name
+            return yaml.safe_load(stream)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        message = f"--config {path}: not valid YAML{where}: {problem}; fix the file (keys as in --help)"
+        raise ConfigCliError(message) from None
+    except (UnicodeDecodeError, OSError) as err:
+        raise ConfigCliError(f"--config {path}: cannot be read as a UTF-8 YAML file ({err})") from None
+
+
 def parse_config(model: type[M], argv: list[str] | None = None, prog: str | None = None, doc: str = "") -> M:
     """Build ``model`` from ``argv`` (default ``sys.argv[1:]``). ``--help`` prints the fields and exits."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -134,7 +148,7 @@ def parse_config(model: type[M], argv: list[str] | None = None, prog: str | None
             i += 1 if "=" in arg else 2
             if not path or not Path(path).is_file():
                 raise ConfigCliError(f"--config {path!r}: no such file; give a YAML file with the fields of --help")
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
+            loaded = _read_yaml_file(path) or {}
             if not isinstance(loaded, dict):
                 raise ConfigCliError(f"--config {path}: the file must hold a mapping of fields, not {type(loaded).__name__}")
             data = _merge(data, loaded)

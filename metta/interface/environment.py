@@ -24,7 +24,7 @@ from typing import Any, Mapping
 
 from metta.mettagrid.config import MettaGridConfig
 from metta.mettagrid.curriculum.core import Curriculum, SingleTaskCurriculum
-from metta.rl.vecenv import VecEnv, make_vecenv
+from metta.rl.vecenv import DEFAULT_WORKER_TIMEOUT_S, VecEnv, make_vecenv
 
 DEFAULT_NUM_AGENTS = 4
 DEFAULT_WIDTH = 32
@@ -187,10 +187,15 @@ def _resolve_batching(num_envs: int, batch_size: int, async_factor: int, num_wor
 def _build_curriculum(
     curriculum_path: str | None, env_config: Any, num_agents: int | None, width: int | None, height: int | None
 ) -> Curriculum:
+    for name, value in (("num_agents", num_agents), ("width", width), ("height", height)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name}={value!r} is not allowed; use a positive integer, or None for the env's own {name}")
     if curriculum_path is None:
         if env_config is None:
             cfg = default_env_config(
-                num_agents or DEFAULT_NUM_AGENTS, width or DEFAULT_WIDTH, height or DEFAULT_HEIGHT
+                DEFAULT_NUM_AGENTS if num_agents is None else num_agents,
+                DEFAULT_WIDTH if width is None else width,
+                DEFAULT_HEIGHT if height is None else height,
             )
             return SingleTaskCurriculum("default_navigation", cfg)
         cfg = apply_size_overrides(MettaGridConfig.from_any(env_config), num_agents, width, height)
@@ -230,11 +235,14 @@ def Environment(  # noqa: N802 - upstream's name; a factory that returns the vec
     num_agents: int | None = None,
     width: int | None = None,
     height: int | None = None,
+    worker_timeout_s: float = DEFAULT_WORKER_TIMEOUT_S,
 ) -> VecEnv:
     """A vecenv over ``curriculum_path`` (a packaged path or YAML file), ``env_config``, or the default env.
 
     ``device`` is accepted for compatibility; envs run on the CPU and the policy moves tensors itself.
     ``seed`` (default: random) is used for ``async_reset``. See the module docstring for batching.
+    ``worker_timeout_s``: with multiprocessing, how long to wait for a worker before raising ``WorkerError``
+    (see ``metta.rl.vecenv.make_vecenv``).
     """
     del device
     num_envs, batch_size = _resolve_batching(num_envs, batch_size, async_factor, num_workers)
@@ -247,6 +255,7 @@ def Environment(  # noqa: N802 - upstream's name; a factory that returns the vec
         num_workers=num_workers,
         zero_copy=zero_copy,
         is_training=is_training,
+        worker_timeout_s=worker_timeout_s,
     )
     try:
         vecenv.async_reset(secrets.randbelow(10**6) if seed is None else seed)

@@ -7,6 +7,7 @@ here, before any simulation starts, with messages that name the field, the value
 
 from __future__ import annotations
 
+import math
 from typing import Any, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -27,6 +28,16 @@ DEFAULT_ITEMS = [
 
 # The most observation tokens a window can address: locations pack row and column into 4 bits each.
 MAX_OBS_SIZE = 15
+
+
+def _problems(err: ValidationError) -> str:
+    """A nested model's validation errors as one line: each field, the value given (if a plain value) and why."""
+    parts = []
+    for e in err.errors():
+        value = e.get("input")
+        shown = f"={value!r}" if isinstance(value, (int, float, str, bool)) else ""
+        parts.append(f"{'.'.join(map(str, e['loc']))}{shown}: {e['msg']}")
+    return "; ".join(parts)
 
 
 class Config(BaseModel):
@@ -116,12 +127,24 @@ class RewardsConfig(Config):
     inventory: dict[str, float] = Field(default_factory=dict)
     stats: dict[str, float] = Field(default_factory=dict)
 
+    @field_validator("inventory", "stats")
+    @classmethod
+    def _finite(cls, v: dict[str, float], info) -> dict[str, float]:
+        for key, value in v.items():
+            is_cap = key.endswith("_max")
+            if math.isnan(value) or (math.isinf(value) and not (is_cap and value > 0)):
+                raise ValueError(
+                    f"rewards.{info.field_name}[{key!r}]={value} is not allowed; a reward per unit must be a finite "
+                    "number (a cap named <item>_max may also be .inf, meaning no cap)"
+                )
+        return v
+
 
 class AgentConfig(Config):
     default_resource_limit: int = Field(default=50, ge=0, le=255)
     resource_limits: dict[str, int] = Field(default_factory=lambda: {"heart": 255})
     freeze_duration: int = Field(default=10, ge=0)
-    action_failure_penalty: float = 0.0
+    action_failure_penalty: float = Field(default=0.0, allow_inf_nan=False)
     rewards: RewardsConfig = Field(default_factory=RewardsConfig)
 
     @model_validator(mode="before")
@@ -198,7 +221,7 @@ class GameConfig(Config):
                 try:
                     obj = kind.model_validate(obj)
                 except ValidationError as err:
-                    problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+                    problems = _problems(err)
                     raise ValueError(f"objects.{name} ({kind.__name__}): {problems}") from None
             out[name] = obj
         return out
@@ -249,6 +272,14 @@ class GameConfig(Config):
             bad = set(group.props) - set(AgentConfig.model_fields)
             if bad:
                 raise ValueError(f"groups.{name}.props has unknown keys {sorted(bad)}; allowed: {sorted(AgentConfig.model_fields)}")
+            if group.props:
+                try:
+                    agent = self.group_agent_config(name)
+                except ValidationError as err:
+                    problems = _problems(err)
+                    raise ValueError(f"groups.{name}.props: {problems}") from None
+                check_items(f"groups.{name}.props.resource_limits", agent.resource_limits)
+                check_items(f"groups.{name}.props.rewards.inventory", agent.rewards.inventory)
         if not self.actions.enabled_names():
             raise ValueError("actions: every action is disabled; enable at least one (e.g. actions.noop.enabled=true)")
         return self

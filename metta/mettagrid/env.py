@@ -41,6 +41,27 @@ from metta.mettagrid.map.level import Level, cell_name, code_table_size
 _MIN_CELLS = 32 * 32
 _MIN_CONVERTERS = 16
 _MAX_CONVERTERS = 32767  # grid cells hold converter indices as int16
+_INT32_MIN, _INT32_MAX = int(np.iinfo(np.int32).min), int(np.iinfo(np.int32).max)
+
+
+def write_actions(dst: np.ndarray, actions: Any, expected: str) -> None:
+    """Check ``actions`` against the int32 action buffer ``dst`` and copy them in.
+
+    Any integer dtype is accepted. Values that int32 cannot hold become the nearest int32 bound, which is no
+    action type or argument, so the kernel counts them as invalid actions: a plain cast would wrap them
+    (int64 2**33 + 1 to 1, uint64 2**63 to 0) into valid ones. ``expected`` describes ``dst`` for the error.
+    """
+    if not isinstance(actions, np.ndarray):
+        actions = np.asarray(actions)  # e.g. a CPU torch tensor: a view, not a copy
+    if actions.shape != dst.shape:
+        raise ValueError(f"actions must have shape {list(dst.shape)} {expected}, got {list(actions.shape)}")
+    dtype = actions.dtype
+    if dtype.kind not in "iu":
+        raise TypeError(f"actions must be integers (int32 preferred), got dtype {dtype}")
+    if dtype.itemsize < 4 or dtype == np.int32:  # every value fits
+        np.copyto(dst, actions, casting="unsafe")
+    else:
+        np.clip(actions, 0 if dtype.kind == "u" else _INT32_MIN, _INT32_MAX, out=dst, casting="unsafe")
 
 
 def make_curriculum(curriculum: Any) -> Curriculum:
@@ -69,6 +90,7 @@ class MettaGridEnv:
         seed: int | None = None,
         env_offset: int = 0,
         auto_reset: bool = True,
+        timings: bool = False,
     ):
         if num_envs < 1:
             raise ValueError(f"num_envs={num_envs}; it must be at least 1")
@@ -80,6 +102,8 @@ class MettaGridEnv:
         # Without auto-reset an ended episode keeps its final observation and the next step() must be
         # preceded by reset() (what Gymnasium and PettingZoo users expect).
         self.auto_reset = bool(auto_reset)
+        # Wall-clock timings make infos differ between identical runs, so they are only reported when asked for.
+        self.timings = bool(timings)
         self._tables_cache: dict[int, tuple[MettaGridConfig, EpisodeTables]] = {}
 
         # The first task fixes the batch layout (shapes, actions, items) that every later task must share.
@@ -279,7 +303,6 @@ class MettaGridEnv:
         ei[e, kn.E_TRUNCATES] = int(game.episode_truncates)
         ei[e, kn.E_SHARE] = int(any(g.group_reward_pct > 0 for g in game.groups.values()))
         ei[e, kn.E_HAS_STAT_RW] = int(tables.stat_rewards.shape[2] > 0)
-        ei[e, kn.E_RW_MASK] = tables.resource_reward_mask
         self._env_swappable[e] = tables.swappable
         self._env_rng[e] = np.uint64(rng.integers(1, 2**63))
         stat_rw = tables.stat_rewards if tables.stat_rewards.shape[2] else np.zeros((len(self.layout.group_names), 2, self._agent_stat_rw.shape[2]), np.float32)
@@ -332,15 +355,7 @@ class MettaGridEnv:
         if self._needs_reset:
             raise RuntimeError("call reset(seed) before step(actions) (at the start, or after an episode ended with auto_reset=False)")
         if actions is not self.actions:
-            actions = np.asarray(actions)
-            if actions.shape != self.actions.shape:
-                raise ValueError(
-                    f"actions must have shape {list(self.actions.shape)} (num_agents, [action type, argument]), "
-                    f"got {list(actions.shape)}"
-                )
-            if actions.dtype.kind not in "iu":
-                raise TypeError(f"actions must be integers (int32 preferred), got dtype {actions.dtype}")
-            np.copyto(self.actions, actions, casting="unsafe")
+            write_actions(self.actions, actions, "(num_agents, [action type, argument])")
         n_done = kn.step_envs(
             self.actions, self.rewards, self.terminals, self.truncations, self.observations, self._env_i,
             self._env_cell_deltas, self._env_rng, self._env_game_stats, self._grid_pair,
@@ -387,7 +402,6 @@ class MettaGridEnv:
             "episode_rewards": episode_rewards.tolist(),
             "episode_length": steps,
             f"task_reward/{task.short_name()}/rewards.mean": mean_reward,
-            f"task_timing/{task.short_name()}/init_time_msec": ep["init_ms"],
             "attributes": {
                 "seed": self._seed,
                 "map_w": int(ep["map_shape"][1]),
@@ -396,9 +410,11 @@ class MettaGridEnv:
                 "steps": steps,
                 "resets": int(self._episodes_started[e]),
                 "max_steps": int(self._env_i[e, kn.E_MAX_STEPS]),
-                "completion_time": time.perf_counter() - ep["start_time"],
             },
         }
+        if self.timings:
+            info[f"task_timing/{task.short_name()}/init_time_msec"] = ep["init_ms"]
+            info["attributes"]["completion_time"] = time.perf_counter() - ep["start_time"]
         for label in ep["labels"]:
             info[f"map_reward/{label}"] = mean_reward
         info.update(self.curriculum.stats())
@@ -468,6 +484,12 @@ class MettaGridEnv:
         off = int(self.layout.stat_offsets[kn.SB_SWAP_TYPE])
         return int(self._agent_stats[self.agent_rows(env_index), off + 1 : off + 256].sum())
 
+    def _require_episode(self, what: str, env_index: int) -> None:
+        if not 0 <= env_index < self.num_envs:
+            raise IndexError(f"env_index={env_index} is out of range; this env has num_envs={self.num_envs}")
+        if self._tasks[env_index] is None:
+            raise RuntimeError(f"{what} before reset(): there is no map yet; call reset(seed) first")
+
     def grid_objects(self, env_index: int = 0, include_static: bool = True) -> dict[int, dict[str, Any]]:
         """Every object of one env as a dict (for replays, renderers and tests).
 
@@ -475,6 +497,7 @@ class MettaGridEnv:
         and are numbered by map position, so a block that moves changes id. ``include_static=False`` leaves
         them out (they are most of a terrain map and only move by swaps; see ``static_moves``).
         """
+        self._require_episode("grid_objects()", env_index)
         e = env_index
         N = self.layout.num_agents
         H, W = self.map_size(e)
@@ -565,6 +588,7 @@ class MettaGridEnv:
 
     def render(self, env_index: int = 0) -> str:
         """A text picture of one env: walls '#', blocks 's', converters by initial, agents by orientation."""
+        self._require_episode("render()", env_index)
         H, W = self.map_size(env_index)
         rows = [["." for _ in range(W)] for _ in range(H)]
         arrows = {0: "^", 1: "v", 2: "<", 3: ">"}

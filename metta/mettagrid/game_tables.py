@@ -258,7 +258,7 @@ def build_layout(game: GameConfig) -> BatchLayout:
 # Converter template columns (int32).
 CT_TYPE, CT_MAXOUT, CT_TICKS, CT_COOLDOWN, CT_INIT, CT_COLOR, CT_RECIPE_OBS = range(7)
 # Agent template columns: ints, then floats.
-AT_GROUP, AT_GROUP_ID, AT_FREEZE = range(3)
+AT_GROUP, AT_GROUP_ID, AT_FREEZE, AT_RW_MASK = range(4)
 AF_PENALTY, AF_GROUP_PCT = range(2)
 
 # What a map cell code means in one game: empty, a static object, a converter, or an agent.
@@ -273,13 +273,12 @@ class EpisodeTables:
     max_steps: int
     conv_int: np.ndarray  # int32[n_templates, 7]
     conv_recipe: np.ndarray  # int32[n_templates, 2, n_items]: input, output
-    agent_int: np.ndarray  # int32[n_groups, 3]
+    agent_int: np.ndarray  # int32[n_groups, 4]: AT_* columns
     agent_float: np.ndarray  # float32[n_groups, 2]
     agent_limits: np.ndarray  # int32[n_groups, n_items]
     agent_rewards: np.ndarray  # float32[n_groups, 2, n_items]: per unit, cap
     stat_rewards: np.ndarray  # float32[n_groups, 2, n_stats]: per unit, cap (empty second dim if unused)
     swappable: np.ndarray  # uint8[256] by type id
-    resource_reward_mask: int  # bit i set when item i (of the first 8) carries a reward
     names: dict[str, tuple[int, int]]  # cell name -> (kind, index: type id / template / group)
     _code_lookup: tuple[int, np.ndarray] | None = None
 
@@ -302,6 +301,16 @@ class EpisodeTables:
             )
         known = sorted(n for n in self.names if not n.startswith("agent."))
         return ValueError(f"the map has a {name!r} cell, but game.objects has no {name!r} (objects: {known})")
+
+
+def resource_reward_bits(inventory_rewards: dict[str, float], items: list[str]) -> int:
+    """The ``resource_rewards`` token of an agent, as upstream packs it: item i of the first 8 is bit 7 - i
+    (item 0 is the high bit), set when the agent's reward per unit of that item is positive."""
+    bits = 0
+    for i, item in enumerate(items[:8]):
+        if inventory_rewards.get(item, 0.0) > 0:
+            bits |= 1 << (7 - i)
+    return bits
 
 
 def build_episode_tables(game: GameConfig, layout: BatchLayout) -> EpisodeTables:
@@ -338,17 +347,17 @@ def build_episode_tables(game: GameConfig, layout: BatchLayout) -> EpisodeTables
 
     stat_index = {name: i for i, name in enumerate(layout.stat_names())}
     G = len(layout.group_names)
-    agent_int = np.zeros((G, 3), dtype=np.int32)
+    agent_int = np.zeros((G, 4), dtype=np.int32)
     agent_float = np.zeros((G, 2), dtype=np.float32)
     limits = np.zeros((G, n_items), dtype=np.int32)
     rewards = np.zeros((G, 2, n_items), dtype=np.float32)
     any_stat_reward = any(game.group_agent_config(g).rewards.stats for g in layout.group_names)
     stat_rewards = np.zeros((G, 2, layout.num_stats if any_stat_reward else 0), dtype=np.float32)
-    reward_mask = 0
     for g, gname in enumerate(layout.group_names):
         names[f"agent.{gname}"] = (KIND_AGENT, g)
         cfg = game.group_agent_config(gname)
-        agent_int[g] = (g, game.groups[gname].id, cfg.freeze_duration)
+        rw_bits = resource_reward_bits(cfg.rewards.inventory, items)
+        agent_int[g] = (g, game.groups[gname].id, cfg.freeze_duration, rw_bits)
         agent_float[g] = (cfg.action_failure_penalty, game.groups[gname].group_reward_pct)
         limits[g] = cfg.default_resource_limit
         for item, n in cfg.resource_limits.items():
@@ -359,8 +368,6 @@ def build_episode_tables(game: GameConfig, layout: BatchLayout) -> EpisodeTables
                 rewards[g, 1, item_index[key[:-4]]] = value
             else:
                 rewards[g, 0, item_index[key]] = value
-                if item_index[key] < 8 and value != 0:
-                    reward_mask |= 1 << item_index[key]
         if any_stat_reward:
             stat_rewards[g, 1] = np.inf
             for key, value in cfg.rewards.stats.items():
@@ -383,6 +390,5 @@ def build_episode_tables(game: GameConfig, layout: BatchLayout) -> EpisodeTables
         agent_rewards=rewards,
         stat_rewards=stat_rewards,
         swappable=swappable,
-        resource_reward_mask=reward_mask,
         names=names,
     )

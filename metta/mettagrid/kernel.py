@@ -45,9 +45,9 @@ from metta.mettagrid.constants import (
 from metta.mettagrid.game_tables import STAT_BLOCK_INDEX as _SB
 
 # env_i columns (int64[E, ...]).
-(E_H, E_W, E_GRID_OFF, E_CONV_OFF, E_CONV_N, E_STEP, E_MAX_STEPS, E_NEXT_EVENT, E_HAS_STAT_RW, E_RW_MASK, E_DONE,
- E_TRUNCATES, E_SHARE, E_STRIDE, E_SLOT_OFF, E_MARK_N) = range(16)
-ENV_COLS = 16
+(E_H, E_W, E_GRID_OFF, E_CONV_OFF, E_CONV_N, E_STEP, E_MAX_STEPS, E_NEXT_EVENT, E_HAS_STAT_RW, E_DONE,
+ E_TRUNCATES, E_SHARE, E_STRIDE, E_SLOT_OFF, E_MARK_N) = range(15)
+ENV_COLS = 15
 # Changed cells. An agent's window tokens change only when something in its window changes, so each step
 # records the cells whose observable state it changed (env_marks[e, :E_MARK_N] = (row, col); E_MARK_N = -1
 # when too many, or everything, changed) and an agent with no marked cell in its window rewrites only its
@@ -65,10 +65,11 @@ CONV_COLS = 10
 CONV_IDLE, CONV_CONVERTING, CONV_COOLING = 0, 1, 2
 # agent_i columns (int32[A, ...]).
 (A_R, A_C, A_ORIENT, A_FROZEN, A_FREEZE_DUR, A_COLOR, A_GLYPH, A_GROUP, A_GROUP_ID, A_LAST_ACT, A_LAST_ARG, A_SUCCESS,
- A_OBS_N, A_OBS_WANT) = range(14)
+ A_OBS_N, A_OBS_WANT, A_RW_BITS) = range(15)
 # A_OBS_N: tokens written in the agent's previous observation; A_OBS_WANT: tokens it wanted (written + dropped),
 # or -1 when its buffer does not hold a complete previous observation (the next one is written in full).
-AGENT_COLS = 14
+# A_RW_BITS: the agent's resource_rewards token (game_tables.resource_reward_bits of its group).
+AGENT_COLS = 15
 # agent_f columns (float32[A, ...]).
 F_PENALTY, F_GROUP_PCT, F_EP_REWARD, F_STAT_RW = range(4)
 AGENT_FCOLS = 4
@@ -484,8 +485,7 @@ def emit(out, n, T, loc, feature, value):
 @jit
 def write_agent_obs(
     a, e, agent_base, env_i, grid_pair, conv_i, conv_inv, conv_recipe, agent_i,
-    agent_inv, rewards, obs, obs_offsets, cell_deltas, params, n_items, env_game_stats, resource_reward_mask,
-    occ, obs_rank, full,
+    agent_inv, rewards, obs, obs_offsets, cell_deltas, params, n_items, env_game_stats, occ, obs_rank, full,
 ):
     """Write agent ``a``'s token observation: global tokens, then the window in distance order.
 
@@ -515,7 +515,7 @@ def write_agent_obs(
         rv = int(np.round(rewards[a] * 100.0))
         n = emit(out, n, T, center, LAST_REWARD, min(max(rv, 0), 255))
     if params[P_G_RESOURCE_RW]:
-        n = emit(out, n, T, center, RESOURCE_REWARDS, resource_reward_mask & 255)
+        n = emit(out, n, T, center, RESOURCE_REWARDS, agent_i[a, A_RW_BITS])
     if full:
         center_cell = goff + agent_i[a, A_R] * S + agent_i[a, A_C]
         # The occupied window cells as a mask over their distance rank (obs_rank[row * ow + col]), up to 4 x 64
@@ -612,7 +612,6 @@ def observe_env(
     """Observations of env ``e``'s agents; windows without a marked cell keep their tokens (see MARK_CAP)."""
     N = params[P_N_AGENTS]
     base = e * N
-    mask = env_i[e, E_RW_MASK]
     cell_deltas = env_cell_deltas[e]
     half_h = params[P_OH] // 2
     half_w = params[P_OW] // 2
@@ -629,8 +628,7 @@ def observe_env(
                     break
         write_agent_obs(
             a, e, base, env_i, grid_pair, conv_i, conv_inv, conv_recipe, agent_i,
-            agent_inv, rewards, obs, obs_offsets, cell_deltas, params, n_items, env_game_stats, mask, occ, obs_rank,
-            full,
+            agent_inv, rewards, obs, obs_offsets, cell_deltas, params, n_items, env_game_stats, occ, obs_rank, full,
         )
 
 
@@ -902,6 +900,7 @@ def load_episode(
                     agent_i[a, A_GLYPH] = 0
                     agent_i[a, A_GROUP] = agent_template_int[idx, 0]
                     agent_i[a, A_GROUP_ID] = agent_template_int[idx, 1]
+                    agent_i[a, A_RW_BITS] = agent_template_int[idx, 3]
                     agent_i[a, A_LAST_ACT] = 0
                     agent_i[a, A_LAST_ARG] = 0
                     agent_i[a, A_SUCCESS] = 0

@@ -1,46 +1,43 @@
 """``MettaGridPettingZooEnv``: a PettingZoo ``ParallelEnv`` over one MettaGrid env and all its agents.
 
 A compatibility adapter for tools that speak PettingZoo; the metta trainer steps ``MettaGridEnv`` batches
-directly. Every agent acts every step and all agents' episodes end together (MettaGrid episodes end at
-``game.max_steps``), so after the last step ``agents`` is empty until ``reset()``.
+directly. Every agent acts every step and all agents' episodes end together at ``game.max_steps``, a time
+limit, reported as ``truncations`` (``terminations`` stay False; see ``gym_env``); after the last step
+``agents`` is empty until ``reset()``.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from pettingzoo import ParallelEnv
 
-from metta.mettagrid.config import MettaGridConfig
-from metta.mettagrid.curriculum.core import Curriculum
-from metta.mettagrid.env import MettaGridEnv
-from metta.mettagrid.gym_env import RENDER_MODES, EpisodicMettaGridEnv
+from metta.mettagrid.env import write_actions
+from metta.mettagrid.gym_env import RENDER_MODES, EpisodicAdapter
 
 
-class MettaGridPettingZooEnv(ParallelEnv):
-    """One MettaGrid env as a PettingZoo ``ParallelEnv`` with agents ``"agent_0"`` .. ``"agent_{n-1}"``.
+class MettaGridPettingZooEnv(EpisodicAdapter, ParallelEnv):
+    """One MettaGrid env as a PettingZoo ``ParallelEnv`` with agents ``"agent_0"`` .. ``"agent_{n-1}"``
+    (arguments: see ``EpisodicAdapter``).
 
-    ``config`` is a ``MettaGridConfig``, a dict, a config path such as
-    ``"/env/mettagrid/navigation/training/terrain_from_numpy_defaults"``, or a ``Curriculum``. Each
-    ``reset()`` draws a new map; ``reset(seed=s)`` makes the following episodes reproducible. On the step
-    that ends an episode, every agent's info holds the episode stats of ``MettaGridEnv``.
+    Each ``reset()`` draws a new map; ``reset(seed=s)`` makes the following episodes reproducible. On the step
+    that ends an episode, every agent's info holds the episode stats of ``MettaGridEnv``. ``state()`` is every
+    agent's observation, flattened, in agent order (upstream's global state).
     """
 
     metadata = {"render_modes": RENDER_MODES, "name": "mettagrid_v0", "is_parallelizable": True}
 
-    def __init__(self, config: MettaGridConfig | dict | str | Curriculum, render_mode: str | None = None):
-        if render_mode is not None and render_mode not in RENDER_MODES:
-            raise ValueError(f"render_mode={render_mode!r}; use one of {RENDER_MODES} or None")
-        self.render_mode = render_mode
-        # EpisodicMettaGridEnv keeps the final observations of an ended episode (see its docstring).
-        self._env = EpisodicMettaGridEnv(config, capture_frames=render_mode is not None)
+    def _setup(self) -> None:
         self.possible_agents = [f"agent_{i}" for i in range(self._env.num_agents)]
         self.agents: list[str] = []
-        # One space object per agent, returned every call (PettingZoo requires identity, for seeding).
-        self.observation_spaces = {a: self._env.single_observation_space for a in self.possible_agents}
-        self.action_spaces = {a: self._env.single_action_space for a in self.possible_agents}
+        # One space object per agent, returned by every call (PettingZoo seeds them one by one).
+        self.observation_spaces = {a: copy.deepcopy(self._env.single_observation_space) for a in self.possible_agents}
+        self.action_spaces = {a: copy.deepcopy(self._env.single_action_space) for a in self.possible_agents}
+        obs_shape = self._env.single_observation_space.shape
+        self.state_space = gym.spaces.Box(0, 255, (self._env.num_agents * int(np.prod(obs_shape)),), dtype=np.uint8)
         self._rng = np.random.default_rng()
         self._actions = np.zeros((self._env.num_agents, 2), dtype=np.int32)
 
@@ -49,19 +46,6 @@ class MettaGridPettingZooEnv(ParallelEnv):
 
     def action_space(self, agent: str) -> gym.spaces.Space:
         return self.action_spaces[agent]
-
-    @property
-    def action_names(self) -> list[str]:
-        return self._env.action_names
-
-    @property
-    def max_action_args(self) -> list[int]:
-        return self._env.max_action_args
-
-    @property
-    def mettagrid_env(self) -> MettaGridEnv:
-        """The underlying 1-env ``MettaGridEnv`` (for feature names, grid objects and similar)."""
-        return self._env
 
     def reset(
         self, seed: int | None = None, options: dict[str, Any] | None = None
@@ -81,38 +65,24 @@ class MettaGridPettingZooEnv(ParallelEnv):
         if missing:
             raise ValueError(f"step() needs an action for every live agent; missing {missing}")
         for i, agent in enumerate(self.agents):
-            self._actions[i] = actions[agent]
-        _, rewards, terminals, truncations, infos = self._env.step(self._actions)
+            write_actions(self._actions[i], actions[agent], f"([action type, argument]) for {agent}")
+        obs, rewards, info = self._env.step_episode(self._actions)
         agents = self.agents
-        if infos:  # the episode ended; the env's buffer already holds the next episode's first observations
-            obs = self._env.terminal_observations
-            agent_infos = {a: dict(infos[0]) for a in agents}
+        ended = info is not None
+        if ended:
             self.agents = []
-        else:
-            obs = self._env.observations.copy()
-            agent_infos = {a: {} for a in agents}
         if self.render_mode == "human":
             self.render()
         return (
             {a: obs[i] for i, a in enumerate(agents)},
             {a: float(rewards[i]) for i, a in enumerate(agents)},
-            {a: bool(terminals[i]) for i, a in enumerate(agents)},
-            {a: bool(truncations[i]) for i, a in enumerate(agents)},
-            agent_infos,
+            {a: False for a in agents},
+            {a: ended for a in agents},
+            {a: dict(info) if ended else {} for a in agents},
         )
 
-    def render(self) -> str | None:
-        if self.render_mode is None:
-            gym.logger.warn("render() was called with render_mode=None; pass render_mode='ansi' or 'human'")
-            return None
-        text = self._env.frame()
-        if self.render_mode == "human":
-            print(text)
-            return None
-        return text
-
     def state(self) -> np.ndarray:
-        raise NotImplementedError("MettaGridPettingZooEnv has no global state array; use each agent's observation")
-
-    def close(self) -> None:
-        self._env.close()
+        """Every agent's current observation, flattened in agent order (a copy)."""
+        if self._env.current_task() is None:
+            raise gym.error.ResetNeeded("state() before reset(): there is no episode yet; call reset() first")
+        return self._env.observations.reshape(-1).copy()

@@ -24,6 +24,11 @@ Protocol::
 
 ``infos`` is a list with one dict per episode that ended in the batch's last step. ``env_ids`` are the
 batch's rows among the ``num_agents`` rows of all envs.
+
+Failures: an exception inside a worker is re-raised in the parent as ``WorkerError`` with the worker's
+traceback (the worker lives on). A worker that dies, or does not answer within ``worker_timeout_s``, raises
+``WorkerError`` naming the worker, its pid and what it was doing; from then on every use of the vecenv raises
+``WorkerError`` too, and ``close()`` kills what is left in bounded time.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import multiprocessing as mp
 import os
 import pickle
 import secrets
+import select
 import signal
 import sys
 import threading
@@ -47,7 +53,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from metta.mettagrid.curriculum.core import Curriculum
-from metta.mettagrid.env import MettaGridEnv, make_curriculum
+from metta.mettagrid.env import MettaGridEnv, make_curriculum, write_actions
 
 VECTORIZATIONS = ("serial", "multiprocessing")
 
@@ -71,8 +77,15 @@ _BUFFER_DTYPES = {
 }
 
 
+# How long the parent waits for a worker's reply before it gives up on the worker (see make_vecenv).
+DEFAULT_WORKER_TIMEOUT_S = 60.0
+# A worker's start and a reset may compile the kernel (on a cold numba cache) and generate terrain sets, so
+# they get this many times worker_timeout_s.
+SLOW_REPLY_FACTOR = 5
+
+
 class WorkerError(RuntimeError):
-    """An exception raised inside a worker process; the message carries the worker's traceback."""
+    """A worker process failed: it raised (the message carries its traceback), died, or stopped answering."""
 
 
 def make_vecenv(
@@ -86,6 +99,7 @@ def make_vecenv(
     render_mode: str | None = None,
     seed: int | None = None,
     pin_workers: bool = True,
+    worker_timeout_s: float = DEFAULT_WORKER_TIMEOUT_S,
 ) -> "VecEnv":
     """A vecenv over ``num_envs`` envs of ``curriculum`` (a Curriculum, an env config or a config path).
 
@@ -94,17 +108,21 @@ def make_vecenv(
     ``pin_workers`` (multiprocessing, Linux) keeps worker processes off the first allowed CPU, which the
     learner then has to itself: a worker woken by the learner otherwise often lands on the learner's core
     and waits for it, and the overlap of env stepping and learning is lost.
+    ``worker_timeout_s`` (multiprocessing) is how long the parent waits for a worker's reply to a step or a
+    call before it raises ``WorkerError`` (a worker that is stopped or hung never answers); its start and
+    resets get ``SLOW_REPLY_FACTOR`` times as long. A worker that dies raises ``WorkerError`` at once.
     """
     if vectorization not in VECTORIZATIONS:
         raise ValueError(f"vectorization={vectorization!r} is not supported; use one of {list(VECTORIZATIONS)}")
     if vectorization == "serial":
         return SerialVecEnv(
             curriculum, num_envs=num_envs, batch_size=batch_size, num_workers=num_workers, zero_copy=zero_copy,
-            is_training=is_training, render_mode=render_mode, seed=seed,
+            is_training=is_training, render_mode=render_mode, seed=seed, worker_timeout_s=worker_timeout_s,
         )  # fmt: skip
     return MultiprocessingVecEnv(
         curriculum,
         pin_workers=pin_workers,
+        worker_timeout_s=worker_timeout_s,
         num_envs=num_envs,
         batch_size=batch_size,
         num_workers=num_workers,
@@ -166,8 +184,17 @@ class VecEnv:
         is_training: bool = False,
         render_mode: str | None = None,
         seed: int | None = None,
+        worker_timeout_s: float = DEFAULT_WORKER_TIMEOUT_S,
     ):
         self.num_envs, self.batch_size, self.num_workers = check_layout(num_envs, batch_size, num_workers)
+        timeout = worker_timeout_s
+        is_number = isinstance(timeout, (int, float, np.integer, np.floating)) and not isinstance(timeout, bool)
+        if not is_number or not 0 < timeout < float("inf"):
+            raise ValueError(
+                f"worker_timeout_s={worker_timeout_s!r} must be a positive number of seconds (default "
+                f"{DEFAULT_WORKER_TIMEOUT_S:g}); raise it if a worker's steps are legitimately that slow"
+            )
+        self.worker_timeout_s = float(worker_timeout_s)
         if not isinstance(zero_copy, (bool, np.bool_)):
             raise ValueError(f"zero_copy={zero_copy!r} must be True or False")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
@@ -177,6 +204,7 @@ class VecEnv:
         self.render_mode = render_mode
         self._default_seed = None if seed is None else int(seed)
         self._closed = False
+        self._broken: str | None = None  # why a worker can no longer be used (it died or stopped answering)
 
         # Every worker batch gets its own copy of the curriculum, made by unpickling the same bytes, whether it
         # lives in this process or in a worker: that is what makes the two backends give the same rollouts.
@@ -295,16 +323,7 @@ class VecEnv:
             raise RuntimeError("send() without a recv() before it: call recv() and send actions for that batch")
         target = self._batch_actions[g]
         if actions is not target:
-            if not isinstance(actions, np.ndarray):
-                actions = np.asarray(actions)  # e.g. a CPU torch tensor: a view, not a copy
-            if actions.shape != target.shape:
-                raise ValueError(
-                    f"actions must have shape {list(target.shape)} (agents_per_batch, [action type, argument]), "
-                    f"got {list(actions.shape)}"
-                )
-            if actions.dtype.kind not in "iu":
-                raise TypeError(f"actions must be integers (int32 preferred), got dtype {actions.dtype}")
-            np.copyto(target, actions, casting="unsafe")
+            write_actions(target, actions, "(agents_per_batch, [action type, argument])")
         self._received = None
         self._step_batch(g)
         self._in_flight[g] = True
@@ -396,6 +415,8 @@ class VecEnv:
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("this vecenv is closed; make a new one")
+        if self._broken is not None:
+            raise WorkerError(f"this vecenv lost a worker ({self._broken}); close() it and make a new one")
 
     def __enter__(self) -> "VecEnv":
         return self
@@ -578,8 +599,11 @@ def _main_module_hidden(hide: bool):
             sys.modules["__main__"] = main
 
 
-def _shutdown(processes: list, conns: list, timeout: float = 2.0) -> None:
-    """Stop workers without ever hanging: ask, wait a little, then terminate, then kill."""
+def _shutdown(processes: list, conns: list, lost: list[int], timeout: float = 2.0) -> None:
+    """Stop workers without ever hanging: kill the ``lost`` ones (stopped or hung workers never read a request),
+    ask the others, wait a little, then terminate, then kill."""
+    for w in lost:
+        processes[w].kill()
     for conn in conns:
         try:
             conn.send_bytes(bytes([_QUIT]))
@@ -625,7 +649,9 @@ class MultiprocessingVecEnv(VecEnv):
         death_signal = threading.current_thread() is threading.main_thread()
         self._conns: list[Connection] = []
         self._processes: list[Any] = []
-        self._finalizer = weakref.finalize(self, _shutdown, self._processes, self._conns)
+        self._lost: list[int] = []  # workers that died or stopped answering
+        self._pollers: list[Any] = []  # select.poll objects on the pipes, for replies with a timeout
+        self._finalizer = weakref.finalize(self, _shutdown, self._processes, self._conns, self._lost)
         self._awaiting = [False] * self.num_workers  # a step reply is due from this worker
         self._stash: list[list[dict]] = [[] for _ in range(self.num_batches)]  # infos read early (by call)
         hide_main = b"__main__" not in self._curriculum_bytes
@@ -646,9 +672,11 @@ class MultiprocessingVecEnv(VecEnv):
                     p.start()
                     child_conn.close()  # only the worker holds its end, so its death reads as EOF here
                     self._conns.append(parent_conn)
+                    self._pollers.append(select.poll())
+                    self._pollers[-1].register(parent_conn.fileno(), select.POLLIN)
                     self._processes.append(p)
             for w in range(self.num_workers):
-                self._reply(w, "start")
+                self._reply(w, "start", slow=True)
         except BaseException:
             self.close()
             raise
@@ -657,20 +685,60 @@ class MultiprocessingVecEnv(VecEnv):
     def worker_pids(self) -> list[int]:
         return [p.pid for p in self._processes]
 
-    def _reply(self, w: int, what: str) -> bytes:
-        """The worker's next reply; re-raises its exception, or reports its death."""
+    def _reply(self, w: int, what: str, slow: bool = False) -> bytes:
+        """The worker's next reply; re-raises its exception, or reports its death or its silence."""
+        timeout = self.worker_timeout_s * (SLOW_REPLY_FACTOR if slow else 1)
         try:
+            # A poll object made once per pipe: Connection.poll builds a selector per call (8 us here, this 0.5).
+            if not self._pollers[w].poll(timeout * 1000.0):
+                raise self._lose(w, self._silent_error(w, what, timeout))
             msg = self._conns[w].recv_bytes()
         except (EOFError, OSError):
-            p = self._processes[w]
-            p.join(1.0)
-            raise WorkerError(
-                f"vecenv worker {w} (pid {p.pid}) died during {what} (exit code {p.exitcode}); "
-                "see its output above"
-            ) from None
+            raise self._lose(w, self._death_error(w, what)) from None
         if msg and msg[0] == _ERROR:
             raise WorkerError(f"vecenv worker {w} failed during {what}:\n{pickle.loads(msg[1:])}")
         return msg
+
+    def _send(self, w: int, msg: bytes, what: str) -> None:
+        try:
+            self._conns[w].send_bytes(msg)
+        except OSError:  # BrokenPipeError, ConnectionResetError: the worker is gone
+            raise self._lose(w, self._death_error(w, what)) from None
+
+    def _lose(self, w: int, err: WorkerError) -> WorkerError:
+        """Record that worker ``w`` is gone for good: every later use of the vecenv raises, close() kills it."""
+        if w not in self._lost:
+            self._lost.append(w)
+        if self._broken is None:
+            self._broken = str(err).split(";")[0]
+        return err
+
+    def _death_error(self, w: int, what: str) -> WorkerError:
+        p = self._processes[w]
+        p.join(1.0)
+        code = p.exitcode
+        if code is None:
+            how = "closed its pipe"
+        elif code < 0:
+            try:
+                how = f"was killed by {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"was killed by signal {-code}"
+        else:
+            how = f"exited with code {code}"
+        return WorkerError(
+            f"vecenv worker {w} (pid {p.pid}) died during {what}: it {how}; see its output above, then close this "
+            "vecenv and make a new one"
+        )
+
+    def _silent_error(self, w: int, what: str, timeout: float) -> WorkerError:
+        p = self._processes[w]
+        state = "is alive but not answering (stopped or hung)" if p.is_alive() else "is gone"
+        return WorkerError(
+            f"vecenv worker {w} (pid {p.pid}) did not answer {what} within {timeout:g} s and {state}; "
+            f"close this vecenv and make a new one (worker_timeout_s={self.worker_timeout_s:g}: raise it if the worker "
+            "is legitimately that slow)"
+        )
 
     def _collect_step(self, w: int) -> None:
         msg = self._reply(w, "step")
@@ -686,16 +754,19 @@ class MultiprocessingVecEnv(VecEnv):
     def _reset_workers(self, seed: int) -> None:
         self._drain()
         msg = bytes([_RESET]) + str(seed).encode()
-        for conn in self._conns:
-            conn.send_bytes(msg)
         for w in range(self.num_workers):
-            self._reply(w, "reset")
+            self._send(w, msg, "reset")
+        for w in range(self.num_workers):
+            self._reply(w, "reset", slow=True)
         self._stash = [[] for _ in range(self.num_batches)]
 
     def _step_batch(self, g: int) -> None:
         conns, awaiting = self._conns, self._awaiting
         for w in self._batch_workers[g]:
-            conns[w].send_bytes(_STEP)
+            try:
+                conns[w].send_bytes(_STEP)
+            except OSError:  # the worker is gone: say which, not BrokenPipeError
+                raise self._lose(w, self._death_error(w, "step")) from None
             awaiting[w] = True
 
     def _wait_batch(self, g: int) -> list[dict]:
@@ -708,8 +779,8 @@ class MultiprocessingVecEnv(VecEnv):
     def _call_workers(self, name: str, args: list[tuple]) -> list[Any]:
         # Replies come in order, so pending step replies are read (and their infos kept) first.
         self._drain()
-        for conn, a in zip(self._conns, args):
-            conn.send_bytes(bytes([_CALL]) + pickle.dumps((name, a)))
+        for w, a in enumerate(args):
+            self._send(w, bytes([_CALL]) + pickle.dumps((name, a)), f"call({name!r})")
         # Read every worker's reply before raising, so no reply is left in a pipe to be mistaken for the next.
         results, error = [], None
         for w in range(self.num_workers):

@@ -80,11 +80,12 @@ def test_pettingzoo_agents_spaces_and_episode_end():
         assert "game" in infos[a] and "agent" in infos[a]
     with pytest.raises(RuntimeError, match="reset"):
         env.step({})
-    env.reset()
+    obs, _ = env.reset()
     with pytest.raises(ValueError, match="agent_1"):
         env.step({"agent_0": np.array([noop, 0])})
-    with pytest.raises(NotImplementedError):
-        env.state()
+    state = env.state()  # every agent's observation, flattened in agent order
+    assert state.shape == env.state_space.shape == (2 * 200 * 3,) and state in env.state_space
+    np.testing.assert_array_equal(state.reshape(2, 200, 3), np.stack([obs["agent_0"], obs["agent_1"]]))
 
 
 # --------------------------------------------------------------------------------------------------------

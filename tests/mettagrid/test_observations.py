@@ -129,6 +129,88 @@ def test_spaces_and_buffers_follow_the_dtype_contract():
 
 
 # ---------------------------------------------------------------------------------------------------------
+# The resource_rewards global token, with the expected values of upstream's tests
+# (mettagrid/tests/test_global_observations.py): item i of the first 8 items is bit 7 - i, set only when the
+# agent's reward for it is positive; each agent sees its own group's rewards.
+
+ITEMS_10 = [f"item{i}" for i in range(10)]
+
+
+def resource_rewards_token(env: MettaGridEnv, agent: int) -> int | None:
+    found = [t[2] for t in tokens(env.observations[agent]) if t[1] == K.RESOURCE_REWARDS]
+    assert len(found) <= 1
+    if found:
+        assert (0x55, K.RESOURCE_REWARDS, found[0]) in tokens(env.observations[agent])  # at the centre
+    return found[0] if found else None
+
+
+def rewards_env(items: list[str], rewards: dict[str, float], ascii_map: str = "#####\n#.@.#\n#####", **game) -> MettaGridEnv:
+    return make_env(
+        ascii_map,
+        inventory_item_names=items,
+        agent={"resource_limits": {}, "rewards": {"inventory": rewards}},
+        global_obs={"resource_rewards": True},
+        actions={"attack": {"enabled": False}},
+        objects={"wall": {"type_id": 1}},
+        **game,
+    )
+
+
+@pytest.mark.parametrize(
+    "items, rewards, expected",
+    [
+        # upstream test_resource_rewards_observation: items 8 and 9 have rewards but no bit
+        (ITEMS_10, dict(zip(ITEMS_10, [0.25, 0.0, 1.5, 0.0, 2.0, -0.5, 0.1, 0.0, 5.0, 1.0])), 0b10101010),
+        # upstream test_resource_rewards_with_partial_items
+        (ITEMS_10[:3], {"item0": 2.0, "item1": 0.0, "item2": 0.3}, 0b10100000),
+        # upstream test_resource_rewards_binary_quantization
+        (ITEMS_10[:8], dict(zip(ITEMS_10, [0.0, 0.01, 1.0, -1.0, 100.0, -0.1, 0.5, 0.0])), 0b01101010),
+        (ITEMS_10[:8], {i: 0.0 for i in ITEMS_10[:8]}, 0),
+        (ITEMS_10[:8], {i: 1.0 for i in ITEMS_10[:8]}, 0b11111111),
+        (ITEMS_10[:8], {i: -1.0 for i in ITEMS_10[:8]}, 0),
+        # upstream docs/global_observations.md example (0xAB)
+        (
+            ["ore_red", "ore_blue", "battery", "laser", "armor", "heart", "gem", "crystal"],
+            {"ore_red": 1.0, "ore_blue": 0.0, "battery": 0.3, "laser": -0.5, "armor": 1.5, "heart": 0.0, "gem": 0.1, "crystal": 2.0},
+            0xAB,
+        ),
+    ],
+)
+def test_resource_rewards_token_matches_upstream(items, rewards, expected):
+    env = rewards_env(items, rewards)
+    assert resource_rewards_token(env, 0) == expected
+    env.step(np.zeros((1, 2), dtype=np.int32))  # unchanged by a step (and by a kept window)
+    assert resource_rewards_token(env, 0) == expected
+
+
+def test_resource_rewards_caps_do_not_set_bits_and_token_is_off_by_default():
+    env = rewards_env(ITEMS_10[:4], {"item1": 1.0, "item1_max": 5, "item2_max": 3})
+    assert resource_rewards_token(env, 0) == 0b01000000
+    plain = make_env("#####\n#.@.#\n#####")
+    assert resource_rewards_token(plain, 0) is None
+
+
+def test_resource_rewards_token_is_per_agent_group():
+    # Group team_1 (character "1") is rewarded for item0 only; team_2 has no reward at all and sees 0,
+    # not the other group's bit.
+    env = make_env(
+        "######\n#1..2#\n######",
+        num_agents=2,
+        inventory_item_names=ITEMS_10[:4],
+        global_obs={"resource_rewards": True},
+        actions={"attack": {"enabled": False}},
+        objects={"wall": {"type_id": 1}},
+        agent={"resource_limits": {}},
+        groups={
+            "team_1": {"id": 1, "props": {"rewards": {"inventory": {"item0": 1.0, "item3": -2.0}}}},
+            "team_2": {"id": 2},
+        },
+    )
+    assert resource_rewards_token(env, 0) == 0b10000000
+    assert resource_rewards_token(env, 1) == 0
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Bad configs fail before any simulation, naming field, value and what is allowed
 
 

@@ -7,10 +7,17 @@ state give the same map.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from metta.mettagrid.map.level import Level
+
+
+# How many cells of one kind a builder places (objects per name, agents per group): a negative count is an
+# error, not "none".
+Count = Annotated[int, Field(ge=0)]
 
 
 class MapBuilder(BaseModel):

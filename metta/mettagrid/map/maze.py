@@ -15,7 +15,7 @@ import numba
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from metta.mettagrid.map.base import MapBuilder, add_border
+from metta.mettagrid.map.base import Count, MapBuilder, add_border
 from metta.mettagrid.map.level import EMPTY, WALL, Level, cell_code
 from metta.mettagrid.map.random_map import agent_cells
 
@@ -242,8 +242,8 @@ class MazeMap(MapBuilder):
     start_pos: tuple[int, int] | None = None
     end_pos: tuple[int, int] | None = None
     branching: float = Field(default=0.0, ge=0.0, le=1.0)
-    agents: int | dict[str, int] = 1
-    objects: dict[str, int] = Field(default_factory=lambda: {"altar": 1})
+    agents: Count | dict[str, Count] = 1
+    objects: dict[str, Count] = Field(default_factory=lambda: {"altar": 1})
     border_width: int = Field(default=0, ge=0)
     border_object: str = "wall"
 

@@ -7,7 +7,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from metta.mettagrid.map.base import MapBuilder, add_border
+from metta.mettagrid.map.base import Count, MapBuilder, add_border
 from metta.mettagrid.map.level import EMPTY, Level, cell_code
 
 
@@ -33,8 +33,8 @@ class RandomMap(MapBuilder):
     type: Literal["random"] = "random"
     width: int = Field(default=25, ge=1)
     height: int = Field(default=25, ge=1)
-    objects: dict[str, int] = Field(default_factory=dict)
-    agents: int | dict[str, int] = 0
+    objects: dict[str, Count] = Field(default_factory=dict)
+    agents: Count | dict[str, Count] = 0
     border_width: int = Field(default=0, ge=0)
     border_object: str = "wall"
 

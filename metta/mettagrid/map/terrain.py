@@ -20,7 +20,7 @@ import numba
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from metta.mettagrid.map.base import MapBuilder, add_border
+from metta.mettagrid.map.base import Count, MapBuilder, add_border
 from metta.mettagrid.map.level import BLOCK, EMPTY, WALL, Level, cell_code
 from metta.mettagrid.map.maze import carve_maze, label_components
 from metta.mettagrid.map.random_map import agent_cells
@@ -332,8 +332,8 @@ class VariedTerrain(MapBuilder):
     type: Literal["varied_terrain"] = "varied_terrain"
     width: int = Field(default=60, ge=5)
     height: int = Field(default=60, ge=5)
-    objects: dict[str, int] = Field(default_factory=dict)
-    agents: int | dict[str, int] = 0
+    objects: dict[str, Count] = Field(default_factory=dict)
+    agents: Count | dict[str, Count] = 0
     style: Literal["all-sparse", "balanced", "dense", "maze"] = "balanced"
     occupancy_threshold: float = Field(default=0.66, gt=0.0, le=1.0)
     border_width: int = Field(default=0, ge=0)
@@ -370,8 +370,8 @@ class CylinderWorld(MapBuilder):
     type: Literal["cylinder_world"] = "cylinder_world"
     width: int = Field(default=60, ge=5)
     height: int = Field(default=60, ge=5)
-    objects: dict[str, int] = Field(default_factory=dict)
-    agents: int | dict[str, int] = 0
+    objects: dict[str, Count] = Field(default_factory=dict)
+    agents: Count | dict[str, Count] = 0
     border_width: int = Field(default=0, ge=0)
     border_object: str = "wall"
 
@@ -690,8 +690,8 @@ class TerrainMap(MapBuilder):
     type: Literal["terrain", "terrain_from_numpy"] = "terrain"
     dir: str = "terrain_maps_nohearts"
     file: int | None = None
-    agents: int | dict[str, int] = 1
-    objects: dict[str, int] = Field(default_factory=dict)
+    agents: Count | dict[str, Count] = 1
+    objects: dict[str, Count] = Field(default_factory=dict)
     border_width: int = Field(default=0, ge=0)
     border_object: str = "wall"
     width: int | None = Field(default=None, ge=8)
