@@ -271,8 +271,9 @@ def test_wandb_offline_writes_run_directory(tmp_path: Path):
 
 # -------------------------------------------------------------------------------------------------------- 9
 def test_run_py_and_the_functional_trainer_give_the_same_losses(base_run: Path):
-    """run.py's loop and rollout()/train_ppo() share one implementation: built the way run.py builds them
-    (same seeds, config and order of construction), the functional trainer's first epoch has run.py's losses."""
+    """run.py's iteration is rollout()/train_ppo(), and what it records is enough to rebuild it: built from
+    run_config.json and config.yaml the way run.py builds them (same seeds, order of construction), the first
+    epoch has run.py's losses."""
     from omegaconf import OmegaConf
 
     from metta.interface import Agent, Environment
@@ -287,8 +288,8 @@ def test_run_py_and_the_functional_trainer_give_the_same_losses(base_run: Path):
     torch.manual_seed(run_cfg["seed"])
     np.random.seed(run_cfg["seed"])
     env = Environment(
-        curriculum_path=run_cfg["curriculum"], device="cpu", seed=run_cfg["seed"], num_envs=run_cfg["num_envs"],
-        async_factor=run_cfg["async_factor"], num_workers=run_cfg["num_workers"],
+        curriculum_path=trainer_cfg.curriculum, device="cpu", seed=run_cfg["seed"], num_envs=run_cfg["num_envs"],
+        async_factor=trainer_cfg.async_factor, num_workers=trainer_cfg.num_workers,
         vectorization=run_cfg["vectorization"], is_training=True,
     )  # fmt: skip
     agent = Agent(env, config=run_cfg["agent"], device="cpu")
