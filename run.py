@@ -11,6 +11,9 @@ Everything lands in `{data_dir}/{run}/`: `config.yaml`, `metrics.jsonl` (one JSO
 episodes), `index.html` (the run report). Running again
 with the same `run` name resumes from the last good checkpoint. wandb logs when an API key is configured or
 `WANDB_MODE=offline` is set (`wandb.enabled=true|false` forces it).
+
+SIGTERM or Ctrl-C stops after the iteration in progress with a checkpoint and exits 0 (a second Ctrl-C aborts
+at once). One process writes a run directory at a time; a second one is refused.
 """
 
 from __future__ import annotations
@@ -27,8 +30,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from metta.agent.policy_store import PolicyStore
 from metta.common.config_cli import ConfigCliError, parse_config
+from metta.common.graceful_stop import GracefulStop
 from metta.common.profiling.memory_monitor import MemoryMonitor
 from metta.common.profiling.stopwatch import Stopwatch
+from metta.common.run_lock import RunLockError, acquire_run_lock
 from metta.common.run_report import write_run_report
 from metta.common.stats_logger import StatsLogger
 from metta.common.system_monitor import SystemMonitor
@@ -51,6 +56,7 @@ from metta.interface import (
 )
 from metta.mettagrid.replay import write_viewer_page
 from metta.rl.advantage import compute_advantage
+from metta.rl.checkpoint import UnloadableCheckpointsError, set_aside_checkpoints
 from metta.rl.experience import calculate_anneal_beta, make_experience
 from metta.rl.kickstarter import Kickstarter
 from metta.rl.losses import Losses, compute_explained_variance, process_minibatch_update, should_stop_early
@@ -106,6 +112,9 @@ class RunConfig(BaseModel):
     replay: bool = Field(default=True, description="write a replay with each evaluation")
     torch_threads: int | None = Field(default=None, ge=1, description="threads for torch ops (default: torch's choice)")
     debug_dump_weights: bool = Field(default=False, description="every rank saves its final weights to {run_dir}/rank{r}_weights.pt")
+    restart_if_unloadable: bool = Field(
+        default=False, description="when no checkpoint of the run can be loaded, move them to {run_dir}/unloadable_<time>/ and start over"
+    )
     trainer: TrainerConfig = Field(default_factory=cpu_trainer_config)
     wandb: WandbSettings = Field(default_factory=WandbSettings)
 
@@ -126,6 +135,10 @@ def main() -> None:
         torch.distributed.broadcast_object_list(names, src=0)
         run_name = names[0]
     dirs = setup_run_directories(run_name, cfg.data_dir)
+    try:  # reliability: one writer per run directory (rank 0 holds the lock; the OS drops it if we die)
+        run_lock = acquire_run_lock(dirs.run_dir)
+    except RunLockError as err:
+        raise SystemExit(f"run.py: {err}") from None
     torch.manual_seed(cfg.seed + rank)
     np.random.seed(cfg.seed + rank)
     if cfg.torch_threads:
@@ -156,7 +169,16 @@ def main() -> None:
     experience = make_experience(env, agent, trainer_cfg, device)
     kickstarter = Kickstarter(trainer_cfg.kickstart, device, policy_store, env)
     timer = Stopwatch()
-    agent_step, epoch, policy_path = load_checkpoint(dirs.checkpoint_dir, agent, optimizer, vecenv=env, stopwatch=timer)
+    try:
+        agent_step, epoch, policy_path = load_checkpoint(dirs.checkpoint_dir, agent, optimizer, vecenv=env, stopwatch=timer)
+    except UnloadableCheckpointsError as err:  # reliability: never restart silently over a run's files
+        if not cfg.restart_if_unloadable:
+            raise SystemExit(f"run.py: {err}.\nWith run.py: pick a new run name (run=...), or pass restart_if_unloadable=true "
+                             f"to move them to {dirs.run_dir}/unloadable_<time>/ and train from scratch here") from None  # fmt: skip
+        aside = set_aside_checkpoints(dirs.checkpoint_dir, [os.path.join(dirs.run_dir, "metrics.jsonl")])
+        if is_master:
+            logger.warning(f"restart_if_unloadable: moved the unloadable checkpoints and metrics to {aside}; starting over")
+        agent_step, epoch, policy_path = 0, 0, None
     if policy_path:
         logger.info(f"resumed from {policy_path}: epoch {epoch}, agent_step {agent_step}")
     if is_master:
@@ -171,13 +193,15 @@ def main() -> None:
         dirs.run_name, dirs.run_dir, enabled=cfg.wandb.enabled, project=cfg.wandb.project,
         entity=cfg.wandb.entity, config=trainer_cfg,
     )  # fmt: skip
-    stats_logger = StatsLogger(dirs.run_dir, trainer_cfg.total_timesteps, wandb_run=wandb_run, console=is_master) if is_master else None
+    stats_logger = StatsLogger(dirs.run_dir, trainer_cfg.total_timesteps, wandb_run=wandb_run, console=is_master,
+                               resume_epoch=epoch) if is_master else None  # drops rows logged after the checkpoint  # fmt: skip
     evaluation_suite = create_evaluation_config_suite()
     eval_scores: dict[str, float] = {}
 
     # ---------------------------------------------------------------- the loop
     if not timer.get_summary()["is_running"]:  # a resumed stopwatch is already running
         timer.start()
+    stop = GracefulStop().install()  # reliability: SIGTERM/Ctrl-C end this iteration, checkpoint, exit 0
     while agent_step < trainer_cfg.total_timesteps:
         steps_before, t_epoch = agent_step, time.time()
         phase_before = timer.get_all_elapsed()
@@ -236,6 +260,8 @@ def main() -> None:
         l2_interval = unwrap_agent(agent).config.l2_init_weight_update_interval
         if l2_interval and epoch % l2_interval == 0:
             unwrap_agent(agent).update_l2_init_weight_copy()
+        if stop.should_stop(device):  # reliability: all ranks agree to stop after this iteration
+            break
 
     # ---------------------------------------------------------------- cleanup
     timer.stop()
@@ -246,7 +272,7 @@ def main() -> None:
     )  # fmt: skip
     if cfg.debug_dump_weights:  # lets a test check that every rank ends with the same weights
         torch.save(unwrap_agent(agent).state_dict(), Path(dirs.run_dir, f"rank{rank}_weights.pt"))
-    if cfg.evaluate and is_master:
+    if cfg.evaluate and is_master and not stop.requested:  # a stop skips the final evaluation: exit in seconds
         eval_scores = evaluate_and_replay(unwrap_agent(agent), policy_store, evaluation_suite, device, dirs, epoch, cfg.replay)
         stats_logger.log(epoch, agent_step, {f"eval/{k}": v for k, v in eval_scores.items()})
     if stats_logger is not None:
@@ -256,8 +282,11 @@ def main() -> None:
     env.close()
     cleanup_wandb(wandb_ctx)
     cleanup_distributed()
+    stop.uninstall()
+    run_lock.release()
     if is_master:
-        logger.info(f"done: epoch {epoch}, agent_step {agent_step}; run directory {dirs.run_dir}")
+        how = f"stopped by {stop.signal_name}" if stop.requested else "done"
+        logger.info(f"{how}: epoch {epoch}, agent_step {agent_step}; run directory {dirs.run_dir}")
 
 
 def epoch_metrics(episode_infos, losses, experience, optimizer, system_monitor, memory_monitor, timer, phase_before,
