@@ -100,9 +100,13 @@ class GracefulStop:
 
         ``device`` is where the flag is all-reduced: the training device (NCCL needs CUDA tensors).
         """
-        if is_distributed():
-            flag = torch.tensor([1.0 if self.requested else 0.0], device=device or "cpu")
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            if flag.item() > 0 and not self.requested:
-                self.request("a signal to another rank")
-        return self.requested
+        if not is_distributed():
+            return self.requested
+        flag = torch.tensor([1.0 if self.requested else 0.0], device=device or "cpu")
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        # The answer is the reduced flag alone: a signal handled during the all-reduce counts at the next call,
+        # on every rank alike.
+        stop = bool(flag.item() > 0)
+        if stop and not self.requested:
+            self.request("a signal to another rank")
+        return stop
