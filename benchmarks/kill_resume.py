@@ -53,7 +53,8 @@ def start(data_dir: Path, total: int, log_path: Path, kill_at: str | None) -> su
     env.update(WANDB_MODE="disabled", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     if kill_at:
         env["METTA_KILL_AT"] = kill_at
-    cmd = [sys.executable, str(REPO / "run.py"), f"data_dir={data_dir}", "run=kr", f"trainer.total_timesteps={total}", *ARGS]
+    cmd = [sys.executable, str(REPO / "run.py"), f"data_dir={data_dir}", "run=kr", f"trainer.total_timesteps={total}"]
+    cmd += ARGS
     with open(log_path, "w") as log:
         return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -69,6 +70,12 @@ def wait_setup(proc: subprocess.Popen, log_path: Path, timeout: float = 180) -> 
             return None
         time.sleep(0.05)
     return None
+
+
+def newest_checkpoint(run_dir: Path) -> tuple[int, int]:
+    """``(epoch, agent_step)`` of the checkpoint a resume must use; ``(0, 0)`` when there is none yet."""
+    ckpt = load_latest_checkpoint(str(run_dir / "checkpoints")) if run_dir.exists() else None
+    return (ckpt.epoch, ckpt.agent_step) if ckpt else (0, 0)
 
 
 def logged_rows(run_dir: Path) -> list[dict]:
@@ -99,8 +106,7 @@ def main() -> None:
 
     def launch(i: int, total: int, kill_at: str | None) -> tuple[subprocess.Popen, Path, str | None]:
         """Start process i and check its resume against what is on disk; the log once set up."""
-        on_disk = load_latest_checkpoint(str(run_dir / "checkpoints")) if run_dir.exists() else None
-        expected = (on_disk.epoch, on_disk.agent_step) if on_disk else (0, 0)
+        expected = newest_checkpoint(run_dir)
         reached = max((r.get("agent_step", 0) for r in logged_rows(run_dir)), default=0)
         log_path = data_dir / f"try{i:03d}.log"
         proc = start(data_dir, total, log_path, kill_at)
@@ -119,10 +125,9 @@ def main() -> None:
         return proc, log_path, text
 
     for i in range(args.tries):
-        epoch = (ckpt.epoch if run_dir.exists() and (ckpt := load_latest_checkpoint(str(run_dir / "checkpoints"))) else 0)
         kill_at = None
         if i % 2:
-            e = epoch + rng.randint(1, 3)
+            e = newest_checkpoint(run_dir)[0] + rng.randint(1, 3)
             kind, kill_at = rng.choice([
                 ("log", f"log:{e}"), ("write_policy", f"write:model_{e:04d}.pt"),
                 ("write_trainer_state", f"write:trainer_state_{e:04d}.ckpt"), ("prune", "prune:*"),
@@ -144,9 +149,7 @@ def main() -> None:
         if proc.returncode != -signal.SIGKILL:
             failures.append(f"process {i} exited {proc.returncode} instead of being killed: {log_path}")
 
-    last_epoch = load_latest_checkpoint(str(run_dir / "checkpoints"))
-    total = ((last_epoch.epoch if last_epoch else 0) + 2) * STEPS_PER_EPOCH
-    proc, log_path, _ = launch(args.tries, total, None)
+    proc, log_path, _ = launch(args.tries, (newest_checkpoint(run_dir)[0] + 2) * STEPS_PER_EPOCH, None)
     final_exit = proc.wait(300)
     if final_exit != 0:
         failures.append(f"the last process exited {final_exit}: {log_path}")
@@ -157,7 +160,7 @@ def main() -> None:
         "benchmark": "kill_resume",
         "tries": args.tries,
         "resumed": resumed,
-        "steps_lost": {"total": sum(lost), "mean": round(sum(lost) / max(len(lost), 1), 1), "max": max(lost, default=0)},
+        "steps_lost": {"total": sum(lost), "mean": round(sum(lost) / max(len(lost), 1), 1), "max": max(lost, default=0)},  # fmt: skip
         "duplicates": sum(c - 1 for c in counts.values()),
         "missing": len(set(range(1, max(epochs, default=0) + 1)) - set(epochs)),
         "final_epoch": max(epochs, default=0),

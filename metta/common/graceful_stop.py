@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 import time
 from types import FrameType
 from typing import Any
@@ -60,6 +61,12 @@ class GracefulStop:
             self._first_at = time.monotonic()
 
     def install(self) -> "GracefulStop":
+        """Take over the signals (call from the main thread: Python runs signal handlers only there)."""
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError(
+                f"GracefulStop.install() was called from thread {threading.current_thread().name!r}; call it from "
+                "the main thread, where Python delivers signals"
+            )
         for sig in self.signals:
             if sig not in self._previous:
                 self._previous[sig] = signal.signal(sig, self._handle)

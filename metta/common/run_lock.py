@@ -47,7 +47,7 @@ class RunLock:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
-            raise RunLockError(f"cannot open the lock file {self.path}: {e}; check that the run directory is writable") from e
+            raise RunLockError(f"cannot open the lock file {self.path}: {e}; check that the directory is writable") from e
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -60,7 +60,7 @@ class RunLock:
             ) from None
         except OSError as e:
             os.close(fd)
-            raise RunLockError(f"cannot lock {self.path}: {e}; this filesystem may not support locks, use a local data_dir") from e
+            raise RunLockError(f"cannot lock {self.path}: {e}; this filesystem may lack locks, use a local data_dir") from e
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)

@@ -159,5 +159,6 @@ def drop_rows_after(metrics_path: str | Path, epoch: int) -> int:
             dropped += 1
     if dropped or (text and not text.endswith("\n")):
         atomic_write_text(str(path), "".join(line + "\n" for line in kept))
-        logger.info("%s: dropped %d row(s) logged after epoch %d, the checkpoint this run resumes from", path, dropped, epoch)
+        logger.info("%s: dropped %d row(s) logged after epoch %d, the checkpoint this run resumes from",
+                    path, dropped, epoch)  # fmt: skip
     return dropped

@@ -245,7 +245,8 @@ def load_latest_checkpoint(checkpoint_dir: str, agent: torch.nn.Module | None = 
             misfits += 1
             why = f"does not fit the agent: {misfit}"
         problems.append(f"trainer state {path}: its policy file {ckpt.policy_path} {why}")
-        logger.warning("skipping checkpoint %s: its policy file %s %s; trying the previous one", path, ckpt.policy_path, why)
+        logger.warning("skipping checkpoint %s: its policy file %s %s; trying the previous one",
+                       path, ckpt.policy_path, why)  # fmt: skip
     if not problems:
         return None
     if misfits == len(problems):

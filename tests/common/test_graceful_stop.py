@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 
 from metta.common.graceful_stop import GracefulStop
 
@@ -43,3 +44,19 @@ def test_a_second_ctrl_c_aborts_at_once():
     proc = subprocess.run([sys.executable, "-c", ABORT], capture_output=True, text=True, timeout=120)
     assert proc.returncode == -signal.SIGINT
     assert proc.stdout == "requested True\n"
+
+
+def test_install_outside_the_main_thread_is_an_error():
+    errors = []
+    thread = threading.Thread(target=lambda: errors.append(_install_error()), name="worker")
+    thread.start()
+    thread.join()
+    assert "called from thread 'worker'; call it from the main thread" in errors[0]
+
+
+def _install_error() -> str:
+    try:
+        GracefulStop().install()
+    except RuntimeError as e:
+        return str(e)
+    return "no error"

@@ -157,12 +157,18 @@ def test_cleanup_old_policies_prunes(env, tmp_path):
     assert len(removed) == 6 and [e for e, _ in ck.list_trainer_states(directory)] == [4]
 
 
-def test_corrupt_and_truncated_checkpoints_fall_back(env, tmp_path, caplog):
-    directory = str(tmp_path)
+def three_checkpoints(env, directory: str):
+    """Epochs 1, 2 and 3 saved in ``directory``, none pruned; returns the agent, optimizer and store."""
     agent, optimizer = trained(env)
     store = make_store(directory)
     for epoch in (1, 2, 3):
         save(env, agent, optimizer, store, directory, epoch, keep_last_n=None)
+    return agent, optimizer, store
+
+
+def test_corrupt_and_truncated_checkpoints_fall_back(env, tmp_path, caplog):
+    directory = str(tmp_path)
+    agent, optimizer, store = three_checkpoints(env, directory)
     # Flip one byte in the middle of the newest trainer state: torch.load alone would not notice.
     state3 = os.path.join(directory, "trainer_state_0003.ckpt")
     data = bytearray(open(state3, "rb").read())
@@ -229,10 +235,7 @@ def _resign(directory: str, epoch: int) -> None:
 
 def test_a_policy_that_cannot_be_loaded_falls_back_to_the_previous_pair(env, tmp_path, caplog):
     directory = str(tmp_path)
-    agent, optimizer = trained(env)
-    store = make_store(directory)
-    for epoch in (1, 2, 3):
-        save(env, agent, optimizer, store, directory, epoch, keep_last_n=None)
+    agent, optimizer, store = three_checkpoints(env, directory)
     # Newest: a policy file of another agent config; next: a file that is not a policy. Both pass their digest.
     other = Agent(env, config="interface_default", device="cpu")
     save(env, other, None, make_store(str(tmp_path / "other")), str(tmp_path / "other"), 3)
@@ -271,10 +274,7 @@ def test_no_loadable_checkpoint_is_an_error_that_changes_nothing(env, tmp_path):
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_prune_killed_midway_is_finished_by_the_next_save(env, tmp_path):
     directory = str(tmp_path)
-    agent, optimizer = trained(env)
-    store = make_store(directory)
-    for epoch in (1, 2, 3):
-        save(env, agent, optimizer, store, directory, epoch, keep_last_n=None)
+    agent, optimizer, store = three_checkpoints(env, directory)
     pid = os.fork()
     if pid == 0:  # child: save epoch 4 with keep 2, killed after the old states went, before the old policies
         try:
