@@ -13,9 +13,11 @@ torch, cuda), the curriculum state of every vecenv worker, the trainer config, t
 Why a crash never leaves a run that cannot resume: the policy file is written first (atomically, fsynced),
 then the trainer state that points to it (atomically, fsynced). A trainer state therefore only exists once
 its policy is complete, and old checkpoints are deleted only after the new one is durable (trainer state
-first, so no surviving state points to a deleted policy). ``load_latest_checkpoint`` walks the trainer
-states from the newest, skips (with a warning naming the file) any that is truncated, corrupt, or whose
-policy file is missing or does not match its digest, and returns the first good one.
+first, so no surviving state points to a deleted policy; oldest first, so a prune killed midway is finished
+by the next). ``load_latest_checkpoint`` walks the trainer states from the newest, skips (with a warning naming
+the trainer state and its policy file) any that is truncated or corrupt, or whose policy file is missing, does
+not match its digest, is not a policy or does not fit the agent, and returns the first good one. When trainer
+states exist and none is good it raises ``UnloadableCheckpointsError``: a run never silently starts over them.
 
 Only rank 0 writes; every rank may read.
 """
@@ -205,7 +207,10 @@ def _fit_problem(state_dict: Mapping[str, Any], agent: torch.nn.Module) -> str |
     own = unwrap_agent(agent).state_dict()
     missing, unexpected = sorted(set(own) - set(state_dict)), sorted(set(state_dict) - set(own))
     if missing or unexpected:
-        return f"its weights lack {missing[:3]} and have {unexpected[:3]} beyond the agent's"
+        parts = [f"it lacks the agent's {missing[:3]}"] if missing else []
+        if unexpected:
+            parts.append(f"it has {unexpected[:3]}, which the agent lacks")
+        return "; ".join(parts)
     for key, value in own.items():
         other = state_dict[key]
         if isinstance(value, torch.Tensor) and (not isinstance(other, torch.Tensor) or other.shape != value.shape):
