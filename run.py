@@ -32,8 +32,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from metta.agent.policy_store import PolicyStore
 from metta.common.config_cli import ConfigCliError, parse_config
+from metta.common.graceful_stop import GracefulStop
 from metta.common.profiling.memory_monitor import MemoryMonitor
 from metta.common.profiling.stopwatch import Stopwatch
+from metta.common.run_lock import RunLockError, acquire_run_lock
 from metta.common.run_report import write_run_report
 from metta.common.stats_logger import StatsLogger
 from metta.common.system_monitor import SystemMonitor
@@ -55,6 +57,7 @@ from metta.interface import (
     setup_run_directories,
 )
 from metta.mettagrid.replay import write_viewer_page
+from metta.rl.checkpoint import UnloadableCheckpointsError, set_aside_checkpoints
 from metta.rl.epoch_metrics import epoch_metrics
 from metta.rl.experience import make_experience
 from metta.rl.functional_trainer import rollout, train_ppo
@@ -116,6 +119,9 @@ class RunConfig(BaseModel):
     replay: bool = Field(default=True, description="write a replay with each evaluation")
     torch_threads: int | None = Field(default=None, ge=1, description="threads for torch ops (default: torch's choice)")
     debug_dump_weights: bool = Field(default=False, description="every rank saves its final weights to {run_dir}/rank{r}_weights.pt")
+    restart_if_unloadable: bool = Field(
+        default=False, description="when no checkpoint of the run can be loaded, move them to {run_dir}/unloadable_<time>/ and start over"
+    )
     trainer: TrainerConfig = Field(default_factory=cpu_trainer_config)
     wandb: WandbSettings = Field(default_factory=WandbSettings)
 
@@ -147,6 +153,10 @@ def main() -> None:
         torch.distributed.broadcast_object_list(names, src=0)
         run_name = names[0]
     dirs = setup_run_directories(run_name, cfg.data_dir)
+    try:  # one writer per run directory: rank 0 holds the lock, and the OS drops it if the process dies
+        run_lock = acquire_run_lock(dirs.run_dir)
+    except RunLockError as err:
+        raise SystemExit(f"run.py: {err}") from None
     torch.manual_seed(cfg.seed + rank)
     np.random.seed(cfg.seed + rank)
     if cfg.torch_threads:
@@ -179,7 +189,16 @@ def main() -> None:
     experience = make_experience(env, agent, trainer_cfg, device)
     kickstarter = Kickstarter(trainer_cfg.kickstart, device, policy_store, env)
     timer = Stopwatch()
-    agent_step, epoch, policy_path = load_checkpoint(checkpoint_dir, agent, optimizer, vecenv=env, stopwatch=timer)
+    try:
+        agent_step, epoch, policy_path = load_checkpoint(checkpoint_dir, agent, optimizer, vecenv=env, stopwatch=timer)
+    except UnloadableCheckpointsError as err:  # never restart silently over a run's files
+        if not cfg.restart_if_unloadable:
+            raise SystemExit(f"run.py: {err}.\nWith run.py: pick a new run name (run=...), or pass restart_if_unloadable=true "
+                             f"to move them to {dirs.run_dir}/unloadable_<time>/ and train from scratch here") from None  # fmt: skip
+        aside = set_aside_checkpoints(checkpoint_dir, [os.path.join(dirs.run_dir, "metrics.jsonl")])
+        if is_master:
+            logger.warning(f"restart_if_unloadable: moved the unloadable checkpoints and metrics to {aside}; starting over")
+        agent_step, epoch, policy_path = 0, 0, None
     if policy_path:
         logger.info(f"resumed from {policy_path}: epoch {epoch}, agent_step {agent_step}")
     elif trainer_cfg.initial_policy.uri:
@@ -203,7 +222,9 @@ def main() -> None:
         entity=cfg.wandb.entity, config=resolved.model_dump(mode="json", by_alias=True),
     )  # fmt: skip
     policy_store.wandb_run = wandb_run
-    stats_logger = StatsLogger(dirs.run_dir, trainer_cfg.total_timesteps, wandb_run=wandb_run, console=trainer_cfg.verbose) if is_master else None
+    stats_logger = StatsLogger(
+        dirs.run_dir, trainer_cfg.total_timesteps, wandb_run=wandb_run, console=trainer_cfg.verbose, resume_epoch=epoch
+    ) if is_master else None  # a resumed run drops the rows logged after its checkpoint  # fmt: skip
     profiler = TorchProfiler(trainer_cfg.profiler.interval_epochs, trainer_cfg.profiler.profile_dir, device) if is_master else None
     evaluation_suite = create_evaluation_config_suite()
     eval_scores: dict[str, float] = {}  # the last evaluation's, kept in each checkpoint's metadata
@@ -222,6 +243,7 @@ def main() -> None:
     # ---------------------------------------------------------------- the loop
     if not timer.get_summary()["is_running"]:  # a resumed stopwatch is already running
         timer.start()
+    stop = GracefulStop().install()  # SIGTERM or Ctrl-C: finish this iteration, checkpoint, exit 0
     while agent_step < trainer_cfg.total_timesteps:
         steps_before, epoch_before, t_epoch = agent_step, epoch, time.time()
         phase_before = timer.get_all_elapsed()
@@ -234,14 +256,16 @@ def main() -> None:
                               agent_step, timer, batch_start_step=steps_before)  # fmt: skip
 
         # The periodic tasks whose interval the epoch counter crossed; the last iteration checkpoints and
-        # evaluates in any case. Then the epoch's row, with the evaluation's scores when there was one.
+        # evaluates in any case (a stop skips the evaluation, to exit in seconds). Then the epoch's row, with the
+        # evaluation's scores when there was one.
         with timer("_process_stats"):
             metrics = epoch_metrics(
                 episode_stats, losses, experience, optimizer, agent_step - steps_before, time.time() - t_epoch,
                 timer=timer, phase_before=phase_before, system_monitor=system_monitor, memory_monitor=memory_monitor,
             ) if is_master else {}  # fmt: skip
-        last = agent_step >= trainer_cfg.total_timesteps
-        if is_master and cfg.evaluate and (last or crossed(trainer_cfg.simulation.evaluate_interval, epoch_before, epoch)):
+        stopping = stop.should_stop(device)  # every rank agrees to stop after the same iteration
+        last = stopping or agent_step >= trainer_cfg.total_timesteps
+        if is_master and cfg.evaluate and not stopping and (last or crossed(trainer_cfg.simulation.evaluate_interval, epoch_before, epoch)):
             eval_scores = evaluate_and_replay(unwrap_agent(agent), policy_store, evaluation_suite, device, dirs, trainer_cfg, epoch, cfg.replay)
             metrics.update({f"eval/{k}": v for k, v in eval_scores.items()})
         upload = crossed(intervals.wandb_checkpoint_interval, epoch_before, epoch) or (last and intervals.wandb_checkpoint_interval > 0)
@@ -255,6 +279,8 @@ def main() -> None:
             unwrap_agent(agent).update_l2_init_weight_copy()
         if is_master:
             stats_logger.log(epoch, agent_step, metrics)
+        if stopping:
+            break
 
     # ---------------------------------------------------------------- cleanup
     timer.stop()
@@ -267,8 +293,11 @@ def main() -> None:
     env.close()
     cleanup_wandb(wandb_ctx)
     cleanup_distributed()
+    stop.uninstall()
+    run_lock.release()
     if is_master:
-        logger.info(f"done: epoch {epoch}, agent_step {agent_step}; run directory {dirs.run_dir}")
+        how = f"stopped by {stop.signal_name}" if stop.requested else "done"
+        logger.info(f"{how}: epoch {epoch}, agent_step {agent_step}; run directory {dirs.run_dir}")
 
 
 def run_record(cfg: RunConfig, env, world_size: int) -> dict:
