@@ -256,8 +256,9 @@ def main() -> None:
                               agent_step, timer, batch_start_step=steps_before)  # fmt: skip
 
         # The periodic tasks whose interval the epoch counter crossed; the last iteration checkpoints and
-        # evaluates in any case (a stop skips the evaluation, to exit in seconds). Then the epoch's row, with the
-        # evaluation's scores when there was one.
+        # evaluates in any case (a stop skips the evaluation, to exit in seconds). The epoch's row (with the
+        # evaluation's scores when there was one) is logged before the checkpoint: a run killed in between
+        # resumes from the previous checkpoint and drops that row, so no epoch is ever missing or doubled.
         with timer("_process_stats"):
             metrics = epoch_metrics(
                 episode_stats, losses, experience, optimizer, agent_step - steps_before, time.time() - t_epoch,
@@ -268,17 +269,17 @@ def main() -> None:
         if is_master and cfg.evaluate and not stopping and (last or crossed(trainer_cfg.simulation.evaluate_interval, epoch_before, epoch)):
             eval_scores = evaluate_and_replay(unwrap_agent(agent), policy_store, evaluation_suite, device, dirs, trainer_cfg, epoch, cfg.replay)
             metrics.update({f"eval/{k}": v for k, v in eval_scores.items()})
-        upload = crossed(intervals.wandb_checkpoint_interval, epoch_before, epoch) or (last and intervals.wandb_checkpoint_interval > 0)
-        if upload or last or crossed(intervals.checkpoint_interval, epoch_before, epoch):
-            checkpoint(upload, final=last)
         if is_master and crossed(trainer_cfg.grad_mean_variance_interval, epoch_before, epoch) and optimizer.last_grad_stats:
             metrics.update({k: float(v) for k, v in optimizer.last_grad_stats.items()})
         if is_master and crossed(unwrap_agent(agent).config.analyze_weights_interval, epoch_before, epoch):
             metrics.update(weight_metrics(unwrap_agent(agent)))
-        if crossed(unwrap_agent(agent).config.l2_init_weight_update_interval, epoch_before, epoch):
-            unwrap_agent(agent).update_l2_init_weight_copy()
         if is_master:
             stats_logger.log(epoch, agent_step, metrics)
+        upload = crossed(intervals.wandb_checkpoint_interval, epoch_before, epoch) or (last and intervals.wandb_checkpoint_interval > 0)
+        if upload or last or crossed(intervals.checkpoint_interval, epoch_before, epoch):
+            checkpoint(upload, final=last)
+        if crossed(unwrap_agent(agent).config.l2_init_weight_update_interval, epoch_before, epoch):
+            unwrap_agent(agent).update_l2_init_weight_copy()
         if stopping:
             break
 

@@ -234,8 +234,13 @@ def _free_port() -> int:
 def test_torchrun_two_processes(tmp_path: Path):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}"]
     env = _env(OMP_NUM_THREADS="1")
-    out = assert_ok(run_py(tmp_path, "ddp", 4000, "debug_dump_weights=true", env=env, launcher=launcher, timeout=180))
+    # The batch sizes are totals over the ranks (scale_batches_by_world_size): each rank takes 1024 of 2048.
+    out = assert_ok(run_py(
+        tmp_path, "ddp", 4000, "debug_dump_weights=true", "trainer.batch_size=2048", "trainer.minibatch_size=512",
+        "trainer.scale_batches_by_world_size=true", env=env, launcher=launcher, timeout=180,
+    ))  # fmt: skip
     run_dir = tmp_path / "ddp"
+    assert out.count("experience: 128 rows of 8 steps (1024 agent steps)") == 2  # each rank's own buffer
 
     # agent_step counts both ranks: 2 x 1024 per epoch.
     rows = metrics_rows(run_dir)

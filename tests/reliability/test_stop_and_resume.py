@@ -64,7 +64,7 @@ def resumed_epoch(log: str) -> int | None:
 def test_second_process_is_refused_and_sigterm_to_the_group_saves_and_exits_0(tmp_path: Path):
     """A second run.py on the directory is refused; then SIGTERM to the trainer and its multiprocessing vecenv
     worker at once, as a scheduler preempts a job."""
-    first = Run(tmp_path, "shared", None, "vectorization=multiprocessing", "num_workers=1")
+    first = Run(tmp_path, "shared", None, "vectorization=multiprocessing", "trainer.num_workers=1")
     try:
         first.wait_for_epoch(1)
         second = Run(tmp_path, "shared", None)
