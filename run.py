@@ -58,7 +58,7 @@ from metta.interface import (
 )
 from metta.mettagrid.replay import write_viewer_page
 from metta.rl.checkpoint import UnloadableCheckpointsError, set_aside_checkpoints
-from metta.rl.epoch_metrics import epoch_metrics
+from metta.rl.epoch_metrics import epoch_metrics, interval_metrics
 from metta.rl.experience import make_experience
 from metta.rl.functional_trainer import rollout, train_ppo
 from metta.rl.initial_policy import load_initial_policy
@@ -269,10 +269,8 @@ def main() -> None:
         if is_master and cfg.evaluate and not stopping and (last or crossed(trainer_cfg.simulation.evaluate_interval, epoch_before, epoch)):
             eval_scores = evaluate_and_replay(unwrap_agent(agent), policy_store, evaluation_suite, device, dirs, trainer_cfg, epoch, cfg.replay)
             metrics.update({f"eval/{k}": v for k, v in eval_scores.items()})
-        if is_master and crossed(trainer_cfg.grad_mean_variance_interval, epoch_before, epoch) and optimizer.last_grad_stats:
-            metrics.update({k: float(v) for k, v in optimizer.last_grad_stats.items()})
-        if is_master and crossed(unwrap_agent(agent).config.analyze_weights_interval, epoch_before, epoch):
-            metrics.update(weight_metrics(unwrap_agent(agent)))
+        if is_master:
+            metrics.update(interval_metrics(unwrap_agent(agent), optimizer, trainer_cfg, epoch_before, epoch))  # grad/, weights/
         if is_master:
             stats_logger.log(epoch, agent_step, metrics)
         upload = crossed(intervals.wandb_checkpoint_interval, epoch_before, epoch) or (last and intervals.wandb_checkpoint_interval > 0)
@@ -314,11 +312,6 @@ def run_record(cfg: RunConfig, env, world_size: int) -> dict:
             "curriculum_type": type(env.driver_env.curriculum).__name__,
         },
     }  # fmt: skip
-
-
-def weight_metrics(agent) -> dict[str, float]:
-    """``weights/<layer>/<stat>`` for every analysed weight layer (singular values, effective rank, norms)."""
-    return {f"weights/{m['name']}/{k}": v for m in agent.compute_weight_metrics() for k, v in m.items() if k != "name"}
 
 
 def evaluate_and_replay(agent, policy_store, suite, device, dirs, trainer_cfg, epoch, replay: bool) -> dict[str, float]:

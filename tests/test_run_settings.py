@@ -199,7 +199,7 @@ def check_sizes(runs):
     assert "64 rows of 16 steps (1024 agent steps)" in runs["r1"]  # bptt_horizon
     assert "2 minibatches of 512 steps (2 accumulated pieces of 256)" in runs["r1"]  # minibatch, max_minibatch
     first = rows(runs["data"] / "r1")[0]
-    assert first["losses/minibatches"] == 4 and first["parameters/optimizer_steps"] == 2
+    assert first["parameters/minibatches"] == 4 and first["parameters/optimizer_steps"] == 2
 
 
 def check_update_epochs(runs):

@@ -5,7 +5,7 @@
 
 Keys: ``overview/sps`` (``steps`` over ``seconds``: pass every rank's steps for the run's rate),
 ``overview/reward`` and ``overview/episodes`` when episodes finished, ``env_<stat>`` (episode statistics'
-means), ``losses/*`` (``losses/minibatches``: forward/backward passes of the update), ``experience/*``,
+means), ``losses/*``, ``experience/*``, ``parameters/minibatches`` (forward/backward passes of the update),
 ``parameters/learning_rate``, ``parameters/optimizer_steps`` (steps taken so far), ``grad/norm`` (the last optimizer step's
 clipped-before norm), ``timing/frac/{env,forward,advantage,learn,other}`` (shares of the epoch's wall time,
 from a ``Stopwatch`` and its ``get_all_elapsed()`` taken at the epoch's start), and the monitors' own keys
@@ -17,6 +17,8 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import numpy as np
+
+from metta.rl.intervals import crossed
 
 TIMED_PHASES = {
     "env": "_rollout.env",
@@ -53,7 +55,7 @@ def epoch_metrics(
     metrics["parameters/learning_rate"] = float(optimizer.param_groups[0]["lr"])
     if hasattr(optimizer, "steps"):
         metrics["parameters/optimizer_steps"] = float(optimizer.steps)
-    metrics["losses/minibatches"] = float(losses.minibatches_processed)
+    metrics["parameters/minibatches"] = float(losses.minibatches_processed)
     grad_norm = getattr(optimizer, "last_grad_norm", None)
     if grad_norm is not None:
         metrics["grad/norm"] = float(grad_norm)
@@ -74,3 +76,20 @@ def timing_fractions(timer: Any, phase_before: Mapping[str, float]) -> dict[str,
     phases = {name: spent.get(key, 0.0) for name, key in TIMED_PHASES.items()}
     phases["other"] = max(0.0, total - sum(phases.values()))
     return {f"timing/frac/{k}": v / total for k, v in phases.items()}
+
+
+def interval_metrics(agent: Any, optimizer: Any, trainer_cfg: Any, epoch_before: int, epoch_after: int) -> dict[str, float]:
+    """The metrics that come at intervals (``metta.rl.intervals.crossed``): ``grad/mean|variance|norm`` of the
+    update's last optimizer step every ``trainer_cfg.grad_mean_variance_interval`` epochs (the optimizer records
+    them when ``optimizer.record_grad_stats`` was set for the update), and ``weights/<layer>/<stat>`` (singular
+    values, effective rank, norms of each analysed layer) every ``analyze_weights_interval`` epochs of the agent's
+    config."""
+    out: dict[str, float] = {}
+    stats = getattr(optimizer, "last_grad_stats", None)
+    if crossed(trainer_cfg.grad_mean_variance_interval, epoch_before, epoch_after) and stats:
+        out.update({k: float(v) for k, v in stats.items()})
+    config = getattr(agent, "config", None)
+    if config is not None and crossed(getattr(config, "analyze_weights_interval", 0), epoch_before, epoch_after):
+        for layer in agent.compute_weight_metrics():
+            out.update({f"weights/{layer['name']}/{k}": float(v) for k, v in layer.items() if k != "name"})
+    return out

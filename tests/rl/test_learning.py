@@ -15,6 +15,7 @@ from metta.rl.trainer_config import TrainerConfig
 
 # One agent in a small room; an altar two steps away holds a heart (and makes one more a tick after it is
 # emptied). Finding and using it within 24 steps is what the agent must learn.
+LEARNED = 0.6  # mean episode reward over three rollouts (a random policy gets under 0.2)
 ROOM = "#######\n#.....#\n#..@..#\n#.....#\n#...._#\n#######"
 
 
@@ -73,7 +74,8 @@ def test_ppo_learns_to_find_the_altar():
     losses = Losses()
     agent_step, epoch = 0, 0
     curve: list[float] = []
-    while agent_step < cfg.total_timesteps:
+    # Up to total_timesteps; stop as soon as the last three rollouts show the task learned.
+    while agent_step < cfg.total_timesteps and not (len(curve) >= 3 and np.mean(curve[-3:]) > LEARNED):
         agent_step, stats = rollout(policy, env, experience, "cpu", agent_step)
         epoch = train_ppo(policy, optimizer, experience, "cpu", losses, epoch, cfg, agent_step=agent_step)
         curve.append(float(np.mean(stats["episode_reward"])))
@@ -82,5 +84,5 @@ def test_ppo_learns_to_find_the_altar():
     random_reward = random_policy_reward()
     final = float(np.mean(curve[-3:]))
     assert random_reward < 0.2, f"the task should be hard for a random policy (mean reward {random_reward:.3f})"
-    assert final > max(0.6, 5 * random_reward), f"no learning: curve {np.round(curve, 3).tolist()}"
+    assert final > max(LEARNED, 5 * random_reward), f"no learning: curve {np.round(curve, 3).tolist()}"
     assert epoch == 2 * len(curve)  # update_epochs per rollout
