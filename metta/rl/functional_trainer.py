@@ -188,7 +188,10 @@ def resolve_trainer_config(config: Any, ppo_config: "PPOConfig | None" = None) -
     if not isinstance(config, TrainerConfig) and isinstance(getattr(config, "trainer", None), TrainerConfig):
         config = config.trainer
     if not isinstance(config, TrainerConfig):
-        raise TypeError(f"config is a {type(config).__name__}; pass a TrainerConfig (metta.rl.trainer_config)")
+        raise TypeError(
+            f"config is a {type(config).__name__}; pass a TrainerConfig (metta.rl.trainer_config) or a TrainingConfig "
+            "(metta.train.train_config)"
+        )
     if ppo_config is None:
         return config
     if not isinstance(ppo_config, PPOConfig):
