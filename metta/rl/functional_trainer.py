@@ -14,9 +14,10 @@ On top of them, seed 001's loop over the components of ``metta.rl.components``:
     state = functional_training_loop(trainer_config, ppo_config, policy, curriculum, policy_store,
                                      step_fn=None, custom_losses=[curiosity_loss], run_dir="train_dir/x")
 
-``create_training_components`` builds the components, ``default_training_step`` is one rollout and one
-update through them, and ``TrainingState`` carries the counters; a custom ``step_fn(state, components,
-config, experience) -> metrics`` replaces the default step.
+``create_training_components`` builds the components, ``resume_training_state`` restores the newest good
+checkpoint of their directory (or starts fresh), ``default_training_step`` is one rollout and one update
+through them, and ``TrainingState`` carries the counters; a custom ``step_fn(state, components, config,
+experience) -> metrics`` replaces the default step.
 """
 
 from __future__ import annotations
@@ -251,7 +252,9 @@ def create_training_components(
     return TrainingComponents(
         collector=RolloutCollector(vecenv, policy, experience, device, timer),
         ppo=PPOOptimizer(policy, optimizer, device, trainer_cfg, kickstarter=kickstarter, timer=timer),
-        checkpointer=TrainingCheckpointer(checkpoint_dir, policy_store, wandb_run),
+        checkpointer=TrainingCheckpointer(
+            checkpoint_dir, policy_store, wandb_run, trainer_config=trainer_cfg, vecenv=vecenv, stopwatch=timer
+        ),
         stats_logger=StatsLogger(run_dir, trainer_cfg.total_timesteps, wandb_run=wandb_run, console=console),
         optimizer=optimizer,
         evaluator=evaluator,
@@ -259,6 +262,24 @@ def create_training_components(
         run_dir=run_dir,
         timer=timer,
     )
+
+
+def resume_training_state(components: TrainingComponents) -> TrainingState:
+    """The state a run continues from: the newest good checkpoint of ``components.checkpointer.checkpoint_dir``
+    restored into the policy, the optimizer, the curriculum (the collector's vecenv), the timer and the RNG
+    states, as run.py resumes (``load_latest_checkpoint`` + ``restore_checkpoint``); a fresh ``TrainingState``
+    when the directory has none. A corrupt newest checkpoint is skipped with a warning naming it."""
+    from metta.rl.checkpoint import load_latest_checkpoint, restore_checkpoint
+
+    ckpt = load_latest_checkpoint(components.checkpointer.checkpoint_dir)
+    if ckpt is None:
+        return TrainingState()
+    restore_checkpoint(
+        ckpt, components.collector.policy, components.optimizer, vecenv=components.collector.vecenv,
+        stopwatch=components.timer,
+    )  # fmt: skip
+    components.ppo.epoch = ckpt.epoch
+    return TrainingState(agent_step=ckpt.agent_step, epoch=ckpt.epoch, policy_record=None)
 
 
 def default_training_step(
@@ -318,7 +339,13 @@ def functional_training_loop(
     ``checkpoint_interval`` epochs (default ``config.checkpoint.checkpoint_interval``, 0 for none) and at the
     end; with an ``evaluation_suite`` the policy is scored every ``evaluate_interval`` epochs (default
     ``config.simulation.evaluate_interval``) and at the end.
+
+    A run directory that holds a checkpoint resumes (``resume_training_state``): the policy, optimizer,
+    curriculum, timer and RNG continue from its newest good checkpoint, and training goes on to
+    ``total_timesteps`` from there, so calling this twice on one directory trains once and then continues
+    (a run already at ``total_timesteps`` trains no further and rewrites nothing).
     """
+    from metta.common.profiling.stopwatch import Stopwatch
     from metta.rl.experience import make_experience
     from metta.rl.vecenv import make_vecenv
 
@@ -345,19 +372,23 @@ def functional_training_loop(
     try:
         vecenv.async_reset(seed)
         experience = make_experience(vecenv, policy, trainer_cfg, device)
+        timer = Stopwatch()
         components = create_training_components(
             trainer_cfg, None, policy, vecenv, experience, policy_store, optimizer=optimizer, device=device,
             run_dir=run_dir, wandb_run=wandb_run, evaluation_suite=evaluation_suite, custom_loss_fns=custom_losses,
-            console=console,
+            timer=timer, console=console,
         )  # fmt: skip
-        state = TrainingState()
+        state = resume_training_state(components)
+        if not timer.get_summary()["is_running"]:  # a resumed stopwatch is already running
+            timer.start()
         if console:
+            resumed = f", resumed at epoch {state.epoch}, step {state.agent_step:,}" if state.agent_step else ""
             print(
                 f"functional training: {trainer_cfg.total_timesteps:,} agent steps, {vecenv.num_agents} agents, "
-                f"batch {trainer_cfg.batch_size}, run dir {components.run_dir}",
+                f"batch {trainer_cfg.batch_size}, run dir {components.run_dir}{resumed}",
                 flush=True,
             )
-        last_save = last_eval = 0
+        last_save = last_eval = state.epoch
         while state.agent_step < trainer_cfg.total_timesteps:
             steps_before = state.agent_step
             metrics = step(state, components, trainer_cfg, experience)
@@ -368,12 +399,13 @@ def functional_training_loop(
             components.stats_logger.log(state.epoch, state.agent_step, dict(metrics))
             # Epochs advance by update_epochs per step, so "since the last one" rather than "epoch % interval".
             if checkpoint_interval and state.epoch - last_save >= checkpoint_interval:
-                _save(state, components, trainer_cfg, vecenv)
+                _save(state, components)
                 last_save = state.epoch
             if components.evaluator is not None and evaluate_interval and state.epoch - last_eval >= evaluate_interval:
                 _evaluate(state, components, policy)
                 last_eval = state.epoch
-        _save(state, components, trainer_cfg, vecenv, final=True)
+        timer.stop()
+        _save(state, components, final=True)
         if components.evaluator is not None:
             _evaluate(state, components, policy)
         if console:
@@ -386,10 +418,10 @@ def functional_training_loop(
         vecenv.close()
 
 
-def _save(state: TrainingState, components: TrainingComponents, config: "TrainerConfig", vecenv: Any, final: bool = False) -> None:
+def _save(state: TrainingState, components: TrainingComponents, final: bool = False) -> None:
     record = components.checkpointer.save(
-        components.collector.policy, components.optimizer, state.agent_step, state.epoch, trainer_config=config,
-        vecenv=vecenv, metadata={"eval_scores": dict(state.eval_scores)}, final=final,
+        components.collector.policy, components.optimizer, state.agent_step, state.epoch,
+        metadata={"eval_scores": dict(state.eval_scores)}, final=final,
     )  # fmt: skip
     if record is not None:
         state.policy_record = record

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from metta.agent.policy_state import PolicyState
+from metta.common.profiling.stopwatch import Stopwatch
 from metta.rl.advantage import compute_advantage
 from metta.rl.components import PolicyEvaluator, PPOOptimizer, RolloutCollector, StatsLogger, TrainingCheckpointer
 from metta.rl.experience import calculate_anneal_beta, make_experience
@@ -258,14 +259,16 @@ def test_training_checkpointer_round_trip(tmp_path):
     optimizer = optimizer_for(policy, cfg)
     run_dir = tmp_path / "run"
     store = policy_store(str(run_dir / "checkpoints"))
-    checkpointer = TrainingCheckpointer(run_dir / "checkpoints", store)
+    timer = Stopwatch()
+    timer.start()
+    checkpointer = TrainingCheckpointer(run_dir / "checkpoints", store, trainer_config=cfg, vecenv=env, stopwatch=timer)
     assert checkpointer.load_trainer_state(run_dir) is None
     fresh = checkpointer.load_policy(None, env)
     assert fresh.policy is not policy and fresh.metadata["epoch"] == 0
 
     with torch.no_grad():
         next(policy.parameters()).add_(1.0)  # weights that differ from a fresh policy's
-    with pytest.raises(ValueError, match="call save_policy"):
+    with pytest.raises(ValueError, match=r"save_policy\(policy, 3"):
         checkpointer.save_trainer_state(100, 3, optimizer.state_dict(), run_dir)
     record = checkpointer.save_policy(policy, 3, {"agent_step": 100, "note": "x"})
     assert os.path.isfile(record.file_path) and record.metadata["epoch"] == 3
@@ -275,6 +278,9 @@ def test_training_checkpointer_round_trip(tmp_path):
 
     ckpt = checkpointer.load_trainer_state(run_dir)
     assert (ckpt.agent_step, ckpt.epoch, ckpt.extra_args["lr"]) == (100, 3, 0.1)
+    # Complete, as save_checkpoint's: config, curriculum, stopwatch and RNG besides the counters and optimizer.
+    assert ckpt.trainer_config["batch_size"] == cfg.batch_size and ckpt.curriculum_state is not None
+    assert "global" in str(ckpt.stopwatch_state) and ckpt.rng_state["torch"] is not None
     assert ckpt.optimizer_state_dict["param_groups"][0]["lr"] == optimizer.state_dict()["param_groups"][0]["lr"]
     loaded = checkpointer.load_policy(ckpt, env)
     assert loaded.metadata["agent_step"] == 100 and loaded.metadata["note"] == "x"
