@@ -153,7 +153,7 @@ def main() -> None:
         optimizer={"learning_rate": args.learning_rate},
     )
     env = Environment(curriculum_path=CURRICULUM, num_envs=args.num_envs, seed=args.seed, is_training=True, device="cpu")
-    policy = make_policy(env)
+    policy = make_policy(env, "fast")
     experience = make_experience(env, policy, cfg, "cpu")
     optimizer = Optimizer("adam", policy, learning_rate=cfg.optimizer.learning_rate, max_grad_norm=cfg.ppo.max_grad_norm)
     losses = Losses()

@@ -266,20 +266,14 @@ def create_training_components(
 
 def resume_training_state(components: TrainingComponents) -> TrainingState:
     """The state a run continues from: the newest good checkpoint of ``components.checkpointer.checkpoint_dir``
-    restored into the policy, the optimizer, the curriculum (the collector's vecenv), the timer and the RNG
-    states, as run.py resumes (``load_latest_checkpoint`` + ``restore_checkpoint``); a fresh ``TrainingState``
-    when the directory has none. A corrupt newest checkpoint is skipped with a warning naming it."""
-    from metta.rl.checkpoint import load_latest_checkpoint, restore_checkpoint
-
-    ckpt = load_latest_checkpoint(components.checkpointer.checkpoint_dir)
+    restored into the policy, the optimizer, the curriculum, the timer and the RNG states
+    (``TrainingCheckpointer.resume``, as run.py resumes); a fresh ``TrainingState`` when the directory has none.
+    A corrupt newest checkpoint is skipped with a warning naming it."""
+    ckpt = components.checkpointer.resume(components.collector.policy, components.optimizer)
     if ckpt is None:
         return TrainingState()
-    restore_checkpoint(
-        ckpt, components.collector.policy, components.optimizer, vecenv=components.collector.vecenv,
-        stopwatch=components.timer,
-    )  # fmt: skip
     components.ppo.epoch = ckpt.epoch
-    return TrainingState(agent_step=ckpt.agent_step, epoch=ckpt.epoch, policy_record=None)
+    return TrainingState(agent_step=ckpt.agent_step, epoch=ckpt.epoch)
 
 
 def default_training_step(

@@ -5,6 +5,7 @@
     checkpointer.save_trainer_state(agent_step, epoch, optimizer.state_dict(), run_dir)
     checkpoint = checkpointer.load_trainer_state(run_dir)          # None when there is none
     record = checkpointer.load_policy(checkpoint, env)             # the checkpoint's policy, or a new one
+    checkpoint = checkpointer.resume(policy, optimizer)            # restore a run in place (or None)
 
 The files are ``metta.rl.checkpoint``'s, written by its two writers (``write_policy`` and
 ``write_checkpoint_state``, the ones ``save_checkpoint`` and ``ensure_initial_policy`` use): ``model_XXXX.pt``
@@ -38,6 +39,7 @@ from metta.rl.checkpoint import (
     TrainerCheckpoint,
     load_latest_checkpoint,
     policy_file_name,
+    restore_checkpoint,
     save_checkpoint,
     write_checkpoint_state,
     write_policy,
@@ -178,6 +180,17 @@ class TrainingCheckpointer:
         """The newest verified checkpoint (corrupt ones are skipped with a warning), or None when there is none."""
         self._check_run_dir(run_dir)
         return load_latest_checkpoint(self.checkpoint_dir)
+
+    def resume(self, policy: torch.nn.Module, optimizer: Any = None) -> TrainerCheckpoint | None:
+        """Continue a run: the newest good checkpoint restored into ``policy`` (weights, in place), ``optimizer``,
+        the checkpointer's ``vecenv`` (curriculum) and ``stopwatch``, and the RNG states, as run.py resumes;
+        returns it (its ``agent_step`` and ``epoch`` are where to continue), or None when there is none."""
+        if not isinstance(policy, torch.nn.Module):
+            raise TypeError(f"policy is a {type(policy).__name__}; pass the agent (an nn.Module)")
+        ckpt = load_latest_checkpoint(self.checkpoint_dir)
+        if ckpt is not None:
+            restore_checkpoint(ckpt, policy, optimizer, vecenv=self.vecenv, stopwatch=self.stopwatch)
+        return ckpt
 
     def load_policy(self, checkpoint: TrainerCheckpoint | None, env: Any) -> PolicyRecord:
         """The record of ``checkpoint``'s policy, loaded and bound to ``env``; with no checkpoint (None, or one
