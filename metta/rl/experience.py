@@ -384,6 +384,8 @@ class Experience:
 
     def reset_lstm_state(self, env_id: slice | int, dones: torch.Tensor) -> None:
         """Zero the recurrent state of the agents whose observation starts a new episode (``dones`` true)."""
+        if self.hidden_size is None:
+            return  # not sized yet: the state is allocated as zeros at the first forward pass
         sl = self._as_slice(env_id, dones.shape[0])
         keep = (~dones.to(self.device, torch.bool)).to(self.lstm_h.dtype).view(1, -1, 1)
         self.lstm_h[:, sl].mul_(keep)
