@@ -1,4 +1,4 @@
-"""Train the default agent on the navigation curriculum on a CPU for a fixed wall-clock budget.
+"""Train the fast agent on the navigation curriculum on a CPU for a fixed wall-clock budget.
 
 Writes one JSON object per epoch to ``{out_dir}/metrics.jsonl`` (agent steps, wall time, mean episode
 reward, SPS, losses) and, first, the mean episode reward of a uniformly random policy, so the curve can be read
