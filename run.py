@@ -6,11 +6,15 @@
     python run.py --config my_run.yaml                      # the same keys as `python run.py --help`
     torchrun --nproc_per_node=2 run.py run=ddp              # one process per GPU (gloo on CPU, NCCL on GPU)
 
-Everything lands in `{data_dir}/{run}/`: `config.yaml`, `metrics.jsonl` (one JSON object per epoch),
-`checkpoints/` (complete, atomic checkpoints), `replays/` (with a viewer page per replay), `stats/` (evaluation
-episodes), `index.html` (the run report). Running again
-with the same `run` name resumes from the last good checkpoint. wandb logs when an API key is configured or
-`WANDB_MODE=offline` is set (`wandb.enabled=true|false` forces it).
+Everything lands in `{data_dir}/{run}/`: `config.yaml` and `run_config.json` (the settings the run used, sizes
+resolved), `metrics.jsonl` (one JSON object per epoch), `checkpoints/` (complete, atomic checkpoints),
+`replays/` (with a viewer page per replay), `stats/` (evaluation episodes), `torch_traces/` (profiler traces),
+`index.html` (the run report). Running again with the same `run` name resumes from the last good checkpoint.
+wandb logs when an API key is configured or `WANDB_MODE=offline` is set (`wandb.enabled=true|false` forces it).
+
+The iteration is `rollout()` then `train_ppo()` (metta.rl.functional_trainer), the same functions the functional
+trainer and the components call; periodic tasks fire when the epoch counter crosses a multiple of their
+interval (metta.rl.intervals.crossed).
 """
 
 from __future__ import annotations
@@ -18,12 +22,13 @@ from __future__ import annotations
 import logging
 import os
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from metta.agent.policy_store import PolicyStore
 from metta.common.config_cli import ConfigCliError, parse_config
@@ -50,15 +55,16 @@ from metta.interface import (
     setup_run_directories,
 )
 from metta.mettagrid.replay import write_viewer_page
-from metta.rl.advantage import compute_advantage
-from metta.rl.experience import calculate_anneal_beta, make_experience
+from metta.rl.epoch_metrics import epoch_metrics
+from metta.rl.experience import make_experience
+from metta.rl.functional_trainer import rollout, train_ppo
+from metta.rl.initial_policy import load_initial_policy
+from metta.rl.intervals import crossed
 from metta.rl.kickstarter import Kickstarter
-from metta.rl.losses import Losses, compute_explained_variance, process_minibatch_update, should_stop_early
-from metta.rl.policy_management import unwrap_agent, wrap_agent_distributed
-from metta.rl.optimizer import apply_lr_schedule
-from metta.rl.rollout import perform_rollout_step
-from metta.rl.trainer_config import TrainerConfig, cpu_learning_settings
-from metta.stats import accumulate_rollout_stats
+from metta.rl.losses import Losses
+from metta.rl.policy_management import compile_policy, unwrap_agent, wrap_agent_distributed
+from metta.rl.torch_profiler import TorchProfiler
+from metta.rl.trainer_config import TrainerConfig, cpu_learning_settings, scale_by_world_size
 
 logger = logging.getLogger("run")
 
@@ -66,14 +72,19 @@ logger = logging.getLogger("run")
 def cpu_trainer_config() -> TrainerConfig:
     """Defaults that show learning in minutes on a laptop CPU; raise the sizes on a GPU.
 
-    ``cpu_learning_settings()`` holds the update settings of the navigation sweep (two passes per batch, lr 1e-3,
-    ent_coef 0.0005, gamma 0.99, gae_lambda 0.95; docs/training.md says why).
+    64 envs of the navigation curriculum (256 agents per forward pass) in this process; ``cpu_learning_settings()``
+    holds the update settings of the navigation sweep (two passes per batch, lr 1e-3, ent_coef 0.0005, gamma
+    0.99, gae_lambda 0.95; docs/training.md says why).
     """
     return TrainerConfig(
         total_timesteps=3_000_000,
         batch_size=32768,
         minibatch_size=2048,
         bptt_horizon=16,
+        curriculum="/env/mettagrid/curriculum/navigation/bucketed",
+        forward_pass_minibatch_target_size=256,
+        async_factor=1,
+        num_workers=1,
         **cpu_learning_settings(),
         checkpoint={"checkpoint_interval": 20, "wandb_checkpoint_interval": 0},
         simulation={"evaluate_interval": 100},
@@ -95,11 +106,10 @@ class RunConfig(BaseModel):
     data_dir: str | None = Field(default=None, description="default: DATA_DIR or ./train_dir")
     device: str = Field(default="cuda" if torch.cuda.is_available() else "cpu")
     seed: int = 0
-    curriculum: str = "/env/mettagrid/curriculum/navigation/bucketed"
     agent: str = Field(default="fast", description="fast (default) or interface_default")
-    num_envs: int = Field(default=64, ge=1, description="envs per process")
-    async_factor: int = Field(default=1, ge=1, description="env batches stepped while the learner works on one")
-    num_workers: int = Field(default=1, ge=1)
+    num_envs: int | None = Field(
+        default=None, ge=1, description="envs per process (default: from trainer.forward_pass_minibatch_target_size)"
+    )
     vectorization: Literal["serial", "multiprocessing"] = "serial"
     keep_checkpoints: int = Field(default=5, ge=1, description="checkpoints kept on disk (older ones pruned)")
     evaluate: bool = Field(default=True, description="evaluate on the terrain suite every evaluate_interval epochs")
@@ -109,6 +119,17 @@ class RunConfig(BaseModel):
     trainer: TrainerConfig = Field(default_factory=cpu_trainer_config)
     wandb: WandbSettings = Field(default_factory=WandbSettings)
 
+    @model_validator(mode="after")
+    def _check_vectorization(self) -> "RunConfig":
+        t = self.trainer
+        if self.vectorization == "serial" and (t.async_factor > 1 or t.num_workers > 1):
+            raise ValueError(
+                f"trainer.async_factor={t.async_factor} and trainer.num_workers={t.num_workers} need "
+                "vectorization=multiprocessing (serial steps every env in this process); set both to 1 or use "
+                "vectorization=multiprocessing"
+            )
+        return self
+
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
@@ -116,10 +137,10 @@ def main() -> None:
         cfg = parse_config(RunConfig, doc=__doc__)
     except ConfigCliError as err:  # a bad key or value: say so before any work starts
         raise SystemExit(f"run.py: {err}") from None
-    trainer_cfg = cfg.trainer
 
     # ---------------------------------------------------------------- setup
     device, is_master, world_size, rank = setup_device_and_distributed(cfg.device)
+    trainer_cfg = scale_by_world_size(cfg.trainer, world_size)  # per-rank sizes
     run_name = cfg.run
     if world_size > 1 and run_name is None:  # every rank must use rank 0's (timestamped) default name
         names = [setup_run_directories(None, cfg.data_dir).run_name if is_master else None]
@@ -132,26 +153,29 @@ def main() -> None:
         torch.set_num_threads(cfg.torch_threads)
     trainer_cfg.checkpoint.checkpoint_dir = dirs.checkpoint_dir
     trainer_cfg.simulation.replay_dir = dirs.replay_dir
-    save_experiment_config(dirs, device, trainer_cfg)
-    if is_master:
-        Path(dirs.run_dir, "run_config.json").write_text(cfg.model_dump_json(indent=2, by_alias=True))
+    trainer_cfg.profiler.profile_dir = os.path.join(dirs.run_dir, "torch_traces")
 
     # ---------------------------------------------------------------- components
     env = Environment(
-        curriculum_path=cfg.curriculum, device=str(device), seed=cfg.seed + 1000 * rank, num_envs=cfg.num_envs,
-        async_factor=cfg.async_factor, num_workers=cfg.num_workers, vectorization=cfg.vectorization,
-        is_training=True,
+        curriculum_path=trainer_cfg.curriculum, env_config=trainer_cfg.env_overrides or None, device=str(device),
+        seed=cfg.seed + 1000 * rank, num_envs=cfg.num_envs or 1, num_workers=trainer_cfg.num_workers,
+        async_factor=trainer_cfg.async_factor, vectorization=cfg.vectorization, zero_copy=trainer_cfg.zero_copy,
+        is_training=True, forward_pass_minibatch_target_size=None if cfg.num_envs else trainer_cfg.forward_pass_minibatch_target_size,
     )  # fmt: skip
+    resolved = cfg.model_copy(update={"num_envs": env.num_envs, "trainer": trainer_cfg})
+    save_experiment_config(dirs, device, trainer_cfg, extra=run_record(resolved, env, world_size))
+    if is_master:
+        Path(dirs.run_dir, "run_config.json").write_text(resolved.model_dump_json(indent=2, by_alias=True))
     agent = Agent(env, config=cfg.agent, device=str(device))
     policy_store = PolicyStore(
         {"device": str(device), "policy_cache_size": 10, "run": dirs.run_name, "run_dir": dirs.run_dir,
          "trainer": {"checkpoint": {"checkpoint_dir": dirs.checkpoint_dir}}},
         wandb_run=None,
     )  # fmt: skip
+    opt = trainer_cfg.optimizer
     optimizer = Optimizer(
-        trainer_cfg.optimizer.type, agent, learning_rate=trainer_cfg.optimizer.learning_rate,
-        betas=(trainer_cfg.optimizer.beta1, trainer_cfg.optimizer.beta2), eps=trainer_cfg.optimizer.eps,
-        weight_decay=trainer_cfg.optimizer.weight_decay, max_grad_norm=trainer_cfg.ppo.max_grad_norm,
+        opt.type, agent, learning_rate=opt.learning_rate, betas=(opt.beta1, opt.beta2), eps=opt.eps,
+        weight_decay=opt.weight_decay, max_grad_norm=trainer_cfg.ppo.max_grad_norm,
     )  # fmt: skip
     experience = make_experience(env, agent, trainer_cfg, device)
     kickstarter = Kickstarter(trainer_cfg.kickstart, device, policy_store, env)
@@ -159,9 +183,17 @@ def main() -> None:
     agent_step, epoch, policy_path = load_checkpoint(dirs.checkpoint_dir, agent, optimizer, vecenv=env, stopwatch=timer)
     if policy_path:
         logger.info(f"resumed from {policy_path}: epoch {epoch}, agent_step {agent_step}")
+    elif trainer_cfg.initial_policy.uri:
+        start = load_initial_policy(unwrap_agent(agent), policy_store, trainer_cfg.initial_policy)
+        logger.info(f"starting from the initial policy {start}")
+    if trainer_cfg.compile:
+        compile_policy(agent, trainer_cfg.compile_mode)
+        logger.info(f"policy compiled with torch.compile (mode {trainer_cfg.compile_mode})")
+    logger.info(experience.describe())
     if is_master:
-        logger.info(f"run {dirs.run_name}: {trainer_cfg.total_timesteps:,} agent steps on {device} x{world_size}; "
-                    f"metrics, checkpoints and replays in {dirs.run_dir}")  # fmt: skip
+        logger.info(f"run {dirs.run_name}: {trainer_cfg.total_timesteps:,} agent steps on {device} x{world_size}, "
+                    f"{env.num_envs} envs ({env.num_agents} agents) per process, {torch.get_num_threads()} torch "
+                    f"threads; metrics, checkpoints and replays in {dirs.run_dir}")  # fmt: skip
     agent = wrap_agent_distributed(agent, device)
     losses = Losses()
     system_monitor = SystemMonitor(auto_start=is_master)
@@ -169,84 +201,73 @@ def main() -> None:
     memory_monitor.add(experience, name="experience")
     wandb_run, wandb_ctx = initialize_wandb(
         dirs.run_name, dirs.run_dir, enabled=cfg.wandb.enabled, project=cfg.wandb.project,
-        entity=cfg.wandb.entity, config=trainer_cfg,
+        entity=cfg.wandb.entity, config=resolved.model_dump(mode="json", by_alias=True),
     )  # fmt: skip
-    stats_logger = StatsLogger(dirs.run_dir, trainer_cfg.total_timesteps, wandb_run=wandb_run, console=is_master) if is_master else None
+    policy_store.wandb_run = wandb_run
+    stats_logger = StatsLogger(dirs.run_dir, trainer_cfg.total_timesteps, wandb_run=wandb_run, console=trainer_cfg.verbose) if is_master else None
+    profiler = TorchProfiler(trainer_cfg.profiler.interval_epochs, trainer_cfg.profiler.profile_dir, device) if is_master else None
     evaluation_suite = create_evaluation_config_suite()
     eval_scores: dict[str, float] = {}
+    intervals = trainer_cfg.checkpoint
+    eval_interval = trainer_cfg.simulation.evaluate_interval if cfg.evaluate else 0
+    saved_epoch = epoch if policy_path else None  # a resumed run's checkpoint is already on disk
+    evaluated_epoch = None
+
+    def checkpoint(upload: bool, final: bool = False) -> None:
+        """A complete checkpoint of this moment; ``upload``: also the policy to wandb as an artifact."""
+        nonlocal saved_epoch
+        record = save_checkpoint(
+            epoch, agent_step, unwrap_agent(agent), optimizer, policy_store, dirs.checkpoint_dir,
+            intervals.checkpoint_interval, force_save=True, trainer_config=trainer_cfg, vecenv=env, stopwatch=timer,
+            keep_last_n=cfg.keep_checkpoints, final=final, metadata={"eval_scores": eval_scores},
+        )  # fmt: skip
+        saved_epoch = epoch
+        if upload and wandb_run is not None and record is not None:
+            logger.info("policy uploaded to wandb as %s", policy_store.add_to_wandb_run(dirs.run_name, record))
 
     # ---------------------------------------------------------------- the loop
     if not timer.get_summary()["is_running"]:  # a resumed stopwatch is already running
         timer.start()
     while agent_step < trainer_cfg.total_timesteps:
-        steps_before, t_epoch = agent_step, time.time()
+        steps_before, epoch_before, t_epoch = agent_step, epoch, time.time()
         phase_before = timer.get_all_elapsed()
+        expected_epoch = epoch + trainer_cfg.update_epochs  # fewer if target_kl stops the update early
+        optimizer.record_grad_stats = crossed(trainer_cfg.grad_mean_variance_interval, epoch, expected_epoch)
 
-        # Rollout: fill the buffer.
-        experience.reset_for_rollout()
-        episode_infos: list[dict] = []
-        with timer("_rollout"):
-            while not experience.ready_for_training:
-                num_steps, infos = perform_rollout_step(agent, env, experience, device, timer)
-                agent_step += num_steps * world_size  # every rank collects as many steps
-                episode_infos.extend(infos)
+        with profiler.trace(epoch, expected_epoch) if profiler else nullcontext():
+            agent_step, episode_stats = rollout(agent, env, experience, device, agent_step, timer)
+            epoch = train_ppo(agent, optimizer, experience, device, losses, epoch, trainer_cfg, kickstarter,
+                              agent_step, timer, batch_start_step=steps_before)  # fmt: skip
 
-        # Train: advantages once, then PPO epochs over (prioritised) minibatches.
-        with timer("_train"):
-            apply_lr_schedule(optimizer, trainer_cfg, steps_before)  # the rate for the progress at this batch's start
-            losses.zero()
-            experience.reset_importance_sampling_ratios()
-            prio = trainer_cfg.prioritized_experience_replay
-            beta = calculate_anneal_beta(epoch, trainer_cfg.total_timesteps, trainer_cfg.batch_size, prio.prio_alpha, prio.prio_beta0)
-            with timer("_train.advantage"):
-                advantages = torch.zeros_like(experience.values)
-                compute_advantage(
-                    experience.values, experience.rewards, experience.dones, torch.ones_like(experience.values),
-                    advantages, trainer_cfg.ppo.gamma, trainer_cfg.ppo.gae_lambda, trainer_cfg.vtrace.vtrace_rho_clip,
-                    trainer_cfg.vtrace.vtrace_c_clip, device, next_rows=experience.next_rows,  # across row ends
-                )  # fmt: skip
-            for _ in range(trainer_cfg.update_epochs):
-                for minibatch in experience.iter_minibatches(advantages, prio.prio_alpha, beta):
-                    with timer("_train.learn"):
-                        loss = process_minibatch_update(
-                            agent, experience, minibatch, advantages, trainer_cfg, kickstarter, agent_step, losses, device
-                        )
-                        optimizer.step(loss, epoch, experience.accumulate_minibatches)
-                epoch += 1
-                if should_stop_early(losses, trainer_cfg.ppo.target_kl):
-                    break
-            losses.explained_variance = compute_explained_variance(experience.values, advantages)
-
-        # Periodic tasks: stats, checkpoints, evaluation and replays, L2-init reference weights.
+        # Metrics of the epoch, then the periodic tasks whose interval the epoch counter crossed.
         with timer("_process_stats"):
             if is_master:
-                metrics = epoch_metrics(episode_infos, losses, experience, optimizer, system_monitor, memory_monitor,
-                                        timer, phase_before, agent_step - steps_before, time.time() - t_epoch)  # fmt: skip
+                metrics = epoch_metrics(
+                    episode_stats, losses, experience, optimizer, agent_step - steps_before, time.time() - t_epoch,
+                    timer=timer, phase_before=phase_before, system_monitor=system_monitor, memory_monitor=memory_monitor,
+                )  # fmt: skip
+                if crossed(trainer_cfg.grad_mean_variance_interval, epoch_before, epoch) and optimizer.last_grad_stats:
+                    metrics.update({k: float(v) for k, v in optimizer.last_grad_stats.items()})
+                if crossed(unwrap_agent(agent).config.analyze_weights_interval, epoch_before, epoch):
+                    metrics.update(weight_metrics(unwrap_agent(agent)))
                 metrics.update({f"eval/{k}": v for k, v in eval_scores.items()})
                 stats_logger.log(epoch, agent_step, metrics)
-        if trainer_cfg.checkpoint.checkpoint_interval and epoch % trainer_cfg.checkpoint.checkpoint_interval == 0:
-            save_checkpoint(
-                epoch, agent_step, unwrap_agent(agent), optimizer, policy_store, dirs.checkpoint_dir,
-                trainer_cfg.checkpoint.checkpoint_interval, force_save=True, trainer_config=trainer_cfg, vecenv=env,
-                stopwatch=timer, keep_last_n=cfg.keep_checkpoints, metadata={"eval_scores": eval_scores},
-            )  # fmt: skip
-        interval = trainer_cfg.simulation.evaluate_interval
-        if cfg.evaluate and is_master and interval and epoch % interval == 0:
+        upload = crossed(intervals.wandb_checkpoint_interval, epoch_before, epoch)
+        if upload or crossed(intervals.checkpoint_interval, epoch_before, epoch):
+            checkpoint(upload)
+        if is_master and crossed(eval_interval, epoch_before, epoch):
             eval_scores = evaluate_and_replay(unwrap_agent(agent), policy_store, evaluation_suite, device, dirs, epoch, cfg.replay)
-        l2_interval = unwrap_agent(agent).config.l2_init_weight_update_interval
-        if l2_interval and epoch % l2_interval == 0:
+            evaluated_epoch = epoch
+        if crossed(unwrap_agent(agent).config.l2_init_weight_update_interval, epoch_before, epoch):
             unwrap_agent(agent).update_l2_init_weight_copy()
 
     # ---------------------------------------------------------------- cleanup
     timer.stop()
-    save_checkpoint(
-        epoch, agent_step, unwrap_agent(agent), optimizer, policy_store, dirs.checkpoint_dir,
-        trainer_cfg.checkpoint.checkpoint_interval, force_save=True, trainer_config=trainer_cfg, vecenv=env,
-        stopwatch=timer, keep_last_n=cfg.keep_checkpoints, final=True, metadata={"eval_scores": eval_scores},
-    )  # fmt: skip
+    if saved_epoch != epoch:  # the final checkpoint, unless the last iteration just wrote it
+        checkpoint(upload=intervals.wandb_checkpoint_interval > 0, final=True)
     if cfg.debug_dump_weights:  # lets a test check that every rank ends with the same weights
         torch.save(unwrap_agent(agent).state_dict(), Path(dirs.run_dir, f"rank{rank}_weights.pt"))
-    if cfg.evaluate and is_master:
+    if cfg.evaluate and is_master and evaluated_epoch != epoch:
         eval_scores = evaluate_and_replay(unwrap_agent(agent), policy_store, evaluation_suite, device, dirs, epoch, cfg.replay)
         stats_logger.log(epoch, agent_step, {f"eval/{k}": v for k, v in eval_scores.items()})
     if stats_logger is not None:
@@ -260,35 +281,23 @@ def main() -> None:
         logger.info(f"done: epoch {epoch}, agent_step {agent_step}; run directory {dirs.run_dir}")
 
 
-def epoch_metrics(episode_infos, losses, experience, optimizer, system_monitor, memory_monitor, timer, phase_before,
-                  steps, seconds) -> dict[str, float]:  # fmt: skip
-    """The metrics of one epoch, in the shared vocabulary (overview/, losses/, env_*, timing/, monitor/)."""
-    env_stats: dict[str, list] = {}
-    accumulate_rollout_stats(episode_infos, env_stats)
-    metrics: dict[str, float] = {"overview/sps": steps / max(seconds, 1e-9)}
-    rewards = env_stats.get("episode_reward", [])
-    if rewards:
-        metrics["overview/reward"] = float(np.mean(rewards))
-        metrics["overview/episodes"] = len(rewards)
-    metrics.update({f"env_{k}": float(np.mean(v)) for k, v in env_stats.items() if v and isinstance(v[0], (int, float))})
-    metrics.update({f"losses/{k}": v for k, v in losses.stats().items()})
-    metrics.update({f"experience/{k}": v for k, v in experience.stats().items()})
-    metrics["parameters/learning_rate"] = optimizer.param_groups[0]["lr"]
-    metrics["grad/norm"] = float(optimizer.last_grad_norm)
-    now = timer.get_all_elapsed()
-    spent = {k: now.get(k, 0.0) - phase_before.get(k, 0.0) for k in now}
-    total = max(spent.get("_rollout", 0.0) + spent.get("_train", 0.0) + spent.get("_process_stats", 0.0), 1e-9)
-    phases = {
-        "env": spent.get("_rollout.env", 0.0),
-        "forward": spent.get("_rollout.forward", 0.0),
-        "advantage": spent.get("_train.advantage", 0.0),
-        "learn": spent.get("_train.learn", 0.0),
-    }
-    phases["other"] = max(0.0, total - sum(phases.values()))
-    metrics.update({f"timing/frac/{k}": v / total for k, v in phases.items()})
-    metrics.update({f"monitor/{k}": v for k, v in system_monitor.stats().items()})
-    metrics.update(memory_monitor.stats())
-    return metrics
+def run_record(cfg: RunConfig, env, world_size: int) -> dict:
+    """What config.yaml records beside the trainer: the agent and the envs this process ran."""
+    return {
+        "agent": cfg.agent,
+        "world_size": world_size,
+        "env": {
+            "curriculum": cfg.trainer.curriculum, "env_overrides": dict(cfg.trainer.env_overrides),
+            "num_envs": env.num_envs, "agents": env.num_agents, "agents_per_batch": env.agents_per_batch,
+            "num_workers": env.num_workers, "async_factor": env.num_envs // env.batch_size,
+            "vectorization": cfg.vectorization, "zero_copy": env.zero_copy,
+        },
+    }  # fmt: skip
+
+
+def weight_metrics(agent) -> dict[str, float]:
+    """``weights/<layer>/<stat>`` for every analysed weight layer (singular values, effective rank, norms)."""
+    return {f"weights/{m['name']}/{k}": v for m in agent.compute_weight_metrics() for k, v in m.items() if k != "name"}
 
 
 def evaluate_and_replay(agent, policy_store, suite, device, dirs, epoch, replay: bool) -> dict[str, float]:

@@ -42,6 +42,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import unquote
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -199,7 +200,8 @@ def run_summary(output: str) -> dict:
     the process group with the device's backend."""
     lines = output.splitlines()
     done = any(" done: epoch" in line for line in lines)
-    replays = [line.split("replay written: ")[1].split(" ")[0] for line in lines if "replay written: " in line]
+    # run.py logs each replay as its viewer page: "replay: file:///.../x.json.html"
+    replays = [unquote(line.split("replay: file://", 1)[1].strip()) for line in lines if "replay: file://" in line]
     evaluations = [line for line in lines if "evaluation at epoch" in line]
     group = [line for line in lines if "joined the process group" in line]
     epochs = [line for line in lines if line.startswith("epoch")]

@@ -11,7 +11,7 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from omegaconf import OmegaConf
@@ -72,8 +72,11 @@ def setup_run_directories(run_name: str | None = None, data_dir: str | None = No
     return dirs
 
 
-def save_experiment_config(dirs: RunDirectories, device: torch.device | str, trainer_config: Any) -> str | None:
-    """Write ``{run_dir}/config.yaml`` (run, run_dir, data_dir, device, trainer); rank 0 only.
+def save_experiment_config(
+    dirs: RunDirectories, device: torch.device | str, trainer_config: Any, extra: Mapping[str, Any] | None = None
+) -> str | None:
+    """Write ``{run_dir}/config.yaml`` (run, run_dir, data_dir, device, trainer, and ``extra``'s keys, such as
+    the agent and the envs the run used); rank 0 only.
 
     ``trainer_config`` is a ``TrainerConfig`` (or any pydantic model / dict). Returns the file path on rank 0
     and None elsewhere. The write is atomic, so a crash never leaves half a config.
@@ -94,6 +97,7 @@ def save_experiment_config(dirs: RunDirectories, device: torch.device | str, tra
         "data_dir": os.path.dirname(dirs.run_dir),
         "device": str(device),
         "trainer": trainer,
+        **dict(extra or {}),
     }
     path = os.path.join(dirs.run_dir, "config.yaml")
     atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.create(config)))

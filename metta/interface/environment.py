@@ -19,11 +19,13 @@ Examples: ``Environment(batch_size=4, async_factor=2, num_workers=2, vectorizati
 
 from __future__ import annotations
 
+import copy
 import secrets
 from typing import Any, Mapping
 
 from metta.mettagrid.config import MettaGridConfig
 from metta.mettagrid.curriculum.core import Curriculum, SingleTaskCurriculum
+from metta.rl.experience import calculate_batch_sizes
 from metta.rl.vecenv import DEFAULT_WORKER_TIMEOUT_S, VecEnv, make_vecenv
 
 DEFAULT_NUM_AGENTS = 4
@@ -184,6 +186,23 @@ def _resolve_batching(num_envs: int, batch_size: int, async_factor: int, num_wor
     return num_envs, batch_size
 
 
+def agents_per_env(curriculum: Curriculum) -> int:
+    """The agents of one env of ``curriculum`` (read from a copy's first task, so the curriculum's own draws
+    are not advanced)."""
+    return int(copy.deepcopy(curriculum).get_task().env_cfg().game.num_agents)
+
+
+def envs_for_target_batch(curriculum: Curriculum, target_agents: int, num_workers: int, async_factor: int) -> tuple[int, int]:
+    """``(num_envs, batch_size)`` in envs for about ``target_agents`` agents per forward pass (seed 003's
+    arithmetic, ``calculate_batch_sizes``): e.g. 4096 agents of 3-agent envs over 16 workers with async_factor 2
+    is 1365 envs, rounded down to the workers, 1360 per batch, 2720 in all."""
+    for name, value in (("forward_pass_minibatch_target_size", target_agents), ("num_workers", num_workers), ("async_factor", async_factor)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}={value!r} must be a positive integer")
+    _, batch_envs, num_envs = calculate_batch_sizes(target_agents, agents_per_env(curriculum), num_workers, async_factor)
+    return num_envs, batch_envs
+
+
 def _build_curriculum(
     curriculum_path: str | None, env_config: Any, num_agents: int | None, width: int | None, height: int | None
 ) -> Curriculum:
@@ -236,8 +255,12 @@ def Environment(  # noqa: N802 - upstream's name; a factory that returns the vec
     width: int | None = None,
     height: int | None = None,
     worker_timeout_s: float = DEFAULT_WORKER_TIMEOUT_S,
+    forward_pass_minibatch_target_size: int | None = None,
 ) -> VecEnv:
     """A vecenv over ``curriculum_path`` (a packaged path or YAML file), ``env_config``, or the default env.
+
+    ``forward_pass_minibatch_target_size`` (with ``num_envs`` and ``batch_size`` not set) sizes the vecenv for
+    that many agents per forward pass, as upstream's trainer did (``envs_for_target_batch``).
 
     ``device`` is accepted for compatibility; envs run on the CPU and the policy moves tensors itself.
     ``seed`` (default: random) is used for ``async_reset``. See the module docstring for batching.
@@ -245,8 +268,10 @@ def Environment(  # noqa: N802 - upstream's name; a factory that returns the vec
     (see ``metta.rl.vecenv.make_vecenv``).
     """
     del device
-    num_envs, batch_size = _resolve_batching(num_envs, batch_size, async_factor, num_workers)
     curriculum = _build_curriculum(curriculum_path, env_config, num_agents, width, height)
+    if forward_pass_minibatch_target_size is not None and num_envs == 1 and batch_size == 1:
+        num_envs, batch_size = envs_for_target_batch(curriculum, forward_pass_minibatch_target_size, num_workers, async_factor)
+    num_envs, batch_size = _resolve_batching(num_envs, batch_size, async_factor, num_workers)
     vecenv = make_vecenv(
         curriculum,
         vectorization=vectorization,

@@ -498,6 +498,17 @@ class Experience:
         return mb
 
     # Stats ---------------------------------------------------------------------------------------------
+    def describe(self) -> str:
+        """One line on the buffer's layout, for a run's log."""
+        pieces = f" ({self.accumulate_minibatches} accumulated pieces of {self.minibatch_size})" if self.accumulate_minibatches > 1 else ""
+        where = f"observations on {self.obs.device}" + (" (offloaded)" if self.cpu_offload else "")
+        lstm = "sized from the policy" if self.hidden_size is None else f"{self.num_lstm_layers}x{self.hidden_size}"
+        return (
+            f"experience: {self.segments} rows of {self.bptt_horizon} steps ({self.batch_size} agent steps) for "
+            f"{self.total_agents} agents, {self.num_minibatches // self.accumulate_minibatches} minibatches of "
+            f"{self.minibatch_size * self.accumulate_minibatches} steps{pieces}, {where}, LSTM {lstm}"
+        )
+
     def stats(self) -> dict[str, float]:
         actions = self.actions.float()
         return {
@@ -542,6 +553,7 @@ def make_experience(vecenv: Any, policy: Any, trainer_cfg: Any, device: torch.de
         batch_size=trainer_cfg.batch_size,
         bptt_horizon=trainer_cfg.bptt_horizon,
         minibatch_size=trainer_cfg.minibatch_size,
+        max_minibatch_size=getattr(trainer_cfg, "max_minibatch_size", None),
         obs_space=vecenv.single_observation_space,
         atn_space=vecenv.single_action_space,
         device=device,

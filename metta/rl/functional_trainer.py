@@ -27,11 +27,13 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-import numpy as np
 import torch
 
+from metta.common.distributed import get_world_size
 from metta.rl.advantage import compute_advantage
+from metta.rl.epoch_metrics import epoch_metrics
 from metta.rl.experience import Experience, calculate_anneal_beta
+from metta.rl.intervals import crossed
 from metta.rl.losses import (
     CustomLossFn,
     Losses,
@@ -58,15 +60,22 @@ def rollout(
     device: torch.device | str,
     agent_step: int,
     timer: Any = None,
+    world_size: int | None = None,
 ) -> tuple[int, dict[str, list]]:
     """Collect steps until ``experience`` is full. Returns the new ``agent_step`` and the episodes' stats
-    (``{key: [value per finished episode]}``, keys flattened with "/")."""
+    (``{key: [value per finished episode]}``, keys flattened with "/").
+
+    ``agent_step`` counts the steps of every rank: each step adds ``num_steps * world_size`` (default: the
+    torch.distributed world size, 1 without it), since every rank collects as many.
+    """
+    if world_size is None:
+        world_size = get_world_size()
     experience.reset_for_rollout()
     raw_infos: list[dict] = []
     with _timed(timer, "_rollout"):
         while not experience.ready_for_training:
             num_steps, infos = perform_rollout_step(policy, vecenv, experience, device, timer)
-            agent_step += num_steps
+            agent_step += num_steps * world_size
             if infos:
                 raw_infos.extend(infos)
     stats: dict[str, list] = {}
@@ -86,17 +95,21 @@ def train_ppo(
     agent_step: int = 0,
     timer: Any = None,
     custom_loss_fns: Sequence[CustomLossFn] | None = None,
+    batch_start_step: int | None = None,
 ) -> int:
     """PPO on the full buffer: advantages once, then ``update_epochs`` passes over its minibatches.
 
-    Returns the new epoch (one per update pass, as upstream counts). ``losses`` holds the means afterwards.
-    ``custom_loss_fns`` are added to every minibatch's loss (see ``metta.rl.losses``).
+    Returns the new epoch (one per update pass, as upstream counts; fewer when ``target_kl`` stops early).
+    ``losses`` holds the means afterwards. ``custom_loss_fns`` are added to every minibatch's loss (see
+    ``metta.rl.losses``). The learning rate follows ``trainer_cfg.lr_scheduler`` at ``batch_start_step``, the
+    agent step at which this batch's rollout began (default: ``agent_step`` minus one batch of every rank).
     """
     ppo = trainer_cfg.ppo
     optimizer = as_metta_optimizer(optimizer, policy, ppo.max_grad_norm)
     prio = trainer_cfg.prioritized_experience_replay
-    # agent_step counts this batch's steps already; the rate is the one for the progress at the batch's start.
-    apply_lr_schedule(optimizer, trainer_cfg, max(agent_step - experience.batch_size, 0))
+    if batch_start_step is None:
+        batch_start_step = max(agent_step - experience.batch_size * get_world_size(), 0)
+    apply_lr_schedule(optimizer, trainer_cfg, batch_start_step)
     with _timed(timer, "_train"):
         losses.zero()
         experience.reset_importance_sampling_ratios()
@@ -279,23 +292,23 @@ def resume_training_state(components: TrainingComponents) -> TrainingState:
 def default_training_step(
     state: TrainingState, components: TrainingComponents, config: "TrainerConfig", experience: Experience
 ) -> dict[str, float]:
-    """One rollout and one PPO update through the components; advances ``state`` and returns the metrics
-    (``overview/sps``, ``overview/reward`` when episodes finished, ``losses/*``)."""
+    """One rollout and one PPO update through the components; advances ``state`` and returns the epoch's
+    metrics (``metta.rl.epoch_metrics``: ``overview/sps``, ``overview/reward``, ``losses/*``, ...)."""
     del config  # part of the step signature so that custom steps can read it; the components hold their copy
     if experience is not components.collector.experience:
         raise ValueError("experience is not the buffer the components' RolloutCollector fills; pass the same Experience")
     start = time.perf_counter()
+    timer = components.timer
+    phase_before = timer.get_all_elapsed() if timer is not None else None
     episode_stats, steps = components.collector.collect()
     components.ppo.epoch = state.epoch  # the state is the source of truth (a resumed or custom loop may set it)
-    loss_stats = components.ppo.update(experience, components.custom_loss_fns, state.agent_step + steps)
+    components.ppo.update(experience, components.custom_loss_fns, state.agent_step + steps, batch_start_step=state.agent_step)
     state.agent_step += steps
     state.epoch = components.ppo.epoch
-    metrics: dict[str, float] = {"overview/sps": steps / max(time.perf_counter() - start, 1e-9)}
-    rewards = episode_stats.get("episode_reward", [])
-    if rewards:
-        metrics["overview/reward"] = float(np.mean(rewards))
-        metrics["overview/episodes"] = float(len(rewards))
-    metrics.update({f"losses/{k}": v for k, v in loss_stats.items()})
+    metrics = epoch_metrics(
+        episode_stats, components.ppo.losses, experience, components.ppo.optimizer, steps, time.perf_counter() - start,
+        timer=timer, phase_before=phase_before,
+    )  # fmt: skip
     state.metrics = metrics
     return metrics
 
@@ -382,25 +395,25 @@ def functional_training_loop(
                 f"batch {trainer_cfg.batch_size}, run dir {components.run_dir}{resumed}",
                 flush=True,
             )
-        last_save = last_eval = state.epoch
+        saved_epoch = evaluated_epoch = None
         while state.agent_step < trainer_cfg.total_timesteps:
-            steps_before = state.agent_step
+            steps_before, epoch_before = state.agent_step, state.epoch
             metrics = step(state, components, trainer_cfg, experience)
             if not isinstance(metrics, Mapping):
                 raise TypeError(f"step_fn returned a {type(metrics).__name__}; it must return a dict of metrics")
             if state.agent_step <= steps_before:
                 raise RuntimeError("step_fn did not advance state.agent_step; add the steps it collected, or the loop never ends")
             components.stats_logger.log(state.epoch, state.agent_step, dict(metrics))
-            # Epochs advance by update_epochs per step, so "since the last one" rather than "epoch % interval".
-            if checkpoint_interval and state.epoch - last_save >= checkpoint_interval:
+            if crossed(checkpoint_interval, epoch_before, state.epoch):
                 _save(state, components)
-                last_save = state.epoch
-            if components.evaluator is not None and evaluate_interval and state.epoch - last_eval >= evaluate_interval:
+                saved_epoch = state.epoch
+            if components.evaluator is not None and crossed(evaluate_interval, epoch_before, state.epoch):
                 _evaluate(state, components, policy)
-                last_eval = state.epoch
+                evaluated_epoch = state.epoch
         timer.stop()
-        _save(state, components, final=True)
-        if components.evaluator is not None:
+        if saved_epoch != state.epoch:  # the final checkpoint and evaluation never repeat the last ones
+            _save(state, components, final=True)
+        if components.evaluator is not None and evaluated_epoch != state.epoch:
             _evaluate(state, components, policy)
         if console:
             elapsed = time.time() - state.start_time

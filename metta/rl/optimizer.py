@@ -81,7 +81,12 @@ class Optimizer:
         self.params = [p for group in optimizer.param_groups for p in group["params"]]  # what gets clipped
         self.param_groups = optimizer.param_groups
         self._pending = 0  # backward passes accumulated since the last optimizer step
+        self.steps = 0  # optimizer steps taken by this object
         self.last_grad_norm: torch.Tensor | float = 0.0
+        # When set, each step also keeps the mean, variance and norm of all gradients (before clipping) in
+        # last_grad_stats, as tensors (reading them waits for the device): grad_mean_variance_interval's metrics.
+        self.record_grad_stats = False
+        self.last_grad_stats: dict[str, torch.Tensor] | None = None
 
     def step(self, loss: torch.Tensor, epoch: int = 0, accumulate_steps: int = 1) -> bool:
         """Accumulate ``loss``'s gradient; every ``accumulate_steps``-th call, clip and step. Returns True on a step.
@@ -96,9 +101,12 @@ class Optimizer:
         if self._pending < accumulate_steps:
             return False
         self._pending = 0
+        if self.record_grad_stats:
+            self.last_grad_stats = gradient_stats(self.params)
         # Kept as a tensor: reading it would make the GPU wait here.
         self.last_grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
         self.optimizer.step()
+        self.steps += 1
         self.optimizer.zero_grad(set_to_none=True)
         module = getattr(self.policy, "module", self.policy)  # DDP wraps the agent in .module
         if hasattr(module, "clip_weights"):
@@ -114,6 +122,15 @@ class Optimizer:
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state_dict)
+
+
+def gradient_stats(params: list[torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    """``grad/mean``, ``grad/variance`` and ``grad/norm`` over every element of every gradient (None if none)."""
+    grads = [p.grad.detach().flatten() for p in params if p.grad is not None]
+    if not grads:
+        return None
+    flat = torch.cat(grads).float()
+    return {"grad/mean": flat.mean(), "grad/variance": flat.var(), "grad/norm": flat.norm()}
 
 
 SCHEDULE_TYPES = ("linear", "cosine", "exponential")

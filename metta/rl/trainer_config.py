@@ -137,44 +137,65 @@ class PPOConfig(Config):
     target_kl: float | None = Field(default=None, gt=0)
 
 
+# Upstream keys metta does not have, each with what to do instead (setting one is an error that says so).
+REMOVED_TRAINER_KEYS = {
+    "_target_": "metta has one trainer loop (run.py, metta.rl.functional_trainer); there is no trainer class to name",
+    "target_": "metta has one trainer loop (run.py, metta.rl.functional_trainer); there is no trainer class to name",
+    "require_contiguous_env_ids": "metta's vectorizer always returns contiguous agent rows, and the rollout checks it",
+    "hyperparameter_scheduler": "upstream disabled it; use lr_scheduler for the learning rate",
+    "env": "pass an env config's path as curriculum: an env config file is trained on as a single task",
+}
+
+
 class TrainerConfig(Config):
-    target_: str = Field(default="metta.rl.trainer.MettaTrainer", alias="_target_")
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
     total_timesteps: int = Field(default=50_000_000_000, gt=0)
-    batch_size: int = Field(default=524288, gt=0)  # agent-steps per rollout
+    batch_size: int = Field(default=524288, gt=0)  # agent-steps per rollout (per rank; see scale_batches_by_world_size)
     minibatch_size: int = Field(default=16384, gt=0)  # agent-steps per gradient step
+    # Largest minibatch one forward/backward pass takes: a larger minibatch_size is split into pieces of this size
+    # whose gradients are accumulated before one optimizer step (same update, less memory). None: no split.
+    max_minibatch_size: int | None = Field(default=None, gt=0)
     bptt_horizon: int = Field(default=64, gt=0)
     update_epochs: int = Field(default=1, gt=0)
+    # Under torchrun: batch_size and minibatch_size are the totals over all ranks, divided among them.
     scale_batches_by_world_size: bool = False
 
-    zero_copy: bool = True
-    require_contiguous_env_ids: bool = False
-    verbose: bool = True
-    cpu_offload: bool = False
-    compile: bool = False
+    zero_copy: bool = True  # the vecenv hands out its shared buffers instead of copies
+    verbose: bool = True  # one console line per epoch
+    cpu_offload: bool = False  # the rollout buffer's observations stay in (pinned) host memory
+    compile: bool = False  # torch.compile the policy (the parts around its LSTM)
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "reduce-overhead"
 
+    # Envs per process, when the run does not set num_envs: forward_pass_minibatch_target_size agents per
+    # forward pass, rounded to the workers, times async_factor (calculate_batch_sizes).
     forward_pass_minibatch_target_size: int = Field(default=4096, gt=0)
     async_factor: int = Field(default=2, gt=0)
     num_workers: int = Field(default=1, gt=0)
 
-    env: str | None = None
-    curriculum: str | None = "/env/mettagrid/curriculum/simple"
-    env_overrides: dict[str, Any] = Field(default_factory=dict)
-    grad_mean_variance_interval: int = Field(default=0, ge=0)
+    curriculum: str = Field(default="/env/mettagrid/curriculum/simple", min_length=1)
+    env_overrides: dict[str, Any] = Field(default_factory=dict)  # dotted keys applied to every task's env
+    grad_mean_variance_interval: int = Field(default=0, ge=0)  # epochs; 0 disables
 
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     lr_scheduler: LRSchedulerConfig = Field(default_factory=LRSchedulerConfig)
     prioritized_experience_replay: PrioritizedExperienceReplayConfig = Field(default_factory=PrioritizedExperienceReplayConfig)
     vtrace: VTraceConfig = Field(default_factory=VTraceConfig)
     ppo: PPOConfig = Field(default_factory=PPOConfig)
-    hyperparameter_scheduler: dict[str, Any] = Field(default_factory=dict)
     kickstart: KickstartConfig = Field(default_factory=KickstartConfig)
     initial_policy: InitialPolicyConfig = Field(default_factory=InitialPolicyConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
     profiler: TorchProfilerConfig = Field(default_factory=TorchProfilerConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_removed_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, why in REMOVED_TRAINER_KEYS.items():
+                if key in data:
+                    raise ValueError(f"{key} is not a metta setting: {why}")
+        return data
 
     @model_validator(mode="after")
     def _check_sizes(self) -> "TrainerConfig":
@@ -190,8 +211,11 @@ class TrainerConfig(Config):
                 f"minibatch_size={mb} must be a multiple of bptt_horizon={h} (whole segments per minibatch); "
                 f"{_size_hint(b, mb, h)}"
             )
-        if self.curriculum is None and self.env is None:
-            raise ValueError("curriculum and env are both None; set curriculum (a curriculum path) or env (an env path)")
+        if self.max_minibatch_size is not None and (mb % self.max_minibatch_size or self.max_minibatch_size % h):
+            raise ValueError(
+                f"max_minibatch_size={self.max_minibatch_size} must divide minibatch_size={mb} and be a multiple of "
+                f"bptt_horizon={h} (the minibatch is split into equal pieces of whole rows); e.g. max_minibatch_size={mb // 2 if (mb // 2) % h == 0 else mb}"
+            )
         ck, wb = self.checkpoint.checkpoint_interval, self.checkpoint.wandb_checkpoint_interval
         ev = self.simulation.evaluate_interval
         if ev != 0 and ev < max(ck, wb):
@@ -216,6 +240,23 @@ class TrainerConfig(Config):
                 f"{self.bptt_horizon} = {needed}; every agent needs at least one segment: use batch_size >= {needed} "
                 f"(a multiple of minibatch_size={self.minibatch_size}), fewer envs, or a shorter bptt_horizon"
             )
+
+
+def scale_by_world_size(cfg: TrainerConfig, world_size: int) -> TrainerConfig:
+    """The per-rank config: with ``scale_batches_by_world_size`` the batch and minibatch sizes are totals over all
+    ranks and each rank takes ``1 / world_size`` of them; otherwise ``cfg`` itself (sizes already per rank)."""
+    if not cfg.scale_batches_by_world_size or world_size == 1:
+        return cfg
+    for name in ("batch_size", "minibatch_size"):
+        value = getattr(cfg, name)
+        if value % world_size or (value // world_size) % cfg.bptt_horizon:
+            raise ValueError(
+                f"scale_batches_by_world_size: {name}={value} must split into {world_size} ranks of whole "
+                f"bptt_horizon={cfg.bptt_horizon} rows; use a multiple of {world_size * cfg.bptt_horizon}"
+            )
+    return cfg.model_copy(
+        update={"batch_size": cfg.batch_size // world_size, "minibatch_size": cfg.minibatch_size // world_size}, deep=True
+    )
 
 
 def cpu_learning_settings() -> dict[str, Any]:

@@ -159,7 +159,7 @@ class TrainingConfig(BaseModel):
         """
         serial = self.vectorization == "serial"
         return {
-            "curriculum_path": self.trainer.curriculum or self.trainer.env,
+            "curriculum_path": self.trainer.curriculum,
             "env_config": dict(self.trainer.env_overrides) or None,
             "device": self.device or "cpu",
             "seed": self.seed,

@@ -66,10 +66,12 @@ class PPOOptimizer:
         experience: Experience,
         custom_loss_fns: Sequence[CustomLossFn] | None = None,
         agent_step: int = 0,
+        batch_start_step: int | None = None,
     ) -> dict[str, float]:
         """One PPO update on the full buffer; returns ``Losses.stats()`` (custom losses as ``custom/<name>``).
 
-        ``agent_step`` only matters for a kickstarter's annealing.
+        ``agent_step`` (the step count after this batch) matters for a kickstarter's annealing and, with
+        ``batch_start_step`` (the count when the batch's rollout began), for the learning-rate schedule.
         """
         if not isinstance(experience, Experience):
             raise TypeError(f"experience is a {type(experience).__name__}; pass the Experience a RolloutCollector filled")
@@ -77,7 +79,7 @@ class PPOOptimizer:
             raise ValueError("experience is not full; fill it first (RolloutCollector.collect() or rollout(...))")
         self.epoch = train_ppo(
             self.policy, self.optimizer, experience, self.device, self.losses, self.epoch, self.trainer_cfg,
-            self.kickstarter, agent_step, self.timer, custom_loss_fns=custom_loss_fns,
+            self.kickstarter, agent_step, self.timer, custom_loss_fns=custom_loss_fns, batch_start_step=batch_start_step,
         )  # fmt: skip
         return self.losses.stats()
 
