@@ -281,6 +281,8 @@ class Experience:
         del mask
         if self._trained_on:
             self.reset_for_rollout()
+        if self.hidden_size is None and lstm_state is not None:  # stored by hand, without perform_rollout_step
+            self._allocate_lstm_state(int(lstm_state[0].shape[-1]), int(lstm_state[0].shape[0]))
         env_id = self._as_slice(env_id, obs.shape[0])
         rows = self.ep_indices[env_id]
         steps = self.ep_lengths[env_id]
@@ -327,6 +329,8 @@ class Experience:
 
     def _store_row_start_state(self, env_id: slice, rows: torch.Tensor, steps: torch.Tensor) -> None:
         """Keep the state that agents beginning a row enter it with (the state before this step's forward)."""
+        if self.hidden_size is None:
+            return  # no recurrent state to keep
         starting = (steps == 0) & (rows < self.segments)
         if not bool(starting.any()):
             return  # most steps: no agent of this batch begins a row
@@ -487,8 +491,8 @@ class Experience:
             "rewards": self.rewards[idx],
             "dones": self.dones[idx],
             "ratio": self.ratio[idx],
-            "lstm_h": self.row_lstm_h[:, idx],
-            "lstm_c": self.row_lstm_c[:, idx],
+            "lstm_h": self.row_lstm_h[:, idx] if self.hidden_size is not None else None,  # None: zeros
+            "lstm_c": self.row_lstm_c[:, idx] if self.hidden_size is not None else None,
             "indices": idx,
             "prio_weights": prio_weights,
         }
