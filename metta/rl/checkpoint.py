@@ -355,6 +355,7 @@ def write_checkpoint_state(
         )
     if curriculum_state is None and vecenv is not None and hasattr(vecenv, "get_curriculum_state"):
         curriculum_state = vecenv.get_curriculum_state()
+    _warn_if_incomplete(checkpoint_dir, trainer_config=trainer_config, vecenv=curriculum_state, stopwatch=stopwatch)
     if optimizer is not None and not isinstance(optimizer, Mapping):
         optimizer = optimizer.state_dict()
     ckpt = TrainerCheckpoint(
@@ -373,6 +374,22 @@ def write_checkpoint_state(
     # Only now is it safe to drop old checkpoints.
     prune_checkpoints(checkpoint_dir, keep_last_n, current_epoch=epoch)
     return ckpt
+
+
+_WARNED_INCOMPLETE: set[str] = set()  # checkpoint directories already warned about, once per process
+
+
+def _warn_if_incomplete(checkpoint_dir: str, **parts: Any) -> None:
+    """Say once per directory which parts of a run its trainer states lack, and how to supply them."""
+    missing = [name for name, value in parts.items() if value is None]
+    if not missing or checkpoint_dir in _WARNED_INCOMPLETE:
+        return
+    _WARNED_INCOMPLETE.add(checkpoint_dir)
+    logger.warning(
+        "trainer states in %s are written without %s, so a resumed run cannot restore them: pass %s to "
+        "save_checkpoint, or to TrainingCheckpointer(...) or its save_trainer_state", checkpoint_dir,
+        ", ".join(missing), ", ".join(f"{name}=..." for name in missing),
+    )  # fmt: skip
 
 
 def _existing_checkpoint(state_path: str) -> TrainerCheckpoint | None:

@@ -17,12 +17,12 @@ may be ``checkpoint_dir`` itself or the directory that holds it. ``save(...)`` w
 
 A trainer state is complete (optimizer, agent_step, epoch, RNG, curriculum, stopwatch, trainer config) when
 the checkpointer knows the run: ``TrainingCheckpointer(..., trainer_config=cfg, vecenv=env, stopwatch=timer)``
-(``create_training_components`` passes them). Without them the first save warns, naming what is missing.
+(``create_training_components`` passes them). Without them the first save warns, naming what is missing
+(``metta.rl.checkpoint`` does, for every API that writes trainer states).
 """
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any, Mapping
 
@@ -44,8 +44,6 @@ from metta.rl.checkpoint import (
     write_checkpoint_state,
     write_policy,
 )
-
-logger = logging.getLogger(__name__)
 
 
 class TrainingCheckpointer:
@@ -74,7 +72,6 @@ class TrainingCheckpointer:
         self.trainer_config = trainer_config
         self.vecenv = vecenv
         self.stopwatch = stopwatch
-        self._warned_incomplete = False
         # Uploads go through PolicyStore.add_to_wandb_run, the one upload implementation.
         if wandb_run is not None and policy_store.wandb_run is None:
             policy_store.wandb_run = wandb_run
@@ -120,7 +117,6 @@ class TrainingCheckpointer:
         if not is_master():
             return None
         context = self._context(trainer_config, vecenv, stopwatch)
-        self._warn_if_incomplete(context)
         ckpt = write_checkpoint_state(
             self.checkpoint_dir, epoch=epoch, agent_step=agent_step, optimizer=optimizer_state_dict,
             extra_args=extra_args, keep_last_n=self.keep_last_n, **context,
@@ -134,16 +130,6 @@ class TrainingCheckpointer:
             "vecenv": vecenv if vecenv is not None else self.vecenv,
             "stopwatch": stopwatch if stopwatch is not None else self.stopwatch,
         }
-
-    def _warn_if_incomplete(self, context: Mapping[str, Any]) -> None:
-        missing = [name for name, value in context.items() if value is None]
-        if missing and not self._warned_incomplete:
-            self._warned_incomplete = True
-            logger.warning(
-                "trainer states in %s are written without %s: a resumed run cannot restore them. Pass them to "
-                "TrainingCheckpointer(..., %s) or to save_trainer_state", self.checkpoint_dir, ", ".join(missing),
-                ", ".join(f"{name}=..." for name in missing),
-            )  # fmt: skip
 
     def save(
         self,
@@ -160,12 +146,10 @@ class TrainingCheckpointer:
     ) -> PolicyRecord | None:
         """Policy and trainer state in one call (``metta.rl.checkpoint.save_checkpoint``); the trainer config,
         ``vecenv`` and ``stopwatch`` default to the checkpointer's own."""
-        context = self._context(trainer_config, vecenv, stopwatch)
-        if is_master():
-            self._warn_if_incomplete(context)
         return save_checkpoint(
             self.checkpoint_dir, epoch=epoch, agent_step=agent_step, agent=policy, optimizer=optimizer,
-            policy_store=self.policy_store, keep_last_n=self.keep_last_n, final=final, metadata=metadata, **context,
+            policy_store=self.policy_store, keep_last_n=self.keep_last_n, final=final, metadata=metadata,
+            **self._context(trainer_config, vecenv, stopwatch),
         )  # fmt: skip
 
     def upload_policy(self, record: PolicyRecord, name: str | None = None) -> str:
