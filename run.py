@@ -32,8 +32,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from metta.agent.policy_store import PolicyStore
 from metta.common.config_cli import ConfigCliError, parse_config
+from metta.common.graceful_stop import GracefulStop
 from metta.common.profiling.memory_monitor import MemoryMonitor
 from metta.common.profiling.stopwatch import Stopwatch
+from metta.common.run_lock import RunLockError, acquire_run_lock
 from metta.common.run_report import write_run_report
 from metta.common.stats_logger import StatsLogger
 from metta.common.system_monitor import SystemMonitor
@@ -55,6 +57,7 @@ from metta.interface import (
     setup_run_directories,
 )
 from metta.mettagrid.replay import write_viewer_page
+from metta.rl.checkpoint import UnloadableCheckpointsError, set_aside_checkpoints
 from metta.rl.epoch_metrics import epoch_metrics
 from metta.rl.experience import make_experience
 from metta.rl.functional_trainer import rollout, train_ppo
@@ -116,6 +119,9 @@ class RunConfig(BaseModel):
     replay: bool = Field(default=True, description="write a replay with each evaluation")
     torch_threads: int | None = Field(default=None, ge=1, description="threads for torch ops (default: torch's choice)")
     debug_dump_weights: bool = Field(default=False, description="every rank saves its final weights to {run_dir}/rank{r}_weights.pt")
+    restart_if_unloadable: bool = Field(
+        default=False, description="when no checkpoint of the run can be loaded, move them to {run_dir}/unloadable_<time>/ and start over"
+    )
     trainer: TrainerConfig = Field(default_factory=cpu_trainer_config)
     wandb: WandbSettings = Field(default_factory=WandbSettings)
 
@@ -147,13 +153,16 @@ def main() -> None:
         torch.distributed.broadcast_object_list(names, src=0)
         run_name = names[0]
     dirs = setup_run_directories(run_name, cfg.data_dir)
+    try:  # one writer per run directory: rank 0 holds the lock, and the OS drops it if the process dies
+        run_lock = acquire_run_lock(dirs.run_dir)
+    except RunLockError as err:
+        raise SystemExit(f"run.py: {err}") from None
     torch.manual_seed(cfg.seed + rank)
     np.random.seed(cfg.seed + rank)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
-    trainer_cfg.checkpoint.checkpoint_dir = dirs.checkpoint_dir
-    trainer_cfg.simulation.replay_dir = dirs.replay_dir
-    trainer_cfg.profiler.profile_dir = os.path.join(dirs.run_dir, "torch_traces")
+    trainer_cfg = trainer_cfg.with_run_dir(dirs.run_dir)  # folders not set go into the run directory
+    checkpoint_dir = trainer_cfg.checkpoint.checkpoint_dir
 
     # ---------------------------------------------------------------- components
     env = Environment(
@@ -169,7 +178,7 @@ def main() -> None:
     agent = Agent(env, config=cfg.agent, device=str(device))
     policy_store = PolicyStore(
         {"device": str(device), "policy_cache_size": 10, "run": dirs.run_name, "run_dir": dirs.run_dir,
-         "trainer": {"checkpoint": {"checkpoint_dir": dirs.checkpoint_dir}}},
+         "trainer": {"checkpoint": {"checkpoint_dir": checkpoint_dir}}},
         wandb_run=None,
     )  # fmt: skip
     opt = trainer_cfg.optimizer
@@ -180,7 +189,16 @@ def main() -> None:
     experience = make_experience(env, agent, trainer_cfg, device)
     kickstarter = Kickstarter(trainer_cfg.kickstart, device, policy_store, env)
     timer = Stopwatch()
-    agent_step, epoch, policy_path = load_checkpoint(dirs.checkpoint_dir, agent, optimizer, vecenv=env, stopwatch=timer)
+    try:
+        agent_step, epoch, policy_path = load_checkpoint(checkpoint_dir, agent, optimizer, vecenv=env, stopwatch=timer)
+    except UnloadableCheckpointsError as err:  # never restart silently over a run's files
+        if not cfg.restart_if_unloadable:
+            raise SystemExit(f"run.py: {err}.\nWith run.py: pick a new run name (run=...), or pass restart_if_unloadable=true "
+                             f"to move them to {dirs.run_dir}/unloadable_<time>/ and train from scratch here") from None  # fmt: skip
+        aside = set_aside_checkpoints(checkpoint_dir, [os.path.join(dirs.run_dir, "metrics.jsonl")])
+        if is_master:
+            logger.warning(f"restart_if_unloadable: moved the unloadable checkpoints and metrics to {aside}; starting over")
+        agent_step, epoch, policy_path = 0, 0, None
     if policy_path:
         logger.info(f"resumed from {policy_path}: epoch {epoch}, agent_step {agent_step}")
     elif trainer_cfg.initial_policy.uri:
@@ -204,30 +222,28 @@ def main() -> None:
         entity=cfg.wandb.entity, config=resolved.model_dump(mode="json", by_alias=True),
     )  # fmt: skip
     policy_store.wandb_run = wandb_run
-    stats_logger = StatsLogger(dirs.run_dir, trainer_cfg.total_timesteps, wandb_run=wandb_run, console=trainer_cfg.verbose) if is_master else None
+    stats_logger = StatsLogger(
+        dirs.run_dir, trainer_cfg.total_timesteps, wandb_run=wandb_run, console=trainer_cfg.verbose, resume_epoch=epoch
+    ) if is_master else None  # a resumed run drops the rows logged after its checkpoint  # fmt: skip
     profiler = TorchProfiler(trainer_cfg.profiler.interval_epochs, trainer_cfg.profiler.profile_dir, device) if is_master else None
     evaluation_suite = create_evaluation_config_suite()
-    eval_scores: dict[str, float] = {}
+    eval_scores: dict[str, float] = {}  # the last evaluation's, kept in each checkpoint's metadata
     intervals = trainer_cfg.checkpoint
-    eval_interval = trainer_cfg.simulation.evaluate_interval if cfg.evaluate else 0
-    saved_epoch = epoch if policy_path else None  # a resumed run's checkpoint is already on disk
-    evaluated_epoch = None
 
     def checkpoint(upload: bool, final: bool = False) -> None:
         """A complete checkpoint of this moment; ``upload``: also the policy to wandb as an artifact."""
-        nonlocal saved_epoch
         record = save_checkpoint(
-            epoch, agent_step, unwrap_agent(agent), optimizer, policy_store, dirs.checkpoint_dir,
+            epoch, agent_step, unwrap_agent(agent), optimizer, policy_store, checkpoint_dir,
             intervals.checkpoint_interval, force_save=True, trainer_config=trainer_cfg, vecenv=env, stopwatch=timer,
             keep_last_n=cfg.keep_checkpoints, final=final, metadata={"eval_scores": eval_scores},
         )  # fmt: skip
-        saved_epoch = epoch
         if upload and wandb_run is not None and record is not None:
             logger.info("policy uploaded to wandb as %s", policy_store.add_to_wandb_run(dirs.run_name, record))
 
     # ---------------------------------------------------------------- the loop
     if not timer.get_summary()["is_running"]:  # a resumed stopwatch is already running
         timer.start()
+    stop = GracefulStop().install()  # SIGTERM or Ctrl-C: finish this iteration, checkpoint, exit 0
     while agent_step < trainer_cfg.total_timesteps:
         steps_before, epoch_before, t_epoch = agent_step, epoch, time.time()
         phase_before = timer.get_all_elapsed()
@@ -239,37 +255,38 @@ def main() -> None:
             epoch = train_ppo(agent, optimizer, experience, device, losses, epoch, trainer_cfg, kickstarter,
                               agent_step, timer, batch_start_step=steps_before)  # fmt: skip
 
-        # Metrics of the epoch, then the periodic tasks whose interval the epoch counter crossed.
+        # The periodic tasks whose interval the epoch counter crossed; the last iteration checkpoints and
+        # evaluates in any case (a stop skips the evaluation, to exit in seconds). The epoch's row (with the
+        # evaluation's scores when there was one) is logged before the checkpoint: a run killed in between
+        # resumes from the previous checkpoint and drops that row, so no epoch is ever missing or doubled.
         with timer("_process_stats"):
-            if is_master:
-                metrics = epoch_metrics(
-                    episode_stats, losses, experience, optimizer, agent_step - steps_before, time.time() - t_epoch,
-                    timer=timer, phase_before=phase_before, system_monitor=system_monitor, memory_monitor=memory_monitor,
-                )  # fmt: skip
-                if crossed(trainer_cfg.grad_mean_variance_interval, epoch_before, epoch) and optimizer.last_grad_stats:
-                    metrics.update({k: float(v) for k, v in optimizer.last_grad_stats.items()})
-                if crossed(unwrap_agent(agent).config.analyze_weights_interval, epoch_before, epoch):
-                    metrics.update(weight_metrics(unwrap_agent(agent)))
-                metrics.update({f"eval/{k}": v for k, v in eval_scores.items()})
-                stats_logger.log(epoch, agent_step, metrics)
-        upload = crossed(intervals.wandb_checkpoint_interval, epoch_before, epoch)
-        if upload or crossed(intervals.checkpoint_interval, epoch_before, epoch):
-            checkpoint(upload)
-        if is_master and crossed(eval_interval, epoch_before, epoch):
-            eval_scores = evaluate_and_replay(unwrap_agent(agent), policy_store, evaluation_suite, device, dirs, epoch, cfg.replay)
-            evaluated_epoch = epoch
+            metrics = epoch_metrics(
+                episode_stats, losses, experience, optimizer, agent_step - steps_before, time.time() - t_epoch,
+                timer=timer, phase_before=phase_before, system_monitor=system_monitor, memory_monitor=memory_monitor,
+            ) if is_master else {}  # fmt: skip
+        stopping = stop.should_stop(device)  # every rank agrees to stop after the same iteration
+        last = stopping or agent_step >= trainer_cfg.total_timesteps
+        if is_master and cfg.evaluate and not stopping and (last or crossed(trainer_cfg.simulation.evaluate_interval, epoch_before, epoch)):
+            eval_scores = evaluate_and_replay(unwrap_agent(agent), policy_store, evaluation_suite, device, dirs, trainer_cfg, epoch, cfg.replay)
+            metrics.update({f"eval/{k}": v for k, v in eval_scores.items()})
+        if is_master and crossed(trainer_cfg.grad_mean_variance_interval, epoch_before, epoch) and optimizer.last_grad_stats:
+            metrics.update({k: float(v) for k, v in optimizer.last_grad_stats.items()})
+        if is_master and crossed(unwrap_agent(agent).config.analyze_weights_interval, epoch_before, epoch):
+            metrics.update(weight_metrics(unwrap_agent(agent)))
+        if is_master:
+            stats_logger.log(epoch, agent_step, metrics)
+        upload = crossed(intervals.wandb_checkpoint_interval, epoch_before, epoch) or (last and intervals.wandb_checkpoint_interval > 0)
+        if upload or last or crossed(intervals.checkpoint_interval, epoch_before, epoch):
+            checkpoint(upload, final=last)
         if crossed(unwrap_agent(agent).config.l2_init_weight_update_interval, epoch_before, epoch):
             unwrap_agent(agent).update_l2_init_weight_copy()
+        if stopping:
+            break
 
     # ---------------------------------------------------------------- cleanup
     timer.stop()
-    if saved_epoch != epoch:  # the final checkpoint, unless the last iteration just wrote it
-        checkpoint(upload=intervals.wandb_checkpoint_interval > 0, final=True)
     if cfg.debug_dump_weights:  # lets a test check that every rank ends with the same weights
         torch.save(unwrap_agent(agent).state_dict(), Path(dirs.run_dir, f"rank{rank}_weights.pt"))
-    if cfg.evaluate and is_master and evaluated_epoch != epoch:
-        eval_scores = evaluate_and_replay(unwrap_agent(agent), policy_store, evaluation_suite, device, dirs, epoch, cfg.replay)
-        stats_logger.log(epoch, agent_step, {f"eval/{k}": v for k, v in eval_scores.items()})
     if stats_logger is not None:
         stats_logger.close()
         logger.info("run report: %s", write_run_report(dirs.run_dir).resolve().as_uri())
@@ -277,8 +294,11 @@ def main() -> None:
     env.close()
     cleanup_wandb(wandb_ctx)
     cleanup_distributed()
+    stop.uninstall()
+    run_lock.release()
     if is_master:
-        logger.info(f"done: epoch {epoch}, agent_step {agent_step}; run directory {dirs.run_dir}")
+        how = f"stopped by {stop.signal_name}" if stop.requested else "done"
+        logger.info(f"{how}: epoch {epoch}, agent_step {agent_step}; run directory {dirs.run_dir}")
 
 
 def run_record(cfg: RunConfig, env, world_size: int) -> dict:
@@ -290,7 +310,8 @@ def run_record(cfg: RunConfig, env, world_size: int) -> dict:
             "curriculum": cfg.trainer.curriculum, "env_overrides": dict(cfg.trainer.env_overrides),
             "num_envs": env.num_envs, "agents": env.num_agents, "agents_per_batch": env.agents_per_batch,
             "num_workers": env.num_workers, "async_factor": env.num_envs // env.batch_size,
-            "vectorization": cfg.vectorization, "zero_copy": env.zero_copy,
+            "vectorization": cfg.vectorization, "zero_copy": env.zero_copy, "seed": env.seed,
+            "curriculum_type": type(env.driver_env.curriculum).__name__,
         },
     }  # fmt: skip
 
@@ -300,13 +321,13 @@ def weight_metrics(agent) -> dict[str, float]:
     return {f"weights/{m['name']}/{k}": v for m in agent.compute_weight_metrics() for k, v in m.items() if k != "name"}
 
 
-def evaluate_and_replay(agent, policy_store, suite, device, dirs, epoch, replay: bool) -> dict[str, float]:
+def evaluate_and_replay(agent, policy_store, suite, device, dirs, trainer_cfg, epoch, replay: bool) -> dict[str, float]:
     """Score the policy on the terrain suite, (optionally) write one replay with its viewer page, and refresh the
-    run report; logs where they are."""
+    run report (which reads metrics.jsonl, so this epoch's scores appear in the next refresh); logs where they are."""
     scores = evaluate_policy_suite(agent, policy_store, suite, device, stats_dir=dirs.stats_dir)
     logger.info("evaluation at epoch %d: %s", epoch, ", ".join(f"{k} {v:.3f}" for k, v in sorted(scores.items())))
     if replay:
-        path = generate_replay_simple(agent, policy_store, create_replay_config(), device, replay_dir=dirs.replay_dir, epoch=epoch)
+        path = generate_replay_simple(agent, policy_store, create_replay_config(), device, replay_dir=trainer_cfg.simulation.replay_dir, epoch=epoch)
         if path is not None:
             logger.info("replay: %s", write_viewer_page(path).resolve().as_uri())
     logger.info("run report: %s", write_run_report(dirs.run_dir).resolve().as_uri())

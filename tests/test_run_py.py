@@ -234,8 +234,13 @@ def _free_port() -> int:
 def test_torchrun_two_processes(tmp_path: Path):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}"]
     env = _env(OMP_NUM_THREADS="1")
-    out = assert_ok(run_py(tmp_path, "ddp", 4000, "debug_dump_weights=true", env=env, launcher=launcher, timeout=180))
+    # The batch sizes are totals over the ranks (scale_batches_by_world_size): each rank takes 1024 of 2048.
+    out = assert_ok(run_py(
+        tmp_path, "ddp", 4000, "debug_dump_weights=true", "trainer.batch_size=2048", "trainer.minibatch_size=512",
+        "trainer.scale_batches_by_world_size=true", env=env, launcher=launcher, timeout=180,
+    ))  # fmt: skip
     run_dir = tmp_path / "ddp"
+    assert out.count("experience: 128 rows of 8 steps (1024 agent steps)") == 2  # each rank's own buffer
 
     # agent_step counts both ranks: 2 x 1024 per epoch.
     rows = metrics_rows(run_dir)
@@ -271,8 +276,9 @@ def test_wandb_offline_writes_run_directory(tmp_path: Path):
 
 # -------------------------------------------------------------------------------------------------------- 9
 def test_run_py_and_the_functional_trainer_give_the_same_losses(base_run: Path):
-    """run.py's loop and rollout()/train_ppo() share one implementation: built the way run.py builds them
-    (same seeds, config and order of construction), the functional trainer's first epoch has run.py's losses."""
+    """run.py's iteration is rollout()/train_ppo(), and what it records is enough to rebuild it: built from
+    run_config.json and config.yaml the way run.py builds them (same seeds, order of construction), the first
+    epoch has run.py's losses."""
     from omegaconf import OmegaConf
 
     from metta.interface import Agent, Environment
@@ -287,8 +293,8 @@ def test_run_py_and_the_functional_trainer_give_the_same_losses(base_run: Path):
     torch.manual_seed(run_cfg["seed"])
     np.random.seed(run_cfg["seed"])
     env = Environment(
-        curriculum_path=run_cfg["curriculum"], device="cpu", seed=run_cfg["seed"], num_envs=run_cfg["num_envs"],
-        async_factor=run_cfg["async_factor"], num_workers=run_cfg["num_workers"],
+        curriculum_path=trainer_cfg.curriculum, device="cpu", seed=run_cfg["seed"], num_envs=run_cfg["num_envs"],
+        async_factor=trainer_cfg.async_factor, num_workers=trainer_cfg.num_workers,
         vectorization=run_cfg["vectorization"], is_training=True,
     )  # fmt: skip
     agent = Agent(env, config=run_cfg["agent"], device="cpu")

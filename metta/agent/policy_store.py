@@ -35,6 +35,7 @@ from metta.agent.metta_agent import MettaAgent
 from metta.agent.policy_cache import PolicyCache
 from metta.agent.policy_metadata import PolicyMetadata
 from metta.agent.policy_record import PolicyRecord
+from metta.common.fault_points import fault_point
 
 logger = logging.getLogger(__name__)
 
@@ -185,6 +186,7 @@ class PolicyStore:
         tmp = f"{path}.tmp.{os.getpid()}"
         try:
             torch.save(data, tmp)
+            fault_point("write", os.path.basename(path))
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

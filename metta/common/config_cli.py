@@ -37,6 +37,13 @@ def _submodel(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
+def _is_container(annotation: Any) -> bool:
+    """A dict or list field (also inside Optional): set whole, as one key, never field by field."""
+    if get_origin(annotation) in (dict, list, tuple):
+        return True
+    return any(_is_container(arg) for arg in get_args(annotation) if arg is not type(None))
+
+
 def field_paths(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, Any, str]]:
     """``(dotted key, type, default, description)`` of every leaf field of ``model``, depth first."""
     rows = []
@@ -45,7 +52,7 @@ def field_paths(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str
             continue  # bookkeeping fields such as _target_ are not for the command line
         key = f"{prefix}{field.alias or name}"
         sub = _submodel(field.annotation)
-        if sub is not None and get_origin(field.annotation) is not dict:
+        if sub is not None and not _is_container(field.annotation):
             rows += field_paths(sub, key + ".")
             continue
         default = field.get_default(call_default_factory=True)
@@ -83,6 +90,12 @@ def help_text(model: type[BaseModel], prog: str, doc: str = "") -> str:
     return "\n".join(lines)
 
 
+def _moved_to(model: type[BaseModel], name: str) -> str | None:
+    """The nested keys whose last part is ``name`` (a top-level key that lives one level down), if any."""
+    matches = [key for key, *_ in field_paths(model) if key.endswith("." + name)]
+    return ", ".join(matches) or None
+
+
 def _set(tree: dict, dotted: str, value: Any, model: type[BaseModel]) -> None:
     parts = dotted.split(".")
     node: Any = tree
@@ -91,6 +104,12 @@ def _set(tree: dict, dotted: str, value: Any, model: type[BaseModel]) -> None:
         if current is not None:
             fields = {f.alias or n: n for n, f in current.model_fields.items()} | {n: n for n in current.model_fields}
             if part not in fields:
+                removed = getattr(current, "REMOVED_KEYS", {})  # keys a model dropped on purpose, with why
+                if part in removed:
+                    raise ConfigCliError(f"config key {dotted!r} is not a metta setting: {removed[part]}")
+                moved = _moved_to(model, part) if depth == 0 else None
+                if moved:
+                    raise ConfigCliError(f"unknown config key {dotted!r}: did you mean {moved}?")
                 known = sorted(k for k in fields if not k.startswith("_"))
                 close = difflib.get_close_matches(part, known, n=3)
                 where = ".".join(parts[:depth]) or "the top level"

@@ -15,6 +15,8 @@ import io
 import os
 from typing import Any
 
+from metta.common.fault_points import fault_point
+
 TEMP_MARKER = ".tmp."
 
 
@@ -57,6 +59,7 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        fault_point("write", os.path.basename(path))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

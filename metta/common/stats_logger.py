@@ -7,16 +7,28 @@ asked), and the console (a line per epoch, with a progress bar toward the total 
 
 Metric keys follow the shared vocabulary (``overview/*``, ``losses/*``, ``env_*``, ``timing/*``). The file is
 ``{run_dir}/metrics.jsonl``, one object per call, appended to, so a resumed run continues its curve.
+
+A run that resumes passes ``resume_epoch``, the epoch of the checkpoint it resumes from (0 when it starts
+fresh): rows the killed run logged after that checkpoint are dropped from the file first (and a torn last line),
+since those epochs are about to be trained and logged again. The file then has each epoch once, wherever the
+kill came.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import operator
 import sys
 import time
 from pathlib import Path
 from typing import Any, TextIO
+
+from metta.common.fault_points import fault_point
+from metta.common.fs import atomic_write_text
+
+logger = logging.getLogger(__name__)
 
 
 def _plain(value: Any) -> Any:
@@ -37,10 +49,13 @@ class StatsLogger:
         console: bool = True,
         tensorboard: bool = False,
         stream: TextIO | None = None,
+        resume_epoch: int | None = None,
     ):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.run_dir / "metrics.jsonl"
+        if resume_epoch is not None:
+            drop_rows_after(self.metrics_path, resume_epoch)
         self._file = self.metrics_path.open("a")
         self.total_timesteps = total_timesteps
         self.wandb_run = wandb_run
@@ -59,6 +74,7 @@ class StatsLogger:
     def log(self, epoch: int, agent_step: int, metrics: dict[str, Any]) -> None:
         row = {"epoch": epoch, "agent_step": agent_step, "time": round(time.time() - self._start, 3)}
         row.update({k: _plain(v) for k, v in metrics.items()})
+        fault_point("log", str(epoch))
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
         if self.wandb_run is not None:
@@ -113,3 +129,36 @@ class StatsLogger:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def drop_rows_after(metrics_path: str | Path, epoch: int) -> int:
+    """Remove the rows of ``metrics_path`` whose epoch is above ``epoch`` (and unreadable lines, such as the
+    torn last line of a killed write); returns how many went. The file is rewritten atomically, so a kill
+    during the rewrite leaves the old file, which the next resume trims again."""
+    given = epoch
+    try:
+        epoch = operator.index(epoch)
+    except TypeError:
+        epoch = -1
+    if epoch < 0 or isinstance(given, bool):
+        raise ValueError(f"resume_epoch={given!r} must be an int >= 0: the epoch of the checkpoint the run resumes from")
+    path = Path(metrics_path)
+    if not path.exists():
+        return 0
+    text = path.read_text(errors="replace")
+    kept, dropped = [], 0
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+            keep = isinstance(row, dict) and int(row["epoch"]) <= epoch
+        except (ValueError, KeyError, TypeError):
+            keep = False
+        if keep:
+            kept.append(line)
+        elif line.strip():
+            dropped += 1
+    if dropped or (text and not text.endswith("\n")):
+        atomic_write_text(str(path), "".join(line + "\n" for line in kept))
+        logger.info("%s: dropped %d row(s) logged after epoch %d, the checkpoint this run resumes from",
+                    path, dropped, epoch)  # fmt: skip
+    return dropped

@@ -165,8 +165,11 @@ def load_checkpoint(
     """Resume from the newest good checkpoint in ``checkpoint_dir``: ``(agent_step, epoch, policy_path)``.
 
     Loads the weights into ``agent`` in place, the optimizer state, and (when given) the curriculum state of
-    ``vecenv``, the ``stopwatch`` and the RNG states. A corrupt or truncated checkpoint is skipped with a
-    warning naming its file and the previous one is used. Returns ``(0, 0, None)`` when there is none.
+    ``vecenv``, the ``stopwatch`` and the RNG states. A checkpoint that is corrupt, truncated, or whose policy
+    file cannot be loaded into ``agent`` is skipped with a warning naming its files, and the previous one is
+    used. Returns ``(0, 0, None)`` when the directory is missing or holds no checkpoint. Raises
+    ``UnloadableCheckpointsError`` when it holds checkpoints and none can be loaded (nothing is changed), and
+    ``ValueError`` when ``checkpoint_dir`` is a file or a run directory.
     ``policy_store`` and ``device`` are accepted for upstream's signature; the agent's own device is used.
     """
     del policy_store, device
@@ -174,7 +177,7 @@ def load_checkpoint(
     if agent is not None:
         _check_agent(agent)
     _check_optimizer(optimizer)
-    ckpt = _checkpoint.load_latest_checkpoint(checkpoint_dir)
+    ckpt = _checkpoint.load_latest_checkpoint(checkpoint_dir, agent)
     if ckpt is None:
         return 0, 0, None
     _checkpoint.restore_checkpoint(ckpt, agent, optimizer, vecenv=vecenv, stopwatch=stopwatch, restore_rng=restore_rng)

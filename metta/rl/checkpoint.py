@@ -13,9 +13,11 @@ torch, cuda), the curriculum state of every vecenv worker, the trainer config, t
 Why a crash never leaves a run that cannot resume: the policy file is written first (atomically, fsynced),
 then the trainer state that points to it (atomically, fsynced). A trainer state therefore only exists once
 its policy is complete, and old checkpoints are deleted only after the new one is durable (trainer state
-first, so no surviving state points to a deleted policy). ``load_latest_checkpoint`` walks the trainer
-states from the newest, skips (with a warning naming the file) any that is truncated, corrupt, or whose
-policy file is missing or does not match its digest, and returns the first good one.
+first, so no surviving state points to a deleted policy; oldest first, so a prune killed midway is finished
+by the next). ``load_latest_checkpoint`` walks the trainer states from the newest, skips (with a warning naming
+the trainer state and its policy file) any that is truncated or corrupt, or whose policy file is missing, does
+not match its digest, is not a policy or does not fit the agent, and returns the first good one. When trainer
+states exist and none is good it raises ``UnloadableCheckpointsError``: a run never silently starts over them.
 
 Only rank 0 writes; every rank may read.
 """
@@ -27,15 +29,17 @@ import logging
 import os
 import random
 import re
+import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from metta.agent.policy_record import PolicyRecord
 from metta.agent.policy_store import PolicyFileError, PolicyStore, read_policy_file
-from metta.common.distributed import is_master
+from metta.common.distributed import barrier, is_distributed, is_master
+from metta.common.fault_points import fault_point
 from metta.common.fs import atomic_write_bytes, fsync_dir, fsync_file, remove_stale_temp_files, sha256_bytes, sha256_file
 from metta.rl.policy_management import unwrap_agent
 
@@ -44,6 +48,7 @@ logger = logging.getLogger(__name__)
 TRAINER_STATE_HEADER = b"METTA-TRAINER-CHECKPOINT 1\n"
 _DIGEST_LEN = 64  # hex sha256
 _TRAINER_STATE_RE = re.compile(r"^trainer_state_(\d+)\.ckpt$")
+_POLICY_FILE_RE = re.compile(r"^model_(\d+)\.pt$")
 DEFAULT_KEEP_LAST_N = 5
 
 
@@ -165,19 +170,127 @@ def verify_checkpoint(ckpt: TrainerCheckpoint) -> None:
         raise CheckpointError(f"{where}: its policy file {ckpt.policy_path} is corrupt, truncated or was overwritten (sha256 mismatch)")
 
 
-def load_latest_checkpoint(checkpoint_dir: str) -> TrainerCheckpoint | None:
-    """The newest verified checkpoint in ``checkpoint_dir``, or None when there is none.
+class UnloadableCheckpointsError(CheckpointError):
+    """A checkpoint directory holds trainer states and none of them can be loaded."""
 
-    Every bad checkpoint on the way is reported with a warning that names its file; it is left in place.
+    def __init__(self, checkpoint_dir: str, problems: list[str]):
+        self.checkpoint_dir = checkpoint_dir
+        self.problems = problems
+        listed = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(
+            f"no checkpoint in {checkpoint_dir} can be loaded ({len(problems)} tried):\n{listed}\n"
+            "Nothing was changed. Resuming from scratch here would overwrite this run's files: start a new run "
+            "directory, or move these checkpoints aside first"
+        )
+
+
+def check_checkpoint_dir(checkpoint_dir: str) -> str:
+    """``checkpoint_dir`` as an absolute path; a ``ValueError`` when it names a file or a run directory."""
+    path = os.path.abspath(os.fspath(checkpoint_dir))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(
+            f"checkpoint_dir={checkpoint_dir!r} is a file, not a checkpoint directory; pass the directory that "
+            "holds the trainer_state_*.ckpt files (dirs.checkpoint_dir)"
+        )
+    inner = os.path.join(path, "checkpoints")
+    if not list_trainer_states(path) and list_trainer_states(inner):
+        raise ValueError(
+            f"checkpoint_dir={checkpoint_dir!r} is a run directory; its checkpoints are in {inner} "
+            "(dirs.checkpoint_dir)"
+        )
+    return path
+
+
+def _fit_problem(state_dict: Mapping[str, Any], agent: torch.nn.Module) -> str | None:
+    """Why ``state_dict`` cannot load into ``agent`` (None when it can); checked before loading, since a failed
+    ``load_state_dict`` has already copied the tensors that did fit."""
+    own = unwrap_agent(agent).state_dict()
+    missing, unexpected = sorted(set(own) - set(state_dict)), sorted(set(state_dict) - set(own))
+    if missing or unexpected:
+        parts = [f"it lacks the agent's {missing[:3]}"] if missing else []
+        if unexpected:
+            parts.append(f"it has {unexpected[:3]}, which the agent lacks")
+        return "; ".join(parts)
+    for key, value in own.items():
+        other = state_dict[key]
+        if isinstance(value, torch.Tensor) and (not isinstance(other, torch.Tensor) or other.shape != value.shape):
+            shape = tuple(other.shape) if isinstance(other, torch.Tensor) else type(other).__name__
+            return f"its {key} has shape {shape}, the agent's {tuple(value.shape)}"
+    return None
+
+
+def load_latest_checkpoint(checkpoint_dir: str, agent: torch.nn.Module | None = None) -> TrainerCheckpoint | None:
+    """The newest usable checkpoint in ``checkpoint_dir``; None when the directory holds no trainer state.
+
+    A trainer state is usable when it reads and verifies, its policy file exists, matches its digest and
+    reads as a policy, and (when ``agent`` is given) the policy's weights fit ``agent``. Each unusable one is
+    skipped with a warning naming the trainer state and its policy file, and left in place; the previous
+    pair is tried. When none is usable this raises ``UnloadableCheckpointsError`` listing why, or, when every
+    policy was fine but none fits ``agent``, a ``CheckpointError`` that says the agent config differs.
     """
+    checkpoint_dir = check_checkpoint_dir(checkpoint_dir)
+    problems: list[str] = []
+    misfits = 0
     for _, path in list_trainer_states(checkpoint_dir):
         try:
             ckpt = read_trainer_state(path)
             verify_checkpoint(ckpt)
-            return ckpt
         except CheckpointError as e:
+            problems.append(str(e))
             logger.warning("skipping checkpoint: %s; trying the previous one", e)
-    return None
+            continue
+        try:
+            weights = read_policy_file(ckpt.policy_path)["state_dict"]
+        except (PolicyFileError, KeyError, TypeError) as e:
+            why = f"cannot be loaded: {e}"
+        else:
+            misfit = _fit_problem(weights, agent) if agent is not None else None
+            if misfit is None:
+                return ckpt
+            misfits += 1
+            why = f"does not fit the agent: {misfit}"
+        problems.append(f"trainer state {path}: its policy file {ckpt.policy_path} {why}")
+        logger.warning("skipping checkpoint %s: its policy file %s %s; trying the previous one",
+                       path, ckpt.policy_path, why)  # fmt: skip
+    if not problems:
+        return None
+    if misfits == len(problems):
+        raise CheckpointError(
+            f"no policy in {checkpoint_dir} fits this agent ({problems[0]}). The checkpoints were made with a "
+            "different agent config or environment; build the agent with the config in the checkpoint's trainer "
+            "state, or start a new run directory"
+        )
+    raise UnloadableCheckpointsError(checkpoint_dir, problems)
+
+
+def set_aside_checkpoints(checkpoint_dir: str, extra_files: Sequence[str] = ()) -> str:
+    """Move ``checkpoint_dir`` (and ``extra_files``, e.g. the run's metrics file) into a new folder
+    ``unloadable_<time>`` beside it, and recreate an empty ``checkpoint_dir``; returns the new folder.
+
+    For starting a run over in place, on the user's explicit request, after ``UnloadableCheckpointsError``:
+    nothing is deleted. Collective under torch.distributed (rank 0 moves once every rank is past loading).
+    """
+    checkpoint_dir = os.path.abspath(checkpoint_dir)
+    parent = os.path.dirname(checkpoint_dir)
+    base = os.path.join(parent, time.strftime("unloadable_%Y%m%d_%H%M%S"))
+    dest = base
+    barrier()
+    if is_master():
+        n = 1
+        while os.path.exists(dest):
+            dest, n = f"{base}_{n}", n + 1
+        os.makedirs(dest)
+        os.replace(checkpoint_dir, os.path.join(dest, os.path.basename(checkpoint_dir)))
+        for path in extra_files:
+            if os.path.exists(path):
+                os.replace(path, os.path.join(dest, os.path.basename(path)))
+        os.makedirs(checkpoint_dir, exist_ok=True)
+        fsync_dir(parent)
+    names = [dest]
+    if is_distributed():
+        torch.distributed.broadcast_object_list(names, src=0)
+    barrier()
+    return names[0]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -406,10 +519,16 @@ def _existing_checkpoint(state_path: str) -> TrainerCheckpoint | None:
 def prune_checkpoints(checkpoint_dir: str, keep_last_n: int | None, current_epoch: int | None = None) -> list[str]:
     """Keep the newest ``keep_last_n`` checkpoints (None keeps all); returns the deleted paths.
 
+    Crash-safe: old checkpoints go oldest first, each trainer state before its policy file, so a prune killed
+    at any moment leaves the newest checkpoints intact plus some older files; no surviving trainer state points
+    to a deleted policy, and the next prune finishes the job, including policy files older than every kept
+    checkpoint (whose trainer state an interrupted prune already deleted).
+
     Trainer states newer than ``current_epoch`` belong to a timeline this run abandoned (it resumed from an
-    older checkpoint, e.g. because the newer one was corrupt). They are renamed to ``*.abandoned`` rather than
-    kept, so they can neither be resumed by mistake nor crowd out the good checkpoints in the count.
-    Policy files without a trainer state (a save killed midway, or ``ensure_initial_policy``'s) are untouched.
+    older checkpoint because the newer ones could not be loaded). They are renamed to ``*.abandoned`` rather
+    than kept, so they can neither be resumed by mistake nor crowd out the good checkpoints in the count.
+    Policy files newer than the oldest kept checkpoint and without a trainer state (a save killed midway, or
+    ``ensure_initial_policy``'s) are left alone.
     """
     removed = remove_stale_temp_files(checkpoint_dir, "model_*") + remove_stale_temp_files(checkpoint_dir, "trainer_state_*")
     states = list_trainer_states(checkpoint_dir)
@@ -418,20 +537,32 @@ def prune_checkpoints(checkpoint_dir: str, keep_last_n: int | None, current_epoc
             logger.warning("checkpoint %s is newer than the current epoch %d; renaming it to %s.abandoned", path, current_epoch, path)
             os.replace(path, path + ".abandoned")
         states = [s for s in states if s[0] <= current_epoch]
-    if keep_last_n is None or len(states) <= keep_last_n:
+    if keep_last_n is None or not states:
         return removed
-    kept_policies = {os.path.join(checkpoint_dir, policy_file_name(epoch)) for epoch, _ in states[:keep_last_n]}
-    for epoch, state_path in states[keep_last_n:]:
-        # The state first: a surviving state must never point to a deleted policy.
+    kept, old = states[:keep_last_n], states[keep_last_n:]
+    for epoch, state_path in reversed(old):
+        fault_point("prune", os.path.basename(state_path))
         os.remove(state_path)
-        fsync_dir(checkpoint_dir)
+        fsync_dir(checkpoint_dir)  # durable before its policy goes: no state may outlive its policy
         removed.append(state_path)
-        policy_path = os.path.join(checkpoint_dir, policy_file_name(epoch))
-        if policy_path not in kept_policies and os.path.exists(policy_path):
+    oldest_kept = kept[-1][0]
+    for epoch, policy_path in _policy_files(checkpoint_dir):
+        if epoch < oldest_kept:
+            fault_point("prune", os.path.basename(policy_path))
             os.remove(policy_path)
             removed.append(policy_path)
     fsync_dir(checkpoint_dir)
     return removed
+
+
+def _policy_files(checkpoint_dir: str) -> list[tuple[int, str]]:
+    """``(epoch, path)`` of every ``model_XXXX.pt`` file, oldest first."""
+    found = []
+    for name in os.listdir(checkpoint_dir):
+        m = _POLICY_FILE_RE.match(name)
+        if m:
+            found.append((int(m.group(1)), os.path.join(checkpoint_dir, name)))
+    return sorted(found)
 
 
 # ----------------------------------------------------------------------------------------------------

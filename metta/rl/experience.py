@@ -179,6 +179,7 @@ class Experience:
         # step adds 1 there, and the host copies positions over only when agents change rows (every bptt steps).
         self._flat_pos = None if self.device.type == "cpu" else torch.zeros(self.total_agents, dtype=torch.int64, device=self.device)
         self._next_rows_device: torch.Tensor | None = None
+        self._epoch_values: torch.Tensor | None = None  # values at the start of the update epoch (row_tail)
         # The rollout step's transfers on a GPU (see metta.rl.rollout): one upload, one download.
         self.host_upload = None if self.device.type == "cpu" else HostUpload(self.device)
         self.actions_to_host = ActionDownload(self.device)
@@ -254,6 +255,7 @@ class Experience:
         self._next_rows_device = None
         self._trained_on = False
         self._advantages = None
+        self._epoch_values = None
         if self._flat_pos is not None:
             self._flat_pos.copy_(self.ep_indices * self.bptt_horizon)
 
@@ -431,9 +433,11 @@ class Experience:
         following = self._next_rows_device[indices]
         valid = (following >= 0) & (advantages[indices, -1] != 0)
         following = following.clamp(min=0)
+        # The values as the update epoch began (see iter_minibatches), so a minibatch's tails do not depend on
+        # which minibatches came before it in the epoch, nor on whether it was split into accumulated pieces.
+        values = self._epoch_values if self._epoch_values is not None else self.values
         return RowTail(
-            self.rewards[following, 0], self.values[following, 0], self.dones[following, 0],
-            advantages[following, 0], valid,
+            self.rewards[following, 0], values[following, 0], self.dones[following, 0], advantages[following, 0], valid,
         )  # fmt: skip
 
     def sample_minibatch(
@@ -465,6 +469,7 @@ class Experience:
         self, advantages: torch.Tensor | None = None, prio_alpha: float = 0.0, prio_beta: float = 0.6
     ) -> Iterator[dict[str, torch.Tensor]]:
         """The ``num_minibatches`` minibatches of one update epoch (see the module docstring)."""
+        self._epoch_values = self.values.clone()
         if prio_alpha > 0:
             if advantages is None:
                 raise ValueError(

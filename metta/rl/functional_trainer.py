@@ -216,7 +216,7 @@ def resolve_trainer_config(config: Any, ppo_config: "PPOConfig | None" = None) -
 def _run_dirs(config: "TrainerConfig", run_dir: str | os.PathLike | None) -> tuple[str, str]:
     """``(run_dir, checkpoint_dir)``: checkpoints under ``run_dir`` when it is given, else the config's folder."""
     if run_dir is None:
-        checkpoint_dir = os.path.abspath(config.checkpoint.checkpoint_dir)
+        checkpoint_dir = os.path.abspath(config.checkpoint.checkpoint_dir or os.path.join("train_dir", "checkpoints"))
         return os.path.dirname(checkpoint_dir), checkpoint_dir
     run_dir = os.path.abspath(os.fspath(run_dir))
     return run_dir, os.path.join(run_dir, "checkpoints")

@@ -6,8 +6,9 @@ construction and quote the numbers, e.g. ``minibatch_size=500 must divide batch_
 Differences from upstream that make "defaults that run" hold:
 
 - ``num_workers`` defaults to 1 (upstream required it).
-- ``checkpoint_dir``, ``replay_dir`` and ``profile_dir`` default to folders under ``./train_dir``
-  (upstream required them); ``create_trainer_config(run_dir=...)`` points them into a run directory.
+- ``checkpoint_dir``, ``replay_dir`` and ``profile_dir`` default to None, folders of the run directory
+  (upstream required them): ``cfg.with_run_dir(run_dir)`` or ``create_trainer_config(run_dir=...)`` fills them
+  in; a value that is set is used as is.
 
 Load and save: ``TrainerConfig.from_dict(d)``, ``TrainerConfig.from_yaml(path)``, ``cfg.to_yaml(path)``.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from omegaconf import OmegaConf
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -106,19 +107,19 @@ class InitialPolicyConfig(Config):
 
 
 class CheckpointConfig(Config):
-    checkpoint_interval: int = Field(default=60, ge=0)  # epochs; 0 disables
-    wandb_checkpoint_interval: int = Field(default=300, ge=0)  # epochs; 0 disables
-    checkpoint_dir: str = Field(default="train_dir/checkpoints", min_length=1)
+    checkpoint_interval: int = Field(default=60, ge=0, description="epochs between checkpoints; 0: only the final one")
+    wandb_checkpoint_interval: int = Field(default=300, ge=0, description="epochs between wandb policy uploads; 0: none")
+    checkpoint_dir: str | None = Field(default=None, min_length=1, description="None: {run_dir}/checkpoints")
 
 
 class SimulationConfig(Config):
-    evaluate_interval: int = Field(default=300, ge=0)  # epochs; 0 disables
-    replay_dir: str = Field(default="train_dir/replays", min_length=1)
+    evaluate_interval: int = Field(default=300, ge=0, description="epochs between evaluations; 0: only the final one")
+    replay_dir: str | None = Field(default=None, min_length=1, description="None: {run_dir}/replays")
 
 
 class TorchProfilerConfig(Config):
-    interval_epochs: int = Field(default=10000, ge=0)  # 0 disables
-    profile_dir: str = Field(default="train_dir/torch_traces", min_length=1)
+    interval_epochs: int = Field(default=10000, ge=0, description="epochs between profiler traces; 0: none")
+    profile_dir: str | None = Field(default=None, min_length=1, description="None: {run_dir}/torch_traces")
 
 
 class PPOConfig(Config):
@@ -149,6 +150,7 @@ REMOVED_TRAINER_KEYS = {
 
 class TrainerConfig(Config):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+    REMOVED_KEYS: ClassVar[dict[str, str]] = REMOVED_TRAINER_KEYS
 
     total_timesteps: int = Field(default=50_000_000_000, gt=0)
     batch_size: int = Field(default=524288, gt=0)  # agent-steps per rollout (per rank; see scale_batches_by_world_size)
@@ -230,6 +232,18 @@ class TrainerConfig(Config):
                 "(uploads reuse local checkpoints); raise it or set it to 0 to disable uploads"
             )
         return self
+
+    def with_run_dir(self, run_dir: str | os.PathLike) -> "TrainerConfig":
+        """A copy whose unset folders (None) are those of ``run_dir``: ``checkpoints/``, ``replays/``, ``torch_traces/``."""
+        run_dir = Path(run_dir)
+        out = self.model_copy(deep=True)
+        if out.checkpoint.checkpoint_dir is None:
+            out.checkpoint.checkpoint_dir = str(run_dir / "checkpoints")
+        if out.simulation.replay_dir is None:
+            out.simulation.replay_dir = str(run_dir / "replays")
+        if out.profiler.profile_dir is None:
+            out.profiler.profile_dir = str(run_dir / "torch_traces")
+        return out
 
     def check_num_agents(self, num_agents: int) -> None:
         """Raise if a rollout of ``batch_size`` cannot hold one ``bptt_horizon`` row per agent."""

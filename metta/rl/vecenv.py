@@ -502,13 +502,13 @@ def _shared_array(shape: tuple[int, ...], dtype: Any) -> tuple[Any, np.ndarray]:
 
 
 def _set_parent_death_signal() -> None:
-    """Ask Linux to SIGTERM this process when its parent dies (a backup for EOF on the pipe)."""
+    """Ask Linux to SIGKILL this process when its parent dies (a backup for EOF on the pipe)."""
     if not sys.platform.startswith("linux"):
         return
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
     except (OSError, AttributeError):
         pass
 
@@ -530,8 +530,10 @@ def _worker_main(conn: Connection, spec: dict[str, Any]) -> None:
         _set_parent_death_signal()
     if os.getppid() != spec["parent_pid"]:
         return  # the parent died before the death signal was armed
-    # Ctrl-C reaches the whole process group; the parent decides how to shut down, so workers ignore it.
+    # Ctrl-C reaches the whole process group, and so does a scheduler's SIGTERM; the parent decides how to shut
+    # down (a graceful stop still steps its envs), so workers ignore both. They end on EOF, or by the death signal.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if spec["cpu"] is not None:
         with contextlib.suppress(OSError):  # a CPU set we may not use is not worth failing for
             os.sched_setaffinity(0, {spec["cpu"]})

@@ -6,6 +6,8 @@ import io
 import json
 import math
 
+import pytest
+
 from metta.common.stats_logger import StatsLogger
 
 
@@ -38,3 +40,21 @@ def test_tensorboard_scalars_are_written_per_agent_step(tmp_path):
     assert "note" not in tags and "flag" not in tags
     rewards = events.Scalars("overview/reward")
     assert [(e.step, e.value) for e in rewards] == [(100, 0.5), (200, 0.75)]
+
+
+def test_resume_drops_rows_logged_after_the_checkpoint(tmp_path):
+    logger = StatsLogger(tmp_path, console=False)
+    for epoch in range(1, 6):
+        logger.log(epoch, epoch * 100, {"overview/reward": float(epoch)})
+    logger.close()
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 6, "agent_st')  # the torn row of a killed write
+    logger = StatsLogger(tmp_path, console=False, resume_epoch=3)  # resumed from epoch 3's checkpoint
+    logger.log(4, 400, {"overview/reward": 4.5})
+    logger.close()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4] and rows[-1]["overview/reward"] == 4.5
+    StatsLogger(tmp_path, console=False, resume_epoch=0).close()  # a fresh start keeps no row
+    assert (tmp_path / "metrics.jsonl").read_text() == ""
+    with pytest.raises(ValueError, match="resume_epoch=-1 must be an int >= 0"):
+        StatsLogger(tmp_path, console=False, resume_epoch=-1)

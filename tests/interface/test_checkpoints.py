@@ -157,12 +157,18 @@ def test_cleanup_old_policies_prunes(env, tmp_path):
     assert len(removed) == 6 and [e for e, _ in ck.list_trainer_states(directory)] == [4]
 
 
-def test_corrupt_and_truncated_checkpoints_fall_back(env, tmp_path, caplog):
-    directory = str(tmp_path)
+def three_checkpoints(env, directory: str):
+    """Epochs 1, 2 and 3 saved in ``directory``, none pruned; returns the agent, optimizer and store."""
     agent, optimizer = trained(env)
     store = make_store(directory)
     for epoch in (1, 2, 3):
         save(env, agent, optimizer, store, directory, epoch, keep_last_n=None)
+    return agent, optimizer, store
+
+
+def test_corrupt_and_truncated_checkpoints_fall_back(env, tmp_path, caplog):
+    directory = str(tmp_path)
+    agent, optimizer, store = three_checkpoints(env, directory)
     # Flip one byte in the middle of the newest trainer state: torch.load alone would not notice.
     state3 = os.path.join(directory, "trainer_state_0003.ckpt")
     data = bytearray(open(state3, "rb").read())
@@ -207,6 +213,84 @@ def test_mismatched_agent_is_a_clear_error(env, tmp_path):
     other = Agent(env, config="interface_default", device="cpu")
     with pytest.raises(ck.CheckpointError, match="different agent config"):
         load_checkpoint(directory, other, None)
+
+
+def test_load_checkpoint_needs_a_checkpoint_directory(env, tmp_path):
+    agent, optimizer = trained(env)
+    directory = str(tmp_path / "checkpoints")
+    save(env, agent, optimizer, make_store(directory), directory, 1)
+    with pytest.raises(ValueError, match="trainer_state_0001.ckpt' is a file, not a checkpoint directory"):
+        load_checkpoint(os.path.join(directory, "trainer_state_0001.ckpt"), agent, optimizer)
+    with pytest.raises(ValueError, match=f"is a run directory; its checkpoints are in {directory}"):
+        load_checkpoint(str(tmp_path), agent, optimizer)
+
+
+def _resign(directory: str, epoch: int) -> None:
+    """Make trainer_state_<epoch> vouch for whatever model_<epoch>.pt now holds (its digest matches again)."""
+    path = os.path.join(directory, ck.trainer_state_file_name(epoch))
+    ckpt = ck.read_trainer_state(path)
+    ckpt.policy_sha256 = ck.sha256_file(ckpt.policy_path)
+    ck.write_trainer_state(path, ckpt)
+
+
+def test_a_policy_that_cannot_be_loaded_falls_back_to_the_previous_pair(env, tmp_path, caplog):
+    directory = str(tmp_path)
+    agent, optimizer, store = three_checkpoints(env, directory)
+    # Newest: a policy file of another agent config; next: a file that is not a policy. Both pass their digest.
+    other = Agent(env, config="interface_default", device="cpu")
+    save(env, other, None, make_store(str(tmp_path / "other")), str(tmp_path / "other"), 3)
+    shutil.copy(tmp_path / "other" / "model_0003.pt", os.path.join(directory, "model_0003.pt"))
+    torch.save({"weights": torch.zeros(3)}, os.path.join(directory, "model_0002.pt"))
+    _resign(directory, 3)
+    _resign(directory, 2)
+    with caplog.at_level(logging.WARNING, logger="metta.rl.checkpoint"):
+        assert load_checkpoint(directory, agent, optimizer)[:2] == (100, 1)
+    warnings = [r.getMessage() for r in caplog.records]
+    assert any("trainer_state_0003.ckpt" in w and "model_0003.pt" in w and "does not fit the agent" in w for w in warnings)
+    assert any("trainer_state_0002.ckpt" in w and "model_0002.pt" in w and "cannot be loaded" in w for w in warnings)
+    assert not any("agent config" in w for w in warnings)
+
+
+def test_no_loadable_checkpoint_is_an_error_that_changes_nothing(env, tmp_path):
+    directory = str(tmp_path / "checkpoints")
+    agent, optimizer = trained(env)
+    store = make_store(directory)
+    for epoch in (1, 2):
+        save(env, agent, optimizer, store, directory, epoch)
+    for epoch in (1, 2):
+        with open(os.path.join(directory, ck.trainer_state_file_name(epoch)), "r+b") as f:
+            f.truncate(40)
+    before = {name: open(os.path.join(directory, name), "rb").read() for name in os.listdir(directory)}
+    with pytest.raises(ck.UnloadableCheckpointsError, match=f"no checkpoint in {directory} can be loaded") as err:
+        load_checkpoint(directory, agent, optimizer)
+    assert len(err.value.problems) == 2 and "trainer_state_0001.ckpt" in str(err.value)
+    assert {name: open(os.path.join(directory, name), "rb").read() for name in os.listdir(directory)} == before
+    # Starting over in place is explicit: everything is moved aside, nothing deleted.
+    aside = ck.set_aside_checkpoints(directory)
+    assert sorted(os.listdir(os.path.join(aside, "checkpoints"))) == sorted(before) and os.listdir(directory) == []
+    assert load_checkpoint(directory, agent, optimizer) == (0, 0, None)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_prune_killed_midway_is_finished_by_the_next_save(env, tmp_path):
+    directory = str(tmp_path)
+    agent, optimizer, store = three_checkpoints(env, directory)
+    pid = os.fork()
+    if pid == 0:  # child: save epoch 4 with keep 2, killed after the old states went, before the old policies
+        try:
+            os.environ["METTA_KILL_AT"] = "prune:model_0001.pt"
+            save(env, agent, optimizer, store, directory, 4, keep_last_n=2)
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.WTERMSIG(status) == signal.SIGKILL
+    assert sorted(os.listdir(directory)) == [
+        "model_0001.pt", "model_0002.pt", "model_0003.pt", "model_0004.pt",
+        "trainer_state_0003.ckpt", "trainer_state_0004.ckpt",
+    ]  # fmt: skip
+    assert load_checkpoint(directory, agent, optimizer)[1] == 4
+    save(env, agent, optimizer, store, directory, 5, keep_last_n=2)
+    assert sorted(os.listdir(directory)) == ["model_0004.pt", "model_0005.pt", "trainer_state_0004.ckpt", "trainer_state_0005.ckpt"]
 
 
 def test_bad_arguments_name_the_field(env, tmp_path):

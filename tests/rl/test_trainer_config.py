@@ -14,7 +14,12 @@ def test_defaults_match_upstream_and_construct():
     assert cfg.optimizer.learning_rate == 0.0004573146765703167 and cfg.optimizer.eps == 1e-12
     assert cfg.prioritized_experience_replay.prio_alpha == 0.0 and cfg.vtrace.vtrace_rho_clip == 1.0
     assert cfg.kickstart.anneal_ratio == 0.65 and cfg.checkpoint.checkpoint_interval == 60
-    assert cfg.num_workers == 1 and cfg.checkpoint.checkpoint_dir  # defaults that run
+    assert cfg.num_workers == 1 and cfg.checkpoint.checkpoint_dir is None  # None: the run directory's folder
+    placed = cfg.with_run_dir("/runs/a")
+    assert (placed.checkpoint.checkpoint_dir, placed.simulation.replay_dir, placed.profiler.profile_dir) == (
+        "/runs/a/checkpoints", "/runs/a/replays", "/runs/a/torch_traces"
+    )
+    assert TrainerConfig(checkpoint={"checkpoint_dir": "/ck"}).with_run_dir("/runs/a").checkpoint.checkpoint_dir == "/ck"
     seed = TrainerConfig(total_timesteps=10_000_000, batch_size=16384, minibatch_size=512, ppo=PPOConfig(gamma=0.99, gae_lambda=0.95))
     assert seed.ppo.gamma == 0.99
 
@@ -23,7 +28,12 @@ def test_defaults_match_upstream_and_construct():
     ({"batch_size": 16384, "minibatch_size": 500}, r"minibatch_size=500 must divide batch_size=16384 \(remainder 384\).*minibatch_size=256"),
     ({"batch_size": 1024, "minibatch_size": 2048}, r"minibatch_size=2048 is larger than batch_size=1024"),
     ({"batch_size": 4096, "minibatch_size": 1024, "bptt_horizon": 48}, r"minibatch_size=1024 must be a multiple of bptt_horizon=48"),
-    ({"curriculum": None}, r"curriculum and env are both None"),
+    ({"curriculum": None}, r"curriculum"),
+    ({"_target_": "metta.rl.trainer.MettaTrainer"}, r"_target_ is not a metta setting: metta has one trainer loop"),
+    ({"env": "/env/mettagrid/simple"}, r"env is not a metta setting: pass an env config's path as curriculum"),
+    ({"hyperparameter_scheduler": {}}, r"hyperparameter_scheduler is not a metta setting: upstream disabled it"),
+    ({"require_contiguous_env_ids": True}, r"require_contiguous_env_ids is not a metta setting"),
+    ({"minibatch_size": 1024, "max_minibatch_size": 96, "bptt_horizon": 16}, r"max_minibatch_size=96 must divide minibatch_size=1024"),
     ({"checkpoint": {"checkpoint_interval": 50}, "simulation": {"evaluate_interval": 10}}, r"evaluate_interval=10 must be 0 .* checkpoint.checkpoint_interval=50"),
     ({"checkpoint": {"checkpoint_interval": 50, "wandb_checkpoint_interval": 20}, "simulation": {"evaluate_interval": 0}}, r"wandb_checkpoint_interval=20 must be >= checkpoint.checkpoint_interval=50"),
     ({"ppo": {"clip_coef": -1}}, r"clip_coef"),
@@ -57,7 +67,7 @@ def test_dict_yaml_round_trip(tmp_path):
     cfg.to_yaml(path)
     assert TrainerConfig.from_yaml(path) == cfg
     assert TrainerConfig.from_dict(OmegaConf.create(cfg.to_dict())) == cfg
-    assert cfg.to_dict()["_target_"] == "metta.rl.trainer.MettaTrainer"
+    assert "_target_" not in cfg.to_dict()
     assert isinstance(cfg.kickstart, KickstartConfig) and cfg.kickstart.additional_teachers[0].action_loss_coef == 1.0
 
 

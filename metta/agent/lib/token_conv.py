@@ -123,6 +123,8 @@ class TokenConv:
         columns = feature * self.cells + cell
         values = tokens[..., 2].float() * self.normalizer.inverse_norms.view(-1)[feature]
         product = self.product or ("sparse" if tokens.device.type == "cpu" else "dense")
+        if product == "sparse" and torch.compiler.is_compiling():
+            product = "bag"  # the same product with data-independent shapes, which torch.compile can trace
         if product == "dense":  # on a GPU the box and a cuDNN convolution are faster, backward above all
             for component in (self.shaper, self.normalizer, self.conv):
                 component(td)
@@ -138,7 +140,6 @@ class TokenConv:
             out = out + bias.view(1, -1, 1, 1)
         td[self.name] = self.conv.nonlinearity(out)
 
-    @torch.compiler.disable  # sparse CSR tensors: eager only
     def _sparse_product(self, n: int, columns: torch.Tensor, values: torch.Tensor, per_row: torch.Tensor) -> torch.Tensor:
         """CPU: the valid tokens as a sparse CSR matrix times the table (the fastest product on a CPU)."""
         row_starts = torch.zeros(n + 1, dtype=torch.long, device=columns.device)

@@ -1,0 +1,98 @@
+"""Real run.py processes for the reliability tests: tiny sizes, one torch thread, output in a log file.
+
+One epoch is 4 envs x 32 agents x 8 steps = 1024 agent steps, and every epoch is checkpointed (two kept).
+Each process starts a new session, so a signal to its process group reaches its vecenv workers (as a
+scheduler's would) and never the test runner.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+STEPS = 1024
+TINY = (
+    "num_envs=4 trainer.batch_size=1024 trainer.minibatch_size=256 trainer.bptt_horizon=8 trainer.update_epochs=1 "
+    "evaluate=false trainer.checkpoint.checkpoint_interval=1 device=cpu torch_threads=1 keep_checkpoints=2"
+).split()
+FOREVER = 10**9  # total_timesteps for a run that a test stops
+
+
+def run_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("METTA_", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_"))}
+    env.pop("DATA_DIR", None)
+    env.update(WANDB_MODE="disabled", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **extra)
+    return env
+
+
+class Run:
+    """``run.py`` (or torchrun over it) in the background; ``epochs`` sets total_timesteps."""
+
+    def __init__(self, data_dir: Path, name: str, epochs: int | None, *extra: str, env: dict[str, str] | None = None,
+                 launcher: list[str] | None = None):  # fmt: skip
+        self.run_dir = data_dir / name
+        self.log_path = data_dir / f"{name}.{time.monotonic_ns()}.log"
+        total = FOREVER if epochs is None else epochs * STEPS
+        args = [f"data_dir={data_dir}", f"run={name}", f"trainer.total_timesteps={total}", *TINY, *extra]
+        with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen(
+                [*(launcher or [sys.executable]), str(REPO / "run.py"), *args], cwd=REPO, env=env or run_env(),
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for(self, text: str, timeout: float = 120) -> str:
+        """Wait until the log shows ``text`` (fails if the process ends first); returns the log."""
+        deadline = time.monotonic() + timeout
+        while text not in (log := self.log):
+            assert self.proc.poll() is None, f"exited {self.proc.returncode} before {text!r}:\n{log[-3000:]}"
+            assert time.monotonic() < deadline, f"no {text!r} within {timeout} s:\n{log[-3000:]}"
+            time.sleep(0.05)
+        return log
+
+    def wait_for_epoch(self, epoch: int, timeout: float = 120) -> None:
+        """Wait until metrics.jsonl has the row of ``epoch``."""
+        deadline = time.monotonic() + timeout
+        while epoch not in metrics_epochs(self.run_dir):
+            assert self.proc.poll() is None, f"exited {self.proc.returncode} before epoch {epoch}:\n{self.log[-3000:]}"
+            assert time.monotonic() < deadline, f"no epoch {epoch} within {timeout} s:\n{self.log[-3000:]}"
+            time.sleep(0.05)
+
+    def signal_group(self, sig: signal.Signals) -> None:
+        os.killpg(self.proc.pid, sig)
+
+    def finish(self, timeout: float = 120) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"still running after {timeout} s:\n{self.log[-3000:]}") from None
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def metrics_rows(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip().endswith("}")]
+
+
+def metrics_epochs(run_dir: Path) -> list[int]:
+    return [row["epoch"] for row in metrics_rows(run_dir)]
