@@ -280,12 +280,15 @@ def create_training_components(
 def resume_training_state(components: TrainingComponents) -> TrainingState:
     """The state a run continues from: the newest good checkpoint of ``components.checkpointer.checkpoint_dir``
     restored into the policy, the optimizer, the curriculum, the timer and the RNG states
-    (``TrainingCheckpointer.resume``, as run.py resumes); a fresh ``TrainingState`` when the directory has none.
-    A corrupt newest checkpoint is skipped with a warning naming it."""
+    (``TrainingCheckpointer.resume``, as run.py resumes), with the metrics rows logged after it dropped; a fresh
+    ``TrainingState`` when the directory has none. A corrupt newest checkpoint is skipped with a warning naming
+    it."""
     ckpt = components.checkpointer.resume(components.collector.policy, components.optimizer)
     if ckpt is None:
         return TrainingState()
     components.ppo.epoch = ckpt.epoch
+    # Rows a killed run logged after its last checkpoint are about to be trained and logged again.
+    components.stats_logger.resume_from(ckpt.epoch)
     return TrainingState(agent_step=ckpt.agent_step, epoch=ckpt.epoch)
 
 
@@ -350,9 +353,12 @@ def functional_training_loop(
     A run directory that holds a checkpoint resumes (``resume_training_state``): the policy, optimizer,
     curriculum, timer and RNG continue from its newest good checkpoint, and training goes on to
     ``total_timesteps`` from there, so calling this twice on one directory trains once and then continues
-    (a run already at ``total_timesteps`` trains no further and rewrites nothing).
+    (a run already at ``total_timesteps`` trains no further and rewrites nothing). While it runs it holds the
+    run directory's lock (``metta.common.run_lock``): another process training into the same directory gets a
+    ``RunLockError`` instead of writing over this one's files.
     """
     from metta.common.profiling.stopwatch import Stopwatch
+    from metta.common.run_lock import acquire_run_lock
     from metta.rl.experience import make_experience
     from metta.rl.vecenv import make_vecenv
 
@@ -372,9 +378,16 @@ def functional_training_loop(
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name}={value!r} must be an int >= 0 (epochs; 0 turns it off)")
 
-    vecenv = make_vecenv(
-        curriculum, vectorization, num_envs=num_envs, num_workers=num_workers, is_training=True, seed=seed
-    )
+    lock_dir = _run_dirs(trainer_cfg, run_dir)[0]
+    os.makedirs(lock_dir, exist_ok=True)
+    run_lock = acquire_run_lock(lock_dir)  # one writer per run directory, as run.py: a second process is refused
+    try:
+        vecenv = make_vecenv(
+            curriculum, vectorization, num_envs=num_envs, num_workers=num_workers, is_training=True, seed=seed
+        )
+    except BaseException:
+        run_lock.release()
+        raise
     components: TrainingComponents | None = None
     try:
         vecenv.async_reset(seed)
@@ -423,6 +436,7 @@ def functional_training_loop(
         if components is not None:
             components.stats_logger.close()
         vecenv.close()
+        run_lock.release()
 
 
 def _save(state: TrainingState, components: TrainingComponents, final: bool = False) -> None:

@@ -111,3 +111,28 @@ def test_a_second_call_on_one_run_dir_continues_from_the_first(tmp_path):
         checkpoint_interval=1, console=False,
     )  # fmt: skip
     assert (third.agent_step, third.epoch) == (192, 3) and _files(ckpt_dir) == after
+
+
+def test_a_run_directory_in_use_is_refused_and_a_killed_runs_extra_rows_are_dropped(tmp_path):
+    """The loop holds the run directory's lock (a second writer is refused before it touches anything) and, on
+    resume, drops metrics rows logged after the checkpoint it continues from."""
+    from metta.common.run_lock import RunLockError, acquire_run_lock
+
+    run_dir, store = tmp_path / "run", policy_store(str(tmp_path / "store"))
+    args = (tiny_config(total_timesteps=64), None, fresh_policy(), tiny_curriculum(), store)
+    functional_training_loop(*args, num_envs=2, run_dir=run_dir, console=False)
+    with (run_dir / "metrics.jsonl").open("a") as f:  # as if a killed run had logged epoch 2 but not saved it
+        f.write(json.dumps({"epoch": 2, "agent_step": 128}) + "\n")
+    held = acquire_run_lock(run_dir)
+    try:
+        with pytest.raises(RunLockError):
+            functional_training_loop(*args, num_envs=2, run_dir=run_dir, console=False)
+    finally:
+        held.release()
+    state = functional_training_loop(
+        tiny_config(total_timesteps=128), None, fresh_policy(), tiny_curriculum(), store, num_envs=2, run_dir=run_dir,
+        console=False,
+    )  # fmt: skip
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert state.epoch == 2 and [(r["epoch"], r["agent_step"]) for r in rows] == [(1, 64), (2, 128)]
+    assert "overview/sps" in rows[1]  # the re-trained epoch 2, not the killed run's row
