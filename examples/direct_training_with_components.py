@@ -6,7 +6,8 @@
 
 Each iteration: RolloutCollector.collect() fills the buffer, PPOOptimizer.update() learns from it, StatsLogger
 prints and records the metrics, TrainingCheckpointer saves the policy and trainer state. At the end the
-PolicyEvaluator scores the policy on a small navigation suite. Everything lands in --run-dir.
+PolicyEvaluator scores the policy on a small navigation suite. Everything lands in --run-dir; running it again
+with the same --run-dir (and a larger --total-timesteps) continues from the newest checkpoint there.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 import torch
 
 from metta.agent.policy_store import PolicyStore
+from metta.common.profiling.stopwatch import Stopwatch
 from metta.interface import Agent, Environment, Optimizer
 from metta.rl.components import PolicyEvaluator, PPOOptimizer, RolloutCollector, StatsLogger, TrainingCheckpointer
 from metta.rl.experience import make_experience
@@ -54,19 +56,26 @@ def main() -> None:
         ppo={"ent_coef": 0.01, "gamma": 0.99, "gae_lambda": 0.95}, optimizer={"learning_rate": args.learning_rate},
     )  # fmt: skip
     env = Environment(num_agents=2, width=16, height=16, num_envs=args.num_envs, seed=args.seed, device=args.device)
-    policy = Agent(env, device=args.device)
+    policy = Agent(env, config="fast", device=args.device)
     experience = make_experience(env, policy, config, args.device)
     optimizer = Optimizer("adam", policy, learning_rate=config.optimizer.learning_rate, max_grad_norm=config.ppo.max_grad_norm)
     policy_store = PolicyStore({"device": args.device, "trainer": {"checkpoint": {"checkpoint_dir": checkpoint_dir}}})
 
-    # The components, each wrapping one piece of metta.rl.
-    collector = RolloutCollector(env, policy, experience, args.device)
-    ppo = PPOOptimizer(policy, optimizer, args.device, config)
-    checkpointer = TrainingCheckpointer(checkpoint_dir, policy_store)
+    # The components, each wrapping one piece of metta.rl. The checkpointer records the config, the curriculum
+    # and the timer in every trainer state, and restores them with the policy and optimizer on resume.
+    timer = Stopwatch()
+    collector = RolloutCollector(env, policy, experience, args.device, timer)
+    ppo = PPOOptimizer(policy, optimizer, args.device, config, timer=timer)
+    checkpointer = TrainingCheckpointer(checkpoint_dir, policy_store, trainer_config=config, vecenv=env, stopwatch=timer)
     stats_logger = StatsLogger(run_dir, config.total_timesteps)
 
-    print(f"training {env.num_agents} agents for {config.total_timesteps:,} agent steps; run dir {run_dir}", flush=True)
-    agent_step = 0
+    # A run directory with a checkpoint continues from its newest good one.
+    resumed = checkpointer.resume(policy, optimizer)
+    agent_step, ppo.epoch = (resumed.agent_step, resumed.epoch) if resumed else (0, 0)
+    if not timer.get_summary()["is_running"]:  # a resumed stopwatch is already running
+        timer.start()
+    print(f"training {env.num_agents} agents for {config.total_timesteps:,} agent steps from step {agent_step:,}; "
+          f"run dir {run_dir}", flush=True)  # fmt: skip
     while agent_step < config.total_timesteps:
         start = time.perf_counter()
         episode_stats, steps = collector.collect()

@@ -81,7 +81,7 @@ def main() -> None:
     curriculum = SingleTaskCurriculum("tiny_navigation", env_config)
     # The policy is sized for the env; the loop builds its own vecenv from the curriculum.
     sizing_env = Environment(env_config=env_config, num_envs=1, seed=args.seed)
-    policy = Agent(sizing_env, device=args.device)
+    policy = Agent(sizing_env, config="fast", device=args.device)
     sizing_env.close()
 
     trainer_config = TrainerConfig(

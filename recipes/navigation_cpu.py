@@ -1,4 +1,4 @@
-"""Train the default agent on the navigation curriculum on a CPU for a fixed wall-clock budget.
+"""Train the fast agent on the navigation curriculum on a CPU for a fixed wall-clock budget.
 
 Writes one JSON object per epoch to ``{out_dir}/metrics.jsonl`` (agent steps, wall time, mean episode
 reward, SPS, losses) and, first, the mean episode reward of a uniformly random policy, so the curve can be read
@@ -153,7 +153,7 @@ def main() -> None:
         optimizer={"learning_rate": args.learning_rate},
     )
     env = Environment(curriculum_path=CURRICULUM, num_envs=args.num_envs, seed=args.seed, is_training=True, device="cpu")
-    policy = make_policy(env)
+    policy = make_policy(env, "fast")
     experience = make_experience(env, policy, cfg, "cpu")
     optimizer = Optimizer("adam", policy, learning_rate=cfg.optimizer.learning_rate, max_grad_norm=cfg.ppo.max_grad_norm)
     losses = Losses()

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from metta.rl.checkpoint import load_latest_checkpoint
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--total-timesteps", "256", "--num-envs", "4", "--batch-size", "128", "--minibatch-size", "64", "--bptt-horizon", "8"]
 
@@ -32,6 +34,14 @@ def test_direct_training_with_components(tmp_path):
     ]  # fmt: skip
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["agent_step"] for r in rows] == [128, 256]
+    ckpt = load_latest_checkpoint(str(tmp_path / "checkpoints"))  # complete: config, curriculum and timer too
+    assert ckpt.trainer_config["batch_size"] == 128 and ckpt.curriculum_state and ckpt.stopwatch_state
+    # Again on the same run directory with a larger budget: it continues from the checkpoint.
+    out = run_example("direct_training_with_components.py", "--run-dir", str(tmp_path), "--eval-max-steps", "0",
+                      "--total-timesteps", "384")  # fmt: skip
+    assert "from step 256" in out and "latest checkpoint: epoch 3, agent_step 384" in out
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["agent_step"] for r in rows] == [128, 256, 384]
 
 
 def test_functional_training_example_logs_both_custom_losses(tmp_path):

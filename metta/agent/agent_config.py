@@ -203,14 +203,16 @@ def canonical_agent_name(name: str) -> str:
     )
 
 
-def resolve_agent_config(config: AgentConfig | Mapping[str, Any] | str | None) -> AgentConfig:
-    """An ``AgentConfig`` from None (the fast agent), a ready config's name, a dict/DictConfig, or a model.
+def resolve_agent_config(config: AgentConfig | Mapping[str, Any] | str | None, default: str = "fast") -> AgentConfig:
+    """An ``AgentConfig`` from None (the ``default`` ready graph), a ready config's name, a dict/DictConfig, or
+    a model.
 
     A mapping may be the agent config itself or, as in the seed documents, ``{"device": ..., "agent":
-    {...}}``; a config without ``components`` keeps the fast agent's graph and only changes the knobs.
+    {...}}``; a mapping with neither ``name`` nor ``components`` keeps the ``default`` graph and only changes
+    the knobs.
     """
     if config is None:
-        return fast_agent_config()
+        return AgentConfig(name=default)
     if isinstance(config, AgentConfig):
         return config
     if isinstance(config, str):
@@ -225,6 +227,8 @@ def resolve_agent_config(config: AgentConfig | Mapping[str, Any] | str | None) -
         raise TypeError(f"agent config must be an AgentConfig, a mapping or a name, got {type(config).__name__}")
     if "agent" in data:
         data = data["agent"]
+    if isinstance(data, dict) and data.get("name") is None and data.get("components") is None:
+        data = {**data, "name": default}
     return AgentConfig.model_validate(data)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from datetime import timedelta
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -55,12 +56,24 @@ DEFAULT_INIT_TIMEOUT_S = 30.0
 DEFAULT_COLLECTIVE_TIMEOUT_S = 1800.0
 
 
+class DistributedSetup(NamedTuple):
+    """What ``setup_device_and_distributed`` returns: unpack it (``device, is_master, world_size, rank = ...``),
+    index it (``[0]``) or read it by name. ``wrap_agent_distributed`` accepts it whole as its device, as seed 004
+    writes ``device = setup_device_and_distributed("cuda")``."""
+
+    device: torch.device
+    is_master: bool
+    world_size: int
+    rank: int
+
+
 def setup_device_and_distributed(
     base_device: str | torch.device = "cuda",
     init_timeout_s: float = DEFAULT_INIT_TIMEOUT_S,
     collective_timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S,
-) -> tuple[torch.device, bool, int, int]:
-    """``(device, is_master, world_size, rank)``; joins the process group when launched by torchrun.
+) -> DistributedSetup:
+    """``(device, is_master, world_size, rank)`` (a ``DistributedSetup``); joins the process group when launched
+    by torchrun.
 
     Without ``LOCAL_RANK`` in the environment this is a single process on ``base_device`` (CUDA falls back
     to the CPU with a warning). Under torchrun each rank takes ``cuda:{LOCAL_RANK}`` with NCCL, or the CPU
@@ -75,8 +88,8 @@ def setup_device_and_distributed(
     device = resolve_device(base_device, "base_device")
     if "LOCAL_RANK" not in os.environ:
         if is_distributed():  # someone else set the group up
-            return device, is_master(), get_world_size(), get_rank()
-        return device, True, 1, 0
+            return DistributedSetup(device, is_master(), get_world_size(), get_rank())
+        return DistributedSetup(device, True, 1, 0)
     try:
         local_rank = int(os.environ["LOCAL_RANK"])
     except ValueError:
@@ -92,7 +105,7 @@ def setup_device_and_distributed(
         dist.init_process_group(backend=backend, timeout=timedelta(seconds=init_timeout_s))
         _set_collective_timeout(collective_timeout_s)
         logger.info("joined the process group: rank %d of %d on %s (%s)", get_rank(), get_world_size(), device, dist.get_backend())
-    return device, is_master(), get_world_size(), get_rank()
+    return DistributedSetup(device, is_master(), get_world_size(), get_rank())
 
 
 def _set_collective_timeout(seconds: float) -> None:

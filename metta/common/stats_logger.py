@@ -71,6 +71,13 @@ class StatsLogger:
             self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
         self._start = time.time()
 
+    def resume_from(self, epoch: int) -> None:
+        """What ``resume_epoch=epoch`` does, for a logger opened before the run knew where it resumes: the rows
+        logged after ``epoch`` are dropped from the file, and logging goes on after the rest."""
+        self._file.close()
+        drop_rows_after(self.metrics_path, epoch)
+        self._file = self.metrics_path.open("a")
+
     def log(self, epoch: int, agent_step: int, metrics: dict[str, Any]) -> None:
         row = {"epoch": epoch, "agent_step": agent_step, "time": round(time.time() - self._start, 3)}
         row.update({k: _plain(v) for k, v in metrics.items()})

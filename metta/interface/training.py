@@ -205,10 +205,7 @@ def ensure_initial_policy(
         return loaded_policy_path
     path = os.path.join(os.path.abspath(checkpoint_path), _checkpoint.policy_file_name(0))
     if is_master():
-        record = policy_store.create_empty_policy_record(os.path.basename(path), override_path=path)
-        record.metadata = {"agent_step": 0, "epoch": 0, "initial": True}
-        record.policy = unwrap_agent(agent)
-        policy_store.save(record, path)
+        _checkpoint.write_policy(checkpoint_path, 0, agent, policy_store, {"agent_step": 0, "epoch": 0, "initial": True})
     barrier()
     if not is_master():
         from metta.agent.policy_store import read_policy_file

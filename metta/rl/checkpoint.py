@@ -382,15 +382,15 @@ def save_checkpoint(
 ) -> PolicyRecord | None:
     """Write a complete checkpoint for ``epoch`` and prune old ones. Rank 0 only (others get None).
 
-    ``optimizer`` is anything with ``state_dict()`` (metta's ``Optimizer`` or a torch optimizer) or None.
-    The curriculum state comes from ``curriculum_state`` or, when None, ``vecenv.get_curriculum_state()``.
-    Returns the saved policy's record.
+    The policy goes through ``write_policy`` and the rest through ``write_checkpoint_state``, the two writers
+    every API uses. ``optimizer`` is anything with ``state_dict()`` (metta's ``Optimizer`` or a torch
+    optimizer) or None. The curriculum state comes from ``curriculum_state`` or, when None,
+    ``vecenv.get_curriculum_state()``. Returns the saved policy's record.
     """
     _check_save_args(checkpoint_dir, epoch, agent_step, keep_last_n)
     if not is_master():
         return None
     checkpoint_dir = os.path.abspath(str(checkpoint_dir))
-    os.makedirs(checkpoint_dir, exist_ok=True)
     state_path = os.path.join(checkpoint_dir, trainer_state_file_name(epoch))
     policy_path = os.path.join(checkpoint_dir, policy_file_name(epoch))
 
@@ -399,10 +399,6 @@ def save_checkpoint(
         # Weights change only in a training phase, which advances the epoch: an existing checkpoint with the
         # same epoch and agent_step (e.g. the final forced save right after an interval save) is this one.
         return policy_store.policy_record(policy_path, selector_type="latest")
-    if os.path.exists(state_path):
-        # Rewriting an epoch: first retire the state that points to the policy file we are about to replace.
-        os.remove(state_path)
-        fsync_dir(checkpoint_dir)
 
     meta: dict[str, Any] = {"agent_step": int(agent_step), "epoch": int(epoch), "final": bool(final)}
     if stats is not None:
@@ -411,22 +407,74 @@ def save_checkpoint(
         meta["total_time"] = stopwatch.get_elapsed()
         meta["train_time"] = stopwatch.get_elapsed("_train")
     meta.update(metadata or {})
+    record = write_policy(checkpoint_dir, epoch, agent, policy_store, meta)
+    write_checkpoint_state(
+        checkpoint_dir, epoch=epoch, agent_step=agent_step, optimizer=optimizer, trainer_config=trainer_config,
+        vecenv=vecenv, curriculum_state=curriculum_state, stopwatch=stopwatch, extra_args=extra_args,
+        keep_last_n=keep_last_n,
+    )  # fmt: skip
+    return record
 
-    # 1. The policy, durably, before anything points to it.
+
+def write_policy(
+    checkpoint_dir: str, epoch: int, agent: torch.nn.Module, policy_store: PolicyStore, metadata: Mapping[str, Any]
+) -> PolicyRecord:
+    """The one writer of policy files: ``{checkpoint_dir}/model_{epoch:04d}.pt`` in PolicyStore's format,
+    written atomically and fsynced (file and directory) before anything may point to it; returns its record.
+
+    A trainer state that points to an older file of that name is retired first, so no state ever points to
+    a policy it was not written with. Callers gate on rank 0.
+    """
+    checkpoint_dir = os.path.abspath(os.fspath(checkpoint_dir))
+    os.makedirs(checkpoint_dir, exist_ok=True)
+    policy_path = os.path.join(checkpoint_dir, policy_file_name(epoch))
+    state_path = os.path.join(checkpoint_dir, trainer_state_file_name(epoch))
+    if os.path.exists(state_path):
+        os.remove(state_path)
+        fsync_dir(checkpoint_dir)
     record = policy_store.create_empty_policy_record(os.path.basename(policy_path), override_path=policy_path)
-    record.metadata = meta
+    record.metadata = dict(metadata)
     record.policy = unwrap_agent(agent)
     policy_store.save(record, policy_path)
     fsync_file(policy_path)
     fsync_dir(checkpoint_dir)
+    return record
 
-    # 2. The trainer state that points to it.
+
+def write_checkpoint_state(
+    checkpoint_dir: str,
+    *,
+    epoch: int,
+    agent_step: int,
+    optimizer: Any = None,
+    trainer_config: Any = None,
+    vecenv: Any = None,
+    curriculum_state: Any = None,
+    stopwatch: Any = None,
+    extra_args: Mapping[str, Any] | None = None,
+    keep_last_n: int | None = DEFAULT_KEEP_LAST_N,
+) -> TrainerCheckpoint:
+    """The one writer of trainer states: ``trainer_state_{epoch:04d}.ckpt`` for the policy ``write_policy`` wrote
+    for ``epoch`` (its digest included), with the optimizer state (``optimizer`` or its ``state_dict()``), the
+    RNG states, the curriculum state (``curriculum_state``, else ``vecenv.get_curriculum_state()``), the
+    stopwatch, the trainer config and ``extra_args``; then prunes to ``keep_last_n``. Callers gate on rank 0.
+    """
+    checkpoint_dir = os.path.abspath(os.fspath(checkpoint_dir))
+    policy_path = os.path.join(checkpoint_dir, policy_file_name(epoch))
+    if not os.path.isfile(policy_path):
+        raise ValueError(
+            f"no policy file {policy_path} for epoch {epoch}: write the policy first (write_policy, or "
+            f"TrainingCheckpointer.save_policy(policy, {epoch}, metadata)) so that the trainer state can point to it"
+        )
     if curriculum_state is None and vecenv is not None and hasattr(vecenv, "get_curriculum_state"):
         curriculum_state = vecenv.get_curriculum_state()
+    _warn_if_incomplete(checkpoint_dir, trainer_config=trainer_config, vecenv=curriculum_state, stopwatch=stopwatch)
+    if optimizer is not None and not isinstance(optimizer, Mapping):
+        optimizer = optimizer.state_dict()
     ckpt = TrainerCheckpoint(
         agent_step=int(agent_step),
         epoch=int(epoch),
-        optimizer_state_dict=optimizer.state_dict() if optimizer is not None else None,
+        optimizer_state_dict=dict(optimizer) if optimizer is not None else None,
         policy_path=policy_path,
         policy_sha256=sha256_file(policy_path),
         stopwatch_state=stopwatch.save_state() if stopwatch is not None else None,
@@ -435,11 +483,26 @@ def save_checkpoint(
         trainer_config=_config_as_dict(trainer_config),
         extra_args=dict(extra_args or {}),
     )
-    write_trainer_state(state_path, ckpt)
-
-    # 3. Only now is it safe to drop old checkpoints.
+    write_trainer_state(os.path.join(checkpoint_dir, trainer_state_file_name(epoch)), ckpt)
+    # Only now is it safe to drop old checkpoints.
     prune_checkpoints(checkpoint_dir, keep_last_n, current_epoch=epoch)
-    return record
+    return ckpt
+
+
+_WARNED_INCOMPLETE: set[str] = set()  # checkpoint directories already warned about, once per process
+
+
+def _warn_if_incomplete(checkpoint_dir: str, **parts: Any) -> None:
+    """Say once per directory which parts of a run its trainer states lack, and how to supply them."""
+    missing = [name for name, value in parts.items() if value is None]
+    if not missing or checkpoint_dir in _WARNED_INCOMPLETE:
+        return
+    _WARNED_INCOMPLETE.add(checkpoint_dir)
+    logger.warning(
+        "trainer states in %s are written without %s, so a resumed run cannot restore them: pass %s to "
+        "save_checkpoint, or to TrainingCheckpointer(...) or its save_trainer_state", checkpoint_dir,
+        ", ".join(missing), ", ".join(f"{name}=..." for name in missing),
+    )  # fmt: skip
 
 
 def _existing_checkpoint(state_path: str) -> TrainerCheckpoint | None:

@@ -14,9 +14,10 @@ On top of them, seed 001's loop over the components of ``metta.rl.components``:
     state = functional_training_loop(trainer_config, ppo_config, policy, curriculum, policy_store,
                                      step_fn=None, custom_losses=[curiosity_loss], run_dir="train_dir/x")
 
-``create_training_components`` builds the components, ``default_training_step`` is one rollout and one
-update through them, and ``TrainingState`` carries the counters; a custom ``step_fn(state, components,
-config, experience) -> metrics`` replaces the default step.
+``create_training_components`` builds the components, ``resume_training_state`` restores the newest good
+checkpoint of their directory (or starts fresh), ``default_training_step`` is one rollout and one update
+through them, and ``TrainingState`` carries the counters; a custom ``step_fn(state, components, config,
+experience) -> metrics`` replaces the default step.
 """
 
 from __future__ import annotations
@@ -201,7 +202,10 @@ def resolve_trainer_config(config: Any, ppo_config: "PPOConfig | None" = None) -
     if not isinstance(config, TrainerConfig) and isinstance(getattr(config, "trainer", None), TrainerConfig):
         config = config.trainer
     if not isinstance(config, TrainerConfig):
-        raise TypeError(f"config is a {type(config).__name__}; pass a TrainerConfig (metta.rl.trainer_config)")
+        raise TypeError(
+            f"config is a {type(config).__name__}; pass a TrainerConfig (metta.rl.trainer_config) or a TrainingConfig "
+            "(metta.train.train_config)"
+        )
     if ppo_config is None:
         return config
     if not isinstance(ppo_config, PPOConfig):
@@ -261,7 +265,9 @@ def create_training_components(
     return TrainingComponents(
         collector=RolloutCollector(vecenv, policy, experience, device, timer),
         ppo=PPOOptimizer(policy, optimizer, device, trainer_cfg, kickstarter=kickstarter, timer=timer),
-        checkpointer=TrainingCheckpointer(checkpoint_dir, policy_store, wandb_run),
+        checkpointer=TrainingCheckpointer(
+            checkpoint_dir, policy_store, wandb_run, trainer_config=trainer_cfg, vecenv=vecenv, stopwatch=timer
+        ),
         stats_logger=StatsLogger(run_dir, trainer_cfg.total_timesteps, wandb_run=wandb_run, console=console),
         optimizer=optimizer,
         evaluator=evaluator,
@@ -269,6 +275,21 @@ def create_training_components(
         run_dir=run_dir,
         timer=timer,
     )
+
+
+def resume_training_state(components: TrainingComponents) -> TrainingState:
+    """The state a run continues from: the newest good checkpoint of ``components.checkpointer.checkpoint_dir``
+    restored into the policy, the optimizer, the curriculum, the timer and the RNG states
+    (``TrainingCheckpointer.resume``, as run.py resumes), with the metrics rows logged after it dropped; a fresh
+    ``TrainingState`` when the directory has none. A corrupt newest checkpoint is skipped with a warning naming
+    it."""
+    ckpt = components.checkpointer.resume(components.collector.policy, components.optimizer)
+    if ckpt is None:
+        return TrainingState()
+    components.ppo.epoch = ckpt.epoch
+    # Rows a killed run logged after its last checkpoint are about to be trained and logged again.
+    components.stats_logger.resume_from(ckpt.epoch)
+    return TrainingState(agent_step=ckpt.agent_step, epoch=ckpt.epoch)
 
 
 def default_training_step(
@@ -328,7 +349,16 @@ def functional_training_loop(
     ``checkpoint_interval`` epochs (default ``config.checkpoint.checkpoint_interval``, 0 for none) and at the
     end; with an ``evaluation_suite`` the policy is scored every ``evaluate_interval`` epochs (default
     ``config.simulation.evaluate_interval``) and at the end.
+
+    A run directory that holds a checkpoint resumes (``resume_training_state``): the policy, optimizer,
+    curriculum, timer and RNG continue from its newest good checkpoint, and training goes on to
+    ``total_timesteps`` from there, so calling this twice on one directory trains once and then continues
+    (a run already at ``total_timesteps`` trains no further and rewrites nothing). While it runs it holds the
+    run directory's lock (``metta.common.run_lock``): another process training into the same directory gets a
+    ``RunLockError`` instead of writing over this one's files.
     """
+    from metta.common.profiling.stopwatch import Stopwatch
+    from metta.common.run_lock import acquire_run_lock
     from metta.rl.experience import make_experience
     from metta.rl.vecenv import make_vecenv
 
@@ -348,23 +378,34 @@ def functional_training_loop(
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name}={value!r} must be an int >= 0 (epochs; 0 turns it off)")
 
-    vecenv = make_vecenv(
-        curriculum, vectorization, num_envs=num_envs, num_workers=num_workers, is_training=True, seed=seed
-    )
+    lock_dir = _run_dirs(trainer_cfg, run_dir)[0]
+    os.makedirs(lock_dir, exist_ok=True)
+    run_lock = acquire_run_lock(lock_dir)  # one writer per run directory, as run.py: a second process is refused
+    try:
+        vecenv = make_vecenv(
+            curriculum, vectorization, num_envs=num_envs, num_workers=num_workers, is_training=True, seed=seed
+        )
+    except BaseException:
+        run_lock.release()
+        raise
     components: TrainingComponents | None = None
     try:
         vecenv.async_reset(seed)
         experience = make_experience(vecenv, policy, trainer_cfg, device)
+        timer = Stopwatch()
         components = create_training_components(
             trainer_cfg, None, policy, vecenv, experience, policy_store, optimizer=optimizer, device=device,
             run_dir=run_dir, wandb_run=wandb_run, evaluation_suite=evaluation_suite, custom_loss_fns=custom_losses,
-            console=console,
+            timer=timer, console=console,
         )  # fmt: skip
-        state = TrainingState()
+        state = resume_training_state(components)
+        if not timer.get_summary()["is_running"]:  # a resumed stopwatch is already running
+            timer.start()
         if console:
+            resumed = f", resumed at epoch {state.epoch}, step {state.agent_step:,}" if state.agent_step else ""
             print(
                 f"functional training: {trainer_cfg.total_timesteps:,} agent steps, {vecenv.num_agents} agents, "
-                f"batch {trainer_cfg.batch_size}, run dir {components.run_dir}",
+                f"batch {trainer_cfg.batch_size}, run dir {components.run_dir}{resumed}",
                 flush=True,
             )
         saved_epoch = evaluated_epoch = None
@@ -377,13 +418,14 @@ def functional_training_loop(
                 raise RuntimeError("step_fn did not advance state.agent_step; add the steps it collected, or the loop never ends")
             components.stats_logger.log(state.epoch, state.agent_step, dict(metrics))
             if crossed(checkpoint_interval, epoch_before, state.epoch):
-                _save(state, components, trainer_cfg, vecenv)
+                _save(state, components)
                 saved_epoch = state.epoch
             if components.evaluator is not None and crossed(evaluate_interval, epoch_before, state.epoch):
                 _evaluate(state, components, policy)
                 evaluated_epoch = state.epoch
+        timer.stop()
         if saved_epoch != state.epoch:  # the final checkpoint and evaluation never repeat the last ones
-            _save(state, components, trainer_cfg, vecenv, final=True)
+            _save(state, components, final=True)
         if components.evaluator is not None and evaluated_epoch != state.epoch:
             _evaluate(state, components, policy)
         if console:
@@ -394,12 +436,13 @@ def functional_training_loop(
         if components is not None:
             components.stats_logger.close()
         vecenv.close()
+        run_lock.release()
 
 
-def _save(state: TrainingState, components: TrainingComponents, config: "TrainerConfig", vecenv: Any, final: bool = False) -> None:
+def _save(state: TrainingState, components: TrainingComponents, final: bool = False) -> None:
     record = components.checkpointer.save(
-        components.collector.policy, components.optimizer, state.agent_step, state.epoch, trainer_config=config,
-        vecenv=vecenv, metadata={"eval_scores": dict(state.eval_scores)}, final=final,
+        components.collector.policy, components.optimizer, state.agent_step, state.epoch,
+        metadata={"eval_scores": dict(state.eval_scores)}, final=final,
     )  # fmt: skip
     if record is not None:
         state.policy_record = record

@@ -1,7 +1,8 @@
 """The PPO update for one minibatch: V-trace advantage recompute, clipped policy and value losses, entropy,
 kickstarter distillation and L2-init, optional user losses, plus the running loss statistics (``Losses``).
 
-``process_minibatch_update`` is the one implementation of the PPO loss in metta; every trainer calls it.
+``minibatch_loss`` is the one implementation of the PPO loss in metta: ``process_minibatch_update`` (every
+trainer's minibatch step) and ``PPOOptimizer.compute_ppo_loss`` both call it.
 
 Custom losses (seed 001) are plain functions ``fn(policy, obs, actions, rewards, values, advantages) ->
 scalar tensor``, added to the minibatch's total loss and logged as ``custom/<fn.__name__>`` by
@@ -14,11 +15,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 
 import torch
 
-from metta.rl.advantage import compute_advantage, normalize_advantage_distributed
+from metta.rl.advantage import RowTail, compute_advantage, normalize_advantage_distributed
 
 if TYPE_CHECKING:
     from metta.rl.experience import Experience
@@ -178,6 +179,113 @@ def compute_ppo_losses(
     return pg_loss, v_loss, entropy_loss, approx_kl, clipfrac
 
 
+class PPOLoss(NamedTuple):
+    """The loss of one minibatch, seed 001's six values in its order (``policy_loss, value_loss, entropy_loss,
+    total_loss, approx_kl, clipfrac = ...``) and by name. ``total_loss`` is the differentiable loss the
+    optimizer steps on: every term (policy, value, entropy, L2, L2-init, kickstarter, custom losses)."""
+
+    policy_loss: torch.Tensor
+    value_loss: torch.Tensor
+    entropy_loss: torch.Tensor
+    total_loss: torch.Tensor
+    approx_kl: torch.Tensor
+    clipfrac: torch.Tensor
+
+
+class MinibatchLoss(NamedTuple):
+    """What ``minibatch_loss`` computes: the ``loss`` terms, the statistics ``Losses.add`` takes (``STAT_FIELDS``
+    then one per ``custom_names``), and the policy's new ``ratio`` and ``values`` (``[mb, bptt]``, with gradient)."""
+
+    loss: PPOLoss
+    stats: torch.Tensor
+    custom_names: list[str]
+    ratio: torch.Tensor
+    values: torch.Tensor
+
+
+def minibatch_loss(
+    policy: torch.nn.Module,
+    minibatch: dict[str, torch.Tensor],
+    trainer_cfg: "TrainerConfig",
+    kickstarter: "Kickstarter | None" = None,
+    agent_step: int = 0,
+    device: torch.device | str | None = None,
+    custom_loss_fns: Sequence[CustomLossFn] | None = None,
+    tail: RowTail | None = None,
+) -> MinibatchLoss:
+    """The PPO loss of one minibatch (upstream-facts 4.2), touching no buffer: the one loss implementation.
+
+    ``minibatch`` holds ``obs``, ``actions``, ``logprobs``, ``values``, ``advantages`` and ``returns``
+    (``[mb, bptt, ...]``); optional ``rewards`` and ``dones`` (then the advantages are recomputed with V-trace
+    from the current ratios, each row's last step bootstrapping from ``tail`` when given, and ``dones`` mark
+    where the LSTM replay starts new episodes), ``lstm_h``/``lstm_c`` (the rows' start states, default zeros)
+    and ``prio_weights`` (``[mb, 1]``, default 1).
+    """
+    from metta.agent.policy_state import PolicyState
+
+    ppo = trainer_cfg.ppo
+    obs, old_logprobs, dones = minibatch["obs"], minibatch["logprobs"], minibatch.get("dones")
+    # Each row is replayed from the LSTM state the rollout entered it with, resetting where episodes began
+    # inside it, so the replay sees what the rollout saw.
+    state = PolicyState(
+        lstm_h=minibatch.get("lstm_h"), lstm_c=minibatch.get("lstm_c"),
+        episode_starts=dones.bool() if dones is not None else None,
+    )  # fmt: skip
+    _, new_logprobs, entropy, newvalue, full_logprobs = policy(obs, state, action=minibatch["actions"])
+    new_logprobs = new_logprobs.view(old_logprobs.shape)
+    new_values = newvalue.view(old_logprobs.shape)
+    ratio = (new_logprobs - old_logprobs).exp()
+
+    adv = minibatch["advantages"]
+    if "rewards" in minibatch and dones is not None:
+        # V-trace: this minibatch's advantages again, with the current policy's (clipped) ratios.
+        adv = compute_advantage(
+            minibatch["values"], minibatch["rewards"], dones, ratio.detach(), adv.clone(), ppo.gamma, ppo.gae_lambda,
+            trainer_cfg.vtrace.vtrace_rho_clip, trainer_cfg.vtrace.vtrace_c_clip, device, tail=tail,
+        )  # fmt: skip
+    adv = normalize_advantage_distributed(adv, ppo.norm_adv)
+    prio_weights = minibatch.get("prio_weights")
+    if prio_weights is not None:
+        adv = prio_weights * adv
+
+    pg_loss, v_loss, entropy_loss, approx_kl, clipfrac = compute_ppo_losses(
+        minibatch, new_logprobs, entropy.view(old_logprobs.shape), newvalue, ratio, adv, trainer_cfg
+    )
+    zero = torch.zeros((), device=pg_loss.device)
+    ks_action_loss, ks_value_loss = zero, zero
+    if kickstarter is not None and kickstarter.enabled:
+        ks_action_loss, ks_value_loss = kickstarter.loss(
+            agent_step, full_logprobs, newvalue, obs, teacher_lstm_state=[], actions=minibatch["actions"]
+        )
+    l2_reg_loss = ppo.l2_reg_loss_coef * _l2_reg_loss(policy) if ppo.l2_reg_loss_coef > 0 else zero
+    l2_init_loss = ppo.l2_init_loss_coef * policy.l2_init_loss() if ppo.l2_init_loss_coef > 0 else zero
+    loss = (
+        pg_loss - ppo.ent_coef * entropy_loss + ppo.vf_coef * v_loss
+        + l2_reg_loss + l2_init_loss + ks_action_loss + ks_value_loss
+    )  # fmt: skip
+
+    custom_names = custom_loss_names(custom_loss_fns or [])
+    custom_values: list[torch.Tensor] = []
+    for name, fn in zip(custom_names, custom_loss_fns or [], strict=True):
+        value = _check_custom_loss(name, fn(policy, obs, minibatch["actions"], minibatch.get("rewards"), new_values, adv))
+        custom_values.append(value)
+        loss = loss + value
+
+    # The statistics stay on the device (Losses.add); custom losses are checked for NaN/inf here, which costs
+    # one transfer per minibatch only when there are any.
+    stats = torch.stack([
+        pg_loss, v_loss, entropy_loss, approx_kl, clipfrac, l2_reg_loss, l2_init_loss, ks_action_loss,
+        ks_value_loss, ratio.mean(), new_logprobs.mean(),
+        *(v.to(pg_loss.device, pg_loss.dtype) for v in custom_values),
+    ]).detach()  # fmt: skip
+    if custom_values:
+        for name, value in zip(custom_names, stats[len(STAT_FIELDS) :].tolist(), strict=True):
+            if not math.isfinite(value):
+                raise ValueError(f"custom loss {name!r} returned {value}; it must be finite (check for log(0) or division by zero)")
+    terms = PPOLoss(pg_loss, v_loss, entropy_loss, loss, approx_kl, clipfrac)
+    return MinibatchLoss(terms, stats, custom_names, ratio, new_values)
+
+
 def process_minibatch_update(
     policy: torch.nn.Module,
     experience: "Experience",
@@ -190,94 +298,34 @@ def process_minibatch_update(
     device: torch.device | str,
     custom_loss_fns: Sequence[CustomLossFn] | None = None,
 ) -> torch.Tensor:
-    """The total loss of one minibatch (upstream-facts 4.2); also updates ratios and values in ``experience``
-    and adds this minibatch's statistics to ``losses``.
+    """The total loss of one minibatch of ``experience`` (``minibatch_loss``); also stores the new ratios and
+    values in ``experience`` and adds this minibatch's statistics to ``losses``.
 
-    ``advantages`` is the ``[segments, bptt]`` tensor from ``compute_advantage``; it is only read when the
-    minibatch does not carry its own (``experience.iter_minibatches()`` without advantages).
+    ``advantages`` is the ``[segments, bptt]`` tensor from ``compute_advantage``; it is read when the minibatch
+    does not carry its own (``experience.iter_minibatches()`` without advantages) and for the steps after the
+    rows. None means this rollout's advantages as ``experience.rollout_advantages`` computes them.
+
+    Each row's V-trace recompute treats the row's end as the given advantages did (see ``Experience.row_tail``):
+    advantages from ``compute_advantage(..., next_rows=experience.next_rows)`` continue into the row's successor,
+    advantages computed without ``next_rows`` stop at the row's end, so at ratio 1 the policy loss uses exactly
+    the advantages it was given.
 
     ``custom_loss_fns``: functions ``fn(policy, obs, actions, rewards, values, advantages) -> scalar tensor``
     (see the module docstring) added to the loss. One that returns a non-tensor, a non-scalar, NaN or inf
     raises a ValueError naming it, before the loss reaches the optimizer.
     """
-    from metta.agent.policy_state import PolicyState
-
-    ppo = trainer_cfg.ppo
+    if advantages is None:
+        ppo, vtrace = trainer_cfg.ppo, trainer_cfg.vtrace
+        advantages = experience.rollout_advantages(ppo.gamma, ppo.gae_lambda, vtrace.vtrace_rho_clip, vtrace.vtrace_c_clip)
     if "advantages" not in minibatch:
-        if advantages is None:
-            raise ValueError(
-                "this minibatch carries no advantages and advantages=None: pass the tensor compute_advantage filled"
-            )
         minibatch["advantages"] = advantages[minibatch["indices"]]
         minibatch["returns"] = minibatch["advantages"] + minibatch["values"]
-
-    obs = minibatch["obs"]
-    # Each row is replayed from the LSTM state the rollout entered it with, resetting where episodes began
-    # inside it, so the replay sees what the rollout saw (a minibatch without stored states starts at zeros).
-    state = PolicyState(
-        lstm_h=minibatch.get("lstm_h"), lstm_c=minibatch.get("lstm_c"), episode_starts=minibatch["dones"].bool()
-    )
-    _, new_logprobs, entropy, newvalue, full_logprobs = policy(obs, state, action=minibatch["actions"])
-    old_logprobs = minibatch["logprobs"]
-    new_logprobs = new_logprobs.view(old_logprobs.shape)
-    logratio = new_logprobs - old_logprobs
-    importance_sampling_ratio = logratio.exp()
-    experience.update_ratio(minibatch["indices"], importance_sampling_ratio)
-
-    # V-trace: recompute this minibatch's advantages with the current policy's (clipped) ratios; each row's
-    # last step bootstraps from the step that follows it in the buffer (its chain's next row).
-    tail = experience.row_tail(minibatch["indices"], advantages) if advantages is not None else None
-    adv = compute_advantage(
-        minibatch["values"], minibatch["rewards"], minibatch["dones"], importance_sampling_ratio.detach(),
-        minibatch["advantages"].clone(), ppo.gamma, ppo.gae_lambda,
-        trainer_cfg.vtrace.vtrace_rho_clip, trainer_cfg.vtrace.vtrace_c_clip, device, tail=tail,
-    )  # fmt: skip
-    adv = normalize_advantage_distributed(adv, ppo.norm_adv)
-    adv = minibatch["prio_weights"] * adv
-
-    pg_loss, v_loss, entropy_loss, approx_kl, clipfrac = compute_ppo_losses(
-        minibatch, new_logprobs, entropy.view(old_logprobs.shape), newvalue, importance_sampling_ratio, adv, trainer_cfg
-    )
-
-    zero = torch.zeros((), device=pg_loss.device)
-    ks_action_loss, ks_value_loss = zero, zero
-    if kickstarter is not None and kickstarter.enabled:
-        ks_action_loss, ks_value_loss = kickstarter.loss(
-            agent_step, full_logprobs, newvalue, obs, teacher_lstm_state=[], actions=minibatch["actions"]
-        )
-    l2_reg_loss = ppo.l2_reg_loss_coef * _l2_reg_loss(policy) if ppo.l2_reg_loss_coef > 0 else zero
-    l2_init_loss = ppo.l2_init_loss_coef * policy.l2_init_loss() if ppo.l2_init_loss_coef > 0 else zero
-
-    loss = (
-        pg_loss - ppo.ent_coef * entropy_loss + ppo.vf_coef * v_loss
-        + l2_reg_loss + l2_init_loss + ks_action_loss + ks_value_loss
-    )  # fmt: skip
-
-    custom_names: list[str] = []
-    custom_values: list[torch.Tensor] = []
-    if custom_loss_fns:
-        custom_names = custom_loss_names(custom_loss_fns)
-        new_values = newvalue.view(old_logprobs.shape)
-        for name, fn in zip(custom_names, custom_loss_fns, strict=True):
-            value = _check_custom_loss(name, fn(policy, obs, minibatch["actions"], minibatch["rewards"], new_values, adv))
-            custom_values.append(value)
-            loss = loss + value
-
-    experience.update_values(minibatch["indices"], newvalue.view(old_logprobs.shape))
-
-    # The statistics stay on the device (Losses.add); custom losses are checked for NaN/inf here, which costs
-    # one transfer per minibatch only when there are any.
-    stats = torch.stack([
-        pg_loss, v_loss, entropy_loss, approx_kl, clipfrac, l2_reg_loss, l2_init_loss, ks_action_loss,
-        ks_value_loss, importance_sampling_ratio.mean(), new_logprobs.mean(),
-        *(v.to(pg_loss.device, pg_loss.dtype) for v in custom_values),
-    ]).detach()  # fmt: skip
-    if custom_values:
-        for name, value in zip(custom_names, stats[len(STAT_FIELDS) :].tolist(), strict=True):
-            if not math.isfinite(value):
-                raise ValueError(f"custom loss {name!r} returned {value}; it must be finite (check for log(0) or division by zero)")
-    losses.add(stats, custom_names)
-    return loss
+    tail = experience.row_tail(minibatch["indices"], advantages)
+    result = minibatch_loss(policy, minibatch, trainer_cfg, kickstarter, agent_step, device, custom_loss_fns, tail)
+    experience.update_ratio(minibatch["indices"], result.ratio)
+    experience.update_values(minibatch["indices"], result.values)
+    losses.add(result.stats, result.custom_names)
+    return result.loss.total_loss
 
 
 def _l2_reg_loss(policy: Any) -> torch.Tensor:

@@ -6,15 +6,18 @@ from typing import Any
 
 import torch
 
-from metta.common.distributed import is_distributed
+from metta.common.distributed import DistributedSetup, is_distributed
 
 
-def wrap_agent_distributed(agent: torch.nn.Module, device: torch.device | str) -> torch.nn.Module:
+def wrap_agent_distributed(agent: torch.nn.Module, device: torch.device | str | DistributedSetup) -> torch.nn.Module:
     """``DistributedDataParallel(agent)`` under torch.distributed, else ``agent`` unchanged.
 
-    On CUDA the agent's device is passed as ``device_ids``; on CPU (gloo) none are given. Code that needs the
+    ``device`` is the agent's device, or what ``setup_device_and_distributed`` returned (seed 004 passes that
+    whole). On CUDA the device is passed as ``device_ids``; on CPU (gloo) none are given. Code that needs the
     agent's own methods (``clip_weights``, ``l2_init_loss``) reaches it as ``getattr(policy, "module", policy)``.
     """
+    if isinstance(device, DistributedSetup):
+        device = device.device
     if not is_distributed():
         return agent
     device = torch.device(device)

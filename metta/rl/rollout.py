@@ -58,9 +58,11 @@ def run_policy_inference(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """``(actions [n, 2], logprobs [n], values [n], (lstm_h, lstm_c))`` for the agents starting at ``env_id_start``.
 
-    The LSTM state is read from ``experience``; the returned state is the one after this step.
+    The LSTM state is read from ``experience`` (sized for ``policy`` on first use); the returned state is the one
+    after this step.
     """
     env_id = env_id_start if isinstance(env_id_start, slice) else slice(env_id_start, env_id_start + obs.shape[0])
+    experience.match_policy(policy)
     with torch.no_grad():
         lstm_h, lstm_c = experience.get_lstm_state(env_id)
         state = PolicyState(lstm_h=lstm_h, lstm_c=lstm_c)

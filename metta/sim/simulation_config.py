@@ -63,6 +63,9 @@ class SimulationSuiteConfig(SimulationConfig):
 
     name: str
     simulations: dict[str, SingleEnvSimulationConfig]
+    num_episodes: int | None = Field(
+        default=None, ge=1, description="default for simulations that set none (needed only if one sets none)"
+    )
     episode_tags: list[str] = Field(default_factory=list, description="tags written into every episode's stats")
 
     @model_validator(mode="before")
@@ -70,7 +73,7 @@ class SimulationSuiteConfig(SimulationConfig):
     def _propagate_suite_fields(cls, data: Any) -> Any:
         if not isinstance(data, dict) or not isinstance(data.get("simulations"), dict):
             return data  # pydantic reports the type error
-        given = {k: v for k, v in data.items() if k in SimulationConfig.model_fields}
+        given = {k: v for k, v in data.items() if k in SimulationConfig.model_fields and v is not None}
         if not given:
             return data
         simulations = {}

@@ -120,19 +120,25 @@ def test_unknown_name_is_an_attribute_error():
 # ----------------------------------------------------------------------------------------------------
 # Agent
 def test_agent_default_and_seed_configs(env):
+    # As upstream's factory: with no config, the interface agent (LSTM 512, one layer; seed 002 sizes for it).
     agent = Agent(env, device="cpu")
     assert isinstance(agent, torch.nn.Module) and agent.device.type == "cpu"
-    # Seed 002's form: {"device": ..., "agent": {...}} as a DictConfig, device taken from the config.
+    assert (agent.config.name, agent.hidden_size, agent.core_num_layers) == ("interface_default", 512, 1)
+    fast = Agent(env, config="fast", device="cpu")
+    assert (fast.hidden_size, fast.core_num_layers) == (128, 2)
+    # Seed 002's form: {"device": ..., "agent": {...}} as a DictConfig, device taken from the config; knobs
+    # without a graph keep the default graph.
     custom = Agent(env, config=DictConfig({"device": "cpu", "agent": {"clip_range": 0.2}}))
-    assert custom.config.clip_range == 0.2 and custom.device.type == "cpu"
-    assert Agent(env, config={"agent": {"clip_range": 0.3}}, device="cpu").config.clip_range == 0.3
+    assert custom.config.clip_range == 0.2 and custom.device.type == "cpu" and custom.hidden_size == 512
+    named = Agent(env, config={"agent": {"name": "fast", "clip_range": 0.3}}, device="cpu")
+    assert named.config.clip_range == 0.3 and named.hidden_size == 128
 
 
 def test_agent_falls_back_to_cpu_with_a_warning(env, caplog):
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here")
     with caplog.at_level(logging.WARNING):
-        agent = Agent(env, device="cuda")
+        agent = Agent(env, config="fast", device="cuda")
     assert agent.device.type == "cpu" and "CUDA is not available" in caplog.text
 
 
@@ -217,7 +223,7 @@ def test_torchrun_style_single_rank_uses_gloo(monkeypatch):
 def test_ensure_initial_policy_single_process(env, tmp_path):
     from metta.interface import ensure_initial_policy
 
-    agent = Agent(env, device="cpu")
+    agent = Agent(env, config="fast", device="cpu")
     assert ensure_initial_policy(agent, None, str(tmp_path), None, "cpu") is None
     assert ensure_initial_policy(agent, None, str(tmp_path), "/some/model_0003.pt", "cpu") == "/some/model_0003.pt"
 
@@ -225,7 +231,7 @@ def test_ensure_initial_policy_single_process(env, tmp_path):
 def test_validate_policy_environment_match(env):
     from metta.rl.policy_management import validate_policy_environment_match
 
-    agent = Agent(env, device="cpu")
+    agent = Agent(env, config="fast", device="cpu")
     validate_policy_environment_match(agent, env)
     agent.obs_shape = (100, 3)
     with pytest.raises(ValueError, match=r"expects observations of shape \[100, 3\]"):
@@ -233,67 +239,8 @@ def test_validate_policy_environment_match(env):
 
 
 def test_optimizer_bad_arguments(env):
-    agent = Agent(env, device="cpu")
+    agent = Agent(env, config="fast", device="cpu")
     with pytest.raises(ValueError, match="optimizer_type='sgd'"):
         Optimizer("sgd", agent, learning_rate=3e-4)
     with pytest.raises(ValueError, match="learning_rate=0"):
         Optimizer("adam", agent, learning_rate=0)
-
-
-# ----------------------------------------------------------------------------------------------------
-def test_seed_002_quick_start_at_tiny_size(tmp_path, monkeypatch):
-    """Seed 002's Quick Start with tiny sizes, completed with one PPO update, a checkpoint and a resume."""
-    monkeypatch.setenv("DATA_DIR", str(tmp_path))
-    from metta.api import (
-        Environment, Agent, Optimizer, setup_run_directories, save_experiment_config,
-        perform_rollout_step, process_minibatch_update, accumulate_rollout_stats, compute_advantage,
-        calculate_anneal_beta, save_checkpoint, load_checkpoint,
-    )  # fmt: skip
-    from metta.agent.policy_store import PolicyStore
-    from metta.rl.experience import Experience
-    from metta.rl.losses import Losses
-    from metta.common.profiling.stopwatch import Stopwatch
-
-    dirs = setup_run_directories("quick_start")
-    device = torch.device("cpu")
-    env = Environment(env_config=SMALL, num_envs=2, device=str(device), seed=0)
-    agent = Agent(env, device=str(device))
-    trainer_config = TrainerConfig(total_timesteps=256, batch_size=256, minibatch_size=64, bptt_horizon=16)
-    save_experiment_config(dirs, device, trainer_config)
-    policy_store = PolicyStore(
-        DictConfig({"device": str(device), "policy_cache_size": 10,
-                    "trainer": {"checkpoint": {"checkpoint_dir": dirs.checkpoint_dir}}}),
-        wandb_run=None,
-    )  # fmt: skip
-    optimizer = Optimizer(optimizer_type="adam", policy=agent, learning_rate=3e-4)
-    experience = Experience(
-        total_agents=env.num_agents, batch_size=trainer_config.batch_size, bptt_horizon=trainer_config.bptt_horizon,
-        minibatch_size=trainer_config.minibatch_size, obs_space=env.single_observation_space,
-        atn_space=env.single_action_space, device=device, hidden_size=agent.hidden_size,
-        num_lstm_layers=agent.core_num_layers,
-    )  # fmt: skip
-    timer, losses, stats, agent_step, epoch = Stopwatch(), Losses(), {}, 0, 0
-    while agent_step < trainer_config.total_timesteps:
-        while not experience.ready_for_training:
-            num_steps, info = perform_rollout_step(agent, env, experience, device, timer)
-            agent_step += num_steps
-            accumulate_rollout_stats(info, stats)
-        advantages = compute_advantage(
-            experience.values, experience.rewards, experience.dones, torch.ones_like(experience.values),
-            torch.zeros_like(experience.values), trainer_config.ppo.gamma, trainer_config.ppo.gae_lambda,
-            trainer_config.vtrace.vtrace_rho_clip, trainer_config.vtrace.vtrace_c_clip, device,
-        )  # fmt: skip
-        calculate_anneal_beta(epoch, trainer_config.total_timesteps, trainer_config.batch_size, 0.0, 0.6)
-        for update_epoch in range(trainer_config.update_epochs):
-            for minibatch in experience.iter_minibatches():
-                loss = process_minibatch_update(
-                    agent, experience, minibatch, advantages, trainer_config, None, agent_step, losses, device
-                )
-                optimizer.step(loss, update_epoch)
-        epoch += 1
-    record = save_checkpoint(epoch, agent_step, agent, optimizer, policy_store, dirs.checkpoint_dir, 1, vecenv=env)
-    assert record is not None and os.path.exists(record.file_path)
-    fresh = Agent(env, device=str(device))
-    assert load_checkpoint(dirs.checkpoint_dir, fresh, Optimizer("adam", fresh, 3e-4), policy_store)[:2] == (agent_step, epoch)
-    assert torch.equal(next(fresh.parameters()), next(agent.parameters()))
-    env.close()

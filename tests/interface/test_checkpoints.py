@@ -53,7 +53,7 @@ def make_store(checkpoint_dir: str) -> PolicyStore:
 def trained(env, seed: int = 0):
     """An agent and optimizer with non-trivial state (one Adam step taken)."""
     torch.manual_seed(seed)
-    agent = Agent(env, device="cpu")
+    agent = Agent(env, config="fast", device="cpu")
     optimizer = Optimizer("adam", agent, learning_rate=1e-3)
     loss = sum((p.float() ** 2).sum() for p in agent.parameters())
     optimizer.step(loss, 0)
@@ -371,7 +371,7 @@ CHILD = textwrap.dedent(
     from metta.interface import Agent, Environment, Optimizer, load_checkpoint, save_checkpoint
     directory = sys.argv[1]
     env = Environment(env_config={env_config!r}, device="cpu", seed=0)
-    agent = Agent(env, device="cpu")
+    agent = Agent(env, config="fast", device="cpu")
     optimizer = Optimizer("adam", agent, learning_rate=1e-3)
     store = PolicyStore({{"device": "cpu", "trainer": {{"checkpoint": {{"checkpoint_dir": directory}}}}}})
     agent_step, epoch, _ = load_checkpoint(directory, agent, optimizer, vecenv=env)

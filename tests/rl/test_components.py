@@ -4,6 +4,7 @@ TrainingCheckpointer round trip; PolicyEvaluator on a tiny suite."""
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from metta.agent.policy_state import PolicyState
+from metta.common.profiling.stopwatch import Stopwatch
 from metta.rl.advantage import compute_advantage
 from metta.rl.components import PolicyEvaluator, PPOOptimizer, RolloutCollector, StatsLogger, TrainingCheckpointer
 from metta.rl.experience import calculate_anneal_beta, make_experience
@@ -92,6 +94,7 @@ def test_components_functional_loop_and_direct_calls_give_the_same_losses(tmp_pa
     components = _component_losses(cfg)
     loop = _loop_losses(cfg, tmp_path)
     assert "custom/value_regularizer" in direct and direct["custom/value_regularizer"] > 0
+    assert loop.pop("minibatches") == 4  # the epoch's row also counts the update's passes (epoch_metrics)
     assert set(direct) == set(components) == set(loop)
     for key in direct:
         if math.isnan(direct[key]):
@@ -178,24 +181,46 @@ def test_bad_custom_loss_raises_naming_the_function(filled, fn, message):
         process_minibatch_update(policy, experience, minibatch, advantages, cfg, None, 0, Losses(), "cpu", [3])
 
 
-def test_compute_ppo_loss_matches_the_update_on_the_first_minibatch(filled):
+def test_compute_ppo_loss_is_the_update_loss_on_the_first_minibatch(filled):
+    """compute_ppo_loss runs the update's loss function: the same six values with V-trace, prioritized weights
+    and the L2 terms in total_loss, unpacked as seed 001 writes it and read by name."""
     policy, experience, advantages, cfg = filled
+    cfg = cfg.model_copy(update={"ppo": cfg.ppo.model_copy(update={"l2_init_loss_coef": 0.5, "l2_reg_loss_coef": 0.01})})
+    policy = copy.deepcopy(policy)
+    with torch.no_grad():  # moved away from its initial weights, so that the L2-init term is not 0
+        for p in policy.parameters():
+            p.add_(0.01 * torch.randn_like(p))
     minibatch = _first_minibatch(experience, advantages)
-    ppo = PPOOptimizer(policy, optimizer_for(policy, cfg), "cpu", PPOConfig())  # a PPOConfig alone works too
-    state = PolicyState(lstm_h=minibatch["lstm_h"], lstm_c=minibatch["lstm_c"], episode_starts=minibatch["dones"].bool())
-    parts = ppo.compute_ppo_loss(
+    minibatch["prio_weights"] = torch.linspace(0.5, 1.5, minibatch["indices"].numel()).unsqueeze(1)
+    ppo = PPOOptimizer(policy, optimizer_for(policy, cfg), "cpu", cfg)
+    state = PolicyState(lstm_h=minibatch["lstm_h"], lstm_c=minibatch["lstm_c"])
+    result = ppo.compute_ppo_loss(
         minibatch["obs"], minibatch["actions"], minibatch["logprobs"], minibatch["advantages"], minibatch["returns"],
-        minibatch["values"], state=state,
+        minibatch["values"], rewards=minibatch["rewards"], dones=minibatch["dones"],
+        tail=experience.row_tail(minibatch["indices"], advantages), prio_weights=minibatch["prio_weights"], state=state,
     )  # fmt: skip
+    policy_loss, value_loss, entropy_loss, total_loss, approx_kl, clipfrac = result
+    assert result.policy_loss is policy_loss and result._fields[3] == "total_loss"
     losses = Losses()
     total = process_minibatch_update(policy, experience, dict(minibatch), advantages, cfg, None, 0, losses, "cpu")
     stats = losses.stats()
-    assert set(parts) == {"policy_loss", "value_loss", "entropy_loss", "total_loss", "approx_kl", "clipfrac"}
-    for ours, theirs in (("policy_loss", "policy_loss"), ("value_loss", "value_loss"), ("entropy_loss", "entropy"),
-                         ("approx_kl", "approx_kl"), ("clipfrac", "clipfrac")):  # fmt: skip
-        assert parts[ours].item() == pytest.approx(stats[theirs], abs=1e-5), ours
-    assert parts["total_loss"].item() == pytest.approx(total.item(), abs=1e-5)
-    assert parts["total_loss"].requires_grad
+    assert stats["l2_init_loss"] > 0 and stats["l2_reg_loss"] > 0
+    for name, value in (("policy_loss", policy_loss), ("value_loss", value_loss), ("entropy", entropy_loss),
+                        ("approx_kl", approx_kl), ("clipfrac", clipfrac)):  # fmt: skip
+        assert value.item() == pytest.approx(stats[name], abs=1e-6), name
+    assert total_loss.item() == pytest.approx(total.item(), abs=1e-6) and total_loss.requires_grad
+    bare = policy_loss - cfg.ppo.ent_coef * entropy_loss + cfg.ppo.vf_coef * value_loss
+    assert total_loss.item() == pytest.approx(bare.item() + stats["l2_init_loss"] + stats["l2_reg_loss"], abs=1e-5)
+    # Without rewards and dones the advantages are used as given; only both together are accepted.
+    assert torch.isfinite(ppo.compute_ppo_loss(
+        minibatch["obs"], minibatch["actions"], minibatch["logprobs"], minibatch["advantages"], minibatch["returns"],
+        minibatch["values"],
+    ).total_loss)  # fmt: skip
+    with pytest.raises(ValueError, match="rewards and dones"):
+        ppo.compute_ppo_loss(
+            minibatch["obs"], minibatch["actions"], minibatch["logprobs"], minibatch["advantages"],
+            minibatch["returns"], minibatch["values"], rewards=minibatch["rewards"],
+        )  # fmt: skip
 
 
 def test_components_reject_wrong_arguments(filled):
@@ -206,7 +231,7 @@ def test_components_reject_wrong_arguments(filled):
         RolloutCollector(tiny_vecenv_stub(), policy, {}, "cpu")
     with pytest.raises(TypeError, match="metta's Optimizer"):
         PPOOptimizer(policy, object(), "cpu", cfg)
-    with pytest.raises(TypeError, match="PPOConfig or a TrainerConfig"):
+    with pytest.raises(TypeError, match="TrainerConfig"):
         PPOOptimizer(policy, optimizer_for(policy, cfg), "cpu", {"gamma": 0.9})
     with pytest.raises(TypeError, match="SimulationSuiteConfig"):
         PolicyEvaluator("navigation")
@@ -235,14 +260,16 @@ def test_training_checkpointer_round_trip(tmp_path):
     optimizer = optimizer_for(policy, cfg)
     run_dir = tmp_path / "run"
     store = policy_store(str(run_dir / "checkpoints"))
-    checkpointer = TrainingCheckpointer(run_dir / "checkpoints", store)
+    timer = Stopwatch()
+    timer.start()
+    checkpointer = TrainingCheckpointer(run_dir / "checkpoints", store, trainer_config=cfg, vecenv=env, stopwatch=timer)
     assert checkpointer.load_trainer_state(run_dir) is None
     fresh = checkpointer.load_policy(None, env)
     assert fresh.policy is not policy and fresh.metadata["epoch"] == 0
 
     with torch.no_grad():
         next(policy.parameters()).add_(1.0)  # weights that differ from a fresh policy's
-    with pytest.raises(ValueError, match="call save_policy"):
+    with pytest.raises(ValueError, match=r"save_policy\(policy, 3"):
         checkpointer.save_trainer_state(100, 3, optimizer.state_dict(), run_dir)
     record = checkpointer.save_policy(policy, 3, {"agent_step": 100, "note": "x"})
     assert os.path.isfile(record.file_path) and record.metadata["epoch"] == 3
@@ -252,6 +279,9 @@ def test_training_checkpointer_round_trip(tmp_path):
 
     ckpt = checkpointer.load_trainer_state(run_dir)
     assert (ckpt.agent_step, ckpt.epoch, ckpt.extra_args["lr"]) == (100, 3, 0.1)
+    # Complete, as save_checkpoint's: config, curriculum, stopwatch and RNG besides the counters and optimizer.
+    assert ckpt.trainer_config["batch_size"] == cfg.batch_size and ckpt.curriculum_state is not None
+    assert "global" in str(ckpt.stopwatch_state) and ckpt.rng_state["torch"] is not None
     assert ckpt.optimizer_state_dict["param_groups"][0]["lr"] == optimizer.state_dict()["param_groups"][0]["lr"]
     loaded = checkpointer.load_policy(ckpt, env)
     assert loaded.metadata["agent_step"] == 100 and loaded.metadata["note"] == "x"

@@ -140,3 +140,33 @@ def test_batch_sizes_and_beta():
     assert calculate_anneal_beta(0, 1000, 100, 0.5, 0.6) == pytest.approx(0.6)
     assert calculate_anneal_beta(5, 1000, 100, 0.5, 0.6) == pytest.approx(0.6 + 0.4 * 0.5 * 0.5)
     assert calculate_anneal_beta(50, 1000, 100, 1.0, 0.6) == 1.0
+
+
+def test_a_trained_on_buffer_starts_a_new_rollout_at_the_next_store():
+    exp = make()
+    for step in range(exp.bptt_horizon * exp.segments // exp.total_agents):
+        store_step(exp, slice(0, 4), step, 4)
+    assert exp.full and exp.ready_for_training
+    next(exp.iter_minibatches())  # trained on: no longer ready, but the data is still there
+    assert exp.full and not exp.ready_for_training and exp.full_rows == exp.segments
+    store_step(exp, slice(0, 4), 99, 4)  # a new rollout: row i again from step 0, chains cleared
+    assert exp.full_rows == 0 and (exp.obs[:4, 0, 0, 1] == 99).all() and (exp.next_rows == -1).all()
+    exp.reset_for_rollout()  # still allowed at any time
+    assert exp.full_rows == 0 and not exp.ready_for_training
+
+
+def test_sizes_default_and_the_lstm_state_is_sized_from_the_policy():
+    exp = Experience(total_agents=8, batch_size=256, obs_space=OBS, atn_space=ATN)
+    assert (exp.bptt_horizon, exp.minibatch_size, exp.hidden_size) == (32, 256, None)  # 64 leaves 4 rows for 8 agents
+    assert Experience(total_agents=2, batch_size=65536, obs_space=OBS, atn_space=ATN).minibatch_size == 16384
+
+    class Policy(torch.nn.Module):
+        hidden_size, core_num_layers = 8, 2
+
+    exp.match_policy(Policy())
+    assert exp.lstm_h.shape == (2, 8, 8) and exp.row_lstm_h.shape == (2, 8, 8)
+    sized = Experience(total_agents=8, batch_size=256, obs_space=OBS, atn_space=ATN, hidden_size=512, num_lstm_layers=1)
+    with pytest.raises(ValueError, match=r"hidden_size=512, num_lstm_layers=1\) does not fit the policy's LSTM \(hidden_size=8, 2 layers\).*hidden_size=8, num_lstm_layers=2"):
+        sized.match_policy(Policy())
+    with pytest.raises(ValueError, match=r"num_lstm_layers=1\) does not fit"):
+        Experience(total_agents=8, batch_size=256, obs_space=OBS, atn_space=ATN, num_lstm_layers=1).match_policy(Policy())

@@ -1,5 +1,5 @@
 """functional_training_loop on the real env and policy: custom step, custom losses in metrics.jsonl, periodic and
-final checkpoints, console progress, and clear errors."""
+final checkpoints, console progress, resuming a run directory, and clear errors."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from component_helpers import fresh_policy, policy_store, tiny_config, tiny_curriculum, value_regularizer
-from metta.rl.checkpoint import load_latest_checkpoint
+from metta.agent.policy_store import read_policy_file
+from metta.rl.checkpoint import load_latest_checkpoint, read_trainer_state
 from metta.rl.functional_trainer import TrainingState, default_training_step, functional_training_loop
 from metta.rl.trainer_config import PPOConfig
 
@@ -62,3 +63,76 @@ def test_loop_errors_are_clear(tmp_path):
             tiny_config(), None, fresh_policy(), tiny_curriculum(), store, step_fn=stuck_step, num_envs=2,
             run_dir=tmp_path / "run", console=False,
         )  # fmt: skip
+
+
+def _files(directory) -> dict[str, bytes]:
+    return {name: (directory / name).read_bytes() for name in sorted(os.listdir(directory))}
+
+
+def test_a_second_call_on_one_run_dir_continues_from_the_first(tmp_path):
+    """Run twice on one directory: the second resumes the first's newest checkpoint (weights, optimizer, counters,
+    timer) and writes only later epochs; a third at the same total trains no further and rewrites nothing."""
+    run_dir, store = tmp_path / "run", policy_store(str(tmp_path / "store"))
+    ckpt_dir = run_dir / "checkpoints"
+    torch.manual_seed(0)
+    first = functional_training_loop(
+        tiny_config(total_timesteps=128), None, fresh_policy(), tiny_curriculum(), store, num_envs=2, run_dir=run_dir,
+        checkpoint_interval=1, console=False,
+    )  # fmt: skip
+    assert (first.agent_step, first.epoch) == (128, 2)
+    written = _files(ckpt_dir)
+    saved = read_policy_file(str(ckpt_dir / "model_0002.pt"))["state_dict"]
+    seen: list[tuple[int, int, bool]] = []
+
+    def watching_step(state, components, config, experience):
+        if not seen:  # the weights the second run starts from are the first run's last ones
+            current = components.collector.policy.state_dict()
+            same = all(torch.equal(current[k], v) for k, v in saved.items() if isinstance(v, torch.Tensor))
+            seen.append((state.agent_step, state.epoch, same))
+        return default_training_step(state, components, config, experience)
+
+    second = functional_training_loop(
+        tiny_config(total_timesteps=192), None, fresh_policy(), tiny_curriculum(), store, step_fn=watching_step,
+        num_envs=2, run_dir=run_dir, checkpoint_interval=1, console=False,
+    )  # fmt: skip
+    assert seen == [(128, 2, True)] and (second.agent_step, second.epoch) == (192, 3)
+    after = _files(ckpt_dir)
+    assert {k: after[k] for k in written} == written  # the first run's checkpoints are untouched
+    assert sorted(set(after) - set(written)) == ["model_0003.pt", "trainer_state_0003.ckpt"]
+    ckpt = load_latest_checkpoint(str(ckpt_dir))
+    first_ckpt = read_trainer_state(str(ckpt_dir / "trainer_state_0002.ckpt"))
+    assert ckpt.stopwatch_state["global"]["total_elapsed"] > first_ckpt.stopwatch_state["global"]["total_elapsed"]
+    assert ckpt.optimizer_state_dict["state"]  # Adam's moments, carried on from the first run
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+
+    third = functional_training_loop(
+        tiny_config(total_timesteps=192), None, fresh_policy(), tiny_curriculum(), store, num_envs=2, run_dir=run_dir,
+        checkpoint_interval=1, console=False,
+    )  # fmt: skip
+    assert (third.agent_step, third.epoch) == (192, 3) and _files(ckpt_dir) == after
+
+
+def test_a_run_directory_in_use_is_refused_and_a_killed_runs_extra_rows_are_dropped(tmp_path):
+    """The loop holds the run directory's lock (a second writer is refused before it touches anything) and, on
+    resume, drops metrics rows logged after the checkpoint it continues from."""
+    from metta.common.run_lock import RunLockError, acquire_run_lock
+
+    run_dir, store = tmp_path / "run", policy_store(str(tmp_path / "store"))
+    args = (tiny_config(total_timesteps=64), None, fresh_policy(), tiny_curriculum(), store)
+    functional_training_loop(*args, num_envs=2, run_dir=run_dir, console=False)
+    with (run_dir / "metrics.jsonl").open("a") as f:  # as if a killed run had logged epoch 2 but not saved it
+        f.write(json.dumps({"epoch": 2, "agent_step": 128}) + "\n")
+    held = acquire_run_lock(run_dir)
+    try:
+        with pytest.raises(RunLockError):
+            functional_training_loop(*args, num_envs=2, run_dir=run_dir, console=False)
+    finally:
+        held.release()
+    state = functional_training_loop(
+        tiny_config(total_timesteps=128), None, fresh_policy(), tiny_curriculum(), store, num_envs=2, run_dir=run_dir,
+        console=False,
+    )  # fmt: skip
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert state.epoch == 2 and [(r["epoch"], r["agent_step"]) for r in rows] == [(1, 64), (2, 128)]
+    assert "overview/sps" in rows[1]  # the re-trained epoch 2, not the killed run's row

@@ -1,11 +1,12 @@
 """``PPOOptimizer``: the PPO update as an object (seed 001), over ``train_ppo`` and ``compute_ppo_losses``.
 
-    ppo = PPOOptimizer(policy, optimizer, device, PPOConfig())     # or a TrainerConfig
+    ppo = PPOOptimizer(policy, optimizer, device, PPOConfig())     # or a TrainerConfig / TrainingConfig
     stats = ppo.update(experience, custom_loss_fns=[my_loss])     # {"policy_loss": ..., "custom/my_loss": ...}
-    parts = ppo.compute_ppo_loss(obs, actions, old_logprobs, advantages, returns, values)
+    policy_loss, value_loss, entropy_loss, total_loss, approx_kl, clipfrac = ppo.compute_ppo_loss(
+        obs, actions, old_logprobs, advantages, returns, values)  # a PPOLoss: also readable by name
 
 No loss formula lives here: ``update`` runs ``train_ppo`` (hence ``process_minibatch_update``) and
-``compute_ppo_loss`` runs the policy and hands the tensors to ``compute_ppo_losses``.
+``compute_ppo_loss`` runs ``minibatch_loss``, the function ``process_minibatch_update`` runs.
 """
 
 from __future__ import annotations
@@ -15,19 +16,19 @@ from typing import Any, Sequence
 import torch
 
 from metta.agent.policy_state import PolicyState
-from metta.rl.advantage import normalize_advantage_distributed
+from metta.rl.advantage import RowTail
 from metta.rl.experience import Experience
-from metta.rl.functional_trainer import as_metta_optimizer, train_ppo
-from metta.rl.losses import CustomLossFn, Losses, compute_ppo_losses
+from metta.rl.functional_trainer import as_metta_optimizer, resolve_trainer_config, train_ppo
+from metta.rl.losses import CustomLossFn, Losses, PPOLoss, minibatch_loss
 from metta.rl.trainer_config import PPOConfig, TrainerConfig
 
 
 class PPOOptimizer:
     """PPO updates of ``policy`` with ``optimizer`` (metta's ``Optimizer``).
 
-    ``config`` is a ``PPOConfig`` or a whole ``TrainerConfig``. With a ``PPOConfig`` the other update settings
-    (``update_epochs``, V-trace clips, prioritized replay) are ``TrainerConfig``'s defaults; pass a
-    ``TrainerConfig`` to set them. Minibatch sizes always come from the ``Experience``.
+    ``config`` is a ``PPOConfig``, a ``TrainerConfig`` or a ``TrainingConfig`` (its ``trainer`` is used). With a
+    ``PPOConfig`` the other update settings (``update_epochs``, V-trace clips, prioritized replay) are
+    ``TrainerConfig``'s defaults. Minibatch sizes always come from the ``Experience``.
     ``epoch`` counts update passes (as ``train_ppo`` does) and ``losses`` holds the last update's statistics.
     """
 
@@ -46,8 +47,7 @@ class PPOOptimizer:
             config = PPOConfig()
         if isinstance(config, PPOConfig):
             config = TrainerConfig(ppo=config)
-        if not isinstance(config, TrainerConfig):
-            raise TypeError(f"config is a {type(config).__name__}; pass a PPOConfig or a TrainerConfig")
+        config = resolve_trainer_config(config)  # a TrainerConfig, or a TrainingConfig's .trainer
         self.policy = policy
         self.optimizer = as_metta_optimizer(optimizer, policy, config.ppo.max_grad_norm)
         self.device = device
@@ -75,7 +75,7 @@ class PPOOptimizer:
         """
         if not isinstance(experience, Experience):
             raise TypeError(f"experience is a {type(experience).__name__}; pass the Experience a RolloutCollector filled")
-        if not experience.ready_for_training:
+        if not experience.full:
             raise ValueError("experience is not full; fill it first (RolloutCollector.collect() or rollout(...))")
         self.epoch = train_ppo(
             self.policy, self.optimizer, experience, self.device, self.losses, self.epoch, self.trainer_cfg,
@@ -91,31 +91,41 @@ class PPOOptimizer:
         advantages: torch.Tensor,
         returns: torch.Tensor,
         values: torch.Tensor,
+        *,
+        rewards: torch.Tensor | None = None,
+        dones: torch.Tensor | None = None,
+        tail: RowTail | None = None,
+        prio_weights: torch.Tensor | None = None,
         state: PolicyState | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """The PPO loss terms of the current policy on given data, without touching any buffer or optimizer.
+        agent_step: int = 0,
+    ) -> PPOLoss:
+        """The loss of the current policy on given data (``metta.rl.losses.minibatch_loss``, the function every
+        update runs), without touching any buffer or optimizer:
 
-        Shapes: ``obs [B, T, tokens, 3]``, ``actions [B, T, 2]`` and ``[B, T]`` for the rest (or ``obs [N, tokens,
-        3]`` with ``[N]``). ``state`` is the LSTM state the rows start from (default zeros). ``advantages`` are
-        normalized when ``norm_adv`` is set, as in the update. Returns ``policy_loss``, ``value_loss``,
-        ``entropy_loss`` (the mean entropy), ``total_loss`` (``policy - ent_coef * entropy + vf_coef * value``,
-        differentiable), ``approx_kl`` and ``clipfrac``.
+            policy_loss, value_loss, entropy_loss, total_loss, approx_kl, clipfrac = ppo.compute_ppo_loss(...)
+
+        Shapes: ``obs [B, T, tokens, 3]``, ``actions [B, T, 2]`` and ``[B, T]`` for the rest (or ``obs [N,
+        tokens, 3]`` with ``[N]``). ``total_loss`` holds every term of the update's loss, including L2-init and
+        the kickstarter's. With ``rewards`` and ``dones`` (``[B, T]``) the advantages are recomputed with V-trace
+        from the current ratios as in the update (``tail``: the steps after the rows, for rows of an Experience
+        ``experience.row_tail(indices, advantages)``); without them they are used as given. ``prio_weights``
+        (``[B, 1]``) scale the advantages as prioritized replay does; ``state`` is the LSTM state the rows start
+        from (default zeros).
         """
-        ppo = self.trainer_cfg.ppo
-        _, new_logprobs, entropy, new_values, _ = self.policy(obs, state or PolicyState(), action=actions)
-        new_logprobs = new_logprobs.view(old_logprobs.shape)
-        ratio = (new_logprobs - old_logprobs).exp()
-        adv = normalize_advantage_distributed(advantages, ppo.norm_adv)
-        pg_loss, v_loss, entropy_loss, approx_kl, clipfrac = compute_ppo_losses(
-            {"returns": returns, "values": values}, new_logprobs, entropy.view(old_logprobs.shape), new_values,
-            ratio, adv, self.trainer_cfg,
-        )  # fmt: skip
-        total = pg_loss - ppo.ent_coef * entropy_loss + ppo.vf_coef * v_loss
-        return {
-            "policy_loss": pg_loss,
-            "value_loss": v_loss,
-            "entropy_loss": entropy_loss,
-            "total_loss": total,
-            "approx_kl": approx_kl,
-            "clipfrac": clipfrac,
-        }
+        if (rewards is None) != (dones is None):
+            raise ValueError("pass both rewards and dones (the V-trace recompute needs both) or neither")
+        if rewards is not None and old_logprobs.dim() != 2:
+            raise ValueError(f"rewards/dones need [B, T] data; old_logprobs has shape {list(old_logprobs.shape)}")
+        state = state or PolicyState()
+        minibatch = {
+            "obs": obs, "actions": actions, "logprobs": old_logprobs, "values": values, "advantages": advantages,
+            "returns": returns, "lstm_h": state.lstm_h, "lstm_c": state.lstm_c,
+        }  # fmt: skip
+        if rewards is not None:
+            minibatch.update(rewards=rewards, dones=dones)
+        if prio_weights is not None:
+            minibatch["prio_weights"] = prio_weights
+        result = minibatch_loss(
+            self.policy, minibatch, self.trainer_cfg, self.kickstarter, agent_step, self.device, tail=tail
+        )
+        return result.loss

@@ -5,12 +5,20 @@
     checkpointer.save_trainer_state(agent_step, epoch, optimizer.state_dict(), run_dir)
     checkpoint = checkpointer.load_trainer_state(run_dir)          # None when there is none
     record = checkpointer.load_policy(checkpoint, env)             # the checkpoint's policy, or a new one
+    checkpoint = checkpointer.resume(policy, optimizer)            # restore a run in place (or None)
 
-The files are ``metta.rl.checkpoint``'s: ``model_XXXX.pt`` (PolicyStore's format) and
-``trainer_state_XXXX.ckpt`` (verified by sha256, pointing to its policy file by name), both written
-atomically, so a crash never leaves a state that cannot be loaded. The trainer state always lives next to its
-policy file in ``checkpoint_dir``; the ``run_dir`` arguments (the seed's signature) may be ``checkpoint_dir``
-itself or the directory that holds it. ``save(...)`` writes both files at once with ``save_checkpoint``.
+The files are ``metta.rl.checkpoint``'s, written by its two writers (``write_policy`` and
+``write_checkpoint_state``, the ones ``save_checkpoint`` and ``ensure_initial_policy`` use): ``model_XXXX.pt``
+(PolicyStore's format) and ``trainer_state_XXXX.ckpt`` (verified by sha256, pointing to its policy file by
+name), both written atomically, so a crash never leaves a state that cannot be loaded. The trainer state
+always lives next to its policy file in ``checkpoint_dir``; the ``run_dir`` arguments (the seed's signature)
+may be ``checkpoint_dir`` itself or the directory that holds it. ``save(...)`` writes both files at once with
+``save_checkpoint``.
+
+A trainer state is complete (optimizer, agent_step, epoch, RNG, curriculum, stopwatch, trainer config) when
+the checkpointer knows the run: ``TrainingCheckpointer(..., trainer_config=cfg, vecenv=env, stopwatch=timer)``
+(``create_training_components`` passes them). Without them the first save warns, naming what is missing
+(``metta.rl.checkpoint`` does, for every API that writes trainer states).
 """
 
 from __future__ import annotations
@@ -25,20 +33,17 @@ from metta.agent.metta_agent import MettaAgent, make_policy
 from metta.agent.policy_record import PolicyRecord
 from metta.agent.policy_store import PolicyStore
 from metta.common.distributed import is_master
-from metta.common.fs import fsync_dir, fsync_file, sha256_file
 from metta.rl.checkpoint import (
     DEFAULT_KEEP_LAST_N,
     CheckpointError,
     TrainerCheckpoint,
-    capture_rng_state,
     load_latest_checkpoint,
     policy_file_name,
-    prune_checkpoints,
+    restore_checkpoint,
     save_checkpoint,
-    trainer_state_file_name,
-    write_trainer_state,
+    write_checkpoint_state,
+    write_policy,
 )
-from metta.rl.policy_management import unwrap_agent
 
 
 class TrainingCheckpointer:
@@ -48,6 +53,10 @@ class TrainingCheckpointer:
         policy_store: PolicyStore,
         wandb_run: Any = None,
         keep_last_n: int | None = DEFAULT_KEEP_LAST_N,
+        *,
+        trainer_config: Any = None,
+        vecenv: Any = None,
+        stopwatch: Any = None,
     ):
         if not isinstance(checkpoint_dir, (str, os.PathLike)) or not os.fspath(checkpoint_dir):
             raise ValueError(f"checkpoint_dir={checkpoint_dir!r} must be a directory path, e.g. dirs.checkpoint_dir")
@@ -59,6 +68,10 @@ class TrainingCheckpointer:
         self.policy_store = policy_store
         self.wandb_run = wandb_run
         self.keep_last_n = keep_last_n
+        # What a trainer state records besides the counters and the optimizer (see the module docstring).
+        self.trainer_config = trainer_config
+        self.vecenv = vecenv
+        self.stopwatch = stopwatch
         # Uploads go through PolicyStore.add_to_wandb_run, the one upload implementation.
         if wandb_run is not None and policy_store.wandb_run is None:
             policy_store.wandb_run = wandb_run
@@ -77,15 +90,7 @@ class TrainingCheckpointer:
             raise TypeError(f"metadata is a {type(metadata).__name__}; pass a dict such as {{'agent_step': 1000}}")
         if not is_master():
             return None
-        os.makedirs(self.checkpoint_dir, exist_ok=True)
-        path = os.path.join(self.checkpoint_dir, policy_file_name(epoch))
-        record = self.policy_store.create_empty_policy_record(os.path.basename(path), override_path=path)
-        record.metadata = {**dict(metadata or {}), "epoch": int(epoch)}
-        record.policy = unwrap_agent(policy)
-        self.policy_store.save(record, path)
-        fsync_file(path)
-        fsync_dir(self.checkpoint_dir)
-        return record
+        return write_policy(self.checkpoint_dir, epoch, policy, self.policy_store, {**dict(metadata or {}), "epoch": int(epoch)})
 
     def save_trainer_state(
         self,
@@ -94,9 +99,16 @@ class TrainingCheckpointer:
         optimizer_state_dict: Mapping[str, Any] | None,
         run_dir: str | os.PathLike | None = None,
         extra_args: Mapping[str, Any] | None = None,
+        *,
+        trainer_config: Any = None,
+        vecenv: Any = None,
+        stopwatch: Any = None,
     ) -> str | None:
         """Write ``trainer_state_{epoch:04d}.ckpt`` for the policy ``save_policy`` wrote for ``epoch``; returns
-        its path (None on ranks > 0). Older checkpoints beyond ``keep_last_n`` are pruned afterwards."""
+        its path (None on ranks > 0). Older checkpoints beyond ``keep_last_n`` are pruned afterwards.
+
+        The state also holds the RNG states and, from the arguments or else the checkpointer's own, the trainer
+        config, the curriculum state of ``vecenv`` and the ``stopwatch``."""
         _check_count("agent_step", agent_step)
         _check_count("epoch", epoch)
         if optimizer_state_dict is not None and not isinstance(optimizer_state_dict, Mapping):
@@ -104,25 +116,20 @@ class TrainingCheckpointer:
         self._check_run_dir(run_dir)
         if not is_master():
             return None
-        policy_path = os.path.join(self.checkpoint_dir, policy_file_name(epoch))
-        if not os.path.isfile(policy_path):
-            raise ValueError(
-                f"no policy file {policy_path} for epoch {epoch}: call save_policy(policy, {epoch}, metadata) before "
-                "save_trainer_state, so the state can point to it"
-            )
-        state_path = os.path.join(self.checkpoint_dir, trainer_state_file_name(epoch))
-        ckpt = TrainerCheckpoint(
-            agent_step=int(agent_step),
-            epoch=int(epoch),
-            optimizer_state_dict=dict(optimizer_state_dict) if optimizer_state_dict is not None else None,
-            policy_path=policy_path,
-            policy_sha256=sha256_file(policy_path),
-            rng_state=capture_rng_state(),
-            extra_args=dict(extra_args or {}),
-        )
-        write_trainer_state(state_path, ckpt)
-        prune_checkpoints(self.checkpoint_dir, self.keep_last_n, current_epoch=epoch)
-        return state_path
+        context = self._context(trainer_config, vecenv, stopwatch)
+        ckpt = write_checkpoint_state(
+            self.checkpoint_dir, epoch=epoch, agent_step=agent_step, optimizer=optimizer_state_dict,
+            extra_args=extra_args, keep_last_n=self.keep_last_n, **context,
+        )  # fmt: skip
+        return ckpt.path
+
+    def _context(self, trainer_config: Any, vecenv: Any, stopwatch: Any) -> dict[str, Any]:
+        """What a trainer state records besides counters and optimizer: the arguments, else the checkpointer's."""
+        return {
+            "trainer_config": trainer_config if trainer_config is not None else self.trainer_config,
+            "vecenv": vecenv if vecenv is not None else self.vecenv,
+            "stopwatch": stopwatch if stopwatch is not None else self.stopwatch,
+        }
 
     def save(
         self,
@@ -137,12 +144,12 @@ class TrainingCheckpointer:
         metadata: Mapping[str, Any] | None = None,
         final: bool = False,
     ) -> PolicyRecord | None:
-        """Policy and trainer state in one call (``metta.rl.checkpoint.save_checkpoint``, which also stores the
-        curriculum state of ``vecenv``, the stopwatch and the trainer config)."""
+        """Policy and trainer state in one call (``metta.rl.checkpoint.save_checkpoint``); the trainer config,
+        ``vecenv`` and ``stopwatch`` default to the checkpointer's own."""
         return save_checkpoint(
             self.checkpoint_dir, epoch=epoch, agent_step=agent_step, agent=policy, optimizer=optimizer,
-            policy_store=self.policy_store, trainer_config=trainer_config, vecenv=vecenv, stopwatch=stopwatch,
-            keep_last_n=self.keep_last_n, final=final, metadata=metadata,
+            policy_store=self.policy_store, keep_last_n=self.keep_last_n, final=final, metadata=metadata,
+            **self._context(trainer_config, vecenv, stopwatch),
         )  # fmt: skip
 
     def upload_policy(self, record: PolicyRecord, name: str | None = None) -> str:
@@ -157,6 +164,17 @@ class TrainingCheckpointer:
         """The newest verified checkpoint (corrupt ones are skipped with a warning), or None when there is none."""
         self._check_run_dir(run_dir)
         return load_latest_checkpoint(self.checkpoint_dir)
+
+    def resume(self, policy: torch.nn.Module, optimizer: Any = None) -> TrainerCheckpoint | None:
+        """Continue a run: the newest good checkpoint restored into ``policy`` (weights, in place), ``optimizer``,
+        the checkpointer's ``vecenv`` (curriculum) and ``stopwatch``, and the RNG states, as run.py resumes;
+        returns it (its ``agent_step`` and ``epoch`` are where to continue), or None when there is none."""
+        if not isinstance(policy, torch.nn.Module):
+            raise TypeError(f"policy is a {type(policy).__name__}; pass the agent (an nn.Module)")
+        ckpt = load_latest_checkpoint(self.checkpoint_dir)
+        if ckpt is not None:
+            restore_checkpoint(ckpt, policy, optimizer, vecenv=self.vecenv, stopwatch=self.stopwatch)
+        return ckpt
 
     def load_policy(self, checkpoint: TrainerCheckpoint | None, env: Any) -> PolicyRecord:
         """The record of ``checkpoint``'s policy, loaded and bound to ``env``; with no checkpoint (None, or one
