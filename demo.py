@@ -30,7 +30,7 @@ from metta.rl.functional_trainer import rollout, train_ppo
 from metta.rl.losses import Losses
 from metta.rl.optimizer import Optimizer
 from metta.rl.trainer_config import PPOConfig, TrainerConfig
-from metta.rl.vecenv import make_vecenv
+from metta.mettagrid.vecenv import make_vecenv
 from metta.train.train_config import load_yaml_config
 
 

@@ -176,11 +176,7 @@ def main() -> None:
     if is_master:
         Path(dirs.run_dir, "run_config.json").write_text(resolved.model_dump_json(indent=2, by_alias=True))
     agent = Agent(env, config=cfg.agent, device=str(device))
-    policy_store = PolicyStore(
-        {"device": str(device), "policy_cache_size": 10, "run": dirs.run_name, "run_dir": dirs.run_dir,
-         "trainer": {"checkpoint": {"checkpoint_dir": checkpoint_dir}}},
-        wandb_run=None,
-    )  # fmt: skip
+    policy_store = PolicyStore(device=str(device), checkpoint_dir=checkpoint_dir, run_name=dirs.run_name, run_dir=dirs.run_dir)
     opt = trainer_cfg.optimizer
     optimizer = Optimizer(
         opt.type, agent, learning_rate=opt.learning_rate, betas=(opt.beta1, opt.beta2), eps=opt.eps,

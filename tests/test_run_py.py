@@ -109,6 +109,8 @@ def test_smoke_run_writes_run_directory(base_run: Path):
     assert [r["agent_step"] for r in rows] == [1024, 2048, 3072]
     for row in rows:
         assert row["overview/sps"] > 0
+        doubled = [k for k in row if "/" in k and k.split("/")[0] == k.split("/")[1]]
+        assert not doubled, f"metric keys with a doubled prefix: {doubled}"
     states = list_trainer_states(str(base_run / "checkpoints"))
     assert [epoch for epoch, _ in states] == [3, 2, 1]
     ckpt = load_latest_checkpoint(str(base_run / "checkpoints"))

@@ -141,21 +141,46 @@ def _cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
 class PolicyStore:
     """Policies on disk (and in W&B) behind URIs, with an LRU cache of loaded records.
 
-    ``cfg`` (dict or DictConfig): ``device``, ``policy_cache_size``, ``trainer.checkpoint.checkpoint_dir``,
-    optional ``run``, ``run_dir``, ``wandb.entity``, ``wandb.project``. An explicit ``policy_cache_size``
-    argument overrides the config's (default 10).
+        store = PolicyStore(checkpoint_dir=dirs.checkpoint_dir, device="cpu", run_name=dirs.run_name)
+        store = PolicyStore({"device": "cpu", "trainer": {"checkpoint": {"checkpoint_dir": ...}}})  # seeds' form
+
+    Typed keywords: ``device`` (default "cpu"), ``checkpoint_dir`` (where new policies are placed),
+    ``run_name``, ``run_dir``, ``wandb_entity``, ``wandb_project`` (for ``wandb://run/...`` uris),
+    ``policy_cache_size`` (default 10), ``wandb_run`` (for uploads). The upstream form passes a dict or
+    DictConfig ``cfg`` with ``device``, ``policy_cache_size``, ``trainer.checkpoint.checkpoint_dir``, ``run``,
+    ``run_dir``, ``wandb.entity`` and ``wandb.project``; a keyword given as well overrides the config's value.
     """
 
-    def __init__(self, cfg: Any, wandb_run: Any = None, policy_cache_size: int | None = None):
+    def __init__(
+        self,
+        cfg: Any = None,
+        wandb_run: Any = None,
+        policy_cache_size: int | None = None,
+        *,
+        device: str | None = None,
+        checkpoint_dir: str | None = None,
+        run_name: str | None = None,
+        run_dir: str | None = None,
+        wandb_entity: str | None = None,
+        wandb_project: str | None = None,
+    ):
+        if cfg is not None and not hasattr(cfg, "__getitem__") and not hasattr(cfg, "__getattr__"):
+            raise TypeError(f"cfg is a {type(cfg).__name__}; pass a dict or DictConfig, or use the keyword arguments")
         self.cfg = cfg
-        self.device = str(_cfg_get(cfg, "device", "cpu"))
-        self.checkpoint_dir: str | None = _cfg_get(cfg, "trainer.checkpoint.checkpoint_dir")
-        self.run_name: str | None = _cfg_get(cfg, "run")
-        self.run_dir: str | None = _cfg_get(cfg, "run_dir")
-        self.wandb_entity: str | None = _cfg_get(cfg, "wandb.entity")
-        self.wandb_project: str | None = _cfg_get(cfg, "wandb.project")
+
+        def pick(value: Any, key: str, default: Any = None) -> Any:
+            return value if value is not None else _cfg_get(cfg, key, default)
+
+        self.device = str(pick(device, "device", "cpu"))
+        self.checkpoint_dir: str | None = pick(checkpoint_dir, "trainer.checkpoint.checkpoint_dir")
+        self.run_name: str | None = pick(run_name, "run")
+        self.run_dir: str | None = pick(run_dir, "run_dir")
+        self.wandb_entity: str | None = pick(wandb_entity, "wandb.entity")
+        self.wandb_project: str | None = pick(wandb_project, "wandb.project")
         self.wandb_run = wandb_run
-        size = policy_cache_size if policy_cache_size is not None else int(_cfg_get(cfg, "policy_cache_size", 10))
+        size = int(pick(policy_cache_size, "policy_cache_size", 10))
+        if size < 1:
+            raise ValueError(f"policy_cache_size={size} must be >= 1")
         self._cache = PolicyCache(size)
 
     # ------------------------------------------------------------------------------------------------

@@ -30,6 +30,11 @@ def is_master() -> bool:
     return get_rank() == 0
 
 
+def unwrap_agent(agent: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a ``DistributedDataParallel`` wrapper (or the module itself)."""
+    return getattr(agent, "module", agent)
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()

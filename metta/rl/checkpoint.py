@@ -38,10 +38,9 @@ import torch
 
 from metta.agent.policy_record import PolicyRecord
 from metta.agent.policy_store import PolicyFileError, PolicyStore, read_policy_file
-from metta.common.distributed import barrier, is_distributed, is_master
+from metta.common.distributed import barrier, is_distributed, is_master, unwrap_agent
 from metta.common.fault_points import fault_point
 from metta.common.fs import atomic_write_bytes, fsync_dir, fsync_file, remove_stale_temp_files, sha256_bytes, sha256_file
-from metta.rl.policy_management import unwrap_agent
 
 logger = logging.getLogger(__name__)
 

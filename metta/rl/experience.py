@@ -70,6 +70,7 @@ import numpy as np
 import torch
 
 from metta.rl.advantage import RowTail, compute_advantage
+from metta.mettagrid.vecenv import calculate_batch_sizes  # noqa: F401 - upstream's import path
 from metta.rl.host_transfer import ActionDownload, HostUpload
 from metta.rl.trainer_config import TrainerConfig
 
@@ -571,21 +572,6 @@ def make_experience(vecenv: Any, policy: Any, trainer_cfg: Any, device: torch.de
         num_lstm_layers=policy.core_num_layers,
         agents_per_batch=getattr(vecenv, "agents_per_batch", None),
     )
-
-
-def calculate_batch_sizes(
-    forward_pass_minibatch_target_size: int, num_agents: int, num_workers: int, async_factor: int
-) -> tuple[int, int, int]:
-    """``(target envs per batch, envs per recv, total envs)`` from a target of agents per forward pass.
-
-    ``num_agents`` is agents per env. The envs per recv are rounded down to a multiple of ``num_workers``
-    (at least ``num_workers``) and ``num_envs = batch_size * async_factor``.
-    """
-    target = forward_pass_minibatch_target_size // num_agents
-    if target < max(2, num_workers):
-        target = num_workers
-    batch_size = max(1, target // num_workers) * num_workers
-    return target, batch_size, batch_size * async_factor
 
 
 def calculate_anneal_beta(epoch: int, total_timesteps: int, batch_size: int, prio_alpha: float, prio_beta0: float) -> float:

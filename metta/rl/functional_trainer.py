@@ -1,23 +1,17 @@
-"""The training loop as plain functions (seeds 000 and 001).
-
-Two functions are the loop itself: ``rollout()`` fills the buffer, ``train_ppo()`` learns.
-
-    while agent_step < trainer_cfg.total_timesteps:
-        agent_step, stats = rollout(policy, vecenv, experience, device, agent_step, timer)
-        epoch = train_ppo(policy, optimizer, experience, device, losses, epoch, trainer_cfg, agent_step=agent_step)
-
-Both are thin: the step of a rollout is ``perform_rollout_step`` and the loss of a minibatch is
-``process_minibatch_update``, the same functions ``run.py`` calls.
-
-On top of them, seed 001's loop over the components of ``metta.rl.components``:
+"""Seed 001's training loop over the components, and seed 000's two functions under their import path.
 
     state = functional_training_loop(trainer_config, ppo_config, policy, curriculum, policy_store,
                                      step_fn=None, custom_losses=[curiosity_loss], run_dir="train_dir/x")
 
-``create_training_components`` builds the components, ``resume_training_state`` restores the newest good
-checkpoint of their directory (or starts fresh), ``default_training_step`` is one rollout and one update
-through them, and ``TrainingState`` carries the counters; a custom ``step_fn(state, components, config,
-experience) -> metrics`` replaces the default step.
+``create_training_components`` builds the components (``metta.rl.components``), ``default_training_step`` is
+one rollout and one update through them, and ``TrainingState`` carries the counters; a custom
+``step_fn(state, components, config, experience) -> metrics`` replaces the default step. The loop keeps
+run.py's rules: periodic tasks fire when the epoch counter crosses a multiple of their interval
+(``metta.rl.intervals``), the last iteration checkpoints and evaluates, a run directory resumes from its
+newest good checkpoint, and one process at a time trains into it.
+
+``rollout()`` and ``train_ppo()`` live in ``metta.rl.training`` (the loop's two functions, which run.py and the
+components call too); seed 000 imports them from here.
 """
 
 from __future__ import annotations
@@ -29,134 +23,31 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import torch
 
-from metta.common.distributed import get_world_size
-from metta.rl.advantage import compute_advantage
-from metta.rl.epoch_metrics import epoch_metrics
-from metta.rl.experience import Experience, calculate_anneal_beta
+from metta.common.profiling.stopwatch import Stopwatch
+from metta.common.run_lock import acquire_run_lock
+from metta.mettagrid.vecenv import make_vecenv
+from metta.rl.components import PolicyEvaluator, PPOOptimizer, RolloutCollector, StatsLogger, TrainingCheckpointer
+from metta.rl.epoch_metrics import epoch_metrics, interval_metrics
+from metta.rl.experience import Experience, make_experience
 from metta.rl.intervals import crossed
-from metta.rl.losses import (
-    CustomLossFn,
-    Losses,
-    compute_explained_variance,
-    process_minibatch_update,
-    should_stop_early,
-)
-from metta.rl.optimizer import Optimizer, apply_lr_schedule
-from metta.rl.rollout import _timed, perform_rollout_step
-from metta.stats import accumulate_rollout_stats
+from metta.rl.losses import CustomLossFn, custom_loss_names
+from metta.rl.optimizer import Optimizer
+from metta.rl.trainer_config import resolve_trainer_config
+from metta.rl.training import as_metta_optimizer, rollout, train_ppo
 
 if TYPE_CHECKING:
     from metta.agent.policy_record import PolicyRecord
     from metta.agent.policy_store import PolicyStore
-    from metta.rl.components import PolicyEvaluator, PPOOptimizer, RolloutCollector, StatsLogger, TrainingCheckpointer
     from metta.rl.trainer_config import PPOConfig, TrainerConfig
     from metta.sim.simulation_config import SimulationSuiteConfig
 
-
-def rollout(
-    policy: torch.nn.Module,
-    vecenv: Any,
-    experience: Experience,
-    device: torch.device | str,
-    agent_step: int,
-    timer: Any = None,
-    world_size: int | None = None,
-) -> tuple[int, dict[str, list]]:
-    """Collect steps until ``experience`` is full. Returns the new ``agent_step`` and the episodes' stats
-    (``{key: [value per finished episode]}``, keys flattened with "/").
-
-    ``agent_step`` counts the steps of every rank: each step adds ``num_steps * world_size`` (default: the
-    torch.distributed world size, 1 without it), since every rank collects as many.
-    """
-    if world_size is None:
-        world_size = get_world_size()
-    experience.reset_for_rollout()
-    raw_infos: list[dict] = []
-    with _timed(timer, "_rollout"):
-        while not experience.ready_for_training:
-            num_steps, infos = perform_rollout_step(policy, vecenv, experience, device, timer)
-            agent_step += num_steps * world_size
-            if infos:
-                raw_infos.extend(infos)
-    stats: dict[str, list] = {}
-    accumulate_rollout_stats(raw_infos, stats)
-    return agent_step, stats
+__all__ = [
+    "TrainingState", "TrainingComponents", "create_training_components", "resume_training_state",
+    "default_training_step", "functional_training_loop", "resolve_trainer_config", "rollout", "train_ppo",
+    "as_metta_optimizer",
+]  # fmt: skip
 
 
-def train_ppo(
-    policy: torch.nn.Module,
-    optimizer: Any,
-    experience: Experience,
-    device: torch.device | str,
-    losses: Losses,
-    epoch: int,
-    trainer_cfg: Any,
-    kickstarter: Any = None,
-    agent_step: int = 0,
-    timer: Any = None,
-    custom_loss_fns: Sequence[CustomLossFn] | None = None,
-    batch_start_step: int | None = None,
-) -> int:
-    """PPO on the full buffer: advantages once, then ``update_epochs`` passes over its minibatches.
-
-    Returns the new epoch (one per update pass, as upstream counts; fewer when ``target_kl`` stops early).
-    ``losses`` holds the means afterwards. ``custom_loss_fns`` are added to every minibatch's loss (see
-    ``metta.rl.losses``). The learning rate follows ``trainer_cfg.lr_scheduler`` at ``batch_start_step``, the
-    agent step at which this batch's rollout began (default: ``agent_step`` minus one batch of every rank).
-    """
-    ppo = trainer_cfg.ppo
-    optimizer = as_metta_optimizer(optimizer, policy, ppo.max_grad_norm)
-    prio = trainer_cfg.prioritized_experience_replay
-    if batch_start_step is None:
-        batch_start_step = max(agent_step - experience.batch_size * get_world_size(), 0)
-    apply_lr_schedule(optimizer, trainer_cfg, batch_start_step)
-    with _timed(timer, "_train"):
-        losses.zero()
-        experience.reset_importance_sampling_ratios()
-        anneal_beta = calculate_anneal_beta(
-            epoch, trainer_cfg.total_timesteps, trainer_cfg.batch_size, prio.prio_alpha, prio.prio_beta0
-        )
-        with _timed(timer, "_train.advantage"):
-            advantages = torch.zeros_like(experience.values)
-            compute_advantage(
-                experience.values, experience.rewards, experience.dones, torch.ones_like(experience.values),
-                advantages, ppo.gamma, ppo.gae_lambda, trainer_cfg.vtrace.vtrace_rho_clip,
-                trainer_cfg.vtrace.vtrace_c_clip, device, next_rows=experience.next_rows,
-            )  # fmt: skip
-        for _ in range(trainer_cfg.update_epochs):
-            for minibatch in experience.iter_minibatches(advantages, prio.prio_alpha, anneal_beta):
-                with _timed(timer, "_train.learn"):
-                    loss = process_minibatch_update(
-                        policy, experience, minibatch, advantages, trainer_cfg, kickstarter, agent_step, losses, device,
-                        custom_loss_fns,
-                    )
-                    optimizer.step(loss, epoch, experience.accumulate_minibatches)
-            epoch += 1
-            if should_stop_early(losses, ppo.target_kl):
-                break
-        if timer is not None and torch.device(device).type == "cuda":
-            with _timed(timer, "_train.learn"):  # the device finishes the update inside the learn phase's time
-                torch.cuda.synchronize(device)
-        losses.explained_variance = compute_explained_variance(experience.values, advantages)
-    return epoch
-
-
-def as_metta_optimizer(optimizer: Any, policy: torch.nn.Module, max_grad_norm: float) -> Any:
-    """The optimizer ``train_ppo`` steps: a plain torch optimizer (seed 000 passes ``torch.optim.Adam``) gets
-    metta's ``step(loss, epoch, accumulate_steps)`` via ``Optimizer.wrap``; anything else must have that step."""
-    if isinstance(optimizer, torch.optim.Optimizer):
-        return Optimizer.wrap(optimizer, policy, max_grad_norm)
-    if not callable(getattr(optimizer, "step", None)):
-        raise TypeError(
-            f"optimizer is a {type(optimizer).__name__}; train_ppo needs metta's Optimizer (step(loss, epoch, "
-            "accumulate_steps) does backward, clipping and the step) or a torch.optim.Optimizer: "
-            "Optimizer('adam', policy, learning_rate=3e-4)"
-        )
-    return optimizer
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Seed 001: the loop over components
 @dataclass
 class TrainingState:
     """The counters of a run; ``metrics`` are the last step's, ``policy_record`` the last saved policy."""
@@ -192,27 +83,6 @@ class TrainingComponents:
 StepFn = Callable[[TrainingState, TrainingComponents, "TrainerConfig", Experience], Mapping[str, float]]
 
 
-def resolve_trainer_config(config: Any, ppo_config: "PPOConfig | None" = None) -> "TrainerConfig":
-    """``config`` as a TrainerConfig with ``ppo_config`` (when given) as its ``ppo`` section.
-
-    ``config`` may be a TrainerConfig or any object with a TrainerConfig in ``.trainer`` (a training config).
-    """
-    from metta.rl.trainer_config import PPOConfig, TrainerConfig
-
-    if not isinstance(config, TrainerConfig) and isinstance(getattr(config, "trainer", None), TrainerConfig):
-        config = config.trainer
-    if not isinstance(config, TrainerConfig):
-        raise TypeError(
-            f"config is a {type(config).__name__}; pass a TrainerConfig (metta.rl.trainer_config) or a TrainingConfig "
-            "(metta.train.train_config)"
-        )
-    if ppo_config is None:
-        return config
-    if not isinstance(ppo_config, PPOConfig):
-        raise TypeError(f"ppo_config is a {type(ppo_config).__name__}; pass a PPOConfig or None (use config.ppo)")
-    return config.model_copy(update={"ppo": ppo_config})
-
-
 def _run_dirs(config: "TrainerConfig", run_dir: str | os.PathLike | None) -> tuple[str, str]:
     """``(run_dir, checkpoint_dir)``: checkpoints under ``run_dir`` when it is given, else the config's folder."""
     if run_dir is None:
@@ -246,9 +116,6 @@ def create_training_components(
     Metrics go to ``{run_dir}/metrics.jsonl`` and checkpoints to ``{run_dir}/checkpoints`` (``run_dir``
     defaults to the folder above ``config.checkpoint.checkpoint_dir``, which is then used as is).
     """
-    from metta.rl.components import PolicyEvaluator, PPOOptimizer, RolloutCollector, StatsLogger, TrainingCheckpointer
-    from metta.rl.losses import custom_loss_names
-
     trainer_cfg = resolve_trainer_config(config, ppo_config)
     losses = list(custom_loss_fns or [])
     custom_loss_names(losses)  # a non-callable is reported now, not at the first minibatch
@@ -357,11 +224,6 @@ def functional_training_loop(
     run directory's lock (``metta.common.run_lock``): another process training into the same directory gets a
     ``RunLockError`` instead of writing over this one's files.
     """
-    from metta.common.profiling.stopwatch import Stopwatch
-    from metta.common.run_lock import acquire_run_lock
-    from metta.rl.experience import make_experience
-    from metta.rl.vecenv import make_vecenv
-
     trainer_cfg = resolve_trainer_config(config, ppo_config)
     if not isinstance(policy, torch.nn.Module):
         raise TypeError(f"policy is a {type(policy).__name__}; pass the agent (an nn.Module), e.g. Agent(env)")
@@ -408,26 +270,30 @@ def functional_training_loop(
                 f"batch {trainer_cfg.batch_size}, run dir {components.run_dir}{resumed}",
                 flush=True,
             )
-        saved_epoch = evaluated_epoch = None
         while state.agent_step < trainer_cfg.total_timesteps:
             steps_before, epoch_before = state.agent_step, state.epoch
+            components.optimizer.record_grad_stats = crossed(
+                trainer_cfg.grad_mean_variance_interval, state.epoch, state.epoch + trainer_cfg.update_epochs
+            )
             metrics = step(state, components, trainer_cfg, experience)
             if not isinstance(metrics, Mapping):
                 raise TypeError(f"step_fn returned a {type(metrics).__name__}; it must return a dict of metrics")
             if state.agent_step <= steps_before:
                 raise RuntimeError("step_fn did not advance state.agent_step; add the steps it collected, or the loop never ends")
-            components.stats_logger.log(state.epoch, state.agent_step, dict(metrics))
-            if crossed(checkpoint_interval, epoch_before, state.epoch):
-                _save(state, components)
-                saved_epoch = state.epoch
-            if components.evaluator is not None and crossed(evaluate_interval, epoch_before, state.epoch):
-                _evaluate(state, components, policy)
-                evaluated_epoch = state.epoch
+            # As run.py: tasks at their intervals, the last iteration evaluates and checkpoints, the row goes
+            # before the checkpoint.
+            metrics = {**metrics, **interval_metrics(policy, components.optimizer, trainer_cfg, epoch_before, state.epoch)}
+            last = state.agent_step >= trainer_cfg.total_timesteps
+            if components.evaluator is not None and (last or crossed(evaluate_interval, epoch_before, state.epoch)):
+                state.eval_scores = components.evaluator.evaluate(policy)
+                metrics.update({f"eval/{k}": v for k, v in state.eval_scores.items()})
+            components.stats_logger.log(state.epoch, state.agent_step, metrics)
+            if last or crossed(checkpoint_interval, epoch_before, state.epoch):
+                _save(state, components, final=last)
+            agent = getattr(policy, "module", policy)
+            if crossed(getattr(getattr(agent, "config", None), "l2_init_weight_update_interval", 0), epoch_before, state.epoch):
+                agent.update_l2_init_weight_copy()
         timer.stop()
-        if saved_epoch != state.epoch:  # the final checkpoint and evaluation never repeat the last ones
-            _save(state, components, final=True)
-        if components.evaluator is not None and evaluated_epoch != state.epoch:
-            _evaluate(state, components, policy)
         if console:
             elapsed = time.time() - state.start_time
             print(f"done: epoch {state.epoch}, {state.agent_step:,} agent steps in {elapsed:.1f} s", flush=True)
@@ -446,9 +312,3 @@ def _save(state: TrainingState, components: TrainingComponents, final: bool = Fa
     )  # fmt: skip
     if record is not None:
         state.policy_record = record
-
-
-def _evaluate(state: TrainingState, components: TrainingComponents, policy: torch.nn.Module) -> None:
-    assert components.evaluator is not None
-    state.eval_scores = components.evaluator.evaluate(policy)
-    components.stats_logger.log(state.epoch, state.agent_step, {f"eval/{k}": v for k, v in state.eval_scores.items()})

@@ -1,4 +1,5 @@
-"""Wrapping the agent for distributed training; pruning checkpoints; checking a policy fits an environment."""
+"""Wrapping the agent for distributed training (``unwrap_agent`` lives in ``metta.common.distributed``); pruning
+checkpoints; compiling the policy; checking a policy fits an environment."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from typing import Any
 
 import torch
 
-from metta.common.distributed import DistributedSetup, is_distributed
+from metta.common.distributed import DistributedSetup, is_distributed, unwrap_agent
+from metta.rl.checkpoint import prune_checkpoints
 
 
 def wrap_agent_distributed(agent: torch.nn.Module, device: torch.device | str | DistributedSetup) -> torch.nn.Module:
@@ -48,19 +50,12 @@ def compile_policy(agent: torch.nn.Module, mode: str = "default") -> torch.nn.Mo
     return agent
 
 
-def unwrap_agent(agent: torch.nn.Module) -> torch.nn.Module:
-    """The agent inside a DDP wrapper (or the agent itself)."""
-    return getattr(agent, "module", agent)
-
-
 def cleanup_old_policies(checkpoint_dir: str, keep_last_n: int = 5) -> list[str]:
     """Delete all but the newest ``keep_last_n`` checkpoints (policy + trainer state); returns what was deleted.
 
     Upstream's version globbed ``policy_*.pt`` while files are named ``model_XXXX.pt``, so it never deleted
     anything; this one is ``metta.rl.checkpoint.prune_checkpoints``.
     """
-    from metta.rl.checkpoint import prune_checkpoints  # checkpoint imports this module
-
     return prune_checkpoints(checkpoint_dir, keep_last_n)
 
 

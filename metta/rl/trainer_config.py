@@ -319,3 +319,22 @@ def create_trainer_config(
         data.setdefault("simulation", {}).setdefault("replay_dir", str(run_dir / "replays"))
         data.setdefault("profiler", {}).setdefault("profile_dir", str(run_dir / "torch_traces"))
     return TrainerConfig.from_dict(data)
+
+
+def resolve_trainer_config(config: Any, ppo_config: "PPOConfig | None" = None) -> "TrainerConfig":
+    """``config`` as a TrainerConfig with ``ppo_config`` (when given) as its ``ppo`` section.
+
+    ``config`` may be a TrainerConfig or any object with a TrainerConfig in ``.trainer`` (a training config).
+    """
+    if not isinstance(config, TrainerConfig) and isinstance(getattr(config, "trainer", None), TrainerConfig):
+        config = config.trainer
+    if not isinstance(config, TrainerConfig):
+        raise TypeError(
+            f"config is a {type(config).__name__}; pass a TrainerConfig (metta.rl.trainer_config) or a TrainingConfig "
+            "(metta.train.train_config)"
+        )
+    if ppo_config is None:
+        return config
+    if not isinstance(ppo_config, PPOConfig):
+        raise TypeError(f"ppo_config is a {type(ppo_config).__name__}; pass a PPOConfig or None (use config.ppo)")
+    return config.model_copy(update={"ppo": ppo_config})

@@ -51,7 +51,7 @@ from metta.agent.policy_state import PolicyState
 from metta.mettagrid.config import MettaGridConfig
 from metta.mettagrid.curriculum.loader import curriculum_from_any
 from metta.mettagrid.replay import ReplayWriter
-from metta.rl.vecenv import VECTORIZATIONS, VecEnv, make_vecenv
+from metta.mettagrid.vecenv import VECTORIZATIONS, VecEnv, make_vecenv
 from metta.sim.simulation_config import SimulationSuiteConfig, SingleEnvSimulationConfig
 
 logger = logging.getLogger(__name__)

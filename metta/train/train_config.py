@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from metta.agent.agent_config import AgentConfig, fast_agent_config
 from metta.common.fs import atomic_write_text
 from metta.rl.trainer_config import TrainerConfig, cpu_learning_settings
-from metta.rl.vecenv import check_layout
+from metta.mettagrid.vecenv import check_layout
 
 __all__ = [
     "ConfigFileError",

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 from metta.common.config_cli import ConfigCliError, parse_config
 from metta.interface import Environment
 from metta.mettagrid import MettaGridConfig, MettaGridEnv
-from metta.rl.vecenv import make_vecenv
+from metta.mettagrid.vecenv import make_vecenv
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from metta.interface import Environment
-from metta.rl.vecenv import DEFAULT_WORKER_TIMEOUT_S, WorkerError, make_vecenv
+from metta.mettagrid.vecenv import DEFAULT_WORKER_TIMEOUT_S, WorkerError, make_vecenv
 
 pytestmark = pytest.mark.timeout(120)  # a regression here is a hang: fail it instead of stalling the suite
 

@@ -12,7 +12,7 @@ from metta.interface.environment import default_env_config
 from metta.mettagrid.curriculum.core import SingleTaskCurriculum
 from metta.rl.optimizer import Optimizer
 from metta.rl.trainer_config import TrainerConfig
-from metta.rl.vecenv import make_vecenv
+from metta.mettagrid.vecenv import make_vecenv
 
 NUM_ENVS = 2
 ENV_SEED = 5

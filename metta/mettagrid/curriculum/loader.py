@@ -21,6 +21,7 @@ from metta.mettagrid.config_loader import (
     resolve_config_path,
 )
 from metta.mettagrid.curriculum.core import Curriculum, SingleTaskCurriculum
+from metta.mettagrid.default_env import DEFAULT_HEIGHT, DEFAULT_NUM_AGENTS, DEFAULT_WIDTH, apply_size_overrides, default_env_config
 
 _ALLOWED_PREFIX = "metta.mettagrid.curriculum."
 
@@ -107,3 +108,40 @@ def curriculum_from_any(
         f"expected a Curriculum, a MettaGridConfig, a dict or a config path, got {type(x).__name__}; "
         "for example curriculum_from_any('/env/mettagrid/curriculum/navigation/bucketed')"
     )
+
+
+def build_curriculum(
+    curriculum_path: str | None, env_config: Any, num_agents: int | None, width: int | None, height: int | None
+) -> Curriculum:
+    """The curriculum ``metta.interface.Environment`` trains on: ``curriculum_path`` (with ``env_config`` a mapping
+    of overrides for every task, and ``num_agents``), else ``env_config`` as one task (resized by ``num_agents``,
+    ``width``, ``height``), else the default navigation env of that size."""
+    for name, value in (("num_agents", num_agents), ("width", width), ("height", height)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name}={value!r} is not allowed; use a positive integer, or None for the env's own {name}")
+    if curriculum_path is None:
+        if env_config is None:
+            cfg = default_env_config(
+                DEFAULT_NUM_AGENTS if num_agents is None else num_agents,
+                DEFAULT_WIDTH if width is None else width,
+                DEFAULT_HEIGHT if height is None else height,
+            )
+            return SingleTaskCurriculum("default_navigation", cfg)
+        cfg = apply_size_overrides(MettaGridConfig.from_any(env_config), num_agents, width, height)
+        return SingleTaskCurriculum(cfg.label or "custom_env", cfg)
+
+    # With a curriculum path, env_config is a mapping of overrides for every task's env (dotted or nested keys).
+    if env_config is not None and not isinstance(env_config, Mapping):
+        raise ValueError(
+            f"env_config of type {type(env_config).__name__} cannot be combined with curriculum_path={curriculum_path!r}; "
+            "with a curriculum path, env_config must be a dict of overrides such as {'game.max_steps': 200}"
+        )
+    if width is not None or height is not None:
+        raise ValueError(
+            f"width/height cannot be applied to curriculum_path={curriculum_path!r} (its tasks build their own maps); "
+            "set the size in the curriculum's YAML or pass env_config={'game.map_builder.<field>': value}"
+        )
+    overrides = dict(env_config or {})
+    if num_agents is not None:
+        overrides["game.num_agents"] = num_agents
+    return curriculum_from_config_path(curriculum_path, overrides or None)

@@ -18,9 +18,9 @@ import torch
 from metta.agent.policy_state import PolicyState
 from metta.rl.advantage import RowTail
 from metta.rl.experience import Experience
-from metta.rl.functional_trainer import as_metta_optimizer, resolve_trainer_config, train_ppo
 from metta.rl.losses import CustomLossFn, Losses, PPOLoss, minibatch_loss
-from metta.rl.trainer_config import PPOConfig, TrainerConfig
+from metta.rl.trainer_config import PPOConfig, TrainerConfig, resolve_trainer_config
+from metta.rl.training import as_metta_optimizer, train_ppo
 
 
 class PPOOptimizer:

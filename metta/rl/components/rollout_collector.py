@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from metta.rl.experience import Experience
-from metta.rl.functional_trainer import rollout
+from metta.rl.training import rollout
 
 
 class RolloutCollector:

@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from metta.rl.vecenv import WorkerError, make_vecenv
+from metta.mettagrid.vecenv import WorkerError, make_vecenv
 
 AGENTS_PER_ENV = 2
 MAX_STEPS = 15  # short episodes, so infos arrive within a few dozen steps
@@ -293,7 +293,7 @@ def test_worker_exits_when_parent_is_killed():
     script = textwrap.dedent(
         f"""
         import sys, time
-        from metta.rl.vecenv import make_vecenv
+        from metta.mettagrid.vecenv import make_vecenv
         cfg = {CFG!r}
         vec = make_vecenv(cfg, "multiprocessing", num_envs=1, num_workers=1)
         vec.async_reset(0)
