@@ -90,3 +90,20 @@ def test_run_py_uses_the_same_rule(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "intervals" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [3, 6, 9]
     assert checkpoint_epochs(tmp_path / "intervals") == [3, 6, 9]
+
+
+def test_interval_metrics_in_the_functional_loop(tmp_path):
+    """Gradient statistics and weight analysis come at their own intervals, by the same rule."""
+    torch.manual_seed(0)
+    policy = fresh_policy()
+    policy.config.analyze_weights_interval = 2
+    cfg = tiny_config(total_timesteps=3 * 64, update_epochs=1, grad_mean_variance_interval=3)
+    functional_training_loop(
+        cfg, None, policy, tiny_curriculum(), policy_store(str(tmp_path / "store")), num_envs=2,
+        run_dir=tmp_path / "run", console=False,
+    )  # fmt: skip
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows if any(k.startswith("weights/") for k in r)] == [2]
+    assert [r["epoch"] for r in rows if "grad/variance" in r] == [3]
+    weights = next(r for r in rows if r["epoch"] == 2)
+    assert any(k.endswith("/effective_rank") for k in weights) and weights["grad/norm"] > 0
