@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from metta.common.headless_browser import HeadlessBrowser, find_chromium
 
@@ -14,3 +15,13 @@ def browser():
         pytest.skip("Chromium is not installed (CI installs Debian's chromium package)")
     with HeadlessBrowser(width=1400, height=900) as b:
         yield b
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors gain nothing from intra-op threads, and on a busy 2-core machine a second thread only spins
+    (each op gets many times slower). Modules opt in: ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -44,6 +44,8 @@ from run import RunConfig  # noqa: E402
 KEYS = [key for key, *_ in field_paths(RunConfig)]
 CUDA = torch.cuda.is_available()
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # The key list itself
@@ -366,14 +368,6 @@ def update(overrides: dict, tmp: Path | None = None) -> tuple[torch.Tensor, dict
     torch.manual_seed(1)
     train_ppo(policy, optimizer, experience, "cpu", losses, 0, cfg, kickstarter, agent_step, batch_start_step=500)
     return torch.cat([p.detach().flatten() for p in policy.parameters()]), losses.stats()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: a second thread only spins on a busy 2-core machine
-    yield
-    torch.set_num_threads(threads)
 
 
 UPDATE_KEYS = {

@@ -11,10 +11,15 @@ compiled policy against the eager one.
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "rl"))
+from test_advantage import random_chains  # noqa: E402  (next_rows as Experience builds them)
 
 from metta.agent.metta_agent import make_policy
 from metta.agent.policy_state import PolicyState
@@ -39,13 +44,7 @@ SMALL = {
     }
 }
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -55,26 +54,13 @@ def env():
     vec.close()
 
 
-def chains(rng: np.random.Generator, segments: int, agents: int) -> np.ndarray:
-    """next_rows as Experience builds them: agents take rows 0..agents-1, then the free rows in turn."""
-    next_rows = np.full(segments, -1, dtype=np.int64)
-    current, free = list(range(agents)), agents
-    while free < segments:
-        for a in rng.permutation(agents):
-            if free == segments:
-                break
-            next_rows[current[a]] = free
-            current[a], free = free, free + 1
-    return next_rows
-
-
 def test_advantage_on_the_device_equals_the_cpu_kernel():
     rng = np.random.default_rng(0)
     S, H = 64, 16
     values, rewards = (torch.from_numpy(rng.normal(size=(S, H)).astype(np.float32)) for _ in range(2))
     dones = torch.from_numpy((rng.random((S, H)) < 0.1).astype(np.float32))
     ratio = torch.from_numpy(np.exp(rng.normal(scale=0.3, size=(S, H))).astype(np.float32))
-    next_rows = torch.from_numpy(chains(rng, S, 8))
+    next_rows = torch.from_numpy(random_chains(rng, S, 8))
     args = (0.97, 0.9, 1.2, 0.9)
     for links in (None, next_rows):
         on_cpu = compute_advantage(values, rewards, dones, ratio, torch.zeros(S, H), *args, next_rows=links)

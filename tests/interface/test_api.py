@@ -68,14 +68,7 @@ SEED_MODULES = {
     "metta.common.system_monitor": ["SystemMonitor"],
 }  # fmt: skip
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # Tiny tensors: a second intra-op thread only spins, and on a busy 2-core machine makes each op ~100x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
