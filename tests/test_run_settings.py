@@ -79,14 +79,21 @@ def test_removed_or_moved_keys_say_so(key, why):
 TINY = ["trainer.batch_size=2048", "trainer.minibatch_size=512", "trainer.bptt_horizon=8", "device=cpu"]
 
 
-def run(data_dir: Path, name: str, *args: str, env: dict | None = None, timeout: float = 240) -> str:
+def start(data_dir: Path, name: str, *args: str, env: dict | None = None) -> subprocess.Popen:
     environ = {k: v for k, v in os.environ.items() if k not in ("METTA_RUN", "DATA_DIR", "RANK", "WORLD_SIZE", "LOCAL_RANK")}
     environ.update({"WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})})
     cmd = [sys.executable, "run.py", f"data_dir={data_dir}", f"run={name}", *args]
-    proc = subprocess.run(cmd, cwd=REPO, env=environ, capture_output=True, text=True, timeout=timeout)
-    out = proc.stdout + proc.stderr
+    return subprocess.Popen(cmd, cwd=REPO, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
+    out, _ = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, out[-4000:]
     return out
+
+
+def run(data_dir: Path, name: str, *args: str, env: dict | None = None) -> str:
+    return finish(start(data_dir, name, *args, env=env))
 
 
 def rows(run_dir: Path) -> list[dict]:
@@ -95,7 +102,8 @@ def rows(run_dir: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict:
-    """R0: the defaults at a tiny size; R1 and R2: many keys each; R3: R0 resumed with compile on."""
+    """R0: the defaults at a tiny size; R1 and R2 (at the same time, one core each): many keys each; R3: R0
+    resumed with compile on."""
     data = tmp_path_factory.mktemp("runs")
     out = {"data": data}
     device = "cpu" if CUDA else "cuda"  # the device that is not the default
@@ -103,7 +111,7 @@ def runs(tmp_path_factory) -> dict:
         data, "r0", *TINY, "trainer.total_timesteps=4096", "evaluate=false", "trainer.checkpoint.checkpoint_interval=1",
         "wandb.enabled=false", env={"WANDB_MODE": "offline", "WANDB_DIR": str(data / "r0_wandb")},
     )  # fmt: skip
-    out["r1"] = run(
+    r1 = start(
         data, "r1", f"device={device}", "seed=7", "agent=interface_default", "num_envs=8", "vectorization=multiprocessing",
         "trainer.num_workers=2", "trainer.async_factor=2", "keep_checkpoints=1", "torch_threads=1", "debug_dump_weights=true",
         "trainer.total_timesteps=2048", "trainer.batch_size=1024", "trainer.minibatch_size=512",
@@ -117,7 +125,7 @@ def runs(tmp_path_factory) -> dict:
         f"trainer.profiler.profile_dir={data / 'r1_traces'}",
     )  # fmt: skip
     r0_checkpoints = data / "r0" / "checkpoints"
-    out["r2"] = run(
+    r2 = start(
         data, "r2", "trainer.batch_size=1024", "trainer.minibatch_size=512", "trainer.bptt_horizon=8", "device=cpu",
         "trainer.total_timesteps=2048", "trainer.update_epochs=1", "replay=false",
         "trainer.curriculum=/env/mettagrid/curriculum/simple", "trainer.forward_pass_minibatch_target_size=32",
@@ -129,6 +137,7 @@ def runs(tmp_path_factory) -> dict:
         "trainer.initial_policy.filters={epoch: 2}",
         env={"WANDB_MODE": "offline", "WANDB_DIR": str(data / "r2_wandb"), "WANDB_SILENT": "true"},
     )  # fmt: skip
+    out["r1"], out["r2"] = finish(r1), finish(r2)
     # A finished run resumed: nothing to train, so compiling costs nothing here (tests/device checks its outputs).
     out["r3"] = run(
         data, "r0", *TINY, "trainer.total_timesteps=4096", "evaluate=false", "trainer.checkpoint.checkpoint_interval=1",
