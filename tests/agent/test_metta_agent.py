@@ -247,11 +247,11 @@ def _with_junk_tokens(obs: torch.Tensor) -> torch.Tensor:
     return out
 
 
-@pytest.mark.parametrize("product", ["sparse", "bag"])
+@pytest.mark.parametrize("product", ["sparse", "bag", "dense"])
 @pytest.mark.parametrize("config", ["fast", "interface_default"])
 def test_token_conv_equals_the_box_and_convolution_components(env, rollout_obs, config, product):
     """The first convolution computed from the tokens gives the components' outputs and gradients, by either
-    product (the sparse one runs on CPUs, the bag one on GPUs)."""
+    product (sparse on CPUs by default, the components themselves ("dense") on GPUs, or the bag form)."""
     torch.manual_seed(3)
     agent = make_policy(env, config=config)
     fused = agent.token_conv
