@@ -65,7 +65,7 @@ from metta.rl.initial_policy import load_initial_policy
 from metta.rl.intervals import crossed
 from metta.rl.kickstarter import Kickstarter
 from metta.rl.losses import Losses
-from metta.rl.policy_management import compile_policy, unwrap_agent, wrap_agent_distributed
+from metta.rl.policy_management import compile_policy, unwrap_agent, update_l2_init_at_interval, wrap_agent_distributed
 from metta.rl.torch_profiler import TorchProfiler
 from metta.rl.trainer_config import TrainerConfig, cpu_learning_settings, scale_by_world_size
 
@@ -177,11 +177,7 @@ def main() -> None:
         Path(dirs.run_dir, "run_config.json").write_text(resolved.model_dump_json(indent=2, by_alias=True))
     agent = Agent(env, config=cfg.agent, device=str(device))
     policy_store = PolicyStore(device=str(device), checkpoint_dir=checkpoint_dir, run_name=dirs.run_name, run_dir=dirs.run_dir)
-    opt = trainer_cfg.optimizer
-    optimizer = Optimizer(
-        opt.type, agent, learning_rate=opt.learning_rate, betas=(opt.beta1, opt.beta2), eps=opt.eps,
-        weight_decay=opt.weight_decay, max_grad_norm=trainer_cfg.ppo.max_grad_norm,
-    )  # fmt: skip
+    optimizer = Optimizer.from_config(agent, trainer_cfg)  # trainer.optimizer, clipped at trainer.ppo.max_grad_norm
     experience = make_experience(env, agent, trainer_cfg, device)
     kickstarter = Kickstarter(trainer_cfg.kickstart, device, policy_store, env)
     timer = Stopwatch()
@@ -198,7 +194,7 @@ def main() -> None:
     if policy_path:
         logger.info(f"resumed from {policy_path}: epoch {epoch}, agent_step {agent_step}")
     elif trainer_cfg.initial_policy.uri:
-        start = load_initial_policy(unwrap_agent(agent), policy_store, trainer_cfg.initial_policy)
+        start = load_initial_policy(unwrap_agent(agent), policy_store, trainer_cfg.initial_policy, seed=cfg.seed)
         logger.info(f"starting from the initial policy {start}")
     if trainer_cfg.compile:
         compile_policy(agent, trainer_cfg.compile_mode)
@@ -266,14 +262,12 @@ def main() -> None:
             eval_scores = evaluate_and_replay(unwrap_agent(agent), policy_store, evaluation_suite, device, dirs, trainer_cfg, epoch, cfg.replay)
             metrics.update({f"eval/{k}": v for k, v in eval_scores.items()})
         if is_master:
-            metrics.update(interval_metrics(unwrap_agent(agent), optimizer, trainer_cfg, epoch_before, epoch))  # grad/, weights/
-        if is_master:
+            metrics.update(interval_metrics(agent, optimizer, trainer_cfg, epoch_before, epoch))  # grad/, weights/
             stats_logger.log(epoch, agent_step, metrics)
         upload = crossed(intervals.wandb_checkpoint_interval, epoch_before, epoch) or (last and intervals.wandb_checkpoint_interval > 0)
         if upload or last or crossed(intervals.checkpoint_interval, epoch_before, epoch):
             checkpoint(upload, final=last)
-        if crossed(unwrap_agent(agent).config.l2_init_weight_update_interval, epoch_before, epoch):
-            unwrap_agent(agent).update_l2_init_weight_copy()
+        update_l2_init_at_interval(agent, epoch_before, epoch)
         if stopping:
             break
 

@@ -85,11 +85,7 @@ def main() -> None:
 
     env = Environment(**config.env_kwargs())
     policy = Agent(env, config=config.agent, device=str(device))
-    optimizer = Optimizer(
-        trainer.optimizer.type, policy, learning_rate=trainer.optimizer.learning_rate,
-        betas=(trainer.optimizer.beta1, trainer.optimizer.beta2), eps=trainer.optimizer.eps,
-        weight_decay=trainer.optimizer.weight_decay, max_grad_norm=trainer.ppo.max_grad_norm,
-    )  # fmt: skip
+    optimizer = Optimizer.from_config(policy, trainer)  # trainer.optimizer, clipped at trainer.ppo.max_grad_norm
     experience = make_experience(env, policy, trainer, device)
     policy_store = PolicyStore({"device": str(device), "run": dirs.run_name, "run_dir": dirs.run_dir}, wandb_run=None)
     wandb_run, wandb_ctx = initialize_wandb(

@@ -300,9 +300,7 @@ def test_run_py_and_the_functional_trainer_give_the_same_losses(base_run: Path):
         vectorization=run_cfg["vectorization"], is_training=True,
     )  # fmt: skip
     agent = Agent(env, config=run_cfg["agent"], device="cpu")
-    opt = trainer_cfg.optimizer
-    optimizer = Optimizer(opt.type, agent, learning_rate=opt.learning_rate, betas=(opt.beta1, opt.beta2), eps=opt.eps,
-                          weight_decay=opt.weight_decay, max_grad_norm=trainer_cfg.ppo.max_grad_norm)  # fmt: skip
+    optimizer = Optimizer.from_config(agent, trainer_cfg)
     experience = make_experience(env, agent, trainer_cfg, "cpu")
     losses = Losses()
     try:

@@ -292,6 +292,22 @@ def check_profiler(runs):
     assert not (runs["data"] / "r0" / "torch_traces").exists()
 
 
+def check_initial_policy_range(runs):
+    """range N draws the start, with the run's seed, from the N best: both of R0's two policies get drawn over
+    seeds with range 2; range 1 is always the best."""
+    from metta.rl.initial_policy import select_initial_policy
+    from metta.rl.trainer_config import InitialPolicyConfig
+
+    store = PolicyStore(checkpoint_dir=str(runs["data"] / "r0" / "checkpoints"))
+    uri = str(runs["data"] / "r0" / "checkpoints")
+
+    def drawn(range_: int) -> set[str]:
+        cfg = InitialPolicyConfig(uri=uri, type="top", metric="agent_step", range=range_)
+        return {Path(select_initial_policy(store, cfg, seed).file_path).name for seed in range(20)}
+
+    assert drawn(1) == {"model_0004.pt"} and drawn(2) == {"model_0002.pt", "model_0004.pt"}
+
+
 def check_initial_policy(runs):
     # top by agent_step among 2 candidates, filtered to epoch 2: model_0002 (model_0004 has more steps)
     assert f"starting from the initial policy file://{runs['data'] / 'r0' / 'checkpoints' / 'model_0002.pt'}" in runs["r2"]
@@ -315,7 +331,7 @@ RUN_CHECKS = {
     "trainer.lr_scheduler.enabled": check_learning_rate_schedule, "trainer.lr_scheduler.schedule_type": check_learning_rate_schedule,
     "trainer.lr_scheduler.warmup_steps": check_learning_rate_schedule,
     "trainer.initial_policy.uri": check_initial_policy, "trainer.initial_policy.type": check_initial_policy,
-    "trainer.initial_policy.range": check_initial_policy, "trainer.initial_policy.metric": check_initial_policy,
+    "trainer.initial_policy.range": check_initial_policy_range, "trainer.initial_policy.metric": check_initial_policy,
     "trainer.initial_policy.filters": check_initial_policy,
     "trainer.checkpoint.checkpoint_interval": check_intervals, "trainer.checkpoint.checkpoint_dir": check_intervals,
     "trainer.checkpoint.wandb_checkpoint_interval": check_wandb, "trainer.simulation.evaluate_interval": check_intervals,
@@ -362,11 +378,7 @@ def update(overrides: dict, tmp: Path | None = None) -> tuple[torch.Tensor, dict
     cfg = tiny_config(**{"total_timesteps": 2000, "update_epochs": 2, "optimizer": {"learning_rate": 0.01}, **overrides})
     experience, agent_step = rolled_out(cfg)
     policy = fresh_policy()
-    opt = cfg.optimizer
-    optimizer = Optimizer(
-        opt.type, policy, learning_rate=opt.learning_rate, betas=(opt.beta1, opt.beta2), eps=opt.eps,
-        weight_decay=opt.weight_decay, max_grad_norm=cfg.ppo.max_grad_norm,
-    )  # fmt: skip
+    optimizer = Optimizer.from_config(policy, cfg)
     kickstarter = None
     if cfg.kickstart.teacher_uri:
         env = tiny_vecenv()

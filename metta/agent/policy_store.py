@@ -231,7 +231,7 @@ class PolicyStore:
         if selector_type not in SELECTOR_TYPES:
             raise ValueError(f"selector_type={selector_type!r} is unknown; use one of {list(SELECTOR_TYPES)}")
         records = self._records_for(str(uri))
-        return _select(records, selector_type, n, metric)
+        return select_records(records, selector_type, n, metric)
 
     def load_from_uri(self, uri: str) -> PolicyRecord:
         """The latest policy at ``uri``, with its policy loaded."""
@@ -335,7 +335,7 @@ def _metric_value(record: PolicyRecord, metric: str) -> float | None:
     return None
 
 
-def _select(records: list[PolicyRecord], selector_type: str, n: int, metric: str) -> list[PolicyRecord]:
+def select_records(records: list[PolicyRecord], selector_type: str, n: int, metric: str) -> list[PolicyRecord]:
     """``records`` arrive newest first."""
     if selector_type == "all":
         return records

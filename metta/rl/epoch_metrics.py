@@ -18,6 +18,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from metta.common.distributed import unwrap_agent
 from metta.rl.intervals import crossed
 
 TIMED_PHASES = {
@@ -83,7 +84,8 @@ def interval_metrics(agent: Any, optimizer: Any, trainer_cfg: Any, epoch_before:
     update's last optimizer step every ``trainer_cfg.grad_mean_variance_interval`` epochs (the optimizer records
     them when ``optimizer.record_grad_stats`` was set for the update), and ``weights/<layer>/<stat>`` (singular
     values, effective rank, norms of each analysed layer) every ``analyze_weights_interval`` epochs of the agent's
-    config."""
+    config. ``agent`` may be wrapped for DDP."""
+    agent = unwrap_agent(agent)
     out: dict[str, float] = {}
     stats = getattr(optimizer, "last_grad_stats", None)
     if crossed(trainer_cfg.grad_mean_variance_interval, epoch_before, epoch_after) and stats:

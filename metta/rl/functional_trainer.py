@@ -32,6 +32,7 @@ from metta.rl.experience import Experience, make_experience
 from metta.rl.intervals import crossed
 from metta.rl.losses import CustomLossFn, custom_loss_names
 from metta.rl.optimizer import Optimizer
+from metta.rl.policy_management import update_l2_init_at_interval
 from metta.rl.trainer_config import resolve_trainer_config
 from metta.rl.training import as_metta_optimizer, rollout, train_ppo
 
@@ -120,11 +121,7 @@ def create_training_components(
     losses = list(custom_loss_fns or [])
     custom_loss_names(losses)  # a non-callable is reported now, not at the first minibatch
     if optimizer is None:
-        opt = trainer_cfg.optimizer
-        optimizer = Optimizer(
-            opt.type, policy, learning_rate=opt.learning_rate, betas=(opt.beta1, opt.beta2), eps=opt.eps,
-            weight_decay=opt.weight_decay, max_grad_norm=trainer_cfg.ppo.max_grad_norm,
-        )  # fmt: skip
+        optimizer = Optimizer.from_config(policy, trainer_cfg)
     run_dir, checkpoint_dir = _run_dirs(trainer_cfg, run_dir)
     evaluator = None
     if evaluation_suite is not None:
@@ -290,9 +287,7 @@ def functional_training_loop(
             components.stats_logger.log(state.epoch, state.agent_step, metrics)
             if last or crossed(checkpoint_interval, epoch_before, state.epoch):
                 _save(state, components, final=last)
-            agent = getattr(policy, "module", policy)
-            if crossed(getattr(getattr(agent, "config", None), "l2_init_weight_update_interval", 0), epoch_before, state.epoch):
-                agent.update_l2_init_weight_copy()
+            update_l2_init_at_interval(policy, epoch_before, state.epoch)
         timer.stop()
         if console:
             elapsed = time.time() - state.start_time

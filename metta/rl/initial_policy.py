@@ -1,66 +1,58 @@
 """``trainer.initial_policy``: the policy a fresh run starts from instead of random weights.
 
-    record = load_initial_policy(agent, policy_store, trainer_cfg.initial_policy)
+    uri = load_initial_policy(agent, policy_store, trainer_cfg.initial_policy, seed=cfg.seed)
 
 ``uri`` is a policy file, a directory of policy files (``file://`` or a plain path) or a ``wandb://`` uri.
-``type`` picks among the policies found there: ``specific`` (the uri must be one file), ``latest`` (the
-newest by epoch and agent step), or ``top`` (the best by ``metric``, e.g. ``score`` or an evaluation score
-from the metadata, or ``epoch``), both among the ``range`` best candidates that match every ``filters``
-entry (metadata key = value). The chosen policy's weights are copied into ``agent``, which keeps its own
-binding to the env (feature ids, actions). A uri that does not exist, or a choice that finds nothing, is an
-error before any training.
+``type`` picks among the policies found there that match every ``filters`` entry (metadata key = value):
+``specific`` (the uri must be one file), ``latest`` (the newest by epoch and agent step) or ``top`` (the best
+by ``metric``, e.g. ``score`` or an evaluation score from the metadata, or ``epoch``). With ``range`` N > 1 the
+start is drawn, with ``seed``, from the N newest or N best, so runs of a population start from different
+policies; 1 takes the newest or the best itself. The chosen policy's weights are copied into ``agent``, which
+keeps its own binding to the env (feature ids, actions). A uri that does not exist, or a choice that finds
+nothing, is an error before any training.
 
 A run that resumes from its own checkpoint ignores ``initial_policy``: the checkpoint is newer.
 """
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import torch
 
 from metta.agent.policy_record import PolicyRecord
+from metta.agent.policy_store import select_records
 
 
-def select_initial_policy(policy_store: Any, cfg: Any) -> PolicyRecord:
+def select_initial_policy(policy_store: Any, cfg: Any, seed: int = 0) -> PolicyRecord:
     """The record ``cfg`` (an ``InitialPolicyConfig``) names, or a ``ValueError``/``FileNotFoundError`` that says
     why none is."""
     if not cfg.uri:
         raise ValueError("initial_policy.uri is not set; set it to a policy file, a directory or a wandb:// uri")
     uri = str(cfg.uri)
+    candidates = policy_store.policy_records(uri, "all", 1)  # newest first; a missing uri raises here
     if cfg.type == "specific":
-        path = uri[len("file://") :] if uri.startswith("file://") else uri
-        records = policy_store.policy_records(uri, "all", 1)
-        if "://" not in path and len(records) != 1:
+        if len(candidates) != 1:
             raise ValueError(
-                f"initial_policy.type=specific needs uri to name one policy file; {uri!r} holds {len(records)}: "
+                f"initial_policy.type=specific needs uri to name one policy file; {uri!r} holds {len(candidates)}: "
                 "name the file, or use type=latest or type=top"
             )
-        return records[0]
-    selector = "latest" if cfg.type == "latest" else "top"
-    candidates = policy_store.policy_records(uri, "all", 1)
+        return candidates[0]
     matching = [r for r in candidates if all(r.metadata.get(k) == v for k, v in (cfg.filters or {}).items())]
     if not matching:
         raise ValueError(
             f"initial_policy: none of the {len(candidates)} policies at {uri!r} match filters={dict(cfg.filters)}; "
             "loosen the filters"
         )
-    chosen = _choose(matching, selector, cfg.range, cfg.metric, policy_store)
-    return chosen[0]
+    best = select_records(matching, cfg.type, cfg.range, cfg.metric)
+    return best[0] if len(best) == 1 else random.Random(seed).choice(best)
 
 
-def _choose(records: list[PolicyRecord], selector: str, n: int, metric: str, policy_store: Any) -> list[PolicyRecord]:
-    from metta.agent.policy_store import _select
-
-    picked = _select(records, selector, n, metric)
-    if not picked:
-        raise ValueError(f"initial_policy: no policy selected by type={selector!r} metric={metric!r}")
-    return picked
-
-
-def load_initial_policy(agent: torch.nn.Module, policy_store: Any, cfg: Any) -> str:
-    """Copy the weights of the policy ``cfg`` names into ``agent``; returns its uri."""
-    record = select_initial_policy(policy_store, cfg)
+def load_initial_policy(agent: torch.nn.Module, policy_store: Any, cfg: Any, seed: int = 0) -> str:
+    """Copy the weights of the policy ``cfg`` names into ``agent``; returns its uri. ``seed`` draws the start
+    when ``cfg.range`` > 1 (pass the same on every rank)."""
+    record = select_initial_policy(policy_store, cfg, seed)
     source = record.policy_as_metta_agent()
     try:
         agent.load_state_dict(source.state_dict())

@@ -60,6 +60,16 @@ class Optimizer:
         self._bind(optimizer_type, optimizer, policy, max_grad_norm)
 
     @classmethod
+    def from_config(cls, policy: torch.nn.Module, trainer_cfg: Any) -> "Optimizer":
+        """The optimizer a ``TrainerConfig`` describes: ``trainer_cfg.optimizer`` (type, learning rate, betas, eps,
+        weight decay) with ``trainer_cfg.ppo.max_grad_norm`` for clipping."""
+        opt = trainer_cfg.optimizer
+        return cls(
+            opt.type, policy, learning_rate=opt.learning_rate, betas=(opt.beta1, opt.beta2), eps=opt.eps,
+            weight_decay=opt.weight_decay, max_grad_norm=trainer_cfg.ppo.max_grad_norm,
+        )  # fmt: skip
+
+    @classmethod
     def wrap(cls, torch_optimizer: torch.optim.Optimizer, policy: torch.nn.Module, max_grad_norm: float = 0.5) -> "Optimizer":
         """Give an optimizer you built yourself (any ``torch.optim.Optimizer``) metta's ``step(loss, ...)``.
 

@@ -9,6 +9,7 @@ import torch
 
 from metta.common.distributed import DistributedSetup, is_distributed, unwrap_agent
 from metta.rl.checkpoint import prune_checkpoints
+from metta.rl.intervals import crossed
 
 
 def wrap_agent_distributed(agent: torch.nn.Module, device: torch.device | str | DistributedSetup) -> torch.nn.Module:
@@ -48,6 +49,18 @@ def compile_policy(agent: torch.nn.Module, mode: str = "default") -> torch.nn.Mo
     else:
         module.compile(mode=mode)
     return agent
+
+
+def update_l2_init_at_interval(agent: torch.nn.Module, epoch_before: int, epoch_after: int) -> bool:
+    """Move the agent's L2-init reference weights toward its current weights when the epoch counter crossed a
+    multiple of its config's ``l2_init_weight_update_interval`` (``metta.rl.intervals.crossed``); returns whether
+    it did. An agent without that setting is left alone."""
+    agent = unwrap_agent(agent)
+    interval = getattr(getattr(agent, "config", None), "l2_init_weight_update_interval", 0)
+    if not crossed(interval, epoch_before, epoch_after):
+        return False
+    agent.update_l2_init_weight_copy()
+    return True
 
 
 def cleanup_old_policies(checkpoint_dir: str, keep_last_n: int = 5) -> list[str]:

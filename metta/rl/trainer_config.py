@@ -141,7 +141,6 @@ class PPOConfig(Config):
 # Upstream keys metta does not have, each with what to do instead (setting one is an error that says so).
 REMOVED_TRAINER_KEYS = {
     "_target_": "metta has one trainer loop (run.py, metta.rl.functional_trainer); there is no trainer class to name",
-    "target_": "metta has one trainer loop (run.py, metta.rl.functional_trainer); there is no trainer class to name",
     "require_contiguous_env_ids": "metta's vectorizer always returns contiguous agent rows, and the rollout checks it",
     "hyperparameter_scheduler": "upstream disabled it; use lr_scheduler for the learning rate",
     "env": "pass an env config's path as curriculum: an env config file is trained on as a single task",

@@ -54,11 +54,7 @@ def fresh_policy() -> MettaAgent:
 
 def optimizer_for(policy: torch.nn.Module, cfg: TrainerConfig) -> Optimizer:
     """The optimizer create_training_components builds by default."""
-    opt = cfg.optimizer
-    return Optimizer(
-        opt.type, policy, learning_rate=opt.learning_rate, betas=(opt.beta1, opt.beta2), eps=opt.eps,
-        weight_decay=opt.weight_decay, max_grad_norm=cfg.ppo.max_grad_norm,
-    )  # fmt: skip
+    return Optimizer.from_config(policy, cfg)
 
 
 def policy_store(checkpoint_dir: str) -> PolicyStore:
