@@ -31,11 +31,15 @@ ACTIONS = np.zeros((4, 2), np.int32)  # 2 envs x 2 agents
 
 
 def gone(pid: int) -> bool:
-    """The process has exited (a zombie waiting to be reaped counts as gone)."""
+    """The whole worker process has exited (every thread), so the kernel has closed its pipe ends.
+
+    The worker is our child, so ``waitid(..., WNOWAIT)`` reports its exit without reaping it. /proc's zombie
+    state is not enough: it shows the main thread's exit while another thread of the worker (numba's) may still
+    be exiting and holding the pipe open, and a send then succeeds.
+    """
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:  # already reaped (by close())
         return True
 
 
