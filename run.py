@@ -258,12 +258,15 @@ def main() -> None:
             ) if is_master else {}  # fmt: skip
         stopping = stop.should_stop(device)  # every rank agrees to stop after the same iteration
         last = stopping or agent_step >= trainer_cfg.total_timesteps
-        if is_master and cfg.evaluate and not stopping and (last or crossed(trainer_cfg.simulation.evaluate_interval, epoch_before, epoch)):
+        evaluated = is_master and cfg.evaluate and not stopping and (last or crossed(trainer_cfg.simulation.evaluate_interval, epoch_before, epoch))
+        if evaluated:
             eval_scores = evaluate_and_replay(unwrap_agent(agent), policy_store, evaluation_suite, device, dirs, trainer_cfg, epoch, cfg.replay)
             metrics.update({f"eval/{k}": v for k, v in eval_scores.items()})
         if is_master:
             metrics.update(interval_metrics(agent, optimizer, trainer_cfg, epoch_before, epoch))  # grad/, weights/
             stats_logger.log(epoch, agent_step, metrics)
+            if evaluated and not last:  # the report shows this evaluation's row (the last one is written below)
+                logger.info("run report: %s", write_run_report(dirs.run_dir).resolve().as_uri())
         upload = crossed(intervals.wandb_checkpoint_interval, epoch_before, epoch) or (last and intervals.wandb_checkpoint_interval > 0)
         if upload or last or crossed(intervals.checkpoint_interval, epoch_before, epoch):
             checkpoint(upload, final=last)
@@ -305,15 +308,13 @@ def run_record(cfg: RunConfig, env, world_size: int) -> dict:
 
 
 def evaluate_and_replay(agent, policy_store, suite, device, dirs, trainer_cfg, epoch, replay: bool) -> dict[str, float]:
-    """Score the policy on the terrain suite, (optionally) write one replay with its viewer page, and refresh the
-    run report (which reads metrics.jsonl, so this epoch's scores appear in the next refresh); logs where they are."""
+    """Score the policy on the terrain suite and (optionally) write one replay with its viewer page; logs where."""
     scores = evaluate_policy_suite(agent, policy_store, suite, device, stats_dir=dirs.stats_dir)
     logger.info("evaluation at epoch %d: %s", epoch, ", ".join(f"{k} {v:.3f}" for k, v in sorted(scores.items())))
     if replay:
         path = generate_replay_simple(agent, policy_store, create_replay_config(), device, replay_dir=trainer_cfg.simulation.replay_dir, epoch=epoch)
         if path is not None:
             logger.info("replay: %s", write_viewer_page(path).resolve().as_uri())
-    logger.info("run report: %s", write_run_report(dirs.run_dir).resolve().as_uri())
     return scores
 
 
