@@ -22,7 +22,9 @@ from metta.agent.policy_store import PolicyStore
 from metta.common.profiling.stopwatch import Stopwatch
 from metta.interface import Agent, Environment, Optimizer
 from metta.rl.components import PolicyEvaluator, PPOOptimizer, RolloutCollector, StatsLogger, TrainingCheckpointer
+from metta.rl.epoch_metrics import epoch_metrics
 from metta.rl.experience import make_experience
+from metta.rl.intervals import crossed
 from metta.rl.trainer_config import create_trainer_config
 from metta.sim.simulation_config import SimulationSuiteConfig, SingleEnvSimulationConfig
 
@@ -77,17 +79,19 @@ def main() -> None:
     print(f"training {env.num_agents} agents for {config.total_timesteps:,} agent steps from step {agent_step:,}; "
           f"run dir {run_dir}", flush=True)  # fmt: skip
     while agent_step < config.total_timesteps:
-        start = time.perf_counter()
+        start, epoch_before, phase_before = time.perf_counter(), ppo.epoch, timer.get_all_elapsed()
         episode_stats, steps = collector.collect()
+        ppo.update(experience, agent_step=agent_step + steps, batch_start_step=agent_step)
         agent_step += steps
-        losses = ppo.update(experience, agent_step=agent_step)
-        rewards = episode_stats.get("episode_reward", [])
-        metrics = {"overview/sps": steps / (time.perf_counter() - start), **{f"losses/{k}": v for k, v in losses.items()}}
-        if rewards:
-            metrics["overview/reward"] = sum(rewards) / len(rewards)
+        # The row every loop logs (overview/sps, overview/reward, losses/*, timing/frac/*, ...).
+        metrics = epoch_metrics(
+            episode_stats, ppo.losses, experience, optimizer, steps, time.perf_counter() - start, timer=timer,
+            phase_before=phase_before,
+        )  # fmt: skip
         stats_logger.log(ppo.epoch, agent_step, metrics)
 
-        if ppo.epoch % args.checkpoint_interval == 0 or agent_step >= config.total_timesteps:
+        # The epoch advances by update_epochs per batch: a checkpoint is due when it crosses a multiple.
+        if crossed(args.checkpoint_interval, epoch_before, ppo.epoch) or agent_step >= config.total_timesteps:
             checkpointer.save_policy(policy, ppo.epoch, {"agent_step": agent_step})
             checkpointer.save_trainer_state(agent_step, ppo.epoch, optimizer.state_dict(), run_dir)
     stats_logger.close()

@@ -32,6 +32,7 @@ from metta.interface import (
     save_checkpoint,
     setup_run_directories,
 )
+from metta.rl.epoch_metrics import epoch_metrics
 from metta.rl.experience import make_experience
 from metta.rl.functional_trainer import rollout, train_ppo
 from metta.rl.losses import Losses
@@ -99,14 +100,16 @@ def main() -> None:
 
     timer.start()
     while agent_step < trainer.total_timesteps:
-        steps_before, seconds_before = agent_step, timer.get_elapsed()
+        steps_before, seconds_before, phase_before = agent_step, timer.get_elapsed(), timer.get_all_elapsed()
         agent_step, stats = rollout(policy, env, experience, device, agent_step, timer)
-        epoch = train_ppo(policy, optimizer, experience, device, losses, epoch, trainer, agent_step=agent_step, timer=timer)
+        epoch = train_ppo(policy, optimizer, experience, device, losses, epoch, trainer, agent_step=agent_step,
+                          timer=timer, batch_start_step=steps_before)  # fmt: skip
 
-        metrics = {"overview/sps": (agent_step - steps_before) / max(timer.get_elapsed() - seconds_before, 1e-9)}
-        if stats.get("episode_reward"):
-            metrics["overview/reward"] = float(np.mean(stats["episode_reward"]))
-        metrics.update({f"losses/{k}": v for k, v in losses.stats().items()})
+        # The row every loop logs (overview/sps, overview/reward, losses/*, timing/frac/*, ...).
+        metrics = epoch_metrics(
+            stats, losses, experience, optimizer, agent_step - steps_before, timer.get_elapsed() - seconds_before,
+            timer=timer, phase_before=phase_before,
+        )  # fmt: skip
         stats_logger.log(epoch, agent_step, metrics)
         save_checkpoint(
             epoch, agent_step, policy, optimizer, policy_store, dirs.checkpoint_dir,

@@ -119,7 +119,11 @@ def save_checkpoint(
     final: bool = False,
     metadata: Mapping[str, Any] | None = None,
 ) -> PolicyRecord | None:
-    """Every ``checkpoint_interval`` epochs (or with ``force_save``), write a complete checkpoint on rank 0.
+    """Write a complete checkpoint on rank 0 when the epoch has crossed a multiple of ``checkpoint_interval``
+    since the newest checkpoint in ``checkpoint_path`` (``metta.rl.intervals.crossed``), or with ``force_save``.
+
+    Call it after every update: with ``update_epochs=2`` and ``checkpoint_interval=3`` it saves at epochs 4, 6,
+    10, 12, ... (``epoch % 3 == 0`` would miss every odd multiple).
 
     The checkpoint holds the policy (``model_XXXX.pt``) and a trainer state (optimizer, agent_step, epoch,
     RNG, the curriculum state of ``vecenv``, ``trainer_config``, the ``stopwatch``); the newest
@@ -132,7 +136,7 @@ def save_checkpoint(
     _check_optimizer(optimizer)
     if not hasattr(policy_store, "create_empty_policy_record"):
         raise TypeError(f"policy_store is a {type(policy_store).__name__}; pass a metta.agent.policy_store.PolicyStore")
-    if not _checkpoint.should_save(epoch, checkpoint_interval, force_save):
+    if not force_save and not _checkpoint.should_save(epoch, checkpoint_interval, last_saved_epoch=_checkpoint.last_saved_epoch(checkpoint_path, epoch)):
         return None
     return _checkpoint.save_checkpoint(
         checkpoint_path,

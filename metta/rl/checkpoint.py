@@ -41,6 +41,7 @@ from metta.agent.policy_store import PolicyFileError, PolicyStore, read_policy_f
 from metta.common.distributed import barrier, is_distributed, is_master, unwrap_agent
 from metta.common.fault_points import fault_point
 from metta.common.fs import atomic_write_bytes, fsync_dir, fsync_file, remove_stale_temp_files, sha256_bytes, sha256_file
+from metta.rl.intervals import crossed
 
 logger = logging.getLogger(__name__)
 
@@ -330,11 +331,21 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
 
 # ----------------------------------------------------------------------------------------------------
 # Saving
-def should_save(epoch: int, checkpoint_interval: int, force_save: bool = False) -> bool:
-    """Upstream's rule: every ``checkpoint_interval`` epochs (0 disables), or when forced."""
+def should_save(epoch: int, checkpoint_interval: int, force_save: bool = False, last_saved_epoch: int = 0) -> bool:
+    """The interval rule (``metta.rl.intervals.crossed``) for a loop that only knows the current epoch: save when a
+    multiple of ``checkpoint_interval`` lies in ``(last_saved_epoch, epoch]`` (0 disables), or when forced.
+
+    ``epoch % interval == 0`` would fire at half rate, or never, when the epoch advances by ``update_epochs`` > 1."""
     if force_save:
         return True
-    return checkpoint_interval > 0 and epoch % checkpoint_interval == 0
+    return crossed(checkpoint_interval, last_saved_epoch, epoch)
+
+
+def last_saved_epoch(checkpoint_dir: str, before: int) -> int:
+    """The epoch of the newest trainer state in ``checkpoint_dir`` below epoch ``before`` (0 when there is none).
+
+    States at or above ``before`` belong to a future this run abandoned (it resumed from an older checkpoint)."""
+    return next((e for e, _ in list_trainer_states(checkpoint_dir) if e < before), 0)
 
 
 def _config_as_dict(trainer_config: Any) -> dict[str, Any] | None:

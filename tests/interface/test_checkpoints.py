@@ -103,7 +103,7 @@ def test_interval_force_and_same_epoch(env, tmp_path):
     directory = str(tmp_path)
     agent, optimizer = trained(env)
     store = make_store(directory)
-    assert save_checkpoint(3, 30, agent, optimizer, store, directory, checkpoint_interval=2) is None
+    assert save_checkpoint(1, 10, agent, optimizer, store, directory, checkpoint_interval=2) is None
     assert save_checkpoint(4, 40, agent, optimizer, store, directory, checkpoint_interval=2) is not None
     assert save_checkpoint(5, 50, agent, optimizer, store, directory, checkpoint_interval=0) is None
     assert save_checkpoint(5, 50, agent, optimizer, store, directory, checkpoint_interval=0, force_save=True) is not None
@@ -113,6 +113,20 @@ def test_interval_force_and_same_epoch(env, tmp_path):
     assert record.metadata["epoch"] == 5
     assert os.path.getmtime(os.path.join(directory, "trainer_state_0005.ckpt")) == mtime
     assert load_checkpoint(directory, agent, optimizer)[:2] == (50, 5)
+
+
+def test_interval_saves_follow_the_crossing_rule_with_two_epochs_per_update(env, tmp_path):
+    """Seed 002's loop calls save_checkpoint after every update; with update_epochs=2 the epoch goes 2, 4, 6, ...
+    and an odd interval still saves once per multiple crossed (``epoch % 3 == 0`` would save at 6 and 12 only)."""
+    directory = str(tmp_path)
+    agent, optimizer = trained(env)
+    store = make_store(directory)
+    saved = [
+        epoch for epoch in range(2, 14, 2)
+        if save_checkpoint(epoch, epoch * 10, agent, optimizer, store, directory, checkpoint_interval=3, keep_last_n=None)
+    ]  # fmt: skip
+    assert saved == [4, 6, 10, 12]
+    assert sorted(os.listdir(directory)) == [f"{kind}_{e:04d}.{ext}" for kind, ext in (("model", "pt"), ("trainer_state", "ckpt")) for e in saved]
 
 
 def test_load_from_empty_dir_starts_fresh(env, tmp_path):
