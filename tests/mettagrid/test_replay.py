@@ -383,10 +383,42 @@ def test_written_replays_follow_upstreams_loader_and_validator(tmp_path):
 def test_a_constant_inventory_of_two_items_reads_right_in_upstreams_loader():
     track = _Track()
     track.record(0, {"inventory": [[0, 2], [6, 1]], "color": 3})
-    encoded = track.encode(num_frames=5)
+    encoded = track.encode()
     assert encoded["color"] == 3
     assert loader_expand(encoded["inventory"], [], 5) == [[[0, 2], [6, 1]]] * 5
     assert expand_series(encoded["inventory"], 5, key="inventory") == [[[0, 2], [6, 1]]] * 5
+
+
+def test_a_one_frame_replay_with_a_constant_inventory_of_two_items_reads_right_everywhere(tmp_path):
+    """One frame leaves no room for a second series entry inside 0..max_steps-1, and both one-entry forms
+    mislead upstream's loader: the writer pads with a repeat at step max_steps, which every reader accepts."""
+    cfg = {"game": {
+        "num_agents": 1, "max_steps": 8,
+        "objects": {"wall": {"type_id": 1}, "mine_red": {
+            "type_id": 2, "output_resources": {"ore_red": 1, "ore_blue": 2}, "cooldown": 50, "initial_resource_count": 1}},
+        "map_builder": {"type": "ascii", "map_data": "#####\n#@.m#\n#####"},
+    }}  # fmt: skip
+    env = MettaGridEnv(cfg, seed=0)
+    env.reset(0)
+    writer = ReplayWriter(tmp_path)
+    writer.start_episode(env, episode_id="one-frame")
+    env.step(np.zeros((1, 2), dtype=np.int32))
+    writer.log_step(env)
+    held = {o["type_id"]: o["inventory"] for o in env.grid_objects(0).values()}[2]  # {item id: count}
+    path = writer.end_episode()
+    data = json.loads(zlib.decompress(path.read_bytes()))
+    assert data["max_steps"] == 1
+    mine = next(o for o in data["objects"] if o["type_id"] == 2)
+    expected = sorted([int(i), int(n)] for i, n in held.items() if n)
+    assert len(expected) >= 2, "the mine starts with two kinds of ore"
+    assert mine["inventory"] == [[0, expected], [1, expected]]  # the padding entry at step max_steps
+    assert loader_expand(mine["inventory"], [], 1) == [expected]  # upstream's loader
+    check_upstream_rules(data)
+    assert expand_series(read_replay(path)["objects"][data["objects"].index(mine)]["inventory"], 1, key="inventory") == [expected]
+    # Padding must repeat the value before it: a different value at step max_steps is damage.
+    mine["inventory"][1][1] = [[0, 1]]
+    with pytest.raises(ReplayFormatError, match="outside 0..0"):
+        validate_replay(data)
 
 
 def test_reward_sharing_matrix_is_actor_by_receiver(tmp_path):

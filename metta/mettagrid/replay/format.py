@@ -529,7 +529,10 @@ def _check_series(where: str, key: str, spec: Key, series: list, ctx: dict) -> N
         step, value = entry
         if n == 0 and step != 0:
             raise ReplayFormatError(f"replay: {where} key {key!r}: a series must start at step 0, got step {step}")
-        if not 0 <= step < max_steps:
+        # A last entry at step max_steps that repeats the value before it is padding no frame shows: the writer
+        # uses it for a constant inventory of 2+ items in a one-frame replay (upstream's loader needs 2 entries).
+        padding = n == len(series) - 1 and n > 0 and step == max_steps and value == series[n - 1][1]
+        if not 0 <= step < max_steps and not padding:
             raise ReplayFormatError(
                 f"replay: {where} key {key!r}: series entry {n} has step {step}, outside 0..{max_steps - 1} (max_steps)"
             )

@@ -3,7 +3,7 @@
 Frames follow upstream's writer: frame ``k`` is the state after the ``k+1``-th env step of the recording,
 together with the action, success and reward of that step. Each object key is a change list
 ``[[step, value], ...]`` that gets an entry only when the value changes and starts at step 0; a list with
-one entry is written as a plain constant.
+one entry is written as a plain constant, except a constant inventory of two or more items (see ``_Track.encode``).
 
 The end of an episode: ``log_step`` sees the terminal step through the terminals/truncations of the env's
 agent rows and fills ``episode_end`` (that step's rewards and the episode returns). With the default
@@ -139,15 +139,17 @@ class _Track:
                 self.series[key].append([step, value])
                 last[key] = value
 
-    def encode(self, num_frames: int) -> dict[str, Any]:
+    def encode(self) -> dict[str, Any]:
         """Single-entry lists become constants; every key stays (upstream's tools read no defaults)."""
         out: dict[str, Any] = {}
         for key, series in self.series.items():
             if len(series) > 1:
                 out[key] = series
-            elif key == "inventory" and len(series[0][1]) >= 2 and num_frames >= 2:
+            elif key == "inventory" and len(series[0][1]) >= 2:
                 # Upstream's loader takes a constant list whose second element is a list for a series, which
                 # misreads a constant inventory of two or more items; a two-entry series reads right everywhere.
+                # In a one-frame replay the second entry sits at step 1 = max_steps: a padding entry that
+                # repeats the first and that no frame shows (docs/replay_format.md, 4.1).
                 out[key] = [series[0], [1, series[0][1]]]
             else:
                 out[key] = series[0][1]
@@ -327,7 +329,7 @@ class ReplayWriter:
         data = dict(self._header)
         data["max_steps"] = self._n_frames
         data["env_config"] = {**data["env_config"], "metta": {**data["env_config"]["metta"], "episode_end": self._end}}
-        data["objects"] = [self._tracks[oid].encode(self._n_frames) for oid in sorted(self._tracks)]
+        data["objects"] = [self._tracks[oid].encode() for oid in sorted(self._tracks)]
         self._tracks = {}
         validate_replay(data)  # a writer bug must never produce a file a viewer cannot read
         payload = zlib.compress(json.dumps(data, separators=(",", ":"), allow_nan=False).encode("utf-8"))

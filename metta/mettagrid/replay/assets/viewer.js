@@ -107,7 +107,9 @@
       const e = v[j];
       if (!Array.isArray(e) || e.length !== 2 || !isInt(e[0])) fail(`${where} key '${key}': series entry ${j} must be [step, value]`);
       if (j === 0 && e[0] !== 0) fail(`${where} key '${key}': a series must start at step 0`);
-      if (e[0] <= prev || e[0] >= n) fail(`${where} key '${key}': series entry ${j} has step ${e[0]} (steps increase, below max_steps ${n})`);
+      // A last entry at step n that repeats the previous value is padding no frame shows (docs/replay_format.md 4.1).
+      const padding = j > 0 && j === v.length - 1 && e[0] === n && JSON.stringify(e[1]) === JSON.stringify(v[j - 1][1]);
+      if (e[0] <= prev || (e[0] >= n && !padding)) fail(`${where} key '${key}': series entry ${j} has step ${e[0]} (steps increase, below max_steps ${n})`);
       const problem = check(e[1]);
       if (problem) fail(`${where} key '${key}': series entry ${j}: ${problem}, got ${short(e[1])}`);
       prev = e[0];
