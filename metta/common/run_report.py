@@ -7,9 +7,10 @@
     python -m metta.common.run_report compare RUN_DIR RUN_DIR ... --out compare.html
 
 The report reads what a run directory holds: ``metrics.jsonl`` (one JSON object per epoch, written by
-``StatsLogger``), ``run_config.json`` or ``config.yaml``, and the replays under ``replays/`` with their
-viewer pages. It shows learning curves (reward, SPS, losses, the timing split, evaluation scores per
-terrain), the config, and links to each replay page by epoch. The charts are SVG drawn here: the page needs
+``StatsLogger``), ``run_config.json`` or ``config.yaml``, and the replays with their viewer pages, under
+``replays/`` and under the run's ``trainer.simulation.replay_dir`` when that points elsewhere. It shows
+learning curves (reward, SPS, losses, the timing split, evaluation scores per terrain), the config, and
+links to each replay page by epoch. The charts are SVG drawn here: the page needs
 no script, no network and no server, and it opens straight from disk.
 """
 
@@ -91,17 +92,78 @@ class ReplayLink:
     has_page: bool
 
 
+def _load_record(path: Path) -> dict[str, Any]:
+    """The mapping in a run's ``run_config.json`` or ``config.yaml``; {} when absent or unreadable."""
+    if not path.is_file():
+        return {}
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            import yaml  # PyYAML, which omegaconf brings
+
+            data = yaml.safe_load(text)
+    except Exception:  # a damaged record only costs the report its replay folder
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def configured_replay_dir(run_dir: str | os.PathLike) -> Path | None:
+    """The run's ``trainer.simulation.replay_dir`` as recorded in ``run_config.json`` (else ``config.yaml``).
+
+    A relative folder is relative to where run.py was started: found from ``config.yaml``'s ``run_dir`` (as
+    run.py saw it) and where the run directory is now, else taken from the current directory.
+    """
+    root = Path(run_dir)
+    records = [_load_record(root / "run_config.json"), _load_record(root / "config.yaml")]
+    replay_dir = None
+    for record in records:
+        trainer = record.get("trainer")
+        simulation = trainer.get("simulation") if isinstance(trainer, dict) else None
+        value = simulation.get("replay_dir") if isinstance(simulation, dict) else None
+        if isinstance(value, str) and value:
+            replay_dir = Path(value)
+            break
+    if replay_dir is None or replay_dir.is_absolute():
+        return replay_dir
+    recorded = records[1].get("run_dir")
+    if isinstance(recorded, str) and recorded and not Path(recorded).is_absolute():
+        here, parts = root.resolve().parts, Path(recorded).parts
+        if len(here) > len(parts) and here[-len(parts) :] == parts:
+            return Path(*here[: -len(parts)]) / replay_dir
+    return Path.cwd() / replay_dir
+
+
+def replay_dirs(run_dir: str | os.PathLike) -> list[Path]:
+    """Where the run's replays are: ``{run_dir}/replays`` and the configured ``replay_dir`` when elsewhere."""
+    dirs = [Path(run_dir) / "replays"]
+    configured = configured_replay_dir(run_dir)
+    if configured is not None and configured.resolve() != dirs[0].resolve():
+        dirs.append(configured)
+    return dirs
+
+
+def _href(target: Path, root: Path) -> str:
+    """``target`` as a link from the report in ``root``: a relative path, or a file:// URL across drives."""
+    try:
+        return Path(os.path.relpath(target.resolve(), root.resolve())).as_posix()
+    except ValueError:
+        return target.resolve().as_uri()
+
+
 def find_replays(run_dir: str | os.PathLike) -> list[ReplayLink]:
-    """Every replay under ``{run_dir}/replays``, by epoch (from its ``epoch_NNNN`` folder), newest first."""
+    """Every replay under ``{run_dir}/replays`` and under the run's ``trainer.simulation.replay_dir`` when that
+    is elsewhere (``configured_replay_dir``), by epoch (from its ``epoch_NNNN`` folder), newest first."""
     root = Path(run_dir)
     links = []
-    for replay in sorted((root / "replays").rglob("*.json.z")):
-        rel = replay.relative_to(root)
-        match = EPOCH_DIR.search(str(rel.parent))
-        page = replay.with_name(replay.name[: -len(".json.z")] + ".html")
-        target = page if page.is_file() else replay
-        links.append(ReplayLink(int(match.group(1)) if match else None, target.relative_to(root).as_posix(),
-                                replay.name, page.is_file()))  # fmt: skip
+    for folder in replay_dirs(root):
+        for replay in sorted(folder.rglob("*.json.z")) if folder.is_dir() else ():
+            match = EPOCH_DIR.search(replay.relative_to(folder).parent.as_posix())
+            page = replay.with_name(replay.name[: -len(".json.z")] + ".html")
+            target = page if page.is_file() else replay
+            epoch = int(match.group(1)) if match else None
+            links.append(ReplayLink(epoch, _href(target, root), replay.name, page.is_file()))
     return sorted(links, key=lambda r: (-(r.epoch if r.epoch is not None else -1), r.href))
 
 
@@ -408,7 +470,8 @@ def run_report_html(run_dir: str | os.PathLike) -> str:
         )
         parts.append(f'<section><h2>Replays</h2><table class="replays"><tr><th>epoch</th><th>replay</th></tr>{items}</table></section>')
     else:
-        parts.append('<section><h2>Replays</h2><p class="note">No replays in replays/ yet.</p></section>')
+        where = " or ".join(html.escape(str(d)) for d in replay_dirs(root))
+        parts.append(f'<section><h2>Replays</h2><p class="note">No replays in {where} yet.</p></section>')
 
     config = read_config(root)
     if config is not None:

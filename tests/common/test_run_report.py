@@ -98,6 +98,39 @@ def test_report_is_built_from_the_run_directory(runs):
     assert not re.search(r"""(src|href)\s*=\s*["']?https?://""", html)
 
 
+def _replay_with_page(folder: Path) -> Path:
+    env = MettaGridEnv(REPLAY_ENV, seed=1)
+    noops = np.tile([env.action_names.index("noop"), 0], (env.num_agents, 1)).astype(np.int32)
+    return write_viewer_page(ReplayWriter(folder).record_episode(env, lambda obs: noops, max_steps=3))
+
+
+def test_report_finds_replays_in_the_configured_replay_dir(tmp_path, monkeypatch):
+    """trainer.simulation.replay_dir outside the run directory: recorded in run_config.json (absolute, as run.py
+    writes it), or only in config.yaml with a path relative to where run.py ran."""
+    run_dir = tmp_path / "data" / "elsewhere_run"
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.jsonl").write_text(json.dumps({"epoch": 2, "agent_step": 2048, "overview/reward": 0.5}) + "\n")
+    outside = tmp_path / "data" / "elsewhere_replays"
+    page = _replay_with_page(outside / "epoch_0002" / "replay")
+    inside = _replay_with_page(run_dir / "replays" / "epoch_0001" / "replay")
+    (run_dir / "run_config.json").write_text(json.dumps({"trainer": {"simulation": {"replay_dir": str(outside)}}}))
+    links = find_replays(run_dir)
+    assert [(r.epoch, r.has_page) for r in links] == [(2, True), (1, True)]
+    assert (run_dir / links[0].href).resolve() == page.resolve() and links[0].href.startswith("../")
+    assert (run_dir / links[1].href).resolve() == inside.resolve()
+    html = write_run_report(run_dir).read_text()
+    assert f'href="{links[0].href}"' in html and f'href="{links[1].href}"' in html
+    # The default folder named explicitly is not listed twice.
+    (run_dir / "run_config.json").write_text(json.dumps({"trainer": {"simulation": {"replay_dir": str(run_dir / "replays")}}}))
+    assert [r.epoch for r in find_replays(run_dir)] == [1]
+
+    # config.yaml only, with run.py's relative paths: resolved against where run.py ran, not today's cwd.
+    (run_dir / "run_config.json").unlink()
+    (run_dir / "config.yaml").write_text("run_dir: data/elsewhere_run\ntrainer:\n  simulation:\n    replay_dir: data/elsewhere_replays\n")
+    monkeypatch.chdir(run_dir)
+    assert [(r.epoch, (run_dir / r.href).resolve()) for r in find_replays(run_dir)] == [(2, page.resolve()), (1, inside.resolve())]
+
+
 def test_commands(runs, tmp_path, capsys):
     assert main(["report", str(runs[1])]) == 0
     assert capsys.readouterr().out.strip() == (runs[1] / "index.html").resolve().as_uri()
