@@ -4,7 +4,10 @@ The workload is the issue's: a 1000-step replay of 24 agents (two teams) on a 10
 building type, random actions. The script records it, writes the viewer page, opens the page and plays it
 at 60 steps per second.
 
-    python benchmarks/viewer_fps.py [--steps 1000] [--seconds 4] [--keep DIR]
+    python benchmarks/viewer_fps.py [--steps 1000] [--agents 24] [--size 100] [--seconds 4] [--keep DIR]
+
+Smaller sizes (the smoke test runs ``--steps 10 --agents 2 --size 12``) keep every building type: the counts
+below are for the 100x100 map and scale with the map's area, at least one of each.
 
 Numbers: ``open_s`` is from navigation to the viewer being ready (decompress, parse, build, first frame), as
 seen from Python; ``ready_ms`` the same inside the page; ``fps`` frames drawn per second while playing
@@ -31,6 +34,12 @@ BUILDINGS = {
 }  # fmt: skip
 
 
+def buildings(size: int) -> dict[str, int]:
+    """BUILDINGS (for a 100x100 map) scaled to a ``size`` x ``size`` map's inner area, at least one of each."""
+    scale = (size - 2) ** 2 / 98**2
+    return {name: max(1, round(n * scale)) for name, n in BUILDINGS.items()}
+
+
 def workload_config(steps: int, agents: int, size: int) -> dict:
     """The packaged base env (every object type defined) on a random map with two teams."""
     from metta.mettagrid.config_loader import load_config_dict
@@ -45,7 +54,7 @@ def workload_config(steps: int, agents: int, size: int) -> dict:
             "width": size - 2,
             "height": size - 2,
             "agents": {"team_1": agents // 2, "team_2": agents - agents // 2},
-            "objects": {"wall": size * size // 12, "block": size, **BUILDINGS},
+            "objects": {"wall": size * size // 12, "block": size, **buildings(size)},
             "border_width": 1,
         },
     )

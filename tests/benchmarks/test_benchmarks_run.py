@@ -28,6 +28,26 @@ def test_benchmark_prints_one_json_line(args):
     assert result["agent_steps_per_second"] > 0
 
 
+VIEWER_FPS_KEYS = {"steps", "agents", "map", "replay_bytes", "page_bytes", "record_s", "page_write_s", "open_s", "ready_ms",
+                   "fps", "steps_per_s", "render_ms", "console_errors"}  # fmt: skip
+
+
+def test_viewer_fps_prints_one_json_line_at_a_tiny_size():
+    """The viewer benchmark (a replay recorded, its page opened and played in headless Chromium) at a tiny size."""
+    from metta.common.headless_browser import find_chromium
+
+    if find_chromium() is None:
+        pytest.skip("Chromium is not installed (CI installs Debian's chromium package)")
+    args = ["benchmarks/viewer_fps.py", "--steps", "10", "--agents", "2", "--size", "12", "--seconds", "0.2"]
+    out = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, check=True)
+    lines = [line for line in out.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1
+    result = json.loads(lines[0])
+    assert set(result) == VIEWER_FPS_KEYS
+    assert (result["steps"], result["agents"], result["map"]) == (10, 2, "12x12")
+    assert result["console_errors"] == 0 and result["page_bytes"] > result["replay_bytes"] > 0
+
+
 def test_trajectory_hash_is_deterministic():
     """The hashes speed work is checked against must not depend on the run."""
     runs = [
