@@ -75,6 +75,7 @@ def train_ppo(
     ``metta.rl.losses``). The learning rate follows ``trainer_cfg.lr_scheduler`` at ``batch_start_step``, the
     agent step at which this batch's rollout began (default: ``agent_step`` minus one batch of every rank).
     """
+    trainer_cfg = sized_to_buffer(experience, trainer_cfg)
     ppo = trainer_cfg.ppo
     optimizer = as_metta_optimizer(optimizer, policy, ppo.max_grad_norm)
     prio = trainer_cfg.prioritized_experience_replay
@@ -110,6 +111,30 @@ def train_ppo(
                 torch.cuda.synchronize(device)
         losses.explained_variance = compute_explained_variance(experience.values, advantages)
     return epoch
+
+
+def sized_to_buffer(experience: Experience, trainer_cfg: Any) -> Any:
+    """The trainer config with the sizes the buffer runs: the buffer holds the batch and cuts the minibatches.
+
+    A size the config sets explicitly (``batch_size``, ``minibatch_size``, ``bptt_horizon``) must match the
+    buffer's, or this raises ``ValueError`` naming both (a setting accepted and then ignored would be a lie); a
+    size left at its default takes the buffer's value (``PPOOptimizer(policy, optimizer, device, PPOConfig())``
+    carries no sizes at all)."""
+    in_buffer = {
+        "batch_size": experience.batch_size,
+        "minibatch_size": experience.minibatch_size * experience.accumulate_minibatches,
+        "bptt_horizon": experience.bptt_horizon,
+    }
+    explicit = getattr(trainer_cfg, "model_fields_set", None)
+    differing = {k: v for k, v in in_buffer.items() if getattr(trainer_cfg, k, v) != v}
+    for name, value in differing.items():
+        if explicit is None or name in explicit:
+            raise ValueError(
+                f"trainer_cfg.{name}={getattr(trainer_cfg, name)} but the Experience was built with {name}={value}; "
+                "the buffer's sizes are the ones that run: build it from the config (make_experience(env, policy, "
+                f"trainer_cfg, device)) or set trainer_cfg.{name}={value}"
+            )
+    return trainer_cfg.model_copy(update=differing) if differing else trainer_cfg
 
 
 def as_metta_optimizer(optimizer: Any, policy: torch.nn.Module, max_grad_norm: float) -> Any:

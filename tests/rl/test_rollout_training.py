@@ -208,3 +208,29 @@ def test_train_ppo_follows_the_lr_schedule():
     # Each batch trains at the rate for the progress where its rollout began: 0 and 64 of 128 steps.
     assert rates == pytest.approx([0.002, 0.001])
     env.close()
+
+
+def test_train_ppo_runs_the_buffers_sizes_and_refuses_a_config_that_says_otherwise():
+    """The Experience holds the batch and cuts the minibatches: a size the trainer config sets explicitly must
+    match it (else an error naming both), and a size left at its default takes the buffer's value."""
+    from metta.rl.training import rollout, sized_to_buffer, train_ppo
+
+    torch.manual_seed(0)
+    env = Environment(env_config=default_env_config(num_agents=2, width=8, height=8), num_envs=2, seed=1)
+    agent = make_policy(env)
+    exp = experience_for(env, agent, batch_size=32, bptt=4, minibatch_size=16)
+    optimizer = Optimizer("adam", agent, learning_rate=1e-3)
+    _, _ = rollout(agent, env, exp, "cpu", 0, Stopwatch())
+
+    defaults = TrainerConfig()  # no sizes set: the buffer's are used (batch 32, minibatch 16, bptt 4)
+    adopted = sized_to_buffer(exp, defaults)
+    assert (adopted.batch_size, adopted.minibatch_size, adopted.bptt_horizon) == (32, 16, 4)
+    assert sized_to_buffer(exp, adopted) is adopted  # nothing to change
+    losses = Losses()
+    assert train_ppo(agent, optimizer, exp, "cpu", losses, 0, defaults, agent_step=32) == defaults.update_epochs
+    assert losses.minibatches_processed == 2 * defaults.update_epochs
+
+    explicit = TrainerConfig(batch_size=32, minibatch_size=8, bptt_horizon=4)
+    with pytest.raises(ValueError, match=r"trainer_cfg.minibatch_size=8 but the Experience was built with minibatch_size=16"):
+        train_ppo(agent, optimizer, exp, "cpu", Losses(), 0, explicit, agent_step=32)
+    env.close()

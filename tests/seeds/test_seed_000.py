@@ -96,7 +96,7 @@ def test_simple_training_loop_makes_progress(capsys):
     vecenv, policy, experience, optimizer, device = _objects_as_the_seed_creates_them()
     # Filled in: the counters, the timer, the losses, and the PPO parameters train_ppo reads.
     total_timesteps, agent_step, epoch, timer, losses = 1024, 0, 0, Stopwatch(), Losses()
-    trainer_cfg = TrainerConfig(total_timesteps=total_timesteps, batch_size=512, minibatch_size=256, bptt_horizon=32)
+    trainer_cfg = TrainerConfig(total_timesteps=total_timesteps, batch_size=512, minibatch_size=512, bptt_horizon=32)
     before = parameters_of(policy)
 
     while agent_step < total_timesteps:
