@@ -289,7 +289,7 @@ class MettaGridEnv:
         tables = self._tables(cfg)
         game = cfg.game
         rng = self._env_rngs[e]
-        level: Level = game.map_builder.build(rng)
+        level = self._build_level(game, rng)
         grid = level.grid
         lookup = tables.code_lookup()
         pad = 2 * kn.GRID_PAD
@@ -350,6 +350,10 @@ class MettaGridEnv:
             "start_time": time.perf_counter(),
             "map_shape": grid.shape,
         }
+
+    def _build_level(self, game: Any, rng: np.random.Generator) -> Level:
+        """The map of a new episode: the task's map builder draws it (the adapters' ``level=`` overrides this)."""
+        return game.map_builder.build(rng)
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[dict]]:
         if self._needs_reset:

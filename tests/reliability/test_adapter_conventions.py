@@ -6,7 +6,10 @@ render() and state() before reset() raise a clear error, ``state()`` works, and 
 
 from __future__ import annotations
 
+import datetime
 import warnings
+from dataclasses import dataclass
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -16,6 +19,8 @@ from pettingzoo.test import parallel_api_test, parallel_seed_test, render_test, 
 from pettingzoo.utils.conversions import parallel_to_aec
 
 from metta.mettagrid import MettaGridEnv, MettaGridGymEnv, MettaGridPettingZooEnv, SingleTaskCurriculum
+from metta.mettagrid.map import Level
+from metta.mettagrid.replay import ReplayWriter, read_replay
 
 MAX_STEPS = 12
 
@@ -178,8 +183,131 @@ def test_upstream_keywords_are_accepted():
     while not gym_env.step(gym_env.action_space.sample())[3]:
         length += 1
     assert length < 50
-    with pytest.raises(TypeError, match="stats_writer"):
-        MettaGridGymEnv(curriculum=curriculum, stats_writer=None)  # upstream's writers do not exist here
+    # Upstream's defaults, by keyword and in upstream's positional order (curriculum, render_mode, level,
+    # stats_writer, replay_writer, is_training), plus what upstream's **kwargs may carry to its env.
+    for env in (
+        MettaGridGymEnv(curriculum, None, None, None, None, False, buf=None, single_agent=True),
+        MettaGridPettingZooEnv(curriculum=cfg(), level=None, stats_writer=None, replay_writer=None, buf=None),
+    ):
+        env.reset(seed=0)
+        env.close()
+
+
+@pytest.mark.parametrize(
+    "keywords, error, message",
+    [
+        ({"level": 3}, TypeError, r"level=3 is not supported: pass None .*Level, or a non-empty 2-D grid of cell names"),
+        ({"level": [["wall", 1]]}, TypeError, r"level=\[\['wall', 1\]\] is not supported"),
+        ({"level": [["wall", "empty"]]}, ValueError, r"level= has 0 agent cells but game.num_agents=2"),
+        ({"stats_writer": "stats.db"}, TypeError, r"stats_writer='stats.db' has no record_episode method: pass None or"),
+        ({"replay_writer": 3}, TypeError, r"replay_writer=3 is not supported: pass None, a .*ReplayWriter or a directory"),
+        ({"buf": np.zeros(3)}, ValueError, r"buf=array.* use MettaGridEnv\(curriculum, buf=...\)"),
+        ({"single_agent": True}, TypeError, r"PettingZooEnv\(\) does not support single_agent=True; it accepts curriculum"),
+        ({"seed": 3, "foo": "x"}, TypeError, r"does not support seed=3, foo='x'"),
+    ],
+)  # fmt: skip
+def test_unsupported_keyword_values_are_errors_that_name_them(keywords, error, message):
+    with pytest.raises(error, match=message):
+        MettaGridPettingZooEnv(cfg(), **keywords)
+
+
+def test_gym_single_agent_false_is_an_error_naming_the_alternative():
+    message = r"single_agent=False\): this adapter is single-agent .* MettaGridPettingZooEnv"
+    with pytest.raises(ValueError, match=message):
+        MettaGridGymEnv(cfg(agents=1), single_agent=False)
+
+
+@dataclass
+class UpstreamLevel:
+    """The shape of upstream's pre-built level: a grid of cell names and labels."""
+
+    grid: np.ndarray
+    labels: list[str]
+
+
+ROOM = [
+    ["wall", "wall", "wall", "wall", "wall", "wall"],
+    ["wall", "agent.agent", "empty", "altar", "empty", "wall"],
+    ["wall", "empty", "empty", "empty", "agent.agent", "wall"],
+    ["wall", "wall", "wall", "wall", "wall", "wall"],
+]
+
+
+def test_level_is_the_map_of_every_episode():
+    level = UpstreamLevel(np.array(ROOM, dtype=np.str_), ["fixed_room"])
+    env = MettaGridPettingZooEnv(cfg(), render_mode="ansi", level=level)
+    maps = []
+    for seed in (1, 2, 3):
+        env.reset(seed=seed)
+        maps.append(env.render())
+        while env.agents:
+            _, _, _, _, infos = env.step({a: np.zeros(2, np.int32) for a in env.agents})
+        assert infos["agent_0"]["map_reward/fixed_room"] == infos["agent_0"]["episode_reward"]
+        assert (infos["agent_0"]["attributes"]["map_w"], infos["agent_0"]["attributes"]["map_h"]) == (6, 4)
+    assert maps[0] == maps[1] == maps[2] and maps[0].count("\n") >= 3 and "_" in maps[0]
+    # Without level= the map builder draws a new map per seed.
+    drawn = MettaGridPettingZooEnv(cfg(), render_mode="ansi")
+    assert len({(drawn.reset(seed=s), drawn.render())[1] for s in (1, 2, 3)}) > 1
+    # A metta Level or a nested list works the same; the Gym adapter takes it too.
+    one = [row[:] for row in ROOM]
+    one[2][4] = "empty"
+    gym_env = MettaGridGymEnv(cfg(agents=1), render_mode="ansi", level=Level.from_strings(one))
+    gym_env.reset(seed=0)
+    from_list = MettaGridGymEnv(cfg(agents=1), "ansi", one)  # upstream's positional place of level
+    from_list.reset(seed=5)
+    assert gym_env.render() == from_list.render()
+    # A cell the game has no object for is named when the episode starts.
+    lab = [row[:] for row in ROOM]
+    lab[1][3] = "lab"
+    with pytest.raises(ValueError, match=r"level= does not fit the game config of the task: the map has a 'lab' cell"):
+        MettaGridPettingZooEnv(cfg(), level=lab).reset(seed=0)
+
+
+class StatsRecorder:
+    """A stats writer with upstream's record_episode call, keeping what it receives."""
+
+    def __init__(self):
+        self.episodes: list[tuple] = []
+
+    def record_episode(self, episode_id, attributes, agent_metrics, agent_groups, step_count, replay_url, created_at):
+        self.episodes.append((episode_id, attributes, agent_metrics, agent_groups, step_count, replay_url, created_at))
+
+
+def test_replay_writer_records_every_episode_and_stats_writer_receives_it(tmp_path: Path):
+    stats = StatsRecorder()
+    env = MettaGridPettingZooEnv(cfg(), stats_writer=stats, replay_writer=ReplayWriter(tmp_path / "replays"))
+    rng = np.random.default_rng(0)
+    before = datetime.datetime.now()
+    for episode in range(2):
+        env.reset(seed=episode)
+        while env.agents:
+            _, _, _, _, infos = env.step({a: rng.integers(0, [7, 4]) for a in env.agents})
+        info = infos["agent_0"]
+        replay = read_replay(info["replay_url"])
+        # Every step is a frame, the terminal state included, and the file says where the episode ended.
+        assert replay["max_steps"] == MAX_STEPS and replay["num_agents"] == 2
+        assert replay["env_config"]["metta"]["episode_end"]["step"] == MAX_STEPS - 1
+        episode_id, attributes, metrics, groups, step_count, replay_url, created_at = stats.episodes[-1]
+        assert len(stats.episodes) == episode + 1
+        assert replay_url == info["replay_url"] and Path(replay_url).name == f"{episode_id}.json.z"
+        assert attributes["config.game.max_steps"] == str(MAX_STEPS) and attributes["config.game.num_agents"] == "2"
+        assert [m["reward"] for m in metrics.values()] == info["episode_rewards"]
+        # The per-agent stats average to the episode's agent stats.
+        for key, mean in info["agent"].items():
+            assert sum(m.get(key, 0.0) for m in metrics.values()) / 2 == pytest.approx(mean), key
+        assert groups == {0: 0, 1: 0} and step_count == MAX_STEPS and before <= created_at <= datetime.datetime.now()
+    assert len(list((tmp_path / "replays").glob("*.json.z"))) == 2
+
+    # The Gym adapter with a directory: a reset before the end, and close(), write the replay so far.
+    gym_env = MettaGridGymEnv(cfg(agents=1), replay_writer=str(tmp_path / "gym"), stats_writer=stats)
+    gym_env.reset(seed=0)
+    for _ in range(3):
+        gym_env.step(gym_env.action_space.sample())
+    gym_env.reset(seed=1)
+    gym_env.step(gym_env.action_space.sample())
+    gym_env.close()
+    assert sorted(read_replay(p)["max_steps"] for p in (tmp_path / "gym").iterdir()) == [1, 3]
+    assert len(stats.episodes) == 2  # only ended episodes have stats
 
 
 def test_out_of_range_pettingzoo_actions_are_invalid_not_wrapped():

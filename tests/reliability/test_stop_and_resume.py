@@ -1,7 +1,8 @@
 """run.py under signals, kills, corrupt run directories and a second writer, on real processes.
 
-- SIGTERM (to the process group, vecenv workers included) and SIGINT finish the iteration, checkpoint and exit 0;
-  under torchrun a SIGINT to one rank stops both ranks after the same iteration, and torchrun exits 0.
+- SIGTERM (to the process group, vecenv workers included) and SIGINT finish the iteration, checkpoint and exit 0:
+  one Ctrl-C to a plain run.py ends the kill chain below; under torchrun a SIGINT to one rank stops both ranks
+  after the same iteration, and torchrun exits 0.
 - A second Ctrl-C aborts at once, even in the middle of a checkpoint write, leaving a resumable directory.
 - SIGKILL before the first epoch, during a policy write, during a trainer-state write and during pruning
   (``METTA_KILL_AT``, metta/common/fault_points.py): each resume continues from the last complete checkpoint
@@ -102,7 +103,7 @@ def test_second_ctrl_c_aborts_at_once_and_the_run_resumes(tmp_path: Path):
 
 
 def test_kills_at_chosen_moments_resume_without_duplicate_or_missing_epochs(tmp_path: Path):
-    """One run directory killed four times at chosen moments, then run to the end."""
+    """One run directory killed four times at chosen moments, then resumed and stopped by one Ctrl-C."""
     run_dir = tmp_path / "chain"
     ckpts = run_dir / "checkpoints"
     moments = [
@@ -123,13 +124,23 @@ def test_kills_at_chosen_moments_resume_without_duplicate_or_missing_epochs(tmp_
     assert [e for e, _ in list_trainer_states(str(ckpts))] == [3, 2]
     assert (ckpts / "model_0001.pt").exists()
 
-    last = Run(tmp_path, "chain", 5)
-    assert last.finish() == 0, last.log[-3000:]
+    # The last process resumes and, past epoch 4, gets one Ctrl-C: a SIGINT to its process group, as a terminal
+    # sends it to a plain `python run.py`. It finishes the iteration, saves and exits 0.
+    last = Run(tmp_path, "chain", None)
+    try:
+        last.wait_for_epoch(4)
+        last.signal_group(signal.SIGINT)
+        assert last.finish() == 0, last.log[-3000:]
+    finally:
+        last.kill()
     assert resumed_epoch(last.log) == 3
-    assert assert_complete(run_dir) == 5
+    assert "received SIGINT" in last.log and "stopped by SIGINT" in last.log and "Traceback" not in last.log
+    final = assert_complete(run_dir)
+    assert final >= 4
     # The interrupted prune was finished: only the two kept checkpoints remain.
     assert sorted(p.name for p in ckpts.iterdir()) == [
-        "model_0004.pt", "model_0005.pt", "trainer_state_0004.ckpt", "trainer_state_0005.ckpt"
+        f"model_{final - 1:04d}.pt", f"model_{final:04d}.pt",
+        f"trainer_state_{final - 1:04d}.ckpt", f"trainer_state_{final:04d}.ckpt",
     ]  # fmt: skip
 
 
