@@ -2,7 +2,11 @@
 // it on a canvas. Everything the page needs is in the page; it makes no network request.
 //
 // window.metta exposes the viewer's state (step, selection, what the last frame drew) and a few actions, so
-// scripts and tests can drive it the way a user does.
+// scripts and tests can drive it the way a user does. Read-only views: metta.state (step, playing, speed,
+// selected, showVision, allActions, grid, sort), metta.lastDraw ({step, scale, agents: [{agent_id, x, y,
+// color}], vision: the observation window drawn, {agent_id, x, y, w, h} in cells, or null}), metta.summary,
+// metta.view (scale and offset of the map). The summary's tables carry ids (#sum-groups, #sum-actions,
+// #sum-agents) and data-group / data-action / data-agent on their rows.
 (function () {
   'use strict';
 
@@ -605,9 +609,11 @@
     }
     for (const o of R.converters) if (visible(o.x, o.y)) drawConverter(g, o, step);
     const sel = selectedAgent();
+    let vision = null;
     if (sel && state.showVision) {
       const [vw, vh] = R.vision;
       const vx = sel.xs[step] - Math.floor(vw / 2), vy = sel.ys[step] - Math.floor(vh / 2);
+      vision = { agent_id: sel.agentId, x: vx, y: vy, w: vw, h: vh };
       g.fillStyle = 'rgba(136, 192, 208, 0.07)';
       g.fillRect(view.ox + vx * s, view.oy + vy * s, vw * s, vh * s);
       g.strokeStyle = 'rgba(136, 192, 208, 0.85)';
@@ -637,7 +643,7 @@
         g.strokeRect(view.ox + x * s, view.oy + y * s, s, s);
       }
     }
-    M.lastDraw = { step, scale: s, agents: drawn };
+    M.lastDraw = { step, scale: s, agents: drawn, vision };
     renderMinimap();
     renderTrace();
     if (panelsStep !== step) {
@@ -933,22 +939,22 @@
     if (heart >= 0) {
       html += `<tr><td>hearts made</td><td id="sum-hearts">${heartsMade} by buildings, ${heartsTaken} gained by agents</td></tr>`;
     }
-    html += '</table><div style="margin-top:6px;color:var(--dim)">reward by group</div><table>';
+    html += '</table><div style="margin-top:6px;color:var(--dim)">reward by group</div><table id="sum-groups">';
     html += '<tr><th>group</th><th class="num">agents</th><th class="num">total</th><th class="num">mean</th></tr>';
     for (const [g, v] of [...groups.entries()].sort((p, q) => p[0] - q[0])) {
-      html += `<tr><td><span class="swatch round" style="background:${groupColor(g)}"></span>${esc(groupName(g))}</td>` +
+      html += `<tr data-group="${g}"><td><span class="swatch round" style="background:${groupColor(g)}"></span>${esc(groupName(g))}</td>` +
         `<td class="num">${v.count}</td><td class="num">${fmt(v.sum)}</td><td class="num">${fmt(v.sum / v.count)}</td></tr>`;
     }
     html += '</table><div style="margin-top:6px;color:var(--dim)">actions (all agents, all steps)</div><table id="sum-actions">';
     html += '<tr><th>action</th><th class="num">count</th><th class="num">succeeded</th></tr>';
     R.actionNames.forEach((name, i) => {
       const [c, ok] = counts[i];
-      html += `<tr><td><span class="swatch" style="background:${actionColor(name)}"></span>${esc(name)}</td>` +
+      html += `<tr data-action="${esc(name)}"><td><span class="swatch" style="background:${actionColor(name)}"></span>${esc(name)}</td>` +
         `<td class="num">${c}</td><td class="num">${c ? Math.round((100 * ok) / c) : 0}%</td></tr>`;
     });
-    html += '</table><div style="margin-top:6px;color:var(--dim)">reward by agent</div><table>';
+    html += '</table><div style="margin-top:6px;color:var(--dim)">reward by agent</div><table id="sum-agents">';
     R.agents.forEach((a, i) => {
-      html += `<tr><td>agent ${a.agentId}</td><td class="num">${fmt(totals[i])}</td></tr>`;
+      html += `<tr data-agent="${a.agentId}"><td>agent ${a.agentId}</td><td class="num">${fmt(totals[i])}</td></tr>`;
     });
     $('summary').innerHTML = html + '</table>';
     M.summary = { totals, heartsMade, heartsTaken, actionCounts: counts };
