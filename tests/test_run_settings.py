@@ -194,7 +194,22 @@ def check_evaluate_and_replay(runs):
     assert not any("eval/navigation/score" in r for r in rows(runs["data"] / "r0"))  # evaluate=false
     assert any("eval/navigation/score" in r for r in rows(runs["data"] / "r2"))  # evaluated ...
     assert "replay: file://" not in runs["r2"]  # ... without a replay (replay=false)
-    assert glob.glob(str(runs["data"] / "r1_replays" / "**" / "*.json.z"), recursive=True)  # replay_dir
+    replays = sorted(glob.glob(str(runs["data"] / "r1_replays" / "**" / "*.json.z"), recursive=True))
+    assert replays  # replay_dir
+    # Each replay has its viewer page beside it, and the log names the page as a file:// URL.
+    pages = [Path(r[: -len(".json.z")] + ".html") for r in replays]
+    assert all(p.is_file() for p in pages)
+    assert re.findall(r"replay: (file://\S+)", runs["r1"]) == [p.resolve().as_uri() for p in pages]
+    # The run report: written after each evaluation's row except the last one's, and once at the end.
+    for name in ("r0", "r1", "r2"):
+        log, last_epoch = runs[name], rows(runs["data"] / name)[-1]["epoch"]
+        evaluated = [int(e) for e in re.findall(r"evaluation at epoch (\d+)", log)]
+        reports = re.findall(r"run report: (file://\S+)", log)
+        assert reports == [(runs["data"] / name / "index.html").resolve().as_uri()] * (sum(e != last_epoch for e in evaluated) + 1)
+        assert log.rindex("run report: ") > max(log.rfind("evaluation at epoch"), log.rfind("replay: file://"))
+    # R1's report links its pages in replay_dir, outside the run directory.
+    report = (runs["data"] / "r1" / "index.html").read_text()
+    assert all(f'href="../r1_replays/{p.relative_to(runs["data"] / "r1_replays").as_posix()}"' in report for p in pages)
 
 
 def check_torch_threads(runs):
