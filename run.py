@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Literal
 
@@ -56,12 +55,13 @@ from metta.interface import (
     setup_device_and_distributed,
     setup_run_directories,
 )
+from metta.mettagrid.curriculum.loader import build_curriculum
 from metta.mettagrid.replay import write_viewer_page
 from metta.rl.checkpoint import UnloadableCheckpointsError, set_aside_checkpoints
 from metta.rl.epoch_metrics import epoch_metrics, interval_metrics
 from metta.rl.experience import make_experience
 from metta.rl.functional_trainer import rollout, train_ppo
-from metta.rl.initial_policy import load_initial_policy
+from metta.rl.initial_policy import check_initial_policy_uri, load_initial_policy
 from metta.rl.intervals import crossed
 from metta.rl.kickstarter import Kickstarter
 from metta.rl.losses import Losses
@@ -143,6 +143,11 @@ def main() -> None:
         cfg = parse_config(RunConfig, doc=__doc__)
     except ConfigCliError as err:  # a bad key or value: say so before any work starts
         raise SystemExit(f"run.py: {err}") from None
+    try:  # inputs that only their files can validate, also before any work (nothing is created yet)
+        check_initial_policy_uri(cfg.trainer.initial_policy.uri)
+        build_curriculum(cfg.trainer.curriculum, cfg.trainer.env_overrides or None, None, None, None)
+    except (ValueError, OSError) as err:
+        raise SystemExit(f"run.py: {err}") from None
 
     # ---------------------------------------------------------------- setup
     device, is_master, world_size, rank = setup_device_and_distributed(cfg.device)
@@ -194,7 +199,10 @@ def main() -> None:
     if policy_path:
         logger.info(f"resumed from {policy_path}: epoch {epoch}, agent_step {agent_step}")
     elif trainer_cfg.initial_policy.uri:
-        start = load_initial_policy(unwrap_agent(agent), policy_store, trainer_cfg.initial_policy, seed=cfg.seed)
+        try:
+            start = load_initial_policy(unwrap_agent(agent), policy_store, trainer_cfg.initial_policy, seed=cfg.seed)
+        except (ValueError, OSError) as err:  # no policy matches, or it does not fit the agent
+            raise SystemExit(f"run.py: {err}") from None
         logger.info(f"starting from the initial policy {start}")
     if trainer_cfg.compile:
         compile_policy(agent, trainer_cfg.compile_mode)
@@ -217,7 +225,8 @@ def main() -> None:
     stats_logger = StatsLogger(
         dirs.run_dir, trainer_cfg.total_timesteps, wandb_run=wandb_run, console=trainer_cfg.verbose, resume_epoch=epoch
     ) if is_master else None  # a resumed run drops the rows logged after its checkpoint  # fmt: skip
-    profiler = TorchProfiler(trainer_cfg.profiler.interval_epochs, trainer_cfg.profiler.profile_dir, device) if is_master else None
+    # Rank 0 traces; the other ranks get a profiler that never fires.
+    profiler = TorchProfiler(trainer_cfg.profiler.interval_epochs if is_master else 0, trainer_cfg.profiler.profile_dir, device)
     evaluation_suite = create_evaluation_config_suite()
     eval_scores: dict[str, float] = {}  # the last evaluation's, kept in each checkpoint's metadata
     intervals = trainer_cfg.checkpoint
@@ -242,10 +251,10 @@ def main() -> None:
         expected_epoch = epoch + trainer_cfg.update_epochs  # fewer if target_kl stops the update early
         optimizer.record_grad_stats = crossed(trainer_cfg.grad_mean_variance_interval, epoch, expected_epoch)
 
-        with profiler.trace(epoch, expected_epoch) if profiler else nullcontext():
+        with profiler.trace(epoch, expected_epoch) as traced:  # a torch profiler trace at its interval
             agent_step, episode_stats = rollout(agent, env, experience, device, agent_step, timer)
-            epoch = train_ppo(agent, optimizer, experience, device, losses, epoch, trainer_cfg, kickstarter,
-                              agent_step, timer, batch_start_step=steps_before)  # fmt: skip
+            epoch = traced.epoch = train_ppo(agent, optimizer, experience, device, losses, epoch, trainer_cfg, kickstarter,
+                                             agent_step, timer, batch_start_step=steps_before)  # fmt: skip
 
         # The periodic tasks whose interval the epoch counter crossed; the last iteration checkpoints and
         # evaluates in any case (a stop skips the evaluation, to exit in seconds). The epoch's row (with the

@@ -13,8 +13,10 @@ Two kinds of check:
 
 from __future__ import annotations
 
+import base64
 import copy
 import glob
+import hashlib
 import json
 import os
 import re
@@ -299,6 +301,10 @@ def check_wandb(runs):
     files = glob.glob(str(runs["data"] / "r2" / "**" / "*.wandb"), recursive=True)
     data = b"".join(Path(f).read_bytes() for f in files)
     assert b"model_0002" in data and b"proj_r2" in data and b"ent_r2" in data
+    # An artifact record's manifest holds each file's md5 (base64): the uploaded policy file itself was recorded.
+    uploaded = [f for f in sorted((runs["data"] / "r2_checkpoints").glob("model_*.pt"))
+                if base64.b64encode(hashlib.md5(f.read_bytes()).digest()) in data]  # fmt: skip
+    assert uploaded and all(int(f.stem.split("_")[1]) % 2 == 0 for f in uploaded)  # wandb_checkpoint_interval=2
     assert not glob.glob(str(runs["data"] / "r0" / "**" / "*.wandb"), recursive=True)  # wandb.enabled=false
 
 
@@ -321,6 +327,18 @@ def check_initial_policy_range(runs):
         return {Path(select_initial_policy(store, cfg, seed).file_path).name for seed in range(20)}
 
     assert drawn(1) == {"model_0004.pt"} and drawn(2) == {"model_0002.pt", "model_0004.pt"}
+
+    # The other types: latest is the newest; specific needs one file; filters that match nothing are an error.
+    def chosen(**kw) -> str:
+        return Path(select_initial_policy(store, InitialPolicyConfig(**kw)).file_path).name
+
+    assert chosen(uri=uri, type="latest") == "model_0004.pt"
+    assert chosen(uri=uri, type="latest", filters={"epoch": 2}) == "model_0002.pt"
+    assert chosen(uri=f"{uri}/model_0002.pt", type="specific") == "model_0002.pt"
+    with pytest.raises(ValueError, match="type=specific needs uri to name one policy file; .* holds 2"):
+        chosen(uri=uri, type="specific")
+    with pytest.raises(ValueError, match=r"none of the 2 policies .* match filters=\{'epoch': 7\}"):
+        chosen(uri=uri, type="top", filters={"epoch": 7})
 
 
 def check_initial_policy(runs):

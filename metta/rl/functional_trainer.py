@@ -17,23 +17,30 @@ components call too); seed 000 imports them from here.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import torch
 
+from metta.common.distributed import get_world_size, is_master, unwrap_agent
+from metta.common.graceful_stop import GracefulStop
 from metta.common.profiling.stopwatch import Stopwatch
 from metta.common.run_lock import acquire_run_lock
-from metta.mettagrid.vecenv import make_vecenv
+from metta.mettagrid.curriculum.core import Curriculum
+from metta.mettagrid.curriculum.loader import curriculum_from_any
+from metta.mettagrid.vecenv import envs_for_target_batch, make_vecenv, resolve_batching
 from metta.rl.components import PolicyEvaluator, PPOOptimizer, RolloutCollector, StatsLogger, TrainingCheckpointer
 from metta.rl.epoch_metrics import epoch_metrics, interval_metrics
 from metta.rl.experience import Experience, make_experience
+from metta.rl.initial_policy import check_initial_policy_uri, load_initial_policy
 from metta.rl.intervals import crossed
 from metta.rl.losses import CustomLossFn, custom_loss_names
 from metta.rl.optimizer import Optimizer
-from metta.rl.policy_management import update_l2_init_at_interval
-from metta.rl.trainer_config import resolve_trainer_config
+from metta.rl.policy_management import compile_policy, update_l2_init_at_interval
+from metta.rl.torch_profiler import TorchProfiler
+from metta.rl.trainer_config import resolve_trainer_config, scale_by_world_size
 from metta.rl.training import as_metta_optimizer, rollout, train_ppo
 
 if TYPE_CHECKING:
@@ -85,12 +92,14 @@ StepFn = Callable[[TrainingState, TrainingComponents, "TrainerConfig", Experienc
 
 
 def _run_dirs(config: "TrainerConfig", run_dir: str | os.PathLike | None) -> tuple[str, str]:
-    """``(run_dir, checkpoint_dir)``: checkpoints under ``run_dir`` when it is given, else the config's folder."""
+    """``(run_dir, checkpoint_dir)``: ``config.checkpoint.checkpoint_dir`` when set, else ``{run_dir}/checkpoints``;
+    without ``run_dir`` the run directory is the folder above the checkpoints (default ``train_dir/``)."""
+    configured = config.checkpoint.checkpoint_dir
     if run_dir is None:
-        checkpoint_dir = os.path.abspath(config.checkpoint.checkpoint_dir or os.path.join("train_dir", "checkpoints"))
+        checkpoint_dir = os.path.abspath(configured or os.path.join("train_dir", "checkpoints"))
         return os.path.dirname(checkpoint_dir), checkpoint_dir
     run_dir = os.path.abspath(os.fspath(run_dir))
-    return run_dir, os.path.join(run_dir, "checkpoints")
+    return run_dir, os.path.abspath(configured) if configured else os.path.join(run_dir, "checkpoints")
 
 
 def create_training_components(
@@ -148,11 +157,12 @@ def resume_training_state(components: TrainingComponents) -> TrainingState:
     ``TrainingState`` when the directory has none. A corrupt newest checkpoint is skipped with a warning naming
     it."""
     ckpt = components.checkpointer.resume(components.collector.policy, components.optimizer)
+    # Rows a killed run logged after its last checkpoint (or before its first) are about to be trained and
+    # logged again.
+    components.stats_logger.resume_from(ckpt.epoch if ckpt is not None else 0)
     if ckpt is None:
         return TrainingState()
     components.ppo.epoch = ckpt.epoch
-    # Rows a killed run logged after its last checkpoint are about to be trained and logged again.
-    components.stats_logger.resume_from(ckpt.epoch)
     return TrainingState(agent_step=ckpt.agent_step, epoch=ckpt.epoch)
 
 
@@ -190,9 +200,9 @@ def functional_training_loop(
     custom_losses: Sequence[CustomLossFn] | None = None,
     *,
     device: torch.device | str | None = None,
-    num_envs: int = 4,
-    num_workers: int = 1,
-    vectorization: str = "serial",
+    num_envs: int | None = None,
+    num_workers: int | None = None,
+    vectorization: str | None = None,
     seed: int = 0,
     run_dir: str | os.PathLike | None = None,
     optimizer: Any = None,
@@ -200,28 +210,41 @@ def functional_training_loop(
     evaluation_suite: "SimulationSuiteConfig | None" = None,
     evaluate_interval: int | None = None,
     wandb_run: Any = None,
-    console: bool = True,
+    console: bool | None = None,
 ) -> TrainingState:
     """Train ``policy`` on ``curriculum`` until ``config.total_timesteps`` agent steps; returns the final state.
 
-    ``config`` is a TrainerConfig (sizes, optimizer, intervals); ``ppo_config`` (or None) replaces its ``ppo``.
-    ``device`` defaults to the device of the policy's parameters.
-    ``curriculum`` is a Curriculum, an env config or a curriculum path; the vecenv (``num_envs`` envs, reset
-    with ``seed``) and the Experience are built here and closed at the end. ``step_fn`` defaults to
-    ``default_training_step``; ``custom_losses`` are added to every minibatch's PPO loss. Every step's metrics
-    go to the console and ``{run_dir}/metrics.jsonl``; a complete checkpoint is written every
-    ``checkpoint_interval`` epochs (default ``config.checkpoint.checkpoint_interval``, 0 for none) and at the
-    end; with an ``evaluation_suite`` the policy is scored every ``evaluate_interval`` epochs (default
-    ``config.simulation.evaluate_interval``) and at the end.
+    ``config`` is a TrainerConfig and every setting of it acts as in run.py; ``ppo_config`` (or None) replaces its
+    ``ppo``. ``device`` defaults to the device of the policy's parameters.
+
+    The envs: ``curriculum`` is a Curriculum, an env config or a curriculum path (None: ``config.curriculum``), with
+    ``config.env_overrides`` applied to every task. ``num_envs`` defaults to seed 003's arithmetic over
+    ``config.forward_pass_minibatch_target_size``, ``config.async_factor`` and ``num_workers`` (default
+    ``config.num_workers``); ``vectorization`` defaults to "serial" for one worker without async batches, else
+    "multiprocessing"; ``config.zero_copy`` is passed on. The vecenv (reset with ``seed``) and the Experience are
+    built here and closed at the end.
+
+    The loop: ``step_fn`` defaults to ``default_training_step``; ``custom_losses`` are added to every minibatch's
+    PPO loss. Every step's metrics go to ``{run_dir}/metrics.jsonl`` and, with ``console`` (default
+    ``config.verbose``), the console. As in run.py, each periodic task fires when the epoch counter crosses a
+    multiple of its interval (``metta.rl.intervals``): a complete checkpoint every ``checkpoint_interval`` epochs
+    (default ``config.checkpoint.checkpoint_interval``, 0 for none) and at the end; the policy uploaded to
+    ``wandb_run`` as an artifact every ``config.checkpoint.wandb_checkpoint_interval``; with an
+    ``evaluation_suite`` the policy scored every ``evaluate_interval`` epochs (default
+    ``config.simulation.evaluate_interval``) and at the end; gradient and weight metrics, L2-init refreshes and
+    torch profiler traces (``config.profiler``, into ``{run_dir}/torch_traces`` unless set) at theirs.
+    ``config.compile`` compiles the policy (``compile_mode``); ``config.initial_policy`` gives a fresh run its
+    starting weights; ``config.scale_batches_by_world_size`` divides the sizes across torch.distributed ranks.
 
     A run directory that holds a checkpoint resumes (``resume_training_state``): the policy, optimizer,
     curriculum, timer and RNG continue from its newest good checkpoint, and training goes on to
     ``total_timesteps`` from there, so calling this twice on one directory trains once and then continues
     (a run already at ``total_timesteps`` trains no further and rewrites nothing). While it runs it holds the
     run directory's lock (``metta.common.run_lock``): another process training into the same directory gets a
-    ``RunLockError`` instead of writing over this one's files.
+    ``RunLockError`` instead of writing over this one's files. SIGTERM or Ctrl-C (in the main thread) finishes the
+    step in progress, writes a checkpoint and returns the state (``metta.common.graceful_stop``).
     """
-    trainer_cfg = resolve_trainer_config(config, ppo_config)
+    trainer_cfg = scale_by_world_size(resolve_trainer_config(config, ppo_config), get_world_size())
     if not isinstance(policy, torch.nn.Module):
         raise TypeError(f"policy is a {type(policy).__name__}; pass the agent (an nn.Module), e.g. Agent(env)")
     if step_fn is not None and not callable(step_fn):
@@ -236,18 +259,38 @@ def functional_training_loop(
     for name, value in (("checkpoint_interval", checkpoint_interval), ("evaluate_interval", evaluate_interval)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name}={value!r} must be an int >= 0 (epochs; 0 turns it off)")
+    if console is None:
+        console = trainer_cfg.verbose
+    check_initial_policy_uri(trainer_cfg.initial_policy.uri)  # before anything is created
+    if isinstance(curriculum, Curriculum) and trainer_cfg.env_overrides:
+        raise ValueError(
+            f"config.env_overrides={dict(trainer_cfg.env_overrides)} cannot be applied to an already built Curriculum; "
+            "pass its env config or curriculum path as curriculum, or build the curriculum with them"
+        )
+    curriculum = curriculum_from_any(curriculum if curriculum is not None else trainer_cfg.curriculum, trainer_cfg.env_overrides or None)
+    num_workers = trainer_cfg.num_workers if num_workers is None else num_workers
+    async_factor = trainer_cfg.async_factor
+    if num_envs is None:
+        num_envs, batch_envs = envs_for_target_batch(curriculum, trainer_cfg.forward_pass_minibatch_target_size, num_workers, async_factor)
+    else:
+        num_envs, batch_envs = resolve_batching(num_envs, 1, async_factor, num_workers)
+    if vectorization is None:
+        vectorization = "serial" if num_workers == 1 and async_factor == 1 else "multiprocessing"
 
-    lock_dir = _run_dirs(trainer_cfg, run_dir)[0]
+    lock_dir, _ = _run_dirs(trainer_cfg, run_dir)
+    trainer_cfg = trainer_cfg.with_run_dir(lock_dir)  # replays and profiler traces go into the run directory
     os.makedirs(lock_dir, exist_ok=True)
     run_lock = acquire_run_lock(lock_dir)  # one writer per run directory, as run.py: a second process is refused
     try:
         vecenv = make_vecenv(
-            curriculum, vectorization, num_envs=num_envs, num_workers=num_workers, is_training=True, seed=seed
-        )
+            curriculum, vectorization, num_envs=num_envs, batch_size=batch_envs, num_workers=num_workers,
+            zero_copy=trainer_cfg.zero_copy, is_training=True, seed=seed,
+        )  # fmt: skip
     except BaseException:
         run_lock.release()
         raise
     components: TrainingComponents | None = None
+    stop = GracefulStop()
     try:
         vecenv.async_reset(seed)
         experience = make_experience(vecenv, policy, trainer_cfg, device)
@@ -258,42 +301,67 @@ def functional_training_loop(
             timer=timer, console=console,
         )  # fmt: skip
         state = resume_training_state(components)
+        started_from = ""
+        if state.agent_step == 0 and trainer_cfg.initial_policy.uri:
+            started_from = load_initial_policy(unwrap_agent(policy), policy_store, trainer_cfg.initial_policy, seed=seed)
+        if trainer_cfg.compile:
+            compile_policy(policy, trainer_cfg.compile_mode)
+        profiler = TorchProfiler(trainer_cfg.profiler.interval_epochs if is_master() else 0, trainer_cfg.profiler.profile_dir, device)
         if not timer.get_summary()["is_running"]:  # a resumed stopwatch is already running
             timer.start()
         if console:
-            resumed = f", resumed at epoch {state.epoch}, step {state.agent_step:,}" if state.agent_step else ""
+            notes = [f"resumed at epoch {state.epoch}, step {state.agent_step:,}"] if state.agent_step else []
+            notes += [f"starting from the initial policy {started_from}"] if started_from else []
+            notes += [f"policy compiled (mode {trainer_cfg.compile_mode})"] if trainer_cfg.compile else []
             print(
-                f"functional training: {trainer_cfg.total_timesteps:,} agent steps, {vecenv.num_agents} agents, "
-                f"batch {trainer_cfg.batch_size}, run dir {components.run_dir}{resumed}",
+                f"functional training: {trainer_cfg.total_timesteps:,} agent steps, {vecenv.num_envs} envs "
+                f"({vecenv.num_agents} agents, {vectorization}), batch {trainer_cfg.batch_size}, run dir "
+                f"{components.run_dir}" + "".join(f", {n}" for n in notes),
                 flush=True,
             )
+        if threading.current_thread() is threading.main_thread():
+            stop.install()  # SIGTERM or Ctrl-C: finish this step, checkpoint, return
+        intervals = trainer_cfg.checkpoint
         while state.agent_step < trainer_cfg.total_timesteps:
             steps_before, epoch_before = state.agent_step, state.epoch
-            components.optimizer.record_grad_stats = crossed(
-                trainer_cfg.grad_mean_variance_interval, state.epoch, state.epoch + trainer_cfg.update_epochs
-            )
-            metrics = step(state, components, trainer_cfg, experience)
+            expected_epoch = state.epoch + trainer_cfg.update_epochs
+            components.optimizer.record_grad_stats = crossed(trainer_cfg.grad_mean_variance_interval, state.epoch, expected_epoch)
+            with profiler.trace(state.epoch, expected_epoch) as traced:
+                metrics = step(state, components, trainer_cfg, experience)
+                traced.epoch = state.epoch
             if not isinstance(metrics, Mapping):
                 raise TypeError(f"step_fn returned a {type(metrics).__name__}; it must return a dict of metrics")
             if state.agent_step <= steps_before:
                 raise RuntimeError("step_fn did not advance state.agent_step; add the steps it collected, or the loop never ends")
-            # As run.py: tasks at their intervals, the last iteration evaluates and checkpoints, the row goes
-            # before the checkpoint.
+            # As run.py: tasks at their intervals, the last iteration evaluates and checkpoints (a stop skips the
+            # evaluation), the row goes before the checkpoint.
             metrics = {**metrics, **interval_metrics(policy, components.optimizer, trainer_cfg, epoch_before, state.epoch)}
-            last = state.agent_step >= trainer_cfg.total_timesteps
-            if components.evaluator is not None and (last or crossed(evaluate_interval, epoch_before, state.epoch)):
-                state.eval_scores = components.evaluator.evaluate(policy)
+            stopping = stop.should_stop(device)
+            last = stopping or state.agent_step >= trainer_cfg.total_timesteps
+            evaluate_now = last and not stopping or crossed(evaluate_interval, epoch_before, state.epoch)
+            if components.evaluator is not None and evaluate_now:
+                state.eval_scores = components.evaluator.evaluate(unwrap_agent(policy))
                 metrics.update({f"eval/{k}": v for k, v in state.eval_scores.items()})
             components.stats_logger.log(state.epoch, state.agent_step, metrics)
-            if last or crossed(checkpoint_interval, epoch_before, state.epoch):
+            upload = wandb_run is not None and (
+                crossed(intervals.wandb_checkpoint_interval, epoch_before, state.epoch)
+                or (last and intervals.wandb_checkpoint_interval > 0)
+            )  # fmt: skip
+            if upload or last or crossed(checkpoint_interval, epoch_before, state.epoch):
                 _save(state, components, final=last)
+                if upload and state.policy_record is not None:
+                    components.checkpointer.upload_policy(state.policy_record)
             update_l2_init_at_interval(policy, epoch_before, state.epoch)
+            if stopping:
+                break
         timer.stop()
         if console:
             elapsed = time.time() - state.start_time
-            print(f"done: epoch {state.epoch}, {state.agent_step:,} agent steps in {elapsed:.1f} s", flush=True)
+            how = f"stopped by {stop.signal_name}" if stop.requested else "done"
+            print(f"{how}: epoch {state.epoch}, {state.agent_step:,} agent steps in {elapsed:.1f} s", flush=True)
         return state
     finally:
+        stop.uninstall()
         if components is not None:
             components.stats_logger.close()
         vecenv.close()

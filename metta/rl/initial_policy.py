@@ -16,6 +16,8 @@ A run that resumes from its own checkpoint ignores ``initial_policy``: the check
 
 from __future__ import annotations
 
+import glob
+import os
 import random
 from typing import Any
 
@@ -23,6 +25,25 @@ import torch
 
 from metta.agent.policy_record import PolicyRecord
 from metta.agent.policy_store import select_records
+
+
+def check_initial_policy_uri(uri: str | None) -> None:
+    """Fail fast, before a run creates anything, when ``uri`` cannot name a policy: a path (plain or ``file://``)
+    that does not exist or a directory without ``*.pt`` files, or a scheme other than ``file://``/``wandb://``
+    (a ``wandb://`` uri is resolved when the policy is loaded). ``None`` or "" (no initial policy) passes."""
+    if not uri:
+        return
+    uri = str(uri)
+    if uri.startswith("wandb://"):
+        return
+    path = uri[len("file://"):] if uri.startswith("file://") else uri
+    if "://" in path:
+        raise ValueError(f"initial_policy.uri={uri!r}: unsupported scheme; use a policy file, a directory, file:// or wandb://")
+    if os.path.isdir(path):
+        if not glob.glob(os.path.join(path, "*.pt")):
+            raise FileNotFoundError(f"initial_policy.uri={uri!r} is a directory with no *.pt policy files")
+    elif not os.path.isfile(path):
+        raise FileNotFoundError(f"initial_policy.uri={uri!r} does not exist; name a policy file, a directory of them or a wandb:// uri")
 
 
 def select_initial_policy(policy_store: Any, cfg: Any, seed: int = 0) -> PolicyRecord:

@@ -1,12 +1,15 @@
 """``trainer.profiler``: a torch profiler trace of one iteration every ``interval_epochs`` epochs.
 
     profiler = TorchProfiler(interval_epochs, profile_dir, device)
-    with profiler.trace(epoch, epoch + update_epochs):
-        rollout(...); train_ppo(...)
+    with profiler.trace(epoch, epoch + update_epochs) as traced:
+        rollout(...)
+        epoch = traced.epoch = train_ppo(...)
 
-An iteration whose epochs cross a multiple of ``interval_epochs`` (``metta.rl.intervals.crossed``) runs under
-``torch.profiler`` (CPU, and CUDA on a GPU) and its trace goes to ``{profile_dir}/trace_epoch_{N}.json``, which
-chrome://tracing and Perfetto open. Other iterations run as they are. ``interval_epochs=0`` turns it off.
+An iteration whose epochs are due to cross a multiple of ``interval_epochs`` (``metta.rl.intervals.crossed``)
+runs under ``torch.profiler`` (CPU, and CUDA on a GPU) and its trace goes to ``{profile_dir}/trace_epoch_{N}.json``
+(chrome://tracing and Perfetto open it), N being the epoch the iteration reached (``traced.epoch``; fewer than
+planned when ``target_kl`` stops the update early). Other iterations run as they are. ``interval_epochs=0`` turns
+it off.
 """
 
 from __future__ import annotations
@@ -33,9 +36,12 @@ class TorchProfiler:
         self.traces: list[str] = []
 
     @contextmanager
-    def trace(self, epoch_before: int, epoch_after: int) -> Iterator[None]:
+    def trace(self, epoch_before: int, epoch_after: int) -> Iterator["TracedIteration"]:
+        """Profile the iteration when ``(epoch_before, epoch_after]`` crosses the interval; set ``.epoch`` on what
+        it yields to the epoch the iteration reached (default ``epoch_after``), which names the trace file."""
+        traced = TracedIteration(epoch_after)
         if not crossed(self.interval_epochs, epoch_before, epoch_after):
-            yield
+            yield traced
             return
         from torch.profiler import ProfilerActivity, profile
 
@@ -43,9 +49,16 @@ class TorchProfiler:
         if self.device.type == "cuda":
             activities.append(ProfilerActivity.CUDA)
         with profile(activities=activities, record_shapes=False) as prof:
-            yield
+            yield traced
         os.makedirs(self.profile_dir, exist_ok=True)
-        path = os.path.join(self.profile_dir, f"trace_epoch_{epoch_after:06d}.json")
+        path = os.path.join(self.profile_dir, f"trace_epoch_{traced.epoch:06d}.json")
         prof.export_chrome_trace(path)
         self.traces.append(path)
         logger.info("torch profiler trace: %s", path)
+
+
+class TracedIteration:
+    """What ``TorchProfiler.trace`` yields: ``epoch`` is the epoch the iteration reached (names the trace)."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch

@@ -50,6 +50,9 @@ def test_run_py_rejects_bad_input_before_creating_a_run_directory(tmp_path):
     for args, message in (
         ([f"--config={broken}"], f"--config {broken}: not valid YAML at line 2"),
         (["torch_threads=-1"], "torch_threads=-1: Input should be greater than or equal to 1"),
+        (["trainer.initial_policy.uri=/nonexistent/policy.pt"], "initial_policy.uri='/nonexistent/policy.pt' does not exist"),
+        (["trainer.env_overrides={game.agent.rewards.inventory.heart: .nan}"], "rewards.inventory['heart']=nan is not allowed"),
+        (["trainer.env_overrides={game.num_agents: 0}"], "game.num_agents: Input should be greater than or equal to 1 (got 0)"),
     ):
         data_dir = tmp_path / "runs"
         proc = subprocess.run(

@@ -26,6 +26,8 @@ def tiny_curriculum() -> SingleTaskCurriculum:
 def tiny_config(**overrides) -> TrainerConfig:
     fields = dict(
         total_timesteps=64, batch_size=64, minibatch_size=16, bptt_horizon=4,
+        # The loop's envs: NUM_ENVS x 2 agents in one forward pass, in this process.
+        forward_pass_minibatch_target_size=NUM_ENVS * 2, async_factor=1, num_workers=1,
         checkpoint={"checkpoint_interval": 0, "wandb_checkpoint_interval": 0}, simulation={"evaluate_interval": 0},
     )  # fmt: skip
     fields.update(overrides)

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 
 import pytest
 import torch
 
 from component_helpers import fresh_policy, policy_store, tiny_config, tiny_curriculum, value_regularizer
 from metta.agent.policy_store import read_policy_file
+from metta.interface.environment import default_env_config
 from metta.rl.checkpoint import load_latest_checkpoint, read_trainer_state
 from metta.rl.functional_trainer import TrainingState, default_training_step, functional_training_loop
 from metta.rl.trainer_config import PPOConfig
@@ -136,3 +138,58 @@ def test_a_run_directory_in_use_is_refused_and_a_killed_runs_extra_rows_are_drop
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert state.epoch == 2 and [(r["epoch"], r["agent_step"]) for r in rows] == [(1, 64), (2, 128)]
     assert "overview/sps" in rows[1]  # the re-trained epoch 2, not the killed run's row
+
+
+def test_the_configs_settings_are_the_ones_that_run(tmp_path, capsys):
+    """The loop reads the TrainerConfig as run.py does: envs from forward_pass_minibatch_target_size and
+    async_factor (no num_envs given), env_overrides on every task, verbose for the console, profiler traces at
+    their interval, a SIGTERM that stops after the step in progress with a checkpoint, and rows of a run killed
+    before its first checkpoint dropped."""
+    run_dir, store = tmp_path / "run", policy_store(str(tmp_path / "store"))
+    run_dir.mkdir()
+    with (run_dir / "metrics.jsonl").open("w") as f:  # a run killed before its first checkpoint logged these
+        f.writelines(json.dumps({"epoch": e, "agent_step": 64 * e}) + "\n" for e in (1, 2))
+    cfg = tiny_config(
+        total_timesteps=5 * 64, forward_pass_minibatch_target_size=4, env_overrides={"game.max_steps": 5},
+        profiler={"interval_epochs": 2}, checkpoint={"checkpoint_interval": 0, "wandb_checkpoint_interval": 0},
+    )  # fmt: skip
+
+    def stopped_in_epoch_3(state, components, config, experience):
+        if state.epoch == 2:  # the signal lands mid-step, as a scheduler's would
+            os.kill(os.getpid(), signal.SIGTERM)
+        return default_training_step(state, components, config, experience)
+
+    env_config = default_env_config(num_agents=2, width=8, height=8)  # not a built curriculum: env_overrides apply
+    state = functional_training_loop(cfg, None, fresh_policy(), env_config, store, step_fn=stopped_in_epoch_3, run_dir=run_dir)
+    out = capsys.readouterr().out
+    assert "2 envs (4 agents, serial)" in out  # 4 agents per forward pass of 2-agent envs, one batch
+    assert "stopped by SIGTERM: epoch 3" in out and state.epoch == 3 and state.agent_step == 192
+    assert sorted(os.listdir(run_dir / "checkpoints")) == ["model_0003.pt", "trainer_state_0003.ckpt"]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and all("overview/sps" in r for r in rows)
+    assert all(r["overview/episodes"] > 0 for r in rows)  # game.max_steps=5: episodes end within each rollout
+    assert sorted(os.listdir(run_dir / "torch_traces")) == ["trace_epoch_000002.json"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the loop put the handler back
+
+
+def test_a_fresh_run_starts_from_the_initial_policy_and_verbose_false_is_quiet(tmp_path, capsys):
+    store = policy_store(str(tmp_path / "store"))
+    functional_training_loop(tiny_config(), None, fresh_policy(), tiny_curriculum(), store, run_dir=tmp_path / "a", console=False)
+    source = read_policy_file(str(tmp_path / "a" / "checkpoints" / "model_0001.pt"))["state_dict"]
+    starts: list[bool] = []
+
+    def checking_step(state, components, config, experience):
+        if not starts:
+            current = components.collector.policy.state_dict()
+            starts.append(all(torch.equal(current[k], v) for k, v in source.items() if isinstance(v, torch.Tensor)))
+        return default_training_step(state, components, config, experience)
+
+    cfg = tiny_config(verbose=False, initial_policy={"uri": str(tmp_path / "a" / "checkpoints"), "type": "latest"})
+    functional_training_loop(cfg, None, fresh_policy(), tiny_curriculum(), store, step_fn=checking_step, run_dir=tmp_path / "b")
+    assert starts == [True] and capsys.readouterr().out == ""
+    with pytest.raises(FileNotFoundError, match="initial_policy.uri='/nonexistent' does not exist"):
+        functional_training_loop(
+            tiny_config(initial_policy={"uri": "/nonexistent"}), None, fresh_policy(), tiny_curriculum(), store,
+            run_dir=tmp_path / "c",
+        )  # fmt: skip
+    assert not (tmp_path / "c").exists()  # refused before anything was created

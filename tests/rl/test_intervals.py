@@ -107,3 +107,19 @@ def test_interval_metrics_in_the_functional_loop(tmp_path):
     assert [r["epoch"] for r in rows if "grad/variance" in r] == [3]
     weights = next(r for r in rows if r["epoch"] == 2)
     assert any(k.endswith("/effective_rank") for k in weights) and weights["grad/norm"] > 0
+
+
+def test_profiler_trace_is_named_by_the_epoch_the_iteration_reached(tmp_path):
+    """An iteration due to cross the interval is traced; when target_kl stops its update early the trace is named
+    by the epoch it reached, not the one planned. Iterations that are not due run untraced."""
+    import torch
+
+    from metta.rl.torch_profiler import TorchProfiler
+
+    profiler = TorchProfiler(4, str(tmp_path / "traces"))
+    for before, planned, reached in ((0, 2, 2), (2, 4, 3), (3, 5, 5), (5, 7, 7)):
+        with profiler.trace(before, planned) as traced:
+            torch.ones(8).sum()
+            traced.epoch = reached
+    # (2, 4] was due but stopped at 3, so the multiple 4 is crossed again by (3, 5]; (5, 7] crosses none.
+    assert sorted(os.listdir(tmp_path / "traces")) == ["trace_epoch_000003.json", "trace_epoch_000005.json"]

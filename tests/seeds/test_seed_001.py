@@ -29,6 +29,7 @@ def tiny_trainer_config(tmp_path, **overrides):
 
     fields = dict(
         total_timesteps=64, batch_size=64, minibatch_size=32, bptt_horizon=8,
+        forward_pass_minibatch_target_size=8, async_factor=1,  # 4 envs of 2 agents, in this process
         checkpoint={"checkpoint_interval": 1, "wandb_checkpoint_interval": 0,
                     "checkpoint_dir": str(tmp_path / "run" / "checkpoints")},
         simulation={"evaluate_interval": 0},

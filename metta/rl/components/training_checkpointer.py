@@ -32,7 +32,7 @@ import torch
 from metta.agent.metta_agent import MettaAgent, make_policy
 from metta.agent.policy_record import PolicyRecord
 from metta.agent.policy_store import PolicyStore
-from metta.common.distributed import is_master
+from metta.common.distributed import is_master, unwrap_agent
 from metta.rl.checkpoint import (
     DEFAULT_KEEP_LAST_N,
     CheckpointError,
@@ -171,7 +171,8 @@ class TrainingCheckpointer:
         returns it (its ``agent_step`` and ``epoch`` are where to continue), or None when there is none."""
         if not isinstance(policy, torch.nn.Module):
             raise TypeError(f"policy is a {type(policy).__name__}; pass the agent (an nn.Module)")
-        ckpt = load_latest_checkpoint(self.checkpoint_dir)
+        # With the policy, a checkpoint whose policy file does not fit it is skipped for the previous good pair.
+        ckpt = load_latest_checkpoint(self.checkpoint_dir, unwrap_agent(policy))
         if ckpt is not None:
             restore_checkpoint(ckpt, policy, optimizer, vecenv=self.vecenv, stopwatch=self.stopwatch)
         return ckpt
