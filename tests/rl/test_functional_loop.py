@@ -193,3 +193,21 @@ def test_a_fresh_run_starts_from_the_initial_policy_and_verbose_false_is_quiet(t
             run_dir=tmp_path / "c",
         )  # fmt: skip
     assert not (tmp_path / "c").exists()  # refused before anything was created
+
+
+def test_the_l2_init_anchor_moves_when_the_epoch_crosses_its_interval(tmp_path):
+    """The agent's l2_init_weight_update_interval is one more periodic task of the loop (crossing rule)."""
+    policy = fresh_policy()
+    policy.config = policy.config.model_copy(update={"l2_init_weight_update_interval": 2})
+    anchors: list[list[torch.Tensor]] = []
+
+    def watching_step(state, components, config, experience):
+        anchors.append([layer.initial_weight.clone() for layer in policy._param_layers()])
+        return default_training_step(state, components, config, experience)
+
+    functional_training_loop(
+        tiny_config(total_timesteps=3 * 64, update_epochs=1), None, policy, tiny_curriculum(),
+        policy_store(str(tmp_path / "store")), step_fn=watching_step, run_dir=tmp_path / "run", console=False,
+    )  # fmt: skip
+    same = [all(torch.equal(a, b) for a, b in zip(anchors[i], anchors[i + 1])) for i in range(2)]
+    assert same == [True, False]  # untouched after epoch 1; moved toward the weights when epoch 2 crossed 2
