@@ -229,14 +229,19 @@ def test_training_checkpointer_four_methods(tmp_path, parts, caplog):
     with caplog.at_level(logging.WARNING):
         policy_record = checkpointer.save_policy(policy, epoch, metadata)
         checkpointer.save_trainer_state(agent_step, epoch, optimizer.state_dict(), run_dir)
-    # Told nothing about the run, it says what a resumed run will lack and how to supply it.
-    assert "without trainer_config, vecenv, stopwatch" in caplog.text
+    # Told nothing about the run, it keeps its own clock and says what a resumed run will lack and how to supply it.
+    assert "without trainer_config, vecenv, so" in caplog.text
 
     # Load
     checkpoint = checkpointer.load_trainer_state(run_dir)
     policy_record = checkpointer.load_policy(checkpoint, env)
 
     assert (checkpoint.agent_step, checkpoint.epoch) == (256, 4) and checkpoint.optimizer_state_dict is not None
+    assert checkpoint.stopwatch_state["global"]["total_elapsed"] > 0 and checkpoint.curriculum_state is None
+    # load_policy bound it to the env: later trainer states hold the curriculum too.
+    checkpointer.save_policy(policy, epoch + 1, metadata)
+    checkpointer.save_trainer_state(agent_step + 64, epoch + 1, optimizer.state_dict(), run_dir)
+    assert checkpointer.load_trainer_state(run_dir).curriculum_state == env.get_curriculum_state()
     assert policy_record.metadata["note"] == "seed 001" and checkpoint.rng_state is not None
     for key, value in policy.state_dict().items():
         if isinstance(value, torch.Tensor):

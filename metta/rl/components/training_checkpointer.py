@@ -17,8 +17,11 @@ may be ``checkpoint_dir`` itself or the directory that holds it. ``save(...)`` w
 
 A trainer state is complete (optimizer, agent_step, epoch, RNG, curriculum, stopwatch, trainer config) when
 the checkpointer knows the run: ``TrainingCheckpointer(..., trainer_config=cfg, vecenv=env, stopwatch=timer)``
-(``create_training_components`` passes them). Without them the first save warns, naming what is missing
-(``metta.rl.checkpoint`` does, for every API that writes trainer states).
+(``create_training_components`` passes them). Built the seed's way, with three arguments, it learns what it can:
+``load_policy(checkpoint, env)`` (or ``resume``) binds it to that vecenv's curriculum, and without a ``stopwatch``
+it keeps its own clock of the run's wall time (started when it is made, restored on resume). Whatever is still
+missing at the first save is named in a warning, with how to supply it (``metta.rl.checkpoint`` does, for every
+API that writes trainer states).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from metta.agent.metta_agent import MettaAgent, make_policy
 from metta.agent.policy_record import PolicyRecord
 from metta.agent.policy_store import PolicyStore
 from metta.common.distributed import is_master, unwrap_agent
+from metta.common.profiling.stopwatch import Stopwatch
 from metta.rl.checkpoint import (
     DEFAULT_KEEP_LAST_N,
     CheckpointError,
@@ -71,6 +75,9 @@ class TrainingCheckpointer:
         # What a trainer state records besides the counters and the optimizer (see the module docstring).
         self.trainer_config = trainer_config
         self.vecenv = vecenv
+        if stopwatch is None:  # the run's wall time at least (phases are timed by whoever owns the loop's timer)
+            stopwatch = Stopwatch()
+            stopwatch.start()
         self.stopwatch = stopwatch
         # Uploads go through PolicyStore.add_to_wandb_run, the one upload implementation.
         if wandb_run is not None and policy_store.wandb_run is None:
@@ -182,6 +189,8 @@ class TrainingCheckpointer:
         without a policy) a new policy built for ``env`` (not yet saved: call ``save_policy`` for that)."""
         if checkpoint is not None and not isinstance(checkpoint, TrainerCheckpoint):
             raise TypeError(f"checkpoint is a {type(checkpoint).__name__}; pass what load_trainer_state returned (or None)")
+        if self.vecenv is None and hasattr(env, "get_curriculum_state"):
+            self.vecenv = env  # the run's envs: their curriculum state goes into the trainer states from now on
         env = getattr(env, "driver_env", env)
         if not hasattr(env, "single_observation_space"):
             raise TypeError(f"env is a {type(env).__name__}; pass the vecenv from Environment(...) or a MettaGridEnv")
