@@ -221,7 +221,7 @@ class TrainerConfig(Config):
         ev = self.simulation.evaluate_interval
         if ev != 0 and ev < max(ck, wb):
             raise ValueError(
-                f"simulation.evaluate_interval={ev} must be 0 (off) or >= checkpoint.checkpoint_interval={ck} and "
+                f"simulation.evaluate_interval={ev} must be 0 (only the final evaluation) or >= checkpoint.checkpoint_interval={ck} and "
                 f"checkpoint.wandb_checkpoint_interval={wb}, since evaluation reads a saved policy; "
                 f"use evaluate_interval={max(ck, wb)} or more"
             )
