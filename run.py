@@ -174,6 +174,7 @@ def main() -> None:
         curriculum_path=trainer_cfg.curriculum, env_config=trainer_cfg.env_overrides or None, device=str(device),
         seed=cfg.seed + 1000 * rank, num_envs=cfg.num_envs or 1, num_workers=trainer_cfg.num_workers,
         async_factor=trainer_cfg.async_factor, vectorization=cfg.vectorization, zero_copy=trainer_cfg.zero_copy,
+        worker_timeout_s=trainer_cfg.worker_timeout_s,
         is_training=True, forward_pass_minibatch_target_size=None if cfg.num_envs else trainer_cfg.forward_pass_minibatch_target_size,
     )  # fmt: skip
     resolved = cfg.model_copy(update={"num_envs": env.num_envs, "trainer": trainer_cfg})
@@ -311,6 +312,7 @@ def run_record(cfg: RunConfig, env, world_size: int) -> dict:
             "num_envs": env.num_envs, "agents": env.num_agents, "agents_per_batch": env.agents_per_batch,
             "num_workers": env.num_workers, "async_factor": env.num_envs // env.batch_size,
             "vectorization": cfg.vectorization, "zero_copy": env.zero_copy, "seed": env.seed,
+            "worker_timeout_s": env.worker_timeout_s,
             "curriculum_type": type(env.driver_env.curriculum).__name__,
         },
     }  # fmt: skip

@@ -115,7 +115,7 @@ def runs(tmp_path_factory) -> dict:
     )  # fmt: skip
     r1 = start(
         data, "r1", f"device={device}", "seed=7", "agent=interface_default", "num_envs=8", "vectorization=multiprocessing",
-        "trainer.num_workers=2", "trainer.async_factor=2", "keep_checkpoints=1", "torch_threads=1", "debug_dump_weights=true",
+        "trainer.num_workers=2", "trainer.async_factor=2", "trainer.worker_timeout_s=45", "keep_checkpoints=1", "torch_threads=1", "debug_dump_weights=true",
         "trainer.total_timesteps=2048", "trainer.batch_size=1024", "trainer.minibatch_size=512",
         "trainer.max_minibatch_size=256", "trainer.bptt_horizon=16", "trainer.update_epochs=1", "trainer.zero_copy=false",
         "trainer.verbose=false", "trainer.cpu_offload=true", "trainer.env_overrides={game.max_steps: 37}",
@@ -180,6 +180,7 @@ def check_num_envs_and_workers(runs):
     env = config_yaml(runs["data"] / "r1")["env"]
     assert (env["num_envs"], env["agents"], env["num_workers"], env["async_factor"], env["vectorization"]) == (8, 32, 2, 2, "multiprocessing")
     assert env["agents_per_batch"] == 16  # half the envs per recv
+    assert env["worker_timeout_s"] == 45 and config_yaml(runs["data"] / "r0")["env"]["worker_timeout_s"] == 60
 
 
 def check_target_batch(runs):
@@ -349,6 +350,7 @@ def check_initial_policy(runs):
 RUN_CHECKS = {
     "run": check_run_and_data_dir, "data_dir": check_run_and_data_dir, "device": check_device, "seed": check_seed,
     "agent": check_agent, "num_envs": check_num_envs_and_workers, "vectorization": check_num_envs_and_workers,
+    "trainer.worker_timeout_s": check_num_envs_and_workers,
     "keep_checkpoints": check_keep_checkpoints, "evaluate": check_evaluate_and_replay, "replay": check_evaluate_and_replay,
     "torch_threads": check_torch_threads, "debug_dump_weights": check_debug_dump_weights,
     "trainer.total_timesteps": check_sizes, "trainer.batch_size": check_sizes, "trainer.minibatch_size": check_sizes,

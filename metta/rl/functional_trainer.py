@@ -221,7 +221,7 @@ def functional_training_loop(
     ``config.env_overrides`` applied to every task. ``num_envs`` defaults to seed 003's arithmetic over
     ``config.forward_pass_minibatch_target_size``, ``config.async_factor`` and ``num_workers`` (default
     ``config.num_workers``); ``vectorization`` defaults to "serial" for one worker without async batches, else
-    "multiprocessing"; ``config.zero_copy`` is passed on. The vecenv (reset with ``seed``) and the Experience are
+    "multiprocessing"; ``config.zero_copy`` and ``config.worker_timeout_s`` are passed on. The vecenv (reset with ``seed``) and the Experience are
     built here and closed at the end.
 
     The loop: ``step_fn`` defaults to ``default_training_step``; ``custom_losses`` are added to every minibatch's
@@ -284,7 +284,7 @@ def functional_training_loop(
     try:
         vecenv = make_vecenv(
             curriculum, vectorization, num_envs=num_envs, batch_size=batch_envs, num_workers=num_workers,
-            zero_copy=trainer_cfg.zero_copy, is_training=True, seed=seed,
+            zero_copy=trainer_cfg.zero_copy, is_training=True, seed=seed, worker_timeout_s=trainer_cfg.worker_timeout_s,
         )  # fmt: skip
     except BaseException:
         run_lock.release()

@@ -22,6 +22,8 @@ from typing import Any, ClassVar, Literal
 from omegaconf import OmegaConf
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from metta.mettagrid.vecenv import DEFAULT_WORKER_TIMEOUT_S
+
 
 class Config(BaseModel):
     """Base: no unknown keys, validate on assignment so a later edit is checked too."""
@@ -173,6 +175,9 @@ class TrainerConfig(Config):
     forward_pass_minibatch_target_size: int = Field(default=4096, gt=0)
     async_factor: int = Field(default=2, gt=0)
     num_workers: int = Field(default=1, gt=0)
+    # With multiprocessing: how long to wait for a worker's reply before raising WorkerError (a stopped or hung
+    # worker would otherwise block the trainer for ever); starts and resets get longer.
+    worker_timeout_s: float = Field(default=DEFAULT_WORKER_TIMEOUT_S, gt=0)
 
     curriculum: str = Field(default="/env/mettagrid/curriculum/simple", min_length=1)
     env_overrides: dict[str, Any] = Field(default_factory=dict)  # dotted keys applied to every task's env
