@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from metta.mettagrid.env import MettaGridEnv
+from replay_cases import record_one_frame_mine_replay
 from metta.mettagrid.replay import (
     ALLOWED_TOP_KEYS,
     ReplayFormatError,
@@ -392,20 +393,7 @@ def test_a_constant_inventory_of_two_items_reads_right_in_upstreams_loader():
 def test_a_one_frame_replay_with_a_constant_inventory_of_two_items_reads_right_everywhere(tmp_path):
     """One frame leaves no room for a second series entry inside 0..max_steps-1, and both one-entry forms
     mislead upstream's loader: the writer pads with a repeat at step max_steps, which every reader accepts."""
-    cfg = {"game": {
-        "num_agents": 1, "max_steps": 8,
-        "objects": {"wall": {"type_id": 1}, "mine_red": {
-            "type_id": 2, "output_resources": {"ore_red": 1, "ore_blue": 2}, "cooldown": 50, "initial_resource_count": 1}},
-        "map_builder": {"type": "ascii", "map_data": "#####\n#@.m#\n#####"},
-    }}  # fmt: skip
-    env = MettaGridEnv(cfg, seed=0)
-    env.reset(0)
-    writer = ReplayWriter(tmp_path)
-    writer.start_episode(env, episode_id="one-frame")
-    env.step(np.zeros((1, 2), dtype=np.int32))
-    writer.log_step(env)
-    held = {o["type_id"]: o["inventory"] for o in env.grid_objects(0).values()}[2]  # {item id: count}
-    path = writer.end_episode()
+    held, path = record_one_frame_mine_replay(tmp_path)  # {item id: count}, the replay
     data = json.loads(zlib.decompress(path.read_bytes()))
     assert data["max_steps"] == 1
     mine = next(o for o in data["objects"] if o["type_id"] == 2)

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from metta.mettagrid.env import MettaGridEnv
+from replay_cases import record_one_frame_mine_replay
 from metta.mettagrid.replay import (
     ReplayWriter,
     expand_series,
@@ -332,19 +333,7 @@ def test_minimap_converter_panel_vision_toggle_and_summary(page, replay):
 def test_a_one_frame_replay_with_a_padded_inventory_series_opens(browser, tmp_path):
     """The writer pads a constant inventory of 2+ items in a one-frame replay with an entry at step max_steps
     (docs/replay_format.md 4.1); the page reads it as that inventory, with no error."""
-    cfg = {"game": {
-        "num_agents": 1, "max_steps": 8,
-        "objects": {"wall": {"type_id": 1}, "mine_red": {
-            "type_id": 2, "output_resources": {"ore_red": 1, "ore_blue": 2}, "cooldown": 50, "initial_resource_count": 1}},
-        "map_builder": {"type": "ascii", "map_data": "#####\n#@.m#\n#####"},
-    }}  # fmt: skip
-    env = MettaGridEnv(cfg, seed=0)
-    env.reset(0)
-    writer = ReplayWriter(tmp_path)
-    writer.start_episode(env, episode_id="one-frame")
-    env.step(np.zeros((1, 2), dtype=np.int32))
-    writer.log_step(env)
-    data = read_replay(writer.end_episode())
+    data = read_replay(record_one_frame_mine_replay(tmp_path)[1])
     mine = next(o for o in data["objects"] if o["type_id"] == 2)
     assert data["max_steps"] == 1 and len(mine["inventory"]) == 2 and mine["inventory"][1][0] == 1  # the padding
     page = browser.open(write_viewer_page(tmp_path / "one-frame.json.z").resolve().as_uri())
