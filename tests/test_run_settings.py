@@ -104,15 +104,11 @@ def rows(run_dir: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict:
-    """R0: the defaults at a tiny size; R1 and R2 (at the same time, one core each): many keys each; R3: R0
-    resumed with compile on."""
+    """R0: the defaults at a tiny size; R1 and R2: many keys each (R1 beside R0, then R2 beside R1, one core
+    each); R3: R0 resumed with compile on."""
     data = tmp_path_factory.mktemp("runs")
     out = {"data": data}
     device = "cpu" if CUDA else "cuda"  # the device that is not the default
-    out["r0"] = run(
-        data, "r0", *TINY, "trainer.total_timesteps=4096", "evaluate=false", "trainer.checkpoint.checkpoint_interval=1",
-        "wandb.enabled=false", env={"WANDB_MODE": "offline", "WANDB_DIR": str(data / "r0_wandb")},
-    )  # fmt: skip
     r1 = start(
         data, "r1", f"device={device}", "seed=7", "agent=interface_default", "num_envs=8", "vectorization=multiprocessing",
         "trainer.num_workers=2", "trainer.async_factor=2", "trainer.worker_timeout_s=45", "keep_checkpoints=1", "torch_threads=1", "debug_dump_weights=true",
@@ -125,6 +121,11 @@ def runs(tmp_path_factory) -> dict:
         "trainer.checkpoint.checkpoint_interval=2", "trainer.simulation.evaluate_interval=2",
         f"trainer.simulation.replay_dir={data / 'r1_replays'}", "trainer.profiler.interval_epochs=1",
         f"trainer.profiler.profile_dir={data / 'r1_traces'}",
+    )  # fmt: skip
+    # R0 trains while R1 does (R2 starts from R0's policies, so it waits for R0).
+    out["r0"] = run(
+        data, "r0", *TINY, "trainer.total_timesteps=4096", "evaluate=false", "trainer.checkpoint.checkpoint_interval=1",
+        "wandb.enabled=false", env={"WANDB_MODE": "offline", "WANDB_DIR": str(data / "r0_wandb")},
     )  # fmt: skip
     r0_checkpoints = data / "r0" / "checkpoints"
     r2 = start(
