@@ -82,14 +82,23 @@ TINY = ["trainer.batch_size=2048", "trainer.minibatch_size=512", "trainer.bptt_h
 
 
 def start(data_dir: Path, name: str, *args: str, env: dict | None = None) -> subprocess.Popen:
+    """run.py in the background; its output goes to a file (a pipe nobody reads while another run is awaited
+    could fill up and stall it)."""
     environ = {k: v for k, v in os.environ.items() if k not in ("METTA_RUN", "DATA_DIR", "RANK", "WORLD_SIZE", "LOCAL_RANK")}
     environ.update({"WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})})
     cmd = [sys.executable, "run.py", f"data_dir={data_dir}", f"run={name}", *args]
-    return subprocess.Popen(cmd, cwd=REPO, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = open(data_dir / f"{name}.{len(list(data_dir.glob(f'{name}.*.log')))}.log", "w+")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=environ, stdout=log, stderr=subprocess.STDOUT, text=True)
+    proc.log = log  # type: ignore[attr-defined]
+    return proc
 
 
 def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
-    out, _ = proc.communicate(timeout=timeout)
+    proc.wait(timeout=timeout)
+    log = proc.log  # type: ignore[attr-defined]
+    log.seek(0)
+    out = log.read()
+    log.close()
     assert proc.returncode == 0, out[-4000:]
     return out
 
