@@ -348,6 +348,34 @@ def last_saved_epoch(checkpoint_dir: str, before: int) -> int:
     return next((e for e, _ in list_trainer_states(checkpoint_dir) if e < before), 0)
 
 
+# Settings that a continued run is expected to change (a longer budget, other folders, logging).
+_RESUME_NEUTRAL = ("total_timesteps", "checkpoint.", "simulation.replay_dir", "profiler.", "verbose")
+
+
+def config_differences(saved: Mapping[str, Any] | None, trainer_config: Any) -> list[str]:
+    """The dotted trainer-config keys whose value differs between a checkpoint's recorded config and
+    ``trainer_config`` (``"ppo.gamma: 0.99 -> 0.5"``), leaving out those a continued run changes on purpose
+    (``total_timesteps``, folders, intervals, logging). Empty when the checkpoint recorded no config."""
+    current = _config_as_dict(trainer_config)
+    if not saved or current is None:
+        return []
+
+    def flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            if isinstance(v, Mapping) and v:
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    before, after = flat(saved), flat(current)
+    return [
+        f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in sorted(set(before) | set(after))
+        if before.get(k) != after.get(k) and not k.startswith(_RESUME_NEUTRAL)
+    ]  # fmt: skip
+
+
 def _config_as_dict(trainer_config: Any) -> dict[str, Any] | None:
     if trainer_config is None:
         return None

@@ -16,6 +16,7 @@ components call too); seed 000 imports them from here.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -32,10 +33,12 @@ from metta.mettagrid.curriculum.core import Curriculum
 from metta.mettagrid.curriculum.loader import curriculum_from_any
 from metta.mettagrid.vecenv import envs_for_target_batch, make_vecenv, resolve_batching
 from metta.rl.components import PolicyEvaluator, PPOOptimizer, RolloutCollector, StatsLogger, TrainingCheckpointer
+from metta.rl.checkpoint import config_differences
 from metta.rl.epoch_metrics import epoch_metrics, interval_metrics
 from metta.rl.experience import Experience, make_experience
 from metta.rl.initial_policy import check_initial_policy_uri, load_initial_policy
 from metta.rl.intervals import crossed
+from metta.rl.kickstarter import Kickstarter
 from metta.rl.losses import CustomLossFn, custom_loss_names
 from metta.rl.optimizer import Optimizer
 from metta.rl.policy_management import compile_policy, update_l2_init_at_interval
@@ -48,6 +51,8 @@ if TYPE_CHECKING:
     from metta.agent.policy_store import PolicyStore
     from metta.rl.trainer_config import PPOConfig, TrainerConfig
     from metta.sim.simulation_config import SimulationSuiteConfig
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "TrainingState", "TrainingComponents", "create_training_components", "resume_training_state",
@@ -66,6 +71,7 @@ class TrainingState:
     eval_scores: dict[str, float] = field(default_factory=dict)
     policy_record: "PolicyRecord | None" = None
     start_time: float = field(default_factory=time.time)
+    initial_policy: str | None = None  # the uri a fresh run started from (config.initial_policy), if any
 
     @property
     def agent_steps(self) -> int:
@@ -118,23 +124,39 @@ def create_training_components(
     custom_loss_fns: Sequence[CustomLossFn] | None = None,
     kickstarter: Any = None,
     timer: Any = None,
-    console: bool = True,
+    console: bool | None = None,
 ) -> TrainingComponents:
-    """The components of a run, wired to the same policy, buffer and optimizer.
+    """The components of a run, wired to the same policy, buffer and optimizer, from ``config`` as run.py reads it.
 
-    ``optimizer`` defaults to metta's ``Optimizer`` from ``config.optimizer`` and ``ppo.max_grad_norm``.
-    Metrics go to ``{run_dir}/metrics.jsonl`` and checkpoints to ``{run_dir}/checkpoints`` (``run_dir``
-    defaults to the folder above ``config.checkpoint.checkpoint_dir``, which is then used as is).
+    ``optimizer`` defaults to metta's ``Optimizer`` from ``config.optimizer`` and ``ppo.max_grad_norm`` (a plain
+    torch optimizer is wrapped once, so every component steps the same one); ``kickstarter`` defaults to the one
+    ``config.kickstart`` describes (inactive without teachers); ``console`` defaults to ``config.verbose``; with
+    ``config.compile`` the policy is compiled (``compile_mode``). Metrics go to ``{run_dir}/metrics.jsonl``,
+    checkpoints to ``config.checkpoint.checkpoint_dir`` or ``{run_dir}/checkpoints`` (``run_dir`` defaults to the
+    folder above ``config.checkpoint.checkpoint_dir``), and the evaluation's episodes (with an
+    ``evaluation_suite``) to ``{run_dir}/stats`` with their replays in ``config.simulation.replay_dir`` (default
+    ``{run_dir}/replays``).
     """
     trainer_cfg = resolve_trainer_config(config, ppo_config)
     losses = list(custom_loss_fns or [])
     custom_loss_names(losses)  # a non-callable is reported now, not at the first minibatch
     if optimizer is None:
         optimizer = Optimizer.from_config(policy, trainer_cfg)
+    optimizer = as_metta_optimizer(optimizer, policy, trainer_cfg.ppo.max_grad_norm)
+    if console is None:
+        console = trainer_cfg.verbose
     run_dir, checkpoint_dir = _run_dirs(trainer_cfg, run_dir)
+    trainer_cfg = trainer_cfg.with_run_dir(run_dir)
+    if kickstarter is None:
+        kickstarter = Kickstarter(trainer_cfg.kickstart, device, policy_store, vecenv)
+    if trainer_cfg.compile:
+        compile_policy(policy, trainer_cfg.compile_mode)
     evaluator = None
     if evaluation_suite is not None:
-        evaluator = PolicyEvaluator(evaluation_suite, policy_store, device, stats_dir=os.path.join(run_dir, "stats"))
+        evaluator = PolicyEvaluator(
+            evaluation_suite, policy_store, device, stats_dir=os.path.join(run_dir, "stats"),
+            replay_dir=trainer_cfg.simulation.replay_dir,
+        )  # fmt: skip
     return TrainingComponents(
         collector=RolloutCollector(vecenv, policy, experience, device, timer),
         ppo=PPOOptimizer(policy, optimizer, device, trainer_cfg, kickstarter=kickstarter, timer=timer),
@@ -150,18 +172,32 @@ def create_training_components(
     )
 
 
-def resume_training_state(components: TrainingComponents) -> TrainingState:
+def resume_training_state(components: TrainingComponents, seed: int = 0) -> TrainingState:
     """The state a run continues from: the newest good checkpoint of ``components.checkpointer.checkpoint_dir``
     restored into the policy, the optimizer, the curriculum, the timer and the RNG states
-    (``TrainingCheckpointer.resume``, as run.py resumes), with the metrics rows logged after it dropped; a fresh
-    ``TrainingState`` when the directory has none. A corrupt newest checkpoint is skipped with a warning naming
-    it."""
+    (``TrainingCheckpointer.resume``, as run.py resumes), with the metrics rows logged after it dropped. A corrupt
+    newest checkpoint is skipped with a warning naming it, and a checkpoint written with other trainer settings is
+    resumed with a warning naming them. With no checkpoint: a fresh ``TrainingState``, the policy starting from
+    ``config.initial_policy`` when it names one (``seed`` draws among its candidates)."""
+    trainer_cfg = components.ppo.trainer_cfg
     ckpt = components.checkpointer.resume(components.collector.policy, components.optimizer)
     # Rows a killed run logged after its last checkpoint (or before its first) are about to be trained and
     # logged again.
     components.stats_logger.resume_from(ckpt.epoch if ckpt is not None else 0)
     if ckpt is None:
-        return TrainingState()
+        state = TrainingState()
+        if trainer_cfg.initial_policy.uri:
+            state.initial_policy = load_initial_policy(
+                unwrap_agent(components.collector.policy), components.checkpointer.policy_store,
+                trainer_cfg.initial_policy, seed=seed,
+            )  # fmt: skip
+        return state
+    changed = config_differences(ckpt.trainer_config, trainer_cfg)
+    if changed:
+        logger.warning(
+            "resuming %s, whose checkpoint was written with other trainer settings (%s); this run goes on with its "
+            "own (a new run directory starts over)", components.checkpointer.checkpoint_dir, ", ".join(changed[:8]),
+        )  # fmt: skip
     components.ppo.epoch = ckpt.epoch
     return TrainingState(agent_step=ckpt.agent_step, epoch=ckpt.epoch)
 
@@ -300,12 +336,8 @@ def functional_training_loop(
             run_dir=run_dir, wandb_run=wandb_run, evaluation_suite=evaluation_suite, custom_loss_fns=custom_losses,
             timer=timer, console=console,
         )  # fmt: skip
-        state = resume_training_state(components)
-        started_from = ""
-        if state.agent_step == 0 and trainer_cfg.initial_policy.uri:
-            started_from = load_initial_policy(unwrap_agent(policy), policy_store, trainer_cfg.initial_policy, seed=seed)
-        if trainer_cfg.compile:
-            compile_policy(policy, trainer_cfg.compile_mode)
+        state = resume_training_state(components, seed=seed)
+        started_from = state.initial_policy
         profiler = TorchProfiler(trainer_cfg.profiler.interval_epochs if is_master() else 0, trainer_cfg.profiler.profile_dir, device)
         if not timer.get_summary()["is_running"]:  # a resumed stopwatch is already running
             timer.start()
@@ -338,10 +370,12 @@ def functional_training_loop(
             metrics = {**metrics, **interval_metrics(policy, components.optimizer, trainer_cfg, epoch_before, state.epoch)}
             stopping = stop.should_stop(device)
             last = stopping or state.agent_step >= trainer_cfg.total_timesteps
-            evaluate_now = last and not stopping or crossed(evaluate_interval, epoch_before, state.epoch)
+            # A stop skips the evaluation, to return in seconds (as run.py).
+            evaluate_now = not stopping and (last or crossed(evaluate_interval, epoch_before, state.epoch))
             if components.evaluator is not None and evaluate_now:
                 state.eval_scores = components.evaluator.evaluate(unwrap_agent(policy))
                 metrics.update({f"eval/{k}": v for k, v in state.eval_scores.items()})
+            state.metrics = metrics  # the row as logged, interval metrics and evaluation scores included
             components.stats_logger.log(state.epoch, state.agent_step, metrics)
             upload = wandb_run is not None and (
                 crossed(intervals.wandb_checkpoint_interval, epoch_before, state.epoch)

@@ -4,6 +4,7 @@ final checkpoints, console progress, resuming a run directory, and clear errors.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 
@@ -211,3 +212,30 @@ def test_the_l2_init_anchor_moves_when_the_epoch_crosses_its_interval(tmp_path):
     )  # fmt: skip
     same = [all(torch.equal(a, b) for a, b in zip(anchors[i], anchors[i + 1])) for i in range(2)]
     assert same == [True, False]  # untouched after epoch 1; moved toward the weights when epoch 2 crossed 2
+
+
+def test_kickstart_teachers_a_torch_optimizer_and_changed_settings(tmp_path, caplog):
+    """config.kickstart builds the loop's kickstarter (as run.py does); a plain torch optimizer is wrapped once,
+    so grad_mean_variance_interval still reports; resuming with other trainer settings says which."""
+    store = policy_store(str(tmp_path / "store"))
+    functional_training_loop(tiny_config(), None, fresh_policy(), tiny_curriculum(), store, run_dir=tmp_path / "teacher", console=False)
+    teacher = str(tmp_path / "teacher" / "checkpoints" / "model_0001.pt")
+    policy = fresh_policy()
+    cfg = tiny_config(
+        kickstart={"teacher_uri": teacher, "action_loss_coef": 1.0, "kickstart_steps": 10_000},
+        grad_mean_variance_interval=1,
+    )  # fmt: skip
+    state = functional_training_loop(
+        cfg, None, policy, tiny_curriculum(), store, optimizer=torch.optim.Adam(policy.parameters(), lr=1e-3),
+        run_dir=tmp_path / "student", console=False,
+    )  # fmt: skip
+    rows = [json.loads(line) for line in (tmp_path / "student" / "metrics.jsonl").read_text().splitlines()]
+    assert state.metrics["losses/ks_action_loss"] > 0 and rows[-1]["losses/ks_action_loss"] > 0
+    assert {"grad/mean", "grad/variance", "grad/norm"} <= set(state.metrics) & set(rows[-1])
+
+    with caplog.at_level(logging.WARNING, logger="metta.rl.functional_trainer"):
+        functional_training_loop(
+            tiny_config(total_timesteps=128, ppo={"gamma": 0.5}), None, fresh_policy(), tiny_curriculum(), store,
+            run_dir=tmp_path / "teacher", console=False,
+        )  # fmt: skip
+    assert "other trainer settings (ppo.gamma: 0.977 -> 0.5)" in caplog.text
