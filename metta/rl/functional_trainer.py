@@ -256,8 +256,8 @@ def functional_training_loop(
     The envs: ``curriculum`` is a Curriculum, an env config or a curriculum path (None: ``config.curriculum``), with
     ``config.env_overrides`` applied to every task. ``num_envs`` defaults to seed 003's arithmetic over
     ``config.forward_pass_minibatch_target_size``, ``config.async_factor`` and ``num_workers`` (default
-    ``config.num_workers``); ``vectorization`` defaults to "serial" for one worker without async batches, else
-    "multiprocessing"; ``config.zero_copy`` and ``config.worker_timeout_s`` are passed on. The vecenv (reset with ``seed``) and the Experience are
+    ``config.num_workers``); ``vectorization`` defaults to "serial" for one worker (the ``async_factor`` batches are
+    then stepped in turn in this process), else "multiprocessing"; ``config.zero_copy`` and ``config.worker_timeout_s`` are passed on. The vecenv (reset with ``seed``) and the Experience are
     built here and closed at the end.
 
     The loop: ``step_fn`` defaults to ``default_training_step``; ``custom_losses`` are added to every minibatch's
@@ -306,12 +306,15 @@ def functional_training_loop(
     curriculum = curriculum_from_any(curriculum if curriculum is not None else trainer_cfg.curriculum, trainer_cfg.env_overrides or None)
     num_workers = trainer_cfg.num_workers if num_workers is None else num_workers
     async_factor = trainer_cfg.async_factor
-    if num_envs is None:
-        num_envs, batch_envs = envs_for_target_batch(curriculum, trainer_cfg.forward_pass_minibatch_target_size, num_workers, async_factor)
-    else:
-        num_envs, batch_envs = resolve_batching(num_envs, 1, async_factor, num_workers)
     if vectorization is None:
-        vectorization = "serial" if num_workers == 1 and async_factor == 1 else "multiprocessing"
+        vectorization = "serial" if num_workers == 1 else "multiprocessing"
+    # Serial steps the async_factor batches in turn in this process: one partition of the envs per batch.
+    partitions = async_factor if vectorization == "serial" else num_workers
+    if num_envs is None:
+        target = trainer_cfg.forward_pass_minibatch_target_size
+        num_envs, batch_envs = envs_for_target_batch(curriculum, target, 1 if vectorization == "serial" else num_workers, async_factor)
+    else:
+        num_envs, batch_envs = resolve_batching(num_envs, 1, async_factor, partitions)
 
     lock_dir, _ = _run_dirs(trainer_cfg, run_dir)
     trainer_cfg = trainer_cfg.with_run_dir(lock_dir)  # replays and profiler traces go into the run directory
@@ -319,7 +322,7 @@ def functional_training_loop(
     run_lock = acquire_run_lock(lock_dir)  # one writer per run directory, as run.py: a second process is refused
     try:
         vecenv = make_vecenv(
-            curriculum, vectorization, num_envs=num_envs, batch_size=batch_envs, num_workers=num_workers,
+            curriculum, vectorization, num_envs=num_envs, batch_size=batch_envs, num_workers=partitions,
             zero_copy=trainer_cfg.zero_copy, is_training=True, seed=seed, worker_timeout_s=trainer_cfg.worker_timeout_s,
         )  # fmt: skip
     except BaseException:

@@ -239,3 +239,10 @@ def test_kickstart_teachers_a_torch_optimizer_and_changed_settings(tmp_path, cap
             run_dir=tmp_path / "teacher", console=False,
         )  # fmt: skip
     assert "other trainer settings (ppo.gamma: 0.977 -> 0.5)" in caplog.text
+
+
+def test_trainer_config_defaults_run_in_the_loop(tmp_path, capsys):
+    """TrainerConfig's own async_factor (2) with one worker: serial, its two batches stepped in turn."""
+    cfg = tiny_config(async_factor=2, forward_pass_minibatch_target_size=4)
+    state = functional_training_loop(cfg, None, fresh_policy(), tiny_curriculum(), policy_store(str(tmp_path / "s")), run_dir=tmp_path / "run")
+    assert "4 envs (8 agents, serial)" in capsys.readouterr().out and state.agent_step == 64
