@@ -310,13 +310,14 @@ def create_trainer_config(
 ) -> TrainerConfig:
     """A TrainerConfig from keyword fields and/or a nested ``overrides`` dict, adjusted like upstream's:
 
-    - ``vectorization == "serial"`` forces ``async_factor=1`` and ``zero_copy=False`` (nothing to overlap);
+    - ``vectorization == "serial"``: ``async_factor`` and ``zero_copy`` default to 1 and False (nothing to
+      overlap); given explicitly they are kept;
     - directories not given explicitly go under ``run_dir``: ``checkpoints/``, ``replays/``, ``torch_traces/``.
     """
     data: dict[str, Any] = {**(overrides or {}), **fields}
     if vectorization == "serial":
-        data["async_factor"] = 1
-        data["zero_copy"] = False
+        data.setdefault("async_factor", 1)
+        data.setdefault("zero_copy", False)
     if run_dir is not None:
         run_dir = Path(run_dir)
         data.setdefault("checkpoint", {}).setdefault("checkpoint_dir", str(run_dir / "checkpoints"))

@@ -96,7 +96,11 @@ class TrainingConfig(BaseModel):
     trainer: TrainerConfig = Field(default_factory=_cpu_trainer)
     device: str | None = Field(default=None, description="'cpu', 'cuda', 'cuda:N'; None: CUDA when available")
     seed: int = Field(default=0, ge=0)
-    num_envs: int = Field(default=32, ge=1, description="envs per process (agents = num_envs x agents per env)")
+    num_envs: int | None = Field(
+        default=32, ge=1,
+        description="envs per process (agents = num_envs x agents per env); None: as many as "
+        "trainer.forward_pass_minibatch_target_size agents per forward pass make",
+    )  # fmt: skip
     vectorization: Literal["serial", "multiprocessing"] = "serial"
     data_dir: str | None = Field(default=None, description="None: $DATA_DIR or ./train_dir")
     run_dir: str | None = Field(default=None, description="None: {data_dir}/{experiment_name}")
@@ -126,14 +130,21 @@ class TrainingConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_vectorization(self) -> "TrainingConfig":
-        if self.vectorization == "serial":
-            return self  # one process steps every env: async_factor and num_workers do not apply (see env_kwargs)
         async_factor, workers = self.trainer.async_factor, self.trainer.num_workers
+        if self.vectorization == "serial" and workers > 1:
+            raise ValueError(
+                f"trainer.num_workers={workers} needs vectorization='multiprocessing' (serial steps every env in this "
+                "process); set num_workers=1 or vectorization='multiprocessing'"
+            )
+        if self.num_envs is None:
+            return self  # sized from trainer.forward_pass_minibatch_target_size by the env itself
         if self.num_envs % async_factor:
             raise ValueError(
                 f"num_envs={self.num_envs} must be a multiple of trainer.async_factor={async_factor} (the envs are "
                 f"split into that many batches); use num_envs={async_factor * (self.num_envs // async_factor + 1)}"
             )
+        if self.vectorization == "serial":
+            return self  # the async_factor batches are stepped in turn in this process
         if workers % async_factor:
             raise ValueError(
                 f"trainer.num_workers={workers} must be a multiple of trainer.async_factor={async_factor} (each batch "
@@ -154,21 +165,26 @@ class TrainingConfig(BaseModel):
     def env_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``metta.interface.Environment(**config.env_kwargs())``.
 
-        With ``vectorization="serial"`` the trainer's ``async_factor`` and ``num_workers`` do not apply (one
-        process steps all envs, every ``recv`` returns all of them), as upstream's ``create_trainer_config`` did.
+        With ``vectorization="serial"`` this process steps the trainer's ``async_factor`` batches in turn (one
+        partition of the envs per batch); ``num_envs=None`` sizes the envs from
+        ``trainer.forward_pass_minibatch_target_size``.
         """
         serial = self.vectorization == "serial"
+        trainer = self.trainer
+        sized_by_target = self.num_envs is None
         return {
-            "curriculum_path": self.trainer.curriculum,
-            "env_config": dict(self.trainer.env_overrides) or None,
+            "curriculum_path": trainer.curriculum,
+            "env_config": dict(trainer.env_overrides) or None,
             "device": self.device or "cpu",
             "seed": self.seed,
-            "num_envs": self.num_envs,
-            "num_workers": 1 if serial else self.trainer.num_workers,
-            "async_factor": 1 if serial else self.trainer.async_factor,
-            "zero_copy": False if serial else self.trainer.zero_copy,
+            "num_envs": 1 if sized_by_target else self.num_envs,
+            "num_workers": trainer.async_factor if serial else trainer.num_workers,
+            "async_factor": trainer.async_factor,
+            "zero_copy": trainer.zero_copy,
             "vectorization": self.vectorization,
             "is_training": True,
+            "worker_timeout_s": trainer.worker_timeout_s,
+            "forward_pass_minibatch_target_size": trainer.forward_pass_minibatch_target_size if sized_by_target else None,
         }
 
     # ------------------------------------------------------------------------------------------------
@@ -239,7 +255,7 @@ def gpu_full_config() -> TrainingConfig:
     return TrainingConfig(
         experiment_name="gpu_full",
         device="cuda",
-        num_envs=2048,  # 4 agents each: 8192 agents, one 64-step segment each per 524288-step batch
+        num_envs=None,  # from forward_pass_minibatch_target_size: 2 x 1024 envs of 4 agents, 8192 agents
         vectorization="multiprocessing",
         trainer=TrainerConfig(
             total_timesteps=10_000_000_000,

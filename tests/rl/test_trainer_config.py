@@ -79,3 +79,6 @@ def test_create_trainer_config(tmp_path):
     assert cfg.profiler.profile_dir == str(tmp_path / "torch_traces")
     explicit = create_trainer_config(run_dir=tmp_path, vectorization="multiprocessing", checkpoint={"checkpoint_dir": "/ck"})
     assert explicit.checkpoint.checkpoint_dir == "/ck" and explicit.async_factor == 2
+    # Serial's defaults never overwrite what the caller set.
+    kept = create_trainer_config(vectorization="serial", async_factor=4, zero_copy=True)
+    assert (kept.async_factor, kept.zero_copy) == (4, True)

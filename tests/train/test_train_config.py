@@ -29,11 +29,17 @@ def test_presets_validate_and_fit_their_envs(name):
     assert isinstance(config, TrainingConfig) and config.experiment_name == name
     assert TrainingConfig.model_validate(config.model_dump(by_alias=True)) == config
     # Every env of the packaged curricula has 4 agents; each agent needs one bptt segment per batch.
-    config.trainer.check_num_agents(config.num_envs * 4)
     kwargs = config.env_kwargs()  # the arguments of metta.interface.Environment
-    assert kwargs["curriculum_path"] == config.trainer.curriculum and kwargs["num_envs"] == config.num_envs
-    if config.vectorization == "serial":
-        assert kwargs["async_factor"] == 1 and kwargs["num_workers"] == 1
+    assert kwargs["curriculum_path"] == config.trainer.curriculum and kwargs["async_factor"] == config.trainer.async_factor
+    if config.num_envs is None:  # sized from the forward-pass target (seed 003's arithmetic)
+        assert kwargs["num_envs"] == 1 and kwargs["forward_pass_minibatch_target_size"] == config.trainer.forward_pass_minibatch_target_size
+        num_envs = 2 * config.trainer.forward_pass_minibatch_target_size // 4
+    else:
+        assert kwargs["num_envs"] == config.num_envs and kwargs["forward_pass_minibatch_target_size"] is None
+        num_envs = config.num_envs
+    config.trainer.check_num_agents(num_envs * 4)
+    if config.vectorization == "serial":  # the async_factor batches, stepped in turn in this process
+        assert kwargs["num_workers"] == config.trainer.async_factor
 
 
 def test_gpu_preset_uses_upstream_scale():
@@ -72,6 +78,8 @@ def test_multiprocessing_layout_is_checked():
     config = gpu_full_config()
     with pytest.raises(ValidationError, match="num_envs=100 is not divisible by num_workers=8"):
         config.num_envs = 100
+    with pytest.raises(ValidationError, match="trainer.num_workers=8 needs vectorization='multiprocessing'"):
+        config.vectorization = "serial"
     with pytest.raises(ValidationError, match="num_workers=3 must be a multiple of trainer.async_factor=2"):
         TrainingConfig(vectorization="multiprocessing", num_envs=8, trainer=TrainerConfig(num_workers=3, async_factor=2))
 
