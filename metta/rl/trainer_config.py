@@ -157,7 +157,9 @@ class TrainerConfig(Config):
     batch_size: int = Field(default=524288, gt=0)  # agent-steps per rollout (per rank; see scale_batches_by_world_size)
     minibatch_size: int = Field(default=16384, gt=0)  # agent-steps per gradient step
     # Largest minibatch one forward/backward pass takes: a larger minibatch_size is split into pieces of this size
-    # whose gradients are accumulated before one optimizer step (same update, less memory). None: no split.
+    # whose gradients are accumulated before one optimizer step (less memory). It is the same update as one
+    # minibatch when ppo.norm_adv is off; with norm_adv each piece's advantages are normalized over that piece
+    # (a whole-minibatch mean and std would need every piece's forward pass first). None: no split.
     max_minibatch_size: int | None = Field(default=None, gt=0)
     bptt_horizon: int = Field(default=64, gt=0)
     update_epochs: int = Field(default=1, gt=0)
