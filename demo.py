@@ -25,6 +25,7 @@ from metta.agent.policy_store import PolicyStore
 from metta.common.profiling.stopwatch import Stopwatch
 from metta.interface import load_checkpoint, save_checkpoint, setup_run_directories
 from metta.mettagrid.curriculum.loader import curriculum_from_config_path
+from metta.rl.epoch_metrics import epoch_metrics
 from metta.rl.experience import Experience
 from metta.rl.functional_trainer import rollout, train_ppo
 from metta.rl.losses import Losses
@@ -116,12 +117,11 @@ def main() -> None:
         agent_step, stats = rollout(policy, vecenv, experience, device, agent_step, timer)
         epoch = train_ppo(policy, optimizer, experience, device, losses, epoch, trainer_cfg, agent_step=agent_step, timer=timer)
 
-        sps = (agent_step - steps_before) / (time.perf_counter() - t0)
-        rewards = stats.get("episode_reward", [])
-        reward = f"  reward {np.mean(rewards):.3f} ({len(rewards)} episodes)" if rewards else ""
-        loss = losses.stats()
-        print(f"epoch {epoch:3d}  step {agent_step:7d}  {sps:7.0f} SPS  policy_loss {loss['policy_loss']:+.4f}"
-              f"  value_loss {loss['value_loss']:.4f}  entropy {loss['entropy']:.3f}{reward}")  # fmt: skip
+        # The row every loop logs (metta.rl.epoch_metrics): overview/sps, overview/reward, losses/*, ...
+        m = epoch_metrics(stats, losses, experience, optimizer, agent_step - steps_before, time.perf_counter() - t0)
+        reward = f"  reward {m['overview/reward']:.3f} ({m['overview/episodes']:.0f} episodes)" if "overview/reward" in m else ""
+        print(f"epoch {epoch:3d}  step {agent_step:7d}  {m['overview/sps']:7.0f} SPS  policy_loss {m['losses/policy_loss']:+.4f}"
+              f"  value_loss {m['losses/value_loss']:.4f}  entropy {m['losses/entropy']:.3f}{reward}")  # fmt: skip
 
         record = save_checkpoint(
             epoch, agent_step, policy, optimizer, policy_store, dirs.checkpoint_dir,

@@ -33,6 +33,7 @@ from metta.mettagrid.config_loader import load_config_dict
 from metta.mettagrid.curriculum.core import Curriculum
 from metta.mettagrid.curriculum.loader import curriculum_from_any
 from metta.mettagrid.env import MettaGridEnv
+from metta.rl.epoch_metrics import epoch_metrics
 from metta.rl.experience import make_experience
 from metta.rl.functional_trainer import rollout, train_ppo
 from metta.rl.losses import Losses
@@ -167,23 +168,18 @@ def main() -> None:
         progress = (time.perf_counter() - start) / (args.minutes * 60)
         set_learning_rate(optimizer, scheduled_learning_rate(args.learning_rate, schedule, progress))
         epoch = train_ppo(policy, optimizer, experience, "cpu", losses, epoch, cfg, agent_step=agent_step)
-        rewards = stats.get("episode_reward", [])
+        # The row every loop logs (metta.rl.epoch_metrics): overview/sps, overview/reward, losses/*,
+        # parameters/learning_rate and env_<stat> (e.g. env_agent/action.move.success, what the agents do).
         row = {
             "epoch": epoch,
             "agent_step": agent_step,
             "seconds": round(time.perf_counter() - start, 1),
-            "episodes": len(rewards),
-            "episode_reward": float(np.mean(rewards)) if rewards else None,
-            "sps": round((agent_step - agent_step_before) / (time.perf_counter() - t0)),
-            "learning_rate": optimizer.param_groups[0]["lr"],
-            **{f"losses/{k}": v for k, v in losses.stats().items()},
-            # What the agents do per episode (mean per agent): shows e.g. a forward bias before rewards rise.
-            **{k: float(np.mean(v)) for k, v in stats.items() if k.startswith("agent/action.") and k.endswith(".success")},
+            **epoch_metrics(stats, losses, experience, optimizer, agent_step - agent_step_before, time.perf_counter() - t0),
         }
         metrics.write(json.dumps(row) + "\n")
         metrics.flush()
-        if rewards:
-            print(f"epoch {epoch} step {agent_step} t={row['seconds']}s reward {row['episode_reward']:.4f} sps {row['sps']}")
+        if "overview/reward" in row:
+            print(f"epoch {epoch} step {agent_step} t={row['seconds']}s reward {row['overview/reward']:.4f} sps {row['overview/sps']:.0f}")
     env.close()
     policy.eval()
     # Saved with the policy store so the trained agent can be evaluated again or watched in a replay.
