@@ -33,7 +33,7 @@ from metta.mettagrid.curriculum.core import Curriculum
 from metta.mettagrid.curriculum.loader import curriculum_from_any
 from metta.mettagrid.vecenv import envs_for_target_batch, make_vecenv, resolve_batching
 from metta.rl.components import PolicyEvaluator, PPOOptimizer, RolloutCollector, StatsLogger, TrainingCheckpointer
-from metta.rl.checkpoint import config_differences
+from metta.rl.checkpoint import DEFAULT_KEEP_LAST_N, config_differences
 from metta.rl.epoch_metrics import epoch_metrics, interval_metrics
 from metta.rl.experience import Experience, make_experience
 from metta.rl.initial_policy import check_initial_policy_uri, load_initial_policy
@@ -43,13 +43,13 @@ from metta.rl.losses import CustomLossFn, custom_loss_names
 from metta.rl.optimizer import Optimizer
 from metta.rl.policy_management import compile_policy, update_l2_init_at_interval
 from metta.rl.torch_profiler import TorchProfiler
-from metta.rl.trainer_config import resolve_trainer_config, scale_by_world_size
+from metta.rl.trainer_config import TrainerConfig, resolve_trainer_config, scale_by_world_size
 from metta.rl.training import as_metta_optimizer, rollout, train_ppo
 
 if TYPE_CHECKING:
     from metta.agent.policy_record import PolicyRecord
     from metta.agent.policy_store import PolicyStore
-    from metta.rl.trainer_config import PPOConfig, TrainerConfig
+    from metta.rl.trainer_config import PPOConfig
     from metta.sim.simulation_config import SimulationSuiteConfig
 
 logger = logging.getLogger(__name__)
@@ -125,6 +125,7 @@ def create_training_components(
     kickstarter: Any = None,
     timer: Any = None,
     console: bool | None = None,
+    keep_checkpoints: int | None = None,
 ) -> TrainingComponents:
     """The components of a run, wired to the same policy, buffer and optimizer, from ``config`` as run.py reads it.
 
@@ -135,7 +136,7 @@ def create_training_components(
     checkpoints to ``config.checkpoint.checkpoint_dir`` or ``{run_dir}/checkpoints`` (``run_dir`` defaults to the
     folder above ``config.checkpoint.checkpoint_dir``), and the evaluation's episodes (with an
     ``evaluation_suite``) to ``{run_dir}/stats`` with their replays in ``config.simulation.replay_dir`` (default
-    ``{run_dir}/replays``).
+    ``{run_dir}/replays``); the newest ``keep_checkpoints`` checkpoints are kept (default 5).
     """
     trainer_cfg = resolve_trainer_config(config, ppo_config)
     losses = list(custom_loss_fns or [])
@@ -161,8 +162,9 @@ def create_training_components(
         collector=RolloutCollector(vecenv, policy, experience, device, timer),
         ppo=PPOOptimizer(policy, optimizer, device, trainer_cfg, kickstarter=kickstarter, timer=timer),
         checkpointer=TrainingCheckpointer(
-            checkpoint_dir, policy_store, wandb_run, trainer_config=trainer_cfg, vecenv=vecenv, stopwatch=timer
-        ),
+            checkpoint_dir, policy_store, wandb_run, keep_last_n=keep_checkpoints or DEFAULT_KEEP_LAST_N,
+            trainer_config=trainer_cfg, vecenv=vecenv, stopwatch=timer,
+        ),  # fmt: skip
         stats_logger=StatsLogger(run_dir, trainer_cfg.total_timesteps, wandb_run=wandb_run, console=console),
         optimizer=optimizer,
         evaluator=evaluator,
@@ -239,7 +241,7 @@ def functional_training_loop(
     num_envs: int | None = None,
     num_workers: int | None = None,
     vectorization: str | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     run_dir: str | os.PathLike | None = None,
     optimizer: Any = None,
     checkpoint_interval: int | None = None,
@@ -251,7 +253,13 @@ def functional_training_loop(
     """Train ``policy`` on ``curriculum`` until ``config.total_timesteps`` agent steps; returns the final state.
 
     ``config`` is a TrainerConfig and every setting of it acts as in run.py; ``ppo_config`` (or None) replaces its
-    ``ppo``. ``device`` defaults to the device of the policy's parameters.
+    ``ppo``. ``device`` defaults to the device of the policy's parameters; ``seed`` (default 0) seeds the envs.
+
+    ``config`` may also be a ``TrainingConfig`` (``metta.train``): its ``trainer`` is the TrainerConfig, and its
+    run-level fields are the defaults of the arguments here: ``seed``, ``device`` (the policy must be on it),
+    ``num_envs`` and ``vectorization``, the run directory (``resolved_run_dir()``), ``keep_checkpoints``; with
+    ``wandb.enabled=True`` a ``wandb_run`` must be passed (``metta.interface.initialize_wandb`` makes one). Its
+    ``agent`` is what the caller built ``policy`` from.
 
     The envs: ``curriculum`` is a Curriculum, an env config or a curriculum path (None: ``config.curriculum``), with
     ``config.env_overrides`` applied to every task. ``num_envs`` defaults to seed 003's arithmetic over
@@ -286,8 +294,24 @@ def functional_training_loop(
     if step_fn is not None and not callable(step_fn):
         raise TypeError(f"step_fn is a {type(step_fn).__name__}; pass a function (state, components, config, experience) -> metrics")
     step = step_fn or default_training_step
-    if device is None:
-        device = next(policy.parameters()).device
+    keep_checkpoints = None
+    if not isinstance(config, TrainerConfig) and hasattr(config, "resolved_run_dir"):  # a TrainingConfig: its run-level fields are this call's defaults
+        seed = config.seed if seed is None else seed
+        device = device if device is not None else config.device
+        num_envs = config.num_envs if num_envs is None else num_envs
+        vectorization = vectorization or config.vectorization
+        run_dir = run_dir if run_dir is not None else config.resolved_run_dir()
+        keep_checkpoints = config.keep_checkpoints
+        if config.wandb.enabled and wandb_run is None:
+            raise ValueError(
+                "config.wandb.enabled=True but no wandb_run was passed; pass wandb_run=run (metta.interface."
+                "initialize_wandb makes one) or set config.wandb.enabled=False"
+            )
+    seed = 0 if seed is None else seed
+    policy_device = next(policy.parameters()).device
+    device = policy_device if device is None else torch.device(device)
+    if device.type != policy_device.type or (device.index is not None and device != policy_device):
+        raise ValueError(f"the policy is on {policy_device} but device={device}; move it first: policy.to({str(device)!r})")
     if checkpoint_interval is None:
         checkpoint_interval = trainer_cfg.checkpoint.checkpoint_interval
     if evaluate_interval is None:
@@ -337,7 +361,7 @@ def functional_training_loop(
         components = create_training_components(
             trainer_cfg, None, policy, vecenv, experience, policy_store, optimizer=optimizer, device=device,
             run_dir=run_dir, wandb_run=wandb_run, evaluation_suite=evaluation_suite, custom_loss_fns=custom_losses,
-            timer=timer, console=console,
+            timer=timer, console=console, keep_checkpoints=keep_checkpoints,
         )  # fmt: skip
         state = resume_training_state(components, seed=seed)
         started_from = state.initial_policy

@@ -246,3 +246,21 @@ def test_trainer_config_defaults_run_in_the_loop(tmp_path, capsys):
     cfg = tiny_config(async_factor=2, forward_pass_minibatch_target_size=4)
     state = functional_training_loop(cfg, None, fresh_policy(), tiny_curriculum(), policy_store(str(tmp_path / "s")), run_dir=tmp_path / "run")
     assert "4 envs (8 agents, serial)" in capsys.readouterr().out and state.agent_step == 64
+
+
+def test_a_training_config_gives_the_run_level_defaults(tmp_path, capsys):
+    """Seed 001 passes a TrainingConfig: its seed, num_envs, run directory and keep_checkpoints are used, and
+    wandb.enabled=True without a wandb run is an error rather than a run without wandb."""
+    from metta.train.train_config import TrainingConfig
+
+    config = TrainingConfig(
+        experiment_name="structured", data_dir=str(tmp_path), num_envs=2, seed=3, keep_checkpoints=1,
+        trainer=tiny_config(total_timesteps=3 * 64, checkpoint={"checkpoint_interval": 1, "wandb_checkpoint_interval": 0}),
+    )  # fmt: skip
+    state = functional_training_loop(config, None, fresh_policy(), tiny_curriculum(), policy_store(str(tmp_path / "s")))
+    run_dir = tmp_path / "structured"
+    assert state.epoch == 3 and "2 envs (4 agents, serial)" in capsys.readouterr().out
+    assert sorted(os.listdir(run_dir / "checkpoints")) == ["model_0003.pt", "trainer_state_0003.ckpt"]  # keep 1
+    config.wandb.enabled = True
+    with pytest.raises(ValueError, match="config.wandb.enabled=True but no wandb_run was passed"):
+        functional_training_loop(config, None, fresh_policy(), tiny_curriculum(), policy_store(str(tmp_path / "s")))
