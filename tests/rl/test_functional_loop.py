@@ -264,3 +264,27 @@ def test_a_training_config_gives_the_run_level_defaults(tmp_path, capsys):
     config.wandb.enabled = True
     with pytest.raises(ValueError, match="config.wandb.enabled=True but no wandb_run was passed"):
         functional_training_loop(config, None, fresh_policy(), tiny_curriculum(), policy_store(str(tmp_path / "s")))
+
+
+def test_wandb_checkpoint_interval_uploads_the_policy_as_an_artifact(tmp_path, monkeypatch):
+    """wandb offline: the policy saved at each wandb_checkpoint_interval is recorded as an artifact of the run
+    (its manifest holds the policy file's md5)."""
+    import base64
+    import hashlib
+
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = wandb.init(project="functional_loop_test", dir=str(tmp_path))
+    try:
+        cfg = tiny_config(total_timesteps=2 * 64, checkpoint={"checkpoint_interval": 0, "wandb_checkpoint_interval": 2})
+        state = functional_training_loop(
+            cfg, None, fresh_policy(), tiny_curriculum(), policy_store(str(tmp_path / "s")), run_dir=tmp_path / "run",
+            wandb_run=run, console=False,
+        )  # fmt: skip
+    finally:
+        run.finish()
+    data = b"".join(p.read_bytes() for p in tmp_path.glob("wandb/**/*.wandb"))
+    policy_file = tmp_path / "run" / "checkpoints" / "model_0002.pt"
+    assert state.epoch == 2 and base64.b64encode(hashlib.md5(policy_file.read_bytes()).digest()) in data
