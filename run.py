@@ -27,10 +27,12 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from metta.agent.agent_config import canonical_agent_name
 from metta.agent.policy_store import PolicyStore
 from metta.common.config_cli import ConfigCliError, parse_config
+from metta.common.fault_points import fault_point
 from metta.common.graceful_stop import GracefulStop
 from metta.common.profiling.memory_monitor import MemoryMonitor
 from metta.common.profiling.stopwatch import Stopwatch
@@ -107,8 +109,8 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     run: str | None = Field(default=None, description="run name (default: METTA_RUN or a timestamp)")
     data_dir: str | None = Field(default=None, description="default: DATA_DIR or ./train_dir")
-    device: str = Field(default="cuda" if torch.cuda.is_available() else "cpu")
-    seed: int = 0
+    device: str = Field(default="cuda" if torch.cuda.is_available() else "cpu", description="cpu, cuda or cuda:N")
+    seed: int = Field(default=0, ge=0, le=2**31 - 1, description="seeds torch, numpy (plus the rank) and the envs")
     agent: str = Field(default="fast", description="fast (default) or interface_default")
     num_envs: int | None = Field(
         default=None, ge=1, description="envs per process (default: from trainer.forward_pass_minibatch_target_size)"
@@ -124,6 +126,21 @@ class RunConfig(BaseModel):
     )
     trainer: TrainerConfig = Field(default_factory=cpu_trainer_config)
     wandb: WandbSettings = Field(default_factory=WandbSettings)
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        try:
+            torch.device(value)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"{value!r} is not a torch device; use cpu, cuda or cuda:N") from None
+        return value
+
+    @field_validator("agent")
+    @classmethod
+    def _check_agent(cls, value: str) -> str:
+        canonical_agent_name(value)  # a ValueError listing the ready agents
+        return value
 
     @model_validator(mode="after")
     def _check_vectorization(self) -> "RunConfig":
@@ -150,6 +167,8 @@ def main() -> None:
         raise SystemExit(f"run.py: {err}") from None
 
     # ---------------------------------------------------------------- setup
+    # SIGTERM or Ctrl-C from here on: finish what is in progress, checkpoint what was trained, exit 0.
+    stop = GracefulStop().install()
     device, is_master, world_size, rank = setup_device_and_distributed(cfg.device)
     trainer_cfg = scale_by_world_size(cfg.trainer, world_size)  # per-rank sizes
     run_name = cfg.run
@@ -170,6 +189,7 @@ def main() -> None:
     checkpoint_dir = trainer_cfg.checkpoint.checkpoint_dir
 
     # ---------------------------------------------------------------- components
+    fault_point("setup", "env")  # a test hook (metta.common.fault_points); nothing unless its env var is set
     env = Environment(
         curriculum_path=trainer_cfg.curriculum, env_config=trainer_cfg.env_overrides or None, device=str(device),
         seed=cfg.seed + 1000 * rank, num_envs=cfg.num_envs or 1, num_workers=trainer_cfg.num_workers,
@@ -223,6 +243,7 @@ def main() -> None:
         entity=cfg.wandb.entity, config=resolved.model_dump(mode="json", by_alias=True),
     )  # fmt: skip
     policy_store.wandb_run = wandb_run
+    stop.install()  # again, in case wandb's setup replaced the signal handlers
     stats_logger = StatsLogger(
         dirs.run_dir, trainer_cfg.total_timesteps, wandb_run=wandb_run, console=trainer_cfg.verbose, resume_epoch=epoch
     ) if is_master else None  # a resumed run drops the rows logged after its checkpoint  # fmt: skip
@@ -245,8 +266,9 @@ def main() -> None:
     # ---------------------------------------------------------------- the loop
     if not timer.get_summary()["is_running"]:  # a resumed stopwatch is already running
         timer.start()
-    stop = GracefulStop().install()  # SIGTERM or Ctrl-C: finish this iteration, checkpoint, exit 0
-    while agent_step < trainer_cfg.total_timesteps:
+    # A stop during setup ends the run here, before any training (every rank agrees).
+    stopped_in_setup = stop.should_stop(device)
+    while agent_step < trainer_cfg.total_timesteps and not stopped_in_setup:
         steps_before, epoch_before, t_epoch = agent_step, epoch, time.time()
         phase_before = timer.get_all_elapsed()
         expected_epoch = epoch + trainer_cfg.update_epochs  # fewer if target_kl stops the update early

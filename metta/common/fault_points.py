@@ -3,6 +3,8 @@
     METTA_KILL_AT=write:trainer_state_0003.ckpt    SIGKILL this process at that moment
     METTA_PAUSE_AT=write:model_*.pt                 write "fault point reached: ..." to stderr, then wait there
                                                     for signals forever (a test kills or signals it)
+    METTA_HOLD_AT=setup:env                         the same message, then wait there until one signal has been
+                                                    handled, and go on (a test signals a moment exactly)
 
 A value is ``<point>:<glob>``; the glob is matched (fnmatch) against the point's key. The points:
 
@@ -10,6 +12,7 @@ A value is ``<point>:<glob>``; the glob is matched (fnmatch) against the point's
                         complete and has not yet replaced <file name>
     prune:<file name>   checkpoint pruning, before <file name> is deleted
     log:<epoch>         ``StatsLogger.log``, before the metrics row of <epoch> is written
+    setup:env           run.py, after the run directory and the signal handlers exist, before the envs are built
 
 They exist so that the reliability tests and ``benchmarks/kill_resume.py`` can kill a real run in the middle
 of a policy write, a trainer-state write or a prune instead of hoping a random kill lands there.
@@ -24,6 +27,7 @@ import sys
 
 KILL_VAR = "METTA_KILL_AT"
 PAUSE_VAR = "METTA_PAUSE_AT"
+HOLD_VAR = "METTA_HOLD_AT"
 
 
 def _matches(spec: str, point: str, key: str) -> bool:
@@ -32,10 +36,15 @@ def _matches(spec: str, point: str, key: str) -> bool:
 
 
 def fault_point(point: str, key: str) -> None:
-    """Kill or pause here when ``METTA_KILL_AT`` / ``METTA_PAUSE_AT`` names ``point:key``; otherwise nothing."""
-    kill, pause = os.environ.get(KILL_VAR), os.environ.get(PAUSE_VAR)
+    """Kill, pause or hold here when ``METTA_KILL_AT`` / ``METTA_PAUSE_AT`` / ``METTA_HOLD_AT`` names
+    ``point:key``; otherwise nothing."""
+    kill, pause, hold = os.environ.get(KILL_VAR), os.environ.get(PAUSE_VAR), os.environ.get(HOLD_VAR)
     if kill and _matches(kill, point, key):
         os.kill(os.getpid(), signal.SIGKILL)
+    if hold and _matches(hold, point, key):
+        sys.stderr.write(f"fault point reached: {point}:{key} (pid {os.getpid()}); holding until a signal\n")
+        sys.stderr.flush()
+        signal.pause()  # returns once a signal's handler has run
     if pause and _matches(pause, point, key):
         sys.stderr.write(f"fault point reached: {point}:{key} (pid {os.getpid()}); pausing\n")
         sys.stderr.flush()

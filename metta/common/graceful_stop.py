@@ -61,7 +61,9 @@ class GracefulStop:
             self._first_at = time.monotonic()
 
     def install(self) -> "GracefulStop":
-        """Take over the signals (call from the main thread: Python runs signal handlers only there)."""
+        """Take over the signals (call from the main thread: Python runs signal handlers only there). Calling it
+        again takes them back from anything that replaced the handlers in between (``uninstall`` still restores
+        what was there before the first call)."""
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError(
                 f"GracefulStop.install() was called from thread {threading.current_thread().name!r}; call it from "
@@ -70,6 +72,8 @@ class GracefulStop:
         for sig in self.signals:
             if sig not in self._previous:
                 self._previous[sig] = signal.signal(sig, self._handle)
+            elif signal.getsignal(sig) != self._handle:  # a library took it over since: take it back
+                signal.signal(sig, self._handle)
         return self
 
     def uninstall(self) -> None:

@@ -72,6 +72,7 @@ class TrainingState:
     policy_record: "PolicyRecord | None" = None
     start_time: float = field(default_factory=time.time)
     initial_policy: str | None = None  # the uri a fresh run started from (config.initial_policy), if any
+    stopped_by: str | None = None  # the signal that stopped the run early ("SIGTERM", "SIGINT"); None: it finished
 
     @property
     def agent_steps(self) -> int:
@@ -332,6 +333,10 @@ def functional_training_loop(
     async_factor = trainer_cfg.async_factor
     if vectorization is None:
         vectorization = "serial" if num_workers == 1 else "multiprocessing"
+    if vectorization not in ("serial", "multiprocessing"):
+        raise ValueError(f"vectorization={vectorization!r} is not allowed; use 'serial' or 'multiprocessing' (or None: from num_workers)")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
+        raise ValueError(f"seed={seed!r} must be an int in 0..2**31-1 (the envs' reset seed)")
     # Serial steps the async_factor batches in turn in this process: one partition of the envs per batch.
     partitions = async_factor if vectorization == "serial" else num_workers
     if num_envs is None:
@@ -340,10 +345,19 @@ def functional_training_loop(
     else:
         num_envs, batch_envs = resolve_batching(num_envs, 1, async_factor, partitions)
 
+    # SIGTERM or Ctrl-C from here on (when called from the main thread): finish the step in progress, checkpoint
+    # what was trained, return the state with ``stopped_by`` set.
+    stop = GracefulStop()
+    if threading.current_thread() is threading.main_thread():
+        stop.install()
     lock_dir, _ = _run_dirs(trainer_cfg, run_dir)
     trainer_cfg = trainer_cfg.with_run_dir(lock_dir)  # replays and profiler traces go into the run directory
-    os.makedirs(lock_dir, exist_ok=True)
-    run_lock = acquire_run_lock(lock_dir)  # one writer per run directory, as run.py: a second process is refused
+    try:
+        os.makedirs(lock_dir, exist_ok=True)
+        run_lock = acquire_run_lock(lock_dir)  # one writer per run directory, as run.py: a second process is refused
+    except BaseException:
+        stop.uninstall()
+        raise
     try:
         vecenv = make_vecenv(
             curriculum, vectorization, num_envs=num_envs, batch_size=batch_envs, num_workers=partitions,
@@ -351,9 +365,9 @@ def functional_training_loop(
         )  # fmt: skip
     except BaseException:
         run_lock.release()
+        stop.uninstall()
         raise
     components: TrainingComponents | None = None
-    stop = GracefulStop()
     try:
         vecenv.async_reset(seed)
         experience = make_experience(vecenv, policy, trainer_cfg, device)
@@ -379,9 +393,10 @@ def functional_training_loop(
                 flush=True,
             )
         if threading.current_thread() is threading.main_thread():
-            stop.install()  # SIGTERM or Ctrl-C: finish this step, checkpoint, return
+            stop.install()  # again, in case something in the setup replaced the handlers
         intervals = trainer_cfg.checkpoint
-        while state.agent_step < trainer_cfg.total_timesteps:
+        stopped_in_setup = stop.should_stop(device)  # a stop during the setup ends the run before any training
+        while state.agent_step < trainer_cfg.total_timesteps and not stopped_in_setup:
             steps_before, epoch_before = state.agent_step, state.epoch
             expected_epoch = state.epoch + trainer_cfg.update_epochs
             components.optimizer.record_grad_stats = crossed(trainer_cfg.grad_mean_variance_interval, state.epoch, expected_epoch)
@@ -416,6 +431,7 @@ def functional_training_loop(
             if stopping:
                 break
         timer.stop()
+        state.stopped_by = stop.signal_name  # None when the run reached total_timesteps
         if console:
             elapsed = time.time() - state.start_time
             how = f"stopped by {stop.signal_name}" if stop.requested else "done"

@@ -82,6 +82,21 @@ def test_second_process_is_refused_and_sigterm_to_the_group_saves_and_exits_0(tm
     assert (first.run_dir / "run.lock").read_text() == ""  # released
 
 
+def test_sigterm_during_setup_exits_0_without_training(tmp_path: Path):
+    """The handlers are in place before the run directory is made: a signal while the envs are being built ends
+    the run before its first iteration, with exit 0 and no traceback."""
+    run = Run(tmp_path, "setup_stop", None, env=run_env(METTA_HOLD_AT="setup:env"))
+    try:
+        run.wait_for("fault point reached: setup:env")
+        run.signal_group(signal.SIGTERM)
+        assert run.finish() == 0, run.log[-3000:]
+    finally:
+        run.kill()
+    assert "stopped by SIGTERM: epoch 0, agent_step 0" in run.log and "Traceback" not in run.log
+    assert metrics_epochs(run.run_dir) == [] and not list_trainer_states(str(run.run_dir / "checkpoints"))
+    RunLock(run.run_dir).acquire().release()
+
+
 def test_second_ctrl_c_aborts_at_once_and_the_run_resumes(tmp_path: Path):
     # The run pauses inside the write of epoch 2's policy, so both Ctrl-Cs arrive while it saves.
     run = Run(tmp_path, "abort", None, env=run_env(METTA_PAUSE_AT="write:model_0002.pt"))

@@ -165,6 +165,7 @@ def test_the_configs_settings_are_the_ones_that_run(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "2 envs (4 agents, serial)" in out  # 4 agents per forward pass of 2-agent envs, one batch
     assert "stopped by SIGTERM: epoch 3" in out and state.epoch == 3 and state.agent_step == 192
+    assert state.stopped_by == "SIGTERM"
     assert sorted(os.listdir(run_dir / "checkpoints")) == ["model_0003.pt", "trainer_state_0003.ckpt"]
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3] and all("overview/sps" in r for r in rows)
@@ -259,7 +260,7 @@ def test_a_training_config_gives_the_run_level_defaults(tmp_path, capsys):
     )  # fmt: skip
     state = functional_training_loop(config, None, fresh_policy(), tiny_curriculum(), policy_store(str(tmp_path / "s")))
     run_dir = tmp_path / "structured"
-    assert state.epoch == 3 and "2 envs (4 agents, serial)" in capsys.readouterr().out
+    assert state.epoch == 3 and state.stopped_by is None and "2 envs (4 agents, serial)" in capsys.readouterr().out
     assert sorted(os.listdir(run_dir / "checkpoints")) == ["model_0003.pt", "trainer_state_0003.ckpt"]  # keep 1
     config.wandb.enabled = True
     with pytest.raises(ValueError, match="config.wandb.enabled=True but no wandb_run was passed"):
