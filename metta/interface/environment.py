@@ -31,6 +31,7 @@ from metta.mettagrid.default_env import (  # noqa: F401 - re-exported: upstream'
     apply_size_overrides,
     default_env_config,
 )
+from metta.mettagrid.env import check_seed
 from metta.mettagrid.vecenv import (  # noqa: F401 - agents_per_env and envs_for_target_batch are re-exported
     DEFAULT_WORKER_TIMEOUT_S,
     VecEnv,
@@ -70,6 +71,7 @@ def Environment(  # noqa: N802 - upstream's name; a factory that returns the vec
     (see ``metta.mettagrid.vecenv.make_vecenv``).
     """
     del device
+    check_seed(seed)  # before any env or worker exists
     curriculum = build_curriculum(curriculum_path, env_config, num_agents, width, height)
     if forward_pass_minibatch_target_size is not None and num_envs == 1 and batch_size == 1:
         num_envs, batch_size = envs_for_target_batch(curriculum, forward_pass_minibatch_target_size, num_workers, async_factor)

@@ -150,9 +150,19 @@ def apply_overrides(cfg_dict: dict, overrides: Mapping[str, Any] | None, source:
 
 def _read_yaml(file: Path) -> dict:
     try:
-        data = yaml.safe_load(file.read_text())
+        with open(file, encoding="utf-8") as stream:  # a stream, so YAML's marks carry the file's name
+            data = yaml.safe_load(stream)
     except yaml.YAMLError as err:
-        raise ConfigError(f"{file}: not valid YAML: {err}") from err
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        context, context_mark = getattr(err, "context", None), getattr(err, "context_mark", None)
+        if context:
+            started = f" at line {context_mark.line + 1}, column {context_mark.column + 1}" if context_mark else ""
+            problem = f"{problem} ({context}{started})"
+        raise ConfigError(f"{file}: not valid YAML{where}: {problem}; fix the file") from None
+    except (UnicodeDecodeError, OSError) as err:
+        raise ConfigError(f"{file}: cannot be read as a UTF-8 YAML file ({err})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -64,6 +64,41 @@ def write_actions(dst: np.ndarray, actions: Any, expected: str) -> None:
         np.clip(actions, 0 if dtype.kind == "u" else _INT32_MIN, _INT32_MAX, out=dst, casting="unsafe")
 
 
+# ``render()`` returns the map as text ("ansi") or also prints it ("human").
+RENDER_MODES = ["human", "ansi"]
+# Seeds are numpy's legacy range (``np.random.seed``, PufferLib, most RL tools): an unsigned 32-bit integer.
+MAX_SEED = 2**32 - 1
+
+
+def check_render_mode(render_mode: Any) -> None:
+    if render_mode is not None and render_mode not in RENDER_MODES:
+        raise ValueError(f"render_mode={render_mode!r} is not supported; use one of {RENDER_MODES} or None")
+
+
+def check_seed(seed: Any, name: str = "seed") -> int | None:
+    """``seed`` as an int (None passes through); anything but an integer in 0..MAX_SEED is an error naming it."""
+    if seed is None:
+        return None
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"{name}={seed!r} must be an integer from 0 to {MAX_SEED} (2**32 - 1) or None")
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"{name}={seed!r} is out of range; use an integer from 0 to {MAX_SEED} (2**32 - 1) or None")
+    return int(seed)
+
+
+def check_flag(value: Any, name: str) -> bool:
+    """A True/False keyword; ``"yes"``, ``1`` or ``None`` are errors (``bool("no")`` would be True)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name}={value!r} must be True or False")
+    return bool(value)
+
+
+def check_positive_int(value: Any, name: str) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}={value!r} must be a positive integer (1, 2, ...)")
+    return int(value)
+
+
 def make_curriculum(curriculum: Any) -> Curriculum:
     """A curriculum from a Curriculum, an env config (object or dict) or a config path string."""
     if isinstance(curriculum, Curriculum):
@@ -92,22 +127,27 @@ class MettaGridEnv:
         auto_reset: bool = True,
         timings: bool = False,
     ):
-        if num_envs < 1:
-            raise ValueError(f"num_envs={num_envs}; it must be at least 1")
-        self.curriculum = make_curriculum(curriculum)
-        self.num_envs = int(num_envs)
-        self.render_mode = render_mode
-        self.is_training = bool(is_training)
-        self.env_offset = int(env_offset)
+        # Every keyword is checked before the curriculum is built, so a wrong value fails at once.
+        num_envs = check_positive_int(num_envs, "num_envs")
+        check_render_mode(render_mode)
+        seed = check_seed(seed)
+        if isinstance(env_offset, (bool, np.bool_)) or not isinstance(env_offset, (int, np.integer)) or env_offset < 0:
+            raise ValueError(f"env_offset={env_offset!r} must be a non-negative integer")
+        self.is_training = check_flag(is_training, "is_training")
         # Without auto-reset an ended episode keeps its final observation and the next step() must be
         # preceded by reset() (what Gymnasium and PettingZoo users expect).
-        self.auto_reset = bool(auto_reset)
+        self.auto_reset = check_flag(auto_reset, "auto_reset")
         # Wall-clock timings make infos differ between identical runs, so they are only reported when asked for.
-        self.timings = bool(timings)
+        self.timings = check_flag(timings, "timings")
+        self.curriculum = make_curriculum(curriculum)
+        self.num_envs = num_envs
+        self.render_mode = render_mode
+        self.env_offset = int(env_offset)
         self._tables_cache: dict[int, tuple[MettaGridConfig, EpisodeTables]] = {}
 
         # The first task fixes the batch layout (shapes, actions, items) that every later task must share.
         first = self.curriculum.get_task().env_cfg()
+        self._first_cfg = first
         self.layout: BatchLayout = build_layout(first.game)
         L = self.layout
         self.agents_per_env = L.num_agents
@@ -267,6 +307,7 @@ class MettaGridEnv:
     def reset(self, seed: int | None = None) -> tuple[np.ndarray, list[dict]]:
         """Start a new episode in every env. ``seed`` reseeds everything; ``None`` continues the current
         random streams (or, on the first reset, uses the constructor's seed or fresh entropy)."""
+        seed = check_seed(seed)
         if seed is None and not self._env_rngs:
             seed = self._seed if self._seed is not None else int(np.random.SeedSequence().entropy % (2**31))
         if seed is not None:

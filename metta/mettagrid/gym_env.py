@@ -27,16 +27,16 @@ import numpy as np
 
 from metta.mettagrid.config import MettaGridConfig
 from metta.mettagrid.curriculum.core import Curriculum
-from metta.mettagrid.env import MettaGridEnv
+from metta.mettagrid.env import (  # noqa: F401 - RENDER_MODES and check_render_mode are re-exported
+    RENDER_MODES,
+    MettaGridEnv,
+    check_flag,
+    check_render_mode,
+    check_seed,
+)
+from metta.mettagrid.game_tables import build_episode_tables
 from metta.mettagrid.map.level import Level
 from metta.mettagrid.replay.writer import ReplayWriter
-
-RENDER_MODES = ["human", "ansi"]
-
-
-def check_render_mode(render_mode: str | None) -> None:
-    if render_mode is not None and render_mode not in RENDER_MODES:
-        raise ValueError(f"render_mode={render_mode!r} is not supported; use one of {RENDER_MODES} or None")
 
 
 def as_level(level: Any) -> Level | None:
@@ -117,18 +117,32 @@ class EpisodicMettaGridEnv(MettaGridEnv):
         replay_writer: Any = None,
     ):
         # The keywords are checked before the env is built, so a wrong value fails at once.
+        check_flag(is_training, "is_training")
+        check_flag(timings, "timings")
         self._level = as_level(level)
         self._stats_writer = check_stats_writer(stats_writer)
         self._replay_writer = as_replay_writer(replay_writer)
         super().__init__(curriculum, num_envs=1, auto_reset=False, is_training=is_training, timings=timings)
-        if self._level is not None and self._level.num_agents() != self.agents_per_env:
-            raise ValueError(
-                f"level= has {self._level.num_agents()} agent cells but game.num_agents={self.agents_per_env}; "
-                "the map must place exactly num_agents agents"
-            )
+        if self._level is not None:
+            self._check_level(self._level)
         self._episode_id: str | None = None
         self._episode_created_at: datetime.datetime | None = None
         self._recording = False
+
+    def _check_level(self, level: Level) -> None:
+        """``level=`` against the first task's game: the agent count and every cell name (at construction, not
+        at the first ``reset()``)."""
+        if level.num_agents() != self.agents_per_env:
+            raise ValueError(
+                f"level= has {level.num_agents()} agent cells but game.num_agents={self.agents_per_env}; "
+                "the map must place exactly num_agents agents"
+            )
+        tables = build_episode_tables(self._first_cfg.game, self.layout)
+        lookup = tables.code_lookup()
+        for code in np.unique(level.grid):
+            if lookup[code, 0] < 0:
+                problem = tables.unknown_cell_error(int(code))
+                raise ValueError(f"level= does not fit the game config of the task: {problem}")
 
     def _build_level(self, game: Any, rng: np.random.Generator) -> Level:
         if self._level is None:
@@ -253,6 +267,8 @@ class EpisodicAdapter:
         **kwargs: Any,
     ):
         check_render_mode(render_mode)
+        check_flag(is_training, "is_training")
+        check_flag(timings, "timings")
         self._check_extra_keywords(kwargs)
         self.render_mode = render_mode
         self._env = EpisodicMettaGridEnv(
@@ -348,6 +364,7 @@ class MettaGridGymEnv(EpisodicAdapter, gym.Env):
         self._episode_over = True
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        seed = check_seed(seed)
         super().reset(seed=seed)  # (re)seeds self.np_random when seed is given
         obs = self._env.begin_episode(int(self.np_random.integers(2**31 - 1)))
         self._episode_over = False

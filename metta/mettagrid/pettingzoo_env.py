@@ -15,7 +15,7 @@ import gymnasium as gym
 import numpy as np
 from pettingzoo import ParallelEnv
 
-from metta.mettagrid.env import write_actions
+from metta.mettagrid.env import check_seed, write_actions
 from metta.mettagrid.gym_env import RENDER_MODES, EpisodicAdapter
 
 
@@ -24,8 +24,10 @@ class MettaGridPettingZooEnv(EpisodicAdapter, ParallelEnv):
     (arguments: see ``EpisodicAdapter``).
 
     Each ``reset()`` draws a new map; ``reset(seed=s)`` makes the following episodes reproducible. On the step
-    that ends an episode, every agent's info holds the episode stats of ``MettaGridEnv``. ``state()`` is every
-    agent's observation, flattened, in agent order (upstream's global state).
+    that ends an episode, every agent's info is its own copy of the episode stats of ``MettaGridEnv`` (where
+    ``agent`` is the mean over all agents) plus that agent's own ``agent_stats`` and ``agent_episode_reward``.
+    ``step()`` needs exactly one action per live agent; a missing or unknown agent name is an error.
+    ``state()`` is every agent's observation, flattened, in agent order (upstream's global state).
     """
 
     metadata = {"render_modes": RENDER_MODES, "name": "mettagrid_v0", "is_parallelizable": True}
@@ -50,6 +52,7 @@ class MettaGridPettingZooEnv(EpisodicAdapter, ParallelEnv):
     def reset(
         self, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+        seed = check_seed(seed)
         if seed is not None:
             self._rng = np.random.default_rng(seed)
         obs = self._env.begin_episode(int(self._rng.integers(2**31 - 1)))
@@ -64,6 +67,13 @@ class MettaGridPettingZooEnv(EpisodicAdapter, ParallelEnv):
         missing = [a for a in self.agents if a not in actions]
         if missing:
             raise ValueError(f"step() needs an action for every live agent; missing {missing}")
+        if len(actions) != len(self.agents):  # every live agent is there, so some other name is too
+            live = set(self.agents)
+            unknown = [a for a in actions if a not in live]
+            raise ValueError(
+                f"step() got actions for {unknown}, which are not live agents of this env; the live agents are "
+                f"{self.agents[0]!r} .. {self.agents[-1]!r} ({len(self.agents)} agents)"
+            )
         for i, agent in enumerate(self.agents):
             write_actions(self._actions[i], actions[agent], f"([action type, argument]) for {agent}")
         obs, rewards, info = self._env.step_episode(self._actions)
@@ -78,8 +88,22 @@ class MettaGridPettingZooEnv(EpisodicAdapter, ParallelEnv):
             {a: float(rewards[i]) for i, a in enumerate(agents)},
             {a: False for a in agents},
             {a: ended for a in agents},
-            {a: dict(info) if ended else {} for a in agents},
+            self._agent_infos(agents, info) if ended else {a: {} for a in agents},
         )
+
+    def _agent_infos(self, agents: list[str], info: dict[str, Any]) -> dict[str, dict]:
+        """Each agent's own copy of the episode info (nothing shared between agents or with the env), plus its
+        own stats: ``agent_stats`` (its non-zero stats; ``agent`` is the mean over all agents, as in
+        ``MettaGridEnv``) and ``agent_episode_reward``."""
+        stats = self._env._agent_stats[self._env.agent_rows(0)]  # the ended episode's: no auto-reset happened
+        names = self._env._stat_names
+        out = {}
+        for i, a in enumerate(agents):
+            own = copy.deepcopy(info)
+            own["agent_stats"] = {names[k]: float(stats[i, k]) for k in np.flatnonzero(stats[i])}
+            own["agent_episode_reward"] = float(info["episode_rewards"][i])
+            out[a] = own
+        return out
 
     def state(self) -> np.ndarray:
         """Every agent's current observation, flattened in agent order (a copy)."""

@@ -54,7 +54,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from metta.mettagrid.curriculum.core import Curriculum
-from metta.mettagrid.env import MettaGridEnv, make_curriculum, write_actions
+from metta.mettagrid.env import MettaGridEnv, check_render_mode, check_seed, make_curriculum, write_actions
 
 VECTORIZATIONS = ("serial", "multiprocessing")
 
@@ -198,8 +198,10 @@ class VecEnv:
         self.worker_timeout_s = float(worker_timeout_s)
         if not isinstance(zero_copy, (bool, np.bool_)):
             raise ValueError(f"zero_copy={zero_copy!r} must be True or False")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
-            raise ValueError(f"seed={seed!r} must be a non-negative integer or None")
+        seed = check_seed(seed)
+        check_render_mode(render_mode)
+        if not isinstance(is_training, (bool, np.bool_)):
+            raise ValueError(f"is_training={is_training!r} must be True or False")
         self.zero_copy = bool(zero_copy)
         self.is_training = bool(is_training)
         self.render_mode = render_mode
@@ -282,8 +284,7 @@ class VecEnv:
         self._check_open()
         if seed is None:
             seed = self._default_seed if self._default_seed is not None else secrets.randbelow(2**31)
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed={seed!r} must be a non-negative integer or None")
+        check_seed(seed)
         self.seed = int(seed)
         self._reset_workers(self.seed)
         # The driver env mirrors env 0's first episode, so its map, render() and grid_objects() make sense.

@@ -184,8 +184,10 @@ def test_maze_size_errors_name_the_field():
 
 
 def test_maze_too_many_objects():
-    with pytest.raises(ValueError, match=r"do not fit in its \d+ open cells"):
-        MazeMap(width=5, height=5, agents=3, objects={"altar": 5}).build(rng())
+    # Rejected when the config is validated (the open cells of a maze are known before it is carved).
+    message = r"objects=\{'altar': 5\} \+ agents=3 = 8 cells do not fit in the 7 free cells"
+    with pytest.raises(ValidationError, match=message):
+        MazeMap(width=5, height=5, agents=3, objects={"altar": 5})
 
 
 # ---------------------------------------------------------------------------------------------- multi room

@@ -20,6 +20,33 @@ from metta.mettagrid.map.level import Level
 Count = Annotated[int, Field(ge=0)]
 
 
+def agent_total(agents: int | dict[str, int]) -> int:
+    """How many agents an ``agents`` spec asks for (a count, or ``{group: count}``)."""
+    return int(agents) if isinstance(agents, int) else sum(int(n) for n in agents.values())
+
+
+def describe_counts(objects: dict[str, int], agents: int | dict[str, int]) -> str:
+    """``objects={'altar': 5000} (5000) + agents=4`` for error messages."""
+    n_objects = sum(int(n) for n in objects.values())
+    n_agents = agent_total(agents)
+    agents_text = f"agents={agents!r}" + (f" ({n_agents})" if isinstance(agents, dict) and len(agents) > 1 else "")
+    objects_text = f"objects={objects!r}" + (f" ({n_objects})" if len(objects) > 1 else "")
+    return f"{objects_text} + {agents_text} = {n_objects + n_agents} cells"
+
+
+def check_counts_fit(
+    what: str, objects: dict[str, int], agents: int | dict[str, int], free: int, where: str, fix: str
+) -> None:
+    """Raise a ``ValueError`` naming the fields when ``objects`` plus ``agents`` need more than ``free`` cells.
+
+    Builders call it before they allocate anything whose size follows a count (a count of 10**9 must fail at
+    once, not after building a list of 10**9 cell codes)."""
+    need = sum(int(n) for n in objects.values()) + agent_total(agents)
+    if need > free:
+        counts = describe_counts(objects, agents)
+        raise ValueError(f"{what}: {counts} do not fit in the {free} free cells of {where}; {fix}")
+
+
 class MapBuilder(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

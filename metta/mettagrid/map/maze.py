@@ -15,7 +15,7 @@ import numba
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from metta.mettagrid.map.base import Count, MapBuilder, add_border
+from metta.mettagrid.map.base import Count, MapBuilder, add_border, check_counts_fit
 from metta.mettagrid.map.level import EMPTY, WALL, Level, cell_code
 from metta.mettagrid.map.random_map import agent_cells
 
@@ -269,7 +269,27 @@ class MazeMap(MapBuilder):
                     f"maze {name}={tuple(pos)} is outside the interior; x must be in 1..{self.width - 2} and "
                     f"y in 1..{self.height - 2} (positions are (x, y) = (column, row))"
                 )
+        self._check_fit()
         return self
+
+    def open_cells(self) -> int:
+        """How many cells of the maze are open: the same for every draw (a spanning tree of the rooms plus
+        ``round(branching * walls left)`` more), so the fit of objects and agents is known before building."""
+        rh, rw = (self.height - 1) // 2, (self.width - 1) // 2
+        n_rooms = rh * rw
+        n_edges = rh * (rw - 1) + (rh - 1) * rw
+        closed = n_edges - (n_rooms - 1)
+        return 2 * n_rooms - 1 + int(round(self.branching * closed))
+
+    def _check_fit(self) -> None:
+        check_counts_fit(
+            "maze",
+            self.objects,
+            self.agents,
+            self.open_cells(),
+            f"a {self.width}x{self.height} maze (width={self.width}, height={self.height}, branching={self.branching})",
+            "use a larger maze, a higher branching or fewer agents/objects",
+        )
 
     def _rooms(self) -> tuple[tuple[int, int], tuple[int, int]]:
         sx, sy = self.start_pos if self.start_pos is not None else (1, 1)
@@ -281,15 +301,10 @@ class MazeMap(MapBuilder):
     def build(self, rng: np.random.Generator) -> Level:
         (sr, sc), (er, ec) = self._rooms()
         start_room = ((sr - 1) // 2) * ((self.width - 1) // 2) + (sc - 1) // 2
+        self._check_fit()  # again (model_construct, changes after validation): before any list of codes
         grid = carve_maze(self.height, self.width, rng, self.algorithm, self.branching, start_room)
         object_codes = [cell_code(name) for name, n in self.objects.items() for _ in range(n)]
         agents = agent_cells(self.agents)
-        n_open = int(np.count_nonzero(grid == EMPTY))
-        if len(object_codes) + len(agents) > n_open:
-            raise ValueError(
-                f"maze {self.width}x{self.height}: {len(agents)} agents and {len(object_codes)} objects do not fit "
-                f"in its {n_open} open cells; use a larger maze or fewer agents/objects"
-            )
         # The goal first, so agents never stand on it in tiny mazes.
         if object_codes:
             grid[er, ec] = object_codes[0]

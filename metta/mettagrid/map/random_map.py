@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-from pydantic import Field
+import math
 
-from metta.mettagrid.map.base import Count, MapBuilder, add_border
+from pydantic import Field, model_validator
+
+from metta.mettagrid.map.base import Count, MapBuilder, add_border, agent_total, check_counts_fit
 from metta.mettagrid.map.level import EMPTY, Level, cell_code
 
 
@@ -38,7 +40,27 @@ class RandomMap(MapBuilder):
     border_width: int = Field(default=0, ge=0)
     border_object: str = "wall"
 
+    @model_validator(mode="after")
+    def _counts_fit(self) -> "RandomMap":
+        self._check_fit()
+        return self
+
+    def _check_fit(self) -> None:
+        free = self.width * self.height
+        need = sum(self.objects.values()) + agent_total(self.agents)
+        side = math.isqrt(need - 1) + 1 if need else 1
+        check_counts_fit(
+            "random map",
+            self.objects,
+            self.agents,
+            free,
+            f"the {self.width}x{self.height} room (width={self.width}, height={self.height}; the border is extra)",
+            f"ask for at most {free} objects and agents in total, or make the room larger (width and height of "
+            f"at least {side} hold {need})",
+        )
+
     def build(self, rng: np.random.Generator) -> Level:
+        self._check_fit()  # again: a model built with model_construct() or changed after validation
         grid = np.zeros((self.height, self.width), dtype=np.uint8)
         codes = [cell_code(name) for name, n in self.objects.items() for _ in range(n)]
         scatter(grid, codes + agent_cells(self.agents), rng, what="random map")

@@ -20,7 +20,7 @@ import numba
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from metta.mettagrid.map.base import Count, MapBuilder, add_border
+from metta.mettagrid.map.base import Count, MapBuilder, add_border, agent_total, check_counts_fit
 from metta.mettagrid.map.level import BLOCK, EMPTY, WALL, Level, cell_code
 from metta.mettagrid.map.maze import carve_maze, label_components
 from metta.mettagrid.map.random_map import agent_cells
@@ -234,6 +234,33 @@ def _object_codes(objects: dict[str, int]) -> list[int]:
     return [cell_code(name) for name, n in objects.items() for _ in range(n)]
 
 
+def _check_room_fits(builder, what: str) -> None:
+    """At validation: objects and agents must fit in ``width x height`` even before any obstacle is drawn."""
+    free = builder.width * builder.height
+    check_counts_fit(
+        what,
+        builder.objects,
+        builder.agents,
+        free,
+        f"the {builder.width}x{builder.height} map (width={builder.width}, height={builder.height}) before any "
+        "obstacle",
+        "ask for fewer objects/agents or a larger width and height",
+    )
+
+
+def _check_open_fits(builder, grid: np.ndarray, what: str) -> None:
+    """At build time, before any list of cell codes is made: objects and agents must fit in the open cells the
+    generated terrain left."""
+    check_counts_fit(
+        what,
+        builder.objects,
+        builder.agents,
+        int(np.count_nonzero(grid == EMPTY)),
+        f"the generated {builder.width}x{builder.height} terrain (width={builder.width}, height={builder.height})",
+        "ask for fewer objects/agents or a larger width and height",
+    )
+
+
 # ----------------------------------------------------------------------------------------------------------
 # VariedTerrain
 
@@ -339,8 +366,14 @@ class VariedTerrain(MapBuilder):
     border_width: int = Field(default=0, ge=0)
     border_object: str = "wall"
 
+    @model_validator(mode="after")
+    def _counts_fit(self) -> "VariedTerrain":
+        _check_room_fits(self, "varied_terrain")
+        return self
+
     def build(self, rng: np.random.Generator) -> Level:
         grid = generate_terrain(self.height, self.width, self.style, rng, self.occupancy_threshold)
+        _check_open_fits(self, grid, "varied_terrain")
         place_with_clearance(grid, _object_codes(self.objects), rng, "varied_terrain")
         place_with_clearance(grid, agent_cells(self.agents), rng, "varied_terrain")
         return Level(add_border(grid, self.border_width, cell_code(self.border_object)), ["varied_terrain", self.style])
@@ -375,8 +408,14 @@ class CylinderWorld(MapBuilder):
     border_width: int = Field(default=0, ge=0)
     border_object: str = "wall"
 
+    @model_validator(mode="after")
+    def _counts_fit(self) -> "CylinderWorld":
+        _check_room_fits(self, "cylinder_world")
+        return self
+
     def build(self, rng: np.random.Generator) -> Level:
         grid = generate_cylinders(self.height, self.width, rng)
+        _check_open_fits(self, grid, "cylinder_world")
         place_with_clearance(grid, _object_codes(self.objects), rng, "cylinder_world")
         place_with_clearance(grid, agent_cells(self.agents), rng, "cylinder_world")
         return Level(add_border(grid, self.border_width, cell_code(self.border_object)), ["cylinder_world"])
@@ -713,25 +752,38 @@ class TerrainMap(MapBuilder):
             raise ValueError(
                 f"terrain width={self.width}, height={self.height}: give both (a custom size) or neither (the set's sizes)"
             )
+        # The largest map the set can give (its own sizes, or width x height): more cells than that never fit.
+        if self.width is not None:
+            free = self.width * self.height
+            where = f"a {self.width}x{self.height} map (width={self.width}, height={self.height})"
+        else:
+            if self.dir == "terrain_maps_nohearts":
+                side = max(hi for _, hi in SIZE_SIDES.values())
+            else:
+                side = SIZE_SIDES[self.dir.rsplit("_", 1)[1]][1]
+            free, where = side * side, f"the largest map of terrain set dir={self.dir!r} ({side}x{side})"
+        check_counts_fit("terrain", self.objects, self.agents, free, where, "ask for fewer objects/agents")
         return self
+
+    def _object_wants(self) -> list[tuple[int, int]]:
+        return [(cell_code(name), want) for name, want in self.objects.items()]
 
     def build(self, rng: np.random.Generator) -> Level:
         index = self.file if self.file is not None else int(rng.integers(MAPS_PER_SET))
         shape = (self.height, self.width) if self.width is not None else None
         base = base_map(self.dir, index, shape)
-        agents = np.asarray(agent_cells(self.agents), dtype=np.uint8)
-        objects = []
-        for name, want in self.objects.items():
-            code = cell_code(name)
-            objects += [code] * max(0, want - int(base.counts[code]))
-        objects = np.asarray(objects, dtype=np.uint8)
-        n_a, n_o = len(agents), len(objects)
+        # Counts first, lists of cell codes only once they are known to fit.
+        n_a = agent_total(self.agents)
+        missing = [(code, max(0, want - int(base.counts[code]))) for code, want in self._object_wants()]
+        n_o = sum(n for _, n in missing)
         if n_o > len(base.object_candidates) or n_a + n_o > len(base.candidates):
             raise ValueError(
-                f"terrain {self.dir!r} map {index}: {n_a} agents and {n_o} objects do not fit; it has "
-                f"{len(base.candidates)} free cells, {len(base.object_candidates)} of them usable for objects; "
-                f"ask for fewer"
+                f"terrain dir={self.dir!r} map {index}: agents={self.agents!r} and objects={self.objects!r} ({n_a} "
+                f"agent cells and {n_o} object cells the map lacks) do not fit in its {len(base.candidates)} free "
+                f"cells, {len(base.object_candidates)} of them usable for objects; ask for fewer objects/agents"
             )
+        agents = np.asarray(agent_cells(self.agents), dtype=np.uint8)
+        objects = np.asarray([code for code, n in missing for _ in range(n)], dtype=np.uint8)
         # The bordered map is allocated once and the base map copied into it; base maps hold no agents, so
         # the copy is all that upstream's "strip the agents" step needs.
         h, w = base.grid.shape
