@@ -323,27 +323,9 @@ def functional_training_loop(
     if console is None:
         console = trainer_cfg.verbose
     check_initial_policy_uri(trainer_cfg.initial_policy.uri)  # before anything is created
-    if isinstance(curriculum, Curriculum) and trainer_cfg.env_overrides:
-        raise ValueError(
-            f"config.env_overrides={dict(trainer_cfg.env_overrides)} cannot be applied to an already built Curriculum; "
-            "pass its env config or curriculum path as curriculum, or build the curriculum with them"
-        )
-    curriculum = curriculum_from_any(curriculum if curriculum is not None else trainer_cfg.curriculum, trainer_cfg.env_overrides or None)
-    num_workers = trainer_cfg.num_workers if num_workers is None else num_workers
-    async_factor = trainer_cfg.async_factor
-    if vectorization is None:
-        vectorization = "serial" if num_workers == 1 else "multiprocessing"
-    if vectorization not in ("serial", "multiprocessing"):
-        raise ValueError(f"vectorization={vectorization!r} is not allowed; use 'serial' or 'multiprocessing' (or None: from num_workers)")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
         raise ValueError(f"seed={seed!r} must be an int in 0..2**31-1 (the envs' reset seed)")
-    # Serial steps the async_factor batches in turn in this process: one partition of the envs per batch.
-    partitions = async_factor if vectorization == "serial" else num_workers
-    if num_envs is None:
-        target = trainer_cfg.forward_pass_minibatch_target_size
-        num_envs, batch_envs = envs_for_target_batch(curriculum, target, 1 if vectorization == "serial" else num_workers, async_factor)
-    else:
-        num_envs, batch_envs = resolve_batching(num_envs, 1, async_factor, partitions)
+    envs = _plan_envs(trainer_cfg, curriculum, num_envs, num_workers, vectorization)
 
     # SIGTERM or Ctrl-C from here on (when called from the main thread): finish the step in progress, checkpoint
     # what was trained, return the state with ``stopped_by`` set.
@@ -360,8 +342,9 @@ def functional_training_loop(
         raise
     try:
         vecenv = make_vecenv(
-            curriculum, vectorization, num_envs=num_envs, batch_size=batch_envs, num_workers=partitions,
-            zero_copy=trainer_cfg.zero_copy, is_training=True, seed=seed, worker_timeout_s=trainer_cfg.worker_timeout_s,
+            envs.curriculum, envs.vectorization, num_envs=envs.num_envs, batch_size=envs.batch_envs,
+            num_workers=envs.partitions, zero_copy=trainer_cfg.zero_copy, is_training=True, seed=seed,
+            worker_timeout_s=trainer_cfg.worker_timeout_s,
         )  # fmt: skip
     except BaseException:
         run_lock.release()
@@ -388,7 +371,7 @@ def functional_training_loop(
             notes += [f"policy compiled (mode {trainer_cfg.compile_mode})"] if trainer_cfg.compile else []
             print(
                 f"functional training: {trainer_cfg.total_timesteps:,} agent steps, {vecenv.num_envs} envs "
-                f"({vecenv.num_agents} agents, {vectorization}), batch {trainer_cfg.batch_size}, run dir "
+                f"({vecenv.num_agents} agents, {envs.vectorization}), batch {trainer_cfg.batch_size}, run dir "
                 f"{components.run_dir}" + "".join(f", {n}" for n in notes),
                 flush=True,
             )
@@ -443,6 +426,44 @@ def functional_training_loop(
             components.stats_logger.close()
         vecenv.close()
         run_lock.release()
+
+
+@dataclass
+class _EnvPlan:
+    """The vecenv ``functional_training_loop`` builds: what to step, how, and how many."""
+
+    curriculum: Curriculum
+    vectorization: str
+    num_envs: int
+    batch_envs: int  # envs per recv
+    partitions: int  # worker processes (multiprocessing) or async batches stepped in turn (serial)
+
+
+def _plan_envs(trainer_cfg: TrainerConfig, curriculum: Any, num_envs: int | None, num_workers: int | None,
+               vectorization: str | None) -> _EnvPlan:  # fmt: skip
+    """The loop's envs as run.py sizes them: ``curriculum`` (None: ``config.curriculum``) with ``env_overrides``;
+    ``num_envs`` from the forward-pass target unless given; one worker means serial, whose ``async_factor``
+    batches are stepped in turn (one partition of the envs per batch)."""
+    if isinstance(curriculum, Curriculum) and trainer_cfg.env_overrides:
+        raise ValueError(
+            f"config.env_overrides={dict(trainer_cfg.env_overrides)} cannot be applied to an already built Curriculum; "
+            "pass its env config or curriculum path as curriculum, or build the curriculum with them"
+        )
+    curriculum = curriculum_from_any(curriculum if curriculum is not None else trainer_cfg.curriculum, trainer_cfg.env_overrides or None)
+    num_workers = trainer_cfg.num_workers if num_workers is None else num_workers
+    async_factor = trainer_cfg.async_factor
+    if vectorization is None:
+        vectorization = "serial" if num_workers == 1 else "multiprocessing"
+    if vectorization not in ("serial", "multiprocessing"):
+        raise ValueError(f"vectorization={vectorization!r} is not allowed; use 'serial' or 'multiprocessing' (or None: from num_workers)")
+    serial = vectorization == "serial"
+    partitions = async_factor if serial else num_workers
+    if num_envs is None:
+        target = trainer_cfg.forward_pass_minibatch_target_size
+        num_envs, batch_envs = envs_for_target_batch(curriculum, target, 1 if serial else num_workers, async_factor)
+    else:
+        num_envs, batch_envs = resolve_batching(num_envs, 1, async_factor, partitions)
+    return _EnvPlan(curriculum, vectorization, num_envs, batch_envs, partitions)
 
 
 def _save(state: TrainingState, components: TrainingComponents, final: bool = False) -> None:

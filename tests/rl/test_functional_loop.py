@@ -286,6 +286,7 @@ def test_wandb_checkpoint_interval_uploads_the_policy_as_an_artifact(tmp_path, m
         )  # fmt: skip
     finally:
         run.finish()
+        wandb.teardown()  # stops wandb's writer process, so the run's file is complete before it is read
     data = b"".join(p.read_bytes() for p in tmp_path.glob("wandb/**/*.wandb"))
     policy_file = tmp_path / "run" / "checkpoints" / "model_0002.pt"
     assert state.epoch == 2 and base64.b64encode(hashlib.md5(policy_file.read_bytes()).digest()) in data
