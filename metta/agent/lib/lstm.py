@@ -1,4 +1,6 @@
-"""``LSTM``: the recurrent core. One ``nn.LSTM`` call handles both a single rollout step and a ``[B, T]`` sequence.
+"""``LSTM``: the recurrent core. One ``nn.LSTM`` call handles a ``[B, T]`` sequence and, on a CPU, a single rollout
+step too; on a GPU a single step is two matrix products per layer with the same weights (``_one_step``: cuDNN's
+kernel for one step of a large batch is slow).
 
 The input arrives flattened as ``[B*T, features]`` in batch-major order (``td["_B_"]``, ``td["_T_"]``
 give the split). The state is read from ``td["lstm_h"]``/``td["lstm_c"]`` (None means zeros) and the new
@@ -13,6 +15,7 @@ at the steps that need a reset.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from metta.agent.lib.metta_layer import AgentContext, LayerBase, Shape
@@ -62,7 +65,9 @@ class LSTM(LayerBase):
         if starts is not None and horizon > 1:
             starts = starts.reshape(batch, horizon).bool()
             reset_steps = starts[:, 1:].any(dim=0).nonzero().flatten().add(1).tolist()
-        if not reset_steps:
+        if horizon == 1 and x.is_cuda:  # on a CPU nn.LSTM's fused step is the faster one
+            out, (h, c) = self._one_step(x, h, c)
+        elif not reset_steps:
             out, (h, c) = self.lstm(x) if h is None or c is None else self.lstm(x, (h, c))
         else:
             if h is None or c is None:
@@ -79,3 +84,26 @@ class LSTM(LayerBase):
             out = torch.cat(pieces)
         td["lstm_h"], td["lstm_c"] = h.detach(), c.detach()
         td[self.name] = out.transpose(0, 1).reshape(batch * horizon, self.hidden_size)
+
+    def _one_step(
+        self, x: torch.Tensor, h: torch.Tensor | None, c: torch.Tensor | None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """One time step (every rollout step) as two matrix products per layer, with ``nn.LSTM``'s weights and
+        gate order (input, forget, cell, output). For a large batch and one step cuDNN picks its persistent
+        kernel, which on an H200 took 2.4 ms for 4096 agents (80% of the rollout's GPU time), where these products
+        take microseconds. On a CPU nn.LSTM is faster (27 vs 22 ms for 4096 agents on one core), so it is used
+        there."""
+        inp = x[0]
+        if h is None or c is None:
+            h = inp.new_zeros(self.num_layers, inp.shape[0], self.hidden_size)
+            c = torch.zeros_like(h)
+        hs, cs = [], []
+        for layer in range(self.num_layers):
+            gates = F.linear(inp, getattr(self.lstm, f"weight_ih_l{layer}"), getattr(self.lstm, f"bias_ih_l{layer}"))
+            gates = gates + F.linear(h[layer], getattr(self.lstm, f"weight_hh_l{layer}"), getattr(self.lstm, f"bias_hh_l{layer}"))
+            i, f, g, o = gates.chunk(4, dim=1)
+            c_new = torch.sigmoid(f) * c[layer] + torch.sigmoid(i) * torch.tanh(g)
+            inp = torch.sigmoid(o) * torch.tanh(c_new)
+            hs.append(inp)
+            cs.append(c_new)
+        return inp.unsqueeze(0), (torch.stack(hs), torch.stack(cs))
