@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from metta.agent.agent_config import canonical_agent_name
 from metta.agent.policy_store import PolicyStore
 from metta.common.config_cli import ConfigCliError, parse_config
+from metta.common.device import parse_device
 from metta.common.fault_points import fault_point
 from metta.common.graceful_stop import GracefulStop
 from metta.common.profiling.memory_monitor import MemoryMonitor
@@ -130,10 +131,7 @@ class RunConfig(BaseModel):
     @field_validator("device")
     @classmethod
     def _check_device(cls, value: str) -> str:
-        try:
-            torch.device(value)
-        except (RuntimeError, TypeError):
-            raise ValueError(f"{value!r} is not a torch device; use cpu, cuda or cuda:N") from None
+        parse_device(value)
         return value
 
     @field_validator("agent")

@@ -9,6 +9,14 @@ import torch
 logger = logging.getLogger(__name__)
 
 
+def parse_device(device: str | torch.device, name: str = "device") -> torch.device:
+    """``device`` as a ``torch.device``, or a ValueError naming ``name`` and the forms allowed (no CUDA check)."""
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{name}={device!r} is not a torch device; use 'cpu', 'cuda' or 'cuda:N'") from None
+
+
 def resolve_device(device: str | torch.device | None, name: str = "device") -> torch.device:
     """``device`` as a ``torch.device``; None means CUDA when available, else CPU.
 
@@ -17,10 +25,7 @@ def resolve_device(device: str | torch.device | None, name: str = "device") -> t
     """
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"{name}={device!r} is not a torch device; use 'cpu', 'cuda' or 'cuda:N'") from e
+    resolved = parse_device(device, name)
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
             logger.warning("%s=%r was requested but CUDA is not available; using the CPU", name, str(device))

@@ -136,7 +136,7 @@ def save_checkpoint(
     _check_optimizer(optimizer)
     if not hasattr(policy_store, "create_empty_policy_record"):
         raise TypeError(f"policy_store is a {type(policy_store).__name__}; pass a metta.agent.policy_store.PolicyStore")
-    if not force_save and not _checkpoint.should_save(epoch, checkpoint_interval, last_saved_epoch=_checkpoint.last_saved_epoch(checkpoint_path, epoch)):
+    if not _checkpoint.should_save(epoch, checkpoint_interval, force_save, _checkpoint.last_saved_epoch(checkpoint_path, epoch)):
         return None
     return _checkpoint.save_checkpoint(
         checkpoint_path,

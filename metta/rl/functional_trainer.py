@@ -20,11 +20,13 @@ import logging
 import os
 import threading
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import torch
 
+from metta.common.device import parse_device
 from metta.common.distributed import get_world_size, is_master, unwrap_agent
 from metta.common.graceful_stop import GracefulStop
 from metta.common.profiling.stopwatch import Stopwatch
@@ -310,7 +312,7 @@ def functional_training_loop(
             )
     seed = 0 if seed is None else seed
     policy_device = next(policy.parameters()).device
-    device = policy_device if device is None else torch.device(device)
+    device = policy_device if device is None else parse_device(device)
     if device.type != policy_device.type or (device.index is not None and device != policy_device):
         raise ValueError(f"the policy is on {policy_device} but device={device}; move it first: policy.to({str(device)!r})")
     if checkpoint_interval is None:
@@ -327,31 +329,25 @@ def functional_training_loop(
         raise ValueError(f"seed={seed!r} must be an int in 0..2**31-1 (the envs' reset seed)")
     envs = _plan_envs(trainer_cfg, curriculum, num_envs, num_workers, vectorization)
 
-    # SIGTERM or Ctrl-C from here on (when called from the main thread): finish the step in progress, checkpoint
-    # what was trained, return the state with ``stopped_by`` set.
-    stop = GracefulStop()
-    if threading.current_thread() is threading.main_thread():
-        stop.install()
     lock_dir, _ = _run_dirs(trainer_cfg, run_dir)
     trainer_cfg = trainer_cfg.with_run_dir(lock_dir)  # replays and profiler traces go into the run directory
-    try:
+    # Everything acquired from here is released in reverse order however the call ends.
+    with ExitStack() as cleanup:
+        # SIGTERM or Ctrl-C from here on (when called from the main thread): finish the step in progress,
+        # checkpoint what was trained, return the state with ``stopped_by`` set.
+        stop = GracefulStop()
+        if threading.current_thread() is threading.main_thread():
+            stop.install()
+        cleanup.callback(stop.uninstall)
         os.makedirs(lock_dir, exist_ok=True)
-        run_lock = acquire_run_lock(lock_dir)  # one writer per run directory, as run.py: a second process is refused
-    except BaseException:
-        stop.uninstall()
-        raise
-    try:
+        # One writer per run directory, as run.py: a second process is refused.
+        cleanup.callback(acquire_run_lock(lock_dir).release)
         vecenv = make_vecenv(
             envs.curriculum, envs.vectorization, num_envs=envs.num_envs, batch_size=envs.batch_envs,
             num_workers=envs.partitions, zero_copy=trainer_cfg.zero_copy, is_training=True, seed=seed,
             worker_timeout_s=trainer_cfg.worker_timeout_s,
         )  # fmt: skip
-    except BaseException:
-        run_lock.release()
-        stop.uninstall()
-        raise
-    components: TrainingComponents | None = None
-    try:
+        cleanup.callback(vecenv.close)
         vecenv.async_reset(seed)
         experience = make_experience(vecenv, policy, trainer_cfg, device)
         timer = Stopwatch()
@@ -360,6 +356,7 @@ def functional_training_loop(
             run_dir=run_dir, wandb_run=wandb_run, evaluation_suite=evaluation_suite, custom_loss_fns=custom_losses,
             timer=timer, console=console, keep_checkpoints=keep_checkpoints,
         )  # fmt: skip
+        cleanup.callback(components.stats_logger.close)
         state = resume_training_state(components, seed=seed)
         started_from = state.initial_policy
         profiler = TorchProfiler(trainer_cfg.profiler.interval_epochs if is_master() else 0, trainer_cfg.profiler.profile_dir, device)
@@ -420,12 +417,6 @@ def functional_training_loop(
             how = f"stopped by {stop.signal_name}" if stop.requested else "done"
             print(f"{how}: epoch {state.epoch}, {state.agent_step:,} agent steps in {elapsed:.1f} s", flush=True)
         return state
-    finally:
-        stop.uninstall()
-        if components is not None:
-            components.stats_logger.close()
-        vecenv.close()
-        run_lock.release()
 
 
 @dataclass

@@ -30,11 +30,11 @@ from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, Mapping, TypeVar, Union, get_args, get_origin
 
-import torch
 from omegaconf import OmegaConf
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from metta.agent.agent_config import AgentConfig, fast_agent_config
+from metta.common.device import parse_device
 from metta.common.fs import atomic_write_text
 from metta.rl.trainer_config import TrainerConfig, cpu_learning_settings
 from metta.mettagrid.vecenv import check_layout
@@ -120,12 +120,8 @@ class TrainingConfig(BaseModel):
     @field_validator("device")
     @classmethod
     def _check_device(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        try:
-            torch.device(value)
-        except (RuntimeError, TypeError):
-            raise ValueError(f"device={value!r} is not a torch device; use 'cpu', 'cuda', 'cuda:N' or null (auto)") from None
+        if value is not None:
+            parse_device(value)  # null means auto
         return value
 
     @model_validator(mode="after")

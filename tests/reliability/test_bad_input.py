@@ -56,7 +56,7 @@ def test_run_py_rejects_bad_input_before_creating_a_run_directory(tmp_path):
         (["trainer.env_overrides={game.num_agents: 0}"], "game.num_agents: Input should be greater than or equal to 1 (got 0)"),
         (["seed=-1"], "seed=-1: Input should be greater than or equal to 0"),
         (["agent=bogus"], "agent name='bogus' is unknown"),
-        (["device=bogus"], "'bogus' is not a torch device; use cpu, cuda or cuda:N"),
+        (["device=bogus"], "device='bogus' is not a torch device; use 'cpu', 'cuda' or 'cuda:N'"),
     ):
         data_dir = tmp_path / f"runs{len(cases)}"
         proc = subprocess.Popen(
