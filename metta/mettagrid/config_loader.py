@@ -100,6 +100,18 @@ def deep_merge(base: Any, update: Any) -> Any:
     return out
 
 
+def flatten_dotted(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as dotted keys, the inverse of applying overrides: ``{"game": {"max_steps": 5}}`` ->
+    ``{"game.max_steps": 5}``; an empty mapping is a leaf."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping) and value:
+            out.update(flatten_dotted(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def _set_dotted(cfg: dict, dotted: str, value: Any, source: str) -> None:
     parts = dotted.split(".")
     if not all(parts):

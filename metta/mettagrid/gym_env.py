@@ -26,6 +26,7 @@ import gymnasium as gym
 import numpy as np
 
 from metta.mettagrid.config import MettaGridConfig
+from metta.mettagrid.config_loader import flatten_dotted
 from metta.mettagrid.curriculum.core import Curriculum
 from metta.mettagrid.env import (  # noqa: F401 - RENDER_MODES and check_render_mode are re-exported
     RENDER_MODES,
@@ -85,17 +86,7 @@ def check_stats_writer(stats_writer: Any) -> Any:
 
 def flat_config(cfg: MettaGridConfig) -> dict[str, str]:
     """The env config as upstream's stats attributes: ``{"config.game.max_steps": "1000", ...}``."""
-    out: dict[str, str] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict) and value:
-            for key, sub in value.items():
-                walk(f"{prefix}.{str(key).replace('/', '.')}", sub)
-        else:
-            out[prefix] = str(value)
-
-    walk("config", cfg.model_dump(mode="json"))
-    return out
+    return {key.replace("/", "."): str(value) for key, value in flatten_dotted(cfg.model_dump(mode="json"), "config.").items()}
 
 
 class EpisodicMettaGridEnv(MettaGridEnv):

@@ -41,6 +41,7 @@ from metta.agent.policy_store import PolicyFileError, PolicyStore, read_policy_f
 from metta.common.distributed import barrier, is_distributed, is_master, unwrap_agent
 from metta.common.fault_points import fault_point
 from metta.common.fs import atomic_write_bytes, fsync_dir, fsync_file, remove_stale_temp_files, sha256_bytes, sha256_file
+from metta.mettagrid.config_loader import flatten_dotted
 from metta.rl.intervals import crossed
 
 logger = logging.getLogger(__name__)
@@ -359,17 +360,7 @@ def config_differences(saved: Mapping[str, Any] | None, trainer_config: Any) -> 
     current = _config_as_dict(trainer_config)
     if not saved or current is None:
         return []
-
-    def flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            if isinstance(v, Mapping) and v:
-                out.update(flat(v, f"{prefix}{k}."))
-            else:
-                out[f"{prefix}{k}"] = v
-        return out
-
-    before, after = flat(saved), flat(current)
+    before, after = flatten_dotted(saved), flatten_dotted(current)
     return [
         f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in sorted(set(before) | set(after))
         if before.get(k) != after.get(k) and not k.startswith(_RESUME_NEUTRAL)
