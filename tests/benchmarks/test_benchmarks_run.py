@@ -62,16 +62,18 @@ def test_trajectory_hash_is_deterministic():
 
 
 def test_gpu_check_runs_at_tiny_sizes_on_the_cpu(tmp_path):
-    """The prepared GPU command must not be broken when a GPU session comes: every check passes on a CPU."""
+    """The prepared GPU command must not be broken when a GPU session comes: its checks pass on a CPU. The
+    device_tests and torchrun checks are left out here because the suite runs both itself (tests/device,
+    tests/test_run_py.py's torchrun runs), and side by side on two cores they cost a minute."""
+    checks = ["environment", "env_sps", "train_sps_default", "run_py"]
     out = subprocess.run(
-        [sys.executable, "benchmarks/gpu_check.py", "--tiny", "--device", "cpu", "--out", str(tmp_path)],
+        [sys.executable, "benchmarks/gpu_check.py", "--tiny", "--device", "cpu", "--out", str(tmp_path), "--only", ",".join(checks)],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     records = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-    assert [r["check"] for r in records] == ["environment", "env_sps", "train_sps_default", "device_tests", "run_py", "torchrun"]
+    assert [r["check"] for r in records] == checks
     failed = [r for r in records if not r["ok"]]
     assert not failed and out.returncode == 0, failed or out.stderr[-2000:]
     assert records[2]["result"]["agent_steps_per_second"] > 0 and records[2]["result"]["config"]["num_workers"] == 2
-    assert records[4]["result"]["evaluations"] > 0 and records[4]["result"]["replays"]
-    assert "gloo" in records[5]["result"]["process_group"]
+    assert records[3]["result"]["evaluations"] > 0 and records[3]["result"]["replays"]
     assert (tmp_path / "gpu_check.jsonl").read_text().count("\n") == len(records)
