@@ -25,13 +25,13 @@ from metta.agent.policy_store import PolicyStore
 from metta.common.profiling.stopwatch import Stopwatch
 from metta.interface import load_checkpoint, save_checkpoint, setup_run_directories
 from metta.mettagrid.curriculum.loader import curriculum_from_config_path
+from metta.mettagrid.vecenv import make_vecenv
 from metta.rl.epoch_metrics import epoch_metrics
 from metta.rl.experience import Experience
 from metta.rl.functional_trainer import rollout, train_ppo
 from metta.rl.losses import Losses
 from metta.rl.optimizer import Optimizer
 from metta.rl.trainer_config import PPOConfig, TrainerConfig
-from metta.mettagrid.vecenv import make_vecenv
 from metta.train.train_config import load_yaml_config
 
 
@@ -55,15 +55,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--total-steps", type=int, default=10_000, help="agent steps to train for (default 10000)")
     parser.add_argument("--run-dir", default=None, help="default: train_dir/demo_<timestamp>")
-    parser.add_argument("--ppo-config", default=None, help="a YAML file of PPOConfig fields (replaces the demo's PPO settings)")
+    parser.add_argument(
+        "--ppo-config", default=None, help="a YAML file of PPOConfig fields (replaces the demo's PPO settings)"
+    )
     parser.add_argument("--num-envs", type=int, default=4, help="envs of 4 agents each (default 4)")
     parser.add_argument("--checkpoint-every", type=int, default=5, help="epochs between checkpoints (default 5)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
-        "--threads", type=int, default=1,
+        "--threads",
+        type=int,
+        default=1,
         help="torch CPU threads (default 1: the demo's small minibatches gain little from more, and on a busy "
         "2-core machine extra threads made it ~5x slower)",
-    )  # fmt: skip
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -115,29 +119,56 @@ def main() -> None:
     while agent_step < trainer_cfg.total_timesteps:
         steps_before, t0 = agent_step, time.perf_counter()
         agent_step, stats = rollout(policy, vecenv, experience, device, agent_step, timer)
-        epoch = train_ppo(policy, optimizer, experience, device, losses, epoch, trainer_cfg, agent_step=agent_step, timer=timer)
+        epoch = train_ppo(
+            policy, optimizer, experience, device, losses, epoch, trainer_cfg, agent_step=agent_step, timer=timer
+        )
 
         # The row every loop logs (metta.rl.epoch_metrics): overview/sps, overview/reward, losses/*, ...
         m = epoch_metrics(stats, losses, experience, optimizer, agent_step - steps_before, time.perf_counter() - t0)
-        reward = f"  reward {m['overview/reward']:.3f} ({m['overview/episodes']:.0f} episodes)" if "overview/reward" in m else ""
-        print(f"epoch {epoch:3d}  step {agent_step:7d}  {m['overview/sps']:7.0f} SPS  policy_loss {m['losses/policy_loss']:+.4f}"
-              f"  value_loss {m['losses/value_loss']:.4f}  entropy {m['losses/entropy']:.3f}{reward}")  # fmt: skip
+        reward = (
+            f"  reward {m['overview/reward']:.3f} ({m['overview/episodes']:.0f} episodes)"
+            if "overview/reward" in m
+            else ""
+        )
+        print(
+            f"epoch {epoch:3d}  step {agent_step:7d}  {m['overview/sps']:7.0f} SPS  policy_loss {m['losses/policy_loss']:+.4f}"
+            f"  value_loss {m['losses/value_loss']:.4f}  entropy {m['losses/entropy']:.3f}{reward}"
+        )
 
         record = save_checkpoint(
-            epoch, agent_step, policy, optimizer, policy_store, dirs.checkpoint_dir,
-            trainer_cfg.checkpoint.checkpoint_interval, trainer_config=trainer_cfg, vecenv=vecenv, stopwatch=timer,
-        )  # fmt: skip
+            epoch,
+            agent_step,
+            policy,
+            optimizer,
+            policy_store,
+            dirs.checkpoint_dir,
+            trainer_cfg.checkpoint.checkpoint_interval,
+            trainer_config=trainer_cfg,
+            vecenv=vecenv,
+            stopwatch=timer,
+        )
         if record is not None:
             print(f"  checkpoint: {record.file_path}")
 
     timer.stop()
     save_checkpoint(
-        epoch, agent_step, policy, optimizer, policy_store, dirs.checkpoint_dir,
-        trainer_cfg.checkpoint.checkpoint_interval, force_save=True, final=True, trainer_config=trainer_cfg,
-        vecenv=vecenv, stopwatch=timer,
-    )  # fmt: skip
+        epoch,
+        agent_step,
+        policy,
+        optimizer,
+        policy_store,
+        dirs.checkpoint_dir,
+        trainer_cfg.checkpoint.checkpoint_interval,
+        force_save=True,
+        final=True,
+        trainer_config=trainer_cfg,
+        vecenv=vecenv,
+        stopwatch=timer,
+    )
     vecenv.close()
-    print(f"done: epoch {epoch}, agent step {agent_step}, {timer.get_elapsed():.1f}s; checkpoints in {dirs.checkpoint_dir}")
+    print(
+        f"done: epoch {epoch}, agent step {agent_step}, {timer.get_elapsed():.1f}s; checkpoints in {dirs.checkpoint_dir}"
+    )
 
 
 if __name__ == "__main__":

@@ -121,9 +121,12 @@ class RunConfig(BaseModel):
     evaluate: bool = Field(default=True, description="evaluate on the terrain suite every evaluate_interval epochs")
     replay: bool = Field(default=True, description="write a replay with each evaluation")
     torch_threads: int | None = Field(default=None, ge=1, description="threads for torch ops (default: torch's choice)")
-    debug_dump_weights: bool = Field(default=False, description="every rank saves its final weights to {run_dir}/rank{r}_weights.pt")
+    debug_dump_weights: bool = Field(
+        default=False, description="every rank saves its final weights to {run_dir}/rank{r}_weights.pt"
+    )
     restart_if_unloadable: bool = Field(
-        default=False, description="when no checkpoint of the run can be loaded, move them to {run_dir}/unloadable_<time>/ and start over"
+        default=False,
+        description="when no checkpoint of the run can be loaded, move them to {run_dir}/unloadable_<time>/ and start over",
     )
     trainer: TrainerConfig = Field(default_factory=cpu_trainer_config)
     wandb: WandbSettings = Field(default_factory=WandbSettings)
@@ -141,7 +144,7 @@ class RunConfig(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _check_vectorization(self) -> "RunConfig":
+    def _check_vectorization(self) -> RunConfig:
         t = self.trainer
         if self.vectorization == "serial" and (t.async_factor > 1 or t.num_workers > 1):
             raise ValueError(
@@ -189,18 +192,27 @@ def main() -> None:
     # ---------------------------------------------------------------- components
     fault_point("setup", "env")  # a test hook (metta.common.fault_points); nothing unless its env var is set
     env = Environment(
-        curriculum_path=trainer_cfg.curriculum, env_config=trainer_cfg.env_overrides or None, device=str(device),
-        seed=cfg.seed + 1000 * rank, num_envs=cfg.num_envs or 1, num_workers=trainer_cfg.num_workers,
-        async_factor=trainer_cfg.async_factor, vectorization=cfg.vectorization, zero_copy=trainer_cfg.zero_copy,
+        curriculum_path=trainer_cfg.curriculum,
+        env_config=trainer_cfg.env_overrides or None,
+        device=str(device),
+        seed=cfg.seed + 1000 * rank,
+        num_envs=cfg.num_envs or 1,
+        num_workers=trainer_cfg.num_workers,
+        async_factor=trainer_cfg.async_factor,
+        vectorization=cfg.vectorization,
+        zero_copy=trainer_cfg.zero_copy,
         worker_timeout_s=trainer_cfg.worker_timeout_s,
-        is_training=True, forward_pass_minibatch_target_size=None if cfg.num_envs else trainer_cfg.forward_pass_minibatch_target_size,
-    )  # fmt: skip
+        is_training=True,
+        forward_pass_minibatch_target_size=None if cfg.num_envs else trainer_cfg.forward_pass_minibatch_target_size,
+    )
     resolved = cfg.model_copy(update={"num_envs": env.num_envs, "trainer": trainer_cfg})
     save_experiment_config(dirs, device, trainer_cfg, extra=run_record(resolved, env, world_size))
     if is_master:
         Path(dirs.run_dir, "run_config.json").write_text(resolved.model_dump_json(indent=2, by_alias=True))
     agent = Agent(env, config=cfg.agent, device=str(device))
-    policy_store = PolicyStore(device=str(device), checkpoint_dir=checkpoint_dir, run_name=dirs.run_name, run_dir=dirs.run_dir)
+    policy_store = PolicyStore(
+        device=str(device), checkpoint_dir=checkpoint_dir, run_name=dirs.run_name, run_dir=dirs.run_dir
+    )
     optimizer = Optimizer.from_config(agent, trainer_cfg)  # trainer.optimizer, clipped at trainer.ppo.max_grad_norm
     experience = make_experience(env, agent, trainer_cfg, device)
     kickstarter = Kickstarter(trainer_cfg.kickstart, device, policy_store, env)
@@ -209,11 +221,15 @@ def main() -> None:
         agent_step, epoch, policy_path = load_checkpoint(checkpoint_dir, agent, optimizer, vecenv=env, stopwatch=timer)
     except UnloadableCheckpointsError as err:  # never restart silently over a run's files
         if not cfg.restart_if_unloadable:
-            raise SystemExit(f"run.py: {err}.\nWith run.py: pick a new run name (run=...), or pass restart_if_unloadable=true "
-                             f"to move them to {dirs.run_dir}/unloadable_<time>/ and train from scratch here") from None  # fmt: skip
+            raise SystemExit(
+                f"run.py: {err}.\nWith run.py: pick a new run name (run=...), or pass restart_if_unloadable=true "
+                f"to move them to {dirs.run_dir}/unloadable_<time>/ and train from scratch here"
+            ) from None
         aside = set_aside_checkpoints(checkpoint_dir, [os.path.join(dirs.run_dir, "metrics.jsonl")])
         if is_master:
-            logger.warning(f"restart_if_unloadable: moved the unloadable checkpoints and metrics to {aside}; starting over")
+            logger.warning(
+                f"restart_if_unloadable: moved the unloadable checkpoints and metrics to {aside}; starting over"
+            )
         agent_step, epoch, policy_path = 0, 0, None
     if policy_path:
         logger.info(f"resumed from {policy_path}: epoch {epoch}, agent_step {agent_step}")
@@ -228,25 +244,41 @@ def main() -> None:
         logger.info(f"policy compiled with torch.compile (mode {trainer_cfg.compile_mode})")
     logger.info(experience.describe())
     if is_master:
-        logger.info(f"run {dirs.run_name}: {trainer_cfg.total_timesteps:,} agent steps on {device} x{world_size}, "
-                    f"{env.num_envs} envs ({env.num_agents} agents) per process, {torch.get_num_threads()} torch "
-                    f"threads; metrics, checkpoints and replays in {dirs.run_dir}")  # fmt: skip
+        logger.info(
+            f"run {dirs.run_name}: {trainer_cfg.total_timesteps:,} agent steps on {device} x{world_size}, "
+            f"{env.num_envs} envs ({env.num_agents} agents) per process, {torch.get_num_threads()} torch "
+            f"threads; metrics, checkpoints and replays in {dirs.run_dir}"
+        )
     agent = wrap_agent_distributed(agent, device)
     losses = Losses()
     system_monitor = SystemMonitor(auto_start=is_master)
     memory_monitor = MemoryMonitor()
     memory_monitor.add(experience, name="experience")
     wandb_run, wandb_ctx = initialize_wandb(
-        dirs.run_name, dirs.run_dir, enabled=cfg.wandb.enabled, project=cfg.wandb.project,
-        entity=cfg.wandb.entity, config=resolved.model_dump(mode="json", by_alias=True),
-    )  # fmt: skip
+        dirs.run_name,
+        dirs.run_dir,
+        enabled=cfg.wandb.enabled,
+        project=cfg.wandb.project,
+        entity=cfg.wandb.entity,
+        config=resolved.model_dump(mode="json", by_alias=True),
+    )
     policy_store.wandb_run = wandb_run
     stop.install()  # again, in case wandb's setup replaced the signal handlers
-    stats_logger = StatsLogger(
-        dirs.run_dir, trainer_cfg.total_timesteps, wandb_run=wandb_run, console=trainer_cfg.verbose, resume_epoch=epoch
-    ) if is_master else None  # a resumed run drops the rows logged after its checkpoint  # fmt: skip
+    stats_logger = (
+        StatsLogger(
+            dirs.run_dir,
+            trainer_cfg.total_timesteps,
+            wandb_run=wandb_run,
+            console=trainer_cfg.verbose,
+            resume_epoch=epoch,
+        )
+        if is_master
+        else None
+    )  # a resumed run drops the rows logged after its checkpoint
     # Rank 0 traces; the other ranks get a profiler that never fires.
-    profiler = TorchProfiler(trainer_cfg.profiler.interval_epochs if is_master else 0, trainer_cfg.profiler.profile_dir, device)
+    profiler = TorchProfiler(
+        trainer_cfg.profiler.interval_epochs if is_master else 0, trainer_cfg.profiler.profile_dir, device
+    )
     evaluation_suite = create_evaluation_config_suite()
     eval_scores: dict[str, float] = {}  # the last evaluation's, kept in each checkpoint's metadata
     intervals = trainer_cfg.checkpoint
@@ -254,10 +286,21 @@ def main() -> None:
     def checkpoint(upload: bool, final: bool = False) -> None:
         """A complete checkpoint of this moment; ``upload``: also the policy to wandb as an artifact."""
         record = save_checkpoint(
-            epoch, agent_step, unwrap_agent(agent), optimizer, policy_store, checkpoint_dir,
-            intervals.checkpoint_interval, force_save=True, trainer_config=trainer_cfg, vecenv=env, stopwatch=timer,
-            keep_last_n=cfg.keep_checkpoints, final=final, metadata={"eval_scores": eval_scores},
-        )  # fmt: skip
+            epoch,
+            agent_step,
+            unwrap_agent(agent),
+            optimizer,
+            policy_store,
+            checkpoint_dir,
+            intervals.checkpoint_interval,
+            force_save=True,
+            trainer_config=trainer_cfg,
+            vecenv=env,
+            stopwatch=timer,
+            keep_last_n=cfg.keep_checkpoints,
+            final=final,
+            metadata={"eval_scores": eval_scores},
+        )
         if upload and wandb_run is not None and record is not None:
             logger.info("policy uploaded to wandb as %s", policy_store.add_to_wandb_run(dirs.run_name, record))
 
@@ -274,30 +317,62 @@ def main() -> None:
 
         with profiler.trace(epoch, expected_epoch) as traced:  # a torch profiler trace at its interval
             agent_step, episode_stats = rollout(agent, env, experience, device, agent_step, timer)
-            epoch = traced.epoch = train_ppo(agent, optimizer, experience, device, losses, epoch, trainer_cfg, kickstarter,
-                                             agent_step, timer, batch_start_step=steps_before)  # fmt: skip
+            epoch = traced.epoch = train_ppo(
+                agent,
+                optimizer,
+                experience,
+                device,
+                losses,
+                epoch,
+                trainer_cfg,
+                kickstarter,
+                agent_step,
+                timer,
+                batch_start_step=steps_before,
+            )
 
         # The periodic tasks whose interval the epoch counter crossed; the last iteration checkpoints and
         # evaluates in any case (a stop skips the evaluation, to exit in seconds). The epoch's row (with the
         # evaluation's scores when there was one) is logged before the checkpoint: a run killed in between
         # resumes from the previous checkpoint and drops that row, so no epoch is ever missing or doubled.
         with timer("_process_stats"):
-            metrics = epoch_metrics(
-                episode_stats, losses, experience, optimizer, agent_step - steps_before, time.time() - t_epoch,
-                timer=timer, phase_before=phase_before, system_monitor=system_monitor, memory_monitor=memory_monitor,
-            ) if is_master else {}  # fmt: skip
+            metrics = (
+                epoch_metrics(
+                    episode_stats,
+                    losses,
+                    experience,
+                    optimizer,
+                    agent_step - steps_before,
+                    time.time() - t_epoch,
+                    timer=timer,
+                    phase_before=phase_before,
+                    system_monitor=system_monitor,
+                    memory_monitor=memory_monitor,
+                )
+                if is_master
+                else {}
+            )
         stopping = stop.should_stop(device)  # every rank agrees to stop after the same iteration
         last = stopping or agent_step >= trainer_cfg.total_timesteps
-        evaluated = is_master and cfg.evaluate and not stopping and (last or crossed(trainer_cfg.simulation.evaluate_interval, epoch_before, epoch))
+        evaluated = (
+            is_master
+            and cfg.evaluate
+            and not stopping
+            and (last or crossed(trainer_cfg.simulation.evaluate_interval, epoch_before, epoch))
+        )
         if evaluated:
-            eval_scores = evaluate_and_replay(unwrap_agent(agent), policy_store, evaluation_suite, device, dirs, trainer_cfg, epoch, cfg.replay)
+            eval_scores = evaluate_and_replay(
+                unwrap_agent(agent), policy_store, evaluation_suite, device, dirs, trainer_cfg, epoch, cfg.replay
+            )
             metrics.update({f"eval/{k}": v for k, v in eval_scores.items()})
         if is_master:
             metrics.update(interval_metrics(agent, optimizer, trainer_cfg, epoch_before, epoch))  # grad/, weights/
             stats_logger.log(epoch, agent_step, metrics)
             if evaluated and not last:  # the report shows this evaluation's row (the last one is written below)
                 logger.info("run report: %s", write_run_report(dirs.run_dir).resolve().as_uri())
-        upload = crossed(intervals.wandb_checkpoint_interval, epoch_before, epoch) or (last and intervals.wandb_checkpoint_interval > 0)
+        upload = crossed(intervals.wandb_checkpoint_interval, epoch_before, epoch) or (
+            last and intervals.wandb_checkpoint_interval > 0
+        )
         if upload or last or crossed(intervals.checkpoint_interval, epoch_before, epoch):
             checkpoint(upload, final=last)
         update_l2_init_at_interval(agent, epoch_before, epoch)
@@ -328,14 +403,20 @@ def run_record(cfg: RunConfig, env, world_size: int) -> dict:
         "agent": cfg.agent,
         "world_size": world_size,
         "env": {
-            "curriculum": cfg.trainer.curriculum, "env_overrides": dict(cfg.trainer.env_overrides),
-            "num_envs": env.num_envs, "agents": env.num_agents, "agents_per_batch": env.agents_per_batch,
-            "num_workers": env.num_workers, "async_factor": env.num_envs // env.batch_size,
-            "vectorization": cfg.vectorization, "zero_copy": env.zero_copy, "seed": env.seed,
+            "curriculum": cfg.trainer.curriculum,
+            "env_overrides": dict(cfg.trainer.env_overrides),
+            "num_envs": env.num_envs,
+            "agents": env.num_agents,
+            "agents_per_batch": env.agents_per_batch,
+            "num_workers": env.num_workers,
+            "async_factor": env.num_envs // env.batch_size,
+            "vectorization": cfg.vectorization,
+            "zero_copy": env.zero_copy,
+            "seed": env.seed,
             "worker_timeout_s": env.worker_timeout_s,
             "curriculum_type": type(env.driver_env.curriculum).__name__,
         },
-    }  # fmt: skip
+    }
 
 
 def evaluate_and_replay(agent, policy_store, suite, device, dirs, trainer_cfg, epoch, replay: bool) -> dict[str, float]:
@@ -343,7 +424,14 @@ def evaluate_and_replay(agent, policy_store, suite, device, dirs, trainer_cfg, e
     scores = evaluate_policy_suite(agent, policy_store, suite, device, stats_dir=dirs.stats_dir)
     logger.info("evaluation at epoch %d: %s", epoch, ", ".join(f"{k} {v:.3f}" for k, v in sorted(scores.items())))
     if replay:
-        path = generate_replay_simple(agent, policy_store, create_replay_config(), device, replay_dir=trainer_cfg.simulation.replay_dir, epoch=epoch)
+        path = generate_replay_simple(
+            agent,
+            policy_store,
+            create_replay_config(),
+            device,
+            replay_dir=trainer_cfg.simulation.replay_dir,
+            epoch=epoch,
+        )
         if path is not None:
             logger.info("replay: %s", write_viewer_page(path).resolve().as_uri())
     return scores

@@ -102,7 +102,9 @@ def main() -> None:
         steps += n_batches
     elapsed = time.perf_counter() - start
     agent_steps = steps * env.num_agents
-    workload.update(num_envs=args.num_envs, agents_per_env=env.agents_per_env, tokens=env.single_observation_space.shape[0])
+    workload.update(
+        num_envs=args.num_envs, agents_per_env=env.agents_per_env, tokens=env.single_observation_space.shape[0]
+    )
     print(
         json.dumps(
             {

@@ -51,13 +51,30 @@ PYTHON = sys.executable
 def train_sps_args(device: str, tiny: bool, workers: int, **overrides) -> list[str]:
     if tiny:
         # One torch thread: on a 2-core machine the learner's threads and two busy workers fight for the cores.
-        sizes = {"num_envs": 8, "num_workers": 2, "async_factor": 2, "vectorization": "multiprocessing",
-                 "batch_size": 4096, "minibatch_size": 1024, "bptt_horizon": 16, "update_epochs": 1,
-                 "iterations": 1, "torch_threads": 1}  # fmt: skip
+        sizes = {
+            "num_envs": 8,
+            "num_workers": 2,
+            "async_factor": 2,
+            "vectorization": "multiprocessing",
+            "batch_size": 4096,
+            "minibatch_size": 1024,
+            "bptt_horizon": 16,
+            "update_epochs": 1,
+            "iterations": 1,
+            "torch_threads": 1,
+        }
     else:
-        sizes = {"num_envs": 2048, "num_workers": workers, "async_factor": 2, "vectorization": "multiprocessing",
-                 "batch_size": 524288, "minibatch_size": 16384, "bptt_horizon": 64, "update_epochs": 1,
-                 "iterations": 3}  # fmt: skip
+        sizes = {
+            "num_envs": 2048,
+            "num_workers": workers,
+            "async_factor": 2,
+            "vectorization": "multiprocessing",
+            "batch_size": 524288,
+            "minibatch_size": 16384,
+            "bptt_horizon": 64,
+            "update_epochs": 1,
+            "iterations": 3,
+        }
     sizes.update(overrides)
     args = ["benchmarks/train_sps.py", "--device", device]
     for key, value in sizes.items():
@@ -78,13 +95,22 @@ def checks(device: str, tiny: bool, workdir: Path) -> list[tuple[str, list[str] 
     gpu = device.startswith("cuda")
     steps = 2048 if tiny else 32768
     run_args = [
-        f"data_dir={workdir}", f"device={device}", f"trainer.total_timesteps={steps}", "trainer.update_epochs=1",
-        "trainer.checkpoint.checkpoint_interval=1", "trainer.simulation.evaluate_interval=1",
-    ]  # fmt: skip
+        f"data_dir={workdir}",
+        f"device={device}",
+        f"trainer.total_timesteps={steps}",
+        "trainer.update_epochs=1",
+        "trainer.checkpoint.checkpoint_interval=1",
+        "trainer.simulation.evaluate_interval=1",
+    ]
     if tiny:
         run_args += ["num_envs=4", "trainer.batch_size=2048", "trainer.minibatch_size=512", "trainer.bptt_horizon=8"]
     else:
-        run_args += ["num_envs=128", "trainer.batch_size=32768", "trainer.minibatch_size=4096", "trainer.bptt_horizon=16"]
+        run_args += [
+            "num_envs=128",
+            "trainer.batch_size=32768",
+            "trainer.minibatch_size=4096",
+            "trainer.bptt_horizon=16",
+        ]
     device_tests = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/device"]
     if tiny:  # the suite runs all of tests/device on the CPU anyway; here, only prove the harness
         device_tests += ["-k", "advantage or host_upload"]
@@ -94,22 +120,65 @@ def checks(device: str, tiny: bool, workdir: Path) -> list[tuple[str, list[str] 
     # timings do not matter); the benchmarks run alone.
     out: list[tuple[str, list[str] | None, dict, float, str]] = [
         ("environment", None, {}, 60, "environment"),
-        ("env_sps", ["benchmarks/env_sps.py", "--workload", "navigation", "--seconds", "0.5" if tiny else "3"], {}, 120, "env_sps"),
+        (
+            "env_sps",
+            ["benchmarks/env_sps.py", "--workload", "navigation", "--seconds", "0.5" if tiny else "3"],
+            {},
+            120,
+            "env_sps",
+        ),
         ("train_sps_default", train_sps_args(device, tiny, workers), {}, 240, "train_sps_default"),
         ("device_tests", device_tests, {"METTA_TEST_DEVICE": device}, 240, "correctness"),
         ("run_py", ["run.py", "run=gpu_check_run", *run_args], {}, 300, "correctness"),
-        ("torchrun", [*launcher, "--standalone", "--nproc_per_node=1", "run.py", "run=gpu_check_torchrun", *run_args,
-                      "evaluate=false"], {}, 240, "correctness"),  # fmt: skip
+        (
+            "torchrun",
+            [
+                *launcher,
+                "--standalone",
+                "--nproc_per_node=1",
+                "run.py",
+                "run=gpu_check_torchrun",
+                *run_args,
+                "evaluate=false",
+            ],
+            {},
+            240,
+            "correctness",
+        ),
     ]
     if not tiny:
         out += [
-            ("train_sps_profile", train_sps_args(device, tiny, workers, iterations=1, profile=True), {}, 180, "profile"),
+            (
+                "train_sps_profile",
+                train_sps_args(device, tiny, workers, iterations=1, profile=True),
+                {},
+                180,
+                "profile",
+            ),
             ("train_sps_torch_threads_2", train_sps_args(device, tiny, workers, torch_threads=2), {}, 180, "threads"),
             ("train_sps_compile", train_sps_args(device, tiny, workers, compile=True), {}, 300, "compile"),
-            ("train_sps_compile_reduce_overhead", train_sps_args(device, tiny, workers, compile=True, compile_mode="reduce-overhead"), {}, 300, "compile_ro"),
+            (
+                "train_sps_compile_reduce_overhead",
+                train_sps_args(device, tiny, workers, compile=True, compile_mode="reduce-overhead"),
+                {},
+                300,
+                "compile_ro",
+            ),
             ("train_sps_bag_first_conv", train_sps_args(device, tiny, workers, first_conv="bag"), {}, 180, "bag"),
-            ("train_sps_4096_envs", train_sps_args(device, tiny, workers, num_envs=4096, batch_size=1048576), {}, 240, "4096_envs"),
-            ("train_sps_interface_default_agent", train_sps_args(device, tiny, workers, agent="interface_default"), {}, 240, "agent"),
+            (
+                "train_sps_4096_envs",
+                train_sps_args(device, tiny, workers, num_envs=4096, batch_size=1048576),
+                {},
+                240,
+                "4096_envs",
+            ),
+            (
+                "train_sps_interface_default_agent",
+                train_sps_args(device, tiny, workers, agent="interface_default"),
+                {},
+                240,
+                "agent",
+            ),
         ]
     if not gpu:
         out = [c for c in out if not c[0].startswith("train_sps_compile")]
@@ -222,7 +291,9 @@ def run_summary(output: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--tiny", action="store_true", help="tiny sizes (minutes on a CPU); skips the GPU-size variants")
+    parser.add_argument(
+        "--tiny", action="store_true", help="tiny sizes (minutes on a CPU); skips the GPU-size variants"
+    )
     parser.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "train_dir" / "gpu_check"))
     parser.add_argument("--only", default="", help="comma-separated check names")
     parser.add_argument("--budget-s", type=float, default=480.0, help="stop starting checks after this long")
@@ -241,10 +312,17 @@ def main() -> None:
         for members in groups.values():
             left = args.budget_s - (time.perf_counter() - started)
             if left < 20:
-                results = [({"check": c[0], "ok": False, "skipped": f"budget of {args.budget_s:.0f} s spent"}, "") for c in members]
+                results = [
+                    ({"check": c[0], "ok": False, "skipped": f"budget of {args.budget_s:.0f} s spent"}, "")
+                    for c in members
+                ]
             else:
                 with ThreadPoolExecutor(len(members)) as pool:
-                    results = list(pool.map(lambda c: run_check(c[0], c[1], c[2], min(c[3], left), args.device), members))
+                    results = list(
+                        pool.map(
+                            lambda c, left=left: run_check(c[0], c[1], c[2], min(c[3], left), args.device), members
+                        )
+                    )
             for record, output in results:
                 failed += not record["ok"]
                 line = json.dumps(record)

@@ -128,10 +128,14 @@ def main() -> None:
         kill_at = None
         if i % 2:
             e = newest_checkpoint(run_dir)[0] + rng.randint(1, 3)
-            kind, kill_at = rng.choice([
-                ("log", f"log:{e}"), ("write_policy", f"write:model_{e:04d}.pt"),
-                ("write_trainer_state", f"write:trainer_state_{e:04d}.ckpt"), ("prune", "prune:*"),
-            ])  # fmt: skip
+            kind, kill_at = rng.choice(
+                [
+                    ("log", f"log:{e}"),
+                    ("write_policy", f"write:model_{e:04d}.pt"),
+                    ("write_trainer_state", f"write:trainer_state_{e:04d}.ckpt"),
+                    ("prune", "prune:*"),
+                ]
+            )
         else:
             kind = "random_time"
         proc, log_path, text = launch(i, 10**9, kill_at)
@@ -160,7 +164,11 @@ def main() -> None:
         "benchmark": "kill_resume",
         "tries": args.tries,
         "resumed": resumed,
-        "steps_lost": {"total": sum(lost), "mean": round(sum(lost) / max(len(lost), 1), 1), "max": max(lost, default=0)},  # fmt: skip
+        "steps_lost": {
+            "total": sum(lost),
+            "mean": round(sum(lost) / max(len(lost), 1), 1),
+            "max": max(lost, default=0),
+        },
         "duplicates": sum(c - 1 for c in counts.values()),
         "missing": len(set(range(1, max(epochs, default=0) + 1)) - set(epochs)),
         "final_epoch": max(epochs, default=0),

@@ -43,9 +43,11 @@ def main() -> None:
     parser.add_argument("--train-t", type=int, default=16, help="steps per sequence (bptt_horizon)")
     parser.add_argument("--seconds", type=float, default=3.0, help="timing budget per measurement")
     parser.add_argument(
-        "--first-conv", choices=["tokens", "dense"], default="tokens",
+        "--first-conv",
+        choices=["tokens", "dense"],
+        default="tokens",
         help="the first convolution from the tokens (the agent's default) or over the dense box (the components)",
-    )  # fmt: skip
+    )
     args = parser.parse_args()
 
     from metta.agent import PolicyState, make_policy

@@ -50,7 +50,10 @@ def profile(policy, env, experience, optimizer, losses, cfg, device, agent_step,
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     for name, fn in (
         ("rollout", lambda: rollout(policy, env, experience, device, agent_step)),
-        ("train_ppo", lambda: train_ppo(policy, optimizer, experience, device, losses, epoch, cfg, agent_step=agent_step)),
+        (
+            "train_ppo",
+            lambda: train_ppo(policy, optimizer, experience, device, losses, epoch, cfg, agent_step=agent_step),
+        ),
     ):
         with torch_profile(activities=activities) as prof:
             fn()
@@ -65,8 +68,12 @@ def main() -> None:
     parser.add_argument("--curriculum", default="/env/mettagrid/curriculum/navigation/bucketed")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--agent", default="fast", choices=["fast", "interface_default"])
-    parser.add_argument("--first-conv", default="auto", choices=["auto", "sparse", "bag", "dense"],
-                        help="the agent's first convolution: auto (sparse product on a CPU, the dense components on a GPU)")
+    parser.add_argument(
+        "--first-conv",
+        default="auto",
+        choices=["auto", "sparse", "bag", "dense"],
+        help="the agent's first convolution: auto (sparse product on a CPU, the dense components on a GPU)",
+    )
     parser.add_argument("--num-envs", type=int, default=64)
     parser.add_argument("--vectorization", default="serial", choices=["serial", "multiprocessing"])
     parser.add_argument("--num-workers", type=int, default=1)
@@ -78,9 +85,15 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the policy")
     parser.add_argument("--compile-mode", default="default")
     parser.add_argument("--iterations", type=int, default=4, help="timed rollout+train iterations after the warm-up")
-    parser.add_argument("--warmup-iterations", type=int, default=1, help="untimed iterations first (numba, compile, allocator)")
+    parser.add_argument(
+        "--warmup-iterations", type=int, default=1, help="untimed iterations first (numba, compile, allocator)"
+    )
     parser.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads in the learner process")
-    parser.add_argument("--profile", action="store_true", help="print torch profiler tables of rollout steps and minibatch updates to stderr")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="print torch profiler tables of rollout steps and minibatch updates to stderr",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.torch_threads:
@@ -108,10 +121,15 @@ def main() -> None:
     )
     started = time.perf_counter()
     env = Environment(
-        curriculum_path=args.curriculum, num_envs=args.num_envs, seed=args.seed, device=str(device),
-        vectorization=args.vectorization, num_workers=args.num_workers, async_factor=args.async_factor,
+        curriculum_path=args.curriculum,
+        num_envs=args.num_envs,
+        seed=args.seed,
+        device=str(device),
+        vectorization=args.vectorization,
+        num_workers=args.num_workers,
+        async_factor=args.async_factor,
         batch_size=args.num_envs // args.async_factor,
-    )  # fmt: skip
+    )
     env_start_seconds = time.perf_counter() - started
     policy = make_policy(env, config=args.agent, device=device)
     if args.first_conv != "auto":
@@ -120,7 +138,9 @@ def main() -> None:
     if args.compile:
         compile_policy(policy, args.compile_mode)
     experience = make_experience(env, policy, cfg, device)
-    optimizer = Optimizer("adam", policy, learning_rate=cfg.optimizer.learning_rate, max_grad_norm=cfg.ppo.max_grad_norm)
+    optimizer = Optimizer(
+        "adam", policy, learning_rate=cfg.optimizer.learning_rate, max_grad_norm=cfg.ppo.max_grad_norm
+    )
     losses = Losses()
 
     def iteration(agent_step: int, epoch: int, timer: Stopwatch | None) -> tuple[int, int]:
@@ -146,7 +166,10 @@ def main() -> None:
         profile(policy, env, experience, optimizer, losses, cfg, device, agent_step, epoch)
     env.close()
 
-    t = {name: timer.get_elapsed(name) for name in ("_rollout.env", "_rollout.forward", "_train.advantage", "_train.learn")}
+    t = {
+        name: timer.get_elapsed(name)
+        for name in ("_rollout.env", "_rollout.forward", "_train.advantage", "_train.learn")
+    }
     phases = {
         "env": t["_rollout.env"] / wall,
         "forward": t["_rollout.forward"] / wall,
@@ -203,7 +226,12 @@ def main() -> None:
             flops = None
 
     sps = steps / wall
-    machine = {"cpu": platform.machine(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+    machine = {
+        "cpu": platform.machine(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
     if device.type == "cuda":
         machine["gpu"] = torch.cuda.get_device_name(device)
         machine["gpu_memory_peak_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)

@@ -40,7 +40,11 @@ def main() -> None:
         env.reset(seed=3)
         rng = np.random.default_rng(1)
         max_args = np.array(env.max_action_args)
-        allowed = np.arange(len(max_args)) if action_names is None else np.array([env.action_names.index(a) for a in action_names])
+        allowed = (
+            np.arange(len(max_args))
+            if action_names is None
+            else np.array([env.action_names.index(a) for a in action_names])
+        )
         digest = hashlib.sha256()
         for _ in range(args.steps):
             types = rng.choice(allowed, env.num_agents)

@@ -29,9 +29,19 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's metta, wherever it is run from
 
 BUILDINGS = {
-    "altar": 8, "mine_red": 10, "mine_blue": 10, "mine_green": 10, "generator_red": 6, "generator_blue": 6,
-    "generator_green": 6, "armory": 2, "lasery": 2, "lab": 2, "factory": 2, "temple": 2,
-}  # fmt: skip
+    "altar": 8,
+    "mine_red": 10,
+    "mine_blue": 10,
+    "mine_green": 10,
+    "generator_red": 6,
+    "generator_blue": 6,
+    "generator_green": 6,
+    "armory": 2,
+    "lasery": 2,
+    "lab": 2,
+    "factory": 2,
+    "temple": 2,
+}
 
 
 def buildings(size: int) -> dict[str, int]:
@@ -113,14 +123,25 @@ def main() -> None:
             end = page.evaluate("[performance.now(), metta.frames, metta.state.step, metta.renderMs]")
             seconds = (end[0] - start[0]) / 1000
             errors = page.console_errors
-    print(json.dumps({
-        "steps": args.steps, "agents": args.agents, "map": f"{args.size}x{args.size}",
-        "replay_bytes": replay_bytes, "page_bytes": page_bytes,
-        "record_s": round(record_s, 2), "page_write_s": round(page_s, 3),
-        "open_s": round(open_s, 3), "ready_ms": round(ready_ms, 1),
-        "fps": round((end[1] - start[1]) / seconds, 1), "steps_per_s": round((end[2] - start[2]) / seconds, 1),
-        "render_ms": round(end[3], 2), "console_errors": len(errors),
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "steps": args.steps,
+                "agents": args.agents,
+                "map": f"{args.size}x{args.size}",
+                "replay_bytes": replay_bytes,
+                "page_bytes": page_bytes,
+                "record_s": round(record_s, 2),
+                "page_write_s": round(page_s, 3),
+                "open_s": round(open_s, 3),
+                "ready_ms": round(ready_ms, 1),
+                "fps": round((end[1] - start[1]) / seconds, 1),
+                "steps_per_s": round((end[2] - start[2]) / seconds, 1),
+                "render_ms": round(end[3], 2),
+                "console_errors": len(errors),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

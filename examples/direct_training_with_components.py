@@ -38,7 +38,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--bptt-horizon", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--checkpoint-interval", type=int, default=2, help="epochs between checkpoints")
-    parser.add_argument("--eval-max-steps", type=int, default=50, help="episode length of the final evaluation (0: skip)")
+    parser.add_argument(
+        "--eval-max-steps", type=int, default=50, help="episode length of the final evaluation (0: skip)"
+    )
     parser.add_argument("--run-dir", default="train_dir/direct_components")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
@@ -53,14 +55,20 @@ def main() -> None:
 
     # Plain objects: a config, an env, a policy, a buffer, an optimizer.
     config = create_trainer_config(
-        run_dir=run_dir, total_timesteps=args.total_timesteps, batch_size=args.batch_size,
-        minibatch_size=args.minibatch_size, bptt_horizon=args.bptt_horizon,
-        ppo={"ent_coef": 0.01, "gamma": 0.99, "gae_lambda": 0.95}, optimizer={"learning_rate": args.learning_rate},
-    )  # fmt: skip
+        run_dir=run_dir,
+        total_timesteps=args.total_timesteps,
+        batch_size=args.batch_size,
+        minibatch_size=args.minibatch_size,
+        bptt_horizon=args.bptt_horizon,
+        ppo={"ent_coef": 0.01, "gamma": 0.99, "gae_lambda": 0.95},
+        optimizer={"learning_rate": args.learning_rate},
+    )
     env = Environment(num_agents=2, width=16, height=16, num_envs=args.num_envs, seed=args.seed, device=args.device)
     policy = Agent(env, config="fast", device=args.device)
     experience = make_experience(env, policy, config, args.device)
-    optimizer = Optimizer("adam", policy, learning_rate=config.optimizer.learning_rate, max_grad_norm=config.ppo.max_grad_norm)
+    optimizer = Optimizer(
+        "adam", policy, learning_rate=config.optimizer.learning_rate, max_grad_norm=config.ppo.max_grad_norm
+    )
     policy_store = PolicyStore({"device": args.device, "trainer": {"checkpoint": {"checkpoint_dir": checkpoint_dir}}})
 
     # The components, each wrapping one piece of metta.rl. The checkpointer records the config, the curriculum
@@ -68,7 +76,9 @@ def main() -> None:
     timer = Stopwatch()
     collector = RolloutCollector(env, policy, experience, args.device, timer)
     ppo = PPOOptimizer(policy, optimizer, args.device, config, timer=timer)
-    checkpointer = TrainingCheckpointer(checkpoint_dir, policy_store, trainer_config=config, vecenv=env, stopwatch=timer)
+    checkpointer = TrainingCheckpointer(
+        checkpoint_dir, policy_store, trainer_config=config, vecenv=env, stopwatch=timer
+    )
     stats_logger = StatsLogger(run_dir, config.total_timesteps)
 
     # A run directory with a checkpoint continues from its newest good one.
@@ -76,8 +86,11 @@ def main() -> None:
     agent_step, ppo.epoch = (resumed.agent_step, resumed.epoch) if resumed else (0, 0)
     if not timer.get_summary()["is_running"]:  # a resumed stopwatch is already running
         timer.start()
-    print(f"training {env.num_agents} agents for {config.total_timesteps:,} agent steps from step {agent_step:,}; "
-          f"run dir {run_dir}", flush=True)  # fmt: skip
+    print(
+        f"training {env.num_agents} agents for {config.total_timesteps:,} agent steps from step {agent_step:,}; "
+        f"run dir {run_dir}",
+        flush=True,
+    )
     while agent_step < config.total_timesteps:
         start, epoch_before, phase_before = time.perf_counter(), ppo.epoch, timer.get_all_elapsed()
         episode_stats, steps = collector.collect()
@@ -85,9 +98,15 @@ def main() -> None:
         agent_step += steps
         # The row every loop logs (overview/sps, overview/reward, losses/*, timing/frac/*, ...).
         metrics = epoch_metrics(
-            episode_stats, ppo.losses, experience, optimizer, steps, time.perf_counter() - start, timer=timer,
+            episode_stats,
+            ppo.losses,
+            experience,
+            optimizer,
+            steps,
+            time.perf_counter() - start,
+            timer=timer,
             phase_before=phase_before,
-        )  # fmt: skip
+        )
         stats_logger.log(ppo.epoch, agent_step, metrics)
 
         # The epoch advances by update_epochs per batch: a checkpoint is due when it crosses a multiple.
@@ -103,11 +122,17 @@ def main() -> None:
 
     if args.eval_max_steps > 0:
         suite = SimulationSuiteConfig(
-            name="example", num_episodes=2,
-            simulations={"navigation/terrain_small": SingleEnvSimulationConfig(
-                env="/env/mettagrid/navigation/evals/terrain_small", num_episodes=2, max_time_s=60,
-                env_overrides={"game.max_steps": args.eval_max_steps})},
-        )  # fmt: skip
+            name="example",
+            num_episodes=2,
+            simulations={
+                "navigation/terrain_small": SingleEnvSimulationConfig(
+                    env="/env/mettagrid/navigation/evals/terrain_small",
+                    num_episodes=2,
+                    max_time_s=60,
+                    env_overrides={"game.max_steps": args.eval_max_steps},
+                )
+            },
+        )
         evaluator = PolicyEvaluator(suite, policy_store, args.device, stats_dir=os.path.join(run_dir, "stats"))
         scores = evaluator.evaluate(policy)
         print("evaluation:", ", ".join(f"{name} {score:.3f}" for name, score in scores.items()))

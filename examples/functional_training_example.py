@@ -85,14 +85,19 @@ def main() -> None:
     sizing_env.close()
 
     trainer_config = TrainerConfig(
-        total_timesteps=args.total_timesteps, batch_size=args.batch_size, minibatch_size=args.minibatch_size,
-        bptt_horizon=args.bptt_horizon, optimizer={"learning_rate": 1e-3},
+        total_timesteps=args.total_timesteps,
+        batch_size=args.batch_size,
+        minibatch_size=args.minibatch_size,
+        bptt_horizon=args.bptt_horizon,
+        optimizer={"learning_rate": 1e-3},
         async_factor=1,  # one batch of envs stepped in this process (the loop picks serial vectorization)
         checkpoint={"checkpoint_interval": args.checkpoint_interval, "wandb_checkpoint_interval": 0},
         simulation={"evaluate_interval": 0},
-    )  # fmt: skip
+    )
     ppo_config = PPOConfig(ent_coef=0.01, gamma=0.99, gae_lambda=0.95)
-    policy_store = PolicyStore({"device": args.device, "trainer": {"checkpoint": {"checkpoint_dir": os.path.join(run_dir, "checkpoints")}}})
+    policy_store = PolicyStore(
+        {"device": args.device, "trainer": {"checkpoint": {"checkpoint_dir": os.path.join(run_dir, "checkpoints")}}}
+    )
 
     state = functional_training_loop(
         config=trainer_config,

@@ -90,9 +90,14 @@ def main() -> None:
     experience = make_experience(env, policy, trainer, device)
     policy_store = PolicyStore({"device": str(device), "run": dirs.run_name, "run_dir": dirs.run_dir}, wandb_run=None)
     wandb_run, wandb_ctx = initialize_wandb(
-        dirs.run_name, dirs.run_dir, enabled=config.wandb.enabled, project=config.wandb.project,
-        entity=config.wandb.entity, config=config.to_dict(), tags=config.wandb.tags,
-    )  # fmt: skip
+        dirs.run_name,
+        dirs.run_dir,
+        enabled=config.wandb.enabled,
+        project=config.wandb.project,
+        entity=config.wandb.entity,
+        config=config.to_dict(),
+        tags=config.wandb.tags,
+    )
     stats_logger = StatsLogger(dirs.run_dir, trainer.total_timesteps, wandb_run=wandb_run)
     losses = Losses()
     timer = Stopwatch()
@@ -102,27 +107,63 @@ def main() -> None:
     while agent_step < trainer.total_timesteps:
         steps_before, seconds_before, phase_before = agent_step, timer.get_elapsed(), timer.get_all_elapsed()
         agent_step, stats = rollout(policy, env, experience, device, agent_step, timer)
-        epoch = train_ppo(policy, optimizer, experience, device, losses, epoch, trainer, agent_step=agent_step,
-                          timer=timer, batch_start_step=steps_before)  # fmt: skip
+        epoch = train_ppo(
+            policy,
+            optimizer,
+            experience,
+            device,
+            losses,
+            epoch,
+            trainer,
+            agent_step=agent_step,
+            timer=timer,
+            batch_start_step=steps_before,
+        )
 
         # The row every loop logs (overview/sps, overview/reward, losses/*, timing/frac/*, ...).
         metrics = epoch_metrics(
-            stats, losses, experience, optimizer, agent_step - steps_before, timer.get_elapsed() - seconds_before,
-            timer=timer, phase_before=phase_before,
-        )  # fmt: skip
+            stats,
+            losses,
+            experience,
+            optimizer,
+            agent_step - steps_before,
+            timer.get_elapsed() - seconds_before,
+            timer=timer,
+            phase_before=phase_before,
+        )
         stats_logger.log(epoch, agent_step, metrics)
         save_checkpoint(
-            epoch, agent_step, policy, optimizer, policy_store, dirs.checkpoint_dir,
-            trainer.checkpoint.checkpoint_interval, trainer_config=trainer, vecenv=env, stopwatch=timer,
-            keep_last_n=config.keep_checkpoints, metadata={"training_config": config.to_dict()},
-        )  # fmt: skip
+            epoch,
+            agent_step,
+            policy,
+            optimizer,
+            policy_store,
+            dirs.checkpoint_dir,
+            trainer.checkpoint.checkpoint_interval,
+            trainer_config=trainer,
+            vecenv=env,
+            stopwatch=timer,
+            keep_last_n=config.keep_checkpoints,
+            metadata={"training_config": config.to_dict()},
+        )
 
     timer.stop()
     save_checkpoint(
-        epoch, agent_step, policy, optimizer, policy_store, dirs.checkpoint_dir,
-        trainer.checkpoint.checkpoint_interval, force_save=True, final=True, trainer_config=trainer, vecenv=env,
-        stopwatch=timer, keep_last_n=config.keep_checkpoints, metadata={"training_config": config.to_dict()},
-    )  # fmt: skip
+        epoch,
+        agent_step,
+        policy,
+        optimizer,
+        policy_store,
+        dirs.checkpoint_dir,
+        trainer.checkpoint.checkpoint_interval,
+        force_save=True,
+        final=True,
+        trainer_config=trainer,
+        vecenv=env,
+        stopwatch=timer,
+        keep_last_n=config.keep_checkpoints,
+        metadata={"training_config": config.to_dict()},
+    )
     stats_logger.close()
     env.close()
     cleanup_wandb(wandb_ctx)

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from metta.agent.metta_agent import make_policy
-from metta.agent.policy_store import PolicyStore
 from metta.agent.policy_state import PolicyState
+from metta.agent.policy_store import PolicyStore
 from metta.interface.environment import Environment
 from metta.mettagrid.config_loader import load_config_dict
 from metta.mettagrid.curriculum.core import Curriculum
@@ -83,9 +83,13 @@ def evaluate_saved(path: str, num_envs: int, seed: int, episodes: int) -> dict:
     random_reward = evaluate(None, num_envs, seed, episodes)
     trained_reward = evaluate(policy, num_envs, seed, episodes)
     return {
-        "policy": path, "eval_seed": seed, "episodes": episodes, "random_policy_episode_reward": random_reward,
-        "trained_policy_episode_reward": trained_reward, "ratio": trained_reward / max(random_reward, 1e-9),
-    }  # fmt: skip
+        "policy": path,
+        "eval_seed": seed,
+        "episodes": episodes,
+        "random_policy_episode_reward": random_reward,
+        "trained_policy_episode_reward": trained_reward,
+        "ratio": trained_reward / max(random_reward, 1e-9),
+    }
 
 
 def _key_value(item: str) -> tuple[str, object]:
@@ -116,13 +120,18 @@ def main() -> None:
     parser.add_argument("--gamma", type=float, default=defaults["ppo"]["gamma"])
     parser.add_argument("--gae-lambda", type=float, default=defaults["ppo"]["gae_lambda"])
     parser.add_argument(
-        "--lr-schedule", choices=["constant", "linear", "cosine"], default="constant",
+        "--lr-schedule",
+        choices=["constant", "linear", "cosine"],
+        default="constant",
         help="learning-rate schedule over the wall-clock budget (progress = elapsed / --minutes)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--ppo", nargs="*", default=[], metavar="KEY=VALUE",
+        "--ppo",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
         help="more PPOConfig fields, e.g. --ppo clip_vloss=false vf_coef=0.5 (values are read as JSON, else text)",
-    )  # fmt: skip
+    )
     parser.add_argument("--eval-episodes", type=int, default=512, help="episodes for each policy's evaluation")
     parser.add_argument("--evaluate", metavar="POLICY", help="only evaluate this saved policy (a file the run saved)")
     args = parser.parse_args()
@@ -148,17 +157,27 @@ def main() -> None:
         bptt_horizon=args.bptt_horizon,
         update_epochs=args.update_epochs,
         ppo={
-            **defaults["ppo"], "ent_coef": args.ent_coef, "gamma": args.gamma, "gae_lambda": args.gae_lambda,
+            **defaults["ppo"],
+            "ent_coef": args.ent_coef,
+            "gamma": args.gamma,
+            "gae_lambda": args.gae_lambda,
             **dict(_key_value(item) for item in args.ppo),
-        },  # fmt: skip
+        },
         optimizer={"learning_rate": args.learning_rate},
     )
-    env = Environment(curriculum_path=CURRICULUM, num_envs=args.num_envs, seed=args.seed, is_training=True, device="cpu")
+    env = Environment(
+        curriculum_path=CURRICULUM, num_envs=args.num_envs, seed=args.seed, is_training=True, device="cpu"
+    )
     policy = make_policy(env, "fast")
     experience = make_experience(env, policy, cfg, "cpu")
-    optimizer = Optimizer("adam", policy, learning_rate=cfg.optimizer.learning_rate, max_grad_norm=cfg.ppo.max_grad_norm)
+    optimizer = Optimizer(
+        "adam", policy, learning_rate=cfg.optimizer.learning_rate, max_grad_norm=cfg.ppo.max_grad_norm
+    )
     losses = Losses()
-    schedule = LRSchedulerConfig(enabled=args.lr_schedule != "constant", schedule_type=None if args.lr_schedule == "constant" else args.lr_schedule)
+    schedule = LRSchedulerConfig(
+        enabled=args.lr_schedule != "constant",
+        schedule_type=None if args.lr_schedule == "constant" else args.lr_schedule,
+    )
     agent_step, epoch = 0, 0
     start = time.perf_counter()
     while time.perf_counter() - start < args.minutes * 60 and agent_step < (args.max_steps or float("inf")):
@@ -174,12 +193,16 @@ def main() -> None:
             "epoch": epoch,
             "agent_step": agent_step,
             "seconds": round(time.perf_counter() - start, 1),
-            **epoch_metrics(stats, losses, experience, optimizer, agent_step - agent_step_before, time.perf_counter() - t0),
+            **epoch_metrics(
+                stats, losses, experience, optimizer, agent_step - agent_step_before, time.perf_counter() - t0
+            ),
         }
         metrics.write(json.dumps(row) + "\n")
         metrics.flush()
         if "overview/reward" in row:
-            print(f"epoch {epoch} step {agent_step} t={row['seconds']}s reward {row['overview/reward']:.4f} sps {row['overview/sps']:.0f}")
+            print(
+                f"epoch {epoch} step {agent_step} t={row['seconds']}s reward {row['overview/reward']:.4f} sps {row['overview/sps']:.0f}"
+            )
     env.close()
     policy.eval()
     # Saved with the policy store so the trained agent can be evaluated again or watched in a replay.

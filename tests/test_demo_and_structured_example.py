@@ -17,9 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_script(*args: str, timeout: int = 300) -> str:
     # One torch thread: on a small shared machine extra threads only spin against each other.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "WANDB_MODE": "disabled"}
-    proc = subprocess.run(
-        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
 
@@ -39,9 +37,16 @@ def test_demo_trains_checkpoints_and_resumes(tmp_path):
     # The same run directory resumes, here with PPO settings read by load_yaml_config.
     (tmp_path / "ppo.yaml").write_text("gamma: 0.95\nent_coef: 0.02\n")
     out = run_script(
-        "demo.py", "--total-steps", "3072", "--checkpoint-every", "5", "--run-dir", str(run_dir),
-        "--ppo-config", str(tmp_path / "ppo.yaml"),
-    )  # fmt: skip
+        "demo.py",
+        "--total-steps",
+        "3072",
+        "--checkpoint-every",
+        "5",
+        "--run-dir",
+        str(run_dir),
+        "--ppo-config",
+        str(tmp_path / "ppo.yaml"),
+    )
     assert "resumed from" in out and "at epoch 2, agent step 2048" in out, out
     state = read_trainer_state(list_trainer_states(str(checkpoints))[0][1])
     assert (state.epoch, state.agent_step) == (3, 3072)

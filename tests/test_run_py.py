@@ -42,7 +42,6 @@ TINY = [
 RESUMED_RE = re.compile(r"resumed from (\S+): epoch (\d+), agent_step (\d+)")
 
 
-
 def _env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     for key in ("METTA_RUN", "DATA_DIR", "WANDB_DIR", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
@@ -53,8 +52,15 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_py(data_dir: Path, run: str, total: int, *extra: str, env: dict[str, str] | None = None,
-           timeout: float = 120, launcher: list[str] | None = None) -> subprocess.CompletedProcess:  # fmt: skip
+def run_py(
+    data_dir: Path,
+    run: str,
+    total: int,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+    launcher: list[str] | None = None,
+) -> subprocess.CompletedProcess:
     args = [f"data_dir={data_dir}", f"run={run}", f"trainer.total_timesteps={total}", *TINY, *extra]
     cmd = (launcher or [sys.executable]) + [RUN_PY, *args]
     return subprocess.run(cmd, cwd=REPO, env=env or _env(), capture_output=True, text=True, timeout=timeout)
@@ -148,8 +154,9 @@ def test_resume_after_clean_stop(base_run: Path, tmp_path: Path):
 def test_resume_after_sigkill(tmp_path: Path):
     ckpt_dir = tmp_path / "killed" / "checkpoints"
     args = [f"data_dir={tmp_path}", "run=killed", "trainer.total_timesteps=1000000", *TINY]
-    proc = subprocess.Popen([sys.executable, RUN_PY, *args], cwd=REPO, env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, RUN_PY, *args], cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.time() + 90
         while len(list_trainer_states(str(ckpt_dir))) < 2:
@@ -208,7 +215,9 @@ def test_bad_override_fails_before_work(tmp_path: Path, override: str, names: st
 
 # -------------------------------------------------------------------------------------------------------- 6
 def test_help_lists_keys():
-    proc = subprocess.run([sys.executable, RUN_PY, "--help"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, RUN_PY, "--help"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, output(proc)
     for key in ("trainer.ppo.clip_coef", "trainer.total_timesteps", "num_envs", "wandb.enabled", "debug_dump_weights"):
         assert key in proc.stdout
@@ -237,10 +246,20 @@ def test_torchrun_two_processes(tmp_path: Path):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}"]
     env = _env(OMP_NUM_THREADS="1")
     # The batch sizes are totals over the ranks (scale_batches_by_world_size): each rank takes 1024 of 2048.
-    out = assert_ok(run_py(
-        tmp_path, "ddp", 4000, "debug_dump_weights=true", "trainer.batch_size=2048", "trainer.minibatch_size=512",
-        "trainer.scale_batches_by_world_size=true", env=env, launcher=launcher, timeout=180,
-    ))  # fmt: skip
+    out = assert_ok(
+        run_py(
+            tmp_path,
+            "ddp",
+            4000,
+            "debug_dump_weights=true",
+            "trainer.batch_size=2048",
+            "trainer.minibatch_size=512",
+            "trainer.scale_batches_by_world_size=true",
+            env=env,
+            launcher=launcher,
+            timeout=180,
+        )
+    )
     run_dir = tmp_path / "ddp"
     assert out.count("experience: 128 rows of 8 steps (1024 agent steps)") == 2  # each rank's own buffer
 
@@ -295,10 +314,15 @@ def test_run_py_and_the_functional_trainer_give_the_same_losses(base_run: Path):
     torch.manual_seed(run_cfg["seed"])
     np.random.seed(run_cfg["seed"])
     env = Environment(
-        curriculum_path=trainer_cfg.curriculum, device="cpu", seed=run_cfg["seed"], num_envs=run_cfg["num_envs"],
-        async_factor=trainer_cfg.async_factor, num_workers=trainer_cfg.num_workers,
-        vectorization=run_cfg["vectorization"], is_training=True,
-    )  # fmt: skip
+        curriculum_path=trainer_cfg.curriculum,
+        device="cpu",
+        seed=run_cfg["seed"],
+        num_envs=run_cfg["num_envs"],
+        async_factor=trainer_cfg.async_factor,
+        num_workers=trainer_cfg.num_workers,
+        vectorization=run_cfg["vectorization"],
+        is_training=True,
+    )
     agent = Agent(env, config=run_cfg["agent"], device="cpu")
     optimizer = Optimizer.from_config(agent, trainer_cfg)
     experience = make_experience(env, agent, trainer_cfg, "cpu")

@@ -62,14 +62,17 @@ def test_each_setting_is_listed_once_and_never_twice_under_two_names():
     assert sorted(listed) == sorted(KEYS)
 
 
-@pytest.mark.parametrize("key,why", [
-    ("trainer._target_=x", "there is no trainer class to name"),
-    ("trainer.env=/env/mettagrid/mettagrid", "pass an env config's path as curriculum"),
-    ("trainer.hyperparameter_scheduler={}", "use lr_scheduler"),
-    ("trainer.require_contiguous_env_ids=true", "always returns contiguous agent rows"),
-    ("curriculum=/env/mettagrid/curriculum/simple", "trainer.curriculum"),
-    ("num_workers=2", "trainer.num_workers"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "key,why",
+    [
+        ("trainer._target_=x", "there is no trainer class to name"),
+        ("trainer.env=/env/mettagrid/mettagrid", "pass an env config's path as curriculum"),
+        ("trainer.hyperparameter_scheduler={}", "use lr_scheduler"),
+        ("trainer.require_contiguous_env_ids=true", "always returns contiguous agent rows"),
+        ("curriculum=/env/mettagrid/curriculum/simple", "trainer.curriculum"),
+        ("num_workers=2", "trainer.num_workers"),
+    ],
+)
 def test_removed_or_moved_keys_say_so(key, why):
     """(run.py turns this error into its exit message before any work: tests/test_run_py.py runs that path.)"""
     with pytest.raises(ConfigCliError, match=re.escape(why)):
@@ -84,7 +87,9 @@ TINY = ["trainer.batch_size=2048", "trainer.minibatch_size=512", "trainer.bptt_h
 def start(data_dir: Path, name: str, *args: str, env: dict | None = None) -> subprocess.Popen:
     """run.py in the background; its output goes to a file (a pipe nobody reads while another run is awaited
     could fill up and stall it)."""
-    environ = {k: v for k, v in os.environ.items() if k not in ("METTA_RUN", "DATA_DIR", "RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    environ = {
+        k: v for k, v in os.environ.items() if k not in ("METTA_RUN", "DATA_DIR", "RANK", "WORLD_SIZE", "LOCAL_RANK")
+    }
     environ.update({"WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})})
     cmd = [sys.executable, "run.py", f"data_dir={data_dir}", f"run={name}", *args]
     log = open(data_dir / f"{name}.{len(list(data_dir.glob(f'{name}.*.log')))}.log", "w+")
@@ -119,42 +124,94 @@ def runs(tmp_path_factory) -> dict:
     out = {"data": data}
     device = "cpu" if CUDA else "cuda"  # the device that is not the default
     r1 = start(
-        data, "r1", f"device={device}", "seed=7", "agent=interface_default", "num_envs=8", "vectorization=multiprocessing",
-        "trainer.num_workers=2", "trainer.async_factor=2", "trainer.worker_timeout_s=45", "keep_checkpoints=1", "torch_threads=1", "debug_dump_weights=true",
-        "trainer.total_timesteps=2048", "trainer.batch_size=1024", "trainer.minibatch_size=512",
-        "trainer.max_minibatch_size=256", "trainer.bptt_horizon=16", "trainer.update_epochs=1", "trainer.zero_copy=false",
-        "trainer.verbose=false", "trainer.cpu_offload=true", "trainer.env_overrides={game.max_steps: 37}",
-        "trainer.grad_mean_variance_interval=1", "trainer.optimizer.learning_rate=0.002", "trainer.optimizer.beta1=0.8",
-        "trainer.optimizer.beta2=0.99", "trainer.optimizer.eps=1e-6", "trainer.optimizer.weight_decay=0.01",
-        "trainer.lr_scheduler.enabled=true", "trainer.lr_scheduler.schedule_type=linear", "trainer.lr_scheduler.warmup_steps=6000",
-        "trainer.checkpoint.checkpoint_interval=2", "trainer.simulation.evaluate_interval=2",
-        f"trainer.simulation.replay_dir={data / 'r1_replays'}", "trainer.profiler.interval_epochs=1",
+        data,
+        "r1",
+        f"device={device}",
+        "seed=7",
+        "agent=interface_default",
+        "num_envs=8",
+        "vectorization=multiprocessing",
+        "trainer.num_workers=2",
+        "trainer.async_factor=2",
+        "trainer.worker_timeout_s=45",
+        "keep_checkpoints=1",
+        "torch_threads=1",
+        "debug_dump_weights=true",
+        "trainer.total_timesteps=2048",
+        "trainer.batch_size=1024",
+        "trainer.minibatch_size=512",
+        "trainer.max_minibatch_size=256",
+        "trainer.bptt_horizon=16",
+        "trainer.update_epochs=1",
+        "trainer.zero_copy=false",
+        "trainer.verbose=false",
+        "trainer.cpu_offload=true",
+        "trainer.env_overrides={game.max_steps: 37}",
+        "trainer.grad_mean_variance_interval=1",
+        "trainer.optimizer.learning_rate=0.002",
+        "trainer.optimizer.beta1=0.8",
+        "trainer.optimizer.beta2=0.99",
+        "trainer.optimizer.eps=1e-6",
+        "trainer.optimizer.weight_decay=0.01",
+        "trainer.lr_scheduler.enabled=true",
+        "trainer.lr_scheduler.schedule_type=linear",
+        "trainer.lr_scheduler.warmup_steps=6000",
+        "trainer.checkpoint.checkpoint_interval=2",
+        "trainer.simulation.evaluate_interval=2",
+        f"trainer.simulation.replay_dir={data / 'r1_replays'}",
+        "trainer.profiler.interval_epochs=1",
         f"trainer.profiler.profile_dir={data / 'r1_traces'}",
-    )  # fmt: skip
+    )
     # R0 trains while R1 does (R2 starts from R0's policies, so it waits for R0).
     out["r0"] = run(
-        data, "r0", *TINY, "trainer.total_timesteps=4096", "evaluate=false", "trainer.checkpoint.checkpoint_interval=1",
-        "wandb.enabled=false", env={"WANDB_MODE": "offline", "WANDB_DIR": str(data / "r0_wandb")},
-    )  # fmt: skip
+        data,
+        "r0",
+        *TINY,
+        "trainer.total_timesteps=4096",
+        "evaluate=false",
+        "trainer.checkpoint.checkpoint_interval=1",
+        "wandb.enabled=false",
+        env={"WANDB_MODE": "offline", "WANDB_DIR": str(data / "r0_wandb")},
+    )
     r0_checkpoints = data / "r0" / "checkpoints"
     r2 = start(
-        data, "r2", "trainer.batch_size=1024", "trainer.minibatch_size=512", "trainer.bptt_horizon=8", "device=cpu",
-        "trainer.total_timesteps=2048", "trainer.update_epochs=1", "replay=false",
-        "trainer.curriculum=/env/mettagrid/curriculum/simple", "trainer.forward_pass_minibatch_target_size=32",
-        "trainer.optimizer.type=muon", f"trainer.checkpoint.checkpoint_dir={data / 'r2_checkpoints'}",
-        "trainer.checkpoint.checkpoint_interval=1", "trainer.checkpoint.wandb_checkpoint_interval=2",
-        "trainer.simulation.evaluate_interval=2", "wandb.project=proj_r2", "wandb.entity=ent_r2",
-        f"trainer.initial_policy.uri={r0_checkpoints}", "trainer.initial_policy.type=top",
-        "trainer.initial_policy.metric=agent_step", "trainer.initial_policy.range=2",
+        data,
+        "r2",
+        "trainer.batch_size=1024",
+        "trainer.minibatch_size=512",
+        "trainer.bptt_horizon=8",
+        "device=cpu",
+        "trainer.total_timesteps=2048",
+        "trainer.update_epochs=1",
+        "replay=false",
+        "trainer.curriculum=/env/mettagrid/curriculum/simple",
+        "trainer.forward_pass_minibatch_target_size=32",
+        "trainer.optimizer.type=muon",
+        f"trainer.checkpoint.checkpoint_dir={data / 'r2_checkpoints'}",
+        "trainer.checkpoint.checkpoint_interval=1",
+        "trainer.checkpoint.wandb_checkpoint_interval=2",
+        "trainer.simulation.evaluate_interval=2",
+        "wandb.project=proj_r2",
+        "wandb.entity=ent_r2",
+        f"trainer.initial_policy.uri={r0_checkpoints}",
+        "trainer.initial_policy.type=top",
+        "trainer.initial_policy.metric=agent_step",
+        "trainer.initial_policy.range=2",
         "trainer.initial_policy.filters={epoch: 2}",
         env={"WANDB_MODE": "offline", "WANDB_DIR": str(data / "r2_wandb"), "WANDB_SILENT": "true"},
-    )  # fmt: skip
+    )
     out["r1"], out["r2"] = finish(r1), finish(r2)
     # A finished run resumed: nothing to train, so compiling costs nothing here (tests/device checks its outputs).
     out["r3"] = run(
-        data, "r0", *TINY, "trainer.total_timesteps=4096", "evaluate=false", "trainer.checkpoint.checkpoint_interval=1",
-        "trainer.compile=true", "trainer.compile_mode=default",
-    )  # fmt: skip
+        data,
+        "r0",
+        *TINY,
+        "trainer.total_timesteps=4096",
+        "evaluate=false",
+        "trainer.checkpoint.checkpoint_interval=1",
+        "trainer.compile=true",
+        "trainer.compile_mode=default",
+    )
     return out
 
 
@@ -173,7 +230,9 @@ def check_device(runs):
     if CUDA:
         assert config_yaml(runs["data"] / "r1")["device"] == "cpu"
     else:  # asking for CUDA without it: a warning, and the CPU
-        assert "CUDA is not available; using the CPU" in runs["r1"] and config_yaml(runs["data"] / "r1")["device"] == "cpu"
+        assert (
+            "CUDA is not available; using the CPU" in runs["r1"] and config_yaml(runs["data"] / "r1")["device"] == "cpu"
+        )
 
 
 def check_seed(runs):
@@ -188,7 +247,13 @@ def check_agent(runs):
 
 def check_num_envs_and_workers(runs):
     env = config_yaml(runs["data"] / "r1")["env"]
-    assert (env["num_envs"], env["agents"], env["num_workers"], env["async_factor"], env["vectorization"]) == (8, 32, 2, 2, "multiprocessing")
+    assert (env["num_envs"], env["agents"], env["num_workers"], env["async_factor"], env["vectorization"]) == (
+        8,
+        32,
+        2,
+        2,
+        "multiprocessing",
+    )
     assert env["agents_per_batch"] == 16  # half the envs per recv
     assert env["worker_timeout_s"] == 45 and config_yaml(runs["data"] / "r0")["env"]["worker_timeout_s"] == 60
 
@@ -218,7 +283,9 @@ def check_evaluate_and_replay(runs):
         log, last_epoch = runs[name], rows(runs["data"] / name)[-1]["epoch"]
         evaluated = [int(e) for e in re.findall(r"evaluation at epoch (\d+)", log)]
         reports = re.findall(r"run report: (file://\S+)", log)
-        assert reports == [(runs["data"] / name / "index.html").resolve().as_uri()] * (sum(e != last_epoch for e in evaluated) + 1)
+        assert reports == [(runs["data"] / name / "index.html").resolve().as_uri()] * (
+            sum(e != last_epoch for e in evaluated) + 1
+        )
         assert log.rindex("run report: ") > max(log.rfind("evaluation at epoch"), log.rfind("replay: file://"))
     # R1's report links its pages in replay_dir, outside the run directory.
     report = (runs["data"] / "r1" / "index.html").read_text()
@@ -230,7 +297,9 @@ def check_torch_threads(runs):
 
 
 def check_debug_dump_weights(runs):
-    assert (runs["data"] / "r1" / "rank0_weights.pt").is_file() and not (runs["data"] / "r0" / "rank0_weights.pt").exists()
+    assert (runs["data"] / "r1" / "rank0_weights.pt").is_file() and not (
+        runs["data"] / "r0" / "rank0_weights.pt"
+    ).exists()
 
 
 def check_sizes(runs):
@@ -265,7 +334,9 @@ def check_compile(runs):
 
 def check_curriculum(runs):
     env0, env2 = config_yaml(runs["data"] / "r0")["env"], config_yaml(runs["data"] / "r2")["env"]
-    assert env2["curriculum"] == "/env/mettagrid/curriculum/simple" and env2["curriculum_type"] == "SingleTaskCurriculum"
+    assert (
+        env2["curriculum"] == "/env/mettagrid/curriculum/simple" and env2["curriculum_type"] == "SingleTaskCurriculum"
+    )
     assert env0["curriculum_type"] != "SingleTaskCurriculum"
 
 
@@ -313,8 +384,11 @@ def check_wandb(runs):
     data = b"".join(Path(f).read_bytes() for f in files)
     assert b"model_0002" in data and b"proj_r2" in data and b"ent_r2" in data
     # An artifact record's manifest holds each file's md5 (base64): the uploaded policy file itself was recorded.
-    uploaded = [f for f in sorted((runs["data"] / "r2_checkpoints").glob("model_*.pt"))
-                if base64.b64encode(hashlib.md5(f.read_bytes()).digest()) in data]  # fmt: skip
+    uploaded = [
+        f
+        for f in sorted((runs["data"] / "r2_checkpoints").glob("model_*.pt"))
+        if base64.b64encode(hashlib.md5(f.read_bytes()).digest()) in data
+    ]
     assert uploaded and all(int(f.stem.split("_")[1]) % 2 == 0 for f in uploaded)  # wandb_checkpoint_interval=2
     assert not glob.glob(str(runs["data"] / "r0" / "**" / "*.wandb"), recursive=True)  # wandb.enabled=false
 
@@ -354,36 +428,67 @@ def check_initial_policy_range(runs):
 
 def check_initial_policy(runs):
     # top by agent_step among 2 candidates, filtered to epoch 2: model_0002 (model_0004 has more steps)
-    assert f"starting from the initial policy file://{runs['data'] / 'r0' / 'checkpoints' / 'model_0002.pt'}" in runs["r2"]
+    assert (
+        f"starting from the initial policy file://{runs['data'] / 'r0' / 'checkpoints' / 'model_0002.pt'}" in runs["r2"]
+    )
 
 
 RUN_CHECKS = {
-    "run": check_run_and_data_dir, "data_dir": check_run_and_data_dir, "device": check_device, "seed": check_seed,
-    "agent": check_agent, "num_envs": check_num_envs_and_workers, "vectorization": check_num_envs_and_workers,
+    "run": check_run_and_data_dir,
+    "data_dir": check_run_and_data_dir,
+    "device": check_device,
+    "seed": check_seed,
+    "agent": check_agent,
+    "num_envs": check_num_envs_and_workers,
+    "vectorization": check_num_envs_and_workers,
     "trainer.worker_timeout_s": check_num_envs_and_workers,
-    "keep_checkpoints": check_keep_checkpoints, "evaluate": check_evaluate_and_replay, "replay": check_evaluate_and_replay,
-    "torch_threads": check_torch_threads, "debug_dump_weights": check_debug_dump_weights,
-    "trainer.total_timesteps": check_sizes, "trainer.batch_size": check_sizes, "trainer.minibatch_size": check_sizes,
-    "trainer.max_minibatch_size": check_sizes, "trainer.bptt_horizon": check_sizes,
-    "trainer.update_epochs": check_update_epochs, "trainer.zero_copy": check_zero_copy, "trainer.verbose": check_verbose,
-    "trainer.cpu_offload": check_cpu_offload, "trainer.compile": check_compile, "trainer.compile_mode": check_compile,
-    "trainer.forward_pass_minibatch_target_size": check_target_batch, "trainer.async_factor": check_num_envs_and_workers,
-    "trainer.num_workers": check_num_envs_and_workers, "trainer.curriculum": check_curriculum,
-    "trainer.env_overrides": check_env_overrides, "trainer.grad_mean_variance_interval": check_grad_stats,
-    "trainer.optimizer.type": check_optimizer, "trainer.optimizer.beta1": check_optimizer,
-    "trainer.optimizer.beta2": check_optimizer, "trainer.optimizer.eps": check_optimizer,
-    "trainer.optimizer.weight_decay": check_optimizer, "trainer.optimizer.learning_rate": check_learning_rate_schedule,
-    "trainer.lr_scheduler.enabled": check_learning_rate_schedule, "trainer.lr_scheduler.schedule_type": check_learning_rate_schedule,
+    "keep_checkpoints": check_keep_checkpoints,
+    "evaluate": check_evaluate_and_replay,
+    "replay": check_evaluate_and_replay,
+    "torch_threads": check_torch_threads,
+    "debug_dump_weights": check_debug_dump_weights,
+    "trainer.total_timesteps": check_sizes,
+    "trainer.batch_size": check_sizes,
+    "trainer.minibatch_size": check_sizes,
+    "trainer.max_minibatch_size": check_sizes,
+    "trainer.bptt_horizon": check_sizes,
+    "trainer.update_epochs": check_update_epochs,
+    "trainer.zero_copy": check_zero_copy,
+    "trainer.verbose": check_verbose,
+    "trainer.cpu_offload": check_cpu_offload,
+    "trainer.compile": check_compile,
+    "trainer.compile_mode": check_compile,
+    "trainer.forward_pass_minibatch_target_size": check_target_batch,
+    "trainer.async_factor": check_num_envs_and_workers,
+    "trainer.num_workers": check_num_envs_and_workers,
+    "trainer.curriculum": check_curriculum,
+    "trainer.env_overrides": check_env_overrides,
+    "trainer.grad_mean_variance_interval": check_grad_stats,
+    "trainer.optimizer.type": check_optimizer,
+    "trainer.optimizer.beta1": check_optimizer,
+    "trainer.optimizer.beta2": check_optimizer,
+    "trainer.optimizer.eps": check_optimizer,
+    "trainer.optimizer.weight_decay": check_optimizer,
+    "trainer.optimizer.learning_rate": check_learning_rate_schedule,
+    "trainer.lr_scheduler.enabled": check_learning_rate_schedule,
+    "trainer.lr_scheduler.schedule_type": check_learning_rate_schedule,
     "trainer.lr_scheduler.warmup_steps": check_learning_rate_schedule,
-    "trainer.initial_policy.uri": check_initial_policy, "trainer.initial_policy.type": check_initial_policy,
-    "trainer.initial_policy.range": check_initial_policy_range, "trainer.initial_policy.metric": check_initial_policy,
+    "trainer.initial_policy.uri": check_initial_policy,
+    "trainer.initial_policy.type": check_initial_policy,
+    "trainer.initial_policy.range": check_initial_policy_range,
+    "trainer.initial_policy.metric": check_initial_policy,
     "trainer.initial_policy.filters": check_initial_policy,
-    "trainer.checkpoint.checkpoint_interval": check_intervals, "trainer.checkpoint.checkpoint_dir": check_intervals,
-    "trainer.checkpoint.wandb_checkpoint_interval": check_wandb, "trainer.simulation.evaluate_interval": check_intervals,
-    "trainer.simulation.replay_dir": check_evaluate_and_replay, "trainer.profiler.interval_epochs": check_profiler,
-    "trainer.profiler.profile_dir": check_profiler, "wandb.enabled": check_wandb, "wandb.project": check_wandb,
+    "trainer.checkpoint.checkpoint_interval": check_intervals,
+    "trainer.checkpoint.checkpoint_dir": check_intervals,
+    "trainer.checkpoint.wandb_checkpoint_interval": check_wandb,
+    "trainer.simulation.evaluate_interval": check_intervals,
+    "trainer.simulation.replay_dir": check_evaluate_and_replay,
+    "trainer.profiler.interval_epochs": check_profiler,
+    "trainer.profiler.profile_dir": check_profiler,
+    "wandb.enabled": check_wandb,
+    "wandb.project": check_wandb,
     "wandb.entity": check_wandb,
-}  # fmt: skip
+}
 # Checked elsewhere: under torchrun with two ranks (tests/test_run_py.py::test_torchrun_two_processes), and on a
 # run directory whose checkpoints are all corrupt (tests/reliability/test_stop_and_resume.py).
 ELSEWHERE = {"trainer.scale_batches_by_world_size", "restart_if_unloadable"}
@@ -420,7 +525,9 @@ def update(overrides: dict, tmp: Path | None = None) -> tuple[torch.Tensor, dict
     """Weights and loss statistics after one update of the initial policy on one rollout (64 agent steps)."""
     # lr 0.01 so that one update moves the policy far enough for clipping and V-trace to matter; the batch
     # starts at step 500 of 2000, a quarter of the way.
-    cfg = tiny_config(**{"total_timesteps": 2000, "update_epochs": 2, "optimizer": {"learning_rate": 0.01}, **overrides})
+    cfg = tiny_config(
+        **{"total_timesteps": 2000, "update_epochs": 2, "optimizer": {"learning_rate": 0.01}, **overrides}
+    )
     experience, agent_step = rolled_out(cfg)
     policy = fresh_policy()
     optimizer = Optimizer.from_config(policy, cfg)
@@ -458,8 +565,11 @@ UPDATE_KEYS = {
         {"prioritized_experience_replay": {"prio_alpha": 1.0}},
         {"prioritized_experience_replay": {"prio_alpha": 1.0, "prio_beta0": 0.1}},
     ),
-    "trainer.lr_scheduler.anneal_lr": ({"lr_scheduler": {"enabled": True}}, {"lr_scheduler": {"enabled": True, "anneal_lr": True}}),
-}  # fmt: skip
+    "trainer.lr_scheduler.anneal_lr": (
+        {"lr_scheduler": {"enabled": True}},
+        {"lr_scheduler": {"enabled": True, "anneal_lr": True}},
+    ),
+}
 KICKSTART_KEYS = {
     "trainer.kickstart.teacher_uri": ({}, {}),
     "trainer.kickstart.action_loss_coef": ({}, {"action_loss_coef": 0.1}),

@@ -15,7 +15,8 @@ validation, so a dumped config names its graph's LSTM width and loads back to th
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -115,7 +116,9 @@ class AgentConfig(BaseModel):
         for name, component in self.components.items():
             unknown = [s for s in component.sources if s not in self.components]
             if unknown:
-                raise ValueError(f"component {name!r} has sources {unknown} that are not components; known: {sorted(self.components)}")
+                raise ValueError(
+                    f"component {name!r} has sources {unknown} that are not components; known: {sorted(self.components)}"
+                )
         if self.clip_range < 0:
             raise ValueError(f"clip_range={self.clip_range} must be >= 0 (0 turns clipping off)")
         if self.hidden_size is None and self.components["_core_"].output_size is not None:
@@ -146,7 +149,9 @@ def fast_components() -> dict[str, ComponentConfig]:
         "fc1": _c("Linear", "obs_flattener", nn_params={"out_features": 128}),
         "encoded_obs": _c("Linear", "fc1", nn_params={"out_features": 128}),
         "_core_": _c("LSTM", "encoded_obs", output_size=128, nn_params={"num_layers": 2}),
-        "critic_1": _c("Linear", "_core_", nn_params={"out_features": 1024}, nonlinearity="nn.Tanh", effective_rank=True),
+        "critic_1": _c(
+            "Linear", "_core_", nn_params={"out_features": 1024}, nonlinearity="nn.Tanh", effective_rank=True
+        ),
         "_value_": _c("Linear", "critic_1", nn_params={"out_features": 1}, nonlinearity=None),
         **_shared_head("_core_"),
     }
@@ -158,7 +163,9 @@ def interface_default_components() -> dict[str, ComponentConfig]:
     raw = {
         "_obs_": _c("ObsTokenToBoxShaper"),
         "obs_normalizer": _c("ObservationNormalizer", "_obs_"),
-        "cnn1": _c("Conv2d", "obs_normalizer", nn_params={"out_channels": 32, "kernel_size": 3, "stride": 1, "padding": 1}),
+        "cnn1": _c(
+            "Conv2d", "obs_normalizer", nn_params={"out_channels": 32, "kernel_size": 3, "stride": 1, "padding": 1}
+        ),
         "cnn2": _c("Conv2d", "cnn1", nn_params={"out_channels": 64, "kernel_size": 3, "stride": 1, "padding": 1}),
         "obs_flattener": _c("Flatten", "cnn2"),
         "encoded_obs": _c("Linear", "obs_flattener", nn_params={"out_features": 512}),

@@ -9,7 +9,8 @@ the tokens) costs ``2 * stored entries * columns``, not the dense shape's produc
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -39,7 +40,9 @@ _sparse_addmm_flops._get_raw = True  # type: ignore[attr-defined]
 
 def counted_flops(fn: Callable[[], Any]) -> int:
     """FLOPs of everything ``fn()`` runs, sparse products counted by their stored entries (LSTM excluded)."""
-    with FlopCounterMode(display=False, custom_mapping={aten.mm: _mm_flops, aten._sparse_addmm: _sparse_addmm_flops}) as counter:
+    with FlopCounterMode(
+        display=False, custom_mapping={aten.mm: _mm_flops, aten._sparse_addmm: _sparse_addmm_flops}
+    ) as counter:
         fn()
     return counter.get_total_flops()
 

@@ -16,7 +16,8 @@ earlier action types; ``action_index_tensor[flat]`` is the reverse lookup.
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +39,16 @@ logger = logging.getLogger(__name__)
 
 COMPONENT_TYPES: dict[str, type[LayerBase]] = {
     cls.__name__: cls
-    for cls in (ObsTokenToBoxShaper, ObservationNormalizer, Conv2d, Flatten, Linear, LSTM, ActionEmbedding, MettaActorSingleHead)
+    for cls in (
+        ObsTokenToBoxShaper,
+        ObservationNormalizer,
+        Conv2d,
+        Flatten,
+        Linear,
+        LSTM,
+        ActionEmbedding,
+        MettaActorSingleHead,
+    )
 }
 
 
@@ -59,10 +69,16 @@ def build_component(name: str, cfg: ComponentConfig, context: AgentContext) -> L
                 raise ValueError(f"component {name!r} (Linear) needs nn_params.out_features or output_size")
             nn_params["out_features"] = cfg.output_size
         return cls(
-            name, cfg.sources, context, nn_params=nn_params, nonlinearity=cfg.nonlinearity,
-            initialization=cfg.initialization, clip_scale=cfg.clip_scale, l2_init_scale=cfg.l2_init_scale,
+            name,
+            cfg.sources,
+            context,
+            nn_params=nn_params,
+            nonlinearity=cfg.nonlinearity,
+            initialization=cfg.initialization,
+            clip_scale=cfg.clip_scale,
+            l2_init_scale=cfg.l2_init_scale,
             analyze_weights=cfg.analyze_weights,
-        )  # fmt: skip
+        )
     return cls(name, cfg.sources, context)
 
 
@@ -127,7 +143,9 @@ class MettaAgent(nn.Module):
         visit("_action_")
         unused = [n for n in self.components if not self.components[n].ready]
         if unused:
-            raise ValueError(f"components {unused} feed neither _value_ nor _action_; remove them or use them as sources")
+            raise ValueError(
+                f"components {unused} feed neither _value_ nor _action_; remove them or use them as sources"
+            )
         return order
 
     @property
@@ -193,17 +211,26 @@ class MettaAgent(nn.Module):
         self.original_feature_mapping[name] = new_id
         channels = self.components["_obs_"].num_channels
         if new_id >= channels:
-            logger.warning("feature %r (id %d) has no input channel in this policy (%d channels); it is ignored", name, new_id, channels)
+            logger.warning(
+                "feature %r (id %d) has no input channel in this policy (%d channels); it is ignored",
+                name,
+                new_id,
+                channels,
+            )
         for component in self.components.values():
             if isinstance(component, ObservationNormalizer):
                 component.set_normalization(new_id, self._env_features[name]["normalization"])
 
     def activate_actions(self, action_names: list[str], max_action_args: list[int], device: torch.device | str) -> None:
         if len(action_names) != len(max_action_args):
-            raise ValueError(f"{len(action_names)} action_names but {len(max_action_args)} max_action_args; they must pair up")
+            raise ValueError(
+                f"{len(action_names)} action_names but {len(max_action_args)} max_action_args; they must pair up"
+            )
         self.action_names = list(action_names)
         self.max_action_args = [int(m) for m in max_action_args]
-        full_names = [f"{name}_{arg}" for name, m in zip(self.action_names, self.max_action_args) for arg in range(m + 1)]
+        full_names = [
+            f"{name}_{arg}" for name, m in zip(self.action_names, self.max_action_args) for arg in range(m + 1)
+        ]
         self.components["_action_embeds_"].activate_actions(full_names)
         widths = torch.tensor([m + 1 for m in self.max_action_args], dtype=torch.long)
         self.cum_action_max_params = torch.cat([torch.zeros(1, dtype=torch.long), widths.cumsum(0)]).to(device)
@@ -225,7 +252,9 @@ class MettaAgent(nn.Module):
         self, obs: torch.Tensor, state: PolicyState, action: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         if self.num_flat_actions == 0:
-            raise RuntimeError("no actions are active; call initialize_to_environment(...) or activate_actions(...) first")
+            raise RuntimeError(
+                "no actions are active; call initialize_to_environment(...) or activate_actions(...) first"
+            )
         if obs.dim() == 4:
             batch, horizon = obs.shape[0], obs.shape[1]
         elif obs.dim() == 3:
@@ -319,7 +348,9 @@ class MettaAgent(nn.Module):
         return self
 
 
-def make_policy(env: Any, config: AgentConfig | Mapping[str, Any] | str | None = None, device: torch.device | str = "cpu") -> MettaAgent:
+def make_policy(
+    env: Any, config: AgentConfig | Mapping[str, Any] | str | None = None, device: torch.device | str = "cpu"
+) -> MettaAgent:
     """Build a ``MettaAgent`` sized for ``env`` (a MettaGridEnv, or a vecenv with ``driver_env``) and bind it.
 
     ``config`` is None (the ``fast`` agent), ``"fast"``/``"interface_default"``, an ``AgentConfig`` or a

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -14,7 +15,13 @@ if TYPE_CHECKING:
 
 
 class PolicyRecord:
-    def __init__(self, policy_store: PolicyStore | None, run_name: str, uri: str | None, metadata: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        policy_store: PolicyStore | None,
+        run_name: str,
+        uri: str | None,
+        metadata: Mapping[str, Any] | None = None,
+    ):
         self._policy_store = policy_store
         self.run_name = run_name
         self.uri = uri
@@ -34,7 +41,9 @@ class PolicyRecord:
     def policy(self) -> nn.Module:
         if self._cached_policy is None:
             if self._policy_store is None or self.file_path is None:
-                raise ValueError(f"policy record {self.run_name!r} has no policy and no file to load it from (uri={self.uri!r})")
+                raise ValueError(
+                    f"policy record {self.run_name!r} has no policy and no file to load it from (uri={self.uri!r})"
+                )
             self._cached_policy = self._policy_store.load_policy(self.file_path)
         return self._cached_policy
 

@@ -24,8 +24,9 @@ import glob
 import logging
 import os
 import random
+from collections.abc import Mapping
 from numbers import Number
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -66,7 +67,9 @@ def policy_to_dict(agent: MettaAgent, metadata: Mapping[str, Any], run_name: str
             "action_names": list(agent.action_names),
             "max_action_args": list(agent.max_action_args),
         },
-        "state_dict": {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in agent.state_dict().items()},
+        "state_dict": {
+            k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in agent.state_dict().items()
+        },
     }
 
 
@@ -102,7 +105,9 @@ def read_policy_file(path: str) -> dict[str, Any]:
             "trainer checkpoints and pickled modules are not policy files"
         )
     if data.get("version", 0) > POLICY_FILE_VERSION:
-        raise PolicyFileError(f"{path} has policy file version {data['version']}; this metta reads up to {POLICY_FILE_VERSION}")
+        raise PolicyFileError(
+            f"{path} has policy file version {data['version']}; this metta reads up to {POLICY_FILE_VERSION}"
+        )
     return data
 
 
@@ -122,7 +127,9 @@ def _plain_value(where: str, value: Any) -> Any:
         return {str(k): _plain_value(f"{where}[{k!r}]", v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain_value(f"{where}[{i}]", v) for i, v in enumerate(value)]
-    raise TypeError(f"policy {where} is a {type(value).__name__}; store numbers, strings, lists or dicts (e.g. str(value))")
+    raise TypeError(
+        f"policy {where} is a {type(value).__name__}; store numbers, strings, lists or dicts (e.g. str(value))"
+    )
 
 
 def _cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
@@ -202,10 +209,14 @@ class PolicyStore:
         """Write ``pr``'s policy and metadata atomically (temp file, then ``os.replace``) and return ``pr``."""
         path = path or pr.file_path
         if path is None:
-            raise ValueError(f"policy record {pr.run_name!r} has uri={pr.uri!r}; save needs a file path (pass path=...)")
+            raise ValueError(
+                f"policy record {pr.run_name!r} has uri={pr.uri!r}; save needs a file path (pass path=...)"
+            )
         agent = pr.policy_as_metta_agent()
         if not isinstance(agent, MettaAgent):
-            raise TypeError(f"PolicyStore saves MettaAgent policies; record {pr.run_name!r} holds a {type(agent).__name__}")
+            raise TypeError(
+                f"PolicyStore saves MettaAgent policies; record {pr.run_name!r} holds a {type(agent).__name__}"
+            )
         data = policy_to_dict(agent, pr.metadata, pr.run_name)
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         tmp = f"{path}.tmp.{os.getpid()}"
@@ -227,7 +238,9 @@ class PolicyStore:
     def policy_record(self, uri: str, selector_type: str = "top", metric: str = "score") -> PolicyRecord:
         return self.policy_records(uri, selector_type, 1, metric)[0]
 
-    def policy_records(self, uri: str, selector_type: str = "top", n: int = 1, metric: str = "score") -> list[PolicyRecord]:
+    def policy_records(
+        self, uri: str, selector_type: str = "top", n: int = 1, metric: str = "score"
+    ) -> list[PolicyRecord]:
         if selector_type not in SELECTOR_TYPES:
             raise ValueError(f"selector_type={selector_type!r} is unknown; use one of {list(SELECTOR_TYPES)}")
         records = self._records_for(str(uri))
@@ -268,7 +281,9 @@ class PolicyStore:
         record = self._cache.get(path)
         if record is None:
             data = read_policy_file(path)
-            record = PolicyRecord(self, data.get("run_name") or os.path.basename(path), f"file://{path}", data.get("metadata", {}))
+            record = PolicyRecord(
+                self, data.get("run_name") or os.path.basename(path), f"file://{path}", data.get("metadata", {})
+            )
             self._cache.put(path, record)
         return record
 
@@ -277,7 +292,9 @@ class PolicyStore:
         parts = spec.split("/")
         if len(parts) == 2 and parts[0] in ("run", "sweep"):
             if not (self.wandb_entity and self.wandb_project):
-                missing = [k for k, v in (("wandb.entity", self.wandb_entity), ("wandb.project", self.wandb_project)) if not v]
+                missing = [
+                    k for k, v in (("wandb.entity", self.wandb_entity), ("wandb.project", self.wandb_project)) if not v
+                ]
                 raise ValueError(
                     f"policy uri {uri!r} needs {' and '.join(missing)} in the PolicyStore config; set them, or use "
                     "wandb://<entity>/<project>/<artifact_type>/<name>[:vN] or a file:// path"
@@ -347,8 +364,11 @@ def select_records(records: list[PolicyRecord], selector_type: str, n: int, metr
     if len(scored) < TOP_SELECTOR_MIN_COVERAGE * len(records):
         logger.warning(
             "only %d of %d policies report %r (< %d%%); selecting the latest instead of the top",
-            len(scored), len(records), metric, int(TOP_SELECTOR_MIN_COVERAGE * 100),
-        )  # fmt: skip
+            len(scored),
+            len(records),
+            metric,
+            int(TOP_SELECTOR_MIN_COVERAGE * 100),
+        )
         return records[:n]
     scored.sort(key=lambda pair: pair[0], reverse=True)
     return [r for _, r in scored[:n]]

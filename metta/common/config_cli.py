@@ -169,7 +169,9 @@ def parse_config(model: type[M], argv: list[str] | None = None, prog: str | None
                 raise ConfigCliError(f"--config {path!r}: no such file; give a YAML file with the fields of --help")
             loaded = _read_yaml_file(path) or {}
             if not isinstance(loaded, dict):
-                raise ConfigCliError(f"--config {path}: the file must hold a mapping of fields, not {type(loaded).__name__}")
+                raise ConfigCliError(
+                    f"--config {path}: the file must hold a mapping of fields, not {type(loaded).__name__}"
+                )
             data = _merge(data, loaded)
             continue
         if "=" not in arg or arg.startswith("-"):
@@ -188,6 +190,8 @@ def parse_config(model: type[M], argv: list[str] | None = None, prog: str | None
         for e in err.errors():
             key = ".".join(str(p) for p in e["loc"]) or "config"
             value = e.get("input")
-            shown = f"={value!r}" if not isinstance(value, (dict, list)) else ""  # a whole group would drown the message
+            shown = (
+                f"={value!r}" if not isinstance(value, (dict, list)) else ""
+            )  # a whole group would drown the message
             problems.append(f"{key}{shown}: {e['msg']}")
         raise ConfigCliError("invalid configuration:\n  " + "\n  ".join(problems)) from None

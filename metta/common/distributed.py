@@ -109,7 +109,13 @@ def setup_device_and_distributed(
     if not is_distributed():
         dist.init_process_group(backend=backend, timeout=timedelta(seconds=init_timeout_s))
         _set_collective_timeout(collective_timeout_s)
-        logger.info("joined the process group: rank %d of %d on %s (%s)", get_rank(), get_world_size(), device, dist.get_backend())
+        logger.info(
+            "joined the process group: rank %d of %d on %s (%s)",
+            get_rank(),
+            get_world_size(),
+            device,
+            dist.get_backend(),
+        )
     return DistributedSetup(device, is_master(), get_world_size(), get_rank())
 
 

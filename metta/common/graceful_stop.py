@@ -60,7 +60,7 @@ class GracefulStop:
             self.signal_name = reason
             self._first_at = time.monotonic()
 
-    def install(self) -> "GracefulStop":
+    def install(self) -> GracefulStop:
         """Take over the signals (call from the main thread: Python runs signal handlers only there). Calling it
         again takes them back from anything that replaced the handlers in between (``uninstall`` still restores
         what was there before the first call)."""
@@ -82,7 +82,7 @@ class GracefulStop:
             signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
         self._previous.clear()
 
-    def __enter__(self) -> "GracefulStop":
+    def __enter__(self) -> GracefulStop:
         return self.install()
 
     def __exit__(self, *exc) -> None:
@@ -94,8 +94,9 @@ class GracefulStop:
             self.request(name)
             logger.warning(
                 "received %s: stopping after this iteration with a checkpoint (Ctrl-C again, a second or more "
-                "later, aborts without saving)", name,
-            )  # fmt: skip
+                "later, aborts without saving)",
+                name,
+            )
             return
         if signum != signal.SIGINT or time.monotonic() - (self._first_at or 0.0) < self.repeat_window_s:
             logger.info("received %s again: already stopping", name)

@@ -101,7 +101,9 @@ class HeadlessBrowser:
         self.pages: list[Page] = []
 
     # ----------------------------------------------------------------------------------------------------
-    def send(self, method: str, params: dict | None = None, session: str | None = None, timeout: float | None = None) -> dict:
+    def send(
+        self, method: str, params: dict | None = None, session: str | None = None, timeout: float | None = None
+    ) -> dict:
         """Send one command and return its result (raises ``BrowserError`` on a protocol error)."""
         self._next_id += 1
         msg_id = self._next_id
@@ -170,9 +172,11 @@ class HeadlessBrowser:
         self.pages.append(page)
         for domain in ("Runtime", "Page", "Log"):
             self.send(f"{domain}.enable", session=session)
-        self.send("Emulation.setDeviceMetricsOverride",
-                  {"width": self.width, "height": self.height, "deviceScaleFactor": 1, "mobile": False},
-                  session=session)  # fmt: skip
+        self.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": self.width, "height": self.height, "deviceScaleFactor": 1, "mobile": False},
+            session=session,
+        )
         page.navigate(url, wait_load)
         return page
 
@@ -241,11 +245,14 @@ class Page:
 
     def evaluate(self, expression: str, await_promise: bool = False) -> Any:
         """The JSON value of a JavaScript expression in the page."""
-        result = self.send("Runtime.evaluate",
-                           {"expression": expression, "returnByValue": True, "awaitPromise": await_promise})  # fmt: skip
+        result = self.send(
+            "Runtime.evaluate", {"expression": expression, "returnByValue": True, "awaitPromise": await_promise}
+        )
         if "exceptionDetails" in result:
             details = result["exceptionDetails"]
-            raise BrowserError(f"{expression[:80]!r} threw: {details.get('exception', {}).get('description') or details}")
+            raise BrowserError(
+                f"{expression[:80]!r} threw: {details.get('exception', {}).get('description') or details}"
+            )
         return result["result"].get("value")
 
     def wait_for(self, expression: str, timeout: float | None = None, interval: float = 0.05) -> Any:
@@ -262,7 +269,13 @@ class Page:
     def click(self, x: float, y: float) -> None:
         """A left click at page coordinates (x, y), as a user's mouse makes it."""
         for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
-            params = {"type": kind, "x": x, "y": y, "button": "left" if kind != "mouseMoved" else "none", "clickCount": 1}
+            params = {
+                "type": kind,
+                "x": x,
+                "y": y,
+                "button": "left" if kind != "mouseMoved" else "none",
+                "clickCount": 1,
+            }
             self.send("Input.dispatchMouseEvent", params)
 
     def press(self, key: str, code: str | None = None, key_code: int | None = None, text: str | None = None) -> None:

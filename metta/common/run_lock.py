@@ -40,14 +40,16 @@ class RunLock:
     def held(self) -> bool:
         return self._fd is not None
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         """Take the lock now or raise ``RunLockError`` naming the run directory and the holder's pid."""
         if self._fd is not None:
             return self
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
-            raise RunLockError(f"cannot open the lock file {self.path}: {e}; check that the directory is writable") from e
+            raise RunLockError(
+                f"cannot open the lock file {self.path}: {e}; check that the directory is writable"
+            ) from e
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -60,7 +62,9 @@ class RunLock:
             ) from None
         except OSError as e:
             os.close(fd)
-            raise RunLockError(f"cannot lock {self.path}: {e}; this filesystem may lack locks, use a local data_dir") from e
+            raise RunLockError(
+                f"cannot lock {self.path}: {e}; this filesystem may lack locks, use a local data_dir"
+            ) from e
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
@@ -86,7 +90,7 @@ class RunLock:
         finally:
             os.close(fd)  # closing drops the flock
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:

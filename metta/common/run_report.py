@@ -24,14 +24,14 @@ import os
 import re
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from metta.common.fs import atomic_write_text
 
-PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f",
-           "#bab0ac"]  # fmt: skip
+PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac"]
 MAX_POINTS = 600  # points per curve; longer runs are thinned evenly (first and last kept)
 MAIN_KEYS = ("overview/reward", "overview/sps")
 LOSS_PREFIX = "losses/"
@@ -245,17 +245,22 @@ class Curve:
     markers: bool = False
 
 
-def line_chart(title: str, curves: list[Curve], key: str, x_label: str = "agent steps", width: int = 440,
-               height: int = 220) -> str:  # fmt: skip
+def line_chart(
+    title: str, curves: list[Curve], key: str, x_label: str = "agent steps", width: int = 440, height: int = 220
+) -> str:
     """An SVG line chart; each curve is a polyline with a <title> per point group for hovering."""
     curves = [Curve(c.label, _thin(c.points), c.color, c.markers) for c in curves if c.points]
     left, right, top, bottom = 56, 12, 26, 34
     pw, ph = width - left - right, height - top - bottom
-    out = [f'<svg class="chart" data-metric="{html.escape(key)}" viewBox="0 0 {width} {height}" width="{width}" '
-           f'height="{height}" role="img" aria-label="{html.escape(title)}">',
-           f'<text class="title" x="{left}" y="16">{html.escape(title)}</text>']  # fmt: skip
+    out = [
+        f'<svg class="chart" data-metric="{html.escape(key)}" viewBox="0 0 {width} {height}" width="{width}" '
+        f'height="{height}" role="img" aria-label="{html.escape(title)}">',
+        f'<text class="title" x="{left}" y="16">{html.escape(title)}</text>',
+    ]
     if not curves:
-        out.append(f'<text class="empty" x="{left + pw / 2}" y="{top + ph / 2}" text-anchor="middle">no data</text></svg>')
+        out.append(
+            f'<text class="empty" x="{left + pw / 2}" y="{top + ph / 2}" text-anchor="middle">no data</text></svg>'
+        )
         return "".join(out)
     xs = [x for c in curves for x, _ in c.points]
     ys = [y for c in curves for _, y in c.points]
@@ -280,42 +285,57 @@ def line_chart(title: str, curves: list[Curve], key: str, x_label: str = "agent 
     out.append(f'<rect class="plot" x="{left}" y="{top}" width="{pw}" height="{ph}"/>')
     y_ticks = _nice_ticks(y0, y1)
     for t, label in zip(y_ticks, _tick_labels(y_ticks)):
-        out.append(f'<line class="grid" x1="{left}" x2="{left + pw}" y1="{sy(t):.1f}" y2="{sy(t):.1f}"/>'
-                   f'<text class="tick" x="{left - 5}" y="{sy(t) + 4:.1f}" text-anchor="end">{label}</text>')  # fmt: skip
+        out.append(
+            f'<line class="grid" x1="{left}" x2="{left + pw}" y1="{sy(t):.1f}" y2="{sy(t):.1f}"/>'
+            f'<text class="tick" x="{left - 5}" y="{sy(t) + 4:.1f}" text-anchor="end">{label}</text>'
+        )
     for t, label in zip(x_ticks, _tick_labels(x_ticks)):
         out.append(f'<text class="tick" x="{sx(t):.1f}" y="{top + ph + 15}" text-anchor="middle">{label}</text>')
-    out.append(f'<text class="axis" x="{left + pw / 2}" y="{height - 3}" text-anchor="middle">{html.escape(x_label)}</text>')
+    out.append(
+        f'<text class="axis" x="{left + pw / 2}" y="{height - 3}" text-anchor="middle">{html.escape(x_label)}</text>'
+    )
     for c in curves:
         pts = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in c.points)
         label = html.escape(c.label)
-        out.append(f'<polyline class="curve" data-label="{label}" points="{pts}" stroke="{c.color}">'
-                   f"<title>{label}: last {fmt_number(c.points[-1][1])}</title></polyline>")  # fmt: skip
+        out.append(
+            f'<polyline class="curve" data-label="{label}" points="{pts}" stroke="{c.color}">'
+            f"<title>{label}: last {fmt_number(c.points[-1][1])}</title></polyline>"
+        )
         if c.markers or len(c.points) == 1:
             for x, y in c.points:
-                out.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{c.color}">'
-                           f"<title>{label} at {fmt_number(x)}: {y:.4g}</title></circle>")  # fmt: skip
+                out.append(
+                    f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{c.color}">'
+                    f"<title>{label} at {fmt_number(x)}: {y:.4g}</title></circle>"
+                )
     if len(curves) > 1:
         lx = left + 6
         for i, c in enumerate(curves):
             ly = top + 12 + 13 * i
-            out.append(f'<rect x="{lx}" y="{ly - 8}" width="10" height="3" fill="{c.color}"/>'
-                       f'<text class="legend" x="{lx + 14}" y="{ly - 4}">{html.escape(c.label)}</text>')  # fmt: skip
+            out.append(
+                f'<rect x="{lx}" y="{ly - 8}" width="10" height="3" fill="{c.color}"/>'
+                f'<text class="legend" x="{lx + 14}" y="{ly - 4}">{html.escape(c.label)}</text>'
+            )
     out.append("</svg>")
     return "".join(out)
 
 
-def stacked_chart(title: str, layers: list[tuple[str, list[tuple[float, float]]]], key: str, width: int = 440,
-                  height: int = 220) -> str:  # fmt: skip
+def stacked_chart(
+    title: str, layers: list[tuple[str, list[tuple[float, float]]]], key: str, width: int = 440, height: int = 220
+) -> str:
     """Fractions that add up to 1 per x (the timing split) as stacked areas."""
     layers = [(name, _thin(points)) for name, points in layers if points]
     left, right, top, bottom = 56, 110, 26, 34
     pw, ph = width - left - right, height - top - bottom
-    out = [f'<svg class="chart" data-metric="{html.escape(key)}" viewBox="0 0 {width} {height}" width="{width}" '
-           f'height="{height}" role="img" aria-label="{html.escape(title)}">',
-           f'<text class="title" x="{left}" y="16">{html.escape(title)}</text>']  # fmt: skip
+    out = [
+        f'<svg class="chart" data-metric="{html.escape(key)}" viewBox="0 0 {width} {height}" width="{width}" '
+        f'height="{height}" role="img" aria-label="{html.escape(title)}">',
+        f'<text class="title" x="{left}" y="16">{html.escape(title)}</text>',
+    ]
     xs = sorted({x for _, pts in layers for x, _ in pts})
     if not xs:
-        out.append(f'<text class="empty" x="{left + pw / 2}" y="{top + ph / 2}" text-anchor="middle">no data</text></svg>')
+        out.append(
+            f'<text class="empty" x="{left + pw / 2}" y="{top + ph / 2}" text-anchor="middle">no data</text></svg>'
+        )
         return "".join(out)
     x0, x1 = xs[0], xs[-1] if xs[-1] > xs[0] else xs[0] + 1
 
@@ -331,16 +351,27 @@ def stacked_chart(title: str, layers: list[tuple[str, list[tuple[float, float]]]
     for i, (name, _) in enumerate(layers):
         upper = [b + values[i].get(x, 0.0) for b, x in zip(base, xs)]
         if len(xs) == 1:
-            pts = [(sx(x0) - 3, sy(upper[0])), (sx(x0) + 3, sy(upper[0])), (sx(x0) + 3, sy(base[0])), (sx(x0) - 3, sy(base[0]))]
+            pts = [
+                (sx(x0) - 3, sy(upper[0])),
+                (sx(x0) + 3, sy(upper[0])),
+                (sx(x0) + 3, sy(base[0])),
+                (sx(x0) - 3, sy(base[0])),
+            ]
         else:
-            pts = [(sx(x), sy(u)) for x, u in zip(xs, upper)] + [(sx(x), sy(b)) for x, b in reversed(list(zip(xs, base)))]
+            pts = [(sx(x), sy(u)) for x, u in zip(xs, upper)] + [
+                (sx(x), sy(b)) for x, b in reversed(list(zip(xs, base)))
+            ]
         color = PALETTE[i % len(PALETTE)]
         mean = sum(values[i].get(x, 0.0) for x in xs) / len(xs)
-        out.append(f'<polygon class="area" data-label="{html.escape(name)}" fill="{color}" points="'
-                   + " ".join(f"{a:.1f},{b:.1f}" for a, b in pts)
-                   + f'"><title>{html.escape(name)}: {mean:.0%} on average</title></polygon>')  # fmt: skip
-        out.append(f'<rect x="{left + pw + 8}" y="{top + 14 * i}" width="10" height="10" fill="{color}"/>'
-                   f'<text class="legend" x="{left + pw + 22}" y="{top + 9 + 14 * i}">{html.escape(name)} {mean:.0%}</text>')  # fmt: skip
+        out.append(
+            f'<polygon class="area" data-label="{html.escape(name)}" fill="{color}" points="'
+            + " ".join(f"{a:.1f},{b:.1f}" for a, b in pts)
+            + f'"><title>{html.escape(name)}: {mean:.0%} on average</title></polygon>'
+        )
+        out.append(
+            f'<rect x="{left + pw + 8}" y="{top + 14 * i}" width="10" height="10" fill="{color}"/>'
+            f'<text class="legend" x="{left + pw + 22}" y="{top + 9 + 14 * i}">{html.escape(name)} {mean:.0%}</text>'
+        )
         base = upper
     for t in (0, 0.25, 0.5, 0.75, 1.0):
         out.append(f'<text class="tick" x="{left - 5}" y="{sy(t) + 4:.1f}" text-anchor="end">{t:.0%}</text>')
@@ -384,9 +415,11 @@ a { color: #2e6fd1; }
 
 
 def _page(title: str, subtitle: str, body: str) -> str:
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{STYLE}</style></head><body><header><h1>{html.escape(title)}</h1>"
-            f'<div class="sub">{subtitle}</div></header><main>{body}</main></body></html>')  # fmt: skip
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{STYLE}</style></head><body><header><h1>{html.escape(title)}</h1>"
+        f'<div class="sub">{subtitle}</div></header><main>{body}</main></body></html>'
+    )
 
 
 def _card(label: str, value: str) -> str:
@@ -419,7 +452,9 @@ def run_report_html(run_dir: str | os.PathLike) -> str:
     rows, bad = read_metrics(root)
     keys = _numeric_keys(rows)
     name = root.resolve().name
-    updated = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime((root / "metrics.jsonl").stat().st_mtime)) if rows else "-"
+    updated = (
+        time.strftime("%Y-%m-%d %H:%M:%S", time.localtime((root / "metrics.jsonl").stat().st_mtime)) if rows else "-"
+    )
     subtitle = f"{html.escape(str(root.resolve()))} · metrics updated {updated}"
     parts = []
     last_row = rows[-1] if rows else {}
@@ -439,12 +474,18 @@ def run_report_html(run_dir: str | os.PathLike) -> str:
         parts.append(f'<p class="note">{bad} line(s) of metrics.jsonl could not be read and are left out.</p>')
 
     # Learning curves
-    charts = [line_chart(title, [Curve(title, series(rows, key), PALETTE[i])], key)
-              for i, (key, title) in enumerate((("overview/reward", "reward per episode"), ("overview/sps", "agent steps per second")))]  # fmt: skip
+    charts = [
+        line_chart(title, [Curve(title, series(rows, key), PALETTE[i])], key)
+        for i, (key, title) in enumerate(
+            (("overview/reward", "reward per episode"), ("overview/sps", "agent steps per second"))
+        )
+    ]
     eval_keys = [k for k in keys if k.startswith(EVAL_PREFIX)]
     if eval_keys:
-        curves = [Curve(_short_name(k, EVAL_PREFIX), eval_series(rows, k), PALETTE[i % len(PALETTE)], markers=True)
-                  for i, k in enumerate(eval_keys)]  # fmt: skip
+        curves = [
+            Curve(_short_name(k, EVAL_PREFIX), eval_series(rows, k), PALETTE[i % len(PALETTE)], markers=True)
+            for i, k in enumerate(eval_keys)
+        ]
         charts.append(line_chart("evaluation score per terrain", curves, "eval"))
     timing = [(_short_name(k, TIMING_PREFIX), series(rows, k)) for k in keys if k.startswith(TIMING_PREFIX)]
     if timing:
@@ -453,37 +494,58 @@ def run_report_html(run_dir: str | os.PathLike) -> str:
 
     loss_keys = [k for k in keys if k.startswith(LOSS_PREFIX)]
     if loss_keys:
-        loss_charts = [line_chart(_short_name(k, LOSS_PREFIX), [Curve(k, series(rows, k), PALETTE[i % len(PALETTE)])], k, width=340, height=190)
-                       for i, k in enumerate(loss_keys)]  # fmt: skip
+        loss_charts = [
+            line_chart(
+                _short_name(k, LOSS_PREFIX),
+                [Curve(k, series(rows, k), PALETTE[i % len(PALETTE)])],
+                k,
+                width=340,
+                height=190,
+            )
+            for i, k in enumerate(loss_keys)
+        ]
         parts.append(f'<section><h2>Losses</h2><div class="charts">{"".join(loss_charts)}</div></section>')
 
     if eval_keys:
-        table = "".join(f"<tr><td>{html.escape(_short_name(k, EVAL_PREFIX))}</td><td>{_last(rows, k):.4f}</td></tr>" for k in eval_keys)
-        parts.append(f"<section><h2>Latest evaluation</h2><table><tr><th>simulation</th><th>score</th></tr>{table}</table></section>")
+        table = "".join(
+            f"<tr><td>{html.escape(_short_name(k, EVAL_PREFIX))}</td><td>{_last(rows, k):.4f}</td></tr>"
+            for k in eval_keys
+        )
+        parts.append(
+            f"<section><h2>Latest evaluation</h2><table><tr><th>simulation</th><th>score</th></tr>{table}</table></section>"
+        )
 
     replays = find_replays(root)
     if replays:
         items = "".join(
             f'<tr><td>{"-" if r.epoch is None else r.epoch}</td><td><a href="{html.escape(r.href)}">{html.escape(r.name)}</a>'
-            f'{"" if r.has_page else " (no viewer page: <code>python -m metta.mettagrid.replay view</code>)"}</td></tr>'
+            f"{'' if r.has_page else ' (no viewer page: <code>python -m metta.mettagrid.replay view</code>)'}</td></tr>"
             for r in replays
         )
-        parts.append(f'<section><h2>Replays</h2><table class="replays"><tr><th>epoch</th><th>replay</th></tr>{items}</table></section>')
+        parts.append(
+            f'<section><h2>Replays</h2><table class="replays"><tr><th>epoch</th><th>replay</th></tr>{items}</table></section>'
+        )
     else:
         where = " or ".join(html.escape(str(d)) for d in replay_dirs(root))
         parts.append(f'<section><h2>Replays</h2><p class="note">No replays in {where} yet.</p></section>')
 
     config = read_config(root)
     if config is not None:
-        parts.append(f"<section><h2>Config ({html.escape(config[0])})</h2><pre>{html.escape(config[1])}</pre></section>")
+        parts.append(
+            f"<section><h2>Config ({html.escape(config[0])})</h2><pre>{html.escape(config[1])}</pre></section>"
+        )
 
     shown = set(MAIN_KEYS) | set(eval_keys) | set(loss_keys) | {k for k in keys if k.startswith(TIMING_PREFIX)}
     others = [k for k in keys if k not in shown]
     if others:
-        small = [line_chart(k, [Curve(k, series(rows, k), PALETTE[i % len(PALETTE)])], k, width=300, height=170)
-                 for i, k in enumerate(others)]  # fmt: skip
-        parts.append(f"<section><details><summary>All other metrics ({len(others)})</summary>"
-                     f'<div class="charts">{"".join(small)}</div></details></section>')  # fmt: skip
+        small = [
+            line_chart(k, [Curve(k, series(rows, k), PALETTE[i % len(PALETTE)])], k, width=300, height=170)
+            for i, k in enumerate(others)
+        ]
+        parts.append(
+            f"<section><details><summary>All other metrics ({len(others)})</summary>"
+            f'<div class="charts">{"".join(small)}</div></details></section>'
+        )
     return _page(f"run {name}", subtitle, "".join(parts))
 
 
@@ -494,8 +556,15 @@ def write_run_report(run_dir: str | os.PathLike, out: str | os.PathLike | None =
     return path
 
 
-COMPARE_KEYS = ("overview/reward", "overview/sps", "losses/policy_loss", "losses/value_loss", "losses/entropy",
-                "losses/approx_kl", "losses/explained_variance")  # fmt: skip
+COMPARE_KEYS = (
+    "overview/reward",
+    "overview/sps",
+    "losses/policy_loss",
+    "losses/value_loss",
+    "losses/entropy",
+    "losses/approx_kl",
+    "losses/explained_variance",
+)
 
 
 def comparison_html(run_dirs: Iterable[str | os.PathLike]) -> str:
@@ -513,7 +582,9 @@ def comparison_html(run_dirs: Iterable[str | os.PathLike]) -> str:
     charts = []
     for key in (*COMPARE_KEYS, *eval_keys):
         getter = eval_series if key.startswith(EVAL_PREFIX) else series
-        curves = [Curve(name, getter(rows, key), color, markers=key.startswith(EVAL_PREFIX)) for name, _, rows, color in runs]
+        curves = [
+            Curve(name, getter(rows, key), color, markers=key.startswith(EVAL_PREFIX)) for name, _, rows, color in runs
+        ]
         if any(c.points for c in curves):
             charts.append(line_chart(key, curves, key))
     header = "".join(f"<th>{html.escape(k)}</th>" for k in ("run", "epoch", "agent steps", "reward", "steps / s"))
@@ -521,14 +592,25 @@ def comparison_html(run_dirs: Iterable[str | os.PathLike]) -> str:
     for name, root, rows, color in runs:
         last = rows[-1] if rows else {}
         report = root / "index.html"
-        link = f'<a href="{html.escape(report.resolve().as_uri())}">{html.escape(name)}</a>' if report.is_file() else html.escape(name)
-        values = [str(last.get("epoch", "-")), fmt_number(last["agent_step"]) if _finite(last.get("agent_step")) else "-"]
+        link = (
+            f'<a href="{html.escape(report.resolve().as_uri())}">{html.escape(name)}</a>'
+            if report.is_file()
+            else html.escape(name)
+        )
+        values = [
+            str(last.get("epoch", "-")),
+            fmt_number(last["agent_step"]) if _finite(last.get("agent_step")) else "-",
+        ]
         values += ["-" if (v := _last(rows, k)) is None else fmt_number(v) for k in MAIN_KEYS]
         cells = "".join(f"<td>{html.escape(v)}</td>" for v in values)
         body += f'<tr><td><span style="color:{color}">■</span> {link}</td>{cells}</tr>'
     table = f"<section><table><tr>{header}</tr>{body}</table></section>"
     subtitle = " · ".join(html.escape(str(root.resolve())) for _, root, _, _ in runs)
-    return _page(f"{len(runs)} runs compared", subtitle, table + f'<section><div class="charts">{"".join(charts)}</div></section>')
+    return _page(
+        f"{len(runs)} runs compared",
+        subtitle,
+        table + f'<section><div class="charts">{"".join(charts)}</div></section>',
+    )
 
 
 def write_comparison(run_dirs: Iterable[str | os.PathLike], out: str | os.PathLike) -> Path:
@@ -538,8 +620,11 @@ def write_comparison(run_dirs: Iterable[str | os.PathLike], out: str | os.PathLi
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m metta.common.run_report", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m metta.common.run_report",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p_report = sub.add_parser("report", help="write {run_dir}/index.html")
     p_report.add_argument("run_dir", type=Path)

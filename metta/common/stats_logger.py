@@ -148,7 +148,9 @@ def drop_rows_after(metrics_path: str | Path, epoch: int) -> int:
     except TypeError:
         epoch = -1
     if epoch < 0 or isinstance(given, bool):
-        raise ValueError(f"resume_epoch={given!r} must be an int >= 0: the epoch of the checkpoint the run resumes from")
+        raise ValueError(
+            f"resume_epoch={given!r} must be an int >= 0: the epoch of the checkpoint the run resumes from"
+        )
     path = Path(metrics_path)
     if not path.exists():
         return 0
@@ -166,6 +168,7 @@ def drop_rows_after(metrics_path: str | Path, epoch: int) -> int:
             dropped += 1
     if dropped or (text and not text.endswith("\n")):
         atomic_write_text(str(path), "".join(line + "\n" for line in kept))
-        logger.info("%s: dropped %d row(s) logged after epoch %d, the checkpoint this run resumes from",
-                    path, dropped, epoch)  # fmt: skip
+        logger.info(
+            "%s: dropped %d row(s) logged after epoch %d, the checkpoint this run resumes from", path, dropped, epoch
+        )
     return dropped

@@ -115,7 +115,7 @@ class SystemMonitor:
     def get_summary(self) -> dict[str, Any]:
         return {"num_samples": len(self._history), "running": self.running, **self.stats()}
 
-    def __enter__(self) -> "SystemMonitor":
+    def __enter__(self) -> SystemMonitor:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -11,7 +11,8 @@ meant for a CPU names the ``fast`` agent (128 wide, 2 layers).
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -44,7 +45,6 @@ def Agent(  # noqa: N802 - upstream's name; a factory returning a plain nn.Modul
     if device is None:
         device = _config_device(config)
     return make_policy(env, resolve_agent_config(config, default=DEFAULT_AGENT), resolve_device(device))
-
 
 
 def _config_device(config: Any) -> str | None:

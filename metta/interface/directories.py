@@ -1,8 +1,8 @@
 """Run directories, the saved experiment config, and device/distributed setup.
 
-    dirs = setup_run_directories()                  # ./train_dir/<run>/{checkpoints,replays,stats}
-    device, is_master, world_size, rank = setup_device_and_distributed("cuda")
-    save_experiment_config(dirs, device, trainer_config)   # {run_dir}/config.yaml, rank 0 only
+dirs = setup_run_directories()                  # ./train_dir/<run>/{checkpoints,replays,stats}
+device, is_master, world_size, rank = setup_device_and_distributed("cuda")
+save_experiment_config(dirs, device, trainer_config)   # {run_dir}/config.yaml, rank 0 only
 """
 
 from __future__ import annotations
@@ -10,13 +10,19 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from omegaconf import OmegaConf
 
-from metta.common.distributed import cleanup_distributed, is_master, setup_device_and_distributed, setup_distributed_vars
+from metta.common.distributed import (
+    cleanup_distributed,
+    is_master,
+    setup_device_and_distributed,
+    setup_distributed_vars,
+)
 from metta.common.fs import atomic_write_text
 
 __all__ = [

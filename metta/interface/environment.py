@@ -20,7 +20,8 @@ Examples: ``Environment(batch_size=4, async_factor=2, num_workers=2, vectorizati
 from __future__ import annotations
 
 import secrets
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from metta.mettagrid.config import MettaGridConfig
 from metta.mettagrid.curriculum.loader import build_curriculum
@@ -74,7 +75,9 @@ def Environment(  # noqa: N802 - upstream's name; a factory that returns the vec
     check_seed(seed)  # before any env or worker exists
     curriculum = build_curriculum(curriculum_path, env_config, num_agents, width, height)
     if forward_pass_minibatch_target_size is not None and num_envs == 1 and batch_size == 1:
-        num_envs, batch_size = envs_for_target_batch(curriculum, forward_pass_minibatch_target_size, num_workers, async_factor)
+        num_envs, batch_size = envs_for_target_batch(
+            curriculum, forward_pass_minibatch_target_size, num_workers, async_factor
+        )
     num_envs, batch_size = resolve_batching(num_envs, batch_size, async_factor, num_workers)
     vecenv = make_vecenv(
         curriculum,

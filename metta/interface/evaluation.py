@@ -11,6 +11,11 @@ from metta.sim.evaluation import (
 )
 
 __all__ = [
-    "EVAL_TERRAINS", "NAVIGATION_TEMPLATE", "create_evaluation_config_suite", "create_replay_config",
-    "evaluate_policy_suite", "generate_replay_simple", "suite_scores",
-]  # fmt: skip
+    "EVAL_TERRAINS",
+    "NAVIGATION_TEMPLATE",
+    "create_evaluation_config_suite",
+    "create_replay_config",
+    "evaluate_policy_suite",
+    "generate_replay_simple",
+    "suite_scores",
+]

@@ -12,7 +12,8 @@ Each is a thin call into the one implementation (``metta.rl.optimizer``, ``metta
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -130,13 +131,17 @@ def save_checkpoint(
     ``keep_last_n`` are kept. Returns the saved policy's record, or None when nothing was saved.
     """
     if not isinstance(checkpoint_interval, int) or isinstance(checkpoint_interval, bool) or checkpoint_interval < 0:
-        raise ValueError(f"checkpoint_interval={checkpoint_interval!r} must be an int >= 0 (epochs; 0 saves only with force_save)")
+        raise ValueError(
+            f"checkpoint_interval={checkpoint_interval!r} must be an int >= 0 (epochs; 0 saves only with force_save)"
+        )
     checkpoint_path = _check_dir("checkpoint_path", checkpoint_path)
     _check_agent(agent)
     _check_optimizer(optimizer)
     if not hasattr(policy_store, "create_empty_policy_record"):
         raise TypeError(f"policy_store is a {type(policy_store).__name__}; pass a metta.agent.policy_store.PolicyStore")
-    if not _checkpoint.should_save(epoch, checkpoint_interval, force_save, _checkpoint.last_saved_epoch(checkpoint_path, epoch)):
+    if not _checkpoint.should_save(
+        epoch, checkpoint_interval, force_save, _checkpoint.last_saved_epoch(checkpoint_path, epoch)
+    ):
         return None
     return _checkpoint.save_checkpoint(
         checkpoint_path,
@@ -209,7 +214,9 @@ def ensure_initial_policy(
         return loaded_policy_path
     path = os.path.join(os.path.abspath(checkpoint_path), _checkpoint.policy_file_name(0))
     if is_master():
-        _checkpoint.write_policy(checkpoint_path, 0, agent, policy_store, {"agent_step": 0, "epoch": 0, "initial": True})
+        _checkpoint.write_policy(
+            checkpoint_path, 0, agent, policy_store, {"agent_step": 0, "epoch": 0, "initial": True}
+        )
     barrier()
     if not is_master():
         from metta.agent.policy_store import read_policy_file

@@ -8,7 +8,7 @@ here, before any simulation starts, with messages that name the field, the value
 from __future__ import annotations
 
 import math
-from typing import Any, Union
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -71,7 +71,7 @@ class ConverterConfig(Config):
         return v
 
 
-ObjectConfig = Union[WallConfig, ConverterConfig]
+ObjectConfig = WallConfig | ConverterConfig
 _CONVERTER_KEYS = set(ConverterConfig.model_fields) - {"type_id"}
 
 
@@ -81,7 +81,7 @@ class ActionConfig(Config):
     consumed_resources: dict[str, int] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _required_covers_consumed(self) -> "ActionConfig":
+    def _required_covers_consumed(self) -> ActionConfig:
         for item, n in self.consumed_resources.items():
             if self.required_resources.get(item, n) < n:
                 raise ValueError(
@@ -197,7 +197,9 @@ class GameConfig(Config):
     global_obs: GlobalObsConfig = Field(default_factory=GlobalObsConfig)
     track_movement_metrics: bool = True
     recipe_details_obs: bool = False
-    map_builder: MapBuilderConfig = Field(default_factory=lambda: RandomMap(width=25, height=25, agents=4, border_width=1))
+    map_builder: MapBuilderConfig = Field(
+        default_factory=lambda: RandomMap(width=25, height=25, agents=4, border_width=1)
+    )
 
     @field_validator("map_builder", mode="before")
     @classmethod
@@ -234,7 +236,7 @@ class GameConfig(Config):
         return v
 
     @model_validator(mode="after")
-    def _check_references(self) -> "GameConfig":
+    def _check_references(self) -> GameConfig:
         items = self.inventory_item_names
         if len(items) != len(set(items)):
             raise ValueError(f"inventory_item_names has duplicates: {items}")
@@ -271,7 +273,9 @@ class GameConfig(Config):
             group_ids[group.id] = name
             bad = set(group.props) - set(AgentConfig.model_fields)
             if bad:
-                raise ValueError(f"groups.{name}.props has unknown keys {sorted(bad)}; allowed: {sorted(AgentConfig.model_fields)}")
+                raise ValueError(
+                    f"groups.{name}.props has unknown keys {sorted(bad)}; allowed: {sorted(AgentConfig.model_fields)}"
+                )
             if group.props:
                 try:
                     agent = self.group_agent_config(name)
@@ -309,7 +313,7 @@ class MettaGridConfig(Config):
     label: str | None = Field(default=None, description="a short name for stats; defaults to the task name")
 
     @classmethod
-    def from_any(cls, value: "MettaGridConfig | dict | Any") -> "MettaGridConfig":
+    def from_any(cls, value: MettaGridConfig | dict | Any) -> MettaGridConfig:
         """Accept a config object, a plain dict or an OmegaConf node."""
         if isinstance(value, cls):
             return value
@@ -319,5 +323,7 @@ class MettaGridConfig(Config):
 
                 value = OmegaConf.to_container(value, resolve=True)
             except Exception as err:  # noqa: BLE001 - report what we were given
-                raise TypeError(f"expected a MettaGridConfig, a dict or a config node, got {type(value).__name__}") from err
+                raise TypeError(
+                    f"expected a MettaGridConfig, a dict or a config node, got {type(value).__name__}"
+                ) from err
         return cls.model_validate(value)

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import copy
 import difflib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 

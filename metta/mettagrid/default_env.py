@@ -15,7 +15,9 @@ DEFAULT_WIDTH = 32
 DEFAULT_HEIGHT = 32
 
 
-def default_env_config(num_agents: int = DEFAULT_NUM_AGENTS, width: int = DEFAULT_WIDTH, height: int = DEFAULT_HEIGHT) -> MettaGridConfig:
+def default_env_config(
+    num_agents: int = DEFAULT_NUM_AGENTS, width: int = DEFAULT_WIDTH, height: int = DEFAULT_HEIGHT
+) -> MettaGridConfig:
     """The default navigation env (upstream's ``_get_default_env_config``), sized by its arguments.
 
     ``num_agents`` rooms, one agent each, tiled into one map; every room is a ``width x height`` map of the
@@ -40,16 +42,30 @@ def default_env_config(num_agents: int = DEFAULT_NUM_AGENTS, width: int = DEFAUL
                 "obs_height": 11,
                 "num_observation_tokens": 200,
                 "inventory_item_names": [
-                    "ore_red", "ore_blue", "ore_green", "battery_red", "battery_blue", "battery_green",
-                    "heart", "armor", "laser", "blueprint",
-                ],  # fmt: skip
+                    "ore_red",
+                    "ore_blue",
+                    "ore_green",
+                    "battery_red",
+                    "battery_blue",
+                    "battery_green",
+                    "heart",
+                    "armor",
+                    "laser",
+                    "blueprint",
+                ],
                 "groups": {"agent": {"id": 0, "sprite": 0}},
                 "agent": {
                     "default_resource_limit": 50,
                     "resource_limits": {"heart": 255},
                     "freeze_duration": 10,
                     "rewards": {
-                        "inventory": {"ore_red": 0.01, "ore_red_max": 10, "battery_red": 0.02, "battery_red_max": 10, "heart": 1}
+                        "inventory": {
+                            "ore_red": 0.01,
+                            "ore_red_max": 10,
+                            "battery_red": 0.02,
+                            "battery_red_max": 10,
+                            "heart": 1,
+                        }
                     },
                 },
                 "actions": {
@@ -66,19 +82,31 @@ def default_env_config(num_agents: int = DEFAULT_NUM_AGENTS, width: int = DEFAUL
                     "wall": {"type_id": 1},
                     "block": {"type_id": 14, "swappable": True},
                     "mine_red": {
-                        "type_id": 2, "output_resources": {"ore_red": 1}, "max_output": -1,
-                        "conversion_ticks": 1, "cooldown": 0,
+                        "type_id": 2,
+                        "output_resources": {"ore_red": 1},
+                        "max_output": -1,
+                        "conversion_ticks": 1,
+                        "cooldown": 0,
                     },
                     "generator_red": {
-                        "type_id": 5, "input_resources": {"ore_red": 1}, "output_resources": {"battery_red": 1},
-                        "max_output": -1, "conversion_ticks": 1, "cooldown": 0,
+                        "type_id": 5,
+                        "input_resources": {"ore_red": 1},
+                        "output_resources": {"battery_red": 1},
+                        "max_output": -1,
+                        "conversion_ticks": 1,
+                        "cooldown": 0,
                     },
                     "altar": {
-                        "type_id": 8, "input_resources": {"battery_red": 3}, "output_resources": {"heart": 1},
-                        "max_output": 5, "conversion_ticks": 1, "cooldown": 1000, "initial_resource_count": 1,
+                        "type_id": 8,
+                        "input_resources": {"battery_red": 3},
+                        "output_resources": {"heart": 1},
+                        "max_output": 5,
+                        "conversion_ticks": 1,
+                        "cooldown": 1000,
+                        "initial_resource_count": 1,
                         "color": 1,
                     },
-                },  # fmt: skip
+                },
                 "map_builder": {
                     "type": "multi_room",
                     "num_rooms": num_agents,
@@ -98,7 +126,9 @@ def default_env_config(num_agents: int = DEFAULT_NUM_AGENTS, width: int = DEFAUL
     )
 
 
-def apply_size_overrides(cfg: MettaGridConfig, num_agents: int | None, width: int | None, height: int | None) -> MettaGridConfig:
+def apply_size_overrides(
+    cfg: MettaGridConfig, num_agents: int | None, width: int | None, height: int | None
+) -> MettaGridConfig:
     """``cfg`` with ``game.num_agents`` and the map builder's agents, width and height replaced.
 
     For a ``multi_room`` builder the sizes go to its ``room`` and ``num_agents`` sets the number of rooms

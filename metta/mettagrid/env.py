@@ -153,7 +153,9 @@ class MettaGridEnv:
         self.agents_per_env = L.num_agents
         self.num_agents = self.num_envs * L.num_agents
         self.single_observation_space = spaces.Box(0, 255, (L.num_tokens, 3), dtype=np.uint8)
-        self.single_action_space = spaces.MultiDiscrete([len(L.action_names), max(L.max_action_args) + 1], dtype=np.int32)
+        self.single_action_space = spaces.MultiDiscrete(
+            [len(L.action_names), max(L.max_action_args) + 1], dtype=np.int32
+        )
         self.observation_space = self.single_observation_space
         self.action_space = self.single_action_space
 
@@ -190,7 +192,9 @@ class MettaGridEnv:
         for name, (shape, dtype) in expected.items():
             arr = buf[name] if isinstance(buf, dict) else getattr(buf, name)
             if arr.shape != shape or arr.dtype != dtype:
-                raise ValueError(f"buf.{name} must be {np.dtype(dtype).name}{list(shape)}, got {arr.dtype}{list(arr.shape)}")
+                raise ValueError(
+                    f"buf.{name} must be {np.dtype(dtype).name}{list(shape)}, got {arr.dtype}{list(arr.shape)}"
+                )
             setattr(self, name, arr)
         self.masks[:] = True
 
@@ -313,7 +317,9 @@ class MettaGridEnv:
         if seed is not None:
             self._seed = int(seed)
             self._env_rngs = [np.random.default_rng([self._seed, self.env_offset + e]) for e in range(self.num_envs)]
-            self.curriculum.seed(int(np.random.SeedSequence([self._seed, self.env_offset, 0x5EED]).generate_state(1)[0]))
+            self.curriculum.seed(
+                int(np.random.SeedSequence([self._seed, self.env_offset, 0x5EED]).generate_state(1)[0])
+            )
             self._episodes_started[:] = 0
         for e in range(self.num_envs):
             self._start_episode(e)
@@ -346,17 +352,45 @@ class MettaGridEnv:
         ei[e, kn.E_HAS_STAT_RW] = int(tables.stat_rewards.shape[2] > 0)
         self._env_swappable[e] = tables.swappable
         self._env_rng[e] = np.uint64(rng.integers(1, 2**63))
-        stat_rw = tables.stat_rewards if tables.stat_rewards.shape[2] else np.zeros((len(self.layout.group_names), 2, self._agent_stat_rw.shape[2]), np.float32)
+        stat_rw = (
+            tables.stat_rewards
+            if tables.stat_rewards.shape[2]
+            else np.zeros((len(self.layout.group_names), 2, self._agent_stat_rw.shape[2]), np.float32)
+        )
         counts = self._code_counts
         status = kn.LOAD_CONVERTERS_FULL
         while status == kn.LOAD_CONVERTERS_FULL:
             status = kn.load_episode(
-                e, grid, lookup, tables.conv_int, tables.conv_recipe, tables.agent_int, tables.agent_float,
-                tables.agent_limits, tables.agent_rewards, stat_rw, ei, self._env_cell_deltas, self.layout.obs_offsets,
-                self._env_game_stats, self._grid_pair, self._conv_i, self._conv_inv, self._conv_recipe, self._agent_i,
-                self._agent_f, self._agent_inv, self._agent_limit, self._agent_rw, self._agent_stats, self._agent_stat_rw,
-                self.layout.num_agents, self._occ, counts, min(int(self._conv_cap[e]), _MAX_CONVERTERS),
-            )  # fmt: skip
+                e,
+                grid,
+                lookup,
+                tables.conv_int,
+                tables.conv_recipe,
+                tables.agent_int,
+                tables.agent_float,
+                tables.agent_limits,
+                tables.agent_rewards,
+                stat_rw,
+                ei,
+                self._env_cell_deltas,
+                self.layout.obs_offsets,
+                self._env_game_stats,
+                self._grid_pair,
+                self._conv_i,
+                self._conv_inv,
+                self._conv_recipe,
+                self._agent_i,
+                self._agent_f,
+                self._agent_inv,
+                self._agent_limit,
+                self._agent_rw,
+                self._agent_stats,
+                self._agent_stat_rw,
+                self.layout.num_agents,
+                self._occ,
+                counts,
+                min(int(self._conv_cap[e]), _MAX_CONVERTERS),
+            )
             if status == kn.LOAD_CONVERTERS_FULL:  # rare: the slot grows (up to the int16 limit), then a reload
                 kn.count_cell_codes(grid, counts)
                 present = np.flatnonzero(counts)
@@ -375,11 +409,25 @@ class MettaGridEnv:
             )
         present = np.flatnonzero(counts)
         kn.observe_env(
-            e, ei, self._env_cell_deltas, self._grid_pair, self._conv_i, self._conv_inv,
-            self._conv_recipe, self._agent_i, self._agent_inv, self._zero_rewards, self.observations,
-            self.layout.obs_offsets, self._params, len(self.layout.items), self._env_game_stats, self._occ,
-            self.layout.obs_rank, self._env_marks,
-        )  # fmt: skip
+            e,
+            ei,
+            self._env_cell_deltas,
+            self._grid_pair,
+            self._conv_i,
+            self._conv_inv,
+            self._conv_recipe,
+            self._agent_i,
+            self._agent_inv,
+            self._zero_rewards,
+            self.observations,
+            self.layout.obs_offsets,
+            self._params,
+            len(self.layout.items),
+            self._env_game_stats,
+            self._occ,
+            self.layout.obs_rank,
+            self._env_marks,
+        )
         self._tasks[e] = task
         self._episodes_started[e] += 1
         self._episode[e] = {
@@ -398,19 +446,46 @@ class MettaGridEnv:
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[dict]]:
         if self._needs_reset:
-            raise RuntimeError("call reset(seed) before step(actions) (at the start, or after an episode ended with auto_reset=False)")
+            raise RuntimeError(
+                "call reset(seed) before step(actions) (at the start, or after an episode ended with auto_reset=False)"
+            )
         if actions is not self.actions:
             write_actions(self.actions, actions, "(num_agents, [action type, argument])")
         n_done = kn.step_envs(
-            self.actions, self.rewards, self.terminals, self.truncations, self.observations, self._env_i,
-            self._env_cell_deltas, self._env_rng, self._env_game_stats, self._grid_pair,
-            self._grid_agent, self._grid_obj, self._conv_i,
-            self._conv_inv, self._conv_recipe, self._agent_i, self._agent_f, self._agent_inv, self._agent_limit,
-            self._agent_rw, self._agent_stats, self._agent_stat_rw, self.layout.action_table,
-            self.layout.action_resources, self.layout.defense_resources, self.layout.stat_offsets,
-            self.layout.obs_offsets, self._params, self._order, self._group_pool, self._occ, self.layout.obs_rank,
+            self.actions,
+            self.rewards,
+            self.terminals,
+            self.truncations,
+            self.observations,
+            self._env_i,
+            self._env_cell_deltas,
+            self._env_rng,
+            self._env_game_stats,
+            self._grid_pair,
+            self._grid_agent,
+            self._grid_obj,
+            self._conv_i,
+            self._conv_inv,
+            self._conv_recipe,
+            self._agent_i,
+            self._agent_f,
+            self._agent_inv,
+            self._agent_limit,
+            self._agent_rw,
+            self._agent_stats,
+            self._agent_stat_rw,
+            self.layout.action_table,
+            self.layout.action_resources,
+            self.layout.defense_resources,
+            self.layout.stat_offsets,
+            self.layout.obs_offsets,
+            self._params,
+            self._order,
+            self._group_pool,
+            self._occ,
+            self.layout.obs_rank,
             self._env_marks,
-        )  # fmt: skip
+        )
         infos: list[dict] = []
         if n_done:
             for e in np.flatnonzero(self._env_i[:, kn.E_DONE]):

@@ -50,7 +50,6 @@ STAT_BLOCK_INDEX = {key: n for n, (key, _) in enumerate(_STAT_BLOCKS)}
 
 
 def _stat_names(key: str, actions: list[str], items: list[str], groups: list[str], type_names: dict[int, str]):
-    G = len(groups)
     if key == "act_success":
         return [f"action.{a}.success" for a in actions]
     if key == "act_failed":
@@ -157,7 +156,7 @@ class BatchLayout:
 
     def feature_normalizations(self) -> dict[int, float]:
         norms = dict(K.FEATURE_NORMALIZATIONS)
-        for name, fid in self.feature_ids().items():
+        for fid in self.feature_ids().values():
             if fid >= K.INVENTORY_BASE:
                 norms[fid] = K.INVENTORY_NORMALIZATION
         return norms
@@ -173,7 +172,7 @@ def window_offsets(obs_height: int, obs_width: int) -> np.ndarray:
     for d in range(hr + hc + 1):
         for dr in range(-d, d + 1):
             dc = d - abs(dr)
-            for c in ((0,) if dc == 0 else (-dc, dc)):
+            for c in (0,) if dc == 0 else (-dc, dc):
                 if abs(dr) <= hr and abs(c) <= hc:
                     cells.append((dr, c, ((dr + hr) << 4) | (c + hc)))
     return np.array(cells, dtype=np.int32)

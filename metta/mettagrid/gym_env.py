@@ -86,7 +86,10 @@ def check_stats_writer(stats_writer: Any) -> Any:
 
 def flat_config(cfg: MettaGridConfig) -> dict[str, str]:
     """The env config as upstream's stats attributes: ``{"config.game.max_steps": "1000", ...}``."""
-    return {key.replace("/", "."): str(value) for key, value in flatten_dotted(cfg.model_dump(mode="json"), "config.").items()}
+    return {
+        key.replace("/", "."): str(value)
+        for key, value in flatten_dotted(cfg.model_dump(mode="json"), "config.").items()
+    }
 
 
 class EpisodicMettaGridEnv(MettaGridEnv):

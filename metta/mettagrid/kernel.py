@@ -14,8 +14,8 @@ cells (see ``occ_row_bits``): the observation scan reads it to visit only the oc
 from __future__ import annotations
 
 import numba
-from numba.cpython.unsafe.numbers import trailing_zeros
 import numpy as np
+from numba.cpython.unsafe.numbers import trailing_zeros
 
 from metta.mettagrid.constants import (
     COLOR,
@@ -45,8 +45,23 @@ from metta.mettagrid.constants import (
 from metta.mettagrid.game_tables import STAT_BLOCK_INDEX as _SB
 
 # env_i columns (int64[E, ...]).
-(E_H, E_W, E_GRID_OFF, E_CONV_OFF, E_CONV_N, E_STEP, E_MAX_STEPS, E_NEXT_EVENT, E_HAS_STAT_RW, E_DONE,
- E_TRUNCATES, E_SHARE, E_STRIDE, E_SLOT_OFF, E_MARK_N) = range(15)
+(
+    E_H,
+    E_W,
+    E_GRID_OFF,
+    E_CONV_OFF,
+    E_CONV_N,
+    E_STEP,
+    E_MAX_STEPS,
+    E_NEXT_EVENT,
+    E_HAS_STAT_RW,
+    E_DONE,
+    E_TRUNCATES,
+    E_SHARE,
+    E_STRIDE,
+    E_SLOT_OFF,
+    E_MARK_N,
+) = range(15)
 ENV_COLS = 15
 # Changed cells. An agent's window tokens change only when something in its window changes, so each step
 # records the cells whose observable state it changed (env_marks[e, :E_MARK_N] = (row, col); E_MARK_N = -1
@@ -64,8 +79,23 @@ C_TYPE, C_R, C_C, C_COLOR, C_MAXOUT, C_TICKS, C_COOLDOWN, C_STATE, C_END, C_RECI
 CONV_COLS = 10
 CONV_IDLE, CONV_CONVERTING, CONV_COOLING = 0, 1, 2
 # agent_i columns (int32[A, ...]).
-(A_R, A_C, A_ORIENT, A_FROZEN, A_FREEZE_DUR, A_COLOR, A_GLYPH, A_GROUP, A_GROUP_ID, A_LAST_ACT, A_LAST_ARG, A_SUCCESS,
- A_OBS_N, A_OBS_WANT, A_RW_BITS) = range(15)
+(
+    A_R,
+    A_C,
+    A_ORIENT,
+    A_FROZEN,
+    A_FREEZE_DUR,
+    A_COLOR,
+    A_GLYPH,
+    A_GROUP,
+    A_GROUP_ID,
+    A_LAST_ACT,
+    A_LAST_ARG,
+    A_SUCCESS,
+    A_OBS_N,
+    A_OBS_WANT,
+    A_RW_BITS,
+) = range(15)
 # A_OBS_N: tokens written in the agent's previous observation; A_OBS_WANT: tokens it wanted (written + dropped),
 # or -1 when its buffer does not hold a complete previous observation (the next one is written in full).
 # A_RW_BITS: the agent's resource_rewards token (game_tables.resource_reward_bits of its group).
@@ -74,7 +104,9 @@ AGENT_COLS = 15
 F_PENALTY, F_GROUP_PCT, F_EP_REWARD, F_STAT_RW = range(4)
 AGENT_FCOLS = 4
 # params (int64[...]).
-P_N_AGENTS, P_TOKENS, P_OH, P_OW, P_G_COMPLETION, P_G_LAST_ACTION, P_G_LAST_REWARD, P_G_RESOURCE_RW, P_TRACK_MOVE = range(9)
+P_N_AGENTS, P_TOKENS, P_OH, P_OW, P_G_COMPLETION, P_G_LAST_ACTION, P_G_LAST_REWARD, P_G_RESOURCE_RW, P_TRACK_MOVE = (
+    range(9)
+)
 PARAM_COLS = 9
 # env_game_stats columns (float64[E, 3]).
 G_TOKENS_WRITTEN, G_TOKENS_DROPPED, G_TOKENS_FREE = range(3)
@@ -291,8 +323,25 @@ def front_cell(r, c, orient, H, W):
 
 @jit
 def do_attack(
-    a, e, arg, agent_base, goff, S, H, W, grid_agent, agent_i, agent_inv, agent_limit, agent_rw, agent_stats,
-    stat_off, rewards, defense, n_items, n_groups,
+    a,
+    e,
+    arg,
+    agent_base,
+    goff,
+    S,
+    H,
+    W,
+    grid_agent,
+    agent_i,
+    agent_inv,
+    agent_limit,
+    agent_rw,
+    agent_stats,
+    stat_off,
+    rewards,
+    defense,
+    n_items,
+    n_groups,
 ):
     """Attack the arg-th agent found in the 3x3 block ahead (nearest row first, centre, left, right)."""
     orient = agent_i[a, A_ORIENT]
@@ -330,7 +379,9 @@ def do_attack(
     if has_defense:
         for i in range(n_items):
             if defense[i] > 0:
-                update_inventory(target, i, -defense[i], agent_inv, agent_limit, agent_rw, agent_stats, stat_off, rewards)
+                update_inventory(
+                    target, i, -defense[i], agent_inv, agent_limit, agent_rw, agent_stats, stat_off, rewards
+                )
         agent_stats[a, stat_off[SB_ATT_BLOCKED] + g_a * n_groups + g_t] += 1
         return True
     was_frozen = agent_i[target, A_FROZEN] > 0
@@ -354,9 +405,29 @@ def do_attack(
 
 @jit
 def do_action(
-    a, e, handler, arg, agent_base, env_i, grid_agent, grid_obj, conv_i, conv_inv, conv_recipe,
-    agent_i, agent_inv, agent_limit, agent_rw, agent_stats, stat_off, rewards, defense, n_items, n_groups,
-    track_move, occ,
+    a,
+    e,
+    handler,
+    arg,
+    agent_base,
+    env_i,
+    grid_agent,
+    grid_obj,
+    conv_i,
+    conv_inv,
+    conv_recipe,
+    agent_i,
+    agent_inv,
+    agent_limit,
+    agent_rw,
+    agent_stats,
+    stat_off,
+    rewards,
+    defense,
+    n_items,
+    n_groups,
+    track_move,
+    occ,
 ):
     """Run one action of agent ``a``; returns whether it succeeded."""
     H = env_i[e, E_H]
@@ -395,8 +466,25 @@ def do_action(
         return True
     if handler == H_ATTACK:
         return do_attack(
-            a, e, arg, agent_base, goff, S, H, W, grid_agent, agent_i, agent_inv, agent_limit, agent_rw, agent_stats,
-            stat_off, rewards, defense, n_items, n_groups,
+            a,
+            e,
+            arg,
+            agent_base,
+            goff,
+            S,
+            H,
+            W,
+            grid_agent,
+            agent_i,
+            agent_inv,
+            agent_limit,
+            agent_rw,
+            agent_stats,
+            stat_off,
+            rewards,
+            defense,
+            n_items,
+            n_groups,
         )
     if handler == H_CHANGE_COLOR:
         col = agent_i[a, A_COLOR]
@@ -462,7 +550,9 @@ def do_action(
     elif handler == H_GET:
         for i in range(n_items):
             if conv_recipe[ci, 1, i] > 0 and conv_inv[ci, i] > 0:
-                taken = update_inventory(a, i, conv_inv[ci, i], agent_inv, agent_limit, agent_rw, agent_stats, stat_off, rewards)
+                taken = update_inventory(
+                    a, i, conv_inv[ci, i], agent_inv, agent_limit, agent_rw, agent_stats, stat_off, rewards
+                )
                 if taken > 0:
                     conv_inv[ci, i] -= taken
                     agent_stats[a, stat_off[SB_GET] + i] += taken
@@ -484,8 +574,26 @@ def emit(out, n, T, loc, feature, value):
 
 @jit
 def write_agent_obs(
-    a, e, agent_base, env_i, grid_pair, conv_i, conv_inv, conv_recipe, agent_i,
-    agent_inv, rewards, obs, obs_offsets, cell_deltas, params, n_items, env_game_stats, occ, obs_rank, full,
+    a,
+    e,
+    agent_base,
+    env_i,
+    grid_pair,
+    conv_i,
+    conv_inv,
+    conv_recipe,
+    agent_i,
+    agent_inv,
+    rewards,
+    obs,
+    obs_offsets,
+    cell_deltas,
+    params,
+    n_items,
+    env_game_stats,
+    occ,
+    obs_rank,
+    full,
 ):
     """Write agent ``a``'s token observation: global tokens, then the window in distance order.
 
@@ -606,8 +714,24 @@ def write_agent_obs(
 
 @jit
 def observe_env(
-    e, env_i, env_cell_deltas, grid_pair, conv_i, conv_inv, conv_recipe, agent_i, agent_inv, rewards,
-    obs, obs_offsets, params, n_items, env_game_stats, occ, obs_rank, env_marks,
+    e,
+    env_i,
+    env_cell_deltas,
+    grid_pair,
+    conv_i,
+    conv_inv,
+    conv_recipe,
+    agent_i,
+    agent_inv,
+    rewards,
+    obs,
+    obs_offsets,
+    params,
+    n_items,
+    env_game_stats,
+    occ,
+    obs_rank,
+    env_marks,
 ):
     """Observations of env ``e``'s agents; windows without a marked cell keep their tokens (see MARK_CAP)."""
     N = params[P_N_AGENTS]
@@ -627,18 +751,64 @@ def observe_env(
                     full = True
                     break
         write_agent_obs(
-            a, e, base, env_i, grid_pair, conv_i, conv_inv, conv_recipe, agent_i,
-            agent_inv, rewards, obs, obs_offsets, cell_deltas, params, n_items, env_game_stats, occ, obs_rank, full,
+            a,
+            e,
+            base,
+            env_i,
+            grid_pair,
+            conv_i,
+            conv_inv,
+            conv_recipe,
+            agent_i,
+            agent_inv,
+            rewards,
+            obs,
+            obs_offsets,
+            cell_deltas,
+            params,
+            n_items,
+            env_game_stats,
+            occ,
+            obs_rank,
+            full,
         )
 
 
 @jit
 def step_envs(
-    actions, rewards, terminals, truncations, obs, env_i, env_cell_deltas, env_rng, env_game_stats,
-    grid_pair, grid_agent,
-    grid_obj, conv_i, conv_inv, conv_recipe, agent_i, agent_f, agent_inv, agent_limit, agent_rw, agent_stats,
-    agent_stat_rw, action_table, action_resources, defense, stat_off, obs_offsets, params, order, group_pool,
-    occ, obs_rank, env_marks,
+    actions,
+    rewards,
+    terminals,
+    truncations,
+    obs,
+    env_i,
+    env_cell_deltas,
+    env_rng,
+    env_game_stats,
+    grid_pair,
+    grid_agent,
+    grid_obj,
+    conv_i,
+    conv_inv,
+    conv_recipe,
+    agent_i,
+    agent_f,
+    agent_inv,
+    agent_limit,
+    agent_rw,
+    agent_stats,
+    agent_stat_rw,
+    action_table,
+    action_resources,
+    defense,
+    stat_off,
+    obs_offsets,
+    params,
+    order,
+    group_pool,
+    occ,
+    obs_rank,
+    env_marks,
 ):
     """Advance every env of the batch by one step (upstream's step order). Returns how many envs finished.
 
@@ -711,9 +881,29 @@ def step_envs(
                     orient0 = agent_i[a, A_ORIENT]
                     if ok:
                         success = do_action(
-                            a, e, handler, arg, base, env_i, grid_agent, grid_obj, conv_i, conv_inv,
-                            conv_recipe, agent_i, agent_inv, agent_limit, agent_rw, agent_stats, stat_off, rewards,
-                            defense, n_items, n_groups, track_move, occ,
+                            a,
+                            e,
+                            handler,
+                            arg,
+                            base,
+                            env_i,
+                            grid_agent,
+                            grid_obj,
+                            conv_i,
+                            conv_inv,
+                            conv_recipe,
+                            agent_i,
+                            agent_inv,
+                            agent_limit,
+                            agent_rw,
+                            agent_stats,
+                            stat_off,
+                            rewards,
+                            defense,
+                            n_items,
+                            n_groups,
+                            track_move,
+                            occ,
                         )
                     if success and handler != H_NOOP:
                         # The cells this action can have changed (an attack reaches too far: everything).
@@ -730,8 +920,15 @@ def step_envs(
                         for i in range(n_items):
                             if action_resources[t, 1, i] > 0:
                                 update_inventory(
-                                    a, i, -action_resources[t, 1, i], agent_inv, agent_limit, agent_rw, agent_stats,
-                                    stat_off, rewards,
+                                    a,
+                                    i,
+                                    -action_resources[t, 1, i],
+                                    agent_inv,
+                                    agent_limit,
+                                    agent_rw,
+                                    agent_stats,
+                                    stat_off,
+                                    rewards,
                                 )
                                 mark_cell(env_i, env_marks, e, agent_i[a, A_R], agent_i[a, A_C])
                         agent_stats[a, stat_off[SB_ACT_SUCCESS] + t] += 1
@@ -745,8 +942,24 @@ def step_envs(
                 agent_i[a, A_SUCCESS] = 1 if success else 0
 
         observe_env(
-            e, env_i, env_cell_deltas, grid_pair, conv_i, conv_inv, conv_recipe, agent_i, agent_inv,
-            rewards, obs, obs_offsets, params, n_items, env_game_stats, occ, obs_rank, env_marks,
+            e,
+            env_i,
+            env_cell_deltas,
+            grid_pair,
+            conv_i,
+            conv_inv,
+            conv_recipe,
+            agent_i,
+            agent_inv,
+            rewards,
+            obs,
+            obs_offsets,
+            params,
+            n_items,
+            env_game_stats,
+            occ,
+            obs_rank,
+            env_marks,
         )
 
         if env_i[e, E_HAS_STAT_RW]:
@@ -809,11 +1022,35 @@ LOAD_CONVERTERS_FULL = -1000  # load_episode: the map has more converters than t
 
 @jit
 def load_episode(
-    e, level, lookup, conv_template_int, conv_template_recipe, agent_template_int, agent_template_float,
-    agent_template_limits, agent_template_rewards, agent_template_stat_rw, env_i, env_cell_deltas, obs_offsets,
-    env_game_stats, grid_pair,
-    conv_i, conv_inv, conv_recipe, agent_i, agent_f, agent_inv, agent_limit, agent_rw, agent_stats,
-    agent_stat_rw, N, occ, counts, conv_cap,
+    e,
+    level,
+    lookup,
+    conv_template_int,
+    conv_template_recipe,
+    agent_template_int,
+    agent_template_float,
+    agent_template_limits,
+    agent_template_rewards,
+    agent_template_stat_rw,
+    env_i,
+    env_cell_deltas,
+    obs_offsets,
+    env_game_stats,
+    grid_pair,
+    conv_i,
+    conv_inv,
+    conv_recipe,
+    agent_i,
+    agent_f,
+    agent_inv,
+    agent_limit,
+    agent_rw,
+    agent_stats,
+    agent_stat_rw,
+    N,
+    occ,
+    counts,
+    conv_cap,
 ):
     """Write a freshly built map into env ``e``'s slot and reset its converters and agents.
 

@@ -48,8 +48,9 @@ import time
 import traceback
 import types
 import weakref
+from collections.abc import Sequence
 from multiprocessing.connection import Connection
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -101,7 +102,7 @@ def make_vecenv(
     seed: int | None = None,
     pin_workers: bool = True,
     worker_timeout_s: float = DEFAULT_WORKER_TIMEOUT_S,
-) -> "VecEnv":
+) -> VecEnv:
     """A vecenv over ``num_envs`` envs of ``curriculum`` (a Curriculum, an env config or a config path).
 
     ``batch_size`` (envs per ``recv``, default ``num_envs``) must be a multiple of ``num_envs / num_workers``
@@ -117,9 +118,16 @@ def make_vecenv(
         raise ValueError(f"vectorization={vectorization!r} is not supported; use one of {list(VECTORIZATIONS)}")
     if vectorization == "serial":
         return SerialVecEnv(
-            curriculum, num_envs=num_envs, batch_size=batch_size, num_workers=num_workers, zero_copy=zero_copy,
-            is_training=is_training, render_mode=render_mode, seed=seed, worker_timeout_s=worker_timeout_s,
-        )  # fmt: skip
+            curriculum,
+            num_envs=num_envs,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            zero_copy=zero_copy,
+            is_training=is_training,
+            render_mode=render_mode,
+            seed=seed,
+            worker_timeout_s=worker_timeout_s,
+        )
     return MultiprocessingVecEnv(
         curriculum,
         pin_workers=pin_workers,
@@ -313,8 +321,12 @@ class VecEnv:
         env_ids = self._batch_env_ids[g]
         if not self.zero_copy:
             obs, rewards, terminals, truncations, masks = (
-                obs.copy(), rewards.copy(), terminals.copy(), truncations.copy(), masks.copy()
-            )  # fmt: skip
+                obs.copy(),
+                rewards.copy(),
+                terminals.copy(),
+                truncations.copy(),
+                masks.copy(),
+            )
         return obs, rewards, terminals, truncations, infos, env_ids, masks
 
     def send(self, actions: Any) -> None:
@@ -420,7 +432,7 @@ class VecEnv:
         if self._broken is not None:
             raise WorkerError(f"this vecenv lost a worker ({self._broken}); close() it and make a new one")
 
-    def __enter__(self) -> "VecEnv":
+    def __enter__(self) -> VecEnv:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -825,14 +837,22 @@ def agents_per_env(curriculum: Curriculum) -> int:
     return int(copy.deepcopy(curriculum).get_task().env_cfg().game.num_agents)
 
 
-def envs_for_target_batch(curriculum: Curriculum, target_agents: int, num_workers: int, async_factor: int) -> tuple[int, int]:
+def envs_for_target_batch(
+    curriculum: Curriculum, target_agents: int, num_workers: int, async_factor: int
+) -> tuple[int, int]:
     """``(num_envs, batch_size)`` in envs for about ``target_agents`` agents per forward pass (seed 003's
     arithmetic, ``calculate_batch_sizes``): e.g. 4096 agents of 3-agent envs over 16 workers with async_factor 2
     is 1365 envs, rounded down to the workers, 1360 per batch, 2720 in all."""
-    for name, value in (("forward_pass_minibatch_target_size", target_agents), ("num_workers", num_workers), ("async_factor", async_factor)):
+    for name, value in (
+        ("forward_pass_minibatch_target_size", target_agents),
+        ("num_workers", num_workers),
+        ("async_factor", async_factor),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}={value!r} must be a positive integer")
-    _, batch_envs, num_envs = calculate_batch_sizes(target_agents, agents_per_env(curriculum), num_workers, async_factor)
+    _, batch_envs, num_envs = calculate_batch_sizes(
+        target_agents, agents_per_env(curriculum), num_workers, async_factor
+    )
     return num_envs, batch_envs
 
 
@@ -841,7 +861,12 @@ def resolve_batching(num_envs: int, batch_size: int, async_factor: int, num_work
     without ``num_envs`` it is ``batch_size * async_factor``; without ``batch_size`` it is ``num_envs /
     async_factor``; with ``async_factor > 1``, ``num_envs`` must be ``batch_size * async_factor`` and
     ``num_workers`` a multiple of ``async_factor`` (each batch has its own workers)."""
-    for name, value in (("num_envs", num_envs), ("batch_size", batch_size), ("async_factor", async_factor), ("num_workers", num_workers)):
+    for name, value in (
+        ("num_envs", num_envs),
+        ("batch_size", batch_size),
+        ("async_factor", async_factor),
+        ("num_workers", num_workers),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}={value!r} must be a positive integer")
     if num_envs == 1 and (batch_size > 1 or async_factor > 1):

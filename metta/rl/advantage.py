@@ -50,7 +50,9 @@ class RowTail(NamedTuple):
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _gae_step(value, ratio, next_reward, next_value, next_done, next_advantage, gamma, gae_lambda, rho_clip, c_clip):  # pragma: no cover - compiled
+def _gae_step(
+    value, ratio, next_reward, next_value, next_done, next_advantage, gamma, gae_lambda, rho_clip, c_clip
+):  # pragma: no cover - compiled
     """``A[t]`` from step ``t``'s value and ratio and what the recursion reads at ``t + 1``."""
     nextnonterminal = 1.0 - next_done
     rho_t = ratio if ratio < rho_clip else rho_clip
@@ -60,19 +62,54 @@ def _gae_step(value, ratio, next_reward, next_value, next_done, next_advantage, 
 
 
 @numba.njit(cache=True, nogil=True)
-def _advantage_kernel(values, rewards, dones, ratio, advantages, gamma, gae_lambda, rho_clip, c_clip, next_rows, tail):  # pragma: no cover - compiled
+def _advantage_kernel(
+    values, rewards, dones, ratio, advantages, gamma, gae_lambda, rho_clip, c_clip, next_rows, tail
+):  # pragma: no cover - compiled
     segments, horizon = values.shape
     h = horizon - 1
     for s in range(segments - 1, -1, -1):  # a row's successor (a larger index) is solved first
         n = next_rows[s]
         last = 0.0
         if n == _USE_TAIL:
-            last = _gae_step(values[s, h], ratio[s, h], tail[s, 0], tail[s, 1], tail[s, 2], tail[s, 3], gamma, gae_lambda, rho_clip, c_clip)
+            last = _gae_step(
+                values[s, h],
+                ratio[s, h],
+                tail[s, 0],
+                tail[s, 1],
+                tail[s, 2],
+                tail[s, 3],
+                gamma,
+                gae_lambda,
+                rho_clip,
+                c_clip,
+            )
         elif n != _NO_NEXT:
-            last = _gae_step(values[s, h], ratio[s, h], rewards[n, 0], values[n, 0], dones[n, 0], advantages[n, 0], gamma, gae_lambda, rho_clip, c_clip)
+            last = _gae_step(
+                values[s, h],
+                ratio[s, h],
+                rewards[n, 0],
+                values[n, 0],
+                dones[n, 0],
+                advantages[n, 0],
+                gamma,
+                gae_lambda,
+                rho_clip,
+                c_clip,
+            )
         advantages[s, h] = last
         for t in range(h - 1, -1, -1):
-            last = _gae_step(values[s, t], ratio[s, t], rewards[s, t + 1], values[s, t + 1], dones[s, t + 1], last, gamma, gae_lambda, rho_clip, c_clip)
+            last = _gae_step(
+                values[s, t],
+                ratio[s, t],
+                rewards[s, t + 1],
+                values[s, t + 1],
+                dones[s, t + 1],
+                last,
+                gamma,
+                gae_lambda,
+                rho_clip,
+                c_clip,
+            )
             advantages[s, t] = last
 
 
@@ -120,39 +157,84 @@ def compute_advantage(
     """
     del device
     shape = values.shape
-    for name, t in (("rewards", rewards), ("dones", dones), ("importance_sampling_ratio", importance_sampling_ratio), ("advantages", advantages)):
+    for name, t in (
+        ("rewards", rewards),
+        ("dones", dones),
+        ("importance_sampling_ratio", importance_sampling_ratio),
+        ("advantages", advantages),
+    ):
         if t.shape != shape:
-            raise ValueError(f"{name} has shape {list(t.shape)} but values has {list(shape)}; all must be [segments, bptt]")
+            raise ValueError(
+                f"{name} has shape {list(t.shape)} but values has {list(shape)}; all must be [segments, bptt]"
+            )
     if values.dim() != 2:
         raise ValueError(f"values must be [segments, bptt], got shape {list(shape)}")
     if next_rows is not None and tail is not None:
-        raise ValueError("pass next_rows (rows of this buffer continue each other) or tail (the steps after the rows), not both")
+        raise ValueError(
+            "pass next_rows (rows of this buffer continue each other) or tail (the steps after the rows), not both"
+        )
     if tail is not None and any(t.shape != shape[:1] for t in tail):
         raise ValueError(f"every field of tail must be [segments] = [{shape[0]}]; got {[list(t.shape) for t in tail]}")
     if shape[1] == 0:
         return advantages
     next_rows = _checked_next_rows(next_rows, shape[0])
     if advantages.device.type == "cpu":
-        out = advantages if (advantages.dtype == torch.float32 and advantages.is_contiguous()) else torch.empty(shape, dtype=torch.float32)
+        out = (
+            advantages
+            if (advantages.dtype == torch.float32 and advantages.is_contiguous())
+            else torch.empty(shape, dtype=torch.float32)
+        )
         links = np.full(shape[0], _NO_NEXT, dtype=np.int64) if next_rows is None else next_rows.numpy()
         tail_np = np.zeros((shape[0], 4), dtype=np.float32)
         if tail is not None:
             links[tail.valid.detach().cpu().numpy().astype(bool)] = _USE_TAIL
             tail_np = _as_numpy_f32(torch.stack([tail.rewards, tail.values, tail.dones, tail.advantages], dim=1))
         _advantage_kernel(
-            _as_numpy_f32(values), _as_numpy_f32(rewards), _as_numpy_f32(dones), _as_numpy_f32(importance_sampling_ratio),
-            out.detach().numpy(), float(gamma), float(gae_lambda), float(vtrace_rho_clip), float(vtrace_c_clip),
-            links, tail_np,
-        )  # fmt: skip
+            _as_numpy_f32(values),
+            _as_numpy_f32(rewards),
+            _as_numpy_f32(dones),
+            _as_numpy_f32(importance_sampling_ratio),
+            out.detach().numpy(),
+            float(gamma),
+            float(gae_lambda),
+            float(vtrace_rho_clip),
+            float(vtrace_c_clip),
+            links,
+            tail_np,
+        )
         if out is not advantages:
             advantages.copy_(out)
         return advantages
     if next_rows is None:
-        return _advantage_torch(values, rewards, dones, importance_sampling_ratio, advantages, gamma, gae_lambda, vtrace_rho_clip, vtrace_c_clip, tail)
-    return _advantage_torch_chained(values, rewards, dones, importance_sampling_ratio, advantages, gamma, gae_lambda, vtrace_rho_clip, vtrace_c_clip, next_rows)
+        return _advantage_torch(
+            values,
+            rewards,
+            dones,
+            importance_sampling_ratio,
+            advantages,
+            gamma,
+            gae_lambda,
+            vtrace_rho_clip,
+            vtrace_c_clip,
+            tail,
+        )
+    return _advantage_torch_chained(
+        values,
+        rewards,
+        dones,
+        importance_sampling_ratio,
+        advantages,
+        gamma,
+        gae_lambda,
+        vtrace_rho_clip,
+        vtrace_c_clip,
+        next_rows,
+    )
 
 
-def _advantage_torch(values, rewards, dones, importance_sampling_ratio, advantages, gamma, gae_lambda, rho_clip, c_clip, tail=None):
+def _advantage_torch(
+    values, rewards, dones, importance_sampling_ratio, advantages, gamma, gae_lambda, rho_clip, c_clip, tail=None
+):
     """The same recursion in torch ops (any device): a loop over time, vectorised over segments."""
     with torch.no_grad():
         v, r, ratio = values.float(), rewards.float(), importance_sampling_ratio.detach().float()
@@ -189,9 +271,17 @@ def _advantage_torch_chained(values, rewards, dones, ratio, advantages, gamma, g
         rows = (depth == d).nonzero().flatten()
         nxt = next_rows[rows].clamp(min=0).to(device)
         rows = rows.to(device)
-        tail = RowTail(rewards[nxt, 0], values[nxt, 0], dones[nxt, 0], advantages[nxt, 0], torch.full_like(rows, d > 0, dtype=torch.bool))
+        tail = RowTail(
+            rewards[nxt, 0],
+            values[nxt, 0],
+            dones[nxt, 0],
+            advantages[nxt, 0],
+            torch.full_like(rows, d > 0, dtype=torch.bool),
+        )
         part = torch.empty((len(rows), values.shape[1]), dtype=advantages.dtype, device=device)
-        _advantage_torch(values[rows], rewards[rows], dones[rows], ratio[rows], part, gamma, gae_lambda, rho_clip, c_clip, tail)
+        _advantage_torch(
+            values[rows], rewards[rows], dones[rows], ratio[rows], part, gamma, gae_lambda, rho_clip, c_clip, tail
+        )
         advantages[rows] = part
     return advantages
 

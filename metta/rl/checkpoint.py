@@ -30,8 +30,9 @@ import os
 import random
 import re
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,7 +41,14 @@ from metta.agent.policy_record import PolicyRecord
 from metta.agent.policy_store import PolicyFileError, PolicyStore, read_policy_file
 from metta.common.distributed import barrier, is_distributed, is_master, unwrap_agent
 from metta.common.fault_points import fault_point
-from metta.common.fs import atomic_write_bytes, fsync_dir, fsync_file, remove_stale_temp_files, sha256_bytes, sha256_file
+from metta.common.fs import (
+    atomic_write_bytes,
+    fsync_dir,
+    fsync_file,
+    remove_stale_temp_files,
+    sha256_bytes,
+    sha256_file,
+)
 from metta.mettagrid.config_loader import flatten_dotted
 from metta.rl.intervals import crossed
 
@@ -97,7 +105,7 @@ class TrainerCheckpoint:
         }
 
     @classmethod
-    def from_payload(cls, payload: Mapping[str, Any], path: str) -> "TrainerCheckpoint":
+    def from_payload(cls, payload: Mapping[str, Any], path: str) -> TrainerCheckpoint:
         missing = [k for k in ("agent_step", "epoch", "optimizer_state_dict", "policy_path") if k not in payload]
         if missing:
             raise CheckpointError(f"trainer state {path} lacks required keys {missing}; it was not written by metta")
@@ -168,7 +176,9 @@ def verify_checkpoint(ckpt: TrainerCheckpoint) -> None:
     if not os.path.isfile(ckpt.policy_path):
         raise CheckpointError(f"{where} points to {ckpt.policy_path}, which does not exist")
     if ckpt.policy_sha256 and sha256_file(ckpt.policy_path) != ckpt.policy_sha256:
-        raise CheckpointError(f"{where}: its policy file {ckpt.policy_path} is corrupt, truncated or was overwritten (sha256 mismatch)")
+        raise CheckpointError(
+            f"{where}: its policy file {ckpt.policy_path} is corrupt, truncated or was overwritten (sha256 mismatch)"
+        )
 
 
 class UnloadableCheckpointsError(CheckpointError):
@@ -251,8 +261,9 @@ def load_latest_checkpoint(checkpoint_dir: str, agent: torch.nn.Module | None = 
             misfits += 1
             why = f"does not fit the agent: {misfit}"
         problems.append(f"trainer state {path}: its policy file {ckpt.policy_path} {why}")
-        logger.warning("skipping checkpoint %s: its policy file %s %s; trying the previous one",
-                       path, ckpt.policy_path, why)  # fmt: skip
+        logger.warning(
+            "skipping checkpoint %s: its policy file %s %s; trying the previous one", path, ckpt.policy_path, why
+        )
     if not problems:
         return None
     if misfits == len(problems):
@@ -302,7 +313,13 @@ def capture_rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {
         "python": random.getstate(),
         # np.ndarray is not allowed by torch.load(weights_only=True): store the keys as a list.
-        "numpy": {"name": name, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
+        "numpy": {
+            "name": name,
+            "keys": keys.tolist(),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -326,8 +343,9 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
         else:
             logger.warning(
                 "checkpoint has CUDA RNG states for %d devices but %d are visible; CUDA RNG not restored",
-                len(cuda_states), torch.cuda.device_count(),
-            )  # fmt: skip
+                len(cuda_states),
+                torch.cuda.device_count(),
+            )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -362,9 +380,10 @@ def config_differences(saved: Mapping[str, Any] | None, trainer_config: Any) -> 
         return []
     before, after = flatten_dotted(saved), flatten_dotted(current)
     return [
-        f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in sorted(set(before) | set(after))
+        f"{k}: {before.get(k)!r} -> {after.get(k)!r}"
+        for k in sorted(set(before) | set(after))
         if before.get(k) != after.get(k) and not k.startswith(_RESUME_NEUTRAL)
-    ]  # fmt: skip
+    ]
 
 
 def _config_as_dict(trainer_config: Any) -> dict[str, Any] | None:
@@ -378,7 +397,9 @@ def _config_as_dict(trainer_config: Any) -> dict[str, Any] | None:
         return OmegaConf.to_container(trainer_config, resolve=True)  # type: ignore[return-value]
     if isinstance(trainer_config, Mapping):
         return dict(trainer_config)
-    raise TypeError(f"trainer_config is a {type(trainer_config).__name__}; pass a TrainerConfig, a dict or a DictConfig")
+    raise TypeError(
+        f"trainer_config is a {type(trainer_config).__name__}; pass a TrainerConfig, a dict or a DictConfig"
+    )
 
 
 def _check_save_args(checkpoint_dir: Any, epoch: Any, agent_step: Any, keep_last_n: Any) -> None:
@@ -438,10 +459,17 @@ def save_checkpoint(
     meta.update(metadata or {})
     record = write_policy(checkpoint_dir, epoch, agent, policy_store, meta)
     write_checkpoint_state(
-        checkpoint_dir, epoch=epoch, agent_step=agent_step, optimizer=optimizer, trainer_config=trainer_config,
-        vecenv=vecenv, curriculum_state=curriculum_state, stopwatch=stopwatch, extra_args=extra_args,
+        checkpoint_dir,
+        epoch=epoch,
+        agent_step=agent_step,
+        optimizer=optimizer,
+        trainer_config=trainer_config,
+        vecenv=vecenv,
+        curriculum_state=curriculum_state,
+        stopwatch=stopwatch,
+        extra_args=extra_args,
         keep_last_n=keep_last_n,
-    )  # fmt: skip
+    )
     return record
 
 
@@ -529,9 +557,11 @@ def _warn_if_incomplete(checkpoint_dir: str, **parts: Any) -> None:
     _WARNED_INCOMPLETE.add(checkpoint_dir)
     logger.warning(
         "trainer states in %s are written without %s, so a resumed run cannot restore them: pass %s to "
-        "save_checkpoint, or to TrainingCheckpointer(...) or its save_trainer_state", checkpoint_dir,
-        ", ".join(missing), ", ".join(f"{name}=..." for name in missing),
-    )  # fmt: skip
+        "save_checkpoint, or to TrainingCheckpointer(...) or its save_trainer_state",
+        checkpoint_dir,
+        ", ".join(missing),
+        ", ".join(f"{name}=..." for name in missing),
+    )
 
 
 def _existing_checkpoint(state_path: str) -> TrainerCheckpoint | None:
@@ -559,17 +589,24 @@ def prune_checkpoints(checkpoint_dir: str, keep_last_n: int | None, current_epoc
     Policy files newer than the oldest kept checkpoint and without a trainer state (a save killed midway, or
     ``ensure_initial_policy``'s) are left alone.
     """
-    removed = remove_stale_temp_files(checkpoint_dir, "model_*") + remove_stale_temp_files(checkpoint_dir, "trainer_state_*")
+    removed = remove_stale_temp_files(checkpoint_dir, "model_*") + remove_stale_temp_files(
+        checkpoint_dir, "trainer_state_*"
+    )
     states = list_trainer_states(checkpoint_dir)
     if current_epoch is not None:
-        for epoch, path in [s for s in states if s[0] > current_epoch]:
-            logger.warning("checkpoint %s is newer than the current epoch %d; renaming it to %s.abandoned", path, current_epoch, path)
+        for _, path in [s for s in states if s[0] > current_epoch]:
+            logger.warning(
+                "checkpoint %s is newer than the current epoch %d; renaming it to %s.abandoned",
+                path,
+                current_epoch,
+                path,
+            )
             os.replace(path, path + ".abandoned")
         states = [s for s in states if s[0] <= current_epoch]
     if keep_last_n is None or not states:
         return removed
     kept, old = states[:keep_last_n], states[keep_last_n:]
-    for epoch, state_path in reversed(old):
+    for _, state_path in reversed(old):
         fault_point("prune", os.path.basename(state_path))
         os.remove(state_path)
         fsync_dir(checkpoint_dir)  # durable before its policy goes: no state may outlive its policy
@@ -626,8 +663,10 @@ def restore_checkpoint(
         except (ValueError, KeyError, RuntimeError) as e:
             logger.warning(
                 "optimizer state in %s does not fit this optimizer (%s); continuing with a fresh optimizer state. "
-                "Use the same optimizer type and agent as the run that wrote it to restore it", ckpt.path, e,
-            )  # fmt: skip
+                "Use the same optimizer type and agent as the run that wrote it to restore it",
+                ckpt.path,
+                e,
+            )
     if vecenv is not None and ckpt.curriculum_state is not None and hasattr(vecenv, "set_curriculum_state"):
         try:
             vecenv.set_curriculum_state(ckpt.curriculum_state)

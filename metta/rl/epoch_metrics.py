@@ -14,7 +14,8 @@ from a ``Stopwatch`` and its ``get_all_elapsed()`` taken at the epoch's start), 
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -79,7 +80,9 @@ def timing_fractions(timer: Any, phase_before: Mapping[str, float]) -> dict[str,
     return {f"timing/frac/{k}": v / total for k, v in phases.items()}
 
 
-def interval_metrics(agent: Any, optimizer: Any, trainer_cfg: Any, epoch_before: int, epoch_after: int) -> dict[str, float]:
+def interval_metrics(
+    agent: Any, optimizer: Any, trainer_cfg: Any, epoch_before: int, epoch_after: int
+) -> dict[str, float]:
     """The metrics that come at intervals (``metta.rl.intervals.crossed``): ``grad/mean|variance|norm`` of the
     update's last optimizer step every ``trainer_cfg.grad_mean_variance_interval`` epochs (the optimizer records
     them when ``optimizer.record_grad_stats`` was set for the update), and ``weights/<layer>/<stat>`` (singular

@@ -64,13 +64,14 @@ A minibatch is a dict of tensors on ``device``: ``obs [mb, bptt, *obs_shape]``, 
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
-from metta.rl.advantage import RowTail, compute_advantage
 from metta.mettagrid.vecenv import calculate_batch_sizes  # noqa: F401 - upstream's import path
+from metta.rl.advantage import RowTail, compute_advantage
 from metta.rl.host_transfer import ActionDownload, HostUpload
 from metta.rl.trainer_config import TrainerConfig
 
@@ -92,7 +93,9 @@ class Experience:
         agents_per_batch: int | None = None,
     ):
         if obs_space is None or atn_space is None:
-            raise ValueError("obs_space and atn_space are required: pass env.single_observation_space and env.single_action_space")
+            raise ValueError(
+                "obs_space and atn_space are required: pass env.single_observation_space and env.single_action_space"
+            )
         for name, value in (("total_agents", total_agents), ("batch_size", batch_size)):
             _check_positive(name, value)
         if bptt_horizon is None:
@@ -100,7 +103,11 @@ class Experience:
         _check_positive("bptt_horizon", bptt_horizon)
         if minibatch_size is None:
             minibatch_size = default_minibatch_size(int(batch_size), int(bptt_horizon))
-        for name, value in (("minibatch_size", minibatch_size), ("hidden_size", hidden_size), ("num_lstm_layers", num_lstm_layers)):
+        for name, value in (
+            ("minibatch_size", minibatch_size),
+            ("hidden_size", hidden_size),
+            ("num_lstm_layers", num_lstm_layers),
+        ):
             if value is not None:
                 _check_positive(name, value)
         if batch_size % bptt_horizon:
@@ -178,7 +185,9 @@ class Experience:
         self.next_rows = torch.full((S,), -1, dtype=torch.int64)
         # Off the CPU, each agent's flat buffer position (row * bptt + step) is kept on the device as well: a
         # step adds 1 there, and the host copies positions over only when agents change rows (every bptt steps).
-        self._flat_pos = None if self.device.type == "cpu" else torch.zeros(self.total_agents, dtype=torch.int64, device=self.device)
+        self._flat_pos = (
+            None if self.device.type == "cpu" else torch.zeros(self.total_agents, dtype=torch.int64, device=self.device)
+        )
         self._next_rows_device: torch.Tensor | None = None
         self._epoch_values: torch.Tensor | None = None  # values at the start of the update epoch (row_tail)
         # The rollout step's transfers on a GPU (see metta.rl.rollout): one upload, one download.
@@ -218,7 +227,11 @@ class Experience:
                 raise ValueError(self._mismatch(hidden, layers, f"num_lstm_layers={wanted_layers}"))
             self._allocate_lstm_state(int(hidden), int(layers))
         elif hidden is not None and (hidden, layers) != (self.hidden_size, self.num_lstm_layers):
-            raise ValueError(self._mismatch(hidden, layers, f"hidden_size={self.hidden_size}, num_lstm_layers={self.num_lstm_layers}"))
+            raise ValueError(
+                self._mismatch(
+                    hidden, layers, f"hidden_size={self.hidden_size}, num_lstm_layers={self.num_lstm_layers}"
+                )
+            )
         self._checked_policy = policy
 
     @staticmethod
@@ -291,9 +304,14 @@ class Experience:
         steps = self.ep_lengths[env_id]
         self._store_row_start_state(env_id, rows, steps)
         data = {
-            "obs": obs, "actions": actions, "logprobs": logprobs, "values": values,
-            "rewards": rewards, "dones": dones, "truncateds": truncations,
-        }  # fmt: skip
+            "obs": obs,
+            "actions": actions,
+            "logprobs": logprobs,
+            "values": values,
+            "rewards": rewards,
+            "dones": dones,
+            "truncateds": truncations,
+        }
         flat_dev = None if self._flat_pos is None else self._flat_pos[env_id]
         if self._agents_without_row:
             # Near the end of a rollout some agents have no row: drop their steps (rare, so it may allocate).
@@ -327,7 +345,9 @@ class Experience:
         if bool((steps >= self.bptt_horizon).any()):
             self._next_rows(env_id)
             if self._flat_pos is not None:  # agents moved to new rows: their positions come from the host
-                self._flat_pos[env_id] = (self.ep_indices[env_id] * self.bptt_horizon + steps).to(self.device, non_blocking=True)
+                self._flat_pos[env_id] = (self.ep_indices[env_id] * self.bptt_horizon + steps).to(
+                    self.device, non_blocking=True
+                )
         return obs.shape[0]
 
     def _store_row_start_state(self, env_id: slice, rows: torch.Tensor, steps: torch.Tensor) -> None:
@@ -405,7 +425,9 @@ class Experience:
     def update_ratio(self, indices: torch.Tensor, ratio: torch.Tensor) -> None:
         self.ratio[indices] = ratio.detach().view(-1, self.bptt_horizon).to(self.ratio.dtype)
 
-    def rollout_advantages(self, gamma: float, gae_lambda: float, vtrace_rho_clip: float, vtrace_c_clip: float) -> torch.Tensor:
+    def rollout_advantages(
+        self, gamma: float, gae_lambda: float, vtrace_rho_clip: float, vtrace_c_clip: float
+    ) -> torch.Tensor:
         """This rollout's advantages (``compute_advantage`` at ratio 1, following ``next_rows``), computed at the
         first call after the rollout and kept until the next one; what a minibatch update uses when it is given
         no advantages. A change of settings recomputes them."""
@@ -413,9 +435,14 @@ class Experience:
         if self._advantages is None or self._advantages[0] != settings:
             advantages = torch.zeros_like(self.values)
             compute_advantage(
-                self.values, self.rewards, self.dones, torch.ones_like(self.values), advantages, *settings,
+                self.values,
+                self.rewards,
+                self.dones,
+                torch.ones_like(self.values),
+                advantages,
+                *settings,
                 next_rows=self.next_rows,
-            )  # fmt: skip
+            )
             self._advantages = (settings, advantages)
         return self._advantages[1]
 
@@ -438,8 +465,12 @@ class Experience:
         # which minibatches came before it in the epoch, nor on whether it was split into accumulated pieces.
         values = self._epoch_values if self._epoch_values is not None else self.values
         return RowTail(
-            self.rewards[following, 0], values[following, 0], self.dones[following, 0], advantages[following, 0], valid,
-        )  # fmt: skip
+            self.rewards[following, 0],
+            values[following, 0],
+            self.dones[following, 0],
+            advantages[following, 0],
+            valid,
+        )
 
     def sample_minibatch(
         self,
@@ -486,7 +517,9 @@ class Experience:
             idx = perm[i * self.minibatch_segments : (i + 1) * self.minibatch_segments]
             yield self._minibatch(idx, advantages, ones)
 
-    def _minibatch(self, idx: torch.Tensor, advantages: torch.Tensor | None, prio_weights: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _minibatch(
+        self, idx: torch.Tensor, advantages: torch.Tensor | None, prio_weights: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         self._trained_on = True
         obs_idx = idx if self.obs.device == idx.device else idx.to(self.obs.device)
         mb = {
@@ -510,7 +543,11 @@ class Experience:
     # Stats ---------------------------------------------------------------------------------------------
     def describe(self) -> str:
         """One line on the buffer's layout, for a run's log."""
-        pieces = f" ({self.accumulate_minibatches} accumulated pieces of {self.minibatch_size})" if self.accumulate_minibatches > 1 else ""
+        pieces = (
+            f" ({self.accumulate_minibatches} accumulated pieces of {self.minibatch_size})"
+            if self.accumulate_minibatches > 1
+            else ""
+        )
         where = f"observations on {self.obs.device}" + (" (offloaded)" if self.cpu_offload else "")
         lstm = "sized from the policy" if self.hidden_size is None else f"{self.num_lstm_layers}x{self.hidden_size}"
         return (
@@ -556,7 +593,7 @@ def default_minibatch_size(batch_size: int, bptt_horizon: int) -> int:
     return rows * bptt_horizon
 
 
-def make_experience(vecenv: Any, policy: Any, trainer_cfg: Any, device: torch.device | str = "cpu") -> "Experience":
+def make_experience(vecenv: Any, policy: Any, trainer_cfg: Any, device: torch.device | str = "cpu") -> Experience:
     """An ``Experience`` sized from a vecenv, a policy and a ``TrainerConfig`` (the usual construction)."""
     return Experience(
         total_agents=vecenv.num_agents,
@@ -574,7 +611,9 @@ def make_experience(vecenv: Any, policy: Any, trainer_cfg: Any, device: torch.de
     )
 
 
-def calculate_anneal_beta(epoch: int, total_timesteps: int, batch_size: int, prio_alpha: float, prio_beta0: float) -> float:
+def calculate_anneal_beta(
+    epoch: int, total_timesteps: int, batch_size: int, prio_alpha: float, prio_beta0: float
+) -> float:
     """Upstream's importance-sampling exponent: ``beta0 + (1 - beta0) * alpha * epoch / total_epochs``.
 
     The factor ``prio_alpha`` is upstream's (with uniform sampling, alpha 0, beta stays at beta0 and the

@@ -20,9 +20,10 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -34,8 +35,8 @@ from metta.common.run_lock import acquire_run_lock
 from metta.mettagrid.curriculum.core import Curriculum
 from metta.mettagrid.curriculum.loader import curriculum_from_any
 from metta.mettagrid.vecenv import envs_for_target_batch, make_vecenv, resolve_batching
-from metta.rl.components import PolicyEvaluator, PPOOptimizer, RolloutCollector, StatsLogger, TrainingCheckpointer
 from metta.rl.checkpoint import DEFAULT_KEEP_LAST_N, config_differences
+from metta.rl.components import PolicyEvaluator, PPOOptimizer, RolloutCollector, StatsLogger, TrainingCheckpointer
 from metta.rl.epoch_metrics import epoch_metrics, interval_metrics
 from metta.rl.experience import Experience, make_experience
 from metta.rl.initial_policy import check_initial_policy_uri, load_initial_policy
@@ -57,10 +58,17 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "TrainingState", "TrainingComponents", "create_training_components", "resume_training_state",
-    "default_training_step", "functional_training_loop", "resolve_trainer_config", "rollout", "train_ppo",
+    "TrainingState",
+    "TrainingComponents",
+    "create_training_components",
+    "resume_training_state",
+    "default_training_step",
+    "functional_training_loop",
+    "resolve_trainer_config",
+    "rollout",
+    "train_ppo",
     "as_metta_optimizer",
-]  # fmt: skip
+]
 
 
 @dataclass
@@ -71,7 +79,7 @@ class TrainingState:
     epoch: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
     eval_scores: dict[str, float] = field(default_factory=dict)
-    policy_record: "PolicyRecord | None" = None
+    policy_record: PolicyRecord | None = None
     start_time: float = field(default_factory=time.time)
     initial_policy: str | None = None  # the uri a fresh run started from (config.initial_policy), if any
     stopped_by: str | None = None  # the signal that stopped the run early ("SIGTERM", "SIGINT"); None: it finished
@@ -86,12 +94,12 @@ class TrainingState:
 class TrainingComponents:
     """What ``create_training_components`` returns; ``evaluator`` is None without an evaluation suite."""
 
-    collector: "RolloutCollector"
-    ppo: "PPOOptimizer"
-    checkpointer: "TrainingCheckpointer"
-    stats_logger: "StatsLogger"
+    collector: RolloutCollector
+    ppo: PPOOptimizer
+    checkpointer: TrainingCheckpointer
+    stats_logger: StatsLogger
     optimizer: Any
-    evaluator: "PolicyEvaluator | None" = None
+    evaluator: PolicyEvaluator | None = None
     custom_loss_fns: list[CustomLossFn] = field(default_factory=list)
     run_dir: str = ""
     timer: Any = None
@@ -100,7 +108,7 @@ class TrainingComponents:
 StepFn = Callable[[TrainingState, TrainingComponents, "TrainerConfig", Experience], Mapping[str, float]]
 
 
-def _run_dirs(config: "TrainerConfig", run_dir: str | os.PathLike | None) -> tuple[str, str]:
+def _run_dirs(config: TrainerConfig, run_dir: str | os.PathLike | None) -> tuple[str, str]:
     """``(run_dir, checkpoint_dir)``: ``config.checkpoint.checkpoint_dir`` when set, else ``{run_dir}/checkpoints``;
     without ``run_dir`` the run directory is the folder above the checkpoints (default ``train_dir/``)."""
     configured = config.checkpoint.checkpoint_dir
@@ -113,17 +121,17 @@ def _run_dirs(config: "TrainerConfig", run_dir: str | os.PathLike | None) -> tup
 
 def create_training_components(
     config: Any,
-    ppo_config: "PPOConfig | None",
+    ppo_config: PPOConfig | None,
     policy: torch.nn.Module,
     vecenv: Any,
     experience: Experience,
-    policy_store: "PolicyStore",
+    policy_store: PolicyStore,
     *,
     optimizer: Any = None,
     device: torch.device | str = "cpu",
     run_dir: str | os.PathLike | None = None,
     wandb_run: Any = None,
-    evaluation_suite: "SimulationSuiteConfig | None" = None,
+    evaluation_suite: SimulationSuiteConfig | None = None,
     custom_loss_fns: Sequence[CustomLossFn] | None = None,
     kickstarter: Any = None,
     timer: Any = None,
@@ -158,16 +166,24 @@ def create_training_components(
     evaluator = None
     if evaluation_suite is not None:
         evaluator = PolicyEvaluator(
-            evaluation_suite, policy_store, device, stats_dir=os.path.join(run_dir, "stats"),
+            evaluation_suite,
+            policy_store,
+            device,
+            stats_dir=os.path.join(run_dir, "stats"),
             replay_dir=trainer_cfg.simulation.replay_dir,
-        )  # fmt: skip
+        )
     return TrainingComponents(
         collector=RolloutCollector(vecenv, policy, experience, device, timer),
         ppo=PPOOptimizer(policy, optimizer, device, trainer_cfg, kickstarter=kickstarter, timer=timer),
         checkpointer=TrainingCheckpointer(
-            checkpoint_dir, policy_store, wandb_run, keep_last_n=keep_checkpoints or DEFAULT_KEEP_LAST_N,
-            trainer_config=trainer_cfg, vecenv=vecenv, stopwatch=timer,
-        ),  # fmt: skip
+            checkpoint_dir,
+            policy_store,
+            wandb_run,
+            keep_last_n=keep_checkpoints or DEFAULT_KEEP_LAST_N,
+            trainer_config=trainer_cfg,
+            vecenv=vecenv,
+            stopwatch=timer,
+        ),
         stats_logger=StatsLogger(run_dir, trainer_cfg.total_timesteps, wandb_run=wandb_run, console=console),
         optimizer=optimizer,
         evaluator=evaluator,
@@ -193,50 +209,64 @@ def resume_training_state(components: TrainingComponents, seed: int = 0) -> Trai
         state = TrainingState()
         if trainer_cfg.initial_policy.uri:
             state.initial_policy = load_initial_policy(
-                unwrap_agent(components.collector.policy), components.checkpointer.policy_store,
-                trainer_cfg.initial_policy, seed=seed,
-            )  # fmt: skip
+                unwrap_agent(components.collector.policy),
+                components.checkpointer.policy_store,
+                trainer_cfg.initial_policy,
+                seed=seed,
+            )
         return state
     changed = config_differences(ckpt.trainer_config, trainer_cfg)
     if changed:
         logger.warning(
             "resuming %s, whose checkpoint was written with other trainer settings (%s); this run goes on with its "
-            "own (a new run directory starts over)", components.checkpointer.checkpoint_dir, ", ".join(changed[:8]),
-        )  # fmt: skip
+            "own (a new run directory starts over)",
+            components.checkpointer.checkpoint_dir,
+            ", ".join(changed[:8]),
+        )
     components.ppo.epoch = ckpt.epoch
     return TrainingState(agent_step=ckpt.agent_step, epoch=ckpt.epoch)
 
 
 def default_training_step(
-    state: TrainingState, components: TrainingComponents, config: "TrainerConfig", experience: Experience
+    state: TrainingState, components: TrainingComponents, config: TrainerConfig, experience: Experience
 ) -> dict[str, float]:
     """One rollout and one PPO update through the components; advances ``state`` and returns the epoch's
     metrics (``metta.rl.epoch_metrics``: ``overview/sps``, ``overview/reward``, ``losses/*``, ...)."""
     del config  # part of the step signature so that custom steps can read it; the components hold their copy
     if experience is not components.collector.experience:
-        raise ValueError("experience is not the buffer the components' RolloutCollector fills; pass the same Experience")
+        raise ValueError(
+            "experience is not the buffer the components' RolloutCollector fills; pass the same Experience"
+        )
     start = time.perf_counter()
     timer = components.timer
     phase_before = timer.get_all_elapsed() if timer is not None else None
     episode_stats, steps = components.collector.collect()
     components.ppo.epoch = state.epoch  # the state is the source of truth (a resumed or custom loop may set it)
-    components.ppo.update(experience, components.custom_loss_fns, state.agent_step + steps, batch_start_step=state.agent_step)
+    components.ppo.update(
+        experience, components.custom_loss_fns, state.agent_step + steps, batch_start_step=state.agent_step
+    )
     state.agent_step += steps
     state.epoch = components.ppo.epoch
     metrics = epoch_metrics(
-        episode_stats, components.ppo.losses, experience, components.ppo.optimizer, steps, time.perf_counter() - start,
-        timer=timer, phase_before=phase_before,
-    )  # fmt: skip
+        episode_stats,
+        components.ppo.losses,
+        experience,
+        components.ppo.optimizer,
+        steps,
+        time.perf_counter() - start,
+        timer=timer,
+        phase_before=phase_before,
+    )
     state.metrics = metrics
     return metrics
 
 
 def functional_training_loop(
     config: Any,
-    ppo_config: "PPOConfig | None",
+    ppo_config: PPOConfig | None,
     policy: torch.nn.Module,
     curriculum: Any,
-    policy_store: "PolicyStore",
+    policy_store: PolicyStore,
     step_fn: StepFn | None = None,
     custom_losses: Sequence[CustomLossFn] | None = None,
     *,
@@ -248,7 +278,7 @@ def functional_training_loop(
     run_dir: str | os.PathLike | None = None,
     optimizer: Any = None,
     checkpoint_interval: int | None = None,
-    evaluation_suite: "SimulationSuiteConfig | None" = None,
+    evaluation_suite: SimulationSuiteConfig | None = None,
     evaluate_interval: int | None = None,
     wandb_run: Any = None,
     console: bool | None = None,
@@ -295,10 +325,14 @@ def functional_training_loop(
     if not isinstance(policy, torch.nn.Module):
         raise TypeError(f"policy is a {type(policy).__name__}; pass the agent (an nn.Module), e.g. Agent(env)")
     if step_fn is not None and not callable(step_fn):
-        raise TypeError(f"step_fn is a {type(step_fn).__name__}; pass a function (state, components, config, experience) -> metrics")
+        raise TypeError(
+            f"step_fn is a {type(step_fn).__name__}; pass a function (state, components, config, experience) -> metrics"
+        )
     step = step_fn or default_training_step
     keep_checkpoints = None
-    if not isinstance(config, TrainerConfig) and hasattr(config, "resolved_run_dir"):  # a TrainingConfig: its run-level fields are this call's defaults
+    if not isinstance(config, TrainerConfig) and hasattr(
+        config, "resolved_run_dir"
+    ):  # a TrainingConfig: its run-level fields are this call's defaults
         seed = config.seed if seed is None else seed
         device = device if device is not None else config.device
         num_envs = config.num_envs if num_envs is None else num_envs
@@ -314,7 +348,9 @@ def functional_training_loop(
     policy_device = next(policy.parameters()).device
     device = policy_device if device is None else parse_device(device)
     if device.type != policy_device.type or (device.index is not None and device != policy_device):
-        raise ValueError(f"the policy is on {policy_device} but device={device}; move it first: policy.to({str(device)!r})")
+        raise ValueError(
+            f"the policy is on {policy_device} but device={device}; move it first: policy.to({str(device)!r})"
+        )
     if checkpoint_interval is None:
         checkpoint_interval = trainer_cfg.checkpoint.checkpoint_interval
     if evaluate_interval is None:
@@ -343,23 +379,43 @@ def functional_training_loop(
         # One writer per run directory, as run.py: a second process is refused.
         cleanup.callback(acquire_run_lock(lock_dir).release)
         vecenv = make_vecenv(
-            envs.curriculum, envs.vectorization, num_envs=envs.num_envs, batch_size=envs.batch_envs,
-            num_workers=envs.partitions, zero_copy=trainer_cfg.zero_copy, is_training=True, seed=seed,
+            envs.curriculum,
+            envs.vectorization,
+            num_envs=envs.num_envs,
+            batch_size=envs.batch_envs,
+            num_workers=envs.partitions,
+            zero_copy=trainer_cfg.zero_copy,
+            is_training=True,
+            seed=seed,
             worker_timeout_s=trainer_cfg.worker_timeout_s,
-        )  # fmt: skip
+        )
         cleanup.callback(vecenv.close)
         vecenv.async_reset(seed)
         experience = make_experience(vecenv, policy, trainer_cfg, device)
         timer = Stopwatch()
         components = create_training_components(
-            trainer_cfg, None, policy, vecenv, experience, policy_store, optimizer=optimizer, device=device,
-            run_dir=run_dir, wandb_run=wandb_run, evaluation_suite=evaluation_suite, custom_loss_fns=custom_losses,
-            timer=timer, console=console, keep_checkpoints=keep_checkpoints,
-        )  # fmt: skip
+            trainer_cfg,
+            None,
+            policy,
+            vecenv,
+            experience,
+            policy_store,
+            optimizer=optimizer,
+            device=device,
+            run_dir=run_dir,
+            wandb_run=wandb_run,
+            evaluation_suite=evaluation_suite,
+            custom_loss_fns=custom_losses,
+            timer=timer,
+            console=console,
+            keep_checkpoints=keep_checkpoints,
+        )
         cleanup.callback(components.stats_logger.close)
         state = resume_training_state(components, seed=seed)
         started_from = state.initial_policy
-        profiler = TorchProfiler(trainer_cfg.profiler.interval_epochs if is_master() else 0, trainer_cfg.profiler.profile_dir, device)
+        profiler = TorchProfiler(
+            trainer_cfg.profiler.interval_epochs if is_master() else 0, trainer_cfg.profiler.profile_dir, device
+        )
         if not timer.get_summary()["is_running"]:  # a resumed stopwatch is already running
             timer.start()
         if console:
@@ -379,17 +435,24 @@ def functional_training_loop(
         while state.agent_step < trainer_cfg.total_timesteps and not stopped_in_setup:
             steps_before, epoch_before = state.agent_step, state.epoch
             expected_epoch = state.epoch + trainer_cfg.update_epochs
-            components.optimizer.record_grad_stats = crossed(trainer_cfg.grad_mean_variance_interval, state.epoch, expected_epoch)
+            components.optimizer.record_grad_stats = crossed(
+                trainer_cfg.grad_mean_variance_interval, state.epoch, expected_epoch
+            )
             with profiler.trace(state.epoch, expected_epoch) as traced:
                 metrics = step(state, components, trainer_cfg, experience)
                 traced.epoch = state.epoch
             if not isinstance(metrics, Mapping):
                 raise TypeError(f"step_fn returned a {type(metrics).__name__}; it must return a dict of metrics")
             if state.agent_step <= steps_before:
-                raise RuntimeError("step_fn did not advance state.agent_step; add the steps it collected, or the loop never ends")
+                raise RuntimeError(
+                    "step_fn did not advance state.agent_step; add the steps it collected, or the loop never ends"
+                )
             # As run.py: tasks at their intervals, the last iteration evaluates and checkpoints (a stop skips the
             # evaluation), the row goes before the checkpoint.
-            metrics = {**metrics, **interval_metrics(policy, components.optimizer, trainer_cfg, epoch_before, state.epoch)}
+            metrics = {
+                **metrics,
+                **interval_metrics(policy, components.optimizer, trainer_cfg, epoch_before, state.epoch),
+            }
             stopping = stop.should_stop(device)
             last = stopping or state.agent_step >= trainer_cfg.total_timesteps
             # A stop skips the evaluation, to return in seconds (as run.py).
@@ -402,7 +465,7 @@ def functional_training_loop(
             upload = wandb_run is not None and (
                 crossed(intervals.wandb_checkpoint_interval, epoch_before, state.epoch)
                 or (last and intervals.wandb_checkpoint_interval > 0)
-            )  # fmt: skip
+            )
             if upload or last or crossed(checkpoint_interval, epoch_before, state.epoch):
                 _save(state, components, final=last)
                 if upload and state.policy_record is not None:
@@ -430,8 +493,13 @@ class _EnvPlan:
     partitions: int  # worker processes (multiprocessing) or async batches stepped in turn (serial)
 
 
-def _plan_envs(trainer_cfg: TrainerConfig, curriculum: Any, num_envs: int | None, num_workers: int | None,
-               vectorization: str | None) -> _EnvPlan:  # fmt: skip
+def _plan_envs(
+    trainer_cfg: TrainerConfig,
+    curriculum: Any,
+    num_envs: int | None,
+    num_workers: int | None,
+    vectorization: str | None,
+) -> _EnvPlan:
     """The loop's envs as run.py sizes them: ``curriculum`` (None: ``config.curriculum``) with ``env_overrides``;
     ``num_envs`` from the forward-pass target unless given; one worker means serial, whose ``async_factor``
     batches are stepped in turn (one partition of the envs per batch)."""
@@ -440,13 +508,17 @@ def _plan_envs(trainer_cfg: TrainerConfig, curriculum: Any, num_envs: int | None
             f"config.env_overrides={dict(trainer_cfg.env_overrides)} cannot be applied to an already built Curriculum; "
             "pass its env config or curriculum path as curriculum, or build the curriculum with them"
         )
-    curriculum = curriculum_from_any(curriculum if curriculum is not None else trainer_cfg.curriculum, trainer_cfg.env_overrides or None)
+    curriculum = curriculum_from_any(
+        curriculum if curriculum is not None else trainer_cfg.curriculum, trainer_cfg.env_overrides or None
+    )
     num_workers = trainer_cfg.num_workers if num_workers is None else num_workers
     async_factor = trainer_cfg.async_factor
     if vectorization is None:
         vectorization = "serial" if num_workers == 1 else "multiprocessing"
     if vectorization not in ("serial", "multiprocessing"):
-        raise ValueError(f"vectorization={vectorization!r} is not allowed; use 'serial' or 'multiprocessing' (or None: from num_workers)")
+        raise ValueError(
+            f"vectorization={vectorization!r} is not allowed; use 'serial' or 'multiprocessing' (or None: from num_workers)"
+        )
     serial = vectorization == "serial"
     partitions = async_factor if serial else num_workers
     if num_envs is None:
@@ -459,8 +531,12 @@ def _plan_envs(trainer_cfg: TrainerConfig, curriculum: Any, num_envs: int | None
 
 def _save(state: TrainingState, components: TrainingComponents, final: bool = False) -> None:
     record = components.checkpointer.save(
-        components.collector.policy, components.optimizer, state.agent_step, state.epoch,
-        metadata={"eval_scores": dict(state.eval_scores)}, final=final,
-    )  # fmt: skip
+        components.collector.policy,
+        components.optimizer,
+        state.agent_step,
+        state.epoch,
+        metadata={"eval_scores": dict(state.eval_scores)},
+        final=final,
+    )
     if record is not None:
         state.policy_record = record

@@ -46,7 +46,9 @@ class HostUpload:
             self._slots[key] = slot
         return slot
 
-    def upload(self, start: int, o: np.ndarray, r: np.ndarray, d: np.ndarray, t: np.ndarray) -> tuple[torch.Tensor, ...]:
+    def upload(
+        self, start: int, o: np.ndarray, r: np.ndarray, d: np.ndarray, t: np.ndarray
+    ) -> tuple[torch.Tensor, ...]:
         host, host_np, dev, dev_views = self._slot(start, o)
         for target, source in zip(host_np, (o, r, d, t)):
             np.copyto(target, source, casting="unsafe")

@@ -36,14 +36,18 @@ def check_initial_policy_uri(uri: str | None) -> None:
     uri = str(uri)
     if uri.startswith("wandb://"):
         return
-    path = uri[len("file://"):] if uri.startswith("file://") else uri
+    path = uri[len("file://") :] if uri.startswith("file://") else uri
     if "://" in path:
-        raise ValueError(f"initial_policy.uri={uri!r}: unsupported scheme; use a policy file, a directory, file:// or wandb://")
+        raise ValueError(
+            f"initial_policy.uri={uri!r}: unsupported scheme; use a policy file, a directory, file:// or wandb://"
+        )
     if os.path.isdir(path):
         if not glob.glob(os.path.join(path, "*.pt")):
             raise FileNotFoundError(f"initial_policy.uri={uri!r} is a directory with no *.pt policy files")
     elif not os.path.isfile(path):
-        raise FileNotFoundError(f"initial_policy.uri={uri!r} does not exist; name a policy file, a directory of them or a wandb:// uri")
+        raise FileNotFoundError(
+            f"initial_policy.uri={uri!r} does not exist; name a policy file, a directory of them or a wandb:// uri"
+        )
 
 
 def select_initial_policy(policy_store: Any, cfg: Any, seed: int = 0) -> PolicyRecord:

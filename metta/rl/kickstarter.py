@@ -22,7 +22,9 @@ class Kickstarter:
         if cfg.teacher_uri is not None:
             self.teacher_cfgs.append(
                 KickstartTeacherConfig(
-                    teacher_uri=cfg.teacher_uri, action_loss_coef=cfg.action_loss_coef, value_loss_coef=cfg.value_loss_coef
+                    teacher_uri=cfg.teacher_uri,
+                    action_loss_coef=cfg.action_loss_coef,
+                    value_loss_coef=cfg.value_loss_coef,
                 )
             )
         self.teacher_cfgs += list(cfg.additional_teachers or [])
@@ -35,7 +37,9 @@ class Kickstarter:
         self.teachers: list[torch.nn.Module] = []
         if self.enabled:
             if policy_store is None:
-                raise ValueError("kickstart teachers are configured but policy_store is None; pass the PolicyStore that loads them")
+                raise ValueError(
+                    "kickstart teachers are configured but policy_store is None; pass the PolicyStore that loads them"
+                )
             self._load_teachers(policy_store, metta_grid_env)
 
     def _load_teachers(self, policy_store: Any, env: Any) -> None:

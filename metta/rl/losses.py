@@ -14,8 +14,9 @@ as the PPO loss) and the ``advantages [mb, bptt]`` the policy loss uses (V-trace
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
@@ -103,9 +104,18 @@ class Losses:
 
 # The order of the statistics tensor process_minibatch_update hands to Losses.add.
 STAT_FIELDS = (
-    "policy_loss_sum", "value_loss_sum", "entropy_sum", "approx_kl_sum", "clipfrac_sum", "l2_reg_loss_sum",
-    "l2_init_loss_sum", "ks_action_loss_sum", "ks_value_loss_sum", "importance_sum", "current_logprobs_sum",
-)  # fmt: skip
+    "policy_loss_sum",
+    "value_loss_sum",
+    "entropy_sum",
+    "approx_kl_sum",
+    "clipfrac_sum",
+    "l2_reg_loss_sum",
+    "l2_init_loss_sum",
+    "ks_action_loss_sum",
+    "ks_value_loss_sum",
+    "importance_sum",
+    "current_logprobs_sum",
+)
 
 
 def custom_loss_names(custom_loss_fns: Sequence[CustomLossFn]) -> list[str]:
@@ -128,7 +138,9 @@ def custom_loss_names(custom_loss_fns: Sequence[CustomLossFn]) -> list[str]:
 def _check_custom_loss(name: str, value: Any) -> torch.Tensor:
     """``value`` as a 0-d tensor, or a ValueError that names the function and what it returned."""
     if not isinstance(value, torch.Tensor):
-        raise ValueError(f"custom loss {name!r} returned a {type(value).__name__} ({value!r}); it must return a scalar torch tensor")
+        raise ValueError(
+            f"custom loss {name!r} returned a {type(value).__name__} ({value!r}); it must return a scalar torch tensor"
+        )
     if value.numel() != 1:
         raise ValueError(
             f"custom loss {name!r} returned a tensor of shape {list(value.shape)}; it must return a scalar "
@@ -146,7 +158,7 @@ def compute_ppo_losses(
     newvalue: torch.Tensor,
     importance_sampling_ratio: torch.Tensor,
     adv: torch.Tensor,
-    trainer_cfg: "TrainerConfig",
+    trainer_cfg: TrainerConfig,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(pg_loss, v_loss, entropy_loss, approx_kl, clipfrac)`` for tensors shaped like ``minibatch["values"]``.
 
@@ -206,8 +218,8 @@ class MinibatchLoss(NamedTuple):
 def minibatch_loss(
     policy: torch.nn.Module,
     minibatch: dict[str, torch.Tensor],
-    trainer_cfg: "TrainerConfig",
-    kickstarter: "Kickstarter | None" = None,
+    trainer_cfg: TrainerConfig,
+    kickstarter: Kickstarter | None = None,
     agent_step: int = 0,
     device: torch.device | str | None = None,
     custom_loss_fns: Sequence[CustomLossFn] | None = None,
@@ -228,9 +240,10 @@ def minibatch_loss(
     # Each row is replayed from the LSTM state the rollout entered it with, resetting where episodes began
     # inside it, so the replay sees what the rollout saw.
     state = PolicyState(
-        lstm_h=minibatch.get("lstm_h"), lstm_c=minibatch.get("lstm_c"),
+        lstm_h=minibatch.get("lstm_h"),
+        lstm_c=minibatch.get("lstm_c"),
         episode_starts=dones.bool() if dones is not None else None,
-    )  # fmt: skip
+    )
     _, new_logprobs, entropy, newvalue, full_logprobs = policy(obs, state, action=minibatch["actions"])
     new_logprobs = new_logprobs.view(old_logprobs.shape)
     new_values = newvalue.view(old_logprobs.shape)
@@ -240,9 +253,18 @@ def minibatch_loss(
     if "rewards" in minibatch and dones is not None:
         # V-trace: this minibatch's advantages again, with the current policy's (clipped) ratios.
         adv = compute_advantage(
-            minibatch["values"], minibatch["rewards"], dones, ratio.detach(), adv.clone(), ppo.gamma, ppo.gae_lambda,
-            trainer_cfg.vtrace.vtrace_rho_clip, trainer_cfg.vtrace.vtrace_c_clip, device, tail=tail,
-        )  # fmt: skip
+            minibatch["values"],
+            minibatch["rewards"],
+            dones,
+            ratio.detach(),
+            adv.clone(),
+            ppo.gamma,
+            ppo.gae_lambda,
+            trainer_cfg.vtrace.vtrace_rho_clip,
+            trainer_cfg.vtrace.vtrace_c_clip,
+            device,
+            tail=tail,
+        )
     adv = normalize_advantage_distributed(adv, ppo.norm_adv)
     prio_weights = minibatch.get("prio_weights")
     if prio_weights is not None:
@@ -260,39 +282,59 @@ def minibatch_loss(
     l2_reg_loss = ppo.l2_reg_loss_coef * _l2_reg_loss(policy) if ppo.l2_reg_loss_coef > 0 else zero
     l2_init_loss = ppo.l2_init_loss_coef * policy.l2_init_loss() if ppo.l2_init_loss_coef > 0 else zero
     loss = (
-        pg_loss - ppo.ent_coef * entropy_loss + ppo.vf_coef * v_loss
-        + l2_reg_loss + l2_init_loss + ks_action_loss + ks_value_loss
-    )  # fmt: skip
+        pg_loss
+        - ppo.ent_coef * entropy_loss
+        + ppo.vf_coef * v_loss
+        + l2_reg_loss
+        + l2_init_loss
+        + ks_action_loss
+        + ks_value_loss
+    )
 
     custom_names = custom_loss_names(custom_loss_fns or [])
     custom_values: list[torch.Tensor] = []
     for name, fn in zip(custom_names, custom_loss_fns or [], strict=True):
-        value = _check_custom_loss(name, fn(policy, obs, minibatch["actions"], minibatch.get("rewards"), new_values, adv))
+        value = _check_custom_loss(
+            name, fn(policy, obs, minibatch["actions"], minibatch.get("rewards"), new_values, adv)
+        )
         custom_values.append(value)
         loss = loss + value
 
     # The statistics stay on the device (Losses.add); custom losses are checked for NaN/inf here, which costs
     # one transfer per minibatch only when there are any.
-    stats = torch.stack([
-        pg_loss, v_loss, entropy_loss, approx_kl, clipfrac, l2_reg_loss, l2_init_loss, ks_action_loss,
-        ks_value_loss, ratio.mean(), new_logprobs.mean(),
-        *(v.to(pg_loss.device, pg_loss.dtype) for v in custom_values),
-    ]).detach()  # fmt: skip
+    stats = torch.stack(
+        [
+            pg_loss,
+            v_loss,
+            entropy_loss,
+            approx_kl,
+            clipfrac,
+            l2_reg_loss,
+            l2_init_loss,
+            ks_action_loss,
+            ks_value_loss,
+            ratio.mean(),
+            new_logprobs.mean(),
+            *(v.to(pg_loss.device, pg_loss.dtype) for v in custom_values),
+        ]
+    ).detach()
     if custom_values:
         for name, value in zip(custom_names, stats[len(STAT_FIELDS) :].tolist(), strict=True):
             if not math.isfinite(value):
-                raise ValueError(f"custom loss {name!r} returned {value}; it must be finite (check for log(0) or division by zero)")
+                raise ValueError(
+                    f"custom loss {name!r} returned {value}; it must be finite (check for log(0) or division by zero)"
+                )
     terms = PPOLoss(pg_loss, v_loss, entropy_loss, loss, approx_kl, clipfrac)
     return MinibatchLoss(terms, stats, custom_names, ratio, new_values)
 
 
 def process_minibatch_update(
     policy: torch.nn.Module,
-    experience: "Experience",
+    experience: Experience,
     minibatch: dict[str, torch.Tensor],
     advantages: torch.Tensor | None,
-    trainer_cfg: "TrainerConfig",
-    kickstarter: "Kickstarter | None",
+    trainer_cfg: TrainerConfig,
+    kickstarter: Kickstarter | None,
     agent_step: int,
     losses: Losses,
     device: torch.device | str,
@@ -316,7 +358,9 @@ def process_minibatch_update(
     """
     if advantages is None:
         ppo, vtrace = trainer_cfg.ppo, trainer_cfg.vtrace
-        advantages = experience.rollout_advantages(ppo.gamma, ppo.gae_lambda, vtrace.vtrace_rho_clip, vtrace.vtrace_c_clip)
+        advantages = experience.rollout_advantages(
+            ppo.gamma, ppo.gae_lambda, vtrace.vtrace_rho_clip, vtrace.vtrace_c_clip
+        )
     if "advantages" not in minibatch:
         minibatch["advantages"] = advantages[minibatch["indices"]]
         minibatch["returns"] = minibatch["advantages"] + minibatch["values"]

@@ -60,17 +60,24 @@ class Optimizer:
         self._bind(optimizer_type, optimizer, policy, max_grad_norm)
 
     @classmethod
-    def from_config(cls, policy: torch.nn.Module, trainer_cfg: Any) -> "Optimizer":
+    def from_config(cls, policy: torch.nn.Module, trainer_cfg: Any) -> Optimizer:
         """The optimizer a ``TrainerConfig`` describes: ``trainer_cfg.optimizer`` (type, learning rate, betas, eps,
         weight decay) with ``trainer_cfg.ppo.max_grad_norm`` for clipping."""
         opt = trainer_cfg.optimizer
         return cls(
-            opt.type, policy, learning_rate=opt.learning_rate, betas=(opt.beta1, opt.beta2), eps=opt.eps,
-            weight_decay=opt.weight_decay, max_grad_norm=trainer_cfg.ppo.max_grad_norm,
-        )  # fmt: skip
+            opt.type,
+            policy,
+            learning_rate=opt.learning_rate,
+            betas=(opt.beta1, opt.beta2),
+            eps=opt.eps,
+            weight_decay=opt.weight_decay,
+            max_grad_norm=trainer_cfg.ppo.max_grad_norm,
+        )
 
     @classmethod
-    def wrap(cls, torch_optimizer: torch.optim.Optimizer, policy: torch.nn.Module, max_grad_norm: float = 0.5) -> "Optimizer":
+    def wrap(
+        cls, torch_optimizer: torch.optim.Optimizer, policy: torch.nn.Module, max_grad_norm: float = 0.5
+    ) -> Optimizer:
         """Give an optimizer you built yourself (any ``torch.optim.Optimizer``) metta's ``step(loss, ...)``.
 
         Clipping covers the parameters in ``torch_optimizer``'s param groups.
@@ -81,7 +88,9 @@ class Optimizer:
         self._bind(type(torch_optimizer).__name__.lower(), torch_optimizer, policy, max_grad_norm)
         return self
 
-    def _bind(self, optimizer_type: str, optimizer: torch.optim.Optimizer, policy: torch.nn.Module, max_grad_norm: float) -> None:
+    def _bind(
+        self, optimizer_type: str, optimizer: torch.optim.Optimizer, policy: torch.nn.Module, max_grad_norm: float
+    ) -> None:
         if not max_grad_norm > 0:
             raise ValueError(f"max_grad_norm={max_grad_norm!r} must be > 0, e.g. 0.5")
         self.policy = policy
@@ -180,7 +189,9 @@ def apply_lr_schedule(optimizer: Any, trainer_cfg: Any, agent_step: int) -> None
     if not schedule.enabled:
         return
     progress = agent_step / max(trainer_cfg.total_timesteps, 1)
-    set_learning_rate(optimizer, scheduled_learning_rate(trainer_cfg.optimizer.learning_rate, schedule, progress, agent_step))
+    set_learning_rate(
+        optimizer, scheduled_learning_rate(trainer_cfg.optimizer.learning_rate, schedule, progress, agent_step)
+    )
 
 
 def set_learning_rate(optimizer: Any, learning_rate: float) -> None:

@@ -41,7 +41,9 @@ def get_observation(
         o, r, d, t, info, env_id, mask = vecenv.recv()
     start, stop = int(env_id[0]), int(env_id[-1]) + 1
     if stop - start != len(env_id):
-        raise RuntimeError(f"the vecenv returned non-contiguous agent rows {env_id[:8]}...; Experience stores contiguous slices")
+        raise RuntimeError(
+            f"the vecenv returned non-contiguous agent rows {env_id[:8]}...; Experience stores contiguous slices"
+        )
     training_env_id = slice(start, stop)
     num_steps = int(mask.sum())
     if torch.device(device).type == "cpu":  # from_numpy shares memory with the vecenv's buffers
@@ -54,7 +56,11 @@ def get_observation(
 
 
 def run_policy_inference(
-    policy: torch.nn.Module, obs: torch.Tensor, experience: Experience, env_id_start: int | slice, device: torch.device | str
+    policy: torch.nn.Module,
+    obs: torch.Tensor,
+    experience: Experience,
+    env_id_start: int | slice,
+    device: torch.device | str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """``(actions [n, 2], logprobs [n], values [n], (lstm_h, lstm_c))`` for the agents starting at ``env_id_start``.
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 
@@ -36,7 +36,7 @@ class TorchProfiler:
         self.traces: list[str] = []
 
     @contextmanager
-    def trace(self, epoch_before: int, epoch_after: int) -> Iterator["TracedIteration"]:
+    def trace(self, epoch_before: int, epoch_after: int) -> Iterator[TracedIteration]:
         """Profile the iteration when ``(epoch_before, epoch_after]`` crosses the interval; set ``.epoch`` on what
         it yields to the epoch the iteration reached (default ``epoch_after``), which names the trace file."""
         traced = TracedIteration(epoch_after)

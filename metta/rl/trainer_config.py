@@ -31,14 +31,14 @@ class Config(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | Any) -> "Config":
+    def from_dict(cls, data: dict[str, Any] | Any) -> Config:
         """Build from a plain dict or an omegaconf DictConfig (interpolations resolved)."""
         if OmegaConf.is_config(data):
             data = OmegaConf.to_container(data, resolve=True)
         return cls.model_validate(data or {})
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike) -> "Config":
+    def from_yaml(cls, path: str | os.PathLike) -> Config:
         return cls.from_dict(OmegaConf.load(str(path)))
 
     def to_dict(self) -> dict[str, Any]:
@@ -110,7 +110,9 @@ class InitialPolicyConfig(Config):
 
 class CheckpointConfig(Config):
     checkpoint_interval: int = Field(default=60, ge=0, description="epochs between checkpoints; 0: only the final one")
-    wandb_checkpoint_interval: int = Field(default=300, ge=0, description="epochs between wandb policy uploads; 0: none")
+    wandb_checkpoint_interval: int = Field(
+        default=300, ge=0, description="epochs between wandb policy uploads; 0: none"
+    )
     checkpoint_dir: str | None = Field(default=None, min_length=1, description="None: {run_dir}/checkpoints")
 
 
@@ -170,7 +172,9 @@ class TrainerConfig(Config):
     verbose: bool = True  # one console line per epoch
     cpu_offload: bool = False  # the rollout buffer's observations stay in (pinned) host memory
     compile: bool = False  # torch.compile the policy (the parts around its LSTM)
-    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "reduce-overhead"
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = (
+        "reduce-overhead"
+    )
 
     # Envs per process, when the run does not set num_envs: forward_pass_minibatch_target_size agents per
     # forward pass, rounded to the workers, times async_factor (calculate_batch_sizes).
@@ -187,7 +191,9 @@ class TrainerConfig(Config):
 
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     lr_scheduler: LRSchedulerConfig = Field(default_factory=LRSchedulerConfig)
-    prioritized_experience_replay: PrioritizedExperienceReplayConfig = Field(default_factory=PrioritizedExperienceReplayConfig)
+    prioritized_experience_replay: PrioritizedExperienceReplayConfig = Field(
+        default_factory=PrioritizedExperienceReplayConfig
+    )
     vtrace: VTraceConfig = Field(default_factory=VTraceConfig)
     ppo: PPOConfig = Field(default_factory=PPOConfig)
     kickstart: KickstartConfig = Field(default_factory=KickstartConfig)
@@ -206,7 +212,7 @@ class TrainerConfig(Config):
         return data
 
     @model_validator(mode="after")
-    def _check_sizes(self) -> "TrainerConfig":
+    def _check_sizes(self) -> TrainerConfig:
         b, mb, h = self.batch_size, self.minibatch_size, self.bptt_horizon
         if mb > b:
             raise ValueError(f"minibatch_size={mb} is larger than batch_size={b}; use minibatch_size <= {b}")
@@ -239,7 +245,7 @@ class TrainerConfig(Config):
             )
         return self
 
-    def with_run_dir(self, run_dir: str | os.PathLike) -> "TrainerConfig":
+    def with_run_dir(self, run_dir: str | os.PathLike) -> TrainerConfig:
         """A copy whose unset folders (None) are those of ``run_dir``: ``checkpoints/``, ``replays/``, ``torch_traces/``."""
         run_dir = Path(run_dir)
         out = self.model_copy(deep=True)
@@ -275,7 +281,8 @@ def scale_by_world_size(cfg: TrainerConfig, world_size: int) -> TrainerConfig:
                 f"bptt_horizon={cfg.bptt_horizon} rows; use a multiple of {world_size * cfg.bptt_horizon}"
             )
     return cfg.model_copy(
-        update={"batch_size": cfg.batch_size // world_size, "minibatch_size": cfg.minibatch_size // world_size}, deep=True
+        update={"batch_size": cfg.batch_size // world_size, "minibatch_size": cfg.minibatch_size // world_size},
+        deep=True,
     )
 
 
@@ -328,7 +335,7 @@ def create_trainer_config(
     return TrainerConfig.from_dict(data)
 
 
-def resolve_trainer_config(config: Any, ppo_config: "PPOConfig | None" = None) -> "TrainerConfig":
+def resolve_trainer_config(config: Any, ppo_config: PPOConfig | None = None) -> TrainerConfig:
     """``config`` as a TrainerConfig with ``ppo_config`` (when given) as its ``ppo`` section.
 
     ``config`` may be a TrainerConfig or any object with a TrainerConfig in ``.trainer`` (a training config).

@@ -11,14 +11,21 @@ exports them under seed 000's import path) and the components (``metta.rl.compon
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 from metta.common.distributed import get_world_size
 from metta.rl.advantage import compute_advantage
 from metta.rl.experience import Experience, calculate_anneal_beta
-from metta.rl.losses import CustomLossFn, Losses, compute_explained_variance, process_minibatch_update, should_stop_early
+from metta.rl.losses import (
+    CustomLossFn,
+    Losses,
+    compute_explained_variance,
+    process_minibatch_update,
+    should_stop_early,
+)
 from metta.rl.optimizer import Optimizer, apply_lr_schedule
 from metta.rl.rollout import _timed, perform_rollout_step
 from metta.stats import accumulate_rollout_stats
@@ -91,15 +98,31 @@ def train_ppo(
         with _timed(timer, "_train.advantage"):
             advantages = torch.zeros_like(experience.values)
             compute_advantage(
-                experience.values, experience.rewards, experience.dones, torch.ones_like(experience.values),
-                advantages, ppo.gamma, ppo.gae_lambda, trainer_cfg.vtrace.vtrace_rho_clip,
-                trainer_cfg.vtrace.vtrace_c_clip, device, next_rows=experience.next_rows,
-            )  # fmt: skip
+                experience.values,
+                experience.rewards,
+                experience.dones,
+                torch.ones_like(experience.values),
+                advantages,
+                ppo.gamma,
+                ppo.gae_lambda,
+                trainer_cfg.vtrace.vtrace_rho_clip,
+                trainer_cfg.vtrace.vtrace_c_clip,
+                device,
+                next_rows=experience.next_rows,
+            )
         for _ in range(trainer_cfg.update_epochs):
             for minibatch in experience.iter_minibatches(advantages, prio.prio_alpha, anneal_beta):
                 with _timed(timer, "_train.learn"):
                     loss = process_minibatch_update(
-                        policy, experience, minibatch, advantages, trainer_cfg, kickstarter, agent_step, losses, device,
+                        policy,
+                        experience,
+                        minibatch,
+                        advantages,
+                        trainer_cfg,
+                        kickstarter,
+                        agent_step,
+                        losses,
+                        device,
                         custom_loss_fns,
                     )
                     optimizer.step(loss, epoch, experience.accumulate_minibatches)

@@ -305,8 +305,11 @@ class Simulation:
         if results.timed_out:
             logger.warning(
                 "simulation %s hit max_time_s=%.1f after %d of %d episodes",
-                self.name, cfg.max_time_s, results.num_episodes, cfg.num_episodes,
-            )  # fmt: skip
+                self.name,
+                cfg.max_time_s,
+                results.num_episodes,
+                cfg.num_episodes,
+            )
         return results
 
     def _run(self, vecenv: VecEnv, results: SimulationResults, start: float) -> list[dict[str, Any]]:
@@ -449,9 +452,18 @@ class SimulationSuite:
         # Built up front, so every simulation's env config is checked before the first one runs.
         self.simulations = {
             name: Simulation(
-                name, sim_cfg, policy_record, policy_store, device, vectorization, stats_dir, replay_dir,
-                suite_name=config.name, episode_tags=config.episode_tags, seed=seed,
-            )  # fmt: skip
+                name,
+                sim_cfg,
+                policy_record,
+                policy_store,
+                device,
+                vectorization,
+                stats_dir,
+                replay_dir,
+                suite_name=config.name,
+                episode_tags=config.episode_tags,
+                seed=seed,
+            )
             for name, sim_cfg in config.simulations.items()
         }
 

@@ -35,7 +35,7 @@ class SimulationConfig(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _npc_needed(self) -> "SimulationConfig":
+    def _npc_needed(self) -> SimulationConfig:
         if self.policy_agents_pct < 1.0 and self.npc_policy_uri is None:
             raise ValueError(
                 f"policy_agents_pct={self.policy_agents_pct} leaves agents to an NPC policy, but npc_policy_uri is "

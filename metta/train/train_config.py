@@ -26,9 +26,10 @@ from __future__ import annotations
 import difflib
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from types import UnionType
-from typing import Any, Literal, Mapping, TypeVar, Union, get_args, get_origin
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 from omegaconf import OmegaConf
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -36,8 +37,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from metta.agent.agent_config import AgentConfig, fast_agent_config
 from metta.common.device import parse_device
 from metta.common.fs import atomic_write_text
-from metta.rl.trainer_config import TrainerConfig, cpu_learning_settings
 from metta.mettagrid.vecenv import check_layout
+from metta.rl.trainer_config import TrainerConfig, cpu_learning_settings
 
 __all__ = [
     "ConfigFileError",
@@ -97,10 +98,11 @@ class TrainingConfig(BaseModel):
     device: str | None = Field(default=None, description="'cpu', 'cuda', 'cuda:N'; None: CUDA when available")
     seed: int = Field(default=0, ge=0)
     num_envs: int | None = Field(
-        default=32, ge=1,
+        default=32,
+        ge=1,
         description="envs per process (agents = num_envs x agents per env); None: as many as "
         "trainer.forward_pass_minibatch_target_size agents per forward pass make",
-    )  # fmt: skip
+    )
     vectorization: Literal["serial", "multiprocessing"] = "serial"
     data_dir: str | None = Field(default=None, description="None: $DATA_DIR or ./train_dir")
     run_dir: str | None = Field(default=None, description="None: {data_dir}/{experiment_name}")
@@ -125,7 +127,7 @@ class TrainingConfig(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _check_vectorization(self) -> "TrainingConfig":
+    def _check_vectorization(self) -> TrainingConfig:
         async_factor, workers = self.trainer.async_factor, self.trainer.num_workers
         if self.vectorization == "serial" and workers > 1:
             raise ValueError(
@@ -180,7 +182,9 @@ class TrainingConfig(BaseModel):
             "vectorization": self.vectorization,
             "is_training": True,
             "worker_timeout_s": trainer.worker_timeout_s,
-            "forward_pass_minibatch_target_size": trainer.forward_pass_minibatch_target_size if sized_by_target else None,
+            "forward_pass_minibatch_target_size": trainer.forward_pass_minibatch_target_size
+            if sized_by_target
+            else None,
         }
 
     # ------------------------------------------------------------------------------------------------
@@ -197,7 +201,7 @@ class TrainingConfig(BaseModel):
         return text
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | Any, base: "TrainingConfig | None" = None) -> "TrainingConfig":
+    def from_dict(cls, data: Mapping[str, Any] | Any, base: TrainingConfig | None = None) -> TrainingConfig:
         """A config from a (partial, possibly legacy) dict or DictConfig, laid over ``base`` (default: the defaults).
 
         Raises ``ConfigFileError`` naming each bad field and its value.
@@ -205,7 +209,7 @@ class TrainingConfig(BaseModel):
         return _validate(cls, _training_data(data, base), source="TrainingConfig.from_dict")
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike, base: "TrainingConfig | None" = None) -> "TrainingConfig":
+    def from_yaml(cls, path: str | os.PathLike, base: TrainingConfig | None = None) -> TrainingConfig:
         """A config from a YAML file (partial files are laid over ``base``); errors name the file."""
         raw = _read_yaml(path)
         try:

@@ -9,7 +9,14 @@ SMALL_ENV = {
     "game": {
         "num_agents": 2,
         "max_steps": 30,
-        "map_builder": {"type": "random", "width": 8, "height": 8, "agents": 2, "objects": {"altar": 2}, "border_width": 1},
+        "map_builder": {
+            "type": "random",
+            "width": 8,
+            "height": 8,
+            "agents": 2,
+            "objects": {"altar": 2},
+            "border_width": 1,
+        },
     }
 }
 

@@ -5,8 +5,8 @@ import torch
 
 from metta.agent import MettaAgent, PolicyState, make_policy
 from metta.agent.agent_config import AgentConfig, resolve_agent_config
-from metta.agent.lib.obs_token_to_box_shaper import ObsTokenToBoxShaper
 from metta.agent.lib.metta_layer import AgentContext
+from metta.agent.lib.obs_token_to_box_shaper import ObsTokenToBoxShaper
 
 
 def test_inference_shapes_and_state(env, rollout_obs):
@@ -70,7 +70,9 @@ def test_training_path_resets_at_episode_starts_like_the_rollout(env, rollout_ob
     _, lp_train, _, _, _ = agent(rollout_obs.transpose(0, 1), replay, torch.stack(actions, 1))
     torch.testing.assert_close(lp_train, torch.stack(logprobs, 1).reshape(-1), atol=1e-5, rtol=1e-5)
     # Ignoring the starts gives different log-probabilities after them (the test has teeth).
-    _, lp_no_reset, _, _, _ = agent(rollout_obs.transpose(0, 1), PolicyState(lstm_h=h0, lstm_c=c0), torch.stack(actions, 1))
+    _, lp_no_reset, _, _, _ = agent(
+        rollout_obs.transpose(0, 1), PolicyState(lstm_h=h0, lstm_c=c0), torch.stack(actions, 1)
+    )
     assert not torch.allclose(lp_no_reset, lp_train, atol=1e-4)
 
 
@@ -109,7 +111,9 @@ def test_embeddings_follow_action_names_not_order(env, rollout_obs):
     obs = rollout_obs[2]
     names, maxes = env.action_names, env.max_action_args
     *_, full = agent(obs, PolicyState())
-    by_name = {f"{n}_{a}": full[:, i] for i, (n, a) in enumerate((n, a) for n, m in zip(names, maxes) for a in range(m + 1))}
+    by_name = {
+        f"{n}_{a}": full[:, i] for i, (n, a) in enumerate((n, a) for n, m in zip(names, maxes) for a in range(m + 1))
+    }
     order = list(reversed(range(len(names))))
     agent.activate_actions([names[i] for i in order], [maxes[i] for i in order], "cpu")
     *_, full2 = agent(obs, PolicyState())
@@ -235,7 +239,9 @@ def test_configs_and_errors(env):
     with pytest.raises(ValueError, match="clip_rang"):
         AgentConfig.model_validate({"clip_rang": 0.1})
     with pytest.raises(RuntimeError, match="initialize_to_environment"):
-        MettaAgent((200, 3), 11, 11, env.feature_normalizations)(torch.zeros(1, 200, 3, dtype=torch.uint8), PolicyState())
+        MettaAgent((200, 3), 11, 11, env.feature_normalizations)(
+            torch.zeros(1, 200, 3, dtype=torch.uint8), PolicyState()
+        )
 
 
 def _with_junk_tokens(obs: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,12 @@ from metta.agent.policy_cache import PolicyCache
 
 
 def _store(tmp_path, **extra) -> PolicyStore:
-    cfg = {"device": "cpu", "policy_cache_size": 10, "trainer": {"checkpoint": {"checkpoint_dir": str(tmp_path)}}, **extra}
+    cfg = {
+        "device": "cpu",
+        "policy_cache_size": 10,
+        "trainer": {"checkpoint": {"checkpoint_dir": str(tmp_path)}},
+        **extra,
+    }
     return PolicyStore(DictConfig(cfg), wandb_run=None)
 
 

@@ -16,8 +16,28 @@ ROOT = Path(__file__).resolve().parents[2]
     "args",
     [
         ["benchmarks/env_sps.py", "--seconds", "0.3", "--num-envs", "2", "--max-steps", "50"],
-        ["benchmarks/env_sps.py", "--workload", "navigation", "--seconds", "0.3", "--num-envs", "2", "--max-steps", "50"],
-        ["benchmarks/train_sps.py", "--num-envs", "2", "--batch-size", "1024", "--minibatch-size", "512", "--iterations", "1"],
+        [
+            "benchmarks/env_sps.py",
+            "--workload",
+            "navigation",
+            "--seconds",
+            "0.3",
+            "--num-envs",
+            "2",
+            "--max-steps",
+            "50",
+        ],
+        [
+            "benchmarks/train_sps.py",
+            "--num-envs",
+            "2",
+            "--batch-size",
+            "1024",
+            "--minibatch-size",
+            "512",
+            "--iterations",
+            "1",
+        ],
     ],
 )
 def test_benchmark_prints_one_json_line(args):
@@ -28,8 +48,21 @@ def test_benchmark_prints_one_json_line(args):
     assert result["agent_steps_per_second"] > 0
 
 
-VIEWER_FPS_KEYS = {"steps", "agents", "map", "replay_bytes", "page_bytes", "record_s", "page_write_s", "open_s", "ready_ms",
-                   "fps", "steps_per_s", "render_ms", "console_errors"}  # fmt: skip
+VIEWER_FPS_KEYS = {
+    "steps",
+    "agents",
+    "map",
+    "replay_bytes",
+    "page_bytes",
+    "record_s",
+    "page_write_s",
+    "open_s",
+    "ready_ms",
+    "fps",
+    "steps_per_s",
+    "render_ms",
+    "console_errors",
+}
 
 
 def test_viewer_fps_prints_one_json_line_at_a_tiny_size():
@@ -51,8 +84,14 @@ def test_viewer_fps_prints_one_json_line_at_a_tiny_size():
 def test_trajectory_hash_is_deterministic():
     """The hashes speed work is checked against must not depend on the run."""
     runs = [
-        subprocess.run([sys.executable, "benchmarks/trajectory_hash.py", "--steps", "20"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=300, check=True)  # fmt: skip
+        subprocess.run(
+            [sys.executable, "benchmarks/trajectory_hash.py", "--steps", "20"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        )
         for _ in range(2)
     ]
     first, second = (json.loads(run.stdout.strip()) for run in runs)
@@ -67,9 +106,22 @@ def test_gpu_check_runs_at_tiny_sizes_on_the_cpu(tmp_path):
     tests/test_run_py.py's torchrun runs), and side by side on two cores they cost a minute."""
     checks = ["environment", "env_sps", "train_sps_default", "run_py"]
     out = subprocess.run(
-        [sys.executable, "benchmarks/gpu_check.py", "--tiny", "--device", "cpu", "--out", str(tmp_path), "--only", ",".join(checks)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "benchmarks/gpu_check.py",
+            "--tiny",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path),
+            "--only",
+            ",".join(checks),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     records = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     assert [r["check"] for r in records] == checks
     failed = [r for r in records if not r["ok"]]

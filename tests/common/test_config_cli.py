@@ -12,11 +12,15 @@ from metta.rl.trainer_config import TrainerConfig
 class RunCfg(BaseModel):
     run: str | None = None
     device: str = "cpu"
-    trainer: TrainerConfig = Field(default_factory=lambda: TrainerConfig(batch_size=1024, minibatch_size=256, bptt_horizon=16))
+    trainer: TrainerConfig = Field(
+        default_factory=lambda: TrainerConfig(batch_size=1024, minibatch_size=256, bptt_horizon=16)
+    )
 
 
 def test_overrides_change_one_field_and_keep_nested_defaults():
-    cfg = parse_config(RunCfg, ["trainer.total_timesteps=20000", "device=cuda", "trainer.ppo.clip_coef=0.2", "run=smoke"])
+    cfg = parse_config(
+        RunCfg, ["trainer.total_timesteps=20000", "device=cuda", "trainer.ppo.clip_coef=0.2", "run=smoke"]
+    )
     assert cfg.trainer.total_timesteps == 20000 and cfg.trainer.ppo.clip_coef == 0.2
     assert cfg.trainer.batch_size == 1024  # from the default factory, not TrainerConfig's own default
     assert cfg.device == "cuda" and cfg.run == "smoke"

@@ -26,7 +26,9 @@ HOLDER = textwrap.dedent(
 def test_one_holder_at_a_time_in_one_process(tmp_path):
     first = acquire_run_lock(tmp_path)
     assert first.held
-    with pytest.raises(RunLockError, match=rf"run directory {tmp_path} is in use by another process \(pid {os.getpid()} "):
+    with pytest.raises(
+        RunLockError, match=rf"run directory {tmp_path} is in use by another process \(pid {os.getpid()} "
+    ):
         RunLock(tmp_path).acquire()
     first.release()
     with RunLock(tmp_path) as again:

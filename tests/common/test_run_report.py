@@ -21,7 +21,14 @@ REPLAY_ENV = {
     "game": {
         "num_agents": 2,
         "max_steps": 20,
-        "map_builder": {"type": "random", "width": 8, "height": 8, "agents": 2, "objects": {"altar": 1}, "border_width": 1},
+        "map_builder": {
+            "type": "random",
+            "width": 8,
+            "height": 8,
+            "agents": 2,
+            "objects": {"altar": 1},
+            "border_width": 1,
+        },
     }
 }
 
@@ -45,7 +52,10 @@ def make_run(root: Path, name: str, reward_scale: float = 1.0, replays: bool = T
         }
         if epoch >= 4:  # run.py carries the last evaluation's scores until the next one
             last_eval = 4 * (epoch // 4)
-            metrics |= {"eval/navigation/terrain_small": last_eval / 20, "eval/navigation/terrain_large": last_eval / 40}
+            metrics |= {
+                "eval/navigation/terrain_small": last_eval / 20,
+                "eval/navigation/terrain_large": last_eval / 40,
+            }
         logger.log(epoch, epoch * 1024, metrics)
     logger.close()
     (run_dir / "run_config.json").write_text(json.dumps({"run": name, "trainer": {"batch_size": 1024}}))
@@ -69,7 +79,10 @@ def runs(tmp_path_factory) -> list[Path]:
 def polylines(html: str, metric: str) -> list[list[tuple[float, float]]]:
     chart = re.search(rf'<svg class="chart" data-metric="{re.escape(metric)}".*?</svg>', html, re.S)
     assert chart, f"no chart for {metric}"
-    return [[tuple(map(float, p.split(","))) for p in pts.split()] for pts in re.findall(r'<polyline[^>]*points="([^"]*)"', chart.group(0))]
+    return [
+        [tuple(map(float, p.split(","))) for p in pts.split()]
+        for pts in re.findall(r'<polyline[^>]*points="([^"]*)"', chart.group(0))
+    ]
 
 
 def test_report_is_built_from_the_run_directory(runs):
@@ -121,14 +134,21 @@ def test_report_finds_replays_in_the_configured_replay_dir(tmp_path, monkeypatch
     html = write_run_report(run_dir).read_text()
     assert f'href="{links[0].href}"' in html and f'href="{links[1].href}"' in html
     # The default folder named explicitly is not listed twice.
-    (run_dir / "run_config.json").write_text(json.dumps({"trainer": {"simulation": {"replay_dir": str(run_dir / "replays")}}}))
+    (run_dir / "run_config.json").write_text(
+        json.dumps({"trainer": {"simulation": {"replay_dir": str(run_dir / "replays")}}})
+    )
     assert [r.epoch for r in find_replays(run_dir)] == [1]
 
     # config.yaml only, with run.py's relative paths: resolved against where run.py ran, not today's cwd.
     (run_dir / "run_config.json").unlink()
-    (run_dir / "config.yaml").write_text("run_dir: data/elsewhere_run\ntrainer:\n  simulation:\n    replay_dir: data/elsewhere_replays\n")
+    (run_dir / "config.yaml").write_text(
+        "run_dir: data/elsewhere_run\ntrainer:\n  simulation:\n    replay_dir: data/elsewhere_replays\n"
+    )
     monkeypatch.chdir(run_dir)
-    assert [(r.epoch, (run_dir / r.href).resolve()) for r in find_replays(run_dir)] == [(2, page.resolve()), (1, inside.resolve())]
+    assert [(r.epoch, (run_dir / r.href).resolve()) for r in find_replays(run_dir)] == [
+        (2, page.resolve()),
+        (1, inside.resolve()),
+    ]
 
 
 def test_commands(runs, tmp_path, capsys):
@@ -170,7 +190,9 @@ def test_comparison_shows_each_run_in_its_colour(browser, runs, tmp_path):
     page = browser.open(path.resolve().as_uri())
     browser.pump(0.2)
     assert page.console_errors == []
-    labels = page.evaluate("[...document.querySelectorAll('svg[data-metric=\"overview/reward\"] polyline')].map(p => p.dataset.label)")
+    labels = page.evaluate(
+        "[...document.querySelectorAll('svg[data-metric=\"overview/reward\"] polyline')].map(p => p.dataset.label)"
+    )
     assert labels == ["alpha", "beta"]
     rewards = page.evaluate("[...document.querySelectorAll('table tr')].slice(1).map(r => r.cells[3].textContent)")
     assert rewards == [f"{math.log(EPOCHS + 1):.3g}", f"{2 * math.log(EPOCHS + 1):.3g}"]

@@ -14,7 +14,11 @@ from metta.common.stats_logger import StatsLogger
 def test_metrics_file_console_and_append(tmp_path):
     out = io.StringIO()
     logger = StatsLogger(tmp_path, total_timesteps=1000, stream=out)
-    logger.log(1, 100, {"overview/sps": 1234.5, "overview/reward": 0.5, "losses/entropy": 2.0, "timing/frac/env": 0.25, "x": math.nan})
+    logger.log(
+        1,
+        100,
+        {"overview/sps": 1234.5, "overview/reward": 0.5, "losses/entropy": 2.0, "timing/frac/env": 0.25, "x": math.nan},
+    )
     logger.close()
     logger = StatsLogger(tmp_path, total_timesteps=1000, stream=out, console=False)
     logger.log(2, 200, {"overview/reward": 0.75})

@@ -27,10 +27,10 @@ from metta.interface import Environment, Optimizer, TrainerConfig, load_checkpoi
 from metta.rl.advantage import compute_advantage
 from metta.rl.experience import make_experience
 from metta.rl.functional_trainer import rollout, train_ppo
+from metta.rl.host_transfer import HostUpload
 from metta.rl.losses import Losses
 from metta.rl.policy_management import compile_policy
 from metta.rl.rollout import get_observation
-from metta.rl.host_transfer import HostUpload
 
 DEVICE = torch.device(os.environ.get("METTA_TEST_DEVICE", "cpu"))
 if DEVICE.type == "cuda" and not torch.cuda.is_available():
@@ -117,7 +117,9 @@ def test_host_upload_gives_the_vecenv_arrays_on_the_device(env):
     rows = slice(env_id.start, env_id.stop)
     torch.testing.assert_close(o.cpu(), torch.from_numpy(env.observations[rows]))
     torch.testing.assert_close(r.cpu(), torch.from_numpy(env.rewards[rows]))
-    assert torch.equal(d.cpu(), torch.from_numpy(env.terminals[rows])) and torch.equal(t.cpu(), torch.from_numpy(env.truncations[rows]))
+    assert torch.equal(d.cpu(), torch.from_numpy(env.terminals[rows])) and torch.equal(
+        t.cpu(), torch.from_numpy(env.truncations[rows])
+    )
     env.send(np.zeros((len(o), 2), dtype=np.int32))
 
 
@@ -138,7 +140,9 @@ def test_a_rollout_on_the_device_replays_to_its_own_logprobs(env):
     # Every row was written: a row never written keeps all-zero observations (real ones hold 0xFF slots).
     assert bool((experience.obs.flatten(2).max(dim=2).values > 0).all())
     with torch.no_grad():
-        state = PolicyState(lstm_h=experience.row_lstm_h, lstm_c=experience.row_lstm_c, episode_starts=experience.dones.bool())
+        state = PolicyState(
+            lstm_h=experience.row_lstm_h, lstm_c=experience.row_lstm_c, episode_starts=experience.dones.bool()
+        )
         _, logprob, _, value, _ = agent(experience.obs, state, action=experience.actions)
     torch.testing.assert_close(logprob.view_as(experience.logprobs), experience.logprobs, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(value.view_as(experience.values), experience.values, rtol=1e-4, atol=1e-4)
@@ -200,7 +204,7 @@ def test_compiled_policy_gives_the_eager_outputs(env):
     compile_policy(compiled, "default")
     obs = torch.from_numpy(np.asarray(env.reset(seed=6)[0])).to(DEVICE)
     B, T = 2, 4
-    seq = obs[: B].unsqueeze(1).expand(B, T, *obs.shape[1:]).contiguous()
+    seq = obs[:B].unsqueeze(1).expand(B, T, *obs.shape[1:]).contiguous()
     actions = torch.ones(B, T, 2, dtype=torch.int32, device=DEVICE)
     outputs = []
     for agent in (eager, compiled):
@@ -209,7 +213,9 @@ def test_compiled_policy_gives_the_eager_outputs(env):
         (logprob.sum() + entropy.sum() + value.sum()).backward()
         with torch.no_grad():
             step = agent(obs, PolicyState(), action=actions[:, 0].repeat(len(obs) // B + 1, 1)[: len(obs)])[1]
-        outputs.append(([logprob, entropy, value, step], {n: p.grad for n, p in agent.named_parameters() if p.grad is not None}))
+        outputs.append(
+            ([logprob, entropy, value, step], {n: p.grad for n, p in agent.named_parameters() if p.grad is not None})
+        )
     for a, b in zip(outputs[0][0], outputs[1][0]):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
     assert outputs[0][1].keys() == outputs[1][1].keys()

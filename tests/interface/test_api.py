@@ -36,14 +36,40 @@ SMALL = {
 
 # Every name the seed documents import from the facade (002 Quick Start, 004 Key Exports) and upstream's list.
 SEED_NAMES = [
-    "Environment", "Agent", "Optimizer", "setup_run_directories", "save_experiment_config", "perform_rollout_step",
-    "process_minibatch_update", "accumulate_rollout_stats", "compute_advantage", "calculate_anneal_beta",
-    "setup_device_and_distributed", "setup_distributed_vars", "cleanup_distributed", "save_checkpoint",
-    "load_checkpoint", "TrainerConfig", "PPOConfig", "OptimizerConfig", "CheckpointConfig", "Experience",
-    "Kickstarter", "Losses", "Stopwatch", "create_evaluation_config_suite", "create_replay_config",
-    "evaluate_policy_suite", "generate_replay_simple", "RunDirectories", "initialize_wandb", "cleanup_wandb",
-    "wrap_agent_distributed", "MemoryMonitor", "SystemMonitor",
-]  # fmt: skip
+    "Environment",
+    "Agent",
+    "Optimizer",
+    "setup_run_directories",
+    "save_experiment_config",
+    "perform_rollout_step",
+    "process_minibatch_update",
+    "accumulate_rollout_stats",
+    "compute_advantage",
+    "calculate_anneal_beta",
+    "setup_device_and_distributed",
+    "setup_distributed_vars",
+    "cleanup_distributed",
+    "save_checkpoint",
+    "load_checkpoint",
+    "TrainerConfig",
+    "PPOConfig",
+    "OptimizerConfig",
+    "CheckpointConfig",
+    "Experience",
+    "Kickstarter",
+    "Losses",
+    "Stopwatch",
+    "create_evaluation_config_suite",
+    "create_replay_config",
+    "evaluate_policy_suite",
+    "generate_replay_simple",
+    "RunDirectories",
+    "initialize_wandb",
+    "cleanup_wandb",
+    "wrap_agent_distributed",
+    "MemoryMonitor",
+    "SystemMonitor",
+]
 
 # Module paths the seeds import from, and the names they take from each.
 SEED_MODULES = {
@@ -51,7 +77,12 @@ SEED_MODULES = {
     "metta.interface.environment": ["Environment"],
     "metta.interface.directories": ["setup_run_directories", "setup_device_and_distributed", "save_experiment_config"],
     "metta.interface.training": [
-        "Optimizer", "save_checkpoint", "load_checkpoint", "initialize_wandb", "cleanup_wandb", "cleanup_distributed",
+        "Optimizer",
+        "save_checkpoint",
+        "load_checkpoint",
+        "initialize_wandb",
+        "cleanup_wandb",
+        "cleanup_distributed",
     ],
     "metta.interface.evaluation": ["create_evaluation_config_suite", "evaluate_policy_suite", "generate_replay_simple"],
     "metta.rl.policy_management": ["wrap_agent_distributed"],
@@ -66,7 +97,7 @@ SEED_MODULES = {
     "metta.rl.advantage": ["compute_advantage"],
     "metta.common.profiling.memory_monitor": ["MemoryMonitor"],
     "metta.common.system_monitor": ["SystemMonitor"],
-}  # fmt: skip
+}
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -196,7 +227,13 @@ def test_torchrun_style_single_rank_uses_gloo(monkeypatch):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    for key, value in {"LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}.items():
+    for key, value in {
+        "LOCAL_RANK": "0",
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    }.items():
         monkeypatch.setenv(key, value)
     try:
         device, is_master, world_size, rank = setup_device_and_distributed("cpu")

@@ -40,7 +40,9 @@ def env():
 
 
 def make_store(checkpoint_dir: str) -> PolicyStore:
-    return PolicyStore({"device": "cpu", "policy_cache_size": 4, "trainer": {"checkpoint": {"checkpoint_dir": checkpoint_dir}}})
+    return PolicyStore(
+        {"device": "cpu", "policy_cache_size": 4, "trainer": {"checkpoint": {"checkpoint_dir": checkpoint_dir}}}
+    )
 
 
 def trained(env, seed: int = 0):
@@ -70,7 +72,9 @@ def test_round_trip_restores_everything(env, tmp_path):
     cfg = TrainerConfig(batch_size=1024, minibatch_size=256, bptt_horizon=16)
     random.seed(1), np.random.seed(2), torch.manual_seed(3)
     curriculum_state = env.get_curriculum_state()
-    record = save(env, agent, optimizer, store, directory, 7, stats={"reward": 1.5}, trainer_config=cfg, stopwatch=timer)
+    record = save(
+        env, agent, optimizer, store, directory, 7, stats={"reward": 1.5}, trainer_config=cfg, stopwatch=timer
+    )
     assert record is not None and record.metadata["epoch"] == 7 and record.metadata["stats"] == {"reward": 1.5}
     expected_draws = (random.random(), float(np.random.rand()), float(torch.rand(1)))
 
@@ -80,7 +84,9 @@ def test_round_trip_restores_everything(env, tmp_path):
     env.set_curriculum_state({"rng": random.Random(99).getstate()})
     random.seed(11), np.random.seed(12), torch.manual_seed(13)
     timer2 = Stopwatch()
-    agent_step, epoch, policy_path = load_checkpoint(directory, agent2, optimizer2, store, "cpu", vecenv=env, stopwatch=timer2)
+    agent_step, epoch, policy_path = load_checkpoint(
+        directory, agent2, optimizer2, store, "cpu", vecenv=env, stopwatch=timer2
+    )
 
     assert (agent_step, epoch) == (700, 7)
     assert policy_path == os.path.join(os.path.abspath(directory), "model_0007.pt")
@@ -106,7 +112,9 @@ def test_interval_force_and_same_epoch(env, tmp_path):
     assert save_checkpoint(1, 10, agent, optimizer, store, directory, checkpoint_interval=2) is None
     assert save_checkpoint(4, 40, agent, optimizer, store, directory, checkpoint_interval=2) is not None
     assert save_checkpoint(5, 50, agent, optimizer, store, directory, checkpoint_interval=0) is None
-    assert save_checkpoint(5, 50, agent, optimizer, store, directory, checkpoint_interval=0, force_save=True) is not None
+    assert (
+        save_checkpoint(5, 50, agent, optimizer, store, directory, checkpoint_interval=0, force_save=True) is not None
+    )
     # The final forced save right after an interval save of the same epoch reuses it.
     mtime = os.path.getmtime(os.path.join(directory, "trainer_state_0005.ckpt"))
     record = save_checkpoint(5, 50, agent, optimizer, store, directory, checkpoint_interval=5, force_save=True)
@@ -122,11 +130,16 @@ def test_interval_saves_follow_the_crossing_rule_with_two_epochs_per_update(env,
     agent, optimizer = trained(env)
     store = make_store(directory)
     saved = [
-        epoch for epoch in range(2, 14, 2)
-        if save_checkpoint(epoch, epoch * 10, agent, optimizer, store, directory, checkpoint_interval=3, keep_last_n=None)
-    ]  # fmt: skip
+        epoch
+        for epoch in range(2, 14, 2)
+        if save_checkpoint(
+            epoch, epoch * 10, agent, optimizer, store, directory, checkpoint_interval=3, keep_last_n=None
+        )
+    ]
     assert saved == [4, 6, 10, 12]
-    assert sorted(os.listdir(directory)) == [f"{kind}_{e:04d}.{ext}" for kind, ext in (("model", "pt"), ("trainer_state", "ckpt")) for e in saved]
+    assert sorted(os.listdir(directory)) == [
+        f"{kind}_{e:04d}.{ext}" for kind, ext in (("model", "pt"), ("trainer_state", "ckpt")) for e in saved
+    ]
 
 
 def test_load_from_empty_dir_starts_fresh(env, tmp_path):
@@ -141,9 +154,13 @@ def test_pruning_keeps_the_newest(env, tmp_path):
     for epoch in range(1, 7):
         save(env, agent, optimizer, store, directory, epoch, keep_last_n=3)
     assert sorted(os.listdir(directory)) == [
-        "model_0004.pt", "model_0005.pt", "model_0006.pt",
-        "trainer_state_0004.ckpt", "trainer_state_0005.ckpt", "trainer_state_0006.ckpt",
-    ]  # fmt: skip
+        "model_0004.pt",
+        "model_0005.pt",
+        "model_0006.pt",
+        "trainer_state_0004.ckpt",
+        "trainer_state_0005.ckpt",
+        "trainer_state_0006.ckpt",
+    ]
     # keep_last_n=None keeps everything.
     for epoch in range(7, 10):
         save(env, agent, optimizer, store, directory, epoch, keep_last_n=None)
@@ -253,7 +270,9 @@ def test_a_policy_that_cannot_be_loaded_falls_back_to_the_previous_pair(env, tmp
     with caplog.at_level(logging.WARNING, logger="metta.rl.checkpoint"):
         assert load_checkpoint(directory, agent, optimizer)[:2] == (100, 1)
     warnings = [r.getMessage() for r in caplog.records]
-    assert any("trainer_state_0003.ckpt" in w and "model_0003.pt" in w and "does not fit the agent" in w for w in warnings)
+    assert any(
+        "trainer_state_0003.ckpt" in w and "model_0003.pt" in w and "does not fit the agent" in w for w in warnings
+    )
     assert any("trainer_state_0002.ckpt" in w and "model_0002.pt" in w and "cannot be loaded" in w for w in warnings)
     assert not any("agent config" in w for w in warnings)
 
@@ -292,12 +311,21 @@ def test_a_prune_killed_midway_is_finished_by_the_next_save(env, tmp_path):
     _, status = os.waitpid(pid, 0)
     assert os.WTERMSIG(status) == signal.SIGKILL
     assert sorted(os.listdir(directory)) == [
-        "model_0001.pt", "model_0002.pt", "model_0003.pt", "model_0004.pt",
-        "trainer_state_0003.ckpt", "trainer_state_0004.ckpt",
-    ]  # fmt: skip
+        "model_0001.pt",
+        "model_0002.pt",
+        "model_0003.pt",
+        "model_0004.pt",
+        "trainer_state_0003.ckpt",
+        "trainer_state_0004.ckpt",
+    ]
     assert load_checkpoint(directory, agent, optimizer)[1] == 4
     save(env, agent, optimizer, store, directory, 5, keep_last_n=2)
-    assert sorted(os.listdir(directory)) == ["model_0004.pt", "model_0005.pt", "trainer_state_0004.ckpt", "trainer_state_0005.ckpt"]
+    assert sorted(os.listdir(directory)) == [
+        "model_0004.pt",
+        "model_0005.pt",
+        "trainer_state_0004.ckpt",
+        "trainer_state_0005.ckpt",
+    ]
 
 
 def test_bad_arguments_name_the_field(env, tmp_path):

@@ -126,7 +126,13 @@ def test_curriculum_paths(tmp_path):
         ({"width": 3}, "width=3 is not allowed for the default env"),
         ({"curriculum_path": "/env/mettagrid/curriculum/navigation/bucketed", "width": 20}, "width/height cannot"),
         ({"env_config": SMALL, "num_envs": 3, "num_workers": 2}, "num_envs=3 is not divisible by num_workers=2"),
-        ({"env_config": {"game": {"map_builder": {"type": "ascii", "map_data": "#@#"}, "num_agents": 1}}, "width": 5}, "no width"),
+        (
+            {
+                "env_config": {"game": {"map_builder": {"type": "ascii", "map_data": "#@#"}, "num_agents": 1}},
+                "width": 5,
+            },
+            "no width",
+        ),
         ({"vectorization": "ray"}, "vectorization='ray' is not supported"),
     ],
 )

@@ -14,12 +14,22 @@ def record_one_frame_mine_replay(directory: Path) -> tuple[dict[int, int], Path]
     """One agent, one step, and a mine holding two kinds of ore that never change: the constant inventory of
     2+ items that a one-frame replay must pad (docs/replay_format.md 4.1). Returns the mine's inventory
     ``{item id: count}`` after the step and the replay's path (episode id "one-frame")."""
-    cfg = {"game": {
-        "num_agents": 1, "max_steps": 8,
-        "objects": {"wall": {"type_id": 1}, "mine_red": {
-            "type_id": 2, "output_resources": {"ore_red": 1, "ore_blue": 2}, "cooldown": 50, "initial_resource_count": 1}},
-        "map_builder": {"type": "ascii", "map_data": "#####\n#@.m#\n#####"},
-    }}  # fmt: skip
+    cfg = {
+        "game": {
+            "num_agents": 1,
+            "max_steps": 8,
+            "objects": {
+                "wall": {"type_id": 1},
+                "mine_red": {
+                    "type_id": 2,
+                    "output_resources": {"ore_red": 1, "ore_blue": 2},
+                    "cooldown": 50,
+                    "initial_resource_count": 1,
+                },
+            },
+            "map_builder": {"type": "ascii", "map_data": "#####\n#@.m#\n#####"},
+        }
+    }
     env = MettaGridEnv(cfg, seed=0)
     env.reset(0)
     writer = ReplayWriter(directory)

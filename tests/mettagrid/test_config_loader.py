@@ -183,10 +183,21 @@ def test_default_game_matches_upstream():
     objects = cfg.game.objects
     ids = {name: obj.type_id for name, obj in objects.items()}
     assert ids == {
-        "wall": 1, "block": 14, "mine_red": 2, "mine_blue": 3, "mine_green": 4, "generator_red": 5,
-        "generator_blue": 6, "generator_green": 7, "altar": 8, "armory": 9, "lasery": 10, "lab": 11,
-        "factory": 12, "temple": 13,
-    }  # fmt: skip
+        "wall": 1,
+        "block": 14,
+        "mine_red": 2,
+        "mine_blue": 3,
+        "mine_green": 4,
+        "generator_red": 5,
+        "generator_blue": 6,
+        "generator_green": 7,
+        "altar": 8,
+        "armory": 9,
+        "lasery": 10,
+        "lab": 11,
+        "factory": 12,
+        "temple": 13,
+    }
     assert isinstance(objects["wall"], WallConfig) and not objects["wall"].swappable
     assert isinstance(objects["block"], WallConfig) and objects["block"].swappable
     altar = objects["altar"]
@@ -198,8 +209,16 @@ def test_default_game_matches_upstream():
     assert cfg.game.actions.attack.consumed_resources == {"laser": 1}
     assert cfg.game.actions.attack.defense_resources == {"armor": 1}
     assert cfg.game.inventory_item_names[:9] == [
-        "ore_red", "ore_blue", "ore_green", "battery_red", "battery_blue", "battery_green", "heart", "armor", "laser",
-    ]  # fmt: skip
+        "ore_red",
+        "ore_blue",
+        "ore_green",
+        "battery_red",
+        "battery_blue",
+        "battery_green",
+        "heart",
+        "armor",
+        "laser",
+    ]
     assert cfg.game.groups["agent"].id == 0
     assert cfg.game.agent.rewards.inventory == {"heart": 1}
     assert cfg.game.track_movement_metrics

@@ -104,9 +104,9 @@ def test_random_curriculum_weights():
 
 
 def test_random_curriculum_upstream_path_to_weight_form():
-    cur = RandomCurriculum({"/env/mettagrid/curriculum/simple": 2, "/env/mettagrid/mettagrid": 0}, env_overrides={
-        "game.num_agents": 4
-    })
+    cur = RandomCurriculum(
+        {"/env/mettagrid/curriculum/simple": 2, "/env/mettagrid/mettagrid": 0}, env_overrides={"game.num_agents": 4}
+    )
     assert cur.get_task_probs() == {"/env/mettagrid/curriculum/simple": 1.0, "/env/mettagrid/mettagrid": 0.0}
     assert cur.get_task().env_cfg().game.num_agents == 4
 

@@ -130,7 +130,11 @@ def test_mine_production_timing_and_output_limit():
 def test_put_items_converts_after_conversion_ticks():
     env = make_env(
         "#####\n#m@n#\n#####",
-        objects={"wall": {"type_id": 1}, "mine_red": {**MINE, "initial_resource_count": 1, "max_output": 1}, "generator_red": GENERATOR},
+        objects={
+            "wall": {"type_id": 1},
+            "mine_red": {**MINE, "initial_resource_count": 1, "max_output": 1},
+            "generator_red": GENERATOR,
+        },
     )
     step(env, ("rotate", LEFT))
     step(env, ("get_items", 0))
@@ -415,7 +419,13 @@ def test_same_seed_same_episode_different_seed_differs():
         "game": {
             "num_agents": 3,
             "max_steps": 40,
-            "map_builder": {"type": "random", "width": 12, "height": 12, "agents": 3, "objects": {"altar": 4, "wall": 10}},
+            "map_builder": {
+                "type": "random",
+                "width": 12,
+                "height": 12,
+                "agents": 3,
+                "objects": {"altar": 4, "wall": 10},
+            },
         }
     }
 

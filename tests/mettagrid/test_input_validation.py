@@ -75,8 +75,11 @@ def test_a_huge_count_fails_at_validation_without_building_anything():
             "the 100 free cells of a 10x10 map",
         ),
         (
-            {"type": "multi_room", "num_rooms": 2, "room": {"type": "random", "width": 3, "height": 3, "agents": 1,
-                                                            "objects": {"altar": 9}}},
+            {
+                "type": "multi_room",
+                "num_rooms": 2,
+                "room": {"type": "random", "width": 3, "height": 3, "agents": 1, "objects": {"altar": 9}},
+            },
             "the 9 free cells",
         ),
     ],
@@ -100,20 +103,40 @@ def test_builders_check_the_fit_before_allocating_even_without_validation():
     cases = [
         RandomMap.model_construct(width=9, height=9, objects=huge, agents=0, border_width=0, border_object="wall"),
         MazeMap.model_construct(
-            width=11, height=11, algorithm="kruskal", branching=0.0, start_pos=None, end_pos=None, agents=1,
-            objects=huge, border_width=0, border_object="wall",
-        ),  # fmt: skip
-        VariedTerrain.model_construct(
-            width=20, height=20, objects=huge, agents=0, style="balanced", occupancy_threshold=0.66, border_width=0,
+            width=11,
+            height=11,
+            algorithm="kruskal",
+            branching=0.0,
+            start_pos=None,
+            end_pos=None,
+            agents=1,
+            objects=huge,
+            border_width=0,
             border_object="wall",
-        ),  # fmt: skip
+        ),
+        VariedTerrain.model_construct(
+            width=20,
+            height=20,
+            objects=huge,
+            agents=0,
+            style="balanced",
+            occupancy_threshold=0.66,
+            border_width=0,
+            border_object="wall",
+        ),
         CylinderWorld.model_construct(
             width=20, height=20, objects=huge, agents=0, border_width=0, border_object="wall"
         ),
         TerrainMap.model_construct(
-            dir="varied_terrain/balanced_small", file=0, agents=1, objects=huge, border_width=0, border_object="wall",
-            width=None, height=None,
-        ),  # fmt: skip
+            dir="varied_terrain/balanced_small",
+            file=0,
+            agents=1,
+            objects=huge,
+            border_width=0,
+            border_object="wall",
+            width=None,
+            height=None,
+        ),
     ]
     for builder in cases:
         with pytest.raises(ValueError, match=r"1000000000.*do not fit"):

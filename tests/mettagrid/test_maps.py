@@ -455,7 +455,9 @@ def test_upgrade_legacy_errors_and_passthrough():
 def test_terrain_set_at_a_custom_size():
     from metta.mettagrid.map.terrain import TerrainMap
 
-    builder = TerrainMap(dir="terrain_maps_nohearts", width=20, height=16, agents=1, objects={"altar": 3}, border_width=2)
+    builder = TerrainMap(
+        dir="terrain_maps_nohearts", width=20, height=16, agents=1, objects={"altar": 3}, border_width=2
+    )
     a = builder.build(np.random.default_rng(5))
     b = builder.build(np.random.default_rng(5))
     assert a.grid.shape == (16 + 4, 20 + 4)

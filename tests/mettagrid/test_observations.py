@@ -144,7 +144,9 @@ def resource_rewards_token(env: MettaGridEnv, agent: int) -> int | None:
     return found[0] if found else None
 
 
-def rewards_env(items: list[str], rewards: dict[str, float], ascii_map: str = "#####\n#.@.#\n#####", **game) -> MettaGridEnv:
+def rewards_env(
+    items: list[str], rewards: dict[str, float], ascii_map: str = "#####\n#.@.#\n#####", **game
+) -> MettaGridEnv:
     return make_env(
         ascii_map,
         inventory_item_names=items,
@@ -171,7 +173,16 @@ def rewards_env(items: list[str], rewards: dict[str, float], ascii_map: str = "#
         # upstream docs/global_observations.md example (0xAB)
         (
             ["ore_red", "ore_blue", "battery", "laser", "armor", "heart", "gem", "crystal"],
-            {"ore_red": 1.0, "ore_blue": 0.0, "battery": 0.3, "laser": -0.5, "armor": 1.5, "heart": 0.0, "gem": 0.1, "crystal": 2.0},
+            {
+                "ore_red": 1.0,
+                "ore_blue": 0.0,
+                "battery": 0.3,
+                "laser": -0.5,
+                "armor": 1.5,
+                "heart": 0.0,
+                "gem": 0.1,
+                "crystal": 2.0,
+            },
             0xAB,
         ),
     ],
@@ -258,7 +269,7 @@ def _crowded_config() -> dict:
     game = data["game"]
     game["max_steps"] = 150
     game["agent"]["freeze_duration"] = 3
-    for name, obj in game["objects"].items():
+    for obj in game["objects"].values():
         if "cooldown" in obj:
             obj["cooldown"] = 2
             obj["initial_resource_count"] = 1
@@ -267,11 +278,14 @@ def _crowded_config() -> dict:
     return data
 
 
-@pytest.mark.parametrize("source,num_envs,action_names", [
-    ("/env/mettagrid/curriculum/simple", 6, None),
-    ("crowded", 3, None),
-    ("/env/mettagrid/curriculum/navigation/bucketed", 4, ("noop", "move", "rotate", "get_items")),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "source,num_envs,action_names",
+    [
+        ("/env/mettagrid/curriculum/simple", 6, None),
+        ("crowded", 3, None),
+        ("/env/mettagrid/curriculum/navigation/bucketed", 4, ("noop", "move", "rotate", "get_items")),
+    ],
+)
 def test_windows_kept_from_the_previous_step_equal_full_observations(source, num_envs, action_names):
     """An agent whose window saw no change rewrites only its global tokens; the result must be exactly what a
     full rescan of every window writes, through actions of every type, converters, freezing and resets."""

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from replay_cases import record_one_frame_mine_replay
 
 from metta.mettagrid.env import MettaGridEnv
-from replay_cases import record_one_frame_mine_replay
 from metta.mettagrid.replay import (
     ALLOWED_TOP_KEYS,
     ReplayFormatError,
@@ -112,7 +112,9 @@ def assert_frames_match(data: dict, frames: list[dict[int, dict]]) -> None:
                 assert x["recipe_max"] == o["recipe_max"]
                 assert x["conversion_remaining"] == o["conversion_remaining"]
                 assert x["production_time"] == x["conversion_duration"] == o["conversion_ticks"]
-                assert x["production_progress"] == (o["conversion_ticks"] - o["conversion_remaining"] if o["converting"] else 0)
+                assert x["production_progress"] == (
+                    o["conversion_ticks"] - o["conversion_remaining"] if o["converting"] else 0
+                )
                 assert x["cooldown_remaining"] == o["cooldown_remaining"]
                 assert x["cooldown_time"] == x["cooldown_duration"] == o["cooldown"]
                 assert x["cooldown_progress"] == (o["cooldown"] - o["cooldown_remaining"] if o["cooling_down"] else 0)
@@ -307,12 +309,42 @@ LOADER_PLAIN_KEYS = {  # keys upstream's loader assigns without expanding: they 
 }
 VALIDATOR_REQUIRED = {
     "all": ("id", "type_id", "location", "orientation", "inventory", "inventory_max", "color", "is_swappable"),
-    "agent": ("agent_id", "is_agent", "vision_size", "action_id", "action_param", "action_success", "current_reward",
-              "total_reward", "freeze_remaining", "is_frozen", "freeze_duration", "group_id"),
-    "converter": ("input_resources", "output_resources", "output_limit", "conversion_remaining", "is_converting",
-                  "conversion_duration", "cooldown_remaining", "is_cooling_down", "cooldown_duration"),
-}  # fmt: skip
-VALIDATOR_TOP_REQUIRED = ("version", "num_agents", "max_steps", "map_size", "action_names", "item_names", "type_names", "objects")
+    "agent": (
+        "agent_id",
+        "is_agent",
+        "vision_size",
+        "action_id",
+        "action_param",
+        "action_success",
+        "current_reward",
+        "total_reward",
+        "freeze_remaining",
+        "is_frozen",
+        "freeze_duration",
+        "group_id",
+    ),
+    "converter": (
+        "input_resources",
+        "output_resources",
+        "output_limit",
+        "conversion_remaining",
+        "is_converting",
+        "conversion_duration",
+        "cooldown_remaining",
+        "is_cooling_down",
+        "cooldown_duration",
+    ),
+}
+VALIDATOR_TOP_REQUIRED = (
+    "version",
+    "num_agents",
+    "max_steps",
+    "map_size",
+    "action_names",
+    "item_names",
+    "type_names",
+    "objects",
+)
 VALIDATOR_TOP_OPTIONAL = ("file_name", "group_names", "reward_sharing_matrix")
 
 
@@ -353,7 +385,12 @@ def check_upstream_rules(data: dict) -> None:
                 else:
                     assert not isinstance(value, list), key
         for key, value in obj.items():
-            if isinstance(value, list) and value and isinstance(value[0], list) and key not in ("inventory", "input_resources", "output_resources"):
+            if (
+                isinstance(value, list)
+                and value
+                and isinstance(value[0], list)
+                and key not in ("inventory", "input_resources", "output_resources")
+            ):
                 steps = [e[0] for e in value]
                 assert steps[0] == 0 and steps == sorted(set(steps)) and steps[-1] < n, (key, obj["id"])
         # What the loader sees equals what the format says, frame by frame.
@@ -402,7 +439,9 @@ def test_a_one_frame_replay_with_a_constant_inventory_of_two_items_reads_right_e
     assert mine["inventory"] == [[0, expected], [1, expected]]  # the padding entry at step max_steps
     assert loader_expand(mine["inventory"], [], 1) == [expected]  # upstream's loader
     check_upstream_rules(data)
-    assert expand_series(read_replay(path)["objects"][data["objects"].index(mine)]["inventory"], 1, key="inventory") == [expected]
+    assert expand_series(
+        read_replay(path)["objects"][data["objects"].index(mine)]["inventory"], 1, key="inventory"
+    ) == [expected]
     # Padding must repeat the value before it: a different value at step max_steps is damage.
     mine["inventory"][1][1] = [[0, 1]]
     with pytest.raises(ReplayFormatError, match="outside 0..0"):
@@ -505,7 +544,10 @@ DATA_CORRUPTIONS = {
     ),
     "matrix with a diagonal": (lambda d: d.update(reward_sharing_matrix=[[1, 0], [0, 1]]), "zero diagonal"),
     "bad episode_end": (lambda d: d["env_config"]["metta"].update(episode_end={"step": 3}), "'episode_end.terminated'"),
-    "episode_end.step off": (lambda d: d["env_config"]["metta"]["episode_end"].update(step=5), "'episode_end.step' is 5"),
+    "episode_end.step off": (
+        lambda d: d["env_config"]["metta"]["episode_end"].update(step=5),
+        "'episode_end.step' is 5",
+    ),
 }
 
 
@@ -543,27 +585,61 @@ def test_read_replay_names_the_file(tmp_path, replay_bytes):
 # Files written by earlier metta versions: position [x, y], items as repeated ids, defaults left out,
 # metta's keys at the top level, frame 0 the state at the episode's start.
 LEGACY = {
-    "version": 2, "num_agents": 2, "max_steps": 3, "map_size": [5, 4], "file_name": "old.json.z",
+    "version": 2,
+    "num_agents": 2,
+    "max_steps": 3,
+    "map_size": [5, 4],
+    "file_name": "old.json.z",
     "type_names": ["agent", "wall", "", "", "", "", "", "", "altar"],
     "action_names": ["attack", "get_items", "move", "noop", "put_items", "rotate", "swap"],
     "item_names": ["ore_red", "ore_blue", "ore_green", "battery_red", "battery_blue", "battery_green", "heart"],
     "group_names": ["agent"],
     "reward_sharing_matrix": [[0.75, 0.25], [0.25, 0.75]],
     "objects": [
-        {"id": 1, "type_id": 0, "agent_id": 0, "position": [[0, [1, 1]], [2, [2, 1]]], "inventory": [[0, []], [1, [6, 0, 6]]],
-         "frozen": [[0, False], [1, True]], "frozen_progress": [[0, 0], [1, 5]], "frozen_time": 5,
-         "action_id": [[0, 0], [1, 2]], "action_parameter": [[0, 0], [1, 1]], "action_success": [[0, False], [1, True]],
-         "total_reward": [[0, 0.0], [2, 1.5]], "inventory_max": 255},
+        {
+            "id": 1,
+            "type_id": 0,
+            "agent_id": 0,
+            "position": [[0, [1, 1]], [2, [2, 1]]],
+            "inventory": [[0, []], [1, [6, 0, 6]]],
+            "frozen": [[0, False], [1, True]],
+            "frozen_progress": [[0, 0], [1, 5]],
+            "frozen_time": 5,
+            "action_id": [[0, 0], [1, 2]],
+            "action_parameter": [[0, 0], [1, 1]],
+            "action_success": [[0, False], [1, True]],
+            "total_reward": [[0, 0.0], [2, 1.5]],
+            "inventory_max": 255,
+        },
         {"id": 2, "type_id": 0, "agent_id": 1, "position": [3, 2], "inventory_max": 255, "frozen_time": 5},
-        {"id": 3, "type_id": 8, "position": [4, 0], "recipe_input": [3, 3, 3], "recipe_output": [6],
-         "recipe_max": 5, "production_time": 1, "cooldown_time": 10, "converting": [[0, False], [1, True]]},
+        {
+            "id": 3,
+            "type_id": 8,
+            "position": [4, 0],
+            "recipe_input": [3, 3, 3],
+            "recipe_output": [6],
+            "recipe_max": 5,
+            "production_time": 1,
+            "cooldown_time": 10,
+            "converting": [[0, False], [1, True]],
+        },
         {"id": 4, "type_id": 1, "position": [0, 0]},
         {"id": 5, "type_id": 8, "position": [4, 3], "cooldown_time": 10},  # a building with no recipe keys
     ],
-    "metta_version": "0.1.0", "episode_id": "old", "task": "custom", "env_config": None, "start_step": 0,
+    "metta_version": "0.1.0",
+    "episode_id": "old",
+    "task": "custom",
+    "env_config": None,
+    "start_step": 0,
     "orientation_names": ["up", "down", "left", "right"],
-    "episode_end": {"step": 3, "terminated": True, "truncated": False, "rewards": [0.0, 0.0], "total_rewards": [1.5, 0.0]},
-}  # fmt: skip
+    "episode_end": {
+        "step": 3,
+        "terminated": True,
+        "truncated": False,
+        "rewards": [0.0, 0.0],
+        "total_rewards": [1.5, 0.0],
+    },
+}
 
 
 def test_files_of_earlier_metta_versions_still_read(tmp_path):

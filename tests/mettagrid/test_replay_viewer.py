@@ -7,17 +7,17 @@ rewards at a step), read in Python and compared with what the page shows or drew
 from __future__ import annotations
 
 import io
-import math
 import json
+import math
 import re
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from replay_cases import record_one_frame_mine_replay
 
 from metta.mettagrid.env import MettaGridEnv
-from replay_cases import record_one_frame_mine_replay
 from metta.mettagrid.replay import (
     ReplayWriter,
     expand_series,
@@ -39,7 +39,10 @@ VIEWER_CFG = {
             "wall": {"type_id": 1},
             "mine_red": {"type_id": 2, "output_resources": {"ore_red": 1}, "cooldown": 3, "initial_resource_count": 1},
         },
-        "map_builder": {"type": "ascii", "map_data": "##########\n#........#\n#.1....2.#\n#........#\n#m1......#\n##########"},
+        "map_builder": {
+            "type": "ascii",
+            "map_data": "##########\n#........#\n#.1....2.#\n#........#\n#m1......#\n##########",
+        },
     }
 }
 MINER = 2
@@ -93,8 +96,10 @@ def fmt(value: float) -> str:
 
 def set_step(page, k: int) -> None:
     """Scrub the timeline as a user does (the range input's input event) and wait for the frame."""
-    page.evaluate(f"(() => {{ const s = document.getElementById('scrubber'); s.value = '{k}';"
-                  f" s.dispatchEvent(new Event('input')); }})()")  # fmt: skip
+    page.evaluate(
+        f"(() => {{ const s = document.getElementById('scrubber'); s.value = '{k}';"
+        f" s.dispatchEvent(new Event('input')); }})()"
+    )
     page.wait_for(f"window.metta.lastDraw && window.metta.lastDraw.step === {k}")
 
 
@@ -238,25 +243,31 @@ def test_minimap_converter_panel_vision_toggle_and_summary(page, replay):
     page.evaluate("metta.select(null); metta.fit()")
     page.wait_for(f"window.metta.lastDraw.step === {k} && window.metta.lastDraw.vision === null")
     # The minimap: the whole map at a fixed scale, each agent a square of its group's colour where the replay puts it.
-    mini = page.evaluate("(() => { const r = document.getElementById('minimap').getBoundingClientRect();"
-                         " return {hidden: document.getElementById('minimap').hidden, left: r.left, top: r.top,"
-                         " w: r.width, h: r.height}; })()")  # fmt: skip
+    mini = page.evaluate(
+        "(() => { const r = document.getElementById('minimap').getBoundingClientRect();"
+        " return {hidden: document.getElementById('minimap').hidden, left: r.left, top: r.top,"
+        " w: r.width, h: r.height}; })()"
+    )
     width, height = replay["map_size"]
     assert not mini["hidden"] and mini["w"] > 0
     scale = page.evaluate("document.getElementById('minimap').clientWidth") / width
     assert page.evaluate("document.getElementById('minimap').clientHeight") == pytest.approx(height * scale, abs=1)
     for agent in agents_at(replay, k).values():
         x, y = agent["location"][:2]
-        pixel = page.evaluate(f"Array.from(document.getElementById('minimap').getContext('2d')"
-                              f".getImageData({int((x + 0.5) * scale)}, {int((y + 0.5) * scale)}, 1, 1).data).slice(0, 3)")  # fmt: skip
+        pixel = page.evaluate(
+            f"Array.from(document.getElementById('minimap').getContext('2d')"
+            f".getImageData({int((x + 0.5) * scale)}, {int((y + 0.5) * scale)}, 1, 1).data).slice(0, 3)"
+        )
         assert tuple(pixel) == tuple(page.evaluate(f"metta.groupColor({agent['group_id']})")), agent["agent_id"]
     # A click on the minimap centres the map view on that cell.
     target = (width - 2, 1)
     before = page.evaluate(f"metta.cellToClient({target[0]}, {target[1]})")
     border = page.evaluate("document.getElementById('minimap').clientLeft")
     page.click(mini["left"] + border + (target[0] + 0.5) * scale, mini["top"] + border + (target[1] + 0.5) * scale)
-    centre = page.evaluate("(() => { const r = document.getElementById('map').getBoundingClientRect();"
-                           " return [r.left + r.width / 2, r.top + r.height / 2]; })()")  # fmt: skip
+    centre = page.evaluate(
+        "(() => { const r = document.getElementById('map').getBoundingClientRect();"
+        " return [r.left + r.width / 2, r.top + r.height / 2]; })()"
+    )
     after = page.evaluate(f"metta.cellToClient({target[0]}, {target[1]})")
     cell = page.evaluate("metta.view.s")
     assert abs(after[0] - centre[0]) < cell / 2 and abs(after[1] - centre[1]) < cell / 2, (after, centre)
@@ -269,13 +280,19 @@ def test_minimap_converter_panel_vision_toggle_and_summary(page, replay):
     states = {}
     for s in range(n):
         cooling, converting = (expand_series(mine[key], n)[s] for key in ("is_cooling_down", "is_converting"))
-        states[s] = (f"cooling down ({expand_series(mine['cooldown_progress'], n)[s]} / {mine['cooldown_time']})" if cooling
-                     else f"converting ({expand_series(mine['production_progress'], n)[s]} / {mine['production_time']})"
-                     if converting else "idle")  # fmt: skip
+        states[s] = (
+            f"cooling down ({expand_series(mine['cooldown_progress'], n)[s]} / {mine['cooldown_time']})"
+            if cooling
+            else f"converting ({expand_series(mine['production_progress'], n)[s]} / {mine['production_time']})"
+            if converting
+            else "idle"
+        )
     assert len(set(states.values())) >= 2, "the mine changes state while the miner works it"
     inventories = expand_series(mine["inventory"], n, key="inventory")
-    steps = sorted({next(s for s in range(n) if states[s].startswith(kind)) for kind in {v.split()[0] for v in states.values()}}
-                   | {next(s for s in range(n) if inventories[s])})  # fmt: skip
+    steps = sorted(
+        {next(s for s in range(n) if states[s].startswith(kind)) for kind in {v.split()[0] for v in states.values()}}
+        | {next(s for s in range(n) if inventories[s])}
+    )
     set_step(page, steps[0])
     x, y = page.evaluate(f"metta.cellToClient({mx}, {my})")
     page.click(x, y)
@@ -290,15 +307,22 @@ def test_minimap_converter_panel_vision_toggle_and_summary(page, replay):
         assert page.evaluate("document.getElementById('sel-state').textContent") == states[s], s
         held = pairs_to_counts(inventories[s])
         rows = page.evaluate("[...document.querySelectorAll('#sel-inventory tr')].map(r => r.innerText)")
-        assert sorted(rows) == sorted(f"{names[i]}\t{c}" for i, c in held.items()) or (not held and rows == ["empty"]), (s, rows)
+        assert sorted(rows) == sorted(f"{names[i]}\t{c}" for i, c in held.items()) or (
+            not held and rows == ["empty"]
+        ), (s, rows)
 
     # The observation window: drawn around the selected agent, V turns it off and on again.
     set_step(page, k)
     page.evaluate(f"metta.selectAgent({MINER})")
     miner = agents_at(replay, k)[MINER]
     obs_w, obs_h = replay["env_config"]["metta"]["obs_width"], replay["env_config"]["metta"]["obs_height"]
-    expected = {"agent_id": MINER, "x": miner["location"][0] - obs_w // 2, "y": miner["location"][1] - obs_h // 2,
-                "w": obs_w, "h": obs_h}  # fmt: skip
+    expected = {
+        "agent_id": MINER,
+        "x": miner["location"][0] - obs_w // 2,
+        "y": miner["location"][1] - obs_h // 2,
+        "w": obs_w,
+        "h": obs_h,
+    }
     assert page.wait_for("window.metta.lastDraw.vision") == expected
     page.evaluate("document.getElementById('map').focus()")
     page.press("v", code="KeyV", key_code=86, text="v")
@@ -309,21 +333,34 @@ def test_minimap_converter_panel_vision_toggle_and_summary(page, replay):
     assert page.evaluate("[metta.state.showVision, document.getElementById('opt-vision').checked]") == [True, True]
 
     # The episode summary: rewards per agent and per group, and how often each action was taken and succeeded.
-    agents = {i: {key: expand_series(a[key], n, key=key) for key in ("total_reward", "action_id", "action_success", "group_id")}
-              for i, a in ((o["agent_id"], o) for o in replay["objects"] if "agent_id" in o)}  # fmt: skip
+    agents = {
+        i: {
+            key: expand_series(a[key], n, key=key)
+            for key in ("total_reward", "action_id", "action_success", "group_id")
+        }
+        for i, a in ((o["agent_id"], o) for o in replay["objects"] if "agent_id" in o)
+    }
     totals = {i: a["total_reward"][n - 1] for i, a in agents.items()}
-    shown = page.evaluate("Object.fromEntries([...document.querySelectorAll('#sum-agents tr')]"
-                          ".map(r => [r.dataset.agent, r.cells[1].textContent]))")  # fmt: skip
+    shown = page.evaluate(
+        "Object.fromEntries([...document.querySelectorAll('#sum-agents tr')]"
+        ".map(r => [r.dataset.agent, r.cells[1].textContent]))"
+    )
     assert shown == {str(i): fmt(t) for i, t in totals.items()}
     groups: dict[int, list[float]] = {}
     for i in sorted(agents):
         groups.setdefault(agents[i]["group_id"][0], []).append(totals[i])
-    shown = page.evaluate("[...document.querySelectorAll('#sum-groups tr[data-group]')]"
-                          ".map(r => [Number(r.dataset.group), r.cells[0].textContent, ...[...r.cells].slice(1).map(c => c.textContent)])")  # fmt: skip
-    assert shown == [[g, replay["group_names"][g], str(len(v)), fmt(sum(v)), fmt(sum(v) / len(v))] for g, v in sorted(groups.items())]
+    shown = page.evaluate(
+        "[...document.querySelectorAll('#sum-groups tr[data-group]')]"
+        ".map(r => [Number(r.dataset.group), r.cells[0].textContent, ...[...r.cells].slice(1).map(c => c.textContent)])"
+    )
+    assert shown == [
+        [g, replay["group_names"][g], str(len(v)), fmt(sum(v)), fmt(sum(v) / len(v))] for g, v in sorted(groups.items())
+    ]
     assert sum(totals.values()) > 0 and {row[1] for row in shown} == {"team_1", "team_2"}
-    shown = page.evaluate("Object.fromEntries([...document.querySelectorAll('#sum-actions tr[data-action]')]"
-                          ".map(r => [r.dataset.action, [Number(r.cells[1].textContent), r.cells[2].textContent]]))")  # fmt: skip
+    shown = page.evaluate(
+        "Object.fromEntries([...document.querySelectorAll('#sum-actions tr[data-action]')]"
+        ".map(r => [r.dataset.action, [Number(r.cells[1].textContent), r.cells[2].textContent]]))"
+    )
     for a_id, name in enumerate(replay["action_names"]):
         taken = [(a["action_success"][s]) for a in agents.values() for s in range(n) if a["action_id"][s] == a_id]
         assert shown[name] == [len(taken), f"{js_round(100 * sum(taken) / len(taken)) if taken else 0}%"], name
@@ -362,4 +399,3 @@ def test_bad_replays_show_their_error(browser, replay_path, tmp_path):
     message = page.wait_for("window.metta.error")
     assert "key 'location'" in message and "inside the 10x6 map" in message
     assert page.evaluate("document.getElementById('error').hidden") is False
-

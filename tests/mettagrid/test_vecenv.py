@@ -57,9 +57,9 @@ def rollout(vecenv, steps: int, seed: int = 123):
                 "infos": [(i["episode_length"], i["attributes"]["initial_grid_hash"]) for i in infos],
             }
         )
-        actions = np.stack(
-            [rng.integers(0, n_actions, len(env_ids)), rng.integers(0, 4, len(env_ids))], axis=1
-        ).astype(np.int32)
+        actions = np.stack([rng.integers(0, n_actions, len(env_ids)), rng.integers(0, 4, len(env_ids))], axis=1).astype(
+            np.int32
+        )
         vecenv.send(actions)
     return records
 

@@ -25,7 +25,11 @@ FOREVER = 10**9  # total_timesteps for a run that a test stops
 
 
 def run_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("METTA_", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("METTA_", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_"))
+    }
     env.pop("DATA_DIR", None)
     env.update(WANDB_MODE="disabled", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **extra)
     return env
@@ -34,17 +38,28 @@ def run_env(**extra: str) -> dict[str, str]:
 class Run:
     """``run.py`` (or torchrun over it) in the background; ``epochs`` sets total_timesteps."""
 
-    def __init__(self, data_dir: Path, name: str, epochs: int | None, *extra: str, env: dict[str, str] | None = None,
-                 launcher: list[str] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        data_dir: Path,
+        name: str,
+        epochs: int | None,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        launcher: list[str] | None = None,
+    ):
         self.run_dir = data_dir / name
         self.log_path = data_dir / f"{name}.{time.monotonic_ns()}.log"
         total = FOREVER if epochs is None else epochs * STEPS
         args = [f"data_dir={data_dir}", f"run={name}", f"trainer.total_timesteps={total}", *TINY, *extra]
         with open(self.log_path, "w") as log:
             self.proc = subprocess.Popen(
-                [*(launcher or [sys.executable]), str(REPO / "run.py"), *args], cwd=REPO, env=env or run_env(),
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
+                [*(launcher or [sys.executable]), str(REPO / "run.py"), *args],
+                cwd=REPO,
+                env=env or run_env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     @property
     def pid(self) -> int:

@@ -31,8 +31,13 @@ def cfg(agents: int = 2, max_steps: int = MAX_STEPS, **game) -> dict:
             "num_agents": agents,
             "max_steps": max_steps,
             "map_builder": {
-                "type": "random", "width": 7, "height": 7, "agents": agents, "objects": {"altar": 2}, "border_width": 1,
-            },  # fmt: skip
+                "type": "random",
+                "width": 7,
+                "height": 7,
+                "agents": agents,
+                "objects": {"altar": 2},
+                "border_width": 1,
+            },
             **game,
         }
     }
@@ -59,7 +64,7 @@ def test_pettingzoo_seed_test_through_parallel_to_aec_covers_a_whole_episode():
     # seed_test compares every agent's last() until the episode ends; make sure this one does end in it.
     env = parallel_to_aec(MettaGridPettingZooEnv(cfg()))
     env.reset(seed=42)
-    for steps, agent in enumerate(env.agent_iter(4 * MAX_STEPS * 2)):
+    for agent in env.agent_iter(4 * MAX_STEPS * 2):
         _, _, terminated, truncated, info = env.last()
         if terminated or truncated:
             assert (terminated, truncated) == (False, True) and info["episode_length"] == MAX_STEPS
@@ -145,7 +150,9 @@ def run_episode_infos(**kwargs) -> dict:
 def test_episode_infos_are_deterministic_and_timings_come_only_on_request():
     first, second = run_episode_infos(), run_episode_infos()
     assert data_equivalence(first, second)
-    assert not any("timing" in key for key in first["agent_0"]) and "completion_time" not in first["agent_0"]["attributes"]
+    assert (
+        not any("timing" in key for key in first["agent_0"]) and "completion_time" not in first["agent_0"]["attributes"]
+    )
     timed = run_episode_infos(timings=True)["agent_0"]
     assert timed["task_timing/custom_env/init_time_msec"] >= 0 and timed["attributes"]["completion_time"] >= 0
     native = MettaGridEnv(cfg(max_steps=1), timings=True)
@@ -196,16 +203,32 @@ def test_upstream_keywords_are_accepted():
 @pytest.mark.parametrize(
     "keywords, error, message",
     [
-        ({"level": 3}, TypeError, r"level=3 is not supported: pass None .*Level, or a non-empty 2-D grid of cell names"),
+        (
+            {"level": 3},
+            TypeError,
+            r"level=3 is not supported: pass None .*Level, or a non-empty 2-D grid of cell names",
+        ),
         ({"level": [["wall", 1]]}, TypeError, r"level=\[\['wall', 1\]\] is not supported"),
         ({"level": [["wall", "empty"]]}, ValueError, r"level= has 0 agent cells but game.num_agents=2"),
-        ({"stats_writer": "stats.db"}, TypeError, r"stats_writer='stats.db' has no record_episode method: pass None or"),
-        ({"replay_writer": 3}, TypeError, r"replay_writer=3 is not supported: pass None, a .*ReplayWriter or a directory"),
+        (
+            {"stats_writer": "stats.db"},
+            TypeError,
+            r"stats_writer='stats.db' has no record_episode method: pass None or",
+        ),
+        (
+            {"replay_writer": 3},
+            TypeError,
+            r"replay_writer=3 is not supported: pass None, a .*ReplayWriter or a directory",
+        ),
         ({"buf": np.zeros(3)}, ValueError, r"buf=array.* use MettaGridEnv\(curriculum, buf=...\)"),
-        ({"single_agent": True}, TypeError, r"PettingZooEnv\(\) does not support single_agent=True; it accepts curriculum"),
+        (
+            {"single_agent": True},
+            TypeError,
+            r"PettingZooEnv\(\) does not support single_agent=True; it accepts curriculum",
+        ),
         ({"seed": 3, "foo": "x"}, TypeError, r"does not support seed=3, foo='x'"),
     ],
-)  # fmt: skip
+)
 def test_unsupported_keyword_values_are_errors_that_name_them(keywords, error, message):
     with pytest.raises(error, match=message):
         MettaGridPettingZooEnv(cfg(), **keywords)
@@ -316,7 +339,9 @@ def test_out_of_range_pettingzoo_actions_are_invalid_not_wrapped():
     noop = env.action_names.index("noop")
     for _ in range(2):
         # int64 2**32 + noop would wrap to the valid noop; 2**63 (uint64) to action 0.
-        _, _, _, _, infos = env.step({"agent_0": np.array([noop, 2**32], np.int64), "agent_1": np.array([2**63, 0], np.uint64)})
+        _, _, _, _, infos = env.step(
+            {"agent_0": np.array([noop, 2**32], np.int64), "agent_1": np.array([2**63, 0], np.uint64)}
+        )
     stats = infos["agent_0"]["agent"]  # means over the two agents
     assert stats["action.invalid_arg"] == 1.0 and stats["action.invalid_type"] == 1.0
     assert not any(key.endswith((".success", ".failed")) for key in stats)

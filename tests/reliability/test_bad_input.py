@@ -51,9 +51,18 @@ def test_run_py_rejects_bad_input_before_creating_a_run_directory(tmp_path):
     for args, message in (
         ([f"--config={broken}"], f"--config {broken}: not valid YAML at line 2"),
         (["torch_threads=-1"], "torch_threads=-1: Input should be greater than or equal to 1"),
-        (["trainer.initial_policy.uri=/nonexistent/policy.pt"], "initial_policy.uri='/nonexistent/policy.pt' does not exist"),
-        (["trainer.env_overrides={game.agent.rewards.inventory.heart: .nan}"], "rewards.inventory['heart']=nan is not allowed"),
-        (["trainer.env_overrides={game.num_agents: 0}"], "game.num_agents: Input should be greater than or equal to 1 (got 0)"),
+        (
+            ["trainer.initial_policy.uri=/nonexistent/policy.pt"],
+            "initial_policy.uri='/nonexistent/policy.pt' does not exist",
+        ),
+        (
+            ["trainer.env_overrides={game.agent.rewards.inventory.heart: .nan}"],
+            "rewards.inventory['heart']=nan is not allowed",
+        ),
+        (
+            ["trainer.env_overrides={game.num_agents: 0}"],
+            "game.num_agents: Input should be greater than or equal to 1 (got 0)",
+        ),
         (["seed=-1"], "seed=-1: Input should be greater than or equal to 0"),
         (["agent=bogus"], "agent name='bogus' is unknown"),
         (["device=bogus"], "device='bogus' is not a torch device; use 'cpu', 'cuda' or 'cuda:N'"),
@@ -61,8 +70,11 @@ def test_run_py_rejects_bad_input_before_creating_a_run_directory(tmp_path):
         data_dir = tmp_path / f"runs{len(cases)}"
         proc = subprocess.Popen(
             [sys.executable, str(ROOT / "run.py"), *args, f"data_dir={data_dir}", "run=bad_input"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-        )  # fmt: skip
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tmp_path,
+        )
         cases.append((proc, message, data_dir))  # all at once: each is mostly an interpreter starting
     for proc, message, data_dir in cases:
         _, stderr = proc.communicate(timeout=120)
@@ -84,7 +96,10 @@ def test_run_py_rejects_bad_input_before_creating_a_run_directory(tmp_path):
         ({"type": "terrain", "agents": 4, "objects": {"altar": -3}}, "objects.altar"),
         ({"type": "varied_terrain", "agents": 4, "objects": {"altar": -1}}, "objects.altar"),
         ({"type": "maze", "width": 11, "height": 11, "agents": 4, "objects": {"altar": -3}}, "objects.altar"),
-        ({"type": "multi_room", "num_rooms": 4, "room": {"type": "random", "agents": 1, "objects": {"altar": -3}}}, "objects.altar"),
+        (
+            {"type": "multi_room", "num_rooms": 4, "room": {"type": "random", "agents": 1, "objects": {"altar": -3}}},
+            "objects.altar",
+        ),
     ],
 )
 def test_negative_map_counts_are_rejected_naming_field_and_value(builder, field):
@@ -114,7 +129,9 @@ def test_non_finite_rewards_and_bad_group_props_are_rejected(game, message):
 
 
 def test_an_infinite_reward_cap_means_no_cap_and_is_accepted():
-    cfg = MettaGridConfig.model_validate({"game": {"agent": {"rewards": {"inventory": {"heart": 1, "heart_max": float("inf")}}}}})
+    cfg = MettaGridConfig.model_validate(
+        {"game": {"agent": {"rewards": {"inventory": {"heart": 1, "heart_max": float("inf")}}}}}
+    )
     assert cfg.game.agent.rewards.inventory["heart_max"] == float("inf")
 
 

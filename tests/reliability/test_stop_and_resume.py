@@ -154,9 +154,11 @@ def test_kills_at_chosen_moments_resume_without_duplicate_or_missing_epochs(tmp_
     assert final >= 4
     # The interrupted prune was finished: only the two kept checkpoints remain.
     assert sorted(p.name for p in ckpts.iterdir()) == [
-        f"model_{final - 1:04d}.pt", f"model_{final:04d}.pt",
-        f"trainer_state_{final - 1:04d}.ckpt", f"trainer_state_{final:04d}.ckpt",
-    ]  # fmt: skip
+        f"model_{final - 1:04d}.pt",
+        f"model_{final:04d}.pt",
+        f"trainer_state_{final - 1:04d}.ckpt",
+        f"trainer_state_{final:04d}.ckpt",
+    ]
 
 
 def test_all_corrupt_directory_stops_with_the_error_and_changes_nothing(tmp_path: Path):
@@ -231,8 +233,14 @@ def test_torchrun_ctrl_c_on_one_rank_stops_every_rank_with_exit_0(tmp_path: Path
 
 
 def test_kill_resume_benchmark_prints_one_json_line():
-    out = subprocess.run([sys.executable, "benchmarks/kill_resume.py", "--tries", "1", "--max-delay", "0.5"],
-                         cwd=REPO, capture_output=True, text=True, timeout=240, check=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "benchmarks/kill_resume.py", "--tries", "1", "--max-delay", "0.5"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=True,
+    )
     lines = [line for line in out.stdout.splitlines() if line.strip()]
     assert len(lines) == 1
     result = json.loads(lines[0])

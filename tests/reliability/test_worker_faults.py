@@ -23,7 +23,14 @@ CFG = {
     "game": {
         "num_agents": 2,
         "max_steps": 50,
-        "map_builder": {"type": "random", "width": 8, "height": 8, "agents": 2, "objects": {"altar": 1}, "border_width": 1},
+        "map_builder": {
+            "type": "random",
+            "width": 8,
+            "height": 8,
+            "agents": 2,
+            "objects": {"altar": 1},
+            "border_width": 1,
+        },
     },
     "desync_episodes": False,
 }
@@ -69,7 +76,9 @@ def test_worker_killed_before_send_raises_worker_error_on_send():
     vec.recv()
     os.kill(pids[1], signal.SIGKILL)
     wait_gone(pids[1])
-    with pytest.raises(WorkerError, match=rf"vecenv worker 1 \(pid {pids[1]}\) died during step: it was killed by SIGKILL"):
+    with pytest.raises(
+        WorkerError, match=rf"vecenv worker 1 \(pid {pids[1]}\) died during step: it was killed by SIGKILL"
+    ):
         vec.send(ACTIONS)
     assert_unusable_then_closed(vec, pids)
 
@@ -107,7 +116,10 @@ def test_stopped_worker_times_out_instead_of_blocking():
     vec.recv()
     os.kill(pids[0], signal.SIGSTOP)
     vec.send(ACTIONS)  # one byte into its pipe: sending never waits for the worker
-    with pytest.raises(WorkerError, match=rf"vecenv worker 0 \(pid {pids[0]}\) did not answer step within 1 s and is alive but not answering"):
+    with pytest.raises(
+        WorkerError,
+        match=rf"vecenv worker 0 \(pid {pids[0]}\) did not answer step within 1 s and is alive but not answering",
+    ):
         vec.recv()
     assert not gone(pids[0])  # still there, stopped: close() must deal with it
     assert_unusable_then_closed(vec, pids)

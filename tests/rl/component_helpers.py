@@ -10,9 +10,9 @@ from metta.agent.metta_agent import MettaAgent, make_policy
 from metta.agent.policy_store import PolicyStore
 from metta.interface.environment import default_env_config
 from metta.mettagrid.curriculum.core import SingleTaskCurriculum
+from metta.mettagrid.vecenv import make_vecenv
 from metta.rl.optimizer import Optimizer
 from metta.rl.trainer_config import TrainerConfig
-from metta.mettagrid.vecenv import make_vecenv
 
 NUM_ENVS = 2
 ENV_SEED = 5
@@ -25,11 +25,17 @@ def tiny_curriculum() -> SingleTaskCurriculum:
 
 def tiny_config(**overrides) -> TrainerConfig:
     fields = dict(
-        total_timesteps=64, batch_size=64, minibatch_size=16, bptt_horizon=4,
+        total_timesteps=64,
+        batch_size=64,
+        minibatch_size=16,
+        bptt_horizon=4,
         # The loop's envs: NUM_ENVS x 2 agents in one forward pass, in this process.
-        forward_pass_minibatch_target_size=NUM_ENVS * 2, async_factor=1, num_workers=1,
-        checkpoint={"checkpoint_interval": 0, "wandb_checkpoint_interval": 0}, simulation={"evaluate_interval": 0},
-    )  # fmt: skip
+        forward_pass_minibatch_target_size=NUM_ENVS * 2,
+        async_factor=1,
+        num_workers=1,
+        checkpoint={"checkpoint_interval": 0, "wandb_checkpoint_interval": 0},
+        simulation={"evaluate_interval": 0},
+    )
     fields.update(overrides)
     return TrainerConfig(**fields)
 

@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from metta.rl.advantage import RowTail, _advantage_torch, _advantage_torch_chained, compute_advantage, normalize_advantage_distributed
+from metta.rl.advantage import (
+    RowTail,
+    _advantage_torch,
+    _advantage_torch_chained,
+    compute_advantage,
+    normalize_advantage_distributed,
+)
 
 
 def reference_advantage(values, rewards, dones, ratio, gamma, lam, rho_clip, c_clip):
@@ -32,12 +38,15 @@ def random_batch(seed, S=37, H=16, ratio_spread=0.5):
 
 
 @pytest.mark.parametrize("impl", ["numba", "torch"])
-@pytest.mark.parametrize("gamma,lam,rho_clip,c_clip,ratio_one", [
-    (0.99, 0.95, 1.0, 1.0, True),   # plain GAE
-    (0.977, 0.916, 1.0, 1.0, False),  # upstream defaults with off-policy ratios
-    (0.9, 0.8, 0.5, 2.0, False),
-    (0.99, 1.0, 10.0, 0.3, False),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "gamma,lam,rho_clip,c_clip,ratio_one",
+    [
+        (0.99, 0.95, 1.0, 1.0, True),  # plain GAE
+        (0.977, 0.916, 1.0, 1.0, False),  # upstream defaults with off-policy ratios
+        (0.9, 0.8, 0.5, 2.0, False),
+        (0.99, 1.0, 10.0, 0.3, False),
+    ],
+)
 def test_matches_numpy_loop(impl, gamma, lam, rho_clip, c_clip, ratio_one):
     values, rewards, dones, ratio = random_batch(seed=int(gamma * 1000 + lam * 100))
     if ratio_one:
@@ -129,7 +138,9 @@ def test_plain_gae_without_dones_by_hand():
     # One row, H=3, gamma=0.5, lambda=1: A1 = r2 + 0.5 V2 - V1; A0 = r1 + 0.5 V1 - V0 + 0.5 A1.
     v = torch.tensor([[1.0, 2.0, 4.0]])
     r = torch.tensor([[0.0, 1.0, 3.0]])
-    adv = compute_advantage(v, r, torch.zeros_like(v), torch.ones_like(v), torch.zeros_like(v), 0.5, 1.0, 1.0, 1.0, "cpu")
+    adv = compute_advantage(
+        v, r, torch.zeros_like(v), torch.ones_like(v), torch.zeros_like(v), 0.5, 1.0, 1.0, 1.0, "cpu"
+    )
     a1 = 3 + 0.5 * 4 - 2
     a0 = 1 + 0.5 * 2 - 1 + 0.5 * a1
     assert adv.tolist() == [[pytest.approx(a0), pytest.approx(a1), 0.0]]
@@ -150,7 +161,18 @@ def test_non_contiguous_output_and_grad_ratio():
     expected = reference_advantage(values, rewards, dones, ratio, 0.9, 0.9, 1.0, 1.0)
     ratio_t = torch.from_numpy(ratio).requires_grad_(True)
     out = torch.zeros(6, 8).t()  # a transposed, non-contiguous view
-    compute_advantage(torch.from_numpy(values), torch.from_numpy(rewards), torch.from_numpy(dones), ratio_t, out, 0.9, 0.9, 1.0, 1.0, "cpu")
+    compute_advantage(
+        torch.from_numpy(values),
+        torch.from_numpy(rewards),
+        torch.from_numpy(dones),
+        ratio_t,
+        out,
+        0.9,
+        0.9,
+        1.0,
+        1.0,
+        "cpu",
+    )
     np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=1e-5)
 
 

@@ -10,17 +10,6 @@ import os
 
 import pytest
 import torch
-
-from metta.agent.policy_state import PolicyState
-from metta.common.profiling.stopwatch import Stopwatch
-from metta.rl.advantage import compute_advantage
-from metta.rl.components import PolicyEvaluator, PPOOptimizer, RolloutCollector, StatsLogger, TrainingCheckpointer
-from metta.rl.experience import calculate_anneal_beta, make_experience
-from metta.rl.functional_trainer import functional_training_loop, rollout, train_ppo
-from metta.rl.losses import Losses, compute_explained_variance, process_minibatch_update
-from metta.rl.rollout import perform_rollout_step
-from metta.rl.trainer_config import PPOConfig
-from metta.sim.simulation_config import SimulationSuiteConfig, SingleEnvSimulationConfig
 from component_helpers import (
     ROLLOUT_SEED,
     fresh_policy,
@@ -32,13 +21,31 @@ from component_helpers import (
     value_regularizer,
 )
 
+from metta.agent.policy_state import PolicyState
+from metta.common.profiling.stopwatch import Stopwatch
+from metta.rl.advantage import compute_advantage
+from metta.rl.components import PolicyEvaluator, PPOOptimizer, RolloutCollector, StatsLogger, TrainingCheckpointer
+from metta.rl.experience import calculate_anneal_beta, make_experience
+from metta.rl.functional_trainer import functional_training_loop, rollout, train_ppo
+from metta.rl.losses import Losses, compute_explained_variance, process_minibatch_update
+from metta.rl.rollout import perform_rollout_step
+from metta.sim.simulation_config import SimulationSuiteConfig, SingleEnvSimulationConfig
+
 
 def _advantages(experience, cfg):
     return compute_advantage(
-        experience.values, experience.rewards, experience.dones, torch.ones_like(experience.values),
-        torch.zeros_like(experience.values), cfg.ppo.gamma, cfg.ppo.gae_lambda, cfg.vtrace.vtrace_rho_clip,
-        cfg.vtrace.vtrace_c_clip, "cpu", next_rows=experience.next_rows,
-    )  # fmt: skip
+        experience.values,
+        experience.rewards,
+        experience.dones,
+        torch.ones_like(experience.values),
+        torch.zeros_like(experience.values),
+        cfg.ppo.gamma,
+        cfg.ppo.gae_lambda,
+        cfg.vtrace.vtrace_rho_clip,
+        cfg.vtrace.vtrace_c_clip,
+        "cpu",
+        next_rows=experience.next_rows,
+    )
 
 
 def _direct_losses(cfg) -> dict[str, float]:
@@ -81,9 +88,17 @@ def _loop_losses(cfg, tmp_path) -> dict[str, float]:
     policy = fresh_policy()
     torch.manual_seed(ROLLOUT_SEED)
     state = functional_training_loop(
-        cfg, None, policy, tiny_curriculum(), policy_store(str(tmp_path / "ckpt")), custom_losses=[value_regularizer],
-        num_envs=2, seed=5, run_dir=tmp_path / "run", console=False,
-    )  # fmt: skip
+        cfg,
+        None,
+        policy,
+        tiny_curriculum(),
+        policy_store(str(tmp_path / "ckpt")),
+        custom_losses=[value_regularizer],
+        num_envs=2,
+        seed=5,
+        run_dir=tmp_path / "run",
+        console=False,
+    )
     assert state.agent_step == cfg.batch_size and state.epoch == 1
     return {k.removeprefix("losses/"): v for k, v in state.metrics.items() if k.startswith("losses/")}
 
@@ -191,7 +206,9 @@ def test_compute_ppo_loss_is_the_update_loss_on_the_first_minibatch(filled):
     """compute_ppo_loss runs the update's loss function: the same six values with V-trace, prioritized weights
     and the L2 terms in total_loss, unpacked as seed 001 writes it and read by name."""
     policy, experience, advantages, cfg = filled
-    cfg = cfg.model_copy(update={"ppo": cfg.ppo.model_copy(update={"l2_init_loss_coef": 0.5, "l2_reg_loss_coef": 0.01})})
+    cfg = cfg.model_copy(
+        update={"ppo": cfg.ppo.model_copy(update={"l2_init_loss_coef": 0.5, "l2_reg_loss_coef": 0.01})}
+    )
     policy = copy.deepcopy(policy)
     with torch.no_grad():  # moved away from its initial weights, so that the L2-init term is not 0
         for p in policy.parameters():
@@ -201,32 +218,56 @@ def test_compute_ppo_loss_is_the_update_loss_on_the_first_minibatch(filled):
     ppo = PPOOptimizer(policy, optimizer_for(policy, cfg), "cpu", cfg)
     state = PolicyState(lstm_h=minibatch["lstm_h"], lstm_c=minibatch["lstm_c"])
     result = ppo.compute_ppo_loss(
-        minibatch["obs"], minibatch["actions"], minibatch["logprobs"], minibatch["advantages"], minibatch["returns"],
-        minibatch["values"], rewards=minibatch["rewards"], dones=minibatch["dones"],
-        tail=experience.row_tail(minibatch["indices"], advantages), prio_weights=minibatch["prio_weights"], state=state,
-    )  # fmt: skip
+        minibatch["obs"],
+        minibatch["actions"],
+        minibatch["logprobs"],
+        minibatch["advantages"],
+        minibatch["returns"],
+        minibatch["values"],
+        rewards=minibatch["rewards"],
+        dones=minibatch["dones"],
+        tail=experience.row_tail(minibatch["indices"], advantages),
+        prio_weights=minibatch["prio_weights"],
+        state=state,
+    )
     policy_loss, value_loss, entropy_loss, total_loss, approx_kl, clipfrac = result
     assert result.policy_loss is policy_loss and result._fields[3] == "total_loss"
     losses = Losses()
     total = process_minibatch_update(policy, experience, dict(minibatch), advantages, cfg, None, 0, losses, "cpu")
     stats = losses.stats()
     assert stats["l2_init_loss"] > 0 and stats["l2_reg_loss"] > 0
-    for name, value in (("policy_loss", policy_loss), ("value_loss", value_loss), ("entropy", entropy_loss),
-                        ("approx_kl", approx_kl), ("clipfrac", clipfrac)):  # fmt: skip
+    for name, value in (
+        ("policy_loss", policy_loss),
+        ("value_loss", value_loss),
+        ("entropy", entropy_loss),
+        ("approx_kl", approx_kl),
+        ("clipfrac", clipfrac),
+    ):
         assert value.item() == pytest.approx(stats[name], abs=1e-6), name
     assert total_loss.item() == pytest.approx(total.item(), abs=1e-6) and total_loss.requires_grad
     bare = policy_loss - cfg.ppo.ent_coef * entropy_loss + cfg.ppo.vf_coef * value_loss
     assert total_loss.item() == pytest.approx(bare.item() + stats["l2_init_loss"] + stats["l2_reg_loss"], abs=1e-5)
     # Without rewards and dones the advantages are used as given; only both together are accepted.
-    assert torch.isfinite(ppo.compute_ppo_loss(
-        minibatch["obs"], minibatch["actions"], minibatch["logprobs"], minibatch["advantages"], minibatch["returns"],
-        minibatch["values"],
-    ).total_loss)  # fmt: skip
+    assert torch.isfinite(
+        ppo.compute_ppo_loss(
+            minibatch["obs"],
+            minibatch["actions"],
+            minibatch["logprobs"],
+            minibatch["advantages"],
+            minibatch["returns"],
+            minibatch["values"],
+        ).total_loss
+    )
     with pytest.raises(ValueError, match="rewards and dones"):
         ppo.compute_ppo_loss(
-            minibatch["obs"], minibatch["actions"], minibatch["logprobs"], minibatch["advantages"],
-            minibatch["returns"], minibatch["values"], rewards=minibatch["rewards"],
-        )  # fmt: skip
+            minibatch["obs"],
+            minibatch["actions"],
+            minibatch["logprobs"],
+            minibatch["advantages"],
+            minibatch["returns"],
+            minibatch["values"],
+            rewards=minibatch["rewards"],
+        )
 
 
 def test_components_reject_wrong_arguments(filled):
@@ -304,11 +345,17 @@ def test_training_checkpointer_round_trip(tmp_path):
 
 def test_policy_evaluator_scores_a_tiny_suite(tmp_path):
     suite = SimulationSuiteConfig(
-        name="tiny", num_episodes=1,
-        simulations={"nav/small": SingleEnvSimulationConfig(
-            env="/env/mettagrid/navigation/evals/terrain_small", num_episodes=1, max_time_s=60,
-            env_overrides={"game.max_steps": 10})},
-    )  # fmt: skip
+        name="tiny",
+        num_episodes=1,
+        simulations={
+            "nav/small": SingleEnvSimulationConfig(
+                env="/env/mettagrid/navigation/evals/terrain_small",
+                num_episodes=1,
+                max_time_s=60,
+                env_overrides={"game.max_steps": 10},
+            )
+        },
+    )
     evaluator = PolicyEvaluator(suite, None, "cpu", stats_dir=tmp_path / "stats")
     scores = evaluator.evaluate(fresh_policy())
     assert set(scores) == {"nav/small"} and math.isfinite(scores["nav/small"])
@@ -328,7 +375,12 @@ def test_train_ppo_takes_a_plain_torch_optimizer_as_seed_000_does():
     weights = []
     for make_optimizer in (
         lambda p: optimizer_for(p, cfg),
-        lambda p: torch.optim.Adam(p.parameters(), lr=cfg.optimizer.learning_rate, betas=(cfg.optimizer.beta1, cfg.optimizer.beta2), eps=cfg.optimizer.eps),
+        lambda p: torch.optim.Adam(
+            p.parameters(),
+            lr=cfg.optimizer.learning_rate,
+            betas=(cfg.optimizer.beta1, cfg.optimizer.beta2),
+            eps=cfg.optimizer.eps,
+        ),
     ):
         policy, env = fresh_policy(), tiny_vecenv()
         experience = make_experience(env, policy, cfg, "cpu")

@@ -13,9 +13,17 @@ ATN = spaces.MultiDiscrete([3, 4])
 
 def make(total_agents=4, batch_size=64, bptt=4, minibatch_size=16, **kw):
     return Experience(
-        total_agents=total_agents, batch_size=batch_size, bptt_horizon=bptt, minibatch_size=minibatch_size,
-        obs_space=OBS, atn_space=ATN, device="cpu", hidden_size=8, num_lstm_layers=2, **kw,
-    )  # fmt: skip
+        total_agents=total_agents,
+        batch_size=batch_size,
+        bptt_horizon=bptt,
+        minibatch_size=minibatch_size,
+        obs_space=OBS,
+        atn_space=ATN,
+        device="cpu",
+        hidden_size=8,
+        num_lstm_layers=2,
+        **kw,
+    )
 
 
 def store_step(exp, env_id, step, n):
@@ -25,7 +33,17 @@ def store_step(exp, env_id, step, n):
     obs[:, 0, 0] = agents.to(torch.uint8)
     obs[:, 0, 1] = step
     z = torch.zeros(n)
-    exp.store(obs, torch.zeros(n, 2, dtype=torch.int32), z, z, torch.zeros(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool), z, env_id, None)
+    exp.store(
+        obs,
+        torch.zeros(n, 2, dtype=torch.int32),
+        z,
+        z,
+        torch.zeros(n, dtype=torch.bool),
+        torch.zeros(n, dtype=torch.bool),
+        z,
+        env_id,
+        None,
+    )
 
 
 def test_layout_and_errors_name_numbers():
@@ -166,7 +184,12 @@ def test_sizes_default_and_the_lstm_state_is_sized_from_the_policy():
     exp.match_policy(Policy())
     assert exp.lstm_h.shape == (2, 8, 8) and exp.row_lstm_h.shape == (2, 8, 8)
     sized = Experience(total_agents=8, batch_size=256, obs_space=OBS, atn_space=ATN, hidden_size=512, num_lstm_layers=1)
-    with pytest.raises(ValueError, match=r"hidden_size=512, num_lstm_layers=1\) does not fit the policy's LSTM \(hidden_size=8, 2 layers\).*hidden_size=8, num_lstm_layers=2"):
+    with pytest.raises(
+        ValueError,
+        match=r"hidden_size=512, num_lstm_layers=1\) does not fit the policy's LSTM \(hidden_size=8, 2 layers\).*hidden_size=8, num_lstm_layers=2",
+    ):
         sized.match_policy(Policy())
     with pytest.raises(ValueError, match=r"num_lstm_layers=1\) does not fit"):
-        Experience(total_agents=8, batch_size=256, obs_space=OBS, atn_space=ATN, num_lstm_layers=1).match_policy(Policy())
+        Experience(total_agents=8, batch_size=256, obs_space=OBS, atn_space=ATN, num_lstm_layers=1).match_policy(
+            Policy()
+        )

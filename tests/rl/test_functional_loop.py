@@ -10,8 +10,8 @@ import signal
 
 import pytest
 import torch
-
 from component_helpers import fresh_policy, policy_store, tiny_config, tiny_curriculum, value_regularizer
+
 from metta.agent.policy_store import read_policy_file
 from metta.interface.environment import default_env_config
 from metta.rl.checkpoint import load_latest_checkpoint, read_trainer_state
@@ -31,10 +31,17 @@ def test_loop_with_custom_step_losses_and_checkpoints(tmp_path, capsys):
     torch.manual_seed(0)
     cfg = tiny_config(total_timesteps=192)  # three rollouts of 64 agent steps
     state = functional_training_loop(
-        cfg, PPOConfig(ent_coef=0.02), fresh_policy(), tiny_curriculum(), policy_store(str(tmp_path / "store")),
-        step_fn=my_step, custom_losses=[value_regularizer], num_envs=2, run_dir=tmp_path / "run",
+        cfg,
+        PPOConfig(ent_coef=0.02),
+        fresh_policy(),
+        tiny_curriculum(),
+        policy_store(str(tmp_path / "store")),
+        step_fn=my_step,
+        custom_losses=[value_regularizer],
+        num_envs=2,
+        run_dir=tmp_path / "run",
         checkpoint_interval=2,
-    )  # fmt: skip
+    )
     assert isinstance(state, TrainingState)
     assert calls == [0, 1, 2] and state.epoch == 3 and state.agent_steps == state.agent_step == 192
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -63,9 +70,16 @@ def test_loop_errors_are_clear(tmp_path):
 
     with pytest.raises(RuntimeError, match="did not advance state.agent_step"):
         functional_training_loop(
-            tiny_config(), None, fresh_policy(), tiny_curriculum(), store, step_fn=stuck_step, num_envs=2,
-            run_dir=tmp_path / "run", console=False,
-        )  # fmt: skip
+            tiny_config(),
+            None,
+            fresh_policy(),
+            tiny_curriculum(),
+            store,
+            step_fn=stuck_step,
+            num_envs=2,
+            run_dir=tmp_path / "run",
+            console=False,
+        )
 
 
 def _files(directory) -> dict[str, bytes]:
@@ -79,9 +93,16 @@ def test_a_second_call_on_one_run_dir_continues_from_the_first(tmp_path):
     ckpt_dir = run_dir / "checkpoints"
     torch.manual_seed(0)
     first = functional_training_loop(
-        tiny_config(total_timesteps=128), None, fresh_policy(), tiny_curriculum(), store, num_envs=2, run_dir=run_dir,
-        checkpoint_interval=1, console=False,
-    )  # fmt: skip
+        tiny_config(total_timesteps=128),
+        None,
+        fresh_policy(),
+        tiny_curriculum(),
+        store,
+        num_envs=2,
+        run_dir=run_dir,
+        checkpoint_interval=1,
+        console=False,
+    )
     assert (first.agent_step, first.epoch) == (128, 2)
     written = _files(ckpt_dir)
     saved = read_policy_file(str(ckpt_dir / "model_0002.pt"))["state_dict"]
@@ -95,9 +116,17 @@ def test_a_second_call_on_one_run_dir_continues_from_the_first(tmp_path):
         return default_training_step(state, components, config, experience)
 
     second = functional_training_loop(
-        tiny_config(total_timesteps=192), None, fresh_policy(), tiny_curriculum(), store, step_fn=watching_step,
-        num_envs=2, run_dir=run_dir, checkpoint_interval=1, console=False,
-    )  # fmt: skip
+        tiny_config(total_timesteps=192),
+        None,
+        fresh_policy(),
+        tiny_curriculum(),
+        store,
+        step_fn=watching_step,
+        num_envs=2,
+        run_dir=run_dir,
+        checkpoint_interval=1,
+        console=False,
+    )
     assert seen == [(128, 2, True)] and (second.agent_step, second.epoch) == (192, 3)
     after = _files(ckpt_dir)
     assert {k: after[k] for k in written} == written  # the first run's checkpoints are untouched
@@ -110,9 +139,16 @@ def test_a_second_call_on_one_run_dir_continues_from_the_first(tmp_path):
     assert [r["epoch"] for r in rows] == [1, 2, 3]
 
     third = functional_training_loop(
-        tiny_config(total_timesteps=192), None, fresh_policy(), tiny_curriculum(), store, num_envs=2, run_dir=run_dir,
-        checkpoint_interval=1, console=False,
-    )  # fmt: skip
+        tiny_config(total_timesteps=192),
+        None,
+        fresh_policy(),
+        tiny_curriculum(),
+        store,
+        num_envs=2,
+        run_dir=run_dir,
+        checkpoint_interval=1,
+        console=False,
+    )
     assert (third.agent_step, third.epoch) == (192, 3) and _files(ckpt_dir) == after
 
 
@@ -133,9 +169,15 @@ def test_a_run_directory_in_use_is_refused_and_a_killed_runs_extra_rows_are_drop
     finally:
         held.release()
     state = functional_training_loop(
-        tiny_config(total_timesteps=128), None, fresh_policy(), tiny_curriculum(), store, num_envs=2, run_dir=run_dir,
+        tiny_config(total_timesteps=128),
+        None,
+        fresh_policy(),
+        tiny_curriculum(),
+        store,
+        num_envs=2,
+        run_dir=run_dir,
         console=False,
-    )  # fmt: skip
+    )
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert state.epoch == 2 and [(r["epoch"], r["agent_step"]) for r in rows] == [(1, 64), (2, 128)]
     assert "overview/sps" in rows[1]  # the re-trained epoch 2, not the killed run's row
@@ -151,9 +193,12 @@ def test_the_configs_settings_are_the_ones_that_run(tmp_path, capsys):
     with (run_dir / "metrics.jsonl").open("w") as f:  # a run killed before its first checkpoint logged these
         f.writelines(json.dumps({"epoch": e, "agent_step": 64 * e}) + "\n" for e in (1, 2))
     cfg = tiny_config(
-        total_timesteps=5 * 64, forward_pass_minibatch_target_size=4, env_overrides={"game.max_steps": 5},
-        profiler={"interval_epochs": 2}, checkpoint={"checkpoint_interval": 0, "wandb_checkpoint_interval": 0},
-    )  # fmt: skip
+        total_timesteps=5 * 64,
+        forward_pass_minibatch_target_size=4,
+        env_overrides={"game.max_steps": 5},
+        profiler={"interval_epochs": 2},
+        checkpoint={"checkpoint_interval": 0, "wandb_checkpoint_interval": 0},
+    )
 
     def stopped_in_epoch_3(state, components, config, experience):
         if state.epoch == 2:  # the signal lands mid-step, as a scheduler's would
@@ -161,7 +206,9 @@ def test_the_configs_settings_are_the_ones_that_run(tmp_path, capsys):
         return default_training_step(state, components, config, experience)
 
     env_config = default_env_config(num_agents=2, width=8, height=8)  # not a built curriculum: env_overrides apply
-    state = functional_training_loop(cfg, None, fresh_policy(), env_config, store, step_fn=stopped_in_epoch_3, run_dir=run_dir)
+    state = functional_training_loop(
+        cfg, None, fresh_policy(), env_config, store, step_fn=stopped_in_epoch_3, run_dir=run_dir
+    )
     out = capsys.readouterr().out
     assert "2 envs (4 agents, serial)" in out  # 4 agents per forward pass of 2-agent envs, one batch
     assert "stopped by SIGTERM: epoch 3" in out and state.epoch == 3 and state.agent_step == 192
@@ -176,7 +223,9 @@ def test_the_configs_settings_are_the_ones_that_run(tmp_path, capsys):
 
 def test_a_fresh_run_starts_from_the_initial_policy_and_verbose_false_is_quiet(tmp_path, capsys):
     store = policy_store(str(tmp_path / "store"))
-    functional_training_loop(tiny_config(), None, fresh_policy(), tiny_curriculum(), store, run_dir=tmp_path / "a", console=False)
+    functional_training_loop(
+        tiny_config(), None, fresh_policy(), tiny_curriculum(), store, run_dir=tmp_path / "a", console=False
+    )
     source = read_policy_file(str(tmp_path / "a" / "checkpoints" / "model_0001.pt"))["state_dict"]
     starts: list[bool] = []
 
@@ -187,13 +236,19 @@ def test_a_fresh_run_starts_from_the_initial_policy_and_verbose_false_is_quiet(t
         return default_training_step(state, components, config, experience)
 
     cfg = tiny_config(verbose=False, initial_policy={"uri": str(tmp_path / "a" / "checkpoints"), "type": "latest"})
-    functional_training_loop(cfg, None, fresh_policy(), tiny_curriculum(), store, step_fn=checking_step, run_dir=tmp_path / "b")
+    functional_training_loop(
+        cfg, None, fresh_policy(), tiny_curriculum(), store, step_fn=checking_step, run_dir=tmp_path / "b"
+    )
     assert starts == [True] and capsys.readouterr().out == ""
     with pytest.raises(FileNotFoundError, match="initial_policy.uri='/nonexistent' does not exist"):
         functional_training_loop(
-            tiny_config(initial_policy={"uri": "/nonexistent"}), None, fresh_policy(), tiny_curriculum(), store,
+            tiny_config(initial_policy={"uri": "/nonexistent"}),
+            None,
+            fresh_policy(),
+            tiny_curriculum(),
+            store,
             run_dir=tmp_path / "c",
-        )  # fmt: skip
+        )
     assert not (tmp_path / "c").exists()  # refused before anything was created
 
 
@@ -208,9 +263,15 @@ def test_the_l2_init_anchor_moves_when_the_epoch_crosses_its_interval(tmp_path):
         return default_training_step(state, components, config, experience)
 
     functional_training_loop(
-        tiny_config(total_timesteps=3 * 64, update_epochs=1), None, policy, tiny_curriculum(),
-        policy_store(str(tmp_path / "store")), step_fn=watching_step, run_dir=tmp_path / "run", console=False,
-    )  # fmt: skip
+        tiny_config(total_timesteps=3 * 64, update_epochs=1),
+        None,
+        policy,
+        tiny_curriculum(),
+        policy_store(str(tmp_path / "store")),
+        step_fn=watching_step,
+        run_dir=tmp_path / "run",
+        console=False,
+    )
     same = [all(torch.equal(a, b) for a, b in zip(anchors[i], anchors[i + 1])) for i in range(2)]
     assert same == [True, False]  # untouched after epoch 1; moved toward the weights when epoch 2 crossed 2
 
@@ -219,33 +280,48 @@ def test_kickstart_teachers_a_torch_optimizer_and_changed_settings(tmp_path, cap
     """config.kickstart builds the loop's kickstarter (as run.py does); a plain torch optimizer is wrapped once,
     so grad_mean_variance_interval still reports; resuming with other trainer settings says which."""
     store = policy_store(str(tmp_path / "store"))
-    functional_training_loop(tiny_config(), None, fresh_policy(), tiny_curriculum(), store, run_dir=tmp_path / "teacher", console=False)
+    functional_training_loop(
+        tiny_config(), None, fresh_policy(), tiny_curriculum(), store, run_dir=tmp_path / "teacher", console=False
+    )
     teacher = str(tmp_path / "teacher" / "checkpoints" / "model_0001.pt")
     policy = fresh_policy()
     cfg = tiny_config(
         kickstart={"teacher_uri": teacher, "action_loss_coef": 1.0, "kickstart_steps": 10_000},
         grad_mean_variance_interval=1,
-    )  # fmt: skip
+    )
     state = functional_training_loop(
-        cfg, None, policy, tiny_curriculum(), store, optimizer=torch.optim.Adam(policy.parameters(), lr=1e-3),
-        run_dir=tmp_path / "student", console=False,
-    )  # fmt: skip
+        cfg,
+        None,
+        policy,
+        tiny_curriculum(),
+        store,
+        optimizer=torch.optim.Adam(policy.parameters(), lr=1e-3),
+        run_dir=tmp_path / "student",
+        console=False,
+    )
     rows = [json.loads(line) for line in (tmp_path / "student" / "metrics.jsonl").read_text().splitlines()]
     assert state.metrics["losses/ks_action_loss"] > 0 and rows[-1]["losses/ks_action_loss"] > 0
     assert {"grad/mean", "grad/variance", "grad/norm"} <= set(state.metrics) & set(rows[-1])
 
     with caplog.at_level(logging.WARNING, logger="metta.rl.functional_trainer"):
         functional_training_loop(
-            tiny_config(total_timesteps=128, ppo={"gamma": 0.5}), None, fresh_policy(), tiny_curriculum(), store,
-            run_dir=tmp_path / "teacher", console=False,
-        )  # fmt: skip
+            tiny_config(total_timesteps=128, ppo={"gamma": 0.5}),
+            None,
+            fresh_policy(),
+            tiny_curriculum(),
+            store,
+            run_dir=tmp_path / "teacher",
+            console=False,
+        )
     assert "other trainer settings (ppo.gamma: 0.977 -> 0.5)" in caplog.text
 
 
 def test_trainer_config_defaults_run_in_the_loop(tmp_path, capsys):
     """TrainerConfig's own async_factor (2) with one worker: serial, its two batches stepped in turn."""
     cfg = tiny_config(async_factor=2, forward_pass_minibatch_target_size=4)
-    state = functional_training_loop(cfg, None, fresh_policy(), tiny_curriculum(), policy_store(str(tmp_path / "s")), run_dir=tmp_path / "run")
+    state = functional_training_loop(
+        cfg, None, fresh_policy(), tiny_curriculum(), policy_store(str(tmp_path / "s")), run_dir=tmp_path / "run"
+    )
     assert "4 envs (8 agents, serial)" in capsys.readouterr().out and state.agent_step == 64
 
 
@@ -255,9 +331,15 @@ def test_a_training_config_gives_the_run_level_defaults(tmp_path, capsys):
     from metta.train.train_config import TrainingConfig
 
     config = TrainingConfig(
-        experiment_name="structured", data_dir=str(tmp_path), num_envs=2, seed=3, keep_checkpoints=1,
-        trainer=tiny_config(total_timesteps=3 * 64, checkpoint={"checkpoint_interval": 1, "wandb_checkpoint_interval": 0}),
-    )  # fmt: skip
+        experiment_name="structured",
+        data_dir=str(tmp_path),
+        num_envs=2,
+        seed=3,
+        keep_checkpoints=1,
+        trainer=tiny_config(
+            total_timesteps=3 * 64, checkpoint={"checkpoint_interval": 1, "wandb_checkpoint_interval": 0}
+        ),
+    )
     state = functional_training_loop(config, None, fresh_policy(), tiny_curriculum(), policy_store(str(tmp_path / "s")))
     run_dir = tmp_path / "structured"
     assert state.epoch == 3 and state.stopped_by is None and "2 envs (4 agents, serial)" in capsys.readouterr().out
@@ -281,9 +363,15 @@ def test_wandb_checkpoint_interval_uploads_the_policy_as_an_artifact(tmp_path, m
     try:
         cfg = tiny_config(total_timesteps=2 * 64, checkpoint={"checkpoint_interval": 0, "wandb_checkpoint_interval": 2})
         state = functional_training_loop(
-            cfg, None, fresh_policy(), tiny_curriculum(), policy_store(str(tmp_path / "s")), run_dir=tmp_path / "run",
-            wandb_run=run, console=False,
-        )  # fmt: skip
+            cfg,
+            None,
+            fresh_policy(),
+            tiny_curriculum(),
+            policy_store(str(tmp_path / "s")),
+            run_dir=tmp_path / "run",
+            wandb_run=run,
+            console=False,
+        )
     finally:
         run.finish()
         wandb.teardown()  # stops wandb's writer process, so the run's file is complete before it is read

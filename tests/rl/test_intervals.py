@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from component_helpers import fresh_policy, policy_store, tiny_config, tiny_curriculum
+
 from metta.rl.functional_trainer import functional_training_loop
 from metta.rl.intervals import crossed
 from metta.rl.trainer_config import PPOConfig
@@ -50,9 +50,16 @@ def test_functional_loop_checkpoints_when_the_counter_crosses(tmp_path, update_e
     torch.manual_seed(0)
     cfg = tiny_config(total_timesteps=5 * 64, update_epochs=update_epochs)
     state = functional_training_loop(
-        cfg, None, fresh_policy(), tiny_curriculum(), policy_store(str(tmp_path / "store")), num_envs=2,
-        run_dir=tmp_path / "run", checkpoint_interval=interval, console=False,
-    )  # fmt: skip
+        cfg,
+        None,
+        fresh_policy(),
+        tiny_curriculum(),
+        policy_store(str(tmp_path / "store")),
+        num_envs=2,
+        run_dir=tmp_path / "run",
+        checkpoint_interval=interval,
+        console=False,
+    )
     epochs = [json.loads(line)["epoch"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [update_epochs * (i + 1) for i in range(5)] and state.epoch == epochs[-1]
     fired = expected_fires(interval, epochs)
@@ -67,9 +74,16 @@ def test_early_stops_still_cross(tmp_path):
     torch.manual_seed(0)
     cfg = tiny_config(total_timesteps=4 * 64, update_epochs=3)
     functional_training_loop(
-        cfg, PPOConfig(target_kl=1e-12), fresh_policy(), tiny_curriculum(), policy_store(str(tmp_path / "store")),
-        num_envs=2, run_dir=tmp_path / "run", checkpoint_interval=2, console=False,
-    )  # fmt: skip
+        cfg,
+        PPOConfig(target_kl=1e-12),
+        fresh_policy(),
+        tiny_curriculum(),
+        policy_store(str(tmp_path / "store")),
+        num_envs=2,
+        run_dir=tmp_path / "run",
+        checkpoint_interval=2,
+        console=False,
+    )
     epochs = [json.loads(line)["epoch"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3, 4]
     assert checkpoint_epochs(tmp_path / "run") == [2, 4]  # the last crossing is the final epoch: no repeat
@@ -78,14 +92,28 @@ def test_early_stops_still_cross(tmp_path):
 def test_run_py_uses_the_same_rule(tmp_path):
     """update_epochs 3, checkpoint every 2 epochs, evaluation off: epochs 3, 6, 9 -> checkpoints at 3 (crossed 2),
     6 (crossed 4 and 6) and 9 (crossed 8); the final one is epoch 9's, written once."""
-    env = {k: v for k, v in os.environ.items() if k not in ("METTA_RUN", "DATA_DIR", "RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("METTA_RUN", "DATA_DIR", "RANK", "WORLD_SIZE", "LOCAL_RANK")
+    }
     env.update(WANDB_MODE="disabled", OMP_NUM_THREADS="1")
     args = [
-        f"data_dir={tmp_path}", "run=intervals", "trainer.total_timesteps=3000", "num_envs=4", "trainer.batch_size=1024",
-        "trainer.minibatch_size=512", "trainer.bptt_horizon=8", "trainer.update_epochs=3", "evaluate=false",
-        "trainer.checkpoint.checkpoint_interval=2", "keep_checkpoints=10", "device=cpu", "torch_threads=1",
-    ]  # fmt: skip
-    proc = subprocess.run([sys.executable, "run.py", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        f"data_dir={tmp_path}",
+        "run=intervals",
+        "trainer.total_timesteps=3000",
+        "num_envs=4",
+        "trainer.batch_size=1024",
+        "trainer.minibatch_size=512",
+        "trainer.bptt_horizon=8",
+        "trainer.update_epochs=3",
+        "evaluate=false",
+        "trainer.checkpoint.checkpoint_interval=2",
+        "keep_checkpoints=10",
+        "device=cpu",
+        "torch_threads=1",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "run.py", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "intervals" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [3, 6, 9]
@@ -99,9 +127,15 @@ def test_interval_metrics_in_the_functional_loop(tmp_path):
     policy.config.analyze_weights_interval = 2
     cfg = tiny_config(total_timesteps=3 * 64, update_epochs=1, grad_mean_variance_interval=3)
     functional_training_loop(
-        cfg, None, policy, tiny_curriculum(), policy_store(str(tmp_path / "store")), num_envs=2,
-        run_dir=tmp_path / "run", console=False,
-    )  # fmt: skip
+        cfg,
+        None,
+        policy,
+        tiny_curriculum(),
+        policy_store(str(tmp_path / "store")),
+        num_envs=2,
+        run_dir=tmp_path / "run",
+        console=False,
+    )
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows if any(k.startswith("weights/") for k in r)] == [2]
     assert [r["epoch"] for r in rows if "grad/variance" in r] == [3]

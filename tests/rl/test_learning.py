@@ -70,7 +70,9 @@ def test_ppo_learns_to_find_the_altar():
     env = Environment(env_config=room_config(), num_envs=64, seed=0, is_training=True, device="cpu")
     policy = make_policy(env)
     experience = make_experience(env, policy, cfg, "cpu")
-    optimizer = Optimizer("adam", policy, learning_rate=cfg.optimizer.learning_rate, max_grad_norm=cfg.ppo.max_grad_norm)
+    optimizer = Optimizer(
+        "adam", policy, learning_rate=cfg.optimizer.learning_rate, max_grad_norm=cfg.ppo.max_grad_norm
+    )
     losses = Losses()
     agent_step, epoch = 0, 0
     curve: list[float] = []

@@ -37,7 +37,13 @@ def test_ppo_losses_by_hand():
 def test_value_loss_without_clipping():
     mb = {"returns": torch.tensor([[1.0, 3.0]]), "values": torch.tensor([[0.0, 0.0]])}
     _, v, _, _, _ = compute_ppo_losses(
-        mb, torch.zeros(1, 2), torch.zeros(2), torch.tensor([2.0, 1.0]), torch.ones(1, 2), torch.zeros(1, 2), cfg(clip_vloss=False)
+        mb,
+        torch.zeros(1, 2),
+        torch.zeros(2),
+        torch.tensor([2.0, 1.0]),
+        torch.ones(1, 2),
+        torch.zeros(1, 2),
+        cfg(clip_vloss=False),
     )
     assert v.item() == pytest.approx(0.5 * (1 + 4) / 2)
 
@@ -49,9 +55,19 @@ def test_losses_stats_and_zero():
     stats = losses.stats()
     assert stats["policy_loss"] == 1.5 and stats["approx_kl"] == 0.25 and stats["explained_variance"] == 0.7
     assert set(stats) == {
-        "policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac", "l2_reg_loss", "l2_init_loss",
-        "ks_action_loss", "ks_value_loss", "importance", "current_logprobs", "explained_variance",
-    }  # fmt: skip
+        "policy_loss",
+        "value_loss",
+        "entropy",
+        "approx_kl",
+        "clipfrac",
+        "l2_reg_loss",
+        "l2_init_loss",
+        "ks_action_loss",
+        "ks_value_loss",
+        "importance",
+        "current_logprobs",
+        "explained_variance",
+    }
     assert should_stop_early(losses, 0.2) and not should_stop_early(losses, 0.3) and not should_stop_early(losses, None)
     losses.zero()
     assert losses.minibatches_processed == 0 and losses.policy_loss_sum == 0.0

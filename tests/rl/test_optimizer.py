@@ -91,7 +91,11 @@ def test_apply_lr_schedule_sets_metta_and_torch_optimizers():
     from metta.rl.optimizer import apply_lr_schedule
     from metta.rl.trainer_config import TrainerConfig
 
-    cfg = TrainerConfig(total_timesteps=1000, optimizer={"learning_rate": 0.1}, lr_scheduler={"enabled": True, "schedule_type": "linear"})
+    cfg = TrainerConfig(
+        total_timesteps=1000,
+        optimizer={"learning_rate": 0.1},
+        lr_scheduler={"enabled": True, "schedule_type": "linear"},
+    )
     model = Linear()
     for optimizer in (Optimizer("adam", model, learning_rate=0.1), torch.optim.SGD(model.parameters(), lr=0.1)):
         apply_lr_schedule(optimizer, cfg, agent_step=250)

@@ -1,6 +1,5 @@
 """Rollout and PPO update with the real MettaAgent and the real vecenv; kickstarter with a saved teacher."""
 
-import numpy as np
 import pytest
 import torch
 from omegaconf import DictConfig
@@ -8,6 +7,7 @@ from omegaconf import DictConfig
 from metta.agent.metta_agent import make_policy
 from metta.agent.policy_state import PolicyState
 from metta.agent.policy_store import PolicyStore
+from metta.common.profiling.stopwatch import Stopwatch
 from metta.interface.environment import Environment, default_env_config
 from metta.mettagrid.config import MettaGridConfig
 from metta.rl.advantage import compute_advantage
@@ -17,7 +17,6 @@ from metta.rl.losses import Losses, process_minibatch_update
 from metta.rl.optimizer import Optimizer
 from metta.rl.rollout import perform_rollout_step
 from metta.rl.trainer_config import KickstartConfig, TrainerConfig
-from metta.common.profiling.stopwatch import Stopwatch
 
 
 def short_episode_env(max_steps=6):
@@ -30,10 +29,17 @@ def short_episode_env(max_steps=6):
 
 def experience_for(env, agent, batch_size, bptt=4, minibatch_size=16):
     return Experience(
-        total_agents=env.num_agents, batch_size=batch_size, bptt_horizon=bptt, minibatch_size=minibatch_size,
-        obs_space=env.single_observation_space, atn_space=env.single_action_space, device="cpu",
-        hidden_size=agent.hidden_size, num_lstm_layers=agent.core_num_layers, agents_per_batch=env.agents_per_batch,
-    )  # fmt: skip
+        total_agents=env.num_agents,
+        batch_size=batch_size,
+        bptt_horizon=bptt,
+        minibatch_size=minibatch_size,
+        obs_space=env.single_observation_space,
+        atn_space=env.single_action_space,
+        device="cpu",
+        hidden_size=agent.hidden_size,
+        num_lstm_layers=agent.core_num_layers,
+        agents_per_batch=env.agents_per_batch,
+    )
 
 
 def test_lstm_state_is_zeroed_at_episode_starts():
@@ -86,9 +92,17 @@ def test_rollout_fills_buffer_and_ppo_update_runs():
     old_values = exp.values.clone()
 
     advantages = compute_advantage(
-        exp.values, exp.rewards, exp.dones, torch.ones_like(exp.values), torch.zeros_like(exp.values),
-        cfg.ppo.gamma, cfg.ppo.gae_lambda, cfg.vtrace.vtrace_rho_clip, cfg.vtrace.vtrace_c_clip, "cpu",
-    )  # fmt: skip
+        exp.values,
+        exp.rewards,
+        exp.dones,
+        torch.ones_like(exp.values),
+        torch.zeros_like(exp.values),
+        cfg.ppo.gamma,
+        cfg.ppo.gae_lambda,
+        cfg.vtrace.vtrace_rho_clip,
+        cfg.vtrace.vtrace_c_clip,
+        "cpu",
+    )
     optimizer = Optimizer("adam", agent, learning_rate=1e-3)
     losses = Losses()
     params0 = [p.detach().clone() for p in agent.parameters()]
@@ -121,16 +135,27 @@ def test_update_replays_rows_from_the_rollout_state():
     assert exp.dones[:, 1:].any(), "some row crosses an episode boundary"
     ppo, vtrace = cfg.ppo, cfg.vtrace
     adv = compute_advantage(
-        exp.values, exp.rewards, exp.dones, torch.ones_like(exp.values), torch.zeros_like(exp.values), ppo.gamma,
-        ppo.gae_lambda, vtrace.vtrace_rho_clip, vtrace.vtrace_c_clip, "cpu", next_rows=exp.next_rows,
-    )  # fmt: skip
+        exp.values,
+        exp.rewards,
+        exp.dones,
+        torch.ones_like(exp.values),
+        torch.zeros_like(exp.values),
+        ppo.gamma,
+        ppo.gae_lambda,
+        vtrace.vtrace_rho_clip,
+        vtrace.vtrace_c_clip,
+        "cpu",
+        next_rows=exp.next_rows,
+    )
     assert (exp.next_rows >= 0).sum() == exp.segments - env.num_agents, "each agent's rows form one chain"
     losses = Losses()
     seen = []  # the minibatch's V-trace advantages, as the loss uses them (no normalisation here)
     for mb in exp.iter_minibatches():
         ratio_before = mb["logprobs"].clone()
         with torch.no_grad():
-            process_minibatch_update(agent, exp, mb, adv, cfg, None, 0, losses, "cpu", [lambda *a: seen.append(a[5]) or a[5].sum() * 0])
+            process_minibatch_update(
+                agent, exp, mb, adv, cfg, None, 0, losses, "cpu", [lambda *a: seen.append(a[5]) or a[5].sum() * 0]
+            )
         torch.testing.assert_close(exp.ratio[mb["indices"]], torch.ones_like(ratio_before), atol=1e-5, rtol=0)
         # Ratio 1: recomputed from the minibatch's rows and their tails, they equal the whole buffer's, row ends too.
         torch.testing.assert_close(seen[-1], adv[mb["indices"]], atol=1e-5, rtol=1e-4)
@@ -143,12 +168,25 @@ def test_l2_init_and_prioritized_path():
     torch.manual_seed(2)
     env = Environment(num_agents=2, width=8, height=8, num_envs=2, seed=2)
     agent = make_policy(env)
-    cfg = TrainerConfig.from_dict({"batch_size": 64, "minibatch_size": 32, "bptt_horizon": 4, "ppo": {"l2_init_loss_coef": 1.0}})
+    cfg = TrainerConfig.from_dict(
+        {"batch_size": 64, "minibatch_size": 32, "bptt_horizon": 4, "ppo": {"l2_init_loss_coef": 1.0}}
+    )
     exp = experience_for(env, agent, batch_size=64, minibatch_size=32)
     while not exp.ready_for_training:
         perform_rollout_step(agent, env, exp, "cpu")
     exp.rewards.normal_()
-    adv = compute_advantage(exp.values, exp.rewards, exp.dones, torch.ones_like(exp.values), torch.zeros_like(exp.values), 0.99, 0.95, 1, 1, "cpu")
+    adv = compute_advantage(
+        exp.values,
+        exp.rewards,
+        exp.dones,
+        torch.ones_like(exp.values),
+        torch.zeros_like(exp.values),
+        0.99,
+        0.95,
+        1,
+        1,
+        "cpu",
+    )
     losses = Losses()
     for mb in exp.iter_minibatches(adv, prio_alpha=0.5, prio_beta=0.6):
         loss = process_minibatch_update(agent, exp, mb, adv, cfg, None, 0, losses, "cpu")
@@ -168,7 +206,10 @@ def test_kickstarter_with_saved_teacher(tmp_path):
 
     assert not Kickstarter(KickstartConfig(), "cpu", None, env).enabled
     ks = Kickstarter(
-        KickstartConfig(teacher_uri=record.uri, kickstart_steps=1000, anneal_ratio=0.5, value_loss_coef=2.0), "cpu", store, env
+        KickstartConfig(teacher_uri=record.uri, kickstart_steps=1000, anneal_ratio=0.5, value_loss_coef=2.0),
+        "cpu",
+        store,
+        env,
     )
     assert ks.enabled and len(ks.teachers) == 1
     assert [ks.annealing(s) for s in (0, 500, 750, 1000, 1001)] == [1.0, 1.0, 0.5, 0.0, 0.0]
@@ -195,9 +236,13 @@ def test_train_ppo_follows_the_lr_schedule():
     env = Environment(num_agents=2, width=8, height=8, num_envs=2, seed=2)
     agent = make_policy(env)
     cfg = TrainerConfig(
-        total_timesteps=128, batch_size=64, minibatch_size=16, bptt_horizon=4, optimizer={"learning_rate": 0.002},
+        total_timesteps=128,
+        batch_size=64,
+        minibatch_size=16,
+        bptt_horizon=4,
+        optimizer={"learning_rate": 0.002},
         lr_scheduler={"enabled": True, "schedule_type": "linear"},
-    )  # fmt: skip
+    )
     exp = make_experience(env, agent, cfg)
     optimizer = Optimizer("adam", agent, learning_rate=cfg.optimizer.learning_rate)
     losses, agent_step, epoch, rates = Losses(), 0, 0, []
@@ -231,6 +276,8 @@ def test_train_ppo_runs_the_buffers_sizes_and_refuses_a_config_that_says_otherwi
     assert losses.minibatches_processed == 2 * defaults.update_epochs
 
     explicit = TrainerConfig(batch_size=32, minibatch_size=8, bptt_horizon=4)
-    with pytest.raises(ValueError, match=r"trainer_cfg.minibatch_size=8 but the Experience was built with minibatch_size=16"):
+    with pytest.raises(
+        ValueError, match=r"trainer_cfg.minibatch_size=8 but the Experience was built with minibatch_size=16"
+    ):
         train_ppo(agent, optimizer, exp, "cpu", Losses(), 0, explicit, agent_step=32)
     env.close()

@@ -10,37 +10,70 @@ from metta.rl.trainer_config import KickstartConfig, PPOConfig, TrainerConfig, c
 def test_defaults_match_upstream_and_construct():
     cfg = TrainerConfig()
     assert (cfg.batch_size, cfg.minibatch_size, cfg.bptt_horizon, cfg.update_epochs) == (524288, 16384, 64, 1)
-    assert (cfg.ppo.clip_coef, cfg.ppo.ent_coef, cfg.ppo.gae_lambda, cfg.ppo.gamma, cfg.ppo.vf_coef) == (0.1, 0.0021, 0.916, 0.977, 0.44)
+    assert (cfg.ppo.clip_coef, cfg.ppo.ent_coef, cfg.ppo.gae_lambda, cfg.ppo.gamma, cfg.ppo.vf_coef) == (
+        0.1,
+        0.0021,
+        0.916,
+        0.977,
+        0.44,
+    )
     assert cfg.optimizer.learning_rate == 0.0004573146765703167 and cfg.optimizer.eps == 1e-12
     assert cfg.prioritized_experience_replay.prio_alpha == 0.0 and cfg.vtrace.vtrace_rho_clip == 1.0
     assert cfg.kickstart.anneal_ratio == 0.65 and cfg.checkpoint.checkpoint_interval == 60
     assert cfg.num_workers == 1 and cfg.checkpoint.checkpoint_dir is None  # None: the run directory's folder
     placed = cfg.with_run_dir("/runs/a")
     assert (placed.checkpoint.checkpoint_dir, placed.simulation.replay_dir, placed.profiler.profile_dir) == (
-        "/runs/a/checkpoints", "/runs/a/replays", "/runs/a/torch_traces"
+        "/runs/a/checkpoints",
+        "/runs/a/replays",
+        "/runs/a/torch_traces",
     )
-    assert TrainerConfig(checkpoint={"checkpoint_dir": "/ck"}).with_run_dir("/runs/a").checkpoint.checkpoint_dir == "/ck"
-    seed = TrainerConfig(total_timesteps=10_000_000, batch_size=16384, minibatch_size=512, ppo=PPOConfig(gamma=0.99, gae_lambda=0.95))
+    assert (
+        TrainerConfig(checkpoint={"checkpoint_dir": "/ck"}).with_run_dir("/runs/a").checkpoint.checkpoint_dir == "/ck"
+    )
+    seed = TrainerConfig(
+        total_timesteps=10_000_000, batch_size=16384, minibatch_size=512, ppo=PPOConfig(gamma=0.99, gae_lambda=0.95)
+    )
     assert seed.ppo.gamma == 0.99
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    ({"batch_size": 16384, "minibatch_size": 500}, r"minibatch_size=500 must divide batch_size=16384 \(remainder 384\).*minibatch_size=256"),
-    ({"batch_size": 1024, "minibatch_size": 2048}, r"minibatch_size=2048 is larger than batch_size=1024"),
-    ({"batch_size": 4096, "minibatch_size": 1024, "bptt_horizon": 48}, r"minibatch_size=1024 must be a multiple of bptt_horizon=48"),
-    ({"curriculum": None}, r"curriculum"),
-    ({"_target_": "metta.rl.trainer.MettaTrainer"}, r"_target_ is not a metta setting: metta has one trainer loop"),
-    ({"env": "/env/mettagrid/simple"}, r"env is not a metta setting: pass an env config's path as curriculum"),
-    ({"hyperparameter_scheduler": {}}, r"hyperparameter_scheduler is not a metta setting: upstream disabled it"),
-    ({"require_contiguous_env_ids": True}, r"require_contiguous_env_ids is not a metta setting"),
-    ({"minibatch_size": 1024, "max_minibatch_size": 96, "bptt_horizon": 16}, r"max_minibatch_size=96 must divide minibatch_size=1024"),
-    ({"checkpoint": {"checkpoint_interval": 50}, "simulation": {"evaluate_interval": 10}}, r"evaluate_interval=10 must be 0 .* checkpoint.checkpoint_interval=50"),
-    ({"checkpoint": {"checkpoint_interval": 50, "wandb_checkpoint_interval": 20}, "simulation": {"evaluate_interval": 0}}, r"wandb_checkpoint_interval=20 must be >= checkpoint.checkpoint_interval=50"),
-    ({"ppo": {"clip_coef": -1}}, r"clip_coef"),
-    ({"optimizer": {"type": "sgd"}}, r"'adam' or 'muon'"),
-    ({"bogus_field": 1}, r"bogus_field"),
-    ({"checkpoint": {"checkpoint_dir": ""}}, r"checkpoint_dir"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (
+            {"batch_size": 16384, "minibatch_size": 500},
+            r"minibatch_size=500 must divide batch_size=16384 \(remainder 384\).*minibatch_size=256",
+        ),
+        ({"batch_size": 1024, "minibatch_size": 2048}, r"minibatch_size=2048 is larger than batch_size=1024"),
+        (
+            {"batch_size": 4096, "minibatch_size": 1024, "bptt_horizon": 48},
+            r"minibatch_size=1024 must be a multiple of bptt_horizon=48",
+        ),
+        ({"curriculum": None}, r"curriculum"),
+        ({"_target_": "metta.rl.trainer.MettaTrainer"}, r"_target_ is not a metta setting: metta has one trainer loop"),
+        ({"env": "/env/mettagrid/simple"}, r"env is not a metta setting: pass an env config's path as curriculum"),
+        ({"hyperparameter_scheduler": {}}, r"hyperparameter_scheduler is not a metta setting: upstream disabled it"),
+        ({"require_contiguous_env_ids": True}, r"require_contiguous_env_ids is not a metta setting"),
+        (
+            {"minibatch_size": 1024, "max_minibatch_size": 96, "bptt_horizon": 16},
+            r"max_minibatch_size=96 must divide minibatch_size=1024",
+        ),
+        (
+            {"checkpoint": {"checkpoint_interval": 50}, "simulation": {"evaluate_interval": 10}},
+            r"evaluate_interval=10 must be 0 .* checkpoint.checkpoint_interval=50",
+        ),
+        (
+            {
+                "checkpoint": {"checkpoint_interval": 50, "wandb_checkpoint_interval": 20},
+                "simulation": {"evaluate_interval": 0},
+            },
+            r"wandb_checkpoint_interval=20 must be >= checkpoint.checkpoint_interval=50",
+        ),
+        ({"ppo": {"clip_coef": -1}}, r"clip_coef"),
+        ({"optimizer": {"type": "sgd"}}, r"'adam' or 'muon'"),
+        ({"bogus_field": 1}, r"bogus_field"),
+        ({"checkpoint": {"checkpoint_dir": ""}}, r"checkpoint_dir"),
+    ],
+)
 def test_bad_configs_fail_with_numbers(kwargs, message):
     with pytest.raises(ValidationError, match=message):
         TrainerConfig.from_dict(kwargs)
@@ -49,7 +82,9 @@ def test_bad_configs_fail_with_numbers(kwargs, message):
 def test_num_agents_check():
     cfg = TrainerConfig(batch_size=4096, minibatch_size=1024, bptt_horizon=64)
     cfg.check_num_agents(64)
-    with pytest.raises(ValueError, match=r"batch_size=4096 is smaller than num_agents \* bptt_horizon = 100 \* 64 = 6400"):
+    with pytest.raises(
+        ValueError, match=r"batch_size=4096 is smaller than num_agents \* bptt_horizon = 100 \* 64 = 6400"
+    ):
         cfg.check_num_agents(100)
 
 
@@ -61,7 +96,12 @@ def test_assignment_is_validated():
 
 def test_dict_yaml_round_trip(tmp_path):
     cfg = TrainerConfig.from_dict(
-        {"batch_size": 8192, "minibatch_size": 1024, "ppo": {"target_kl": 0.02}, "kickstart": {"additional_teachers": [{"teacher_uri": "file://x.pt"}]}}
+        {
+            "batch_size": 8192,
+            "minibatch_size": 1024,
+            "ppo": {"target_kl": 0.02},
+            "kickstart": {"additional_teachers": [{"teacher_uri": "file://x.pt"}]},
+        }
     )
     path = tmp_path / "sub" / "trainer.yaml"
     cfg.to_yaml(path)
@@ -77,7 +117,9 @@ def test_create_trainer_config(tmp_path):
     assert cfg.checkpoint.checkpoint_dir == str(tmp_path / "checkpoints")
     assert cfg.simulation.replay_dir == str(tmp_path / "replays")
     assert cfg.profiler.profile_dir == str(tmp_path / "torch_traces")
-    explicit = create_trainer_config(run_dir=tmp_path, vectorization="multiprocessing", checkpoint={"checkpoint_dir": "/ck"})
+    explicit = create_trainer_config(
+        run_dir=tmp_path, vectorization="multiprocessing", checkpoint={"checkpoint_dir": "/ck"}
+    )
     assert explicit.checkpoint.checkpoint_dir == "/ck" and explicit.async_factor == 2
     # Serial's defaults never overwrite what the caller set.
     kept = create_trainer_config(vectorization="serial", async_factor=4, zero_copy=True)

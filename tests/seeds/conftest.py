@@ -16,4 +16,3 @@ def quiet_small_machine(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # relative paths the seeds write ("config.yaml", ./train_dir) stay in tmp_path
     yield
     torch.set_num_threads(threads)
-

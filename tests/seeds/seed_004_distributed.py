@@ -51,6 +51,7 @@ def distributed_training(agent):
 
     # Wrap agent for distributed
     from metta.rl.policy_management import wrap_agent_distributed
+
     agent = wrap_agent_distributed(agent, device)
 
     # Run with torchrun
@@ -93,10 +94,16 @@ def training_loop_functions(agent, env, device, optimizer, trainer_config):
 
     # Filled in: the buffer, the timer, the stats, the losses and the counters the seed's block uses.
     experience = Experience(
-        total_agents=env.num_agents, batch_size=trainer_config.batch_size, bptt_horizon=trainer_config.bptt_horizon,
-        minibatch_size=trainer_config.minibatch_size, obs_space=env.single_observation_space,
-        atn_space=env.single_action_space, device=device, hidden_size=512, num_lstm_layers=1,
-    )  # fmt: skip
+        total_agents=env.num_agents,
+        batch_size=trainer_config.batch_size,
+        bptt_horizon=trainer_config.bptt_horizon,
+        minibatch_size=trainer_config.minibatch_size,
+        obs_space=env.single_observation_space,
+        atn_space=env.single_action_space,
+        device=device,
+        hidden_size=512,
+        num_lstm_layers=1,
+    )
     timer, stats, losses, agent_step, epoch = Stopwatch(), {}, Losses(), 0, 0
     ppo, vtrace = trainer_config.ppo, trainer_config.vtrace
     while agent_step < trainer_config.total_timesteps:
@@ -110,10 +117,17 @@ def training_loop_functions(agent, env, device, optimizer, trainer_config):
 
         # Train
         advantages = compute_advantage(
-            experience.values, experience.rewards, experience.dones, torch.ones_like(experience.values),
-            torch.zeros_like(experience.values), ppo.gamma, ppo.gae_lambda, vtrace.vtrace_rho_clip,
-            vtrace.vtrace_c_clip, device,
-        )  # fmt: skip
+            experience.values,
+            experience.rewards,
+            experience.dones,
+            torch.ones_like(experience.values),
+            torch.zeros_like(experience.values),
+            ppo.gamma,
+            ppo.gae_lambda,
+            vtrace.vtrace_rho_clip,
+            vtrace.vtrace_c_clip,
+            device,
+        )
         for minibatch in experience.iter_minibatches():
             loss = process_minibatch_update(
                 agent, experience, minibatch, advantages, trainer_config, None, agent_step, losses, device
@@ -176,12 +190,24 @@ def main() -> None:
     trained = checksum(agent)
     wrote, loaded_step, loaded_epoch, policy_path = checkpointing(agent, optimizer, dirs, device, epoch, agent_step)
     result = {
-        "rank": rank, "world_size": world_size, "is_master": is_master, "device": str(device),
-        "wrapped": type(agent).__name__, "initial": initial, "synced": synced, "trained": trained,
-        "after_load": checksum(agent), "agent_step": agent_step, "epoch": epoch, "losses": losses,
-        "wrote": wrote, "loaded_step": loaded_step, "loaded_epoch": loaded_epoch, "policy_path": policy_path,
+        "rank": rank,
+        "world_size": world_size,
+        "is_master": is_master,
+        "device": str(device),
+        "wrapped": type(agent).__name__,
+        "initial": initial,
+        "synced": synced,
+        "trained": trained,
+        "after_load": checksum(agent),
+        "agent_step": agent_step,
+        "epoch": epoch,
+        "losses": losses,
+        "wrote": wrote,
+        "loaded_step": loaded_step,
+        "loaded_epoch": loaded_epoch,
+        "policy_path": policy_path,
         "run_dir": dirs.run_dir,
-    }  # fmt: skip
+    }
     with open(os.path.join(OUT_DIR, f"rank{rank}.json"), "w") as f:
         json.dump(result, f)
     env.close()

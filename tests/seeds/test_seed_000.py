@@ -58,9 +58,11 @@ def _objects_as_the_seed_creates_them():
 
     # Create agent
     policy = MettaAgent(
-        obs_shape=obs_space.shape, obs_width=env.obs_width, obs_height=env.obs_height,
+        obs_shape=obs_space.shape,
+        obs_width=env.obs_width,
+        obs_height=env.obs_height,
         feature_normalizations=env.feature_normalizations,
-    ).to(device)  # fmt: skip
+    ).to(device)
     policy.activate_actions(action_names, max_params, device)
 
     # Create experience buffer
@@ -102,9 +104,7 @@ def test_simple_training_loop_makes_progress(capsys):
     while agent_step < total_timesteps:
         start = time.perf_counter()
         # Collect experience
-        agent_step, stats = rollout(
-            policy, vecenv, experience, device, agent_step, timer
-        )
+        agent_step, stats = rollout(policy, vecenv, experience, device, agent_step, timer)
 
         # Update policy
         epoch = train_ppo(
@@ -155,10 +155,17 @@ def test_custom_training_step_makes_progress():
 
     def compute_custom_advantages(experience):
         return compute_advantage(
-            experience.values, experience.rewards, experience.dones, torch.ones_like(experience.values),
-            torch.zeros_like(experience.values), cfg.ppo.gamma, cfg.ppo.gae_lambda, cfg.vtrace.vtrace_rho_clip,
-            cfg.vtrace.vtrace_c_clip, device,
-        )  # fmt: skip
+            experience.values,
+            experience.rewards,
+            experience.dones,
+            torch.ones_like(experience.values),
+            torch.zeros_like(experience.values),
+            cfg.ppo.gamma,
+            cfg.ppo.gae_lambda,
+            cfg.vtrace.vtrace_rho_clip,
+            cfg.vtrace.vtrace_c_clip,
+            device,
+        )
 
     def custom_ppo_update(policy, experience, advantages, optimizer, epoch):
         losses = Losses()

@@ -28,12 +28,19 @@ def tiny_trainer_config(tmp_path, **overrides):
     from metta.rl.trainer_config import TrainerConfig
 
     fields = dict(
-        total_timesteps=64, batch_size=64, minibatch_size=32, bptt_horizon=8,
-        forward_pass_minibatch_target_size=8, async_factor=1,  # 4 envs of 2 agents, in this process
-        checkpoint={"checkpoint_interval": 1, "wandb_checkpoint_interval": 0,
-                    "checkpoint_dir": str(tmp_path / "run" / "checkpoints")},
+        total_timesteps=64,
+        batch_size=64,
+        minibatch_size=32,
+        bptt_horizon=8,
+        forward_pass_minibatch_target_size=8,
+        async_factor=1,  # 4 envs of 2 agents, in this process
+        checkpoint={
+            "checkpoint_interval": 1,
+            "wandb_checkpoint_interval": 0,
+            "checkpoint_dir": str(tmp_path / "run" / "checkpoints"),
+        },
         simulation={"evaluate_interval": 0},
-    )  # fmt: skip
+    )
     fields.update(overrides)
     return TrainerConfig(**fields)
 
@@ -53,7 +60,9 @@ def parts(tmp_path):
     config = tiny_trainer_config(tmp_path)
     experience = make_experience(vecenv, policy, config, "cpu")
     optimizer = Optimizer("adam", policy, learning_rate=1e-3)
-    policy_store = PolicyStore({"device": "cpu", "trainer": {"checkpoint": {"checkpoint_dir": str(tmp_path / "run" / "checkpoints")}}})
+    policy_store = PolicyStore(
+        {"device": "cpu", "trainer": {"checkpoint": {"checkpoint_dir": str(tmp_path / "run" / "checkpoints")}}}
+    )
     yield vecenv, policy, experience, optimizer, policy_store, "cpu"
     vecenv.close()
 
@@ -188,7 +197,9 @@ def test_custom_losses_and_ppo_optimizer_details(parts):
 
     # Get individual loss components (filled in: the first minibatch's data)
     cfg = ppo.trainer_cfg
-    advantages = experience.rollout_advantages(cfg.ppo.gamma, cfg.ppo.gae_lambda, cfg.vtrace.vtrace_rho_clip, cfg.vtrace.vtrace_c_clip)
+    advantages = experience.rollout_advantages(
+        cfg.ppo.gamma, cfg.ppo.gae_lambda, cfg.vtrace.vtrace_rho_clip, cfg.vtrace.vtrace_c_clip
+    )
     minibatch = next(experience.iter_minibatches(advantages))
     obs, actions, old_logprobs = minibatch["obs"], minibatch["actions"], minibatch["logprobs"]
     advantages, returns, values = minibatch["advantages"], minibatch["returns"], minibatch["values"]
@@ -198,9 +209,16 @@ def test_custom_losses_and_ppo_optimizer_details(parts):
     assert losses.total_loss is total_loss and total_loss.requires_grad
     assert all(torch.isfinite(t) for t in losses) and clipfrac.item() >= 0.0
     stateful = ppo.compute_ppo_loss(
-        obs, actions, old_logprobs, advantages, returns, values, rewards=minibatch["rewards"], dones=minibatch["dones"],
+        obs,
+        actions,
+        old_logprobs,
+        advantages,
+        returns,
+        values,
+        rewards=minibatch["rewards"],
+        dones=minibatch["dones"],
         state=PolicyState(lstm_h=minibatch["lstm_h"], lstm_c=minibatch["lstm_c"]),
-    )  # fmt: skip
+    )
     assert stateful.approx_kl.item() == pytest.approx(0.0, abs=1e-5)  # the rollout's own policy: ratio 1
 
     my_custom_loss = curiosity_loss

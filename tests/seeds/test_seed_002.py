@@ -30,12 +30,17 @@ def test_quick_start_trains_to_total_timesteps():
     once trained on, so agent_step reaches total_timesteps."""
     import torch
     from metta.api import (
-        Environment, Agent, Optimizer,
-        setup_run_directories, save_experiment_config,
-        perform_rollout_step, process_minibatch_update,
-        accumulate_rollout_stats, compute_advantage,
-        calculate_anneal_beta
-    )  # fmt: skip
+        Environment,
+        Agent,
+        Optimizer,
+        setup_run_directories,
+        save_experiment_config,
+        perform_rollout_step,
+        process_minibatch_update,
+        accumulate_rollout_stats,
+        compute_advantage,
+        calculate_anneal_beta,
+    )
     from metta.agent.policy_store import PolicyStore
     from metta.rl.experience import Experience
     from metta.rl.kickstarter import Kickstarter
@@ -64,15 +69,17 @@ def test_quick_start_trains_to_total_timesteps():
 
     # Create policy store
     policy_store = PolicyStore(
-        DictConfig({
-            "device": str(device),
-            "policy_cache_size": 10,
-            "trainer": {
-                "checkpoint": {
-                    "checkpoint_dir": dirs.checkpoint_dir,
-                }
-            },
-        }),
+        DictConfig(
+            {
+                "device": str(device),
+                "policy_cache_size": 10,
+                "trainer": {
+                    "checkpoint": {
+                        "checkpoint_dir": dirs.checkpoint_dir,
+                    }
+                },
+            }
+        ),
         wandb_run=None,
     )
 
@@ -151,14 +158,16 @@ def test_environment_agent_and_optimizer_blocks(caplog):
     assert (agent.hidden_size, agent.core_num_layers) == (512, 1)  # upstream's interface agent
 
     # Custom agent config
-    config = DictConfig({
-        "device": "cuda",
-        "agent": {
-            "clip_range": 0.2,
-            "l2_init_weight_update_interval": 100,
-            # ... component definitions ...
+    config = DictConfig(
+        {
+            "device": "cuda",
+            "agent": {
+                "clip_range": 0.2,
+                "l2_init_weight_update_interval": 100,
+                # ... component definitions ...
+            },
         }
-    })
+    )
     agent = Agent(env, config=config)
     assert agent.config.clip_range == 0.2 and agent.config.l2_init_weight_update_interval == 100
 
@@ -210,15 +219,17 @@ def test_policy_store_config_saving_and_checkpointing_blocks():
 
     # Policy Store, created directly with a minimal config
     policy_store = PolicyStore(
-        DictConfig({
-            "device": "cpu",
-            "policy_cache_size": 10,
-            "trainer": {
-                "checkpoint": {
-                    "checkpoint_dir": "./checkpoints",
-                }
-            },
-        }),
+        DictConfig(
+            {
+                "device": "cpu",
+                "policy_cache_size": 10,
+                "trainer": {
+                    "checkpoint": {
+                        "checkpoint_dir": "./checkpoints",
+                    }
+                },
+            }
+        ),
         wandb_run=None,
     )
 
@@ -269,8 +280,10 @@ def test_evaluation_config_block():
         },
     )
     assert sorted(evaluation_config.simulations) == [
-        "navigation/terrain_large", "navigation/terrain_medium", "navigation/terrain_small",
-    ]  # fmt: skip
+        "navigation/terrain_large",
+        "navigation/terrain_medium",
+        "navigation/terrain_small",
+    ]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -289,9 +302,14 @@ def filled_buffer():
     agent = Agent(env, config="fast", device="cpu")
     cfg = TrainerConfig(batch_size=512, minibatch_size=128, bptt_horizon=16, ppo={"norm_adv": False})
     experience = Experience(
-        total_agents=env.num_agents, batch_size=512, bptt_horizon=16, minibatch_size=128,
-        obs_space=env.single_observation_space, atn_space=env.single_action_space, device="cpu",
-    )  # fmt: skip
+        total_agents=env.num_agents,
+        batch_size=512,
+        bptt_horizon=16,
+        minibatch_size=128,
+        obs_space=env.single_observation_space,
+        atn_space=env.single_action_space,
+        device="cpu",
+    )
     while not experience.ready_for_training:
         perform_rollout_step(agent, env, experience, "cpu")
     env.close()
@@ -351,9 +369,14 @@ def test_next_rows_advantages_and_none_are_the_ones_the_loss_uses(filled_buffer)
     agent, experience, cfg = filled_buffer
     args = (cfg.ppo.gamma, cfg.ppo.gae_lambda, cfg.vtrace.vtrace_rho_clip, cfg.vtrace.vtrace_c_clip)
     chained = compute_advantage(
-        experience.values, experience.rewards, experience.dones, torch.ones_like(experience.values),
-        torch.zeros_like(experience.values), *args, next_rows=experience.next_rows,
-    )  # fmt: skip
+        experience.values,
+        experience.rewards,
+        experience.dones,
+        torch.ones_like(experience.values),
+        torch.zeros_like(experience.values),
+        *args,
+        next_rows=experience.next_rows,
+    )
     used, given = _advantages_the_loss_uses(agent, experience, cfg, chained)
     torch.testing.assert_close(used, given, atol=1e-4, rtol=1e-4)
     continues = experience.next_rows >= 0

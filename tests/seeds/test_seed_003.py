@@ -37,10 +37,15 @@ def test_slides_4_7_9_and_11_from_an_experience_of_the_seeds_sizes():
     cfg = TrainerConfig(batch_size=524_288, minibatch_size=16_384, bptt_horizon=64)
     total_agents = 2720 * 3  # slide 3's envs of 3 agents: every agent gets a row
     exp = Experience(
-        total_agents=total_agents, batch_size=cfg.batch_size, bptt_horizon=cfg.bptt_horizon,
-        minibatch_size=cfg.minibatch_size, obs_space=spaces.Box(0, 255, (TOKENS, 3), np.uint8),
-        atn_space=spaces.MultiDiscrete([9, 10]), device="cpu", hidden_size=128,
-    )  # fmt: skip
+        total_agents=total_agents,
+        batch_size=cfg.batch_size,
+        bptt_horizon=cfg.bptt_horizon,
+        minibatch_size=cfg.minibatch_size,
+        obs_space=spaces.Box(0, 255, (TOKENS, 3), np.uint8),
+        atn_space=spaces.MultiDiscrete([9, 10]),
+        device="cpu",
+        hidden_size=128,
+    )
     assert exp.segments == 8192 and exp.obs.shape[:2] == (8192, 64)  # slide 4: 8,192 sequences of 64 steps
     assert exp.minibatch_segments == 256 and exp.num_minibatches == 32  # slides 4 and 7: 32 updates of 256 rows
     assert exp.minibatch_size == 16_384 and exp.segments * exp.bptt_horizon == 524_288  # slide 9

@@ -103,9 +103,14 @@ def test_environment_agent_optimizer_and_training_functions():
     device, timer, stats, losses, epoch = agent.device, Stopwatch(), {}, Losses(), 0
     trainer_config = TrainerConfig(batch_size=256, minibatch_size=64, bptt_horizon=16)
     experience = Experience(
-        total_agents=env.num_agents, batch_size=256, bptt_horizon=16, minibatch_size=64,
-        obs_space=env.single_observation_space, atn_space=env.single_action_space, device=device,
-    )  # fmt: skip
+        total_agents=env.num_agents,
+        batch_size=256,
+        bptt_horizon=16,
+        minibatch_size=64,
+        obs_space=env.single_observation_space,
+        atn_space=env.single_action_space,
+        device=device,
+    )
     before = parameters_of(agent)
 
     # Rollout
@@ -118,12 +123,21 @@ def test_environment_agent_optimizer_and_training_functions():
     # Train
     ppo, vtrace = trainer_config.ppo, trainer_config.vtrace
     advantages = compute_advantage(
-        experience.values, experience.rewards, experience.dones, torch.ones_like(experience.values),
-        torch.zeros_like(experience.values), ppo.gamma, ppo.gae_lambda, vtrace.vtrace_rho_clip, vtrace.vtrace_c_clip,
+        experience.values,
+        experience.rewards,
+        experience.dones,
+        torch.ones_like(experience.values),
+        torch.zeros_like(experience.values),
+        ppo.gamma,
+        ppo.gae_lambda,
+        vtrace.vtrace_rho_clip,
+        vtrace.vtrace_c_clip,
         device,
-    )  # fmt: skip
+    )
     for minibatch in experience.iter_minibatches():
-        loss = process_minibatch_update(agent, experience, minibatch, advantages, trainer_config, None, 0, losses, device)
+        loss = process_minibatch_update(
+            agent, experience, minibatch, advantages, trainer_config, None, 0, losses, device
+        )
 
         # Training step
         optimizer.step(loss, epoch)
@@ -161,7 +175,18 @@ def test_utilities_import_and_single_process_distributed():
     assert (is_master, world_size, rank) == (True, 1, 0) and device.world_size == 1
     module = torch.nn.Linear(2, 2)
     assert wrap_agent_distributed(module, device) is module
-    assert all(callable(f) for f in (
-        setup_run_directories, save_experiment_config, initialize_wandb, cleanup_wandb, cleanup_distributed,
-        load_checkpoint, save_checkpoint, create_evaluation_config_suite, evaluate_policy_suite, generate_replay_simple,
-    ))  # fmt: skip
+    assert all(
+        callable(f)
+        for f in (
+            setup_run_directories,
+            save_experiment_config,
+            initialize_wandb,
+            cleanup_wandb,
+            cleanup_distributed,
+            load_checkpoint,
+            save_checkpoint,
+            create_evaluation_config_suite,
+            evaluate_policy_suite,
+            generate_replay_simple,
+        )
+    )

@@ -16,7 +16,12 @@ SMALL_ENV = {
         "max_steps": 30,
         "agent": {"rewards": {"stats": {"action.move.success": 0.1}}},
         "map_builder": {
-            "type": "random", "width": 8, "height": 8, "agents": 2, "objects": {"altar": 2}, "border_width": 1
+            "type": "random",
+            "width": 8,
+            "height": 8,
+            "agents": 2,
+            "objects": {"altar": 2},
+            "border_width": 1,
         },
     }
 }

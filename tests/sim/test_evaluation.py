@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from sim_helpers import SMALL_ENV
 
 from metta.interface.evaluation import (
     create_evaluation_config_suite,
@@ -14,8 +15,6 @@ from metta.mettagrid.config_loader import load_env_config
 from metta.mettagrid.replay import read_replay, replay_metadata
 from metta.sim.simulation import SimulationSuite, read_episode_stats
 from metta.sim.simulation_config import SimulationSuiteConfig, SingleEnvSimulationConfig
-
-from sim_helpers import SMALL_ENV
 
 
 def tiny_suite() -> SimulationSuiteConfig:

@@ -7,13 +7,12 @@ import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
+from sim_helpers import SMALL_ENV, save_new_policy
 from torch import nn
 
 from metta.mettagrid.replay import expand_series, read_replay, replay_metadata
 from metta.sim.simulation import Simulation, SimulationSuite, candidate_agent_count, episode_quotas, read_episode_stats
 from metta.sim.simulation_config import SimulationConfig, SimulationSuiteConfig, SingleEnvSimulationConfig
-
-from sim_helpers import SMALL_ENV, save_new_policy
 
 
 class ConstantPolicy(nn.Module):

@@ -30,9 +30,14 @@ def test_presets_validate_and_fit_their_envs(name):
     assert TrainingConfig.model_validate(config.model_dump(by_alias=True)) == config
     # Every env of the packaged curricula has 4 agents; each agent needs one bptt segment per batch.
     kwargs = config.env_kwargs()  # the arguments of metta.interface.Environment
-    assert kwargs["curriculum_path"] == config.trainer.curriculum and kwargs["async_factor"] == config.trainer.async_factor
+    assert (
+        kwargs["curriculum_path"] == config.trainer.curriculum and kwargs["async_factor"] == config.trainer.async_factor
+    )
     if config.num_envs is None:  # sized from the forward-pass target (seed 003's arithmetic)
-        assert kwargs["num_envs"] == 1 and kwargs["forward_pass_minibatch_target_size"] == config.trainer.forward_pass_minibatch_target_size
+        assert (
+            kwargs["num_envs"] == 1
+            and kwargs["forward_pass_minibatch_target_size"] == config.trainer.forward_pass_minibatch_target_size
+        )
         num_envs = 2 * config.trainer.forward_pass_minibatch_target_size // 4
     else:
         assert kwargs["num_envs"] == config.num_envs and kwargs["forward_pass_minibatch_target_size"] is None
@@ -81,7 +86,9 @@ def test_multiprocessing_layout_is_checked():
     with pytest.raises(ValidationError, match="trainer.num_workers=8 needs vectorization='multiprocessing'"):
         config.vectorization = "serial"
     with pytest.raises(ValidationError, match="num_workers=3 must be a multiple of trainer.async_factor=2"):
-        TrainingConfig(vectorization="multiprocessing", num_envs=8, trainer=TrainerConfig(num_workers=3, async_factor=2))
+        TrainingConfig(
+            vectorization="multiprocessing", num_envs=8, trainer=TrainerConfig(num_workers=3, async_factor=2)
+        )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -109,9 +116,16 @@ def test_seed_001_legacy_dict():
 
 def test_agent_name_and_hidden_size_build_that_policy():
     env = MettaGridEnv(
-        {"game": {"num_agents": 2, "max_steps": 20, "map_builder": {"type": "random", "width": 8, "height": 8, "agents": 2}}},
-        num_envs=1, seed=0,
-    )  # fmt: skip
+        {
+            "game": {
+                "num_agents": 2,
+                "max_steps": 20,
+                "map_builder": {"type": "random", "width": 8, "height": 8, "agents": 2},
+            }
+        },
+        num_envs=1,
+        seed=0,
+    )
     policy = make_policy(env, AgentConfig(name="simple_cnn", hidden_size=48))
     assert policy.hidden_size == 48 and policy.core_num_layers == 2
     big = AgentConfig(name="interface_default")
@@ -119,7 +133,9 @@ def test_agent_name_and_hidden_size_build_that_policy():
 
 
 def test_agent_name_errors_are_clear():
-    with pytest.raises(ValidationError, match=r"name='latent_attn_med' is unknown .*not implemented.*'fast', 'interface_default'"):
+    with pytest.raises(
+        ValidationError, match=r"name='latent_attn_med' is unknown .*not implemented.*'fast', 'interface_default'"
+    ):
         AgentConfig(name="latent_attn_med")
     with pytest.raises(ValidationError, match="hidden_size=64 conflicts with components._core_.output_size=128"):
         AgentConfig(hidden_size=64, components=fast_components())
@@ -242,8 +258,13 @@ def test_load_yaml_config_errors_name_file_field_and_value(tmp_path):
 def test_from_yaml_errors_name_the_file(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("trainer:\n  ppo:\n    gama: 0.9\n")
-    with pytest.raises(ConfigFileError, match=rf"{path}: invalid TrainingConfig:\n  field trainer.ppo.gama=0.9: unknown field; did you mean gamma"):
+    with pytest.raises(
+        ConfigFileError,
+        match=rf"{path}: invalid TrainingConfig:\n  field trainer.ppo.gama=0.9: unknown field; did you mean gamma",
+    ):
         TrainingConfig.from_yaml(path)
     path.write_text("agent:\n  components:\n    _core_:\n      type: LSTM\n      nn_paramz: {}\n")
-    with pytest.raises(ConfigFileError, match=r"field agent.components._core_.nn_paramz: unknown field; did you mean nn_params"):
+    with pytest.raises(
+        ConfigFileError, match=r"field agent.components._core_.nn_paramz: unknown field; did you mean nn_params"
+    ):
         TrainingConfig.from_yaml(path)

@@ -18,7 +18,9 @@ class MettaActorSingleHead(LayerBase):
     def __init__(self, name: str, sources: list[str], context: AgentContext):
         super().__init__(name, sources, context)
         if len(sources) != 2:
-            raise ValueError(f"component {name!r} (MettaActorSingleHead) needs sources [actor features, action embeddings], got {sources}")
+            raise ValueError(
+                f"component {name!r} (MettaActorSingleHead) needs sources [actor features, action embeddings], got {sources}"
+            )
 
     def _make_net(self, in_shapes: list[Shape]) -> Shape:
         (hidden,), (embed_dim,) = in_shapes

@@ -22,13 +22,17 @@ from metta.agent.lib.metta_layer import AgentContext, LayerBase, Shape
 
 
 class LSTM(LayerBase):
-    def __init__(self, name: str, sources: list[str], context: AgentContext, output_size: int, nn_params: dict | None = None):
+    def __init__(
+        self, name: str, sources: list[str], context: AgentContext, output_size: int, nn_params: dict | None = None
+    ):
         super().__init__(name, sources, context)
         params = dict(nn_params or {})
         self.hidden_size = int(output_size)
         self.num_layers = int(params.pop("num_layers", 1))
         if params:
-            raise ValueError(f"component {name!r} (LSTM): unknown nn_params {sorted(params)}; only num_layers is accepted")
+            raise ValueError(
+                f"component {name!r} (LSTM): unknown nn_params {sorted(params)}; only num_layers is accepted"
+            )
 
     def _make_net(self, in_shapes: list[Shape]) -> Shape:
         (shape,) = in_shapes
@@ -100,7 +104,9 @@ class LSTM(LayerBase):
         hs, cs = [], []
         for layer in range(self.num_layers):
             gates = F.linear(inp, getattr(self.lstm, f"weight_ih_l{layer}"), getattr(self.lstm, f"bias_ih_l{layer}"))
-            gates = gates + F.linear(h[layer], getattr(self.lstm, f"weight_hh_l{layer}"), getattr(self.lstm, f"bias_hh_l{layer}"))
+            gates = gates + F.linear(
+                h[layer], getattr(self.lstm, f"weight_hh_l{layer}"), getattr(self.lstm, f"bias_hh_l{layer}")
+            )
             i, f, g, o = gates.chunk(4, dim=1)
             c_new = torch.sigmoid(f) * c[layer] + torch.sigmoid(i) * torch.tanh(g)
             inp = torch.sigmoid(o) * torch.tanh(c_new)

@@ -26,7 +26,9 @@ class Linear(ParamLayer):
     def _make_net(self, in_shapes: list[Shape]) -> Shape:
         shape = _single_source(self.name, in_shapes)
         if len(shape) != 1:
-            raise ValueError(f"component {self.name!r} (Linear) needs a flat input, its source gives {shape}; add a Flatten")
+            raise ValueError(
+                f"component {self.name!r} (Linear) needs a flat input, its source gives {shape}; add a Flatten"
+            )
         self.weight_net = nn.Linear(shape[0], **self.nn_params)
         return (self.weight_net.out_features,)
 

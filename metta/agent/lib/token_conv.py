@@ -72,7 +72,7 @@ class TokenConv:
         self._cache_table: torch.Tensor | None = None
 
     @classmethod
-    def for_components(cls, components: dict) -> "TokenConv | None":
+    def for_components(cls, components: dict) -> TokenConv | None:
         """A ``TokenConv`` for the graph's ``_obs_`` -> normalizer -> Conv2d chain, or None when the graph has
         no such chain, the convolution is not a plain zero-padded one, or another component reads the box."""
         shaper = components.get("_obs_")
@@ -86,7 +86,12 @@ class TokenConv:
         if not isinstance(conv, Conv2d) or conv.sources != [normalizer.name]:
             return None
         net = conv.weight_net
-        if net.groups != 1 or tuple(net.dilation) != (1, 1) or net.padding_mode != "zeros" or isinstance(net.padding, str):
+        if (
+            net.groups != 1
+            or tuple(net.dilation) != (1, 1)
+            or net.padding_mode != "zeros"
+            or isinstance(net.padding, str)
+        ):
             return None
         return cls(shaper, normalizer, conv)
 
@@ -112,7 +117,9 @@ class TokenConv:
         taps = weight.reshape(out_channels, self.channels, -1).permute(1, 2, 0)  # [C, kh*kw, out]
         taps = F.pad(taps, (0, 0, 0, 1))  # the zero tap for uncovered cells
         # A matrix product rather than a gather: its backward is another product, not a slow scatter-add.
-        return torch.matmul(self.taps_to_table, taps).reshape(self.channels * self.cells, -1)  # [C*cells, positions*out]
+        return torch.matmul(self.taps_to_table, taps).reshape(
+            self.channels * self.cells, -1
+        )  # [C*cells, positions*out]
 
     def __call__(self, td: dict) -> None:
         tokens = td["x"]
@@ -140,7 +147,9 @@ class TokenConv:
             out = out + bias.view(1, -1, 1, 1)
         td[self.name] = self.conv.nonlinearity(out)
 
-    def _sparse_product(self, n: int, columns: torch.Tensor, values: torch.Tensor, per_row: torch.Tensor) -> torch.Tensor:
+    def _sparse_product(
+        self, n: int, columns: torch.Tensor, values: torch.Tensor, per_row: torch.Tensor
+    ) -> torch.Tensor:
         """CPU: the valid tokens as a sparse CSR matrix times the table (the fastest product on a CPU)."""
         row_starts = torch.zeros(n + 1, dtype=torch.long, device=columns.device)
         torch.cumsum(per_row, 0, out=row_starts[1:])
@@ -148,7 +157,7 @@ class TokenConv:
             warnings.simplefilter("ignore")
             inputs = torch.sparse_csr_tensor(
                 row_starts, columns, values, (n, self.channels * self.cells), check_invariants=False
-            )  # fmt: skip
+            )
         return torch.sparse.mm(inputs, self._table())  # [N, positions * out_channels]
 
     def _bag_product(self, columns: torch.Tensor, values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,15 @@ import torch
 
 MB = 1024 * 1024
 # Code, classes and modules are shared program state, not memory an object holds.
-_NOT_DATA = (type, weakref.ref, types.FunctionType, types.MethodType, types.BuiltinFunctionType, types.ModuleType, logging.Logger)
+_NOT_DATA = (
+    type,
+    weakref.ref,
+    types.FunctionType,
+    types.MethodType,
+    types.BuiltinFunctionType,
+    types.ModuleType,
+    logging.Logger,
+)
 
 
 def get_object_size(obj: Any, max_objects: int = 100_000) -> int:

@@ -15,9 +15,10 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 GLOBAL_TIMER_NAME = "global"
 
@@ -143,7 +144,11 @@ class Stopwatch:
 
     def estimate_remaining(self, current_steps: int, total_steps: int, name: str | None = None) -> tuple[float, float]:
         """``(seconds remaining, steps per second)`` at the lap rate (the overall rate before any checkpoint)."""
-        rate = self.get_lap_rate(current_steps, name) if self._timer(name).checkpoints else self.get_rate(current_steps, name)
+        rate = (
+            self.get_lap_rate(current_steps, name)
+            if self._timer(name).checkpoints
+            else self.get_rate(current_steps, name)
+        )
         if rate <= 0:
             return float("inf"), 0.0
         return max(0, total_steps - current_steps) / rate, rate

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from metta.mettagrid.config import MettaGridConfig
 from metta.mettagrid.config_loader import apply_overrides, env_config_from_dict, load_config_dict

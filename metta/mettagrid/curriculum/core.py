@@ -17,7 +17,7 @@ from metta.mettagrid.config import MettaGridConfig
 class Task:
     """One task: a name and the env config it yields. ``complete(score)`` reports an episode's mean reward."""
 
-    def __init__(self, task_id: str, curriculum: "Curriculum", env_cfg: MettaGridConfig):
+    def __init__(self, task_id: str, curriculum: Curriculum, env_cfg: MettaGridConfig):
         self.id = task_id
         self.name = task_id
         self._curriculum = curriculum

@@ -30,7 +30,8 @@ and RNG, so a resumed run continues exactly.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from metta.mettagrid.config import MettaGridConfig
 from metta.mettagrid.config_loader import (
@@ -21,7 +22,13 @@ from metta.mettagrid.config_loader import (
     resolve_config_path,
 )
 from metta.mettagrid.curriculum.core import Curriculum, SingleTaskCurriculum
-from metta.mettagrid.default_env import DEFAULT_HEIGHT, DEFAULT_NUM_AGENTS, DEFAULT_WIDTH, apply_size_overrides, default_env_config
+from metta.mettagrid.default_env import (
+    DEFAULT_HEIGHT,
+    DEFAULT_NUM_AGENTS,
+    DEFAULT_WIDTH,
+    apply_size_overrides,
+    default_env_config,
+)
 
 _ALLOWED_PREFIX = "metta.mettagrid.curriculum."
 
@@ -118,7 +125,9 @@ def build_curriculum(
     ``width``, ``height``), else the default navigation env of that size."""
     for name, value in (("num_agents", num_agents), ("width", width), ("height", height)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{name}={value!r} is not allowed; use a positive integer, or None for the env's own {name}")
+            raise ValueError(
+                f"{name}={value!r} is not allowed; use a positive integer, or None for the env's own {name}"
+            )
     if curriculum_path is None:
         if env_config is None:
             cfg = default_env_config(

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import random
 from collections import Counter, deque
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from metta.mettagrid.config import MettaGridConfig
 from metta.mettagrid.curriculum.core import Curriculum, SingleTaskCurriculum, Task

@@ -1,6 +1,6 @@
 """Map builders for MettaGrid. ``MapBuilderConfig`` is the tagged union used in env configs."""
 
-from typing import Annotated, Any, Union
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
 
@@ -19,7 +19,7 @@ from metta.mettagrid.map.terrain import (
 )
 
 MapBuilderConfig = Annotated[
-    Union[RandomMap, AsciiMap, MazeMap, MultiRoom, VariedTerrain, CylinderWorld, TerrainMap],
+    RandomMap | AsciiMap | MazeMap | MultiRoom | VariedTerrain | CylinderWorld | TerrainMap,
     Field(discriminator="type"),
 ]
 # MultiRoom.room refers to the union, which includes MultiRoom itself.

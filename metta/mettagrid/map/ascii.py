@@ -89,7 +89,7 @@ class AsciiMap(MapBuilder):
     border_object: str = "wall"
 
     @model_validator(mode="after")
-    def _one_source(self) -> "AsciiMap":
+    def _one_source(self) -> AsciiMap:
         if (self.uri is None) == (self.map_data is None):
             raise ValueError("ascii map: give exactly one of `uri` (a .map file) or `map_data` (the map text)")
         return self

@@ -14,7 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from metta.mettagrid.map.level import Level
 
-
 # How many cells of one kind a builder places (objects per name, agents per group): a negative count is an
 # error, not "none".
 Count = Annotated[int, Field(ge=0)]

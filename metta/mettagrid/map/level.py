@@ -89,7 +89,9 @@ class Level:
 
     def __post_init__(self) -> None:
         if self.grid.dtype != np.uint8 or self.grid.ndim != 2:
-            raise TypeError(f"Level.grid must be a 2-D uint8 array of cell codes, got {self.grid.dtype} {self.grid.shape}")
+            raise TypeError(
+                f"Level.grid must be a 2-D uint8 array of cell codes, got {self.grid.dtype} {self.grid.shape}"
+            )
 
     @property
     def height(self) -> int:
@@ -111,7 +113,7 @@ class Level:
         return table[self.grid]
 
     @staticmethod
-    def from_strings(cells, labels: list[str] | None = None) -> "Level":
+    def from_strings(cells, labels: list[str] | None = None) -> Level:
         """Build a level from a 2-D array or nested list of cell names."""
         arr = np.asarray(cells, dtype=object)
         if arr.ndim != 2:

@@ -258,7 +258,7 @@ class MazeMap(MapBuilder):
         return v
 
     @model_validator(mode="after")
-    def _positions_inside(self) -> "MazeMap":
+    def _positions_inside(self) -> MazeMap:
         for name in ("start_pos", "end_pos"):
             pos = getattr(self, name)
             if pos is None:

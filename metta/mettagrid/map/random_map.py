@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import numpy as np
-import math
-
 from pydantic import Field, model_validator
 
 from metta.mettagrid.map.base import Count, MapBuilder, add_border, agent_total, check_counts_fit
@@ -41,7 +40,7 @@ class RandomMap(MapBuilder):
     border_object: str = "wall"
 
     @model_validator(mode="after")
-    def _counts_fit(self) -> "RandomMap":
+    def _counts_fit(self) -> RandomMap:
         self._check_fit()
         return self
 

@@ -367,7 +367,7 @@ class VariedTerrain(MapBuilder):
     border_object: str = "wall"
 
     @model_validator(mode="after")
-    def _counts_fit(self) -> "VariedTerrain":
+    def _counts_fit(self) -> VariedTerrain:
         _check_room_fits(self, "varied_terrain")
         return self
 
@@ -409,7 +409,7 @@ class CylinderWorld(MapBuilder):
     border_object: str = "wall"
 
     @model_validator(mode="after")
-    def _counts_fit(self) -> "CylinderWorld":
+    def _counts_fit(self) -> CylinderWorld:
         _check_room_fits(self, "cylinder_world")
         return self
 
@@ -684,8 +684,15 @@ def _open_space_connected(open_padded: np.ndarray, n_empty: int, pw: int, padded
 
 
 @numba.njit(cache=True)
-def _finish_placement(open_padded: np.ndarray, n_empty: int, open_connected: bool, width: int, agent_draw: np.ndarray,
-                      objects: np.ndarray, n_agents: int):  # fmt: skip
+def _finish_placement(
+    open_padded: np.ndarray,
+    n_empty: int,
+    open_connected: bool,
+    width: int,
+    agent_draw: np.ndarray,
+    objects: np.ndarray,
+    n_agents: int,
+):
     """Agents = the first ``n_agents`` of ``agent_draw`` not taken by an object; and whether, with the objects
     blocking their cells, every open cell is in one region that every object touches. Cells are flat indices
     of the unpadded map (``width`` columns); ``open_padded`` is the open mask with a blocked ring around it;
@@ -745,7 +752,7 @@ class TerrainMap(MapBuilder):
         return v
 
     @model_validator(mode="after")
-    def _file_in_set(self) -> "TerrainMap":
+    def _file_in_set(self) -> TerrainMap:
         if self.file is not None and not 0 <= self.file < MAPS_PER_SET:
             raise ValueError(f"terrain file={self.file} is out of range; each set has maps 0..{MAPS_PER_SET - 1}")
         if (self.width is None) != (self.height is None):
@@ -797,7 +804,9 @@ class TerrainMap(MapBuilder):
             for _ in range(_PLACEMENT_TRIES):
                 obj = rng.choice(base.object_candidates, size=n_o, replace=False)
                 agent_draw = rng.choice(base.candidates, size=n_a + n_o, replace=False)
-                agt, ok = _finish_placement(base.open_padded, base.n_empty, base.open_connected, w, agent_draw, obj, n_a)
+                agt, ok = _finish_placement(
+                    base.open_padded, base.n_empty, base.open_connected, w, agent_draw, obj, n_a
+                )
                 if ok:
                     break
             inner[agt // w, agt % w] = agents

@@ -55,14 +55,19 @@ def check(paths: list[Path]) -> int:
             continue
         end = replay_metadata(data).get("episode_end")
         ending = f"ended at step {end['step']}" if end else "no episode end"
-        print(f"ok: {path}: {data['max_steps']} frames, {data['num_agents']} agents, "
-              f"{data['map_size'][0]}x{data['map_size'][1]} map, {len(data['objects'])} objects, {ending}")  # fmt: skip
+        print(
+            f"ok: {path}: {data['max_steps']} frames, {data['num_agents']} agents, "
+            f"{data['map_size'][0]}x{data['map_size'][1]} map, {len(data['objects'])} objects, {ending}"
+        )
     return status
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m metta.mettagrid.replay", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m metta.mettagrid.replay",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p_view = sub.add_parser("view", help="write the replay's HTML page and open it")
     p_view.add_argument("replay", type=Path, help="a .json.z replay file")

@@ -221,8 +221,17 @@ _DRAFT_RENAMES = {
     "swappable": "is_swappable",
 }
 _DRAFT_ADDITIONS = ("metta_version", "episode_id", "task", "start_step", "orientation_names", "episode_end")
-_DRAFT_CONVERTER_KEYS = ("recipe_input", "recipe_output", "recipe_max", "production_progress", "production_time",
-                         "cooldown_progress", "cooldown_time", "converting", "cooling_down")  # fmt: skip
+_DRAFT_CONVERTER_KEYS = (
+    "recipe_input",
+    "recipe_output",
+    "recipe_max",
+    "production_progress",
+    "production_time",
+    "cooldown_progress",
+    "cooldown_time",
+    "converting",
+    "cooling_down",
+)
 _ALIASES = {  # validator name <- loader name
     "freeze_remaining": "frozen_progress",
     "freeze_duration": "frozen_time",
@@ -353,7 +362,9 @@ def validate_replay(data: Any) -> None:
         raise ReplayFormatError("replay: missing top-level key 'version' (expected 2)")
     version = data["version"]
     if not _is_int(version) or version != REPLAY_VERSION:
-        raise ReplayFormatError(f"replay: 'version' is {_short(version)}; this reader reads version {REPLAY_VERSION} only")
+        raise ReplayFormatError(
+            f"replay: 'version' is {_short(version)}; this reader reads version {REPLAY_VERSION} only"
+        )
     for key, meaning in REQUIRED_TOP_KEYS.items():
         if key not in data:
             raise ReplayFormatError(f"replay: missing top-level key {key!r} ({meaning})")
@@ -361,18 +372,28 @@ def validate_replay(data: Any) -> None:
     if not _is_int(num_agents) or num_agents < 1:
         raise ReplayFormatError(f"replay: 'num_agents' must be an integer >= 1, got {_short(num_agents)}")
     if not _is_int(max_steps) or max_steps < 1:
-        raise ReplayFormatError(f"replay: 'max_steps' (the number of frames) must be an integer >= 1, got {_short(max_steps)}")
+        raise ReplayFormatError(
+            f"replay: 'max_steps' (the number of frames) must be an integer >= 1, got {_short(max_steps)}"
+        )
     map_size = data["map_size"]
     if not (isinstance(map_size, list) and len(map_size) == 2 and all(_is_int(v) and v >= 1 for v in map_size)):
-        raise ReplayFormatError(f"replay: 'map_size' must be [width, height] with integers >= 1, got {_short(map_size)}")
+        raise ReplayFormatError(
+            f"replay: 'map_size' must be [width, height] with integers >= 1, got {_short(map_size)}"
+        )
     file_name = data.get("file_name", REPLAY_SUFFIX)
     if not (isinstance(file_name, str) and file_name.endswith(REPLAY_SUFFIX) and len(file_name) > len(REPLAY_SUFFIX)):
-        raise ReplayFormatError(f"replay: 'file_name' must be a name ending in {REPLAY_SUFFIX!r}, got {_short(file_name)}")
+        raise ReplayFormatError(
+            f"replay: 'file_name' must be a name ending in {REPLAY_SUFFIX!r}, got {_short(file_name)}"
+        )
     for key in ("type_names", "action_names", "item_names"):
         if not _is_names(data[key], allow_empty_list=False):
-            raise ReplayFormatError(f"replay: {key!r} must be a non-empty list of non-empty strings, got {_short(data[key])}")
+            raise ReplayFormatError(
+                f"replay: {key!r} must be a non-empty list of non-empty strings, got {_short(data[key])}"
+            )
     if "group_names" in data and not _is_names(data["group_names"], allow_empty_list=True):
-        raise ReplayFormatError(f"replay: 'group_names' must be a list of non-empty strings, got {_short(data['group_names'])}")
+        raise ReplayFormatError(
+            f"replay: 'group_names' must be a list of non-empty strings, got {_short(data['group_names'])}"
+        )
     _check_matrix(data.get("reward_sharing_matrix"), num_agents)
     _check_env_config(data.get("env_config"), num_agents, max_steps)
 
@@ -428,9 +449,13 @@ def _check_env_config(config: Any, num_agents: int, max_steps: int) -> None:
         raise ReplayFormatError(f"replay: 'env_config.metta' must be an object, got {_type(metta)}")
     for key in ("metta_version", "episode_id", "task"):
         if metta.get(key) is not None and not isinstance(metta[key], str):
-            raise ReplayFormatError(f"replay: 'env_config.metta.{key}' must be a string or null, got {_type(metta[key])}")
+            raise ReplayFormatError(
+                f"replay: 'env_config.metta.{key}' must be a string or null, got {_type(metta[key])}"
+            )
     if "start_step" in metta and not (_is_int(metta["start_step"]) and metta["start_step"] >= 0):
-        raise ReplayFormatError(f"replay: 'env_config.metta.start_step' must be an integer >= 0, got {_short(metta['start_step'])}")
+        raise ReplayFormatError(
+            f"replay: 'env_config.metta.start_step' must be an integer >= 0, got {_short(metta['start_step'])}"
+        )
     if "orientation_names" in metta and not _is_names(metta["orientation_names"], allow_empty_list=False):
         raise ReplayFormatError("replay: 'env_config.metta.orientation_names' must be a list of strings")
     _check_episode_end(metta.get("episode_end"), num_agents, max_steps)

@@ -22,8 +22,9 @@ import os
 import re
 import uuid
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

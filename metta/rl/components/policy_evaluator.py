@@ -55,8 +55,14 @@ class PolicyEvaluator:
         if not isinstance(policy, (PolicyRecord, nn.Module)):
             raise TypeError(f"policy is a {type(policy).__name__}; pass a PolicyRecord or the agent (an nn.Module)")
         suite = SimulationSuite(
-            self.suite_config, policy, self.policy_store, self.device, self.vectorization, self.stats_dir,
-            self.replay_dir, seed=self.seed,
-        )  # fmt: skip
+            self.suite_config,
+            policy,
+            self.policy_store,
+            self.device,
+            self.vectorization,
+            self.stats_dir,
+            self.replay_dir,
+            seed=self.seed,
+        )
         self.last_results = suite.simulate()
         return {name: result.mean_reward for name, result in self.last_results.items() if result.num_episodes > 0}

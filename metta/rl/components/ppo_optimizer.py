@@ -11,7 +11,8 @@ No loss formula lives here: ``update`` runs ``train_ppo`` (hence ``process_minib
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -74,13 +75,25 @@ class PPOOptimizer:
         ``batch_start_step`` (the count when the batch's rollout began), for the learning-rate schedule.
         """
         if not isinstance(experience, Experience):
-            raise TypeError(f"experience is a {type(experience).__name__}; pass the Experience a RolloutCollector filled")
+            raise TypeError(
+                f"experience is a {type(experience).__name__}; pass the Experience a RolloutCollector filled"
+            )
         if not experience.full:
             raise ValueError("experience is not full; fill it first (RolloutCollector.collect() or rollout(...))")
         self.epoch = train_ppo(
-            self.policy, self.optimizer, experience, self.device, self.losses, self.epoch, self.trainer_cfg,
-            self.kickstarter, agent_step, self.timer, custom_loss_fns=custom_loss_fns, batch_start_step=batch_start_step,
-        )  # fmt: skip
+            self.policy,
+            self.optimizer,
+            experience,
+            self.device,
+            self.losses,
+            self.epoch,
+            self.trainer_cfg,
+            self.kickstarter,
+            agent_step,
+            self.timer,
+            custom_loss_fns=custom_loss_fns,
+            batch_start_step=batch_start_step,
+        )
         return self.losses.stats()
 
     def compute_ppo_loss(
@@ -118,9 +131,15 @@ class PPOOptimizer:
             raise ValueError(f"rewards/dones need [B, T] data; old_logprobs has shape {list(old_logprobs.shape)}")
         state = state or PolicyState()
         minibatch = {
-            "obs": obs, "actions": actions, "logprobs": old_logprobs, "values": values, "advantages": advantages,
-            "returns": returns, "lstm_h": state.lstm_h, "lstm_c": state.lstm_c,
-        }  # fmt: skip
+            "obs": obs,
+            "actions": actions,
+            "logprobs": old_logprobs,
+            "values": values,
+            "advantages": advantages,
+            "returns": returns,
+            "lstm_h": state.lstm_h,
+            "lstm_c": state.lstm_c,
+        }
         if rewards is not None:
             minibatch.update(rewards=rewards, dones=dones)
         if prio_weights is not None:

@@ -27,7 +27,8 @@ API that writes trainer states).
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,8 +66,12 @@ class TrainingCheckpointer:
         if not isinstance(checkpoint_dir, (str, os.PathLike)) or not os.fspath(checkpoint_dir):
             raise ValueError(f"checkpoint_dir={checkpoint_dir!r} must be a directory path, e.g. dirs.checkpoint_dir")
         if not isinstance(policy_store, PolicyStore):
-            raise TypeError(f"policy_store is a {type(policy_store).__name__}; pass a metta.agent.policy_store.PolicyStore")
-        if keep_last_n is not None and (isinstance(keep_last_n, bool) or not isinstance(keep_last_n, int) or keep_last_n < 1):
+            raise TypeError(
+                f"policy_store is a {type(policy_store).__name__}; pass a metta.agent.policy_store.PolicyStore"
+            )
+        if keep_last_n is not None and (
+            isinstance(keep_last_n, bool) or not isinstance(keep_last_n, int) or keep_last_n < 1
+        ):
             raise ValueError(f"keep_last_n={keep_last_n!r} must be an int >= 1 (None keeps every checkpoint)")
         self.checkpoint_dir = os.path.abspath(os.fspath(checkpoint_dir))
         self.policy_store = policy_store
@@ -85,7 +90,9 @@ class TrainingCheckpointer:
 
     # ------------------------------------------------------------------------------------------------
     # Saving
-    def save_policy(self, policy: torch.nn.Module, epoch: int, metadata: Mapping[str, Any] | None = None) -> PolicyRecord | None:
+    def save_policy(
+        self, policy: torch.nn.Module, epoch: int, metadata: Mapping[str, Any] | None = None
+    ) -> PolicyRecord | None:
         """Write ``model_{epoch:04d}.pt`` atomically and durably; returns its record (None on ranks > 0).
 
         ``metadata`` (numbers, strings, lists, dicts) is stored in the file; ``epoch`` is always set.
@@ -97,7 +104,9 @@ class TrainingCheckpointer:
             raise TypeError(f"metadata is a {type(metadata).__name__}; pass a dict such as {{'agent_step': 1000}}")
         if not is_master():
             return None
-        return write_policy(self.checkpoint_dir, epoch, policy, self.policy_store, {**dict(metadata or {}), "epoch": int(epoch)})
+        return write_policy(
+            self.checkpoint_dir, epoch, policy, self.policy_store, {**dict(metadata or {}), "epoch": int(epoch)}
+        )
 
     def save_trainer_state(
         self,
@@ -119,15 +128,22 @@ class TrainingCheckpointer:
         _check_count("agent_step", agent_step)
         _check_count("epoch", epoch)
         if optimizer_state_dict is not None and not isinstance(optimizer_state_dict, Mapping):
-            raise TypeError(f"optimizer_state_dict is a {type(optimizer_state_dict).__name__}; pass optimizer.state_dict()")
+            raise TypeError(
+                f"optimizer_state_dict is a {type(optimizer_state_dict).__name__}; pass optimizer.state_dict()"
+            )
         self._check_run_dir(run_dir)
         if not is_master():
             return None
         context = self._context(trainer_config, vecenv, stopwatch)
         ckpt = write_checkpoint_state(
-            self.checkpoint_dir, epoch=epoch, agent_step=agent_step, optimizer=optimizer_state_dict,
-            extra_args=extra_args, keep_last_n=self.keep_last_n, **context,
-        )  # fmt: skip
+            self.checkpoint_dir,
+            epoch=epoch,
+            agent_step=agent_step,
+            optimizer=optimizer_state_dict,
+            extra_args=extra_args,
+            keep_last_n=self.keep_last_n,
+            **context,
+        )
         return ckpt.path
 
     def _context(self, trainer_config: Any, vecenv: Any, stopwatch: Any) -> dict[str, Any]:
@@ -154,15 +170,24 @@ class TrainingCheckpointer:
         """Policy and trainer state in one call (``metta.rl.checkpoint.save_checkpoint``); the trainer config,
         ``vecenv`` and ``stopwatch`` default to the checkpointer's own."""
         return save_checkpoint(
-            self.checkpoint_dir, epoch=epoch, agent_step=agent_step, agent=policy, optimizer=optimizer,
-            policy_store=self.policy_store, keep_last_n=self.keep_last_n, final=final, metadata=metadata,
+            self.checkpoint_dir,
+            epoch=epoch,
+            agent_step=agent_step,
+            agent=policy,
+            optimizer=optimizer,
+            policy_store=self.policy_store,
+            keep_last_n=self.keep_last_n,
+            final=final,
+            metadata=metadata,
             **self._context(trainer_config, vecenv, stopwatch),
-        )  # fmt: skip
+        )
 
     def upload_policy(self, record: PolicyRecord, name: str | None = None) -> str:
         """Upload a saved policy as a W&B artifact of ``wandb_run``; returns the artifact's name."""
         if self.policy_store.wandb_run is None:
-            raise ValueError("upload_policy needs a wandb run: TrainingCheckpointer(checkpoint_dir, policy_store, wandb_run=run)")
+            raise ValueError(
+                "upload_policy needs a wandb run: TrainingCheckpointer(checkpoint_dir, policy_store, wandb_run=run)"
+            )
         return self.policy_store.add_to_wandb_run(name or record.run_name.removesuffix(".pt"), record)
 
     # ------------------------------------------------------------------------------------------------
@@ -188,7 +213,9 @@ class TrainingCheckpointer:
         """The record of ``checkpoint``'s policy, loaded and bound to ``env``; with no checkpoint (None, or one
         without a policy) a new policy built for ``env`` (not yet saved: call ``save_policy`` for that)."""
         if checkpoint is not None and not isinstance(checkpoint, TrainerCheckpoint):
-            raise TypeError(f"checkpoint is a {type(checkpoint).__name__}; pass what load_trainer_state returned (or None)")
+            raise TypeError(
+                f"checkpoint is a {type(checkpoint).__name__}; pass what load_trainer_state returned (or None)"
+            )
         if self.vecenv is None and hasattr(env, "get_curriculum_state"):
             self.vecenv = env  # the run's envs: their curriculum state goes into the trainer states from now on
         env = getattr(env, "driver_env", env)
@@ -202,12 +229,16 @@ class TrainingCheckpointer:
             record.policy = make_policy(env, device=device)
             return record
         if not os.path.isfile(checkpoint.policy_path):
-            raise CheckpointError(f"trainer state {checkpoint.path} points to {checkpoint.policy_path}, which does not exist")
+            raise CheckpointError(
+                f"trainer state {checkpoint.path} points to {checkpoint.policy_path}, which does not exist"
+            )
         record = self.policy_store.policy_record(checkpoint.policy_path, selector_type="latest")
         policy = record.policy
         if isinstance(policy, MettaAgent):
             # Bind to this env's feature ids and actions (they may be numbered differently from the run that saved it).
-            policy.initialize_to_environment(env.get_observation_features(), env.action_names, env.max_action_args, device)
+            policy.initialize_to_environment(
+                env.get_observation_features(), env.action_names, env.max_action_args, device
+            )
         return record
 
     # ------------------------------------------------------------------------------------------------
