@@ -162,6 +162,7 @@ def _nearest_altar_actions(
     first = np.zeros((height, width), dtype=np.int64)
     seen = np.zeros((height, width), dtype=np.bool_)
     queue = np.empty(height * width, dtype=np.int64)
+    sides = np.empty(4, dtype=np.int64)
     for i in range(n):
         blocked[:] = False
         is_altar[:] = False
@@ -230,15 +231,8 @@ def _nearest_altar_actions(
                 queue[tail] = r * width + c
                 tail += 1
         if goal_dir >= 0:
-            if goal_dir == orient:
-                out[i, 0] = a_move
-                out[i, 1] = 0
-            elif goal_dir == rev[orient]:
-                out[i, 0] = a_move
-                out[i, 1] = 1
-            else:
-                out[i, 0] = a_rotate
-                out[i, 1] = goal_dir
+            # Straight behind: step backward instead of spending a step on turning round.
+            _head(out, i, goal_dir, orient, goal_dir == rev[orient], a_move, a_rotate)
             continue
         # Explore: keep going while the way ahead is open; otherwise turn to a random open side.
         ahead_open = not blocked[cr + dr[orient], cc + dc[orient]]
@@ -247,7 +241,6 @@ def _nearest_altar_actions(
             out[i, 1] = 0
             continue
         n_open = 0
-        sides = np.empty(4, dtype=np.int64)
         for d in range(4):
             if d != orient and d != rev[orient] and not blocked[cr + dr[d], cc + dc[d]]:
                 sides[n_open] = d
@@ -260,12 +253,19 @@ def _nearest_altar_actions(
             turn = orient
         else:
             turn = min(int(u[i, 1] * 4), 3)
-        if turn == orient:
-            out[i, 0] = a_move
-            out[i, 1] = 0
-        else:
-            out[i, 0] = a_rotate
-            out[i, 1] = turn
+        _head(out, i, turn, orient, False, a_move, a_rotate)
+
+
+@numba.njit(cache=True)
+def _head(out, i, d, orient, backward, a_move, a_rotate):
+    """Agent ``i``'s action to go in direction ``d``: move forward when it faces ``d``, backward when ``backward``
+    (``d`` is straight behind it), otherwise turn to ``d``."""
+    if d == orient or backward:
+        out[i, 0] = a_move
+        out[i, 1] = 1 if backward else 0
+    else:
+        out[i, 0] = a_rotate
+        out[i, 1] = d
 
 
 BASELINES: dict[str, type[ScriptedPolicy]] = {"random": RandomPolicy, "nearest_altar": NearestAltarPolicy}

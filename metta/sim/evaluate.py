@@ -39,7 +39,7 @@ from metta.common.evaluation_db import EvaluationDB, SimScore, category_scores, 
 from metta.mettagrid.config import MettaGridConfig
 from metta.mettagrid.config_loader import load_env_config
 from metta.mettagrid.replay import write_viewer_page
-from metta.sim.baselines import BASELINES, baseline_record, baseline_uri
+from metta.sim.baselines import BASELINE_SCHEME, BASELINES, baseline_record, baseline_uri
 from metta.sim.simulation import Simulation
 from metta.sim.simulation_config import SimulationSuiteConfig
 from metta.sim.suites import SUITE_NAMES, suite_categories, suite_config, suite_env_hashes
@@ -71,9 +71,7 @@ class Job:
 class JobResult:
     policy_uri: str
     sim: str
-    eval_id: str
     complete: bool
-    duration_s: float
     viewer_page: str | None
 
 
@@ -133,8 +131,8 @@ def run_job(job: Job) -> JobResult:
         _suites[key] = suite_config(job.suite, job.num_episodes)
     suite = _suites[key]
     if job.policy.uri not in _policies:
-        if job.policy.uri.startswith("baseline://"):
-            _policies[job.policy.uri] = baseline_record(job.policy.uri.removeprefix("baseline://"))
+        if job.policy.uri.startswith(BASELINE_SCHEME):
+            _policies[job.policy.uri] = baseline_record(job.policy.uri.removeprefix(BASELINE_SCHEME))
         else:
             store = PolicyStore(device=job.device)
             record = store.policy_record(job.policy.uri, selector_type="latest")
@@ -155,7 +153,7 @@ def run_job(job: Job) -> JobResult:
     )
     results = sim.simulate()
     page = str(write_viewer_page(results.replay_paths[0])) if results.replay_paths else None
-    return JobResult(job.policy.uri, job.sim, results.simulation_id, results.complete, results.duration_s, page)
+    return JobResult(job.policy.uri, job.sim, results.complete, page)
 
 
 # ----------------------------------------------------------------------------------------------------------

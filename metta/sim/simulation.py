@@ -5,8 +5,9 @@
 episodes (the shares add up to exactly ``num_episodes``), and steps all envs together until every env has
 finished its share. Envs that finished their share keep stepping (the vecenv steps all envs at once) but their
 further episodes are not counted. Episodes end at the env's ``game.max_steps``, so how long a simulation takes
-never changes what it measures. A ``max_time_s`` guard, when set, stops a simulation that outlasts it; its
-result then has no score (``SimulationResults.score`` is NaN), not the mean of the episodes that finished.
+never changes what it measures. A ``max_time_s`` guard, when set, stops a simulation whose stepping (timed from
+the first step, after the envs are built and the policies loaded) outlasts it; its result then has no score
+(``SimulationResults.score`` is NaN), not the mean of the episodes that finished.
 
 Reproducible: the envs are seeded from ``seed`` and torch's generator is reseeded with it for the simulation's
 duration (and restored after), so the same policy, config and seed give the same episodes on any machine load.
@@ -362,7 +363,7 @@ class Simulation:
         devices = [self.device] if self.device.type == "cuda" else []
         try:
             with torch.random.fork_rng(devices=devices):
-                records = self._run(vecenv, results, start)
+                records = self._run(vecenv, results)
         finally:
             vecenv.close()
         results.duration_s = time.monotonic() - start
@@ -417,7 +418,7 @@ class Simulation:
         with EvaluationDB(self.database) as db:
             db.add_evaluation(evaluation, rows)
 
-    def _run(self, vecenv: VecEnv, results: SimulationResults, start: float) -> list[dict[str, Any]]:
+    def _run(self, vecenv: VecEnv, results: SimulationResults) -> list[dict[str, Any]]:
         cfg = self.config
         num_envs, ape = vecenv.num_envs, vecenv.agents_per_env
         n_cand = candidate_agent_count(ape, cfg.policy_agents_pct)
@@ -465,6 +466,7 @@ class Simulation:
         actions = np.zeros((vecenv.num_agents, 2), dtype=np.int32)
         done = np.zeros(vecenv.num_agents, dtype=np.bool_)  # nothing to reset before the first step
 
+        start = time.monotonic()  # the guard times the episodes, not building the envs and loading the policies
         with torch.no_grad():
             while any(f < q for f, q in zip(finished, quotas)):
                 if cfg.max_time_s is not None and time.monotonic() - start > cfg.max_time_s:

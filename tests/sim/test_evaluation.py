@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from sim_helpers import SMALL_ENV
 
+from metta.common.stats_logger import StatsLogger
 from metta.interface.evaluation import (
     create_evaluation_config_suite,
     create_replay_config,
@@ -53,7 +56,9 @@ def test_a_plain_metta_agent_is_accepted(saved_record):
     assert "nav/score" in scores
 
 
-def test_a_sim_stopped_by_its_guard_has_a_missing_score_and_so_has_its_category(saved_record, policy_store, caplog):
+def test_a_sim_stopped_by_its_guard_has_a_missing_score_and_so_has_its_category(
+    saved_record, policy_store, caplog, tmp_path
+):
     endless = {**SMALL_ENV, "game": {**SMALL_ENV["game"], "max_steps": 1_000_000}}
     suite = SimulationSuiteConfig(
         name="t",
@@ -67,6 +72,12 @@ def test_a_sim_stopped_by_its_guard_has_a_missing_score_and_so_has_its_category(
     # The console says so: a warning naming the sim, and "missing" where the score would be.
     assert "evaluation nav/slow: score missing" in caplog.text
     assert "nav/slow missing" in format_scores(scores) and "nav/score missing" in format_scores(scores)
+    # metrics.jsonl (what run.py logs the scores into) stores a missing score as null, not a number.
+    logger = StatsLogger(tmp_path, console=False)
+    logger.log(1, 100, {f"eval/{k}": v for k, v in scores.items()})
+    logger.close()
+    row = json.loads((tmp_path / "metrics.jsonl").read_text())
+    assert row["eval/nav/slow"] is None and row["eval/nav/score"] is None and row["eval/nav/fast"] == scores["nav/fast"]
 
 
 def test_generate_replay_simple_writes_a_valid_replay(saved_record, policy_store, tmp_path):
