@@ -33,6 +33,7 @@ from metta.agent.agent_config import canonical_agent_name
 from metta.agent.policy_store import PolicyStore
 from metta.common.config_cli import ConfigCliError, parse_config
 from metta.common.device import parse_device
+from metta.common.evaluation_db import database_path
 from metta.common.fault_points import fault_point
 from metta.common.graceful_stop import GracefulStop
 from metta.common.profiling.memory_monitor import MemoryMonitor
@@ -47,7 +48,6 @@ from metta.interface import (
     Optimizer,
     cleanup_distributed,
     cleanup_wandb,
-    create_evaluation_config_suite,
     create_replay_config,
     evaluate_policy_suite,
     generate_replay_simple,
@@ -71,6 +71,8 @@ from metta.rl.losses import Losses
 from metta.rl.policy_management import compile_policy, unwrap_agent, update_l2_init_at_interval, wrap_agent_distributed
 from metta.rl.torch_profiler import TorchProfiler
 from metta.rl.trainer_config import TrainerConfig, cpu_learning_settings, scale_by_world_size
+from metta.sim.evaluation import format_scores, live_policy_record
+from metta.sim.suites import suite_config
 
 logger = logging.getLogger("run")
 
@@ -93,7 +95,7 @@ def cpu_trainer_config() -> TrainerConfig:
         num_workers=1,
         **cpu_learning_settings(),
         checkpoint={"checkpoint_interval": 20, "wandb_checkpoint_interval": 0},
-        simulation={"evaluate_interval": 100},
+        simulation={"evaluate_interval": 50},  # 3M steps are 184 epochs: evaluations at 50, 100, 150 and the end
     )
 
 
@@ -118,7 +120,9 @@ class RunConfig(BaseModel):
     )
     vectorization: Literal["serial", "multiprocessing"] = "serial"
     keep_checkpoints: int = Field(default=5, ge=1, description="checkpoints kept on disk (older ones pruned)")
-    evaluate: bool = Field(default=True, description="evaluate on the terrain suite every evaluate_interval epochs")
+    evaluate: bool = Field(
+        default=True, description="evaluate on trainer.simulation.suite every evaluate_interval epochs"
+    )
     replay: bool = Field(default=True, description="write a replay with each evaluation")
     torch_threads: int | None = Field(default=None, ge=1, description="threads for torch ops (default: torch's choice)")
     debug_dump_weights: bool = Field(
@@ -279,7 +283,7 @@ def main() -> None:
     profiler = TorchProfiler(
         trainer_cfg.profiler.interval_epochs if is_master else 0, trainer_cfg.profiler.profile_dir, device
     )
-    evaluation_suite = create_evaluation_config_suite()
+    evaluation_suite = suite_config(trainer_cfg.simulation.suite)
     eval_scores: dict[str, float] = {}  # the last evaluation's, kept in each checkpoint's metadata
     intervals = trainer_cfg.checkpoint
 
@@ -362,7 +366,15 @@ def main() -> None:
         )
         if evaluated:
             eval_scores = evaluate_and_replay(
-                unwrap_agent(agent), policy_store, evaluation_suite, device, dirs, trainer_cfg, epoch, cfg.replay
+                unwrap_agent(agent),
+                policy_store,
+                evaluation_suite,
+                device,
+                dirs,
+                trainer_cfg,
+                epoch,
+                agent_step,
+                cfg.replay,
             )
             metrics.update({f"eval/{k}": v for k, v in eval_scores.items()})
         if is_master:
@@ -419,10 +431,17 @@ def run_record(cfg: RunConfig, env, world_size: int) -> dict:
     }
 
 
-def evaluate_and_replay(agent, policy_store, suite, device, dirs, trainer_cfg, epoch, replay: bool) -> dict[str, float]:
-    """Score the policy on the terrain suite and (optionally) write one replay with its viewer page; logs where."""
-    scores = evaluate_policy_suite(agent, policy_store, suite, device, stats_dir=dirs.stats_dir)
-    logger.info("evaluation at epoch %d: %s", epoch, ", ".join(f"{k} {v:.3f}" for k, v in sorted(scores.items())))
+def evaluate_and_replay(
+    agent, policy_store, suite, device, dirs, trainer_cfg, epoch, agent_step, replay: bool
+) -> dict[str, float]:
+    """Score the policy on the suite (its episodes also go to {data_dir}/evaluations.sqlite) and (optionally) write
+    one replay with its viewer page; logs where."""
+    record = live_policy_record(
+        agent, trainer_cfg.checkpoint.checkpoint_dir, epoch, agent_step, dirs.run_name, dirs.run_dir
+    )
+    database = database_path(Path(dirs.run_dir).parent)
+    scores = evaluate_policy_suite(record, policy_store, suite, device, stats_dir=dirs.stats_dir, database=database)
+    logger.info("evaluation at epoch %d: %s", epoch, format_scores(scores))
     if replay:
         path = generate_replay_simple(
             agent,

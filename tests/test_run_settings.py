@@ -32,6 +32,7 @@ from component_helpers import fresh_policy, tiny_config, tiny_vecenv  # noqa: E4
 
 from metta.agent.policy_store import PolicyStore  # noqa: E402
 from metta.common.config_cli import ConfigCliError, field_paths, parse_config  # noqa: E402
+from metta.common.evaluation_db import EvaluationDB, database_path  # noqa: E402
 from metta.rl.checkpoint import load_latest_checkpoint  # noqa: E402
 from metta.rl.experience import make_experience  # noqa: E402
 from metta.rl.functional_trainer import rollout, train_ppo  # noqa: E402
@@ -158,6 +159,7 @@ def runs(tmp_path_factory) -> dict:
         "trainer.lr_scheduler.warmup_steps=6000",
         "trainer.checkpoint.checkpoint_interval=2",
         "trainer.simulation.evaluate_interval=2",
+        "trainer.simulation.suite=smoke",  # whole episodes of the terrain suite would cost minutes here
         f"trainer.simulation.replay_dir={data / 'r1_replays'}",
         "trainer.profiler.interval_epochs=1",
         f"trainer.profiler.profile_dir={data / 'r1_traces'}",
@@ -191,6 +193,7 @@ def runs(tmp_path_factory) -> dict:
         "trainer.checkpoint.checkpoint_interval=1",
         "trainer.checkpoint.wandb_checkpoint_interval=2",
         "trainer.simulation.evaluate_interval=2",
+        "trainer.simulation.suite=smoke",
         "wandb.project=proj_r2",
         "wandb.entity=ent_r2",
         f"trainer.initial_policy.uri={r0_checkpoints}",
@@ -269,8 +272,8 @@ def check_keep_checkpoints(runs):
 
 
 def check_evaluate_and_replay(runs):
-    assert not any("eval/navigation/score" in r for r in rows(runs["data"] / "r0"))  # evaluate=false
-    assert any("eval/navigation/score" in r for r in rows(runs["data"] / "r2"))  # evaluated ...
+    assert not any(k.startswith("eval/") for r in rows(runs["data"] / "r0") for k in r)  # evaluate=false
+    assert any("eval/smoke/score" in r for r in rows(runs["data"] / "r2"))  # evaluated ...
     assert "replay: file://" not in runs["r2"]  # ... without a replay (replay=false)
     replays = sorted(glob.glob(str(runs["data"] / "r1_replays" / "**" / "*.json.z"), recursive=True))
     assert replays  # replay_dir
@@ -290,6 +293,30 @@ def check_evaluate_and_replay(runs):
     # R1's report links its pages in replay_dir, outside the run directory.
     report = (runs["data"] / "r1" / "index.html").read_text()
     assert all(f'href="../r1_replays/{p.relative_to(runs["data"] / "r1_replays").as_posix()}"' in report for p in pages)
+
+
+def check_evaluation_suite_and_database(runs):
+    # trainer.simulation.suite=smoke: the smoke suite's scores (the default, terrain, is tests/sim's); the episodes go
+    # to {data_dir}/evaluations.sqlite, keyed by the checkpoint file of the evaluated epoch and the run.
+    for name in ("r1", "r2"):
+        evaluated = [r for r in rows(runs["data"] / name) if "eval/smoke/score" in r]
+        assert [r["epoch"] for r in evaluated] == [2]
+        assert {k for k in evaluated[0] if k.startswith("eval/")} == {
+            "eval/smoke/open",
+            "eval/smoke/wall",
+            "eval/smoke/score",
+        }
+    with EvaluationDB(database_path(runs["data"])) as db:
+        found = db.execute("SELECT policy_uri, policy_name, epoch, suite, sim, run_dir, complete FROM evaluations")
+    checkpoints = {"r1": runs["data"] / "r1" / "checkpoints", "r2": runs["data"] / "r2_checkpoints"}
+    for name, checkpoint_dir in checkpoints.items():
+        mine = [e for e in found if e["policy_name"] == name]
+        assert sorted((e["suite"], e["sim"], e["epoch"]) for e in mine) == [
+            ("smoke", "smoke/open", 2),
+            ("smoke", "smoke/wall", 2),
+        ]
+        assert all(e["policy_uri"] == f"file://{checkpoint_dir / 'model_0002.pt'}" for e in mine)
+        assert all(e["run_dir"] == str(runs["data"] / name) and e["complete"] == 1 for e in mine)
 
 
 def check_torch_threads(runs):
@@ -373,7 +400,7 @@ def check_learning_rate_schedule(runs):
 
 def check_intervals(runs):
     assert [int(p[-7:-3]) for p in sorted(glob.glob(str(runs["data"] / "r2_checkpoints" / "model_*.pt")))] == [1, 2]
-    assert [r["epoch"] for r in rows(runs["data"] / "r1") if "eval/navigation/score" in r] == [2]  # in its epoch's row
+    assert [r["epoch"] for r in rows(runs["data"] / "r1") if "eval/smoke/score" in r] == [2]  # in its epoch's row
     assert runs["r1"].count("evaluation at epoch 2") == 1  # evaluate_interval 2, and the final one is not repeated
     assert not glob.glob(str(runs["data"] / "r2" / "checkpoints" / "*.pt"))  # checkpoint_dir
 
@@ -483,6 +510,7 @@ RUN_CHECKS = {
     "trainer.checkpoint.wandb_checkpoint_interval": check_wandb,
     "trainer.simulation.evaluate_interval": check_intervals,
     "trainer.simulation.replay_dir": check_evaluate_and_replay,
+    "trainer.simulation.suite": check_evaluation_suite_and_database,
     "trainer.profiler.interval_epochs": check_profiler,
     "trainer.profiler.profile_dir": check_profiler,
     "wandb.enabled": check_wandb,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import math
 import os
 import random
 from collections.abc import Mapping
@@ -347,7 +348,8 @@ def _metric_value(record: PolicyRecord, metric: str) -> float | None:
         candidates += [scores.get(metric), scores.get(metric.removesuffix("_score"))]
     candidates.append(meta.get(metric))
     for value in candidates:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        # A missing evaluation score is NaN: it ranks nowhere (NaN would break the sort).
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
     return None
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from metta.common.evaluation_db import EvaluationDBError, database_path, latest_run_evaluation
 from metta.common.fs import atomic_write_text
 
 PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac"]
@@ -515,6 +516,8 @@ def run_report_html(run_dir: str | os.PathLike) -> str:
             f"<section><h2>Latest evaluation</h2><table><tr><th>simulation</th><th>score</th></tr>{table}</table></section>"
         )
 
+    parts.append(database_evaluation_section(root))
+
     replays = find_replays(root)
     if replays:
         items = "".join(
@@ -547,6 +550,33 @@ def run_report_html(run_dir: str | os.PathLike) -> str:
             f'<div class="charts">{"".join(small)}</div></details></section>'
         )
     return _page(f"run {name}", subtitle, "".join(parts))
+
+
+def database_evaluation_section(run_dir: Path) -> str:
+    """The run's newest evaluation as the evaluation database ({data_dir}/evaluations.sqlite) holds it: a score
+    per sim with its 95% interval, "missing" where the sim's wall-time guard cut it; empty when there is none."""
+    try:
+        scores = latest_run_evaluation(database_path(run_dir.resolve().parent), run_dir.resolve())
+    except EvaluationDBError as err:
+        return f'<section><h2>Evaluation database</h2><p class="note">{html.escape(str(err))}</p></section>'
+    if not scores:
+        return ""
+    rows = "".join(
+        f"<tr><td>{html.escape(s.sim)}</td>"
+        + (
+            f"<td>{s.score:.4f}</td><td>{'-' if s.ci95 is None else f'± {s.ci95:.4f}'}</td>"
+            if s.score is not None
+            else '<td class="missing">missing</td><td>stopped by its max_time_s guard</td>'
+        )
+        + f"<td>{s.num_episodes}</td></tr>"
+        for s in scores
+    )
+    epoch = scores[0].epoch
+    return (
+        f"<section><h2>Latest evaluation in the database (epoch {epoch}, suite {html.escape(str(scores[0].suite))})"
+        f'</h2><table class="db-eval"><tr><th>simulation</th><th>mean reward</th><th>95% interval</th>'
+        f"<th>episodes</th></tr>{rows}</table></section>"
+    )
 
 
 def write_run_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:

@@ -29,6 +29,7 @@ import torch
 
 from metta.common.device import parse_device
 from metta.common.distributed import get_world_size, is_master, unwrap_agent
+from metta.common.evaluation_db import database_path
 from metta.common.graceful_stop import GracefulStop
 from metta.common.profiling.stopwatch import Stopwatch
 from metta.common.run_lock import acquire_run_lock
@@ -48,6 +49,7 @@ from metta.rl.policy_management import compile_policy, update_l2_init_at_interva
 from metta.rl.torch_profiler import TorchProfiler
 from metta.rl.trainer_config import TrainerConfig, resolve_trainer_config, scale_by_world_size
 from metta.rl.training import as_metta_optimizer, rollout, train_ppo
+from metta.sim.evaluation import live_policy_record
 
 if TYPE_CHECKING:
     from metta.agent.policy_record import PolicyRecord
@@ -171,6 +173,7 @@ def create_training_components(
             device,
             stats_dir=os.path.join(run_dir, "stats"),
             replay_dir=trainer_cfg.simulation.replay_dir,
+            database=database_path(os.path.dirname(run_dir)),
         )
     return TrainingComponents(
         collector=RolloutCollector(vecenv, policy, experience, device, timer),
@@ -458,7 +461,15 @@ def functional_training_loop(
             # A stop skips the evaluation, to return in seconds (as run.py).
             evaluate_now = not stopping and (last or crossed(evaluate_interval, epoch_before, state.epoch))
             if components.evaluator is not None and evaluate_now:
-                state.eval_scores = components.evaluator.evaluate(unwrap_agent(policy))
+                state.eval_scores = components.evaluator.evaluate(
+                    live_policy_record(
+                        unwrap_agent(policy),
+                        components.checkpointer.checkpoint_dir,
+                        state.epoch,
+                        state.agent_step,
+                        run_dir=components.run_dir,
+                    )
+                )
                 metrics.update({f"eval/{k}": v for k, v in state.eval_scores.items()})
             state.metrics = metrics  # the row as logged, interval metrics and evaluation scores included
             components.stats_logger.log(state.epoch, state.agent_step, metrics)

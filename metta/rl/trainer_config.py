@@ -119,6 +119,10 @@ class CheckpointConfig(Config):
 class SimulationConfig(Config):
     evaluate_interval: int = Field(default=300, ge=0, description="epochs between evaluations; 0: only the final one")
     replay_dir: str | None = Field(default=None, min_length=1, description="None: {run_dir}/replays")
+    # The names of metta.sim.suites.SUITES (a test keeps the two lists equal).
+    suite: Literal["terrain", "navigation", "smoke"] = Field(
+        default="terrain", description="the evaluation suite (metta.sim.suites): terrain, navigation or smoke"
+    )
 
 
 class TorchProfilerConfig(Config):

@@ -8,12 +8,17 @@
                                   replay_dir=dirs.replay_dir, epoch=epoch)
 
 The work is done by ``Simulation`` and ``SimulationSuite`` (``metta.sim.simulation``); this module builds the
-configs and turns results into scores. ``metta.interface`` re-exports it.
+configs and turns results into scores. ``metta.interface`` re-exports it. Named suites (``terrain``,
+``navigation``, ``smoke``) are in ``metta.sim.suites``.
+
+A score is missing, never partial: a simulation stopped by its ``max_time_s`` guard scores NaN, and so does every
+category it belongs to (``format_scores`` prints NaN as "missing"; metrics.jsonl stores it as null).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -22,38 +27,30 @@ import torch
 from torch import nn
 
 from metta.agent.policy_record import PolicyRecord
+from metta.agent.policy_store import PolicyStore
 from metta.mettagrid.map.terrain import TERRAIN_DIRS
 from metta.sim.simulation import Simulation, SimulationResults, SimulationSuite
 from metta.sim.simulation_config import SimulationSuiteConfig, SingleEnvSimulationConfig
+from metta.sim.suites import terrain_suite
 
-EVAL_TERRAINS = ("terrain_small", "terrain_medium", "terrain_large")
 NAVIGATION_TEMPLATE = "/env/mettagrid/navigation/training/terrain_from_numpy_defaults"
 
 _logger = logging.getLogger(__name__)
 
 
 def create_evaluation_config_suite() -> SimulationSuiteConfig:
-    """The interface's navigation suite: balanced small/medium/large terrain, 5 episodes each, 30 s limit.
-
-    The envs are the packaged ``/env/mettagrid/navigation/evals/terrain_{small,medium,large}`` configs (the
-    navigation template with ``room.dir`` set to ``varied_terrain/balanced_{size}``), where upstream patched
-    the template through ``env_overrides``. The suite-level ``num_episodes=10`` is upstream's; every
-    simulation sets its own 5, which wins.
-    """
-    return SimulationSuiteConfig(
-        name="evaluation",
-        num_episodes=10,
-        simulations={
-            f"navigation/{terrain}": SingleEnvSimulationConfig(
-                env=f"/env/mettagrid/navigation/evals/{terrain}", num_episodes=5, max_time_s=30
-            )
-            for terrain in EVAL_TERRAINS
-        },
-    )
+    """The interface's navigation suite: balanced small/medium/large terrain, 5 episodes each, each episode run
+    to its end (``metta.sim.suites.terrain_suite``; ``suite_config(name)`` gives the other suites)."""
+    return terrain_suite()
 
 
 def create_replay_config(terrain_dir: str = "varied_terrain/balanced_medium") -> SingleEnvSimulationConfig:
-    """One episode (60 s at most) of the navigation template on the terrain set ``terrain_dir``."""
+    """One episode of the navigation template on the terrain set ``terrain_dir``, recorded for 60 s at most.
+
+    A replay is for watching, not scoring: recording reads the whole grid every step (about 50 ms per step on
+    this 176 x 180 map), so the 60 s guard keeps a training run's replays from costing minutes; a replay it cuts
+    is written as far as it got.
+    """
     if terrain_dir not in TERRAIN_DIRS:
         raise ValueError(f"terrain_dir={terrain_dir!r} is not a terrain set; use one of {TERRAIN_DIRS}")
     return SingleEnvSimulationConfig(
@@ -64,6 +61,26 @@ def create_replay_config(terrain_dir: str = "varied_terrain/balanced_medium") ->
     )
 
 
+def live_policy_record(
+    policy: nn.Module,
+    checkpoint_dir: str | os.PathLike,
+    epoch: int,
+    agent_step: int,
+    run_name: str | None = None,
+    run_dir: str | os.PathLike | None = None,
+) -> PolicyRecord:
+    """A record naming a training run's live policy for the evaluation database: its uri is the checkpoint file of
+    ``epoch`` in ``checkpoint_dir`` (``model_{epoch:04d}.pt``, the file a checkpoint at this epoch writes); the run
+    directory ``run_dir`` (default: the folder above ``checkpoint_dir``) and ``run_name`` (default: its name) say
+    which run it belongs to."""
+    path = Path(checkpoint_dir).absolute() / PolicyStore.make_model_name(epoch)
+    run_dir = Path(run_dir).absolute() if run_dir is not None else path.parent.parent
+    metadata = {"epoch": epoch, "agent_step": agent_step, "run_dir": str(run_dir)}
+    record = PolicyRecord(None, run_name or run_dir.name, f"file://{path}", metadata)
+    record.policy = policy
+    return record
+
+
 def _check_policy(policy_record: Any) -> None:
     if not isinstance(policy_record, (PolicyRecord, nn.Module)):
         raise TypeError(
@@ -72,26 +89,37 @@ def _check_policy(policy_record: Any) -> None:
         )
 
 
-def suite_scores(config: SimulationSuiteConfig, results: dict[str, SimulationResults]) -> dict[str, float]:
-    """``"{category}/{sim}"``: the candidate's mean episode reward; ``"{category}/score"``: the mean over its sims.
+def _sim_key(config: SimulationSuiteConfig, name: str) -> tuple[str, str]:
+    category, _, sim = name.partition("/")
+    return (category, sim) if sim else (config.name, name)
 
-    A simulation's category is the part of its name before the first ``/`` (``navigation/terrain_small`` ->
-    ``navigation``); a name without one is filed under the suite's name. Simulations that finished no episode
-    before their time limit get no score and do not count toward their category.
+
+def suite_scores(config: SimulationSuiteConfig, results: dict[str, SimulationResults]) -> dict[str, float]:
+    """``"{prefix}/{sim}"``: the candidate's mean episode reward; ``"{category}/score"``: the mean over its sims.
+
+    A simulation's key is its name (``navigation/terrain_small``); a name without a ``/`` is filed under the
+    suite's name. Categories are ``config.categories`` (each the mean over the sims whose name contains it,
+    upstream's rule) or, when not given, the name prefixes (each the mean over the sims filed under it). A
+    simulation stopped by its ``max_time_s`` guard scores NaN (missing), and so does every category it is in:
+    a mean over the other sims would be a different test.
     """
     scores: dict[str, float] = {}
-    by_category: dict[str, list[float]] = {}
+    members: dict[str, list[float]] = {}
     for name, result in results.items():
-        category, _, sim = name.partition("/")
-        if not sim:
-            category, sim = config.name, name
-        if result.num_episodes == 0:
-            continue
-        scores[f"{category}/{sim}"] = result.mean_reward
-        by_category.setdefault(category, []).append(result.mean_reward)
-    for category, values in by_category.items():
-        scores[f"{category}/score"] = sum(values) / len(values)
+        category, sim = _sim_key(config, name)
+        scores[f"{category}/{sim}"] = result.score
+        if config.categories is None:
+            members.setdefault(category, []).append(result.score)
+    for category in config.categories or ():
+        members[category] = [result.score for name, result in results.items() if category in name]
+    for category, values in members.items():
+        scores[f"{category}/score"] = math.fsum(values) / len(values) if values else math.nan
     return scores
+
+
+def format_scores(scores: dict[str, float]) -> str:
+    """``key 0.123`` pairs for a log line; a missing score (NaN) reads ``missing``."""
+    return ", ".join(f"{k} {'missing' if math.isnan(v) else f'{v:.3f}'}" for k, v in sorted(scores.items()))
 
 
 def evaluate_policy_suite(
@@ -102,12 +130,17 @@ def evaluate_policy_suite(
     vectorization: str = "serial",
     stats_dir: str | os.PathLike | None = None,
     logger: logging.Logger | None = None,
+    *,
+    database: str | os.PathLike | None = None,
+    seed: int = 0,
 ) -> dict[str, float]:
-    """Run every simulation of ``evaluation_config`` and return the scores (see ``suite_scores``).
+    """Run every simulation of ``evaluation_config`` and return the scores (see ``suite_scores``; NaN: missing).
 
-    Per-episode stats go to ``stats_dir`` (one ``.jsonl`` file per simulation) when it is given. To let the
-    PolicyStore's ``top`` selector pick by these scores, store them in the record before saving it:
-    ``policy_record.metadata["eval_scores"] = scores``.
+    Per-episode stats go to ``stats_dir`` (one ``.jsonl`` file per simulation) when it is given, and to the
+    evaluation database ``database`` (``metta.common.evaluation_db``, e.g. ``database_path(data_dir)``) when it
+    is given; that needs a ``PolicyRecord`` naming the policy (``live_policy_record`` for a training run's
+    agent). ``seed`` seeds the envs and the policy's sampling. To let the PolicyStore's ``top`` selector pick by
+    these scores, store them in the record before saving it: ``policy_record.metadata["eval_scores"] = scores``.
     """
     log = logger or _logger
     _check_policy(policy_record)
@@ -116,13 +149,27 @@ def evaluate_policy_suite(
             f"evaluation_config is a {type(evaluation_config).__name__}; pass a SimulationSuiteConfig, e.g. "
             "create_evaluation_config_suite()"
         )
-    suite = SimulationSuite(evaluation_config, policy_record, policy_store, device, vectorization, stats_dir)
+    suite = SimulationSuite(
+        evaluation_config,
+        policy_record,
+        policy_store,
+        device,
+        vectorization,
+        stats_dir,
+        seed=seed,
+        database=database,
+    )
     results = suite.simulate()
     scores = suite_scores(evaluation_config, results)
     for name, result in results.items():
-        if result.num_episodes == 0:
-            log.warning("evaluation %s: no episode finished within max_time_s; it has no score", name)
-    log.info("evaluation %s: %s", evaluation_config.name, ", ".join(f"{k}={v:.3f}" for k, v in scores.items()))
+        if not result.complete:
+            log.warning(
+                "evaluation %s: score missing (the max_time_s guard stopped it after %d of %d episodes)",
+                name,
+                result.num_episodes,
+                result.num_episodes_requested,
+            )
+    log.info("evaluation %s: %s", evaluation_config.name, format_scores(scores))
     return scores
 
 
@@ -138,7 +185,7 @@ def generate_replay_simple(
 ) -> Path | None:
     """Record one episode of ``replay_config`` and return the replay file's path.
 
-    If the episode does not finish within ``max_time_s``, the part recorded so far is written (no
+    The episode runs to its end. If it outlasts a ``max_time_s`` guard, the part recorded so far is written (no
     ``episode_end``) and its path returned, with a warning; None only if nothing was recorded.
 
     The file is ``{replay_dir}[/epoch_{epoch:04d}]/replay/{episode_id}.json.z`` (docs/replay_format.md).

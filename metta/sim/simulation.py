@@ -1,11 +1,16 @@
 """Run a policy on an env for a number of episodes: per-episode stats, optional NPC opponents, optional replays.
 
-``Simulation(name, config, policy, policy_store).simulate()`` builds ``min(num_episodes, cpu count)`` envs of
+``Simulation(name, config, policy, policy_store).simulate()`` builds ``min(num_episodes, 64)`` envs of
 ``config.env`` in one vecenv (``is_training=False``: no episode desync), gives env ``i`` its share of the
 episodes (the shares add up to exactly ``num_episodes``), and steps all envs together until every env has
-finished its share or ``max_time_s`` has passed. Envs that finished their share keep stepping (the vecenv
-steps all envs at once) but their further episodes are not counted. Episodes still running at the time limit
-are dropped.
+finished its share. Envs that finished their share keep stepping (the vecenv steps all envs at once) but their
+further episodes are not counted. Episodes end at the env's ``game.max_steps``, so how long a simulation takes
+never changes what it measures. A ``max_time_s`` guard, when set, stops a simulation whose stepping (timed from
+the first step, after the envs are built and the policies loaded) outlasts it; its result then has no score
+(``SimulationResults.score`` is NaN), not the mean of the episodes that finished.
+
+Reproducible: the envs are seeded from ``seed`` and torch's generator is reseeded with it for the simulation's
+duration (and restored after), so the same policy, config and seed give the same episodes on any machine load.
 
 Agents: in every env the first ``max(1, floor(policy_agents_pct * agents_per_env))`` agents are run by the
 candidate policy and the rest by the NPC policy (``npc_policy_uri``, loaded through the PolicyStore). Each
@@ -16,6 +21,11 @@ Outputs:
 
 - ``stats_dir``: ``{stats_dir}/{sim name, '/' -> '__'}.{simulation_id}.jsonl``, one JSON object per counted
   episode (see ``EPISODE_RECORD_KEYS``), written atomically when the simulation ends.
+- ``database``: the evaluation database (``metta.common.evaluation_db``): one ``evaluations`` row for the
+  simulation and one ``episodes`` row per counted episode and agent, keyed by the policy record's uri and
+  epoch, the sim name, the seed and the env config's hash (``env_config_hash``), with the training run the
+  policy belongs to (the record's ``run_dir`` metadata, else ``run_dir_of(uri)``). It needs a ``PolicyRecord``
+  that names the policy (a bare module has no uri).
 - ``replay_dir``: ``{replay_dir}/{sim name}/{episode_id}.json.z``, one replay per counted episode
   (``metta.mettagrid.replay.ReplayWriter``, format in docs/replay_format.md); at the time limit the episodes
   being recorded are written too, as partial replays (no ``episode_end``, ``partial_replay_paths``).
@@ -23,13 +33,14 @@ Outputs:
 
 The candidate policy is a ``PolicyRecord`` or a policy module. A ``MettaAgent`` (also a record's) is copied
 before it is bound to the evaluation env, so evaluating never changes the live training agent (its feature
-remapping, active actions or train/eval mode). Any other ``nn.Module`` with the ``policy(obs, state)``
-interface is used as is.
+remapping, active actions or train/eval mode). A scripted baseline (``metta.sim.baselines``) is bound to the
+env's action and feature ids. Any other ``nn.Module`` with the ``policy(obs, state)`` interface is used as is.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import math
@@ -48,10 +59,13 @@ from torch import nn
 from metta.agent.metta_agent import MettaAgent
 from metta.agent.policy_record import PolicyRecord
 from metta.agent.policy_state import PolicyState
+from metta.common.evaluation_db import EpisodeRow, Evaluation, EvaluationDB
 from metta.mettagrid.config import MettaGridConfig
+from metta.mettagrid.curriculum.core import Curriculum, SingleTaskCurriculum
 from metta.mettagrid.curriculum.loader import curriculum_from_any
 from metta.mettagrid.replay import ReplayWriter
 from metta.mettagrid.vecenv import VECTORIZATIONS, VecEnv, make_vecenv
+from metta.sim.baselines import BASELINE_SCHEME, ScriptedPolicy
 from metta.sim.simulation_config import SimulationSuiteConfig, SingleEnvSimulationConfig
 
 logger = logging.getLogger(__name__)
@@ -93,7 +107,7 @@ class SimulationResults:
     # Replays of episodes cut by max_time_s (``episode_end`` null); those episodes have no stats record.
     partial_replay_paths: list[Path] = field(default_factory=list)
     stats_path: Path | None = None
-    timed_out: bool = False
+    timed_out: bool = False  # the max_time_s guard stopped it: no score
     duration_s: float = 0.0
 
     @property
@@ -101,9 +115,19 @@ class SimulationResults:
         return len(self.rewards)
 
     @property
+    def complete(self) -> bool:
+        """Every requested episode ran to its end."""
+        return not self.timed_out and self.num_episodes == self.num_episodes_requested
+
+    @property
     def mean_reward(self) -> float:
-        """The simulation's score: the candidate's mean return over the counted episodes (NaN if none)."""
+        """The candidate's mean return over the counted episodes (NaN if none)."""
         return float(np.mean(self.rewards)) if self.rewards else math.nan
+
+    @property
+    def score(self) -> float:
+        """The simulation's score: ``mean_reward`` of a complete simulation; NaN (missing) otherwise."""
+        return self.mean_reward if self.complete else math.nan
 
 
 def candidate_agent_count(agents_per_env: int, policy_agents_pct: float) -> int:
@@ -116,6 +140,29 @@ def episode_quotas(num_episodes: int, num_envs: int) -> list[int]:
     """Episodes each env must finish; they add up to exactly ``num_episodes``."""
     base, extra = divmod(num_episodes, num_envs)
     return [base + (1 if e < extra else 0) for e in range(num_envs)]
+
+
+def env_config_hash(curriculum: Curriculum, env: Any, env_overrides: dict[str, Any] | None) -> str:
+    """A short hash naming what a simulation ran on: the resolved env config of a single-task env (maps given
+    as text, like the navigation suite's, are part of it), else the env's description and overrides."""
+    if isinstance(curriculum, SingleTaskCurriculum):
+        text = curriculum.get_task().env_cfg().model_dump_json()
+    else:
+        text = json.dumps(
+            {"curriculum": type(curriculum).__name__, "env": _env_label(env), "overrides": env_overrides or {}},
+            sort_keys=True,
+            default=repr,
+        )
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def run_dir_of(uri: str | None) -> str | None:
+    """The training run a saved policy belongs to: ``{run_dir}/checkpoints/<file>`` gives ``run_dir`` (the layout
+    ``metta.interface.setup_run_directories`` makes); None for anything else."""
+    if uri is None or ("://" in uri and not uri.startswith("file://")):
+        return None
+    path = Path(uri.removeprefix("file://")).absolute()
+    return str(path.parent.parent) if path.parent.name == "checkpoints" else None
 
 
 def _safe_name(name: str) -> str:
@@ -200,6 +247,8 @@ def _bind_policy(policy: nn.Module, vecenv: VecEnv, device: torch.device) -> nn.
         policy.initialize_to_environment(
             vecenv.get_observation_features(), vecenv.action_names, vecenv.max_action_args, device, is_training=False
         )
+    elif isinstance(policy, ScriptedPolicy):
+        policy = copy.copy(policy).bind(vecenv)
     return policy.eval()
 
 
@@ -220,6 +269,7 @@ class Simulation:
         suite_name: str | None = None,
         episode_tags: list[str] | None = None,
         seed: int = 0,
+        database: str | os.PathLike | None = None,
     ):
         if not isinstance(name, str) or not name:
             raise ValueError(f"simulation name={name!r} must be a non-empty string such as 'navigation/terrain_small'")
@@ -250,6 +300,12 @@ class Simulation:
             raise ValueError(
                 f"simulation {name!r} has npc_policy_uri={config.npc_policy_uri!r} but no policy_store to load it with"
             )
+        if database is not None and (self._record is None or not self._record.uri):
+            raise ValueError(
+                f"simulation {name!r}: writing to the evaluation database needs a PolicyRecord that names the policy "
+                "(its uri and epoch); pass one, e.g. metta.sim.evaluation.live_policy_record(agent, policy_store, "
+                "epoch, agent_step)"
+            )
         self.name = name
         self.config = config
         self._policy = policy_record_or_policy
@@ -261,8 +317,16 @@ class Simulation:
         self.suite_name = suite_name
         self.episode_tags = list(episode_tags or [])
         self.seed = int(seed)
+        self.database = None if database is None else Path(database)
         # Build the env config now, so a bad override or map fails here rather than after the policy loads.
         self._curriculum = curriculum_from_any(config.env, config.env_overrides or None, task_id=name)
+        if isinstance(self._curriculum, SingleTaskCurriculum) and config.max_time_s is None:
+            if self._curriculum.get_task().env_cfg().game.max_steps == 0:
+                raise ValueError(
+                    f"simulation {name!r}: the env has game.max_steps=0 (episodes never end) and max_time_s is None; "
+                    "set game.max_steps (env_overrides={'game.max_steps': 1000}) or a max_time_s guard"
+                )
+        self.env_hash = env_config_hash(self._curriculum, config.env, config.env_overrides)
         # All episodes at once (up to 64 envs): one kernel call steps them all and the policy sees one batch,
         # which is far cheaper than upstream's min(num_episodes, cpu_count) envs run in rounds.
         self.num_envs = min(config.num_episodes, 64)
@@ -294,17 +358,23 @@ class Simulation:
         results = SimulationResults(self.name, simulation_id, cfg.num_episodes)
         start = time.monotonic()
         vecenv = self._make_vecenv()
+        # The policy's action sampling draws from torch's generator: seed it for this simulation only (in _run), so
+        # the episodes depend on the seed alone and the caller's random stream (a training run's) is left as it was.
+        devices = [self.device] if self.device.type == "cuda" else []
         try:
-            records = self._run(vecenv, results, start)
+            with torch.random.fork_rng(devices=devices):
+                records = self._run(vecenv, results)
         finally:
             vecenv.close()
         results.duration_s = time.monotonic() - start
         if self.stats_dir is not None:
             results.stats_path = self.stats_dir / f"{_safe_name(self.name)}.{simulation_id}.jsonl"
             _write_jsonl_atomic(results.stats_path, records)
+        if self.database is not None:
+            self._write_database(results, records)
         if results.timed_out:
             logger.warning(
-                "simulation %s hit max_time_s=%.1f after %d of %d episodes",
+                "simulation %s hit its guard max_time_s=%.1f after %d of %d episodes: its score is missing",
                 self.name,
                 cfg.max_time_s,
                 results.num_episodes,
@@ -312,7 +382,43 @@ class Simulation:
             )
         return results
 
-    def _run(self, vecenv: VecEnv, results: SimulationResults, start: float) -> list[dict[str, Any]]:
+    def _write_database(self, results: SimulationResults, records: list[dict[str, Any]]) -> None:
+        record = self._record
+        assert record is not None  # checked in __init__
+        meta = record.metadata
+        trained = not record.uri.startswith(BASELINE_SCHEME)  # scripted baselines have no training counters
+        evaluation = Evaluation(
+            eval_id=results.simulation_id,
+            policy_uri=record.uri,
+            policy_name=record.run_name,
+            epoch=int(meta.get("epoch", 0)) if trained else None,
+            agent_step=int(meta.get("agent_step", 0)) if trained else None,
+            run_dir=meta.get("run_dir") or run_dir_of(record.uri),
+            suite=self.suite_name,
+            sim=self.name,
+            env_hash=self.env_hash,
+            seed=self.seed,
+            episodes_requested=self.config.num_episodes,
+            complete=results.complete,
+            npc_policy_uri=self.config.npc_policy_uri,
+            duration_s=results.duration_s,
+        )
+        rows = [
+            EpisodeRow(
+                episode=rec["episode_index"],
+                agent=agent,
+                candidate=agent in rec["candidate_agents"],
+                reward=reward,
+                episode_length=rec["episode_length"],
+                replay_path=rec["replay_path"],
+            )
+            for rec in records
+            for agent, reward in enumerate(rec["agent_rewards"])
+        ]
+        with EvaluationDB(self.database) as db:
+            db.add_evaluation(evaluation, rows)
+
+    def _run(self, vecenv: VecEnv, results: SimulationResults) -> list[dict[str, Any]]:
         cfg = self.config
         num_envs, ape = vecenv.num_envs, vecenv.agents_per_env
         n_cand = candidate_agent_count(ape, cfg.policy_agents_pct)
@@ -329,6 +435,9 @@ class Simulation:
             runners = [_PolicyRunner(candidate, None, self.device)]
         candidate_ids = list(range(n_cand)) if use_npc else list(range(ape))
         npc_ids = list(range(n_cand, ape)) if use_npc else []
+        # Seeded after the policies are loaded and bound (building a policy draws random weights), so the first
+        # simulation of a record samples the same actions as the next ones.
+        torch.manual_seed(self.seed)
 
         quotas = episode_quotas(cfg.num_episodes, num_envs)
         finished = [0] * num_envs
@@ -357,9 +466,10 @@ class Simulation:
         actions = np.zeros((vecenv.num_agents, 2), dtype=np.int32)
         done = np.zeros(vecenv.num_agents, dtype=np.bool_)  # nothing to reset before the first step
 
+        start = time.monotonic()  # the guard times the episodes, not building the envs and loading the policies
         with torch.no_grad():
             while any(f < q for f, q in zip(finished, quotas)):
-                if time.monotonic() - start > cfg.max_time_s:
+                if cfg.max_time_s is not None and time.monotonic() - start > cfg.max_time_s:
                     results.timed_out = True
                     break
                 for runner in runners:
@@ -441,6 +551,7 @@ class SimulationSuite:
         replay_dir: str | os.PathLike | None = None,
         *,
         seed: int = 0,
+        database: str | os.PathLike | None = None,
     ):
         if isinstance(config, dict):
             config = SimulationSuiteConfig.model_validate(config)
@@ -463,6 +574,7 @@ class SimulationSuite:
                 suite_name=config.name,
                 episode_tags=config.episode_tags,
                 seed=seed,
+                database=database,
             )
             for name, sim_cfg in config.simulations.items()
         }

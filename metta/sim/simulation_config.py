@@ -1,5 +1,10 @@
 """Typed configs for evaluation runs: one simulation, one simulation on a named env, a suite of them.
 
+``max_time_s`` is a guard against a hang, not a budget: by default there is none, and every episode runs to its
+``game.max_steps``, so a score never depends on how busy the machine is. A simulation that outlasts a guard
+that is set has no score at all (the results say it timed out), rather than the mean of the episodes that
+happened to finish.
+
 ``SimulationSuiteConfig`` fields that are also ``SimulationConfig`` fields (``num_episodes``, ``max_time_s``,
 ``env_overrides``, ``npc_policy_uri``, ``policy_agents_pct``) act as defaults for every simulation of the
 suite, but only when they are given explicitly: a simulation's own values win, and ``env_overrides`` are
@@ -23,7 +28,12 @@ class SimulationConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     num_episodes: int = Field(ge=1, description="episodes to run, split over min(num_episodes, cpu count) envs")
-    max_time_s: float = Field(default=120.0, gt=0, description="wall-clock limit; unfinished episodes are dropped")
+    max_time_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="wall-clock guard: a simulation still running after it has no score (missing, never partial); "
+        "None: episodes run to game.max_steps",
+    )
     env_overrides: dict[str, Any] = Field(
         default_factory=dict, description="overrides for the env config, dotted ('game.max_steps') or nested keys"
     )
@@ -67,6 +77,11 @@ class SimulationSuiteConfig(SimulationConfig):
         default=None, ge=1, description="default for simulations that set none (needed only if one sets none)"
     )
     episode_tags: list[str] = Field(default_factory=list, description="tags written into every episode's stats")
+    categories: list[str] | None = Field(
+        default=None,
+        description="category scores: the mean over the sims whose name contains the category; None: one per "
+        "name prefix ('navigation/x' -> 'navigation'), names without one under the suite's name",
+    )
 
     @model_validator(mode="before")
     @classmethod

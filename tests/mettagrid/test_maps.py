@@ -122,7 +122,7 @@ def open_graph(grid: np.ndarray) -> tuple[int, int]:
     return int(open_.sum()), int(edges)
 
 
-@pytest.mark.parametrize("algorithm", ["kruskal", "prim"])
+@pytest.mark.parametrize("algorithm", ["kruskal", "prim", "dfs"])
 @pytest.mark.parametrize("size", [(5, 3), (11, 11), (21, 31), (51, 41)])
 def test_maze_is_perfect_and_connected(algorithm, size):
     width, height = size
@@ -180,7 +180,7 @@ def test_maze_size_errors_name_the_field():
     with pytest.raises(ValidationError, match="branching"):
         MazeMap(width=11, height=11, branching=1.5)
     with pytest.raises(ValidationError, match="algorithm"):
-        MazeMap(algorithm="dfs")
+        MazeMap(algorithm="wilson")
 
 
 def test_maze_too_many_objects():

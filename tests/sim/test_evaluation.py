@@ -1,14 +1,18 @@
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from sim_helpers import SMALL_ENV
 
+from metta.common.stats_logger import StatsLogger
 from metta.interface.evaluation import (
     create_evaluation_config_suite,
     create_replay_config,
     evaluate_policy_suite,
+    format_scores,
     generate_replay_simple,
 )
 from metta.mettagrid.config_loader import load_env_config
@@ -52,15 +56,28 @@ def test_a_plain_metta_agent_is_accepted(saved_record):
     assert "nav/score" in scores
 
 
-def test_a_sim_without_finished_episodes_has_no_score(saved_record, policy_store):
+def test_a_sim_stopped_by_its_guard_has_a_missing_score_and_so_has_its_category(
+    saved_record, policy_store, caplog, tmp_path
+):
     endless = {**SMALL_ENV, "game": {**SMALL_ENV["game"], "max_steps": 1_000_000}}
     suite = SimulationSuiteConfig(
         name="t",
         num_episodes=1,
         simulations={"nav/fast": {"env": SMALL_ENV}, "nav/slow": {"env": endless, "max_time_s": 0.3}},
     )
-    scores = evaluate_policy_suite(saved_record, policy_store, suite, "cpu")
-    assert set(scores) == {"nav/fast", "nav/score"} and scores["nav/score"] == scores["nav/fast"]
+    with caplog.at_level("INFO"):
+        scores = evaluate_policy_suite(saved_record, policy_store, suite, "cpu")
+    assert set(scores) == {"nav/fast", "nav/slow", "nav/score"}
+    assert np.isfinite(scores["nav/fast"]) and np.isnan(scores["nav/slow"]) and np.isnan(scores["nav/score"])
+    # The console says so: a warning naming the sim, and "missing" where the score would be.
+    assert "evaluation nav/slow: score missing" in caplog.text
+    assert "nav/slow missing" in format_scores(scores) and "nav/score missing" in format_scores(scores)
+    # metrics.jsonl (what run.py logs the scores into) stores a missing score as null, not a number.
+    logger = StatsLogger(tmp_path, console=False)
+    logger.log(1, 100, {f"eval/{k}": v for k, v in scores.items()})
+    logger.close()
+    row = json.loads((tmp_path / "metrics.jsonl").read_text())
+    assert row["eval/nav/slow"] is None and row["eval/nav/score"] is None and row["eval/nav/fast"] == scores["nav/fast"]
 
 
 def test_generate_replay_simple_writes_a_valid_replay(saved_record, policy_store, tmp_path):
@@ -76,7 +93,7 @@ def test_evaluation_suite_resolves_its_envs():
     assert suite.name == "evaluation" and suite.num_episodes == 10
     assert list(suite.simulations) == [f"navigation/terrain_{size}" for size in ("small", "medium", "large")]
     for name, sim in suite.simulations.items():
-        assert (sim.num_episodes, sim.max_time_s) == (5, 30)
+        assert (sim.num_episodes, sim.max_time_s) == (5, None)  # no wall-time cut: episodes run to max_steps
         size = name.rsplit("_", 1)[1]
         env = load_env_config(sim.env, sim.env_overrides)
         assert env.game.num_agents == 4 and env.game.max_steps == 1000
@@ -87,7 +104,7 @@ def test_evaluation_suite_resolves_its_envs():
 
 def test_replay_config():
     cfg = create_replay_config()
-    assert (cfg.num_episodes, cfg.max_time_s) == (1, 60)
+    assert (cfg.num_episodes, cfg.max_time_s) == (1, 60)  # a replay has no score; its guard bounds recording
     env = load_env_config(cfg.env, cfg.env_overrides)
     assert env.game.map_builder.room.dir == "varied_terrain/balanced_medium"
     maze = create_replay_config("varied_terrain/maze_small")

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import contextlib
 import copy
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -10,8 +13,16 @@ from pydantic import ValidationError
 from sim_helpers import SMALL_ENV, save_new_policy
 from torch import nn
 
+from metta.common.evaluation_db import EvaluationDB, sim_scores
 from metta.mettagrid.replay import expand_series, read_replay, replay_metadata
-from metta.sim.simulation import Simulation, SimulationSuite, candidate_agent_count, episode_quotas, read_episode_stats
+from metta.sim.simulation import (
+    Simulation,
+    SimulationResults,
+    SimulationSuite,
+    candidate_agent_count,
+    episode_quotas,
+    read_episode_stats,
+)
 from metta.sim.simulation_config import SimulationConfig, SimulationSuiteConfig, SingleEnvSimulationConfig
 
 
@@ -173,4 +184,77 @@ def test_bad_simulation_arguments(saved_record, policy_store, tmp_path):
         Simulation("s", with_npc, saved_record)
     with pytest.raises(ValueError, match="game.no_such_key|no_such_key"):
         Simulation("s", cfg.model_copy(update={"env_overrides": {"game.no_such_key": 1}}), saved_record)
-    assert SimulationConfig(num_episodes=1).max_time_s == 120
+    assert SimulationConfig(num_episodes=1).max_time_s is None  # no wall-time guard unless asked for
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Scores measure the policy, not the machine
+
+
+@contextlib.contextmanager
+def cpu_hog(processes: int = 3):
+    """Busy-loop processes that keep every core of this machine occupied while the block runs."""
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(processes)]
+    try:
+        time.sleep(0.5)  # let them take the cores
+        yield
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+
+
+def test_scores_under_a_cpu_hog_equal_the_unloaded_ones(saved_record, policy_store):
+    cfg = SingleEnvSimulationConfig(env=SMALL_ENV, num_episodes=3)
+    state = torch.random.get_rng_state()
+    quiet = Simulation("s", cfg, saved_record, policy_store, seed=7).simulate()
+    # The simulation seeds torch for itself and restores the caller's random stream.
+    assert torch.equal(torch.random.get_rng_state(), state)
+    with cpu_hog():
+        loaded = Simulation("s", cfg, saved_record, policy_store, seed=7).simulate()
+    assert quiet.complete and loaded.complete
+    assert loaded.agent_rewards == quiet.agent_rewards and loaded.score == quiet.score
+    assert any(r != 0 for r in quiet.rewards)  # the move reward makes the comparison meaningful
+    other = Simulation("s", cfg, saved_record, policy_store, seed=8).simulate()
+    assert other.agent_rewards != quiet.agent_rewards  # and the seed does matter
+
+
+def test_a_simulation_cut_by_its_guard_has_no_score_not_a_partial_one():
+    cut = SimulationResults("s", "id", 3, rewards=[1.0, 1.0], timed_out=True)
+    assert cut.mean_reward == 1.0 and not cut.complete and np.isnan(cut.score)
+    assert SimulationResults("s", "id", 2, rewards=[1.0, 0.0]).score == 0.5
+
+
+def test_an_endless_env_needs_a_guard(saved_record):
+    endless = {**SMALL_ENV, "game": {**SMALL_ENV["game"], "max_steps": 0}}
+    with pytest.raises(ValueError, match="max_steps=0.*max_time_s"):
+        Simulation("s", SingleEnvSimulationConfig(env=endless, num_episodes=1), saved_record)
+    Simulation("s", SingleEnvSimulationConfig(env=endless, num_episodes=1, max_time_s=5), saved_record)
+
+
+def test_episodes_go_to_the_evaluation_database(saved_record, policy_store, tmp_path):
+    db_path = tmp_path / "evaluations.sqlite"
+    cfg = SingleEnvSimulationConfig(env=SMALL_ENV, num_episodes=3)
+    sim = Simulation("cat/sim", cfg, saved_record, policy_store, seed=3, database=db_path, suite_name="t")
+    result = sim.simulate()
+    with EvaluationDB(db_path) as db:
+        (evaluation,) = db.execute("SELECT * FROM evaluations")
+        episodes = db.execute("SELECT * FROM episodes ORDER BY episode, agent")
+        (score,) = sim_scores(db)
+    assert evaluation["policy_uri"] == saved_record.uri and evaluation["epoch"] == 1
+    assert (evaluation["sim"], evaluation["suite"], evaluation["seed"]) == ("cat/sim", "t", 3)
+    assert evaluation["env_hash"] == sim.env_hash and evaluation["complete"] == 1
+    assert evaluation["run_dir"] == str(tmp_path)  # the checkpoint is {tmp_path}/checkpoints/model_0001.pt
+    assert len(episodes) == 3 * 2  # one row per episode and agent
+    assert [[e["reward"] for e in episodes if e["episode"] == i] for i in range(3)] == (result.agent_rewards)
+    assert score.score == pytest.approx(result.score) and score.num_episodes == 3
+    with pytest.raises(ValueError, match="PolicyRecord that names the policy"):
+        Simulation("cat/sim", cfg, saved_record.policy, database=db_path)
+
+
+def test_the_env_hash_names_the_env_config():
+    def hashed(env):
+        return Simulation("s", SingleEnvSimulationConfig(env=env, num_episodes=1), nn.Identity()).env_hash
+
+    longer = {**SMALL_ENV, "game": {**SMALL_ENV["game"], "max_steps": 31}}
+    assert hashed(SMALL_ENV) == hashed(copy.deepcopy(SMALL_ENV)) != hashed(longer)

@@ -1,4 +1,4 @@
-"""Mazes (randomized Kruskal or Prim) plus small compiled grid helpers shared by the other builders.
+"""Mazes (randomized Kruskal, Prim or depth-first search) plus small compiled grid helpers shared by the other builders.
 
 A maze of odd size ``h x w`` has *rooms* at odd (row, col) positions and walls everywhere else; carving the
 maze opens the wall cell between two adjacent rooms. Union-find and the Prim frontier are sequential by
@@ -90,6 +90,45 @@ def _prim(
                 frontier_edge[size] = adj_edge[k]
                 frontier_room[size] = adj_room[k]
                 size += 1
+    return opened
+
+
+@numba.njit(cache=True)
+def _dfs(
+    adj_start: np.ndarray, adj_edge: np.ndarray, adj_room: np.ndarray, start: int, n_rooms: int, u: np.ndarray
+) -> np.ndarray:
+    """Randomized depth-first search (the recursive backtracker): from the room on top of the stack, open the edge
+    to a uniformly chosen unvisited neighbour, or go back when there is none. Long corridors, few branches.
+
+    ``u`` holds uniform draws in [0, 1), one per opened edge (``n_rooms - 1`` at most).
+    """
+    n_edges = len(adj_edge) // 2
+    opened = np.zeros(n_edges, dtype=np.bool_)
+    visited = np.zeros(n_rooms, dtype=np.bool_)
+    stack = np.empty(n_rooms, dtype=np.int64)
+    cand_edge = np.empty(4, dtype=np.int64)
+    cand_room = np.empty(4, dtype=np.int64)
+    stack[0] = start
+    top = 1
+    visited[start] = True
+    draw = 0
+    while top > 0:
+        room = stack[top - 1]
+        k = 0
+        for j in range(adj_start[room], adj_start[room + 1]):
+            if not visited[adj_room[j]]:
+                cand_edge[k] = adj_edge[j]
+                cand_room[k] = adj_room[j]
+                k += 1
+        if k == 0:
+            top -= 1
+            continue
+        i = int(u[draw] * k)
+        draw += 1
+        opened[cand_edge[i]] = True
+        visited[cand_room[i]] = True
+        stack[top] = cand_room[i]
+        top += 1
     return opened
 
 
@@ -211,8 +250,10 @@ def carve_maze(
         opened = _kruskal(ea, eb, rng.permutation(len(ea)), n_rooms)
     elif algorithm == "prim":
         opened = _prim(adj_start, adj_edge, adj_room, start_room, n_rooms, rng.random(2 * len(ea) + 1))
+    elif algorithm == "dfs":
+        opened = _dfs(adj_start, adj_edge, adj_room, start_room, n_rooms, rng.random(n_rooms))
     else:
-        raise ValueError(f"maze algorithm={algorithm!r} is not supported; use 'kruskal' or 'prim'")
+        raise ValueError(f"maze algorithm={algorithm!r} is not supported; use 'kruskal', 'prim' or 'dfs'")
     if branching > 0:
         closed = np.flatnonzero(~opened)
         n_extra = int(round(branching * len(closed)))
@@ -236,7 +277,7 @@ class MazeMap(MapBuilder):
     """
 
     type: Literal["maze"] = "maze"
-    algorithm: Literal["kruskal", "prim"] = "kruskal"
+    algorithm: Literal["kruskal", "prim", "dfs"] = "kruskal"
     width: int = 11
     height: int = 11
     start_pos: tuple[int, int] | None = None

@@ -4,10 +4,11 @@
     scores = evaluator.evaluate(policy_or_record)     # {"navigation/terrain_small": 0.8, ...}
     evaluator.last_results                             # the SimulationResults of each simulation
 
-``suite_config`` is a ``SimulationSuiteConfig`` (``metta.interface.create_evaluation_config_suite()`` builds
-the navigation suite). A score is the candidate's mean episode reward (``SimulationResults.mean_reward``);
-simulations that finished no episode within their time limit get no score. For per-category means use
-``metta.interface.evaluate_policy_suite``.
+``suite_config`` is a ``SimulationSuiteConfig`` (``metta.sim.suites.suite_config(name)`` builds the named
+suites). A score is the candidate's mean episode reward (``SimulationResults.score``); a simulation stopped by
+its ``max_time_s`` guard scores NaN (missing). With ``database`` (an evaluation database path) every episode is
+also stored there; ``evaluate`` then needs a ``PolicyRecord`` that names the policy
+(``metta.sim.evaluation.live_policy_record``). For per-category means use ``metta.interface.evaluate_policy_suite``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class PolicyEvaluator:
         replay_dir: str | os.PathLike | None = None,
         vectorization: str = "serial",
         seed: int = 0,
+        database: str | os.PathLike | None = None,
     ):
         if isinstance(suite_config, dict):
             suite_config = SimulationSuiteConfig.model_validate(suite_config)
@@ -48,6 +50,7 @@ class PolicyEvaluator:
         self.replay_dir = replay_dir
         self.vectorization = vectorization
         self.seed = seed
+        self.database = database
         self.last_results: dict[str, SimulationResults] = {}
 
     def evaluate(self, policy: PolicyRecord | nn.Module) -> dict[str, float]:
@@ -63,6 +66,7 @@ class PolicyEvaluator:
             self.stats_dir,
             self.replay_dir,
             seed=self.seed,
+            database=self.database,
         )
         self.last_results = suite.simulate()
-        return {name: result.mean_reward for name, result in self.last_results.items() if result.num_episodes > 0}
+        return {name: result.score for name, result in self.last_results.items()}
