@@ -1,9 +1,9 @@
 """Train the fast agent on the navigation curriculum on a CPU for a fixed wall-clock budget.
 
 Writes one JSON object per epoch to ``{out_dir}/metrics.jsonl`` (agent steps, wall time, mean episode
-reward, SPS, losses) and, first, the mean episode reward of a uniformly random policy, so the curve can be read
-against it; at the end the trained policy and the random one are scored on the same 512 episodes (the
-curriculum's tasks drawn uniformly, see ``evaluation_curriculum``):
+reward, SPS, losses) and, first, the mean episode reward of the two scripted baselines (``metta.sim.baselines``:
+random, and nearest-visible-altar), so the curve can be read against them; at the end the trained policy and both
+baselines are scored on the same 512 episodes (the curriculum's tasks drawn uniformly, see ``evaluation_curriculum``):
 
     python recipes/navigation_cpu.py --minutes 10 --out-dir train_dir/navigation_cpu
     python recipes/navigation_cpu.py --evaluate train_dir/navigation_cpu/navigation_cpu_e300   # score again
@@ -39,8 +39,10 @@ from metta.rl.functional_trainer import rollout, train_ppo
 from metta.rl.losses import Losses
 from metta.rl.optimizer import Optimizer, scheduled_learning_rate, set_learning_rate
 from metta.rl.trainer_config import LRSchedulerConfig, TrainerConfig, cpu_learning_settings
+from metta.sim.baselines import make_baseline
 
 CURRICULUM = "/env/mettagrid/curriculum/navigation/bucketed"
+BASELINES = ("random", "nearest_altar")  # scored beside every trained policy, on the same episodes
 
 
 def evaluation_curriculum() -> Curriculum:
@@ -50,46 +52,57 @@ def evaluation_curriculum() -> Curriculum:
     return curriculum_from_any({**raw, "rand_task_rate": 1.0, "num_active_tasks": 64})
 
 
-def evaluate(policy: torch.nn.Module | None, num_envs: int, seed: int, episodes: int) -> float:
-    """Mean episode reward over the first ``episodes`` episodes of ``evaluation_curriculum()`` (the same
-    episodes for every policy); ``policy=None`` acts uniformly at random."""
-    env = MettaGridEnv(evaluation_curriculum(), num_envs=num_envs, is_training=False)
+def evaluate(
+    policy: torch.nn.Module | str, num_envs: int, seed: int, episodes: int, curriculum: Curriculum | None = None
+) -> float:
+    """Mean episode reward over the first ``episodes`` episodes of ``curriculum`` (default
+    ``evaluation_curriculum()``; the same episodes for every policy). ``policy`` is a trained policy or a scripted
+    baseline's name ("random", "nearest_altar": ``metta.sim.baselines``), whose draws come from torch's generator
+    seeded with ``seed``."""
+    env = MettaGridEnv(curriculum or evaluation_curriculum(), num_envs=num_envs, is_training=False)
     obs, _ = env.reset(seed=seed)
     done = np.zeros(env.num_agents, dtype=bool)
-    rng = np.random.default_rng(seed)
-    max_args = np.array(env.max_action_args)
+    scripted = make_baseline(policy).bind(env) if isinstance(policy, str) else None
     state = PolicyState()
     rewards: list[float] = []
-    while len(rewards) < episodes:
-        if policy is None:
-            types = rng.integers(0, len(max_args), env.num_agents)
-            actions = np.stack([types, rng.integers(0, max_args[types] + 1)], axis=1).astype(np.int32)
-        else:
-            with torch.no_grad():
+    with torch.random.fork_rng(), torch.no_grad():  # the baselines' draws leave the caller's generator alone
+        torch.manual_seed(seed)
+        while len(rewards) < episodes:
+            if scripted is not None:
+                actions = scripted.act(obs)
+            else:
                 state.reset_done(torch.from_numpy(done))
                 actions = policy(torch.from_numpy(obs), state)[0].numpy().astype(np.int32)
-        obs, _, terminals, truncations, infos = env.step(actions)
-        done = terminals | truncations
-        rewards += [info["episode_reward"] for info in infos]
+            obs, _, terminals, truncations, infos = env.step(actions)
+            done = terminals | truncations
+            rewards += [info["episode_reward"] for info in infos]
     env.close()
     return float(np.mean(rewards[:episodes]))
 
 
+def score(
+    policy: torch.nn.Module, num_envs: int, seed: int, episodes: int, curriculum: Curriculum | None = None
+) -> dict:
+    """The policy and both scripted baselines on the same episodes, side by side: every figure we publish
+    stands next to random and nearest-visible-altar."""
+    rewards = {name: evaluate(name, num_envs, seed, episodes, curriculum) for name in BASELINES}
+    trained = evaluate(policy, num_envs, seed, episodes, curriculum)
+    return {
+        "eval_seed": seed,
+        "episodes": episodes,
+        "trained_policy_episode_reward": trained,
+        **{f"{name}_policy_episode_reward": reward for name, reward in rewards.items()},
+        "ratio": trained / max(rewards["random"], 1e-9),
+        "ratio_to_nearest_altar": trained / max(rewards["nearest_altar"], 1e-9),
+    }
+
+
 def evaluate_saved(path: str, num_envs: int, seed: int, episodes: int) -> dict:
-    """A saved policy (``--evaluate PATH``) against the random policy on the same episodes."""
+    """A saved policy (``--evaluate PATH``) against both baselines on the same episodes."""
     store = PolicyStore({"device": "cpu", "trainer": {"checkpoint": {"checkpoint_dir": str(Path(path).parent)}}})
     policy = store.policy_record(path).policy
     policy.eval()
-    random_reward = evaluate(None, num_envs, seed, episodes)
-    trained_reward = evaluate(policy, num_envs, seed, episodes)
-    return {
-        "policy": path,
-        "eval_seed": seed,
-        "episodes": episodes,
-        "random_policy_episode_reward": random_reward,
-        "trained_policy_episode_reward": trained_reward,
-        "ratio": trained_reward / max(random_reward, 1e-9),
-    }
+    return {"policy": path, **score(policy, num_envs, seed, episodes)}
 
 
 def _key_value(item: str) -> tuple[str, object]:
@@ -143,9 +156,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     metrics = (out / "metrics.jsonl").open("w")
 
-    random_reward = evaluate(None, args.num_envs, args.seed + 1, args.eval_episodes)
-    metrics.write(json.dumps({"random_policy_episode_reward": random_reward}) + "\n")
-    print(f"random policy: mean episode reward {random_reward:.4f}")
+    baselines = {name: evaluate(name, args.num_envs, args.seed + 1, args.eval_episodes) for name in BASELINES}
+    metrics.write(json.dumps({f"{name}_policy_episode_reward": r for name, r in baselines.items()}) + "\n")
+    print("scripted baselines: " + ", ".join(f"{name} {r:.4f}" for name, r in baselines.items()))
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -211,14 +224,8 @@ def main() -> None:
     record.policy = policy
     record.metadata.update(agent_step=agent_step, epoch=epoch)
     store.save(record)
-    trained_reward = evaluate(policy, args.num_envs, args.seed + 1, args.eval_episodes)
-    summary = {
-        "random_policy_episode_reward": random_reward,
-        "trained_policy_episode_reward": trained_reward,
-        "ratio": trained_reward / max(random_reward, 1e-9),
-        "agent_step": agent_step,
-        "minutes": args.minutes,
-    }
+    summary = {**score(policy, args.num_envs, args.seed + 1, args.eval_episodes), "agent_step": agent_step}
+    summary["minutes"] = args.minutes
     metrics.write(json.dumps({"final_evaluation": summary}) + "\n")
     metrics.close()
     print(json.dumps(summary))

@@ -1,0 +1,36 @@
+"""recipes/navigation_cpu.py scores a policy beside both scripted baselines on the same episodes."""
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from metta.agent.metta_agent import make_policy
+from metta.mettagrid.env import MettaGridEnv
+
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "navigation_cpu.py"
+
+
+def load_recipe():
+    spec = importlib.util.spec_from_file_location("navigation_cpu", RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_score_puts_the_policy_beside_random_and_nearest_altar_on_the_same_episodes():
+    recipe = load_recipe()
+    env = MettaGridEnv(recipe.evaluation_curriculum(), num_envs=2, is_training=False)
+    torch.manual_seed(0)
+    policy = make_policy(env, "fast").eval()
+    env.close()
+    before = torch.random.get_rng_state()
+    result = recipe.score(policy, num_envs=4, seed=1, episodes=8)
+    assert torch.equal(torch.random.get_rng_state(), before)  # the baselines' draws leave the caller's generator
+    assert result["episodes"] == 8 and result["eval_seed"] == 1
+    random, scripted = result["random_policy_episode_reward"], result["nearest_altar_policy_episode_reward"]
+    assert scripted > random  # the script walks to altars it sees; random rarely reaches one
+    assert result["ratio"] == result["trained_policy_episode_reward"] / max(random, 1e-9)
+    assert result["ratio_to_nearest_altar"] == result["trained_policy_episode_reward"] / max(scripted, 1e-9)
+    # The same seed plays the same episodes: a baseline scores the same again.
+    assert recipe.evaluate("nearest_altar", num_envs=4, seed=1, episodes=8) == scripted
