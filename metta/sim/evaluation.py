@@ -22,6 +22,8 @@ import torch
 from torch import nn
 
 from metta.agent.policy_record import PolicyRecord
+from metta.mettagrid.config import MettaGridConfig
+from metta.mettagrid.config_loader import load_config_dict
 from metta.mettagrid.map.terrain import TERRAIN_DIRS
 from metta.sim.simulation import Simulation, SimulationResults, SimulationSuite
 from metta.sim.simulation_config import SimulationSuiteConfig, SingleEnvSimulationConfig
@@ -62,6 +64,21 @@ def create_replay_config(terrain_dir: str = "varied_terrain/balanced_medium") ->
         max_time_s=60,
         env_overrides={"game.map_builder.room.dir": terrain_dir},
     )
+
+
+def replay_env_label(config: SingleEnvSimulationConfig) -> str:
+    """The env's name a replay records (its viewer shows it): the env config's own label, else its path (or
+    "custom_env") followed by the overrides applied. The simulation's name, "replay", does not name the env."""
+    env = config.env
+    if isinstance(env, str):
+        own = load_config_dict(env).get("label")
+    else:
+        own = env.label if isinstance(env, MettaGridConfig) else env.get("label")
+    if config.env_overrides.get("label") or own:
+        return str(config.env_overrides.get("label") or own)
+    base = env if isinstance(env, str) else "custom_env"
+    overrides = ", ".join(f"{key}={value}" for key, value in config.env_overrides.items())
+    return f"{base} ({overrides})" if overrides else base
 
 
 def _check_policy(policy_record: Any) -> None:
@@ -157,7 +174,8 @@ def generate_replay_simple(
         raise ValueError(f"epoch={epoch!r} must be a non-negative integer or None")
     del vectorization  # recording reads the env's grid in this process
     out_dir = Path(replay_dir) if epoch is None else Path(replay_dir) / f"epoch_{epoch:04d}"
-    config = replay_config.model_copy(update={"num_episodes": 1})
+    env_overrides = {**replay_config.env_overrides, "label": replay_env_label(replay_config)}
+    config = replay_config.model_copy(update={"num_episodes": 1, "env_overrides": env_overrides})
     sim = Simulation("replay", config, policy_record, policy_store, device, "serial", replay_dir=out_dir)
     result = sim.simulate()
     if result.replay_paths:
