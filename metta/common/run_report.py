@@ -793,7 +793,8 @@ def comparison_html(run_dirs: Iterable[str | os.PathLike]) -> str:
             for key, values in differences
         )
         config = (
-            f'<section><h2>Config differences ({len(differences)} keys)</h2><table class="config-diff">'
+            f"<section><h2>Config differences ({len(differences)} key{'s' if len(differences) > 1 else ''})</h2>"
+            '<table class="config-diff">'
             f"<tr><th>key</th>{head}</tr>{rows_html}</table></section>"
         )
     else:

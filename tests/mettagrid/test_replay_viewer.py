@@ -698,9 +698,12 @@ def test_hover_tooltip_follows_the_step_shown(page, replay):
 
 
 def test_agents_table_fits_a_1280x720_screen(browser, replay_path, tmp_path):
-    """Every agent holding every item, long group names: the side panel still needs no sideways scrolling."""
+    """Every agent holding every item, long group and env names: the side panel still needs no sideways scrolling."""
     data = json.loads(zlib.decompress(replay_path.read_bytes()))
     data["group_names"] = [f"a_rather_long_group_name_{i}" for i in range(len(data["group_names"]))]
+    data["env_config"]["label"] = (
+        "/env/mettagrid/navigation/training/terrain_from_numpy_defaults (game.map_builder.room.dir=x)"
+    )
     everything = [[i, 255] for i in range(len(data["item_names"]))]
     for o in data["objects"]:
         if "agent_id" in o:
