@@ -634,7 +634,7 @@ def test_follow_camera_keeps_the_selected_agent_in_view(big_page, big_replay):
         big_page.wait_for(f"window.metta.lastDraw.step === {k}")
         assert big_page.evaluate(inside), k
     # ... and while playing.
-    big_page.evaluate("metta.setStep(0); metta.setSpeed(20); metta.play()")
+    big_page.evaluate("metta.setStep(0); metta.setSpeed(60); metta.play()")
     while big_page.evaluate("metta.state.playing"):
         assert big_page.evaluate(inside)
         big_page.browser.pump(0.05)
