@@ -627,7 +627,8 @@ def run_report_html(run_dir: str | os.PathLike) -> str:
         cards.append(_card("wall time", f"{last_row['time'] / 60:.1f} min"))
     total = total_timesteps(run_record(root))
     if total is not None and _finite(last_row.get("agent_step")):
-        cards.append(_card("of total_timesteps", f"{percent(last_row['agent_step'] / total)} of {fmt_number(total)}"))
+        share = percent(last_row["agent_step"] / total)
+        cards.append(_card("trained", f"{share} of {fmt_number(total)} steps"))
     parts.append(f'<section><div class="cards">{"".join(cards)}</div></section>')
     if not rows:
         parts.append('<section><p class="note">No metrics yet: metrics.jsonl is missing or empty.</p></section>')

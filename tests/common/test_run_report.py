@@ -124,6 +124,7 @@ def test_report_is_built_from_the_run_directory(runs):
     assert {"policy_loss", "value_loss", "entropy"} <= set(re.findall(r'<text class="title"[^>]*>([^<]*)<', html))
     assert 'data-metric="timing"' in html and "learn 40%" in html
     assert "terrain_small" in html and "&quot;batch_size&quot;: 1024" in html
+    assert '<div class="k">trained</div><div class="v">100% of 12.3k steps</div>' in html  # of total_timesteps
     # Replays by epoch, newest first: a viewer page where one was written, the .json.z otherwise.
     links = find_replays(run_dir)
     assert [(r.epoch, r.has_page) for r in links] == [(8, False), (4, True)]
