@@ -251,7 +251,7 @@ def differing_config_keys(run_dirs: list[Path]) -> list[tuple[str, list[str | No
         own = str(Path(run_dir).resolve())
         values = {}
         for key, value in flatten_dotted(run_record(run_dir)).items():
-            if key == "run":
+            if key in ("run", "run_dir"):  # the run's own name and directory (config.yaml records both)
                 continue
             text = value if isinstance(value, str) else json.dumps(value)
             values[key] = text.replace(own, "{run_dir}")
