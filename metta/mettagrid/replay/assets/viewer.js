@@ -3,10 +3,12 @@
 //
 // window.metta exposes the viewer's state (step, selection, what the last frame drew) and a few actions, so
 // scripts and tests can drive it the way a user does. Read-only views: metta.state (step, playing, speed,
-// selected, showVision, allActions, grid, sort), metta.lastDraw ({step, scale, agents: [{agent_id, x, y,
-// color}], vision: the observation window drawn, {agent_id, x, y, w, h} in cells, or null}), metta.summary,
-// metta.view (scale and offset of the map). The summary's tables carry ids (#sum-groups, #sum-actions,
-// #sum-agents) and data-group / data-action / data-agent on their rows.
+// selected, showVision, allActions, grid, follow, sort), metta.lastDraw ({step, scale, agents: [{agent_id, x,
+// y, color, radius, halo}] (radius and halo in CSS pixels), vision: the observation window drawn, {agent_id, x,
+// y, w, h} in cells, or null, follow: whether the camera followed an agent}), metta.hoverText (the tooltip's
+// text, or null), metta.summary, metta.view (scale and offset of the map). The summary's tables carry ids
+// (#sum-env, #sum-steps, #sum-groups, #sum-actions, #sum-agents) and data-group / data-action / data-agent on
+// their rows; the legend's types rows data-type.
 //
 // Steps: frame k of the file is the state after env step k+1 (docs/replay_format.md section 2). The page
 // counts env steps everywhere ("step k+1 / T", T the episode's length); metta.state.step is the frame index k.
@@ -838,7 +840,8 @@
   const itemName = (id) => R.itemNames[id] || `item ${id}`;
   const pairsText = (pairs) => (pairs.length ? pairs.map(([i, n]) => `${n} ${itemName(i)}`).join(', ') : 'nothing');
   const groupName = (g) => R.groupNames[g] || `group ${g}`;
-  // A success rate with enough decimals that one neither none nor all never reads 0% or 100% (1 of 223: 0.4%).
+  // A success rate with the decimals it needs: one that is neither none nor all never reads 0% or 100%
+  // (1 of 223 is 0.4%).
   function rate(ok, count) {
     if (!count) return '-';
     const p = (100 * ok) / count;
