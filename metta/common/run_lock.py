@@ -19,10 +19,6 @@ import os
 import socket
 import time
 
-import torch.distributed as dist
-
-from metta.common.distributed import is_distributed, is_master
-
 LOCK_FILE_NAME = "run.lock"
 
 
@@ -103,6 +99,10 @@ def acquire_run_lock(run_dir: str | os.PathLike) -> RunLock:
     Rank 0 takes the lock and tells the others the outcome, so every rank raises the same ``RunLockError``
     when the directory is in use. Other ranks get an unheld ``RunLock``.
     """
+    import torch.distributed as dist  # here, so that reading a lock (lock_holder) needs no torch
+
+    from metta.common.distributed import is_distributed, is_master
+
     lock = RunLock(run_dir)
     error = None
     if is_master():
@@ -117,3 +117,25 @@ def acquire_run_lock(run_dir: str | os.PathLike) -> RunLock:
     if error is not None:
         raise RunLockError(error)
     return lock
+
+
+def lock_holder(run_dir: str | os.PathLike) -> dict | None:
+    """The process holding ``{run_dir}/run.lock`` as the file records it (``{"pid", "host", "since"}``), or None
+    when no live process does: the file is absent or empty (released), or names a process of this host that has
+    exited (killed: the kernel dropped its lock). A holder on another host is taken at its word. Reads the file
+    only, so it never competes with a run taking the lock."""
+    try:
+        with open(os.path.join(os.fspath(run_dir), LOCK_FILE_NAME), "rb") as f:
+            info = json.loads(f.read(4096) or b"{}")
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict) or not isinstance(info.get("pid"), int):
+        return None
+    if info.get("host") == socket.gethostname():
+        try:
+            os.kill(info["pid"], 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass  # alive, and another user's
+    return info

@@ -10,8 +10,9 @@ The report reads what a run directory holds: ``metrics.jsonl`` (one JSON object 
 ``StatsLogger``), ``run_config.json`` or ``config.yaml``, and the replays with their viewer pages, under
 ``replays/`` and under the run's ``trainer.simulation.replay_dir`` when that points elsewhere. It shows
 learning curves (reward, SPS, losses, the timing split, evaluation scores per terrain), the config, and
-links to each replay page by epoch. The charts are SVG drawn here: the page needs
-no script, no network and no server, and it opens straight from disk.
+links to each replay page by epoch. The charts are SVG drawn here, and a short script of ours
+(``run_report.js``, inlined) adds a smoothing control and the values under the mouse: the page needs no
+library, no network and no server, opens straight from disk, and shows the raw curves without script.
 """
 
 from __future__ import annotations
@@ -184,6 +185,82 @@ def read_config(run_dir: str | os.PathLike) -> tuple[str, str] | None:
     return None
 
 
+def run_record(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The settings a run recorded: ``run_config.json`` (run.py), else ``config.yaml``; {} when it has neither."""
+    root = Path(run_dir)
+    return _load_record(root / "run_config.json") or _load_record(root / "config.yaml")
+
+
+def total_timesteps(record: dict[str, Any]) -> float | None:
+    """``trainer.total_timesteps`` of a run's record, if it has one."""
+    trainer = record.get("trainer")
+    value = trainer.get("total_timesteps") if isinstance(trainer, dict) else None
+    return float(value) if _finite(value) and value > 0 else None
+
+
+@dataclass
+class RunStatus:
+    """Where a run stands: ``state`` is "running" (a live process holds its run.lock), "finished" (it trained its
+    total_timesteps), "stopped" (neither) or "not running" (neither, and its total is not recorded)."""
+
+    state: str
+    agent_step: float | None
+    total: float | None
+
+    @property
+    def fraction(self) -> float | None:
+        if self.agent_step is None or self.total is None:
+            return None
+        return self.agent_step / self.total
+
+    def text(self) -> str:
+        steps = "no steps yet" if self.agent_step is None else f"{fmt_number(self.agent_step)} steps"
+        if self.fraction is None:
+            return f"{self.state}, {steps}"
+        of = f"{fmt_number(self.agent_step or 0)} of {fmt_number(self.total or 0)} steps"
+        if self.state == "finished":
+            return f"finished, {of}"
+        if self.state == "stopped":
+            return f"stopped at {percent(self.fraction)}, {of}"
+        return f"running, {percent(self.fraction)} done: {of}"
+
+
+def run_status(run_dir: str | os.PathLike, rows: list[dict[str, Any]] | None = None) -> RunStatus:
+    """The status of a run directory from its lock, its record and its last metrics row (``rows``: read if None)."""
+    from metta.common.run_lock import lock_holder
+
+    if rows is None:
+        rows, _ = read_metrics(run_dir)
+    steps = next((float(r["agent_step"]) for r in reversed(rows) if _finite(r.get("agent_step"))), None)
+    total = total_timesteps(run_record(run_dir))
+    if lock_holder(run_dir) is not None:
+        state = "running"
+    elif total is None:
+        state = "not running"
+    else:
+        state = "finished" if steps is not None and steps >= total else "stopped"
+    return RunStatus(state, steps, total)
+
+
+def differing_config_keys(run_dirs: list[Path]) -> list[tuple[str, list[str | None]]]:
+    """The dotted config keys whose values differ between runs (``run_record``), with each run's value as text
+    (None where a run lacks the key). The run's own name and folders inside its directory are not differences."""
+    from metta.mettagrid.config_loader import flatten_dotted
+
+    flat = []
+    for run_dir in run_dirs:
+        own = str(Path(run_dir).resolve())
+        values = {}
+        for key, value in flatten_dotted(run_record(run_dir)).items():
+            if key in ("run", "run_dir"):  # the run's own name and directory (config.yaml records both)
+                continue
+            text = value if isinstance(value, str) else json.dumps(value)
+            values[key] = text.replace(own, "{run_dir}")
+        flat.append(values)
+    keys = sorted({k for values in flat for k in values})
+    return [(k, [v.get(k) for v in flat]) for k in keys if len({v.get(k) for v in flat}) > 1]
+
+
 # --------------------------------------------------------------------------------------------------------
 # SVG charts
 def _finite(v: Any) -> bool:
@@ -222,6 +299,14 @@ def _tick_labels(ticks: list[float]) -> list[str]:
     return labels
 
 
+def percent(fraction: float) -> str:
+    """A percentage with the decimals it needs: only none and all read 0% and 100% (0.996 is 99.6%)."""
+    digits = 0
+    while 0 < fraction < 1 and digits < 4 and round(100 * fraction, digits) in (0, 100):
+        digits += 1
+    return f"{100 * fraction:.{digits}f}%"
+
+
 def fmt_number(v: float) -> str:
     """Short labels: 1.5k, 2M, 0.013, 3.2e-05."""
     a = abs(v)
@@ -246,23 +331,45 @@ class Curve:
     markers: bool = False
 
 
+LEGEND_ROW = 14  # pixels per legend row
+CHAR_WIDTH = 6.2  # an upper estimate of a 10 px label character's width, to lay out legends before any browser
+
+
+def _legend_rows(labels: list[str], width: float) -> list[list[int]]:
+    """Legend entries (indices) packed into rows that fit ``width``: a swatch and a label each."""
+    rows: list[list[int]] = [[]]
+    used = 0.0
+    for i, label in enumerate(labels):
+        w = 22 + CHAR_WIDTH * len(label)
+        if rows[-1] and used + w > width:
+            rows.append([])
+            used = 0.0
+        rows[-1].append(i)
+        used += w
+    return rows
+
+
 def line_chart(
     title: str, curves: list[Curve], key: str, x_label: str = "agent steps", width: int = 440, height: int = 220
 ) -> str:
-    """An SVG line chart; each curve is a polyline with a <title> per point group for hovering."""
+    """An SVG line chart; a legend below the plot when it has several curves (never over the data).
+
+    Each polyline carries its values (``data-y``) and the chart its plot box and value ranges (``data-box``,
+    ``data-domain``), so the page's script (``run_report.js``) can smooth the curves and show the values under
+    the mouse; the SVG alone shows the raw curves, with a ``<title>`` per curve.
+    """
     curves = [Curve(c.label, _thin(c.points), c.color, c.markers) for c in curves if c.points]
     left, right, top, bottom = 56, 12, 26, 34
     pw, ph = width - left - right, height - top - bottom
-    out = [
-        f'<svg class="chart" data-metric="{html.escape(key)}" viewBox="0 0 {width} {height}" width="{width}" '
-        f'height="{height}" role="img" aria-label="{html.escape(title)}">',
-        f'<text class="title" x="{left}" y="16">{html.escape(title)}</text>',
-    ]
+    legend = _legend_rows([c.label for c in curves], pw) if len(curves) > 1 else []
+    total_height = height + LEGEND_ROW * len(legend) + (4 if legend else 0)
     if not curves:
-        out.append(
+        return (
+            f'<svg class="chart" data-metric="{html.escape(key)}" viewBox="0 0 {width} {height}" width="{width}" '
+            f'height="{height}" role="img" aria-label="{html.escape(title)}">'
+            f'<text class="title" x="{left}" y="16">{html.escape(title)}</text>'
             f'<text class="empty" x="{left + pw / 2}" y="{top + ph / 2}" text-anchor="middle">no data</text></svg>'
         )
-        return "".join(out)
     xs = [x for c in curves for x, _ in c.points]
     ys = [y for c in curves for _, y in c.points]
     x0, x1 = min(xs), max(xs)
@@ -283,7 +390,14 @@ def line_chart(
     def sy(y: float) -> float:
         return top + (1 - (y - y0) / (y1 - y0)) * ph
 
-    out.append(f'<rect class="plot" x="{left}" y="{top}" width="{pw}" height="{ph}"/>')
+    out = [
+        f'<svg class="chart" data-metric="{html.escape(key)}" viewBox="0 0 {width} {total_height}" '
+        f'width="{width}" height="{total_height}" role="img" aria-label="{html.escape(title)}" '
+        f'data-box="{left} {top} {pw} {ph}" data-domain="{x0!r} {x1!r} {y0!r} {y1!r}" '
+        f'data-x-label="{html.escape(x_label)}">',
+        f'<text class="title" x="{left}" y="16">{html.escape(title)}</text>',
+        f'<rect class="plot" x="{left}" y="{top}" width="{pw}" height="{ph}"/>',
+    ]
     y_ticks = _nice_ticks(y0, y1)
     for t, label in zip(y_ticks, _tick_labels(y_ticks)):
         out.append(
@@ -297,25 +411,28 @@ def line_chart(
     )
     for c in curves:
         pts = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in c.points)
+        values = " ".join(f"{y:.4g}" for _, y in c.points)  # the 4 digits the values on hover show
         label = html.escape(c.label)
         out.append(
-            f'<polyline class="curve" data-label="{label}" points="{pts}" stroke="{c.color}">'
-            f"<title>{label}: last {fmt_number(c.points[-1][1])}</title></polyline>"
+            f'<polyline class="curve" data-label="{label}" data-y="{values}" data-smooth="{0 if c.markers else 1}" '
+            f'points="{pts}" stroke="{c.color}"><title>{label}: last {fmt_number(c.points[-1][1])}</title></polyline>'
         )
         if c.markers or len(c.points) == 1:
             for x, y in c.points:
                 out.append(
-                    f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{c.color}">'
+                    f'<circle class="marker" cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{c.color}">'
                     f"<title>{label} at {fmt_number(x)}: {y:.4g}</title></circle>"
                 )
-    if len(curves) > 1:
-        lx = left + 6
-        for i, c in enumerate(curves):
-            ly = top + 12 + 13 * i
+    for row, entries in enumerate(legend):
+        ly = height + 9 + LEGEND_ROW * row
+        lx = float(left)
+        for i in entries:
+            c = curves[i]
             out.append(
-                f'<rect x="{lx}" y="{ly - 8}" width="10" height="3" fill="{c.color}"/>'
-                f'<text class="legend" x="{lx + 14}" y="{ly - 4}">{html.escape(c.label)}</text>'
+                f'<rect class="swatch" x="{lx:.1f}" y="{ly - 5}" width="12" height="3" fill="{c.color}"/>'
+                f'<text class="legend" x="{lx + 16:.1f}" y="{ly}">{html.escape(c.label)}</text>'
             )
+            lx += 22 + CHAR_WIDTH * len(c.label)
     out.append("</svg>")
     return "".join(out)
 
@@ -406,6 +523,22 @@ svg .empty { font-size: 12px; fill: #9aa3b5; }
 svg .plot { fill: #fbfcfd; stroke: #e3e6eb; }
 svg .grid { stroke: #eceef2; }
 svg .curve { fill: none; stroke-width: 1.8; }
+svg .raw { fill: none; stroke-width: 1.2; opacity: 0.25; }
+svg .guide { stroke: #9aa3b5; stroke-dasharray: 3 3; }
+svg .dot { stroke: #fff; stroke-width: 1.5; pointer-events: none; }
+.toolbar { position: sticky; top: 0; z-index: 2; background: #f6f7f9; padding: 8px 0; display: flex; gap: 10px;
+           align-items: center; border-bottom: 1px solid #d8dce3; }
+.toolbar input { vertical-align: middle; width: 160px; }
+#smoothing-value { font-variant-numeric: tabular-nums; width: 3em; }
+.chart-tip { position: absolute; z-index: 3; pointer-events: none; background: #fff; border: 1px solid #c8ced8;
+             border-radius: 4px; padding: 5px 8px; font-size: 12px; box-shadow: 0 2px 8px rgba(0,0,0,0.12);
+             white-space: nowrap; font-variant-numeric: tabular-nums; }
+.chart-tip .x { color: #6b7385; margin-bottom: 2px; }
+.chart-tip .swatch { display: inline-block; width: 10px; height: 3px; margin-right: 5px; vertical-align: middle; }
+.chart-tip .smoothed { color: #6b7385; }
+.status-running { color: #2e6fd1; }
+.status-finished { color: #2e8b57; }
+.status-stopped, .status-not-running { color: #b5651d; }
 table { border-collapse: collapse; background: #fff; }
 td, th { border: 1px solid #d8dce3; padding: 4px 10px; text-align: left; font-variant-numeric: tabular-nums; }
 th { background: #eef0f4; }
@@ -415,11 +548,24 @@ a { color: #2e6fd1; }
 """
 
 
+# The charts' smoothing control and values on hover: our own ~150 lines of script, beside this module, in the page.
+SCRIPT_PATH = Path(__file__).with_name("run_report.js")
+TOOLBAR = (
+    '<div class="toolbar"><label>smoothing <input id="smoothing" type="range" min="0" max="0.99" step="0.01" '
+    'value="0"></label> <span id="smoothing-value">0.00</span><span class="note">hover a chart for its values'
+    "</span></div>"
+)
+
+
 def _page(title: str, subtitle: str, body: str) -> str:
+    script = SCRIPT_PATH.read_text(encoding="utf-8")
+    if "</script" in script.lower():
+        raise RuntimeError(f"{SCRIPT_PATH} must not contain a closing script tag")
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         f"<style>{STYLE}</style></head><body><header><h1>{html.escape(title)}</h1>"
-        f'<div class="sub">{subtitle}</div></header><main>{body}</main></body></html>'
+        f'<div class="sub">{subtitle}</div></header><main>{TOOLBAR}{body}</main>'
+        f'<div id="chart-tip" class="chart-tip" hidden></div><script>{script}</script></body></html>'
     )
 
 
@@ -447,6 +593,18 @@ def _short_name(key: str, prefix: str) -> str:
     return key[len(prefix) :] if key.startswith(prefix) else key
 
 
+def _all_zero(points: list[tuple[float, float]]) -> bool:
+    return bool(points) and all(y == 0 for _, y in points)
+
+
+def _zero_note(keys: list[str], prefix: str, lead: str = "Zero for the whole run") -> str:
+    """One line for the metrics that were zero all along (a chart each would only show a flat line)."""
+    if not keys:
+        return ""
+    names = ", ".join(html.escape(_short_name(k, prefix)) for k in keys)
+    return f'<p class="note zero" data-keys="{html.escape(" ".join(keys))}">{lead}: {names}.</p>'
+
+
 def run_report_html(run_dir: str | os.PathLike) -> str:
     """The report page of one run directory."""
     root = Path(run_dir)
@@ -468,6 +626,10 @@ def run_report_html(run_dir: str | os.PathLike) -> str:
         cards.append(_card(label, "-" if value is None else fmt_number(value)))
     if _finite(last_row.get("time")):
         cards.append(_card("wall time", f"{last_row['time'] / 60:.1f} min"))
+    total = total_timesteps(run_record(root))
+    if total is not None and _finite(last_row.get("agent_step")):
+        share = percent(last_row["agent_step"] / total)
+        cards.append(_card("trained", f"{share} of {fmt_number(total)} steps"))
     parts.append(f'<section><div class="cards">{"".join(cards)}</div></section>')
     if not rows:
         parts.append('<section><p class="note">No metrics yet: metrics.jsonl is missing or empty.</p></section>')
@@ -495,6 +657,7 @@ def run_report_html(run_dir: str | os.PathLike) -> str:
 
     loss_keys = [k for k in keys if k.startswith(LOSS_PREFIX)]
     if loss_keys:
+        zero = [k for k in loss_keys if _all_zero(series(rows, k))]
         loss_charts = [
             line_chart(
                 _short_name(k, LOSS_PREFIX),
@@ -504,8 +667,12 @@ def run_report_html(run_dir: str | os.PathLike) -> str:
                 height=190,
             )
             for i, k in enumerate(loss_keys)
+            if k not in zero
         ]
-        parts.append(f'<section><h2>Losses</h2><div class="charts">{"".join(loss_charts)}</div></section>')
+        parts.append(
+            f'<section><h2>Losses</h2><div class="charts">{"".join(loss_charts)}</div>'
+            f"{_zero_note(zero, LOSS_PREFIX)}</section>"
+        )
 
     if eval_keys:
         table = "".join(
@@ -598,7 +765,8 @@ COMPARE_KEYS = (
 
 
 def comparison_html(run_dirs: Iterable[str | os.PathLike]) -> str:
-    """One page with the curves of several runs side by side, a colour per run."""
+    """One page with several runs side by side, a colour per run: their status, the config keys whose values
+    differ, and the curves of the main metrics, losses and evaluation scores."""
     runs = []
     for i, run_dir in enumerate(run_dirs):
         root = Path(run_dir)
@@ -609,15 +777,19 @@ def comparison_html(run_dirs: Iterable[str | os.PathLike]) -> str:
         for k in _numeric_keys(rows):
             if k.startswith(EVAL_PREFIX):
                 eval_keys.setdefault(k, None)
-    charts = []
+    charts, zero = [], []
     for key in (*COMPARE_KEYS, *eval_keys):
         getter = eval_series if key.startswith(EVAL_PREFIX) else series
         curves = [
             Curve(name, getter(rows, key), color, markers=key.startswith(EVAL_PREFIX)) for name, _, rows, color in runs
         ]
-        if any(c.points for c in curves):
+        if key.startswith(LOSS_PREFIX) and all(_all_zero(c.points) or not c.points for c in curves):
+            zero += [key] if any(c.points for c in curves) else []
+        elif any(c.points for c in curves):
             charts.append(line_chart(key, curves, key))
-    header = "".join(f"<th>{html.escape(k)}</th>" for k in ("run", "epoch", "agent steps", "reward", "steps / s"))
+    header = "".join(
+        f"<th>{html.escape(k)}</th>" for k in ("run", "status", "epoch", "agent steps", "reward", "steps / s")
+    )
     body = ""
     for name, root, rows, color in runs:
         last = rows[-1] if rows else {}
@@ -627,19 +799,44 @@ def comparison_html(run_dirs: Iterable[str | os.PathLike]) -> str:
             if report.is_file()
             else html.escape(name)
         )
+        status = run_status(root, rows)
         values = [
             str(last.get("epoch", "-")),
             fmt_number(last["agent_step"]) if _finite(last.get("agent_step")) else "-",
         ]
         values += ["-" if (v := _last(rows, k)) is None else fmt_number(v) for k in MAIN_KEYS]
         cells = "".join(f"<td>{html.escape(v)}</td>" for v in values)
-        body += f'<tr><td><span style="color:{color}">■</span> {link}</td>{cells}</tr>'
-    table = f"<section><table><tr>{header}</tr>{body}</table></section>"
+        body += (
+            f'<tr data-run="{html.escape(name)}"><td><span style="color:{color}">■</span> {link}</td>'
+            f'<td class="status status-{status.state.replace(" ", "-")}" data-state="{status.state}">'
+            f"{html.escape(status.text())}</td>{cells}</tr>"
+        )
+    table = f'<section><table class="runs"><tr>{header}</tr>{body}</table></section>'
+    differences = differing_config_keys([root for _, root, _, _ in runs])
+    if differences:
+        head = "".join(
+            f'<th><span style="color:{color}">■</span> {html.escape(name)}</th>' for name, _, _, color in runs
+        )
+        rows_html = "".join(
+            f'<tr data-key="{html.escape(key)}"><td>{html.escape(key)}</td>'
+            + "".join(f"<td>{'-' if v is None else html.escape(v)}</td>" for v in values)
+            + "</tr>"
+            for key, values in differences
+        )
+        config = (
+            f"<section><h2>Config differences ({len(differences)} key{'s' if len(differences) > 1 else ''})</h2>"
+            '<table class="config-diff">'
+            f"<tr><th>key</th>{head}</tr>{rows_html}</table></section>"
+        )
+    else:
+        config = '<section><h2>Config differences</h2><p class="note">The runs\' recorded configs are the same.</p></section>'
     subtitle = " · ".join(html.escape(str(root.resolve())) for _, root, _, _ in runs)
     return _page(
         f"{len(runs)} runs compared",
         subtitle,
-        table + f'<section><div class="charts">{"".join(charts)}</div></section>',
+        table
+        + config
+        + f'<section><div class="charts">{"".join(charts)}</div>{_zero_note(zero, "", "Zero for the whole of every run")}</section>',
     )
 
 

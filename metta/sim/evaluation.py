@@ -28,6 +28,8 @@ from torch import nn
 
 from metta.agent.policy_record import PolicyRecord
 from metta.agent.policy_store import PolicyStore
+from metta.mettagrid.config import MettaGridConfig
+from metta.mettagrid.config_loader import load_config_dict
 from metta.mettagrid.map.terrain import TERRAIN_DIRS
 from metta.sim.simulation import Simulation, SimulationResults, SimulationSuite
 from metta.sim.simulation_config import SimulationSuiteConfig, SingleEnvSimulationConfig
@@ -79,6 +81,21 @@ def live_policy_record(
     record = PolicyRecord(None, run_name or run_dir.name, f"file://{path}", metadata)
     record.policy = policy
     return record
+
+
+def replay_env_label(config: SingleEnvSimulationConfig) -> str:
+    """The env's name a replay records (its viewer shows it): the env config's own label, else its path (or
+    "custom_env") followed by the overrides applied. The simulation's name, "replay", does not name the env."""
+    env = config.env
+    if isinstance(env, str):
+        own = load_config_dict(env).get("label")
+    else:
+        own = env.label if isinstance(env, MettaGridConfig) else env.get("label")
+    if config.env_overrides.get("label") or own:
+        return str(config.env_overrides.get("label") or own)
+    base = env if isinstance(env, str) else "custom_env"
+    overrides = ", ".join(f"{key}={value}" for key, value in config.env_overrides.items())
+    return f"{base} ({overrides})" if overrides else base
 
 
 def _check_policy(policy_record: Any) -> None:
@@ -204,7 +221,8 @@ def generate_replay_simple(
         raise ValueError(f"epoch={epoch!r} must be a non-negative integer or None")
     del vectorization  # recording reads the env's grid in this process
     out_dir = Path(replay_dir) if epoch is None else Path(replay_dir) / f"epoch_{epoch:04d}"
-    config = replay_config.model_copy(update={"num_episodes": 1})
+    env_overrides = {**replay_config.env_overrides, "label": replay_env_label(replay_config)}
+    config = replay_config.model_copy(update={"num_episodes": 1, "env_overrides": env_overrides})
     sim = Simulation("replay", config, policy_record, policy_store, device, "serial", replay_dir=out_dir)
     result = sim.simulate()
     if result.replay_paths:

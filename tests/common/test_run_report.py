@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 import math
 import re
+import socket
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from metta.common.run_lock import RunLock
 from metta.common.run_report import find_replays, main, read_metrics, write_comparison, write_run_report
 from metta.common.stats_logger import StatsLogger
 from metta.mettagrid.env import MettaGridEnv
@@ -33,7 +36,9 @@ REPLAY_ENV = {
 }
 
 
-def make_run(root: Path, name: str, reward_scale: float = 1.0, replays: bool = True) -> Path:
+def make_run(
+    root: Path, name: str, reward_scale: float = 1.0, replays: bool = True, total: int = EPOCHS * 1024, lr: float = 1e-3
+) -> Path:
     """A run directory as run.py leaves it: metrics.jsonl from StatsLogger, run_config.json, replays with pages."""
     run_dir = root / name
     logger = StatsLogger(run_dir, console=False)
@@ -44,6 +49,8 @@ def make_run(root: Path, name: str, reward_scale: float = 1.0, replays: bool = T
             "losses/policy_loss": 0.1 / epoch,
             "losses/value_loss": 0.5 / epoch,
             "losses/entropy": 2.0 - 0.05 * epoch,
+            "losses/l2_reg_loss": 0.0,  # zero all run long, as with the defaults
+            "losses/ks_value_loss": 0.0,
             "timing/frac/env": 0.2,
             "timing/frac/forward": 0.3,
             "timing/frac/learn": 0.4,
@@ -58,7 +65,17 @@ def make_run(root: Path, name: str, reward_scale: float = 1.0, replays: bool = T
             }
         logger.log(epoch, epoch * 1024, metrics)
     logger.close()
-    (run_dir / "run_config.json").write_text(json.dumps({"run": name, "trainer": {"batch_size": 1024}}))
+    record = {
+        "run": name,
+        "data_dir": str(root),
+        "trainer": {
+            "batch_size": 1024,
+            "total_timesteps": total,
+            "optimizer": {"learning_rate": lr},
+            "checkpoint": {"checkpoint_dir": str(run_dir / "checkpoints")},
+        },
+    }
+    (run_dir / "run_config.json").write_text(json.dumps(record))
     if replays:
         env = MettaGridEnv(REPLAY_ENV, seed=1)
         noops = np.tile([env.action_names.index("noop"), 0], (env.num_agents, 1)).astype(np.int32)
@@ -73,7 +90,11 @@ def make_run(root: Path, name: str, reward_scale: float = 1.0, replays: bool = T
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> list[Path]:
     root = tmp_path_factory.mktemp("runs")
-    return [make_run(root, "alpha"), make_run(root, "beta", reward_scale=2.0, replays=False)]
+    # alpha trained all its total_timesteps; beta half of its total, with another learning rate.
+    return [
+        make_run(root, "alpha"),
+        make_run(root, "beta", reward_scale=2.0, replays=False, total=2 * EPOCHS * 1024, lr=3e-4),
+    ]
 
 
 def polylines(html: str, metric: str) -> list[list[tuple[float, float]]]:
@@ -103,6 +124,7 @@ def test_report_is_built_from_the_run_directory(runs):
     assert {"policy_loss", "value_loss", "entropy"} <= set(re.findall(r'<text class="title"[^>]*>([^<]*)<', html))
     assert 'data-metric="timing"' in html and "learn 40%" in html
     assert "terrain_small" in html and "&quot;batch_size&quot;: 1024" in html
+    assert '<div class="k">trained</div><div class="v">100% of 12.3k steps</div>' in html  # of total_timesteps
     # Replays by epoch, newest first: a viewer page where one was written, the .json.z otherwise.
     links = find_replays(run_dir)
     assert [(r.epoch, r.has_page) for r in links] == [(8, False), (4, True)]
@@ -194,5 +216,110 @@ def test_comparison_shows_each_run_in_its_colour(browser, runs, tmp_path):
         "[...document.querySelectorAll('svg[data-metric=\"overview/reward\"] polyline')].map(p => p.dataset.label)"
     )
     assert labels == ["alpha", "beta"]
-    rewards = page.evaluate("[...document.querySelectorAll('table tr')].slice(1).map(r => r.cells[3].textContent)")
+    rewards = page.evaluate("[...document.querySelectorAll('table.runs tr')].slice(1).map(r => r.cells[4].textContent)")
     assert rewards == [f"{math.log(EPOCHS + 1):.3g}", f"{2 * math.log(EPOCHS + 1):.3g}"]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Legends, folded losses, smoothing and values on hover, status and config differences
+LEGENDS_AND_PLOTS = """[...document.querySelectorAll('svg.chart')].map(svg => ({
+    metric: svg.dataset.metric, width: svg.viewBox.baseVal.width, height: svg.viewBox.baseVal.height,
+    plot: (r => r && [r.x, r.y, r.x + r.width, r.y + r.height])(svg.querySelector('rect.plot')?.getBBox()),
+    legends: [...svg.querySelectorAll('text.legend')].map(t => { const b = t.getBBox();
+        return [b.x, b.y, b.x + b.width, b.y + b.height]; })}))"""
+
+
+def assert_legends_outside_the_plots(page) -> int:
+    """Every legend entry lies in its chart, clear of the plot area; returns how many there are."""
+    count = 0
+    for chart in page.evaluate(LEGENDS_AND_PLOTS):
+        for x0, y0, x1, y1 in chart["legends"]:
+            px0, py0, px1, py1 = chart["plot"]
+            assert x1 <= px0 or x0 >= px1 or y1 <= py0 or y0 >= py1, chart["metric"]
+            assert 0 <= x0 and x1 <= chart["width"] + 1 and 0 <= y0 and y1 <= chart["height"] + 1, chart["metric"]
+            count += 1
+    return count
+
+
+def test_report_legends_zero_losses_smoothing_and_hover(browser, runs):
+    page = browser.open(write_run_report(runs[0]).resolve().as_uri())
+    browser.pump(0.2)
+    assert page.console_errors == []
+    assert assert_legends_outside_the_plots(page) >= 2 + 4  # evaluation (2 terrains) and the timing split
+    # Losses that were zero for the whole run: one line, no chart.
+    charts = page.evaluate("[...document.querySelectorAll('svg.chart')].map(s => s.dataset.metric)")
+    assert "losses/l2_reg_loss" not in charts and "losses/ks_value_loss" not in charts
+    assert "losses/policy_loss" in charts
+    zero = page.evaluate("document.querySelector('p.zero').textContent")
+    assert zero == "Zero for the whole run: l2_reg_loss, ks_value_loss."
+
+    # Smoothing: an exponential moving average (with TensorBoard's bias correction) of the curve's values.
+    reward = "document.querySelector('svg[data-metric=\"overview/reward\"] polyline.curve')"
+    raw_points = page.evaluate(f"{reward}.getAttribute('points')")
+    values = [float(v) for v in page.evaluate(f"{reward}.dataset.y").split()]
+    assert values == pytest.approx([math.log(e + 1) for e in range(1, EPOCHS + 1)], rel=1e-3)
+    left, top, width, height = map(float, page.evaluate(f"{reward}.ownerSVGElement.dataset.box").split())
+    _, _, y0, y1 = map(float, page.evaluate(f"{reward}.ownerSVGElement.dataset.domain").split())
+    page.evaluate(
+        "(() => { const s = document.getElementById('smoothing'); s.value = '0.8';"
+        " s.dispatchEvent(new Event('input')); })()"
+    )
+    smoothed, last = [], 0.0
+    for i, v in enumerate(values):
+        last = 0.8 * last + 0.2 * v
+        smoothed.append(last / (1 - 0.8 ** (i + 1)))
+    drawn = [float(p.split(",")[1]) for p in page.evaluate(f"{reward}.getAttribute('points')").split()]
+    assert drawn == pytest.approx([top + (1 - (v - y0) / (y1 - y0)) * height for v in smoothed], abs=0.06)
+    assert page.evaluate("document.getElementById('smoothing-value').textContent") == "0.80"
+    assert page.evaluate(f"{reward}.previousElementSibling.getAttribute('class')") == "raw"  # the raw curve, faint
+
+    # Values on hover: the point under the mouse, raw and smoothed, and its x.
+    i = 4
+    x, y = page.evaluate(
+        f"(() => {{ const r = {reward}.ownerSVGElement.getBoundingClientRect();"
+        f" const p = {reward}.points.getItem({i}); return [r.left + p.x, r.top + p.y]; }})()"
+    )
+    page.send("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": x, "y": y, "button": "none"})
+    tip = page.wait_for(
+        "!document.getElementById('chart-tip').hidden && document.getElementById('chart-tip').innerText"
+    )
+    assert tip.splitlines()[0] == f"{(i + 1) * 1024 / 1000:.3g}k agent steps"
+    assert tip.splitlines()[1] == f"reward per episode: {values[i]:.4g} (smoothed {float(f'{smoothed[i]:.4g}'):g})"
+    page.evaluate(
+        "(() => { const s = document.getElementById('smoothing'); s.value = '0';"
+        " s.dispatchEvent(new Event('input')); })()"
+    )
+    assert page.evaluate(f"{reward}.getAttribute('points')") == raw_points
+
+
+def test_comparison_shows_status_and_config_differences(browser, runs, tmp_path):
+    alpha, beta = runs
+    status = "Object.fromEntries([...document.querySelectorAll('table.runs tr[data-run]')].map(r => [r.dataset.run, [r.cells[1].dataset.state, r.cells[1].textContent]]))"
+
+    def compare() -> dict:
+        page = browser.open(write_comparison(runs, tmp_path / "compare.html").resolve().as_uri())
+        assert page.console_errors == []
+        return page, page.evaluate(status)
+
+    page, shown = compare()
+    assert shown == {
+        "alpha": ["finished", "finished, 12.3k of 12.3k steps"],
+        "beta": ["stopped", "stopped at 50%, 12.3k of 24.6k steps"],
+    }
+    assert assert_legends_outside_the_plots(page) >= 2
+    # The keys whose values differ; the run's name and its own folders are not differences.
+    diff = page.evaluate(
+        "[...document.querySelectorAll('table.config-diff tr[data-key]')].map(r => [...r.cells].map(c => c.textContent))"
+    )
+    assert diff == [
+        ["trainer.optimizer.learning_rate", "0.001", "0.0003"],
+        ["trainer.total_timesteps", str(EPOCHS * 1024), str(2 * EPOCHS * 1024)],
+    ]
+    # A live process holds beta's run.lock: running. One that was killed left its record behind: stopped.
+    with RunLock(beta):
+        assert compare()[1]["beta"] == ["running", "running, 50% done: 12.3k of 24.6k steps"]
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (beta / "run.lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "since": "then"}))
+    assert compare()[1]["beta"][0] == "stopped"
+    (beta / "run.lock").write_text("")

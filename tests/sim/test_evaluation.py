@@ -17,6 +17,7 @@ from metta.interface.evaluation import (
 )
 from metta.mettagrid.config_loader import load_env_config
 from metta.mettagrid.replay import read_replay, replay_metadata
+from metta.sim.evaluation import replay_env_label
 from metta.sim.simulation import SimulationSuite, read_episode_stats
 from metta.sim.simulation_config import SimulationSuiteConfig, SingleEnvSimulationConfig
 
@@ -86,6 +87,8 @@ def test_generate_replay_simple_writes_a_valid_replay(saved_record, policy_store
     assert path.is_file() and path.parent.parent == tmp_path / "epoch_0007"
     data = read_replay(path)
     assert data["num_agents"] == 2 and data["max_steps"] == 29 and replay_metadata(data)["episode_end"] is not None
+    # The replay names its env (what the viewer shows), not the simulation ("replay") that recorded it.
+    assert data["env_config"]["label"] == "custom_env"
 
 
 def test_evaluation_suite_resolves_its_envs():
@@ -107,6 +110,10 @@ def test_replay_config():
     assert (cfg.num_episodes, cfg.max_time_s) == (1, 60)  # a replay has no score; its guard bounds recording
     env = load_env_config(cfg.env, cfg.env_overrides)
     assert env.game.map_builder.room.dir == "varied_terrain/balanced_medium"
+    assert replay_env_label(cfg) == f"{cfg.env} (game.map_builder.room.dir=varied_terrain/balanced_medium)"
+    assert replay_env_label(
+        SingleEnvSimulationConfig(env="/env/mettagrid/navigation/evals/terrain_small", num_episodes=1)
+    ) == ("terrain_small")
     maze = create_replay_config("varied_terrain/maze_small")
     assert maze.env_overrides == {"game.map_builder.room.dir": "varied_terrain/maze_small"}
     with pytest.raises(ValueError, match="not a terrain set"):

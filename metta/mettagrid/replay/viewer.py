@@ -86,7 +86,7 @@ def build_viewer_page(replay_path: str | os.PathLike) -> tuple[str, str | None]:
         # A file of an earlier metta: the page carries it in today's shape, which is what the viewer reads.
         raw = zlib.compress(json.dumps(data, separators=(",", ":")).encode("utf-8"))
     label = (data.get("env_config") or {}).get("label") or ""
-    return viewer_page_html(raw, f"{path.name} · {label}" if label else path.name), None
+    return viewer_page_html(raw, f"{label} · {path.name}" if label else path.name), None
 
 
 def write_viewer_page(replay_path: str | os.PathLike, out_path: str | os.PathLike | None = None) -> Path:

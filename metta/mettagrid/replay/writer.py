@@ -349,9 +349,9 @@ class ReplayWriter:
         Recording stops when the episode ends or after ``max_steps`` steps. Returns the replay's path.
         ``env.reset()`` is called without a seed, so an env built with ``seed=`` replays the same first episode.
         """
+        observations, _ = env.reset()  # before the check: a fresh env knows its step limit once reset
         if max_steps is None and env.max_steps(env_index) <= 0:
             raise ValueError("this env's episodes have no step limit (game.max_steps=0); pass max_steps")
-        observations, _ = env.reset()
         self.start_episode(env, env_index)
         steps = 0
         while not self.episode_ended and (max_steps is None or steps < max_steps):

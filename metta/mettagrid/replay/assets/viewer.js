@@ -3,10 +3,15 @@
 //
 // window.metta exposes the viewer's state (step, selection, what the last frame drew) and a few actions, so
 // scripts and tests can drive it the way a user does. Read-only views: metta.state (step, playing, speed,
-// selected, showVision, allActions, grid, sort), metta.lastDraw ({step, scale, agents: [{agent_id, x, y,
-// color}], vision: the observation window drawn, {agent_id, x, y, w, h} in cells, or null}), metta.summary,
-// metta.view (scale and offset of the map). The summary's tables carry ids (#sum-groups, #sum-actions,
-// #sum-agents) and data-group / data-action / data-agent on their rows.
+// selected, showVision, allActions, grid, follow, sort), metta.lastDraw ({step, scale, agents: [{agent_id, x,
+// y, color, radius, halo}] (radius and halo in CSS pixels), vision: the observation window drawn, {agent_id, x,
+// y, w, h} in cells, or null, follow: whether the camera followed an agent}), metta.hoverText (the tooltip's
+// text, or null), metta.summary, metta.view (scale and offset of the map). The summary's tables carry ids
+// (#sum-env, #sum-steps, #sum-groups, #sum-actions, #sum-agents) and data-group / data-action / data-agent on
+// their rows; the legend's types rows data-type.
+//
+// Steps: frame k of the file is the state after env step k+1 (docs/replay_format.md section 2). The page
+// counts env steps everywhere ("step k+1 / T", T the episode's length); metta.state.step is the frame index k.
 (function () {
   'use strict';
 
@@ -44,6 +49,14 @@
     get_items: '#59a14f', put_items: '#f28e2b', swap: '#b07aa1', change_color: '#edc948', change_glyph: '#ff9da7',
   };
   const FLOOR = '#1b2130';
+  // An agent is a disc of at least AGENT_MIN_R CSS pixels with a light halo around it, so that it stays
+  // visible at any zoom: a 176x180 map fitted to a laptop screen has about 4 pixels per cell.
+  const AGENT_MIN_R = 5;
+  const HALO = 'rgba(240, 244, 250, 0.85)';
+  // Below this many pixels per cell a building is drawn in its legend colour alone, with no state marks.
+  const DETAIL_SCALE = 10;
+  // The follow camera keeps the selected agent at least this fraction of the view from its edges.
+  const FOLLOW_MARGIN = 0.2;
   const BACKGROUND = '#0b0d12';
   const FROZEN = '#9be7ff';
 
@@ -246,6 +259,11 @@
     R.agents.sort((a, b) => a.agentId - b.agentId);
     R.groupRank = new Map([...new Set(R.agents.map((a) => a.groupId))].sort((p, q) => p - q).map((g, i) => [g, i]));
     R.vision = [R.meta.obs_width || R.agents[0].visionSize, R.meta.obs_height || R.agents[0].visionSize];
+    const end = R.meta.episode_end;
+    R.end = end && typeof end === 'object' && isInt(end.step) ? end : null;
+    // The episode's length in env steps; when the recording stopped first, the steps it holds.
+    R.totalSteps = R.end ? R.end.step + 1 : n;
+    R.envName = String(env.label || R.meta.task || 'unnamed env');
     return R;
   }
 
@@ -254,7 +272,7 @@
   let R = null;
   const state = {
     step: 0, playing: false, speed: 10, selected: null,
-    showVision: true, allActions: false, grid: true,
+    showVision: true, allActions: false, grid: true, follow: true,
     sort: { key: 'total', dir: -1 },
   };
   M.state = state;
@@ -263,7 +281,6 @@
   let panelsStep = -1;
   let staticLayer = null;
   let traceLayer = null;
-  let itemColumns = [];
   const SPEEDS = [1, 2, 5, 10, 20, 30, 60, 120, 240];
 
   const mapCanvas = $('map');
@@ -329,6 +346,31 @@
     const [cw, ch] = mapSize();
     view.ox = cw / 2 - (x + 0.5) * view.s;
     view.oy = ch / 2 - (y + 0.5) * view.s;
+    dirty = true;
+  }
+  // The follow camera: with an agent selected, pan just enough to keep it FOLLOW_MARGIN of the view away from
+  // the edges (nothing to do while the whole map is on screen).
+  function followSelected() {
+    const a = selectedAgent();
+    if (!a || !state.follow) return;
+    const [cw, ch] = mapSize();
+    if (R.W * view.s <= cw && R.H * view.s <= ch) return;
+    const m = Math.min(cw, ch) * FOLLOW_MARGIN;
+    const px = view.ox + (a.xs[state.step] + 0.5) * view.s, py = view.oy + (a.ys[state.step] + 0.5) * view.s;
+    if (px < m) view.ox += m - px;
+    else if (px > cw - m) view.ox -= px - (cw - m);
+    if (py < m) view.oy += m - py;
+    else if (py > ch - m) view.oy -= py - (ch - m);
+  }
+  // Zoom keys and the wheel zoom around the followed agent, else around (px, py).
+  function zoomAround(factor, px, py) {
+    const a = state.follow ? selectedAgent() : null;
+    if (a) zoomAt(factor, view.ox + (a.xs[state.step] + 0.5) * view.s, view.oy + (a.ys[state.step] + 0.5) * view.s);
+    else zoomAt(factor, px, py);
+  }
+  function setFollow(on) {
+    state.follow = on;
+    $('opt-follow').checked = on;
     dirty = true;
   }
   function resize() {
@@ -472,6 +514,9 @@
     g.restore();
   }
 
+  // A building: a rounded square in its legend colour. From DETAIL_SCALE pixels per cell up, its state is
+  // drawn inside it, never over its whole face (so the colour always matches the legend): a white pie while
+  // converting, a dark disc with an arc while cooling down, a yellow badge with the count of output waiting.
   function drawConverter(g, o, step) {
     const s = view.s;
     const x = view.ox + o.x * s, y = view.oy + o.y * s;
@@ -479,26 +524,27 @@
     g.fillStyle = typeColor(o.typeName);
     roundRect(g, x + m, y + m, s - 2 * m, s - 2 * m, s * 0.18);
     g.fill();
+    if (s < DETAIL_SCALE) return;
     const cx = x + s / 2, cy = y + s / 2;
-    if (o.cooling[step]) {
+    if (o.cooling[step] || o.converting[step]) {
       g.fillStyle = 'rgba(0, 0, 0, 0.45)';
-      g.fill();
-      const f = o.coolTime > 0 ? o.coolProgress[step] / o.coolTime : 0;
-      g.strokeStyle = '#d8dee9';
-      g.lineWidth = Math.max(1, s * 0.08);
-      g.beginPath();
-      g.arc(cx, cy, s * 0.28, -Math.PI / 2, -Math.PI / 2 + 2 * Math.PI * f);
-      g.stroke();
-    } else if (o.converting[step]) {
-      const f = o.prodTime > 0 ? o.prodProgress[step] / o.prodTime : 0;
-      g.fillStyle = 'rgba(0, 0, 0, 0.35)';
       g.beginPath();
       g.arc(cx, cy, s * 0.3, 0, 2 * Math.PI);
       g.fill();
+    }
+    if (o.cooling[step]) {
+      const f = o.coolTime > 0 ? o.coolProgress[step] / o.coolTime : 0;
+      g.strokeStyle = '#d8dee9';
+      g.lineWidth = Math.max(1, s * 0.07);
+      g.beginPath();
+      g.arc(cx, cy, s * 0.22, -Math.PI / 2, -Math.PI / 2 + 2 * Math.PI * f);
+      g.stroke();
+    } else if (o.converting[step]) {
+      const f = o.prodTime > 0 ? o.prodProgress[step] / o.prodTime : 0;
       g.fillStyle = 'rgba(255, 255, 255, 0.8)';
       g.beginPath();
       g.moveTo(cx, cy);
-      g.arc(cx, cy, s * 0.3, -Math.PI / 2, -Math.PI / 2 + 2 * Math.PI * Math.max(0.05, f));
+      g.arc(cx, cy, s * 0.26, -Math.PI / 2, -Math.PI / 2 + 2 * Math.PI * Math.max(0.05, f));
       g.closePath();
       g.fill();
     } else if (s >= 16) {
@@ -508,11 +554,11 @@
       g.textBaseline = 'middle';
       g.fillText(TYPE_LETTERS[o.typeName] || o.typeName.slice(0, 1).toUpperCase(), cx, cy + 1);
     }
-    // Output held: a badge with the number of items inside.
+    // Output held: a badge in the top-right corner with the number of items inside.
     let held = 0;
     for (const [, count] of o.inventory[step]) held += count;
     if (held > 0) {
-      const r = Math.max(2.5, s * 0.16);
+      const r = s * 0.16;
       g.fillStyle = '#ffe066';
       g.beginPath();
       g.arc(x + s - r - m * 0.5, y + r + m * 0.5, r, 0, 2 * Math.PI);
@@ -527,19 +573,22 @@
     }
   }
 
+  const agentRadius = (s) => Math.max(AGENT_MIN_R, s * 0.42);
+  const haloWidth = (r) => Math.max(3, r * 0.3);
+
   function drawAgent(g, a, step, selected) {
     const s = view.s;
     const cx = view.ox + (a.xs[step] + 0.5) * s, cy = view.oy + (a.ys[step] + 0.5) * s;
-    const r = s * 0.42;
-    if (a.frozen[step]) {
-      g.fillStyle = FROZEN;
-      g.beginPath();
-      g.arc(cx, cy, r * 1.12, 0, 2 * Math.PI);
-      g.fill();
-    }
+    const r = agentRadius(s);
+    const halo = haloWidth(r);
+    // The halo (light blue while frozen) sets the agent off the floor, walls and buildings at any zoom.
+    g.fillStyle = a.frozen[step] ? FROZEN : HALO;
+    g.beginPath();
+    g.arc(cx, cy, r + halo, 0, 2 * Math.PI);
+    g.fill();
     g.fillStyle = groupColor(a.groupId);
     g.beginPath();
-    g.arc(cx, cy, a.frozen[step] ? r * 0.86 : r, 0, 2 * Math.PI);
+    g.arc(cx, cy, r, 0, 2 * Math.PI);
     g.fill();
     // Orientation: a notch at the edge the agent faces.
     const [dx, dy] = DIRS[a.orient[step]] || DIRS[0];
@@ -553,10 +602,11 @@
     g.closePath();
     g.fill();
     if (selected) {
+      const lw = Math.max(2, s * 0.08);
       g.strokeStyle = '#ffffff';
-      g.lineWidth = Math.max(1.5, s * 0.08);
+      g.lineWidth = lw;
       g.beginPath();
-      g.arc(cx, cy, r * 1.2, 0, 2 * Math.PI);
+      g.arc(cx, cy, r + halo + lw, 0, 2 * Math.PI);
       g.stroke();
     }
     if (s >= 28) {
@@ -566,12 +616,14 @@
       g.textBaseline = 'top';
       g.fillText(String(a.agentId), view.ox + a.xs[step] * s + 1, view.oy + a.ys[step] * s + 1);
     }
+    return r;
   }
 
   function render() {
     const t0 = performance.now();
     dirty = false;
     M.frames++;
+    followSelected();
     const dpr = window.devicePixelRatio || 1;
     const [cw, ch] = mapSize();
     const g = mapCtx;
@@ -582,9 +634,10 @@
     g.fillRect(0, 0, cw, ch);
     g.imageSmoothingEnabled = false;
     g.drawImage(staticLayer, view.ox, view.oy, R.W * s, R.H * s);
-    // The visible cells (one cell of margin); objects outside are not drawn.
-    const x0 = Math.floor(-view.ox / s) - 1, x1 = Math.ceil((cw - view.ox) / s) + 1;
-    const y0 = Math.floor(-view.oy / s) - 1, y1 = Math.ceil((ch - view.oy) / s) + 1;
+    // The visible cells, with a margin of one cell or an agent's drawn size; objects outside are not drawn.
+    const margin = 1 + Math.ceil((2 * agentRadius(s)) / s);
+    const x0 = Math.floor(-view.ox / s) - margin, x1 = Math.ceil((cw - view.ox) / s) + margin;
+    const y0 = Math.floor(-view.oy / s) - margin, y1 = Math.ceil((ch - view.oy) / s) + margin;
     const visible = (x, y) => x >= x0 && x <= x1 && y >= y0 && y <= y1;
     if (state.grid && s >= 10) {
       g.strokeStyle = 'rgba(255, 255, 255, 0.05)';
@@ -631,8 +684,8 @@
     for (const a of R.agents) {
       const x = a.xs[step], y = a.ys[step];
       if (!visible(x, y)) continue;
-      drawAgent(g, a, step, a === sel);
-      drawn.push({ agent_id: a.agentId, x, y, color: groupColor(a.groupId) });
+      const r = drawAgent(g, a, step, a === sel);
+      drawn.push({ agent_id: a.agentId, x, y, color: groupColor(a.groupId), radius: r, halo: haloWidth(r) });
     }
     if (state.selected && state.selected.kind !== 'agent') {
       const o = R.objects.find((q) => q.id === state.selected.id);
@@ -643,7 +696,7 @@
         g.strokeRect(view.ox + x * s, view.oy + y * s, s, s);
       }
     }
-    M.lastDraw = { step, scale: s, agents: drawn, vision };
+    M.lastDraw = { step, scale: s, agents: drawn, vision, follow: !!(state.follow && sel) };
     renderMinimap();
     renderTrace();
     if (panelsStep !== step) {
@@ -652,12 +705,13 @@
       updateSelectionPanel();
       updateAgentTable();
     }
+    updateHover();
     const ms = performance.now() - t0;
     M.renderMs = M.renderMs === undefined ? ms : M.renderMs * 0.9 + ms * 0.1;
   }
 
   function updateStepLabel() {
-    $('step-label').textContent = `step ${state.step} / ${R.n - 1}`;
+    $('step-label').textContent = `step ${state.step + 1} / ${R.totalSteps}`;
   }
 
   // ------------------------------------------------------------------------------------------------------
@@ -686,10 +740,15 @@
       g.fillStyle = typeColor(o.typeName);
       g.fillRect(o.x * k, o.y * k, Math.max(1.5, k), Math.max(1.5, k));
     }
+    const r = Math.max(2.5, k * 0.8);
     for (const a of R.agents) {
       g.fillStyle = groupColor(a.groupId);
-      const r = Math.max(1.5, k * 0.8);
-      g.fillRect(a.xs[step] * k + k / 2 - r, a.ys[step] * k + k / 2 - r, 2 * r, 2 * r);
+      g.strokeStyle = HALO;
+      g.lineWidth = 1;
+      g.beginPath();
+      g.arc(a.xs[step] * k + k / 2, a.ys[step] * k + k / 2, r, 0, 2 * Math.PI);
+      g.fill();
+      g.stroke();
     }
     const [cw, ch] = mapSize();
     g.strokeStyle = '#ffffff';
@@ -781,6 +840,29 @@
   const itemName = (id) => R.itemNames[id] || `item ${id}`;
   const pairsText = (pairs) => (pairs.length ? pairs.map(([i, n]) => `${n} ${itemName(i)}`).join(', ') : 'nothing');
   const groupName = (g) => R.groupNames[g] || `group ${g}`;
+  // A success rate with the decimals it needs: one that is neither none nor all never reads 0% or 100%
+  // (1 of 223 is 0.4%).
+  function rate(ok, count) {
+    if (!count) return '-';
+    const p = (100 * ok) / count;
+    let d = 0;
+    while (d < 6 && ok > 0 && ok < count && [0, 100].includes(Number(p.toFixed(d)))) d++;
+    return `${p.toFixed(d)}%`;
+  }
+  function converterState(o, step) {
+    return o.cooling[step] ? `cooling down (${o.coolProgress[step]} / ${o.coolTime})`
+      : o.converting[step] ? `converting (${o.prodProgress[step]} / ${o.prodTime})` : 'idle';
+  }
+  // How the episode ended, in env steps (the topbar says it short, the summary in full).
+  function episodeText(full) {
+    const end = R.end;
+    if (!end) return `${R.n} steps recorded, the episode had not ended`;
+    const how = end.terminated ? 'terminated' : end.truncated ? 'truncated' : 'ended';
+    if (end.step < R.n) return `${R.totalSteps} steps, ${how}`;
+    return full
+      ? `${R.totalSteps} steps, ${how}; step ${R.totalSteps} reset the env, so its state is not drawn (its rewards are in the totals)`
+      : `${R.totalSteps} steps, ${how} (step ${R.totalSteps} not drawn)`;
+  }
   function actionText(a, step) {
     const name = R.actionNames[a.actionId[step]] || `action ${a.actionId[step]}`;
     return `${name}(${a.actionParam[step]})`;
@@ -819,8 +901,7 @@
     if (o.kind === 'converter') {
       const prod = o.prodTime > 0 ? o.prodProgress[step] / o.prodTime : 0;
       const cool = o.coolTime > 0 ? o.coolProgress[step] / o.coolTime : 0;
-      const status = o.cooling[step] ? `cooling down (${o.coolProgress[step]} / ${o.coolTime})`
-        : o.converting[step] ? `converting (${o.prodProgress[step]} / ${o.prodTime})` : 'idle';
+      const status = converterState(o, step);
       box.innerHTML = `<table class="kv">
         <tr><td>building</td><td><span class="swatch" style="background:${typeColor(o.typeName)}"></span>${esc(o.typeName)} (object ${o.id})</td></tr>
         <tr><td>position</td><td>x ${o.x}, y ${o.y}</td></tr>
@@ -841,39 +922,38 @@
       <tr><td>swappable</td><td>${o.swappable ? 'yes' : 'no'}</td></tr></table>`;
   }
 
+  // The agents table fits the 360-pixel side panel: the group is the colour of the id's swatch (its name in
+  // the tooltip) and the inventory is one column (sorted by the number of items held).
+  const heldCount = (a, s) => a.inventory[s].reduce((t, [, n]) => t + n, 0);
   const COLUMNS = [
     { key: 'agent', label: '#', get: (a) => a.agentId },
-    { key: 'group', label: 'group', get: (a) => a.groupId, text: (a) => groupName(a.groupId) },
     { key: 'total', label: 'reward', get: (a, s) => a.total[s], text: (a, s) => fmt(a.total[s]) },
     { key: 'reward', label: 'step', get: (a, s) => a.reward[s], text: (a, s) => fmt(a.reward[s]) },
     { key: 'action', label: 'action', get: (a, s) => a.actionId[s], text: (a, s) => actionText(a, s) + (a.success[s] ? '' : ' ✗') },
+    { key: 'items', label: 'items', get: heldCount, text: (a, s) => (a.inventory[s].length ? pairsText(a.inventory[s]) : '') },
   ];
-  function tableColumns() {
-    return COLUMNS.concat(itemColumns.map((id) => ({
-      key: `item:${id}`, label: itemName(id),
-      get: (a, s) => { for (const [i, n] of a.inventory[s]) if (i === id) return n; return 0; },
-    })));
-  }
+  const COLUMN_TITLES = {
+    agent: 'agent id, in its group colour', total: 'total reward', reward: 'reward this step',
+    action: 'the action taken into this step (✗: failed)', items: 'inventory (sorts by the number of items held)',
+  };
   function buildAgentTable() {
-    const held = new Set();
-    for (const a of R.agents) for (let s = 0; s < R.n; s++) for (const [i] of a.inventory[s]) held.add(i);
-    itemColumns = Array.from(held).sort((p, q) => p - q);
-    const cols = tableColumns();
-    $('agent-table').tHead.innerHTML = '<tr>' + cols.map((c) => `<th data-key="${esc(c.key)}" title="sort by ${esc(c.label)}">${esc(c.label)}</th>`).join('') + '</tr>';
+    $('agent-table').tHead.innerHTML = '<tr>' + COLUMNS.map((c) =>
+      `<th data-key="${c.key}" class="col-${c.key}" title="${esc(COLUMN_TITLES[c.key])}; click to sort">${c.label}</th>`).join('') + '</tr>';
     const body = $('agent-table').tBodies[0];
     body.innerHTML = '';
     for (const a of R.agents) {
       const tr = document.createElement('tr');
       tr.dataset.agent = String(a.agentId);
-      tr.innerHTML = cols.map(() => '<td></td>').join('');
+      tr.title = `agent ${a.agentId}, ${groupName(a.groupId)}`;
+      tr.innerHTML = COLUMNS.map((c) => `<td class="col-${c.key}"></td>`).join('');
+      tr.cells[0].innerHTML = `<span class="swatch round" style="background:${groupColor(a.groupId)}"></span><span></span>`;
       body.appendChild(tr);
       a.row = tr;
     }
   }
   function updateAgentTable() {
     const step = state.step;
-    const cols = tableColumns();
-    const sortCol = cols.find((c) => c.key === state.sort.key) || cols[2];
+    const sortCol = COLUMNS.find((c) => c.key === state.sort.key) || COLUMNS[1];
     const order = R.agents.slice().sort((p, q) => {
       const d = (sortCol.get(p, step) - sortCol.get(q, step)) * state.sort.dir;
       return d || p.agentId - q.agentId;
@@ -881,10 +961,14 @@
     const body = $('agent-table').tBodies[0];
     const sel = selectedAgent();
     order.forEach((a, i) => {
-      const cells = a.row.children;
-      cols.forEach((c, j) => {
+      const cells = a.row.cells;
+      COLUMNS.forEach((c, j) => {
         const t = c.text ? c.text(a, step) : String(c.get(a, step));
-        if (cells[j].textContent !== t) cells[j].textContent = t;
+        const cell = j === 0 ? cells[0].lastChild : cells[j];
+        if (cell.textContent !== t) {
+          cell.textContent = t;
+          if (j > 0) cells[j].title = t;
+        }
       });
       a.row.classList.toggle('selected', a === sel);
       if (body.children[i] !== a.row) body.insertBefore(a.row, body.children[i] || null);
@@ -897,7 +981,7 @@
 
   function buildSummary() {
     const n = R.n;
-    const end = R.meta.episode_end;
+    const end = R.end;
     const totals = R.agents.map((a) => (end && Array.isArray(end.total_rewards) ? end.total_rewards[a.agentId] : a.total[n - 1]));
     const groups = new Map();
     R.agents.forEach((a, i) => {
@@ -928,12 +1012,10 @@
         if (a.success[s]) c[1]++;
       }
     }
-    const status = end ? `ended at step ${end.step} (${end.terminated ? 'terminated' : end.truncated ? 'truncated' : 'done'})`
-      : 'recording stopped before the episode ended';
     const sum = totals.reduce((p, q) => p + q, 0);
     let html = `<table class="kv">
-      <tr><td>environment</td><td>${esc(R.env.label || '')}</td></tr>
-      <tr><td>frames</td><td>${n} (${status})</td></tr>
+      <tr><td>environment</td><td id="sum-env">${esc(R.envName)}</td></tr>
+      <tr><td>episode</td><td id="sum-steps">${esc(episodeText(true))}</td></tr>
       <tr><td>map</td><td>${R.W} x ${R.H}, ${R.numAgents} agents, ${R.converters.length} buildings</td></tr>
       <tr><td>reward, all agents</td><td id="sum-total">${fmt(sum)} (mean ${fmt(sum / R.agents.length)}, min ${fmt(Math.min(...totals))}, max ${fmt(Math.max(...totals))})</td></tr>`;
     if (heart >= 0) {
@@ -950,7 +1032,7 @@
     R.actionNames.forEach((name, i) => {
       const [c, ok] = counts[i];
       html += `<tr data-action="${esc(name)}"><td><span class="swatch" style="background:${actionColor(name)}"></span>${esc(name)}</td>` +
-        `<td class="num">${c}</td><td class="num">${c ? Math.round((100 * ok) / c) : 0}%</td></tr>`;
+        `<td class="num">${c}</td><td class="num" title="${ok} of ${c}">${rate(ok, c)}</td></tr>`;
     });
     html += '</table><div style="margin-top:6px;color:var(--dim)">reward by agent</div><table id="sum-agents">';
     R.agents.forEach((a, i) => {
@@ -965,9 +1047,9 @@
     for (const o of R.objects) typesPresent.set(o.typeName, (typesPresent.get(o.typeName) || 0) + 1);
     let html = '<table>';
     for (const [name, count] of [...typesPresent.entries()].sort()) {
-      const sw = name === 'agent' ? '' : `<span class="swatch" style="background:${typeColor(name)}"></span>`;
       if (name === 'agent') continue;
-      html += `<tr><td>${sw}${esc(name)}</td><td class="num">${count}</td></tr>`;
+      html += `<tr data-type="${esc(name)}"><td><span class="swatch" style="background:${typeColor(name)}"></span>${esc(name)}</td>` +
+        `<td class="num">${count}</td></tr>`;
     }
     html += '</table><div style="margin-top:6px;color:var(--dim)">agents, by group</div><table>';
     const groupIds = [...new Set(R.agents.map((a) => a.groupId))].sort((p, q) => p - q);
@@ -976,13 +1058,16 @@
         `<td class="num">${R.agents.filter((a) => a.groupId === g).length}</td></tr>`;
     }
     html += `</table><div style="margin-top:6px;color:var(--dim)">symbols</div>
-      <div><span class="swatch round" style="background:${FROZEN}"></span>light ring: agent frozen</div>
+      <div><span class="swatch round" style="background:${HALO}"></span>light halo: every agent, drawn at least ${2 * AGENT_MIN_R} px wide</div>
+      <div><span class="swatch round" style="background:${FROZEN}"></span>light blue halo: agent frozen</div>
       <div>dark notch: the side an agent faces</div>
-      <div>white pie in a building: converting; dark with an arc: cooling down</div>
+      <div>white pie in a building: converting; dark disc with an arc: cooling down</div>
       <div><span class="swatch round" style="background:#ffe066"></span>badge: output waiting in a building</div>
+      <div>(a building's state shows from ${DETAIL_SCALE} px per cell; zoom in)</div>
       <div>arrow: a move, get (into the agent) or put (out of it); red cross: the action failed</div>
       <div>red 3x3 cells: an attack's reach, cross on the target hit</div>
       <div>dashed box: the selected agent's observation window</div>
+      <div>white ring: the selected agent; the camera follows it (C)</div>
       <div style="margin-top:6px;color:var(--dim)">trace colours</div><table>`;
     for (const name of R.actionNames) html += `<tr><td><span class="swatch" style="background:${actionColor(name)}"></span>${esc(name)}</td></tr>`;
     html += `<tr><td><span class="swatch" style="background:#777"></span>darker: failed; yellow top line: reward</td></tr></table>`;
@@ -1005,6 +1090,34 @@
     return null;
   }
 
+  // The tooltip describes what is under the mouse at the step shown: render() calls this on every frame, so
+  // it follows playback and the follow camera without the mouse moving.
+  let hoverAt = null; // the mouse's client position over the map, or null
+  function updateHover() {
+    const hover = $('hover');
+    const [x, y] = hoverAt ? cellAt(hoverAt.x, hoverAt.y) : [-1, -1];
+    const p = x >= 0 && y >= 0 && x < R.W && y < R.H ? pick(x, y) : null;
+    if (!p) { hover.hidden = true; M.hoverText = null; return; }
+    const step = state.step;
+    let text;
+    if (p.kind === 'agent') {
+      const a = R.agents[p.agentId];
+      text = `agent ${a.agentId} · step ${step + 1}: reward ${fmt(a.total[step])}, ${actionText(a, step)} ` +
+        `${a.success[step] ? 'succeeded' : 'failed'}${a.frozen[step] ? ', frozen' : ''}`;
+    } else {
+      const o = R.objects.find((q) => q.id === p.id);
+      text = o.kind === 'converter'
+        ? `${o.typeName} (${x}, ${y}) · step ${step + 1}: ${converterState(o, step)}, holds ${pairsText(o.inventory[step])}`
+        : `${o.typeName} (${x}, ${y})`;
+    }
+    if (hover.textContent !== text) hover.textContent = text;
+    const rect = mapCanvas.getBoundingClientRect();
+    hover.style.left = `${hoverAt.x - rect.left + 14}px`;
+    hover.style.top = `${hoverAt.y - rect.top + 10}px`;
+    hover.hidden = false;
+    M.hoverText = text;
+  }
+
   function installInput() {
     let drag = null;
     mapCanvas.addEventListener('mousedown', (e) => {
@@ -1017,6 +1130,7 @@
         const dx = e.clientX - drag.x, dy = e.clientY - drag.y;
         if (Math.abs(dx) + Math.abs(dy) > 3) drag.moved = true;
         if (drag.moved) {
+          if (state.follow && selectedAgent()) setFollow(false); // the user takes the camera
           mapCanvas.classList.add('dragging');
           view.ox = drag.ox + dx;
           view.oy = drag.oy + dy;
@@ -1035,29 +1149,19 @@
       }
     });
     mapCanvas.addEventListener('mousemove', (e) => {
-      const hover = $('hover');
-      if (drag && drag.moved) { hover.hidden = true; return; }
-      const [x, y] = cellAt(e.clientX, e.clientY);
-      const p = x >= 0 && y >= 0 && x < R.W && y < R.H ? pick(x, y) : null;
-      if (!p) { hover.hidden = true; return; }
-      const o = p.kind === 'agent' ? R.agents[p.agentId] : R.objects.find((q) => q.id === p.id);
-      hover.textContent = p.kind === 'agent'
-        ? `agent ${o.agentId}: reward ${fmt(o.total[state.step])}, ${actionText(o, state.step)}`
-        : `${o.typeName} (${x}, ${y})`;
-      const rect = mapCanvas.getBoundingClientRect();
-      hover.style.left = `${e.clientX - rect.left + 14}px`;
-      hover.style.top = `${e.clientY - rect.top + 10}px`;
-      hover.hidden = false;
+      hoverAt = drag && drag.moved ? null : { x: e.clientX, y: e.clientY };
+      updateHover();
     });
-    mapCanvas.addEventListener('mouseleave', () => { $('hover').hidden = true; });
+    mapCanvas.addEventListener('mouseleave', () => { hoverAt = null; updateHover(); });
     mapCanvas.addEventListener('wheel', (e) => {
       e.preventDefault();
       const rect = mapCanvas.getBoundingClientRect();
-      zoomAt(Math.pow(1.0015, -e.deltaY), e.clientX - rect.left, e.clientY - rect.top);
+      zoomAround(Math.pow(1.0015, -e.deltaY), e.clientX - rect.left, e.clientY - rect.top);
     }, { passive: false });
 
     let miniDrag = false;
     const miniMove = (e) => {
+      if (state.follow && selectedAgent()) setFollow(false); // the user takes the camera
       const rect = mini.getBoundingClientRect();
       centerOn((e.clientX - rect.left) / miniScale - 0.5, (e.clientY - rect.top) / miniScale - 0.5);
     };
@@ -1075,7 +1179,7 @@
     trace.addEventListener('mousemove', (e) => {
       const hit = traceHit(e);
       const a = hit && hit.agent;
-      $('trace-status').textContent = a ? `agent ${a.agentId}, step ${hit.step}: ${actionText(a, hit.step)} ` +
+      $('trace-status').textContent = a ? `agent ${a.agentId}, step ${hit.step + 1}: ${actionText(a, hit.step)} ` +
         `${a.success[hit.step] ? 'succeeded' : 'failed'}, reward ${fmt(a.reward[hit.step])}` +
         `${a.frozen[hit.step] ? ', frozen' : ''}` : '';
     });
@@ -1091,6 +1195,7 @@
     $('opt-vision').addEventListener('change', (e) => { state.showVision = e.target.checked; dirty = true; });
     $('opt-actions').addEventListener('change', (e) => { state.allActions = e.target.checked; dirty = true; });
     $('opt-grid').addEventListener('change', (e) => { state.grid = e.target.checked; dirty = true; });
+    $('opt-follow').addEventListener('change', (e) => setFollow(e.target.checked));
     $('agent-table').addEventListener('click', (e) => {
       const th = e.target.closest('th');
       if (th) {
@@ -1121,8 +1226,9 @@
       else if (k === 'End') { setPlaying(false); setStep(R.n - 1); }
       else if (k === ']') setSpeed(SPEEDS[Math.min(SPEEDS.length - 1, SPEEDS.indexOf(state.speed) + 1)]);
       else if (k === '[') setSpeed(SPEEDS[Math.max(0, SPEEDS.indexOf(state.speed) - 1)]);
-      else if (k === '+' || k === '=') { const [cw, ch] = mapSize(); zoomAt(1.25, cw / 2, ch / 2); }
-      else if (k === '-' || k === '_') { const [cw, ch] = mapSize(); zoomAt(0.8, cw / 2, ch / 2); }
+      else if (k === '+' || k === '=') { const [cw, ch] = mapSize(); zoomAround(1.25, cw / 2, ch / 2); }
+      else if (k === '-' || k === '_') { const [cw, ch] = mapSize(); zoomAround(0.8, cw / 2, ch / 2); }
+      else if (k === 'c' || k === 'C') setFollow(!state.follow);
       else if (k === 'f' || k === 'F' || k === '0') fit();
       else if (k === 'v' || k === 'V') { state.showVision = !state.showVision; $('opt-vision').checked = state.showVision; dirty = true; }
       else if (k === 'a' || k === 'A') { state.allActions = !state.allActions; $('opt-actions').checked = state.allActions; dirty = true; }
@@ -1177,6 +1283,8 @@
     select: (sel) => select(sel),
     fit: () => fit(),
     centerOn: (x, y) => centerOn(x, y),
+    setFollow: (on) => setFollow(!!on),
+    formatRate: (ok, count) => rate(ok, count),
     // Client (page) coordinates of the centre of cell (x, y).
     cellToClient: (x, y) => {
       const rect = mapCanvas.getBoundingClientRect();
@@ -1201,11 +1309,9 @@
     }
     R = buildReplay(data);
     M.replay = R;
-    $('title').textContent = `${R.fileName}  ·  ${R.env.label || ''}`;
-    const end = R.meta.episode_end;
-    $('episode-label').textContent = end
-      ? `episode of ${end.step + 1} steps, ${end.terminated ? 'terminated' : 'truncated'}${end.step >= R.n ? ' (last state not recorded)' : ''}`
-      : `${R.n} frames, episode not finished`;
+    $('env-name').textContent = R.envName;
+    $('title').textContent = R.fileName;
+    $('episode-label').textContent = episodeText(false);
     $('scrubber').max = String(R.n - 1);
     $('speed').innerHTML = SPEEDS.map((v) => `<option value="${v}">${v} steps/s</option>`).join('');
     setSpeed(state.speed);
