@@ -243,13 +243,14 @@ class Curve:
     points: list[tuple[float, float]]
     color: str
     markers: bool = False
+    line: bool = True  # False: the points alone (a scatter)
 
 
 def line_chart(
     title: str, curves: list[Curve], key: str, x_label: str = "agent steps", width: int = 440, height: int = 220
 ) -> str:
     """An SVG line chart; each curve is a polyline with a <title> per point group for hovering."""
-    curves = [Curve(c.label, _thin(c.points), c.color, c.markers) for c in curves if c.points]
+    curves = [Curve(c.label, _thin(c.points), c.color, c.markers, c.line) for c in curves if c.points]
     left, right, top, bottom = 56, 12, 26, 34
     pw, ph = width - left - right, height - top - bottom
     out = [
@@ -297,14 +298,15 @@ def line_chart(
     for c in curves:
         pts = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in c.points)
         label = html.escape(c.label)
-        out.append(
-            f'<polyline class="curve" data-label="{label}" points="{pts}" stroke="{c.color}">'
-            f"<title>{label}: last {fmt_number(c.points[-1][1])}</title></polyline>"
-        )
-        if c.markers or len(c.points) == 1:
+        if c.line:
+            out.append(
+                f'<polyline class="curve" data-label="{label}" points="{pts}" stroke="{c.color}">'
+                f"<title>{label}: last {fmt_number(c.points[-1][1])}</title></polyline>"
+            )
+        if c.markers or not c.line or len(c.points) == 1:
             for x, y in c.points:
                 out.append(
-                    f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{c.color}">'
+                    f'<circle class="marker" data-label="{label}" cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{c.color}">'
                     f"<title>{label} at {fmt_number(x)}: {y:.4g}</title></circle>"
                 )
     if len(curves) > 1:
