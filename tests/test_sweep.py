@@ -1,21 +1,21 @@
-"""Sweeps (metta.sweep): real worker processes, real run.py trials at tiny sizes, a real SIGKILL, headless Chromium.
+"""Sweeps (metta.sweep): real workers, real run.py trials at tiny sizes, real SIGKILL and SIGTERM, headless Chromium.
 
-Two small studies carry the end-to-end tests:
-- ``shared``: two workers join one study of 3 timed trials (about two epochs each); the objective is
-  ``parameters/learning_rate``, which each trial logs unchanged every epoch, so which trial wins and which one
-  the median pruner stops does not depend on learning or timing;
-- ``killed``: one worker is SIGKILLed in the middle of its only trial; the same command run again resumes
-  that trial's run directory and finishes it.
+Two small studies carry the end-to-end tests (each run.py start costs ~6 CPU seconds, so there are few):
+- ``shared``: a worker in this process and a worker process join one study of 3 trials of 3 epochs; the
+  second worker is SIGKILLed in the middle of its trial, and the first one finds that trial lost and resumes its
+  run. The objective is ``parameters/learning_rate``, which each trial logs unchanged every epoch, so which trial
+  wins and which one the median pruner stops does not depend on learning or timing;
+- a timed trial whose worker is stopped by SIGTERM, and the worker started again, which finishes it.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -23,6 +23,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from metta.common.config_cli import ConfigCliError
 from metta.common.run_report import read_metrics
 from metta.sweep import SpecError, SweepWorker, load_spec, open_storage
 from metta.sweep.__main__ import main
@@ -66,19 +67,19 @@ def start_worker(spec: Path, log: Path) -> subprocess.Popen:
         )
 
 
-def wait_for(condition, what: str, timeout: float = 180) -> None:
-    deadline = time.time() + timeout
-    while not condition():
-        if time.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
+def signal_when_trained(run_dir: Path, epochs: int, sig: signal.Signals, pid: int) -> subprocess.Popen:
+    """A watcher process that sends ``sig`` to ``pid`` once ``run_dir`` has logged ``epochs`` epochs (a thread in
+    this process would make the workers' fork-then-exec of run.py unsafe)."""
+    script = f"""until [ "$(wc -l < {run_dir}/metrics.jsonl 2>/dev/null || echo 0)" -ge {epochs} ]; do sleep 0.1; done
+kill -{sig.name[3:]} {pid}"""
+    return subprocess.Popen(["bash", "-c", script])
 
 
-def finish(process: subprocess.Popen, log: Path, timeout: float = 300) -> str:
-    process.wait(timeout=timeout)
-    out = log.read_text()
-    assert process.returncode == 0, f"sweep worker exited {process.returncode}:\n{out[-4000:]}"
-    return out
+def run_worker(spec: Path) -> tuple[int, str]:
+    """A sweep worker in this process (no second start of torch and run.py's imports): exit code, console."""
+    out = io.StringIO()
+    code = SweepWorker(load_spec(spec), out=out).run()
+    return code, out.getvalue()
 
 
 def load_trials(spec_path: Path) -> list[optuna.trial.FrozenTrial]:
@@ -111,6 +112,10 @@ def epochs(run_dir: Path) -> list[int]:
         ({"base": {**TINY, "trainer.total_timesteps": 5000}}, "base.trainer.total_timesteps"),
         ({"base": {**TINY, "trainer.batch_size": "big"}}, "trainer.batch_size='big'"),
         ({"objective": {"metric": "eval/navigation/score"}}, "objective.metric='eval/navigation/score'"),
+        (
+            {"objective": {"metric": "eval/navigation/score"}, "trial": {"minutes": 5}, "base": {"device": "cpu"}},
+            "set base.trainer.simulation.evaluate_interval",
+        ),
         ({"enqueue": [{LR: 0.5}]}, f"enqueue[0].{LR}=0.5"),
         ({"pruner": {"type": "median", "n_startup": 3}}, "pruner.n_startup"),
     ],
@@ -130,6 +135,29 @@ def test_the_command_refuses_a_bad_spec_before_any_trial(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "params.trainer.ppo.gama" in err and "did you mean gamma" in err
     assert not (tmp_path / "data").exists()  # no study, no trial folder
+
+
+def test_trial_args_place_the_evaluations_and_refuse_values_that_only_fail_together(tmp_path):
+    left_out = ("evaluate", "trainer.batch_size", "trainer.minibatch_size", "trainer.checkpoint.checkpoint_interval")
+    path = write_spec(
+        tmp_path / "eval.yaml",
+        tmp_path / "data",
+        trial={"agent_steps": 8 * 1024, "reports": 4},
+        objective={"metric": "eval/navigation/score"},
+        base={k: v for k, v in TINY.items() if k not in left_out},
+        # Each value fits with some value of the other parameter, so the spec is valid; not every pair fits.
+        params={
+            "trainer.batch_size": {"type": "categorical", "choices": [1024, 4096]},
+            "trainer.minibatch_size": {"type": "categorical", "choices": [256, 2048]},
+        },
+    )
+    spec = load_spec(path)
+    args, config = spec.trial_args("trial_0000", tmp_path, {"trainer.batch_size": 1024, "trainer.minibatch_size": 256})
+    # 8 epochs of 1024 agent steps in 4 reports: an evaluation every 2 epochs, a checkpoint at least as often.
+    assert "trainer.simulation.evaluate_interval=2" in args and "trainer.checkpoint.checkpoint_interval=2" in args
+    assert config["run"] == "trial_0000" and config["trainer"]["simulation"]["evaluate_interval"] == 2
+    with pytest.raises(ConfigCliError, match="minibatch_size=2048 is larger than batch_size=1024"):
+        spec.trial_args("trial_0001", tmp_path, {"trainer.batch_size": 1024, "trainer.minibatch_size": 2048})
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -157,7 +185,7 @@ def test_reports_are_the_mean_of_each_part_of_the_budget():
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Two workers share one study
+# Two workers share one study; one is killed
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
     root = tmp_path_factory.mktemp("shared")
@@ -166,44 +194,52 @@ def shared(tmp_path_factory):
         root / "shared.yaml",
         root / "data",
         trials=3,
-        trial={"minutes": 0.03, "reports": 2},  # 1.8 s of training, then SIGTERM
-        base={**TINY, "trainer.total_timesteps": 1_000_000},
+        trial={"agent_steps": 3 * 1024, "reports": 3},
         params={LR: {"type": "categorical", "choices": choices}},
         enqueue=[{LR: lr} for lr in choices],
         pruner={"type": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
+        worker_timeout_s=3,
     )
     sweep_dir = root / "data" / "sweeps" / "shared"
-    first = start_worker(spec, root / "first.log")
-    wait_for(lambda: (sweep_dir / "trial_0000" / "train.log").exists(), "the first worker's first trial")
-    second = start_worker(spec, root / "second.log")
-    logs = [finish(first, root / "first.log"), finish(second, root / "second.log")]
-    return spec, sweep_dir, logs
+    SweepWorker(load_spec(spec))  # creates the study, with the three settings enqueued
+    # The worker process starts in seconds; this process takes trial 0 at once, so the other one gets trial 1.
+    other = start_worker(spec, root / "other.log")
+    killer = signal_when_trained(sweep_dir / "trial_0001", 1, signal.SIGKILL, other.pid)
+    code, out = run_worker(spec)
+    other.wait(timeout=60)
+    killer.wait(timeout=10)
+    assert code == 0, out
+    return spec, sweep_dir, out + (root / "other.log").read_text()
 
 
-def test_two_workers_share_one_study_and_run_each_trial_once(shared):
-    spec, sweep_dir, logs = shared
+def test_two_workers_share_one_study_and_the_killed_ones_trial_resumes(shared):
+    spec, sweep_dir, out = shared
     trials = load_trials(spec)
     assert [(t.number, t.state, t.params[LR]) for t in trials] == [
         (0, TrialState.COMPLETE, 0.001),
-        (1, TrialState.COMPLETE, 0.002),
+        (1, TrialState.FAIL, 0.002),  # its worker was killed
         (2, TrialState.PRUNED, 1e-05),  # below the median of the finished trials at its first report
+        (3, TrialState.COMPLETE, 0.002),  # trial 1 again, resuming its run
     ]
-    assert [t.value for t in trials[:2]] == [0.001, 0.002]
-    assert trials[0].user_attrs["worker"] != trials[1].user_attrs["worker"]  # one trial each, at the same time
+    assert trials[0].user_attrs["worker"] != trials[1].user_attrs["worker"]  # two workers, one trial each at once
+    assert "worker lost: no heartbeat" in trials[1].user_attrs["error"]
+    assert trials[3].user_attrs["run_dir"] == "trial_0001" and trials[3].user_attrs["retry_of"] == 1
+    assert [t.value for t in trials if t.state == TrialState.COMPLETE] == [0.001, 0.002]
+    assert sorted(trials[3].intermediate_values) == [1, 2, 3]
     assert sorted(p.name for p in sweep_dir.glob("trial_*")) == ["trial_0000", "trial_0001", "trial_0002"]
-    for t in trials:
-        run_dir = sweep_dir / t.user_attrs["run_dir"]
-        log = (run_dir / "train.log").read_text()
-        assert log.count(f"sweep shared, trial {t.number}:") == 1  # run.py started once for each trial
-        assert "stopped by SIGTERM" in log  # its time was up, or it was pruned
-        found = epochs(run_dir)
-        assert found == list(range(1, len(found) + 1)) and found
-    for t in trials[:2]:  # each trained its 1.8 s (metrics.jsonl's clock) before the SIGTERM
-        assert training_seconds(read_metrics(sweep_dir / t.user_attrs["run_dir"])[0])[-1] >= 0.03 * 60
-        assert max(t.intermediate_values) == 2  # the last part (part 1 has no row when the first epoch outlasts it)
-    out = "".join(logs)
-    assert "trial 2 (3 of 3)" in out and "best so far: trial 1, parameters/learning_rate 0.002" in out
-    assert re.search(r"trial 2: pruned at report \d/2", out)
+    for name, starts in (("trial_0000", 1), ("trial_0001", 2), ("trial_0002", 1)):
+        log = (sweep_dir / name / "train.log").read_text()
+        assert log.count("sweep shared, trial") == starts  # run.py started once per trial (twice for the resumed)
+        found = epochs(sweep_dir / name)
+        assert found == list(range(1, len(found) + 1)) and found  # each epoch once
+    assert epochs(sweep_dir / "trial_0000") == epochs(sweep_dir / "trial_0001") == [1, 2, 3]
+    assert "stopped by SIGTERM" in (sweep_dir / "trial_0002" / "train.log").read_text()  # pruned: stopped early
+    resumed = (sweep_dir / "trial_0001" / "train.log").read_text()
+    # The killed worker's run.py got SIGTERM from the kernel, saved after its iteration and exited; then resumed.
+    assert "received SIGTERM" in resumed and "resumed from" in resumed
+    assert "trial 3 (3 of 3), resuming trial_0001" in out
+    assert "best so far: trial 3, parameters/learning_rate 0.002" in out
+    assert re.search(r"trial 2: pruned at report 1/3", out)
 
 
 def test_a_worker_with_another_spec_cannot_join(shared, tmp_path):
@@ -224,47 +260,44 @@ def test_sweep_report_in_a_browser(shared, browser):
     rows = page.evaluate(
         "[...document.querySelectorAll('table.trials tr[data-trial]')].map(r => [r.dataset.trial, r.dataset.state])"
     )
-    assert rows == [["1", "complete"], ["0", "complete"], ["2", "pruned"]]  # sorted by the objective, best first
-    assert page.evaluate("document.querySelector('tr.best').dataset.trial") == "1"
+    # Sorted by the objective, best first: complete, then pruned, then failed.
+    assert rows == [["3", "complete"], ["0", "complete"], ["2", "pruned"], ["1", "fail"]]
+    assert page.evaluate("document.querySelector('tr.best').dataset.trial") == "3"
     markers = page.evaluate(
         """[...document.querySelectorAll('svg[data-metric="objective"] circle.marker')].map(c => c.dataset.label)"""
     )
     assert sorted(markers) == ["complete", "complete", "pruned"]
     assert page.evaluate("document.querySelectorAll('table.importance tr').length") == 2  # a header, one parameter
     assert f"{LR}=0.002" in page.evaluate("document.querySelector('pre.command').textContent")
-    href = page.evaluate("document.querySelector('tr.best a[href$=\"index.html\"]').href")
+    href = page.evaluate("""document.querySelector('tr.best a[href$="index.html"]').href""")
+    assert href.endswith("trial_0001/index.html")  # the retry's run is its first attempt's
     run_page = browser.open(href)  # the trial's own run report
     assert run_page.evaluate("document.title") == "run trial_0001"
 
 
 # ------------------------------------------------------------------------------------------------------------
-# A killed sweep resumes
-def test_a_killed_sweep_resumes_its_trial_run(tmp_path):
+# A stopped worker, started again
+def test_a_stopped_sweep_goes_on_with_its_timed_trial(tmp_path):
     spec = write_spec(
-        tmp_path / "killed.yaml",
+        tmp_path / "timed.yaml",
         tmp_path / "data",
-        trial={"agent_steps": 4096, "reports": 2},
+        trial={"minutes": 0.05, "reports": 2},  # 3 s of training (metrics.jsonl's clock, over both run.py runs)
+        base={**TINY, "trainer.total_timesteps": 1_000_000},
         pruner={"type": "none"},
-        worker_timeout_s=2,
     )
-    run_dir = tmp_path / "data" / "sweeps" / "killed" / "trial_0000"
-    worker = start_worker(spec, tmp_path / "first.log")
-    wait_for(lambda: len(epochs(run_dir)) >= 1, "the trial's first epoch")
-    worker.send_signal(signal.SIGKILL)
-    worker.wait(timeout=30)
-    out = finish(start_worker(spec, tmp_path / "again.log"), tmp_path / "again.log")
+    run_dir = tmp_path / "data" / "sweeps" / "timed" / "trial_0000"
+    stopper = signal_when_trained(run_dir, 1, signal.SIGTERM, os.getpid())
+    code, out = run_worker(spec)
+    stopper.wait(timeout=10)
+    assert code == 0 and "interrupted: its worker was stopped by SIGTERM; enqueued again" in out
+    code, out = run_worker(spec)  # the same command again
+    assert code == 0 and "1 of 1 trials finished" in out
 
-    lost, retry = load_trials(spec)
-    assert lost.state == TrialState.FAIL and "worker lost" in lost.user_attrs["error"]
-    assert retry.state == TrialState.COMPLETE and retry.params == lost.params
-    assert retry.user_attrs["run_dir"] == "trial_0000" and retry.user_attrs["retry_of"] == 0
-    assert retry.value == pytest.approx(lost.params[LR]) and sorted(retry.intermediate_values) == [1, 2]
-    assert not (run_dir.parent / "trial_0001").exists()
-    # The run went on from its checkpoint: every epoch once, and the log of the second run.py says so.
-    assert epochs(run_dir) == [1, 2, 3, 4]
-    assert [row["agent_step"] for row in read_metrics(run_dir)[0]] == [1024, 2048, 3072, 4096]
-    log = (run_dir / "train.log").read_text()
-    assert "resumed from" in log and log.count("sweep killed, trial") == 2
-    assert "resuming trial_0000" in out and "1 of 1 trials finished" in out
-    # The first run.py ended with its worker (SIGTERM from the kernel): it saved a checkpoint and exited.
-    assert "received SIGTERM" in log
+    stopped, retry = load_trials(spec)
+    assert stopped.state == TrialState.FAIL and "interrupted" in stopped.user_attrs["error"]
+    assert retry.state == TrialState.COMPLETE and retry.params == stopped.params
+    assert retry.user_attrs["run_dir"] == "trial_0000" and max(retry.intermediate_values) == 2
+    rows = read_metrics(run_dir)[0]
+    assert [row["epoch"] for row in rows] == list(range(1, len(rows) + 1))
+    assert training_seconds(rows)[-1] >= 0.05 * 60  # it trained its time, and then got SIGTERM
+    assert "stopped by SIGTERM" in (run_dir / "train.log").read_text()

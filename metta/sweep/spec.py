@@ -6,9 +6,10 @@
 A spec is checked twice before any trial starts: its own fields (this module's pydantic models), then every
 run.py key in ``base``, ``params`` and ``enqueue`` against run.py's config, by building that config from the
 same ``key=value`` arguments run.py will get (``metta.common.config_cli.parse_config``, the parser run.py
-uses), with each parameter at each end of its range and at each of its choices. A combination of values that
-only fails together (a minibatch larger than the batch) is found when a trial samples it: that trial is marked
-failed with run.py's message and does not count.
+uses), with each parameter at each end of its range and at each of its choices (with the base settings, or
+with another parameter at one of its own ends or choices where the value needs that, as a minibatch size needs
+a batch size at least as large). A combination of values that fails together is found when a trial draws it:
+that trial is marked failed with run.py's message and does not count.
 
 run.py's config type is named in one place, ``run_config_model()``; everything else goes through run.py's
 command-line keys, which ``python run.py --help`` lists.
@@ -315,6 +316,20 @@ class SweepSpec(BaseModel):
             config = parse_config(run_config_model(), args, prog="run.py").model_dump(mode="json", by_alias=True)
         return args, config
 
+    def _refusal(self, base_args: list[str], key: str, value: Any) -> str | None:
+        """run.py's message when it refuses ``key=value`` with the base settings alone and with each other
+        parameter at each of its corners in turn; None when any of these fits. (A value that fits only with
+        another parameter's value, a minibatch that needs a larger batch, is for the trials to find.)"""
+        others = [[]] + [[cli_arg(k, v)] for k, p in self.params.items() if k != key for v in p.corners()]
+        first = None
+        for extra in others:
+            try:
+                parse_config(run_config_model(), [*base_args, *extra, cli_arg(key, value)], prog="run.py")
+                return None
+            except ConfigCliError as err:
+                first = first or str(err)
+        return first
+
     def check_against_run_config(self, source: str) -> None:
         """Every run.py key and value of the spec, checked by building run.py's config (see the module doc)."""
         for section, keys in (("base", self.base), ("params", self.params)):
@@ -336,10 +351,9 @@ class SweepSpec(BaseModel):
             raise SpecError(f"{source}: base: {err}") from None
         for key, param in self.params.items():
             for value in param.corners():
-                try:
-                    parse_config(model, [*base_args, cli_arg(key, value)], prog="run.py")
-                except ConfigCliError as err:
-                    raise SpecError(f"{source}: params.{key} at {value!r}: {err}") from None
+                refusal = self._refusal(base_args, key, value)
+                if refusal is not None:
+                    raise SpecError(f"{source}: params.{key} at {value!r}: {refusal}")
         for i, settings in enumerate(self.enqueue):
             for key, value in settings.items():
                 if key not in self.params:

@@ -41,6 +41,7 @@ from metta.common.graceful_stop import GracefulStop
 from metta.common.run_lock import RunLock, RunLockError
 from metta.common.run_report import read_metrics
 from metta.sweep.progress import objective_reports, row_progress
+from metta.sweep.report import write_sweep_report
 from metta.sweep.spec import RUN_PY, TOTAL_STEPS_KEY, SpecError, SweepSpec, cli_arg
 
 logger = logging.getLogger(__name__)
@@ -236,8 +237,6 @@ class SweepWorker:
         return text
 
     def write_report(self) -> Path | None:
-        from metta.sweep.report import write_sweep_report
-
         try:
             path = write_sweep_report(self.study, self.spec, self.sweep_dir, self.storage_label)
         except OSError as err:  # the sweep goes on without its page
@@ -370,14 +369,13 @@ class SweepWorker:
         progress = row_progress(rows, spec.trial)
         self._report(trial, rows, progress, reported)
         latest = objective_reports(rows, progress, spec.objective.metric, spec.trial.reports).latest
-        if latest is None:
-            keys = sorted({k for row in rows for k in row})
+        if latest is None:  # e.g. no episode ended in a very short trial, or a misspelt metric
             self._fail(trial, f"metrics.jsonl has no value of the objective {spec.objective.metric!r}")
-            self.say(
-                f"stopping: every trial would fail the same way; the keys of trial {trial.number}'s metrics.jsonl "
-                f"are {', '.join(keys)}"
-            )
-            return "fatal"
+            if not any(t.state in FINISHED for t in self._trials()):  # no trial ever had it: every one would fail
+                keys = sorted({k for row in rows for k in row})
+                self.say(f"stopping: the keys of trial {trial.number}'s metrics.jsonl are {', '.join(keys)}")
+                return "fatal"
+            return "failed"
         step, value = latest
         if step not in reported:  # the part the run ended in (a run that stopped between two reports)
             trial.report(value, step)
