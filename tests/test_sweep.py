@@ -16,6 +16,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -29,6 +30,7 @@ from metta.sweep import SpecError, SweepWorker, load_spec, open_storage
 from metta.sweep.__main__ import main
 from metta.sweep.progress import objective_reports, row_progress, training_seconds
 from metta.sweep.spec import TrialBudget
+from metta.sweep.worker import HEARTBEAT
 
 REPO = Path(__file__).resolve().parents[1]
 LR = "trainer.optimizer.learning_rate"
@@ -158,6 +160,33 @@ def test_trial_args_place_the_evaluations_and_refuse_values_that_only_fail_toget
     assert config["run"] == "trial_0000" and config["trainer"]["simulation"]["evaluate_interval"] == 2
     with pytest.raises(ConfigCliError, match="minibatch_size=2048 is larger than batch_size=1024"):
         spec.trial_args("trial_0001", tmp_path, {"trainer.batch_size": 1024, "trainer.minibatch_size": 2048})
+
+
+def test_workers_on_a_journal_file_join_one_study_and_retry_a_lost_trial(tmp_path):
+    """Two workers on one journal file (``--storage journal://PATH``): the trial of a worker that stopped
+    heartbeating is failed by the other and enqueued again with its values and run directory, and no worker
+    starts more trials than the study has."""
+    spec = load_spec(write_spec(tmp_path / "journal.yaml", tmp_path / "data", worker_timeout_s=30))
+    url = f"journal://{tmp_path / 'shared' / 'study.log'}"
+    first, second = SweepWorker(spec, storage_url=url), SweepWorker(spec, storage_url=url)
+    trial = first.study.ask()
+    values = spec.suggest(trial)
+    trial.set_user_attr("run_dir", "trial_0000")
+    trial_id = first._trial_id(trial.number)
+    second.fail_lost_trials()  # just started: not lost
+    assert [t.state for t in second.study.get_trials()] == [TrialState.RUNNING]
+    first.storage.set_trial_system_attr(trial_id, HEARTBEAT, time.time() - 31)  # its last heartbeat, 31 s ago
+    second.fail_lost_trials()
+    first.fail_lost_trials()  # a second worker looking finds nothing more to do
+    lost, retry = second.study.get_trials()
+    assert lost.state == TrialState.FAIL and "no heartbeat for 31 s" in lost.user_attrs["error"]
+    assert retry.state == TrialState.WAITING and retry.params == values
+    assert retry.user_attrs == {"run_dir": "trial_0000", "retry_of": 0}
+    # The retry is the study's one trial; a trial asked for beside it (two workers at once) is not run.
+    assert second.study.ask().number == retry.number and not second._surplus(retry.number)
+    extra = first.study.ask()
+    assert first._surplus(extra.number)
+    assert second.study.get_trials()[-1].state == TrialState.FAIL
 
 
 # ------------------------------------------------------------------------------------------------------------
