@@ -302,7 +302,9 @@ class SweepWorker:
         """Follow the running trial until run.py exits: None then, or the outcome when the trial ended here."""
         spec = self.spec
         metrics = run_dir / "metrics.jsonl"
-        seen = None  # (mtime, size) of metrics.jsonl when last read
+        # (mtime, size) of metrics.jsonl when last read. A resumed run's file is first read when run.py changes
+        # it, after its setup: the time-up clock below starts there, as the rows' own clock does.
+        seen = _stamp(metrics)
         budget_s = spec.trial.minutes * 60 if spec.trial.minutes else None
         clock = None  # (training seconds at the newest row, time.time() when it was read)
         time_up = False
@@ -315,9 +317,9 @@ class SweepWorker:
             if self.stop.requested:
                 _terminate(process, beat)
                 return self._interrupted(trial)
-            stat = metrics.stat() if metrics.exists() else None
-            if stat is not None and (stat.st_mtime_ns, stat.st_size) != seen:
-                seen = (stat.st_mtime_ns, stat.st_size)
+            stamp = _stamp(metrics)
+            if stamp is not None and stamp != seen:
+                seen = stamp
                 rows, _ = read_metrics(run_dir)
                 progress = row_progress(rows, spec.trial)
                 if rows and budget_s is not None:
@@ -446,6 +448,14 @@ def _terminate(process: subprocess.Popen, beat: _Heartbeat) -> None:
             process.wait(timeout=POLL_S)
         except subprocess.TimeoutExpired:
             pass
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
 
 
 def _shown(params: dict[str, Any]) -> str:
