@@ -74,6 +74,10 @@ def _run_link(sweep_dir: Path, trial: FrozenTrial) -> str:
     return " · ".join(links) or html.escape(name)
 
 
+def _param(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else html.escape(str(value))
+
+
 def _value(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}"
 
@@ -130,9 +134,12 @@ def sweep_report_html(study: optuna.Study, spec: SweepSpec, sweep_dir: Path, sto
 
     # The trials table, best first.
     keys = list(spec.params)
-    header = "".join(
-        f"<th>{html.escape(h)}</th>" for h in ["trial", "state", metric, "reports", *keys, "minutes", "run", "note"]
-    )
+    # A parameter's column is named by the last part of its key (the whole key on hover), unless two share it.
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    names = [short if last.count(short) == 1 else key for key, short in zip(keys, last)]
+    header = "".join(f"<th>{html.escape(h)}</th>" for h in ["trial", "state", metric, "reports"])
+    header += "".join(f'<th title="{html.escape(k)}">{html.escape(n)}</th>' for k, n in zip(keys, names))
+    header += "".join(f"<th>{h}</th>" for h in ["minutes", "run", "note"])
     body = []
     for t in sorted(trials, key=lambda t: _sort_key(t, sign)):
         minutes = (
@@ -148,7 +155,7 @@ def sweep_report_html(study: optuna.Study, spec: SweepSpec, sweep_dir: Path, sto
             t.state.name.lower(),
             _value(t.value),
             f"{len(t.intermediate_values)}/{reports}",
-            *(html.escape(str(t.params[k])) if k in t.params else "-" for k in keys),
+            *(_param(t.params[k]) if k in t.params else "-" for k in keys),
             minutes,
         ]
         row_class = ' class="best"' if best is not None and t.number == best.number else ""
