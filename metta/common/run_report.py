@@ -329,6 +329,7 @@ class Curve:
     points: list[tuple[float, float]]
     color: str
     markers: bool = False
+    line: bool = True  # False: the points alone (a scatter)
 
 
 LEGEND_ROW = 14  # pixels per legend row
@@ -356,9 +357,10 @@ def line_chart(
 
     Each polyline carries its values (``data-y``) and the chart its plot box and value ranges (``data-box``,
     ``data-domain``), so the page's script (``run_report.js``) can smooth the curves and show the values under
-    the mouse; the SVG alone shows the raw curves, with a ``<title>`` per curve.
+    the mouse; the SVG alone shows the raw curves, with a ``<title>`` per curve. A curve with ``line=False`` is
+    its markers alone (a scatter).
     """
-    curves = [Curve(c.label, _thin(c.points), c.color, c.markers) for c in curves if c.points]
+    curves = [Curve(c.label, _thin(c.points), c.color, c.markers, c.line) for c in curves if c.points]
     left, right, top, bottom = 56, 12, 26, 34
     pw, ph = width - left - right, height - top - bottom
     legend = _legend_rows([c.label for c in curves], pw) if len(curves) > 1 else []
@@ -413,14 +415,17 @@ def line_chart(
         pts = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in c.points)
         values = " ".join(f"{y:.4g}" for _, y in c.points)  # the 4 digits the values on hover show
         label = html.escape(c.label)
-        out.append(
-            f'<polyline class="curve" data-label="{label}" data-y="{values}" data-smooth="{0 if c.markers else 1}" '
-            f'points="{pts}" stroke="{c.color}"><title>{label}: last {fmt_number(c.points[-1][1])}</title></polyline>'
-        )
-        if c.markers or len(c.points) == 1:
+        if c.line:
+            out.append(
+                f'<polyline class="curve" data-label="{label}" data-y="{values}" '
+                f'data-smooth="{0 if c.markers else 1}" points="{pts}" stroke="{c.color}">'
+                f"<title>{label}: last {fmt_number(c.points[-1][1])}</title></polyline>"
+            )
+        if c.markers or not c.line or len(c.points) == 1:
             for x, y in c.points:
                 out.append(
-                    f'<circle class="marker" cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{c.color}">'
+                    f'<circle class="marker" data-label="{label}" cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" '
+                    f'fill="{c.color}">'
                     f"<title>{label} at {fmt_number(x)}: {y:.4g}</title></circle>"
                 )
     for row, entries in enumerate(legend):
