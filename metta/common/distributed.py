@@ -7,6 +7,7 @@ import os
 from datetime import timedelta
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -61,6 +62,43 @@ DEFAULT_INIT_TIMEOUT_S = 30.0
 DEFAULT_COLLECTIVE_TIMEOUT_S = 1800.0
 
 
+class LaunchError(RuntimeError):
+    """This process was launched in a way that cannot work; the message says how to launch it instead."""
+
+
+def check_elastic_launch(environ: dict[str, str] | None = None) -> None:
+    """Raise ``LaunchError`` when torchrun restarts workers (``--max-restarts`` > 0) over its shared TCP store.
+
+    torchrun's c10d rendezvous shares one TCP store with every worker group it starts (unless
+    ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``), and the keys through which the ranks of a group find each other
+    have the same names in every group: a restarted rank reads the address of a rank that died with the previous
+    group and fails to connect (pytorch/pytorch#135712), using up the restarts. With the variable set, rank 0 of
+    each group serves a fresh store.
+    """
+    env = os.environ if environ is None else environ
+    try:
+        restarts = int(env.get("TORCHELASTIC_MAX_RESTARTS", "0"))
+    except ValueError:
+        restarts = 0
+    if restarts > 0 and env.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        raise LaunchError(
+            f"torchrun --max-restarts={restarts} restarts the workers over the rendezvous store it shares with them, "
+            "where a restarted rank finds the addresses of the ranks that died and fails to connect "
+            "(pytorch/pytorch#135712); export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 before torchrun, which gives each "
+            "restart a fresh store (docs/training.md, 'Several machines')"
+        )
+
+
+def seed_process(seed: int, rank: int) -> int:
+    """Seed torch and NumPy with ``seed + rank``, so every global rank draws its own streams, and return the seed
+    of this rank's envs, ``seed + 1000 * rank``."""
+    torch.manual_seed(seed + rank)
+    np.random.seed(seed + rank)
+    env_seed = seed + 1000 * rank
+    logger.info("rank %d: torch and numpy seeded with %d, the envs with %d", rank, seed + rank, env_seed)
+    return env_seed
+
+
 class DistributedSetup(NamedTuple):
     """What ``setup_device_and_distributed`` returns: unpack it (``device, is_master, world_size, rank = ...``),
     index it (``[0]``) or read it by name. ``wrap_agent_distributed`` accepts it whole as its device, as seed 004
@@ -86,7 +124,8 @@ def setup_device_and_distributed(
 
     Joining gives up after ``init_timeout_s`` (30 s, upstream PR #2043) instead of hanging when a rank never
     arrives. The group's collectives then get ``collective_timeout_s``: rank 0 checkpoints and evaluates
-    while the others wait in the next all-reduce, which easily takes longer than 30 s.
+    while the others wait in the next all-reduce, which easily takes longer than 30 s. A torchrun launch whose
+    restarts cannot connect raises ``LaunchError`` first (``check_elastic_launch``).
     """
     from metta.common.device import resolve_device
 
@@ -99,6 +138,7 @@ def setup_device_and_distributed(
         local_rank = int(os.environ["LOCAL_RANK"])
     except ValueError:
         raise ValueError(f"LOCAL_RANK={os.environ['LOCAL_RANK']!r} must be an int; launch with torchrun") from None
+    check_elastic_launch()
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)  # NCCL uses the current device for its communicators (upstream #1950)
@@ -110,9 +150,10 @@ def setup_device_and_distributed(
         dist.init_process_group(backend=backend, timeout=timedelta(seconds=init_timeout_s))
         _set_collective_timeout(collective_timeout_s)
         logger.info(
-            "joined the process group: rank %d of %d on %s (%s)",
+            "joined the process group: rank %d of %d (local rank %d) on %s (%s)",
             get_rank(),
             get_world_size(),
+            local_rank,
             device,
             dist.get_backend(),
         )
