@@ -85,7 +85,7 @@ def check_elastic_launch(environ: dict[str, str] | None = None) -> None:
             f"torchrun --max-restarts={restarts} restarts the workers over the rendezvous store it shares with them, "
             "where a restarted rank finds the addresses of the ranks that died and fails to connect "
             "(pytorch/pytorch#135712); export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 before torchrun, which gives each "
-            "restart a fresh store (docs/training.md, 'Several machines')"
+            "restart a fresh store (README.md, 'Several machines, restarts and lost ranks')"
         )
 
 

@@ -32,6 +32,7 @@ import torch
 from run_helpers import Run, metrics_epochs, metrics_rows, run_env
 
 from metta.agent.policy_store import read_policy_file
+from metta.common.distributed import LaunchError, check_elastic_launch
 from metta.common.run_lock import RunLock
 from metta.rl.checkpoint import list_trainer_states, load_latest_checkpoint
 
@@ -178,3 +179,13 @@ def test_two_nodes_grow_restart_lose_their_launchers_and_shrink(tmp_path: Path):
     assert [r["epoch"] for r in rows] == list(range(1, last + 2))
     assert [r["agent_step"] for r in rows] == [e * STEPS for e in range(1, last + 2)]
     assert [e for e, _ in list_trainer_states(str(ckpts))] == [last + 1, last]
+
+
+def test_torchrun_restarts_over_its_shared_store_are_refused_with_the_fix():
+    """torchrun --max-restarts with the rendezvous store shared with the workers (torch's default): a restarted
+    group would find the dead group's addresses, so the launch is refused, naming the variable that fixes it."""
+    shared = {"TORCHELASTIC_MAX_RESTARTS": "2", "TORCHELASTIC_USE_AGENT_STORE": "True"}
+    with pytest.raises(LaunchError, match=r"--max-restarts=2 .* export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1"):
+        check_elastic_launch(shared)
+    check_elastic_launch({**shared, "TORCHELASTIC_USE_AGENT_STORE": "False"})  # what the variable makes torchrun do
+    check_elastic_launch({**shared, "TORCHELASTIC_MAX_RESTARTS": "0"})  # no restarts, no stale addresses
