@@ -177,9 +177,9 @@ def load_checkpoint(
     Loads the weights into ``agent`` in place, the optimizer state, and (when given) the curriculum state of
     ``vecenv``, the ``stopwatch`` and the RNG states. A checkpoint written at another torch.distributed world size
     resumes too; rank 0 then logs what that does to the batch sizes of ``trainer_config`` (this run's
-    ``TrainerConfig``, per rank) and whether the curriculum state was restored or rebuilt. A checkpoint that is corrupt, truncated, or whose policy
-    file cannot be loaded into ``agent`` is skipped with a warning naming its files, and the previous one is
-    used. Returns ``(0, 0, None)`` when the directory is missing or holds no checkpoint. Raises
+    ``TrainerConfig``, per rank) and whether the curriculum state was restored or rebuilt. A checkpoint that is
+    corrupt, truncated, or whose policy file cannot be loaded into ``agent`` is skipped with a warning naming its
+    files, and the previous one is used. Returns ``(0, 0, None)`` when the directory is missing or holds no checkpoint. Raises
     ``UnloadableCheckpointsError`` when it holds checkpoints and none can be loaded (nothing is changed), and
     ``ValueError`` when ``checkpoint_dir`` is a file or a run directory.
     ``policy_store`` and ``device`` are accepted for upstream's signature; the agent's own device is used.

@@ -7,8 +7,9 @@ One checkpoint is two files in the checkpoint directory::
 
 The trainer state holds ``agent_step``, ``epoch``, the optimizer state, the RNG states (python, numpy,
 torch, cuda), the curriculum state of every vecenv worker (rank 0's), the trainer config, the world size it was
-written at, the stopwatch state and any ``extra_args``. Its file is a header line, the sha256 of the payload, and the ``torch.save`` payload:
-``torch.load`` does not verify zip checksums, so without our own digest a flipped byte would load silently.
+written at, the stopwatch state and any ``extra_args``. Its file is a header line, the sha256 of the payload,
+and the ``torch.save`` payload: ``torch.load`` does not verify zip checksums, so without our own digest a flipped
+byte would load silently.
 
 Why a crash never leaves a run that cannot resume: the policy file is written first (atomically, fsynced),
 then the trainer state that points to it (atomically, fsynced). A trainer state therefore only exists once
