@@ -32,7 +32,7 @@ from metta.agent.agent_config import canonical_agent_name
 from metta.agent.policy_store import PolicyStore
 from metta.common.config_cli import ConfigCliError, parse_config
 from metta.common.device import require_device
-from metta.common.distributed import LaunchError, seed_process
+from metta.common.distributed import seed_process
 from metta.common.fault_points import fault_point
 from metta.common.fs import WriteError
 from metta.common.graceful_stop import GracefulStop
@@ -444,5 +444,5 @@ if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     try:
         main()
-    except (WriteError, LaunchError) as err:  # a full disk, an unwritable directory, a launch that cannot work
+    except WriteError as err:  # a full disk, an unwritable directory: the file and the cause, no traceback
         raise SystemExit(f"run.py: {err}") from None

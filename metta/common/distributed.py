@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import NamedTuple
 
@@ -62,31 +63,30 @@ DEFAULT_INIT_TIMEOUT_S = 30.0
 DEFAULT_COLLECTIVE_TIMEOUT_S = 1800.0
 
 
-class LaunchError(RuntimeError):
-    """This process was launched in a way that cannot work; the message says how to launch it instead."""
+def shared_store_restart_warning(environ: Mapping[str, str] | None = None) -> str | None:
+    """Why this torchrun launch's restarts may fail to connect, or None: when torchrun restarts workers
+    (``--max-restarts`` > 0) and shares its rendezvous store with them.
 
-
-def check_elastic_launch(environ: dict[str, str] | None = None) -> None:
-    """Raise ``LaunchError`` when torchrun restarts workers (``--max-restarts`` > 0) over its shared TCP store.
-
-    torchrun's c10d rendezvous shares one TCP store with every worker group it starts (unless
-    ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``), and the keys through which the ranks of a group find each other
-    have the same names in every group: a restarted rank reads the address of a rank that died with the previous
-    group and fails to connect (pytorch/pytorch#135712), using up the restarts. With the variable set, rank 0 of
-    each group serves a fresh store.
+    With ``--rdzv-backend=c10d`` (and ``--standalone``) torchrun keeps one store for every worker group it starts
+    unless ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``, and the keys through which the ranks of a group find each
+    other have the same names in every group: a restarted rank can read the address of a rank that died with the
+    previous group and fail to connect (pytorch/pytorch#135712), using up the restarts. With the variable set,
+    rank 0 of each group serves a fresh store. The static rendezvous (``--master_port``) shares its store too but
+    restarts fine; a worker cannot tell the two apart, hence a warning rather than an error.
     """
     env = os.environ if environ is None else environ
     try:
         restarts = int(env.get("TORCHELASTIC_MAX_RESTARTS", "0"))
     except ValueError:
         restarts = 0
-    if restarts > 0 and env.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
-        raise LaunchError(
-            f"torchrun --max-restarts={restarts} restarts the workers over the rendezvous store it shares with them, "
-            "where a restarted rank finds the addresses of the ranks that died and fails to connect "
-            "(pytorch/pytorch#135712); export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 before torchrun, which gives each "
-            "restart a fresh store (README.md, 'Several machines, restarts and lost ranks')"
-        )
+    if restarts <= 0 or env.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    return (
+        f"torchrun --max-restarts={restarts} shares its rendezvous store with the workers: under "
+        "--rdzv-backend=c10d or --standalone a restarted rank can find the addresses of the ranks that died there "
+        "and fail to connect (pytorch/pytorch#135712); export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 before torchrun "
+        "to give each restart a fresh store (README.md, 'Several machines, restarts and lost ranks')"
+    )
 
 
 def seed_process(seed: int, rank: int) -> int:
@@ -124,8 +124,8 @@ def setup_device_and_distributed(
 
     Joining gives up after ``init_timeout_s`` (30 s, upstream PR #2043) instead of hanging when a rank never
     arrives. The group's collectives then get ``collective_timeout_s``: rank 0 checkpoints and evaluates
-    while the others wait in the next all-reduce, which easily takes longer than 30 s. A torchrun launch whose
-    restarts cannot connect raises ``LaunchError`` first (``check_elastic_launch``).
+    while the others wait in the next all-reduce, which easily takes longer than 30 s. Rank 0 warns when
+    torchrun's restarts may not connect (``shared_store_restart_warning``).
     """
     from metta.common.device import resolve_device
 
@@ -138,7 +138,8 @@ def setup_device_and_distributed(
         local_rank = int(os.environ["LOCAL_RANK"])
     except ValueError:
         raise ValueError(f"LOCAL_RANK={os.environ['LOCAL_RANK']!r} must be an int; launch with torchrun") from None
-    check_elastic_launch()
+    if os.environ.get("RANK") == "0" and (warning := shared_store_restart_warning()):
+        logger.warning(warning)
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)  # NCCL uses the current device for its communicators (upstream #1950)
