@@ -25,16 +25,17 @@ import time
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from metta.agent.agent_config import canonical_agent_name
 from metta.agent.policy_store import PolicyStore
 from metta.common.config_cli import ConfigCliError, parse_config
-from metta.common.device import parse_device
+from metta.common.device import require_device
+from metta.common.distributed import seed_process
 from metta.common.evaluation_db import database_path
 from metta.common.fault_points import fault_point
+from metta.common.fs import WriteError
 from metta.common.graceful_stop import GracefulStop
 from metta.common.profiling.memory_monitor import MemoryMonitor
 from metta.common.profiling.stopwatch import Stopwatch
@@ -138,7 +139,7 @@ class RunConfig(BaseModel):
     @field_validator("device")
     @classmethod
     def _check_device(cls, value: str) -> str:
-        parse_device(value)
+        require_device(value)  # device=cuda without CUDA is an error, not a CPU run
         return value
 
     @field_validator("agent")
@@ -174,6 +175,7 @@ def main() -> None:
     # ---------------------------------------------------------------- setup
     # SIGTERM or Ctrl-C from here on: finish what is in progress, checkpoint what was trained, exit 0.
     stop = GracefulStop().install()
+    stop.watch_launcher(cfg.trainer.worker_timeout_s)  # under torchrun: no orphan ranks if the launcher dies
     device, is_master, world_size, rank = setup_device_and_distributed(cfg.device)
     trainer_cfg = scale_by_world_size(cfg.trainer, world_size)  # per-rank sizes
     run_name = cfg.run
@@ -186,8 +188,7 @@ def main() -> None:
         run_lock = acquire_run_lock(dirs.run_dir)
     except RunLockError as err:
         raise SystemExit(f"run.py: {err}") from None
-    torch.manual_seed(cfg.seed + rank)
-    np.random.seed(cfg.seed + rank)
+    env_seed = seed_process(cfg.seed, rank)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     trainer_cfg = trainer_cfg.with_run_dir(dirs.run_dir)  # folders not set go into the run directory
@@ -199,7 +200,7 @@ def main() -> None:
         curriculum_path=trainer_cfg.curriculum,
         env_config=trainer_cfg.env_overrides or None,
         device=str(device),
-        seed=cfg.seed + 1000 * rank,
+        seed=env_seed,
         num_envs=cfg.num_envs or 1,
         num_workers=trainer_cfg.num_workers,
         async_factor=trainer_cfg.async_factor,
@@ -222,7 +223,9 @@ def main() -> None:
     kickstarter = Kickstarter(trainer_cfg.kickstart, device, policy_store, env)
     timer = Stopwatch()
     try:
-        agent_step, epoch, policy_path = load_checkpoint(checkpoint_dir, agent, optimizer, vecenv=env, stopwatch=timer)
+        agent_step, epoch, policy_path = load_checkpoint(
+            checkpoint_dir, agent, optimizer, vecenv=env, stopwatch=timer, trainer_config=trainer_cfg
+        )
     except UnloadableCheckpointsError as err:  # never restart silently over a run's files
         if not cfg.restart_if_unloadable:
             raise SystemExit(
@@ -458,4 +461,7 @@ def evaluate_and_replay(
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    main()
+    try:
+        main()
+    except WriteError as err:  # a full disk, an unwritable directory: the file and the cause, no traceback
+        raise SystemExit(f"run.py: {err}") from None

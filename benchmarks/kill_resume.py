@@ -16,6 +16,17 @@ epochs and exits. The line holds:
     duplicates   epochs that appear more than once in metrics.jsonl at the end (should be 0)
     missing      epochs between 1 and the last that metrics.jsonl lacks (should be 0)
     kept         trainer states on disk at the end (keep_checkpoints=2)
+
+    python benchmarks/kill_resume.py --elastic --tries 6 [--seed 0] [--max-delay 2.0]
+
+The elastic mode runs one ``torchrun --nproc_per_node=2 --max-restarts=TRIES`` (c10d rendezvous,
+TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1) and lets torchrun restart it: each try SIGKILLs one rank, half of them a
+random rank a random 0 to ``--max-delay`` seconds after its group's setup, the other half rank 0 in the middle of
+its next trainer-state write (``METTA_KILL_AT`` armed once by removing ``METTA_FAULT_ONCE``'s file). After each
+kill the next group must resume from the newest checkpoint on disk. Then the launcher itself is SIGKILLed: its
+ranks must save and exit on their own (``orphans``: ranks still alive 60 s later, should be 0; ``saved_on_orphan``:
+the last logged epoch was checkpointed). A last plain torchrun trains two more epochs. The line adds
+``restarts`` (worker groups torchrun started after the first).
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +48,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+import psutil  # noqa: E402
 
 from metta.rl.checkpoint import list_trainer_states, load_latest_checkpoint  # noqa: E402
 
@@ -48,13 +62,15 @@ SETUP_DONE = re.compile(r"INFO run \S+: [\d,]+ agent steps on")
 RESUMED = re.compile(r"resumed from \S+: epoch (\d+), agent_step (\d+)")
 
 
-def start(data_dir: Path, total: int, log_path: Path, kill_at: str | None) -> subprocess.Popen:
+def start(
+    data_dir: Path, total: int, log_path: Path, kill_at: str | None, launcher: list[str] | None = None, **env_vars: str
+) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("METTA_", "RANK", "WORLD_SIZE", "LOCAL_RANK"))}
-    env.update(WANDB_MODE="disabled", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    env.update(WANDB_MODE="disabled", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **env_vars)
     if kill_at:
         env["METTA_KILL_AT"] = kill_at
-    cmd = [sys.executable, str(REPO / "run.py"), f"data_dir={data_dir}", "run=kr", f"trainer.total_timesteps={total}"]
-    cmd += ARGS
+    cmd = [*(launcher or [sys.executable]), str(REPO / "run.py"), f"data_dir={data_dir}", "run=kr"]
+    cmd += [f"trainer.total_timesteps={total}", *ARGS]
     with open(log_path, "w") as log:
         return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -91,15 +107,150 @@ def logged_rows(run_dir: Path) -> list[dict]:
     return rows
 
 
+def epoch_counts(run_dir: Path) -> dict[str, int]:
+    """``duplicates``, ``missing`` and ``final_epoch`` of the run's metrics.jsonl."""
+    epochs = [r["epoch"] for r in logged_rows(run_dir)]
+    counts = Counter(epochs)
+    return {
+        "duplicates": sum(c - 1 for c in counts.values()),
+        "missing": len(set(range(1, max(epochs, default=0) + 1)) - set(epochs)),
+        "final_epoch": max(epochs, default=0),
+    }
+
+
+def torchrun(*options: str) -> list[str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    head = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--rdzv-backend=c10d"]
+    return [*head, f"--rdzv-endpoint=127.0.0.1:{port}", *options]
+
+
+def elastic(args: argparse.Namespace, rng: random.Random, data_dir: Path) -> dict:
+    """The ``--elastic`` mode (see the module docstring)."""
+    run_dir, t0, steps_per_epoch = data_dir / "kr", time.monotonic(), 2 * STEPS_PER_EPOCH
+    fired = data_dir / "fault_fired"
+    fired.touch()  # the trainer-state kill stays disarmed until a try removes this file
+    log_path = data_dir / "elastic.log"
+    launcher = torchrun(f"--max-restarts={args.tries}", "--monitor-interval=0.2")
+    proc = start(
+        data_dir,
+        10**9,
+        log_path,
+        "write:trainer_state_*",
+        launcher,
+        TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1",
+        METTA_FAULT_ONCE=str(fired),
+    )
+    moments: Counter[str] = Counter()
+    resumed, lost, failures = 0, [], []
+
+    def log() -> str:
+        return log_path.read_text(errors="replace")
+
+    def wait(what: str, condition, timeout: float = 180) -> bool:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                why = "timed out" if proc.poll() is None else f"torchrun exited {proc.returncode}"
+                failures.append(f"no {what}: {why} ({log_path})")
+                return False
+            time.sleep(0.05)
+        return True
+
+    def ranks() -> dict[int, psutil.Process]:
+        found = {}
+        for child in psutil.Process(proc.pid).children():
+            try:
+                found[int(child.environ()["RANK"])] = child
+            except (KeyError, psutil.Error):
+                pass
+        return found
+
+    groups, expected = 0, (0, 0)
+    for i in range(args.tries):
+        if not wait(f"group {groups + 1}'s setup", lambda n=groups: len(SETUP_DONE.findall(log())) > n):
+            break
+        groups += 1
+        group = ranks()
+        if i % 2:
+            kind, victim = "write_trainer_state", 0
+            fired.unlink()
+        else:
+            kind, victim = "random_time", rng.choice(sorted(group))
+            time.sleep(rng.uniform(0.0, args.max_delay))
+            if victim in group:
+                group[victim].kill()
+        moments[f"{kind}_rank{victim}"] += 1
+        psutil.wait_procs(list(group.values()), timeout=180)
+        # The group is gone: what is on disk now is what the next one must resume.
+        expected = newest_checkpoint(run_dir)
+        reached = max((r.get("agent_step", 0) for r in logged_rows(run_dir)), default=0)
+        before = len(RESUMED.findall(log()))
+        if not wait(f"group {groups + 1}'s setup", lambda n=groups: len(SETUP_DONE.findall(log())) > n):
+            break
+        found = RESUMED.findall(log())
+        got = tuple(int(x) for x in found[-1]) if len(found) > before else (0, 0)
+        resumed += got == expected
+        lost.append(max(0, reached - got[1]))
+        if got != expected:
+            failures.append(f"try {i}: resumed from {got}, the newest checkpoint on disk was {expected}")
+
+    # The launcher dies: its ranks must save and exit on their own.
+    wait("epoch after the last restart", lambda: newest_checkpoint(run_dir)[0] > expected[0], timeout=120)
+    group = ranks()
+    proc.kill()
+    proc.wait()
+    _, alive = psutil.wait_procs(list(group.values()), timeout=60)
+    for p in alive:
+        p.kill()
+    logged = max((r["epoch"] for r in logged_rows(run_dir)), default=0)
+    saved_on_orphan = newest_checkpoint(run_dir)[0] == logged and "stopped by the launcher's death" in log()
+
+    final_log = data_dir / "final.log"
+    total = (newest_checkpoint(run_dir)[0] + 2) * steps_per_epoch
+    final = start(data_dir, total, final_log, None, torchrun())
+    final_exit = final.wait(300)
+    if final_exit != 0:
+        failures.append(f"the last torchrun exited {final_exit}: {final_log}")
+    return {
+        "benchmark": "kill_resume",
+        "mode": "elastic",
+        "tries": args.tries,
+        "resumed": resumed,
+        "restarts": len(SETUP_DONE.findall(log())) - 1,
+        "steps_lost": {
+            "total": sum(lost),
+            "mean": round(sum(lost) / max(len(lost), 1), 1),
+            "max": max(lost, default=0),
+        },
+        **epoch_counts(run_dir),
+        "final_exit": final_exit,
+        "orphans": len(alive),
+        "saved_on_orphan": saved_on_orphan,
+        "kept": len(list_trainer_states(str(run_dir / "checkpoints"))),
+        "kills": dict(sorted(moments.items())),
+        "failures": failures,
+        "seconds": round(time.monotonic() - t0, 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tries", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-delay", type=float, default=2.0, help="seconds after setup for the random-time kills")
     parser.add_argument("--data-dir", type=str, default=None, help="kept afterwards when given")
+    parser.add_argument("--elastic", action="store_true", help="two ranks under torchrun --max-restarts (see above)")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="kill_resume_"))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if args.elastic:
+        print(json.dumps(elastic(args, rng, data_dir)))
+        if args.data_dir is None:
+            shutil.rmtree(data_dir, ignore_errors=True)
+        return
     run_dir, t0 = data_dir / "kr", time.monotonic()
     moments: Counter[str] = Counter()
     resumed, lost, failures = 0, [], []
@@ -158,8 +309,6 @@ def main() -> None:
     if final_exit != 0:
         failures.append(f"the last process exited {final_exit}: {log_path}")
 
-    epochs = [r["epoch"] for r in logged_rows(run_dir)]
-    counts = Counter(epochs)
     result = {
         "benchmark": "kill_resume",
         "tries": args.tries,
@@ -169,9 +318,7 @@ def main() -> None:
             "mean": round(sum(lost) / max(len(lost), 1), 1),
             "max": max(lost, default=0),
         },
-        "duplicates": sum(c - 1 for c in counts.values()),
-        "missing": len(set(range(1, max(epochs, default=0) + 1)) - set(epochs)),
-        "final_epoch": max(epochs, default=0),
+        **epoch_counts(run_dir),
         "final_exit": final_exit,
         "kept": len(list_trainer_states(str(run_dir / "checkpoints"))),
         "kills": dict(sorted(moments.items())),

@@ -37,7 +37,7 @@ from metta.agent.metta_agent import MettaAgent
 from metta.agent.policy_cache import PolicyCache
 from metta.agent.policy_metadata import PolicyMetadata
 from metta.agent.policy_record import PolicyRecord
-from metta.common.fault_points import fault_point
+from metta.common.fs import atomic_torch_save
 
 logger = logging.getLogger(__name__)
 
@@ -207,7 +207,8 @@ class PolicyStore:
         return PolicyRecord(self, name, f"file://{path}", PolicyMetadata())
 
     def save(self, pr: PolicyRecord, path: str | None = None) -> PolicyRecord:
-        """Write ``pr``'s policy and metadata atomically (temp file, then ``os.replace``) and return ``pr``."""
+        """Write ``pr``'s policy and metadata atomically and durably (``metta.common.fs.atomic_torch_save``: temp
+        file, fsync, ``os.replace``) and return ``pr``; a failed write raises ``WriteError``."""
         path = path or pr.file_path
         if path is None:
             raise ValueError(
@@ -218,16 +219,9 @@ class PolicyStore:
             raise TypeError(
                 f"PolicyStore saves MettaAgent policies; record {pr.run_name!r} holds a {type(agent).__name__}"
             )
-        data = policy_to_dict(agent, pr.metadata, pr.run_name)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = f"{path}.tmp.{os.getpid()}"
-        try:
-            torch.save(data, tmp)
-            fault_point("write", os.path.basename(path))
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        # Serialized in memory, then written by the one atomic writer: a full disk or an unwritable directory is
+        # a WriteError naming the file and the cause (torch's own file writer says "unexpected pos" for both).
+        atomic_torch_save(policy_to_dict(agent, pr.metadata, pr.run_name), path)
         pr.uri = f"file://{path}"
         # Cache a metadata-only twin: caching the live training module would hand later readers a policy
         # that keeps changing under them.

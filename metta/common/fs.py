@@ -4,11 +4,14 @@ A write is atomic: the bytes go to a temp file in the same directory, are fsynce
 renamed over the target with ``os.replace`` (atomic on POSIX and Windows), then the directory is fsynced so
 the rename itself survives a power cut. A process killed at any moment (SIGKILL included) leaves either
 the old file or the new one, plus at most a ``<name>.tmp.<pid>`` leftover that ``remove_stale_temp_files``
-cleans up.
+cleans up. A write that fails (disk full, a directory that is not writable, a directory where the file
+should be) raises ``WriteError``, an ``OSError`` whose message names the file and the cause, and leaves the
+old file as it was.
 """
 
 from __future__ import annotations
 
+import errno
 import glob
 import hashlib
 import io
@@ -18,6 +21,31 @@ from typing import Any
 from metta.common.fault_points import fault_point
 
 TEMP_MARKER = ".tmp."
+
+
+class WriteError(OSError):
+    """A file could not be written; ``str()`` names it and says why (``errno`` and ``filename`` are the cause's)."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()  # the message alone, without "[Errno N] ...: 'path'"
+
+
+def write_error(path: str | os.PathLike, err: OSError) -> WriteError:
+    """``err``, raised while writing ``path``, as a ``WriteError`` that names ``path`` and the cause in words."""
+    path = os.path.abspath(os.fspath(path))
+    directory = os.path.dirname(path)
+    reason = err.strerror or str(err)
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        cause = f"the disk is full ({reason}); free space on the filesystem of {directory}"
+    elif err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        cause = f"{directory} is not writable ({reason}); check its permissions, attributes and mount"
+    elif err.errno == errno.EISDIR or os.path.isdir(path):
+        cause = "a directory has that name; move it aside"
+    elif err.errno == errno.EFBIG:
+        cause = f"the file is larger than this process may write ({reason}; see ulimit -f)"
+    else:
+        cause = reason
+    return WriteError(err.errno, f"cannot write {path}: {cause}", path)
 
 
 def temp_path_for(path: str) -> str:
@@ -52,15 +80,17 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically and durably."""
     path = os.path.abspath(path)
     directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
     tmp = temp_path_for(path)
     try:
+        os.makedirs(directory, exist_ok=True)
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         fault_point("write", os.path.basename(path))
         os.replace(tmp, path)
+    except OSError as err:
+        raise write_error(path, err) from err
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -18,6 +18,12 @@ Under torch.distributed, ``should_stop`` all-reduces the flag (max) once per cal
 rank stops every rank after the same iteration. torchrun forwards the SIGTERM or SIGINT it receives to every
 rank; the ranks then save and exit 0, while torchrun itself reports the signal it got.
 
+Under torchrun, ``watch_launcher(grace_s)`` also stops the run when the launcher itself dies (SIGKILL, the OOM
+killer), which no signal reports to its ranks: a thread sees the process re-parented within a second and asks
+for a stop, so every rank finishes the iteration, rank 0 saves and all exit, releasing the run's lock. A rank
+still running ``grace_s`` later (its iteration cannot finish: a peer is gone or stuck) exits at once with
+status 1, without a final checkpoint; the run resumes from the last one.
+
 Handlers go in only when ``install()`` is called, from the main thread; importing this module changes nothing.
 """
 
@@ -48,6 +54,7 @@ class GracefulStop:
         self.signal_name: str | None = None  # the signal that asked for the stop (None: none yet)
         self._first_at: float | None = None
         self._previous: dict[signal.Signals, Any] = {}
+        self._watcher: threading.Thread | None = None
 
     @property
     def requested(self) -> bool:
@@ -106,6 +113,42 @@ class GracefulStop:
             handler.flush()
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGINT)  # end by the signal itself, as an unhandled Ctrl-C would
+
+    def watch_launcher(self, grace_s: float, poll_s: float = 0.5) -> bool:
+        """Under torchrun (``TORCHELASTIC_RUN_ID`` set), watch the launcher that started this process: when it is
+        gone, ask for a stop, and exit with status 1 if this process still runs ``grace_s`` seconds later.
+        Returns whether a watch was started (False outside torchrun, or when already watching)."""
+        if grace_s <= 0:
+            raise ValueError(f"grace_s={grace_s!r} must be a positive number of seconds")
+        launcher = os.getppid()
+        if "TORCHELASTIC_RUN_ID" not in os.environ or self._watcher is not None or launcher == 1:
+            return False
+        self._watcher = threading.Thread(
+            target=self._watch, args=(launcher, float(grace_s), min(float(poll_s), grace_s / 4)), daemon=True
+        )
+        self._watcher.name = "metta-launcher-watch"
+        self._watcher.start()
+        return True
+
+    def _watch(self, launcher: int, grace_s: float, poll_s: float) -> None:
+        while os.getppid() == launcher:  # a process whose parent died is re-parented (to init or a subreaper)
+            time.sleep(poll_s)
+        logger.warning(
+            "the torchrun launcher (pid %d) is gone: stopping after this iteration with a checkpoint; exiting "
+            "without one if that takes more than %g s (trainer.worker_timeout_s)",
+            launcher,
+            grace_s,
+        )
+        self.request("the launcher's death")
+        time.sleep(grace_s)
+        logger.error(
+            "still running %g s after the torchrun launcher died (another rank is gone or stuck): exiting now "
+            "without a final checkpoint; the run resumes from its last one",
+            grace_s,
+        )
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(1)  # the kernel drops run.lock with the process; vecenv workers follow by their death signal
 
     def should_stop(self, device: torch.device | str | None = None) -> bool:
         """Whether to stop after this iteration; under torch.distributed every rank must call it (same answer).

@@ -11,22 +11,28 @@ Metric keys follow the shared vocabulary (``overview/*``, ``losses/*``, ``env_*`
 A run that resumes passes ``resume_epoch``, the epoch of the checkpoint it resumes from (0 when it starts
 fresh): rows the killed run logged after that checkpoint are dropped from the file first (and a torn last line),
 since those epochs are about to be trained and logged again. The file then has each epoch once, wherever the
-kill came.
+kill came. Lines that are not metrics rows (a damaged file) are dropped with a warning that quotes them, and the
+epochs up to the checkpoint whose rows are then missing are named.
+
+A file that cannot be written (a directory named ``metrics.jsonl``, a full disk) raises
+``metta.common.fs.WriteError`` naming the file and the cause.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
 import operator
+import re
 import sys
 import time
 from pathlib import Path
 from typing import Any, TextIO
 
 from metta.common.fault_points import fault_point
-from metta.common.fs import atomic_write_text
+from metta.common.fs import WriteError, atomic_write_text, write_error
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +62,7 @@ class StatsLogger:
         self.metrics_path = self.run_dir / "metrics.jsonl"
         if resume_epoch is not None:
             drop_rows_after(self.metrics_path, resume_epoch)
-        self._file = self.metrics_path.open("a")
+        self._file = self._open()
         self.total_timesteps = total_timesteps
         self.wandb_run = wandb_run
         self.console = console
@@ -76,14 +82,25 @@ class StatsLogger:
         logged after ``epoch`` are dropped from the file, and logging goes on after the rest."""
         self._file.close()
         drop_rows_after(self.metrics_path, epoch)
-        self._file = self.metrics_path.open("a")
+        self._file = self._open()
+
+    def _open(self) -> TextIO:
+        if self.metrics_path.is_dir():  # open() would say only "Is a directory"
+            raise write_error(self.metrics_path, IsADirectoryError(errno.EISDIR, "Is a directory"))
+        try:
+            return self.metrics_path.open("a")
+        except OSError as err:
+            raise write_error(self.metrics_path, err) from err
 
     def log(self, epoch: int, agent_step: int, metrics: dict[str, Any]) -> None:
         row = {"epoch": epoch, "agent_step": agent_step, "time": round(time.time() - self._start, 3)}
         row.update({k: _plain(v) for k, v in metrics.items()})
         fault_point("log", str(epoch))
-        self._file.write(json.dumps(row) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(row) + "\n")
+            self._file.flush()
+        except OSError as err:
+            raise write_error(self.metrics_path, err) from err
         if self.wandb_run is not None:
             self.wandb_run.log({**row, "metric/agent_step": agent_step, "metric/epoch": epoch}, step=agent_step)
         if self._tb is not None:
@@ -138,10 +155,17 @@ class StatsLogger:
             self._tb = None
 
 
+_EPOCH_IN_TEXT = re.compile(r'"epoch"\s*:\s*(\d+)')
+
+
 def drop_rows_after(metrics_path: str | Path, epoch: int) -> int:
-    """Remove the rows of ``metrics_path`` whose epoch is above ``epoch`` (and unreadable lines, such as the
-    torn last line of a killed write); returns how many went. The file is rewritten atomically, so a kill
-    during the rewrite leaves the old file, which the next resume trims again."""
+    """Remove the rows of ``metrics_path`` whose epoch is above ``epoch`` and every line that is not a metrics row;
+    returns how many lines went. The file is rewritten atomically, so a kill during the rewrite leaves the old
+    file, which the next resume trims again.
+
+    Each kind is reported as what it is: rows logged after the checkpoint and a torn last line (a write cut
+    short by a kill) are the normal leftovers of a killed run (info); any other unreadable line is damage
+    (a warning that quotes it), and the epochs up to ``epoch`` whose rows are then missing are named."""
     given = epoch
     try:
         epoch = operator.index(epoch)
@@ -152,23 +176,91 @@ def drop_rows_after(metrics_path: str | Path, epoch: int) -> int:
             f"resume_epoch={given!r} must be an int >= 0: the epoch of the checkpoint the run resumes from"
         )
     path = Path(metrics_path)
+    if path.is_dir():
+        raise write_error(path, IsADirectoryError(errno.EISDIR, "Is a directory"))
     if not path.exists():
         return 0
-    text = path.read_text(errors="replace")
-    kept, dropped = [], 0
-    for line in text.splitlines():
-        try:
-            row = json.loads(line)
-            keep = isinstance(row, dict) and int(row["epoch"]) <= epoch
-        except (ValueError, KeyError, TypeError):
-            keep = False
-        if keep:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as err:
+        raise WriteError(err.errno, f"cannot read {path.resolve()} to resume it: {err.strerror or err}") from err
+    lines = text.splitlines()
+    kept: list[str] = []
+    kept_epochs: list[int] = []
+    after = torn = 0
+    damaged: list[tuple[int, str, int]] = []  # (line number, the line, rows kept before it)
+    for number, line in enumerate(lines, 1):
+        row_epoch = _row_epoch(line)
+        if row_epoch is not None and row_epoch <= epoch:
             kept.append(line)
+            kept_epochs.append(row_epoch)
+        elif row_epoch is not None:
+            after += 1
+        elif number == len(lines) and not text.endswith("\n"):
+            torn += 1
+            damaged.append((number, line, len(kept)))
         elif line.strip():
-            dropped += 1
-    if dropped or (text and not text.endswith("\n")):
+            damaged.append((number, line, len(kept)))
+    if after or damaged or (text and not text.endswith("\n")):
         atomic_write_text(str(path), "".join(line + "\n" for line in kept))
+    if after:
         logger.info(
-            "%s: dropped %d row(s) logged after epoch %d, the checkpoint this run resumes from", path, dropped, epoch
+            "%s: dropped %d row(s) logged after epoch %d, the checkpoint this run resumes from", path, after, epoch
         )
-    return dropped
+    for number, line, _ in damaged:
+        if torn and number == len(lines):
+            logger.info("%s: dropped the torn last line (a write cut short, e.g. by a kill): %s", path, _quote(line))
+        else:
+            logger.warning("%s: line %d is not a metrics row, dropped: %s", path, number, _quote(line))
+    missing = _missing_rows(kept_epochs, damaged, epoch)
+    if missing:
+        logger.warning(
+            "%s lacks the rows of %s (up to epoch %d, the checkpoint this run resumes from): their metrics are lost",
+            path,
+            "; ".join(missing),
+            epoch,
+        )
+    return after + len(damaged)
+
+
+def _row_epoch(line: str) -> int | None:
+    """The epoch of a metrics row, or None when ``line`` is not one."""
+    try:
+        row = json.loads(line)
+        value = row["epoch"] if isinstance(row, dict) else None
+    except (ValueError, KeyError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _quote(line: str, limit: int = 80) -> str:
+    return repr(line if len(line) <= limit else line[:limit] + "...")
+
+
+def _missing_rows(kept_epochs: list[int], damaged: list[tuple[int, str, int]], epoch: int) -> list[str]:
+    """The epochs (or stretches between two logged epochs) up to ``epoch`` whose rows a damaged line replaced,
+    plus the stretch after the last logged row when the file ends before ``epoch``."""
+    missing: list[str] = []
+    logged = set(kept_epochs)
+    last = kept_epochs[-1] if kept_epochs else 0
+    tail_covered = False
+    for _, line, kept_before in damaged:
+        found = _EPOCH_IN_TEXT.search(line)  # a torn or garbled row may still say which epoch it was
+        if found:
+            lost = int(found.group(1))
+            if lost <= epoch and lost not in logged:
+                missing.append(f"epoch {lost}")
+                last = max(last, lost)
+            continue
+        prev = kept_epochs[kept_before - 1] if kept_before else 0
+        nxt = kept_epochs[kept_before] if kept_before < len(kept_epochs) else None
+        tail_covered |= nxt is None
+        upper = nxt if nxt is not None else epoch + 1
+        if prev + 1 < upper and prev < epoch:
+            if nxt is None:
+                missing.append(f"the epochs after {prev}")
+            else:
+                missing.append(f"the epochs after {prev} and before {nxt}")
+    if last < epoch and not tail_covered:
+        missing.append(f"the epochs after {last}")
+    return list(dict.fromkeys(missing))

@@ -170,13 +170,16 @@ def load_checkpoint(
     vecenv: Any = None,
     stopwatch: Any = None,
     restore_rng: bool = True,
+    trainer_config: Any = None,
 ) -> tuple[int, int, str | None]:
     """Resume from the newest good checkpoint in ``checkpoint_dir``: ``(agent_step, epoch, policy_path)``.
 
     Loads the weights into ``agent`` in place, the optimizer state, and (when given) the curriculum state of
-    ``vecenv``, the ``stopwatch`` and the RNG states. A checkpoint that is corrupt, truncated, or whose policy
-    file cannot be loaded into ``agent`` is skipped with a warning naming its files, and the previous one is
-    used. Returns ``(0, 0, None)`` when the directory is missing or holds no checkpoint. Raises
+    ``vecenv``, the ``stopwatch`` and the RNG states. A checkpoint written at another torch.distributed world size
+    resumes too; rank 0 then logs what that does to the batch sizes of ``trainer_config`` (this run's
+    ``TrainerConfig``, per rank) and whether the curriculum state was restored or rebuilt. A checkpoint that is
+    corrupt, truncated, or whose policy file cannot be loaded into ``agent`` is skipped with a warning naming its
+    files, and the previous one is used. Returns ``(0, 0, None)`` when the directory is missing or holds no checkpoint. Raises
     ``UnloadableCheckpointsError`` when it holds checkpoints and none can be loaded (nothing is changed), and
     ``ValueError`` when ``checkpoint_dir`` is a file or a run directory.
     ``policy_store`` and ``device`` are accepted for upstream's signature; the agent's own device is used.
@@ -189,7 +192,15 @@ def load_checkpoint(
     ckpt = _checkpoint.load_latest_checkpoint(checkpoint_dir, agent)
     if ckpt is None:
         return 0, 0, None
-    _checkpoint.restore_checkpoint(ckpt, agent, optimizer, vecenv=vecenv, stopwatch=stopwatch, restore_rng=restore_rng)
+    _checkpoint.restore_checkpoint(
+        ckpt,
+        agent,
+        optimizer,
+        vecenv=vecenv,
+        stopwatch=stopwatch,
+        restore_rng=restore_rng,
+        trainer_config=trainer_config,
+    )
     return ckpt.agent_step, ckpt.epoch, ckpt.policy_path
 
 

@@ -6,9 +6,10 @@ One checkpoint is two files in the checkpoint directory::
     trainer_state_0010.ckpt    everything else, and the policy file's name and sha256
 
 The trainer state holds ``agent_step``, ``epoch``, the optimizer state, the RNG states (python, numpy,
-torch, cuda), the curriculum state of every vecenv worker, the trainer config, the stopwatch state and any
-``extra_args``. Its file is a header line, the sha256 of the payload, and the ``torch.save`` payload:
-``torch.load`` does not verify zip checksums, so without our own digest a flipped byte would load silently.
+torch, cuda), the curriculum state of every vecenv worker (rank 0's), the trainer config, the world size it was
+written at, the stopwatch state and any ``extra_args``. Its file is a header line, the sha256 of the payload,
+and the ``torch.save`` payload: ``torch.load`` does not verify zip checksums, so without our own digest a flipped
+byte would load silently.
 
 Why a crash never leaves a run that cannot resume: the policy file is written first (atomically, fsynced),
 then the trainer state that points to it (atomically, fsynced). A trainer state therefore only exists once
@@ -19,7 +20,12 @@ the trainer state and its policy file) any that is truncated or corrupt, or whos
 not match its digest, is not a policy or does not fit the agent, and returns the first good one. When trainer
 states exist and none is good it raises ``UnloadableCheckpointsError``: a run never silently starts over them.
 
-Only rank 0 writes; every rank may read.
+Only rank 0 writes; every rank may read. A write that fails (disk full, an unwritable directory) raises
+``metta.common.fs.WriteError`` naming the file, the cause and the newest checkpoint on disk, which it left intact.
+
+A run may resume at another world size (more or fewer torchrun ranks): ``restore_checkpoint`` restores the
+optimizer state and the run's counters as they are, says in the log what happens to the batch sizes
+(``trainer.scale_batches_by_world_size``), and says whether the curriculum state was restored or rebuilt.
 """
 
 from __future__ import annotations
@@ -39,9 +45,10 @@ import torch
 
 from metta.agent.policy_record import PolicyRecord
 from metta.agent.policy_store import PolicyFileError, PolicyStore, read_policy_file
-from metta.common.distributed import barrier, is_distributed, is_master, unwrap_agent
+from metta.common.distributed import barrier, get_rank, get_world_size, is_distributed, is_master, unwrap_agent
 from metta.common.fault_points import fault_point
 from metta.common.fs import (
+    WriteError,
     atomic_write_bytes,
     fsync_dir,
     fsync_file,
@@ -86,6 +93,7 @@ class TrainerCheckpoint:
     rng_state: dict[str, Any] | None = None
     curriculum_state: list[dict[str, Any]] | dict[str, Any] | None = None
     trainer_config: dict[str, Any] | None = None
+    world_size: int | None = None  # torch.distributed ranks of the run that wrote it (None: an older file)
     extra_args: dict[str, Any] = field(default_factory=dict)
     path: str | None = None  # the trainer-state file this record was read from or written to
 
@@ -101,6 +109,7 @@ class TrainerCheckpoint:
             "rng_state": self.rng_state,
             "curriculum_state": self.curriculum_state,
             "trainer_config": self.trainer_config,
+            "world_size": self.world_size,
             "extra_args": dict(self.extra_args),
         }
 
@@ -457,20 +466,36 @@ def save_checkpoint(
         meta["total_time"] = stopwatch.get_elapsed()
         meta["train_time"] = stopwatch.get_elapsed("_train")
     meta.update(metadata or {})
-    record = write_policy(checkpoint_dir, epoch, agent, policy_store, meta)
-    write_checkpoint_state(
-        checkpoint_dir,
-        epoch=epoch,
-        agent_step=agent_step,
-        optimizer=optimizer,
-        trainer_config=trainer_config,
-        vecenv=vecenv,
-        curriculum_state=curriculum_state,
-        stopwatch=stopwatch,
-        extra_args=extra_args,
-        keep_last_n=keep_last_n,
-    )
+    try:
+        record = write_policy(checkpoint_dir, epoch, agent, policy_store, meta)
+        write_checkpoint_state(
+            checkpoint_dir,
+            epoch=epoch,
+            agent_step=agent_step,
+            optimizer=optimizer,
+            trainer_config=trainer_config,
+            vecenv=vecenv,
+            curriculum_state=curriculum_state,
+            stopwatch=stopwatch,
+            extra_args=extra_args,
+            keep_last_n=keep_last_n,
+        )
+    except WriteError as err:
+        raise checkpoint_write_error(err, checkpoint_dir, epoch) from err
     return record
+
+
+def checkpoint_write_error(err: WriteError, checkpoint_dir: str, epoch: int) -> WriteError:
+    """``err`` (a failed write of epoch ``epoch``'s checkpoint) with what is left: the newest checkpoint on disk,
+    which the failed write did not touch and which a resumed run starts from."""
+    older = [(e, path) for e, path in list_trainer_states(checkpoint_dir) if e != epoch]
+    kept = (
+        f"The newest checkpoint on disk, {older[0][1]} (epoch {older[0][0]}), is intact and a resumed run starts "
+        "from it"
+        if older
+        else "There is no earlier checkpoint: a resumed run starts from scratch"
+    )
+    return WriteError(err.errno, f"checkpoint of epoch {epoch} not saved: {err}. {kept}", err.filename)
 
 
 def write_policy(
@@ -538,6 +563,7 @@ def write_checkpoint_state(
         rng_state=capture_rng_state(),
         curriculum_state=curriculum_state,
         trainer_config=_config_as_dict(trainer_config),
+        world_size=get_world_size(),
         extra_args=dict(extra_args or {}),
     )
     write_trainer_state(os.path.join(checkpoint_dir, trainer_state_file_name(epoch)), ckpt)
@@ -640,12 +666,15 @@ def restore_checkpoint(
     vecenv: Any = None,
     stopwatch: Any = None,
     restore_rng: bool = True,
+    trainer_config: Any = None,
 ) -> None:
     """Load a verified checkpoint into live objects (each one optional).
 
     The agent's weights are loaded in place, so call this before ``wrap_agent_distributed`` or pass the
     wrapped agent (it is unwrapped). Every rank should call it with the same checkpoint; RNG states are
-    restored on rank 0 only, since the other ranks must keep streams of their own.
+    restored on rank 0 only, since the other ranks must keep streams of their own (``restore_curriculum``).
+    When the checkpoint was written at another world size, rank 0 logs what that does to the batch sizes of
+    ``trainer_config`` (this run's per-rank ``TrainerConfig``; ``world_size_change``).
     """
     if agent is not None:
         try:
@@ -667,12 +696,85 @@ def restore_checkpoint(
                 ckpt.path,
                 e,
             )
-    if vecenv is not None and ckpt.curriculum_state is not None and hasattr(vecenv, "set_curriculum_state"):
-        try:
-            vecenv.set_curriculum_state(ckpt.curriculum_state)
-        except ValueError as e:
-            logger.warning("curriculum state in %s not restored: %s", ckpt.path, e)
+    resized = ckpt.world_size is not None and ckpt.world_size != get_world_size()
+    if resized and is_master():
+        logger.warning(world_size_change(ckpt.world_size, get_world_size(), ckpt.trainer_config, trainer_config))
+    if vecenv is not None and hasattr(vecenv, "set_curriculum_state"):
+        restore_curriculum(ckpt, vecenv, resized)
     if stopwatch is not None and ckpt.stopwatch_state:
         stopwatch.load_state(ckpt.stopwatch_state, resume_running=True)
     if restore_rng and ckpt.rng_state and is_master():
         restore_rng_state(ckpt.rng_state)
+
+
+def world_size_change(saved_world_size: int, world_size: int, saved_config: Any, trainer_config: Any) -> str:
+    """In words, what resuming a checkpoint written by ``saved_world_size`` ranks with ``world_size`` ranks does
+    to the batch sizes: ``saved_config`` is the checkpoint's recorded trainer config and ``trainer_config`` this
+    run's (both per rank, as ``scale_by_world_size`` made them; either may be None)."""
+    head = f"resuming at world size {world_size} from a checkpoint written at world size {saved_world_size}"
+    now = _config_as_dict(trainer_config)
+    if now is None:
+        return f"{head}; the optimizer state, agent_step and the schedules go on from the checkpoint"
+    before = _config_as_dict(saved_config) or {}
+
+    def sizes(cfg: Mapping[str, Any], ranks: int) -> str:
+        return (
+            f"batch_size {cfg['batch_size'] * ranks} in all ({ranks} x {cfg['batch_size']}), minibatch_size "
+            f"{cfg['minibatch_size'] * ranks} ({ranks} x {cfg['minibatch_size']})"
+        )
+
+    if now.get("scale_batches_by_world_size"):
+        rule = "trainer.scale_batches_by_world_size=true keeps the totals and splits them over the ranks"
+    else:
+        rule = (
+            "trainer.scale_batches_by_world_size=false keeps the per-rank sizes, so the totals (and each epoch's "
+            "agent steps) change with the world size"
+        )
+    was = f"; before: {sizes(before, saved_world_size)}" if "batch_size" in before else ""
+    return (
+        f"{head}: {rule}; now {sizes(now, world_size)}{was}. The optimizer state, agent_step and the schedules "
+        "go on from the checkpoint"
+    )
+
+
+def without_rng_states(state: Any) -> Any:
+    """A curriculum state with every ``"rng"`` entry (a random stream's position) left out, at any depth."""
+    if isinstance(state, Mapping):
+        return {k: without_rng_states(v) for k, v in state.items() if k != "rng"}
+    if isinstance(state, list):
+        return [without_rng_states(v) for v in state]
+    return state
+
+
+def restore_curriculum(ckpt: TrainerCheckpoint, vecenv: Any, resized: bool = False) -> bool:
+    """Load the checkpoint's curriculum state (rank 0's, one entry per vecenv worker) into ``vecenv``; True when
+    it was restored.
+
+    Rank 0 takes it whole; the other ranks take what it learned (task weights, completions) but keep their own
+    random streams, so that the ranks go on drawing different tasks. A state that does not fit this vecenv
+    (another ``num_workers`` or curriculum) is left out with a warning, and every rank goes on with the curriculum
+    as built from the config. After a world-size change (``resized``) rank 0 says which of the two happened.
+    """
+    where = ckpt.path
+    if ckpt.curriculum_state is None:
+        if resized and is_master():
+            logger.warning("%s holds no curriculum state: each rank rebuilt its curriculum from the config", where)
+        return False
+    state = ckpt.curriculum_state if get_rank() == 0 else without_rng_states(ckpt.curriculum_state)
+    try:
+        vecenv.set_curriculum_state(state)
+    except ValueError as e:
+        if is_master():
+            logger.warning(
+                "curriculum state in %s not restored (%s): each rank rebuilt its curriculum from the config", where, e
+            )
+        return False
+    if resized and is_master():
+        logger.warning(
+            "curriculum state restored from %s (rank 0's, written at world size %d) on each of the %d ranks; the "
+            "ranks other than 0 keep their own random streams",
+            where,
+            ckpt.world_size,
+            get_world_size(),
+        )
+    return True

@@ -7,6 +7,12 @@ until the next rollout. The buffer is ``full`` once every row has been filled, s
 rollouts (upstream handed out rows ring-wise, which could overwrite a finished row half-way when
 ``segments`` is not a multiple of the agents).
 
+Agent steps. A rollout steps every agent until the last row is full, so when ``segments`` is not a multiple of
+the agents, the agents left without a row step on without storing: ``agent_steps_per_rollout`` (what
+``rollout()`` adds to ``agent_step``) is then more than ``batch_size`` (what is trained on), and the buffer warns
+once, naming both and the batch sizes that waste nothing. With ``agents_per_batch`` below the agents (async
+vecenvs) it is an upper bound: the last batch of agents may not need its final step.
+
 Rollouts. ``ready_for_training`` is true when the buffer is full and no minibatch has been drawn from it
 yet. Drawing one marks the data as trained on; the next ``store`` then starts a new rollout by itself, so
 the plain loop ``while not experience.ready_for_training: perform_rollout_step(...)`` followed by
@@ -64,6 +70,8 @@ A minibatch is a dict of tensors on ``device``: ``obs [mb, bptt, *obs_shape]``, 
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -74,6 +82,8 @@ from metta.mettagrid.vecenv import calculate_batch_sizes  # noqa: F401 - upstrea
 from metta.rl.advantage import RowTail, compute_advantage
 from metta.rl.host_transfer import ActionDownload, HostUpload
 from metta.rl.trainer_config import TrainerConfig
+
+logger = logging.getLogger(__name__)
 
 
 class Experience:
@@ -147,6 +157,12 @@ class Experience:
         self.device = torch.device(device)
         self.cpu_offload = bool(cpu_offload)
         self.agents_per_batch = int(agents_per_batch or total_agents)
+        # Every agent steps until the last row is full: ceil(rows per agent) steps of bptt_horizon each.
+        self.agent_steps_per_rollout = (
+            math.ceil(self.segments / self.total_agents) * self.bptt_horizon * self.total_agents
+        )
+        if self.agent_steps_per_rollout != self.batch_size:
+            logger.warning(self._uneven_rows())
 
         S, H = self.segments, self.bptt_horizon
         obs_shape = tuple(obs_space.shape)
@@ -550,10 +566,26 @@ class Experience:
         )
         where = f"observations on {self.obs.device}" + (" (offloaded)" if self.cpu_offload else "")
         lstm = "sized from the policy" if self.hidden_size is None else f"{self.num_lstm_layers}x{self.hidden_size}"
+        steps = f"{self.batch_size} agent steps"
+        if self.agent_steps_per_rollout != self.batch_size:
+            up_to = "up to " if self.agents_per_batch < self.total_agents else ""
+            steps += f" trained of the {up_to}{self.agent_steps_per_rollout} each rollout steps"
         return (
-            f"experience: {self.segments} rows of {self.bptt_horizon} steps ({self.batch_size} agent steps) for "
+            f"experience: {self.segments} rows of {self.bptt_horizon} steps ({steps}) for "
             f"{self.total_agents} agents, {self.num_minibatches // self.accumulate_minibatches} minibatches of "
             f"{self.minibatch_size * self.accumulate_minibatches} steps{pieces}, {where}, LSTM {lstm}"
+        )
+
+    def _uneven_rows(self) -> str:
+        rows, agents, bptt = self.segments, self.total_agents, self.bptt_horizon
+        up_to = "up to " if self.agents_per_batch < agents else ""
+        lower, upper = (rows // agents) * agents * bptt, math.ceil(rows / agents) * agents * bptt
+        fits = f"batch_size={lower} or {upper}" if lower else f"batch_size={upper}"
+        return (
+            f"batch_size={self.batch_size} is {rows} rows of {bptt} steps, which do not split evenly over {agents} "
+            f"agents: each rollout steps {up_to}{self.agent_steps_per_rollout} agent steps (agent_step counts them "
+            f"all) and trains on {self.batch_size}; {fits} (a multiple of {agents} agents x bptt_horizon {bptt}) "
+            "wastes none"
         )
 
     def stats(self) -> dict[str, float]:

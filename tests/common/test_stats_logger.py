@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import math
 
 import pytest
 
+from metta.common.fs import WriteError
 from metta.common.stats_logger import StatsLogger
 
 
@@ -62,3 +64,38 @@ def test_resume_drops_rows_logged_after_the_checkpoint(tmp_path):
     assert (tmp_path / "metrics.jsonl").read_text() == ""
     with pytest.raises(ValueError, match="resume_epoch=-1 must be an int >= 0"):
         StatsLogger(tmp_path, console=False, resume_epoch=-1)
+
+
+def test_damage_is_reported_as_what_it_is_and_lost_epochs_are_named(tmp_path, caplog):
+    rows = [json.dumps({"epoch": e, "agent_step": e * 100}) for e in range(1, 8)]
+    lines = [rows[0], rows[1], "\x00\x00garbage\x00", rows[3], '{"epoch": 5, "agent_st#$%', rows[5], "[1, 2]", rows[6]]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n" + '{"epoch": 8, "agen')  # and a torn last line
+    with caplog.at_level("INFO", logger="metta.common.stats_logger"):
+        StatsLogger(tmp_path, console=False, resume_epoch=6).close()
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 4, 6]
+    text = caplog.text
+    assert "dropped 1 row(s) logged after epoch 6" in text  # epoch 7: about to be trained again
+    assert 'dropped the torn last line (a write cut short, e.g. by a kill): \'{"epoch": 8, "agen\'' in text
+    assert "line 3 is not a metrics row, dropped: '\\x00\\x00garbage\\x00'" in text
+    assert "line 5 is not a metrics row" in text and "line 7 is not a metrics row, dropped: '[1, 2]'" in text
+    assert "lacks the rows of the epochs after 2 and before 4; epoch 5 (up to epoch 6" in text
+    assert [r.levelname for r in caplog.records if "torn" in r.message] == ["INFO"]
+    assert {r.levelname for r in caplog.records if "not a metrics row" in r.message or "lacks" in r.message} == {
+        "WARNING"
+    }
+
+
+def test_a_file_that_ends_before_the_checkpoint_names_the_missing_epochs(tmp_path, caplog):
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e}) + "\n" for e in (1, 2, 3)))
+    with caplog.at_level("INFO", logger="metta.common.stats_logger"):
+        StatsLogger(tmp_path, console=False, resume_epoch=5).close()
+    assert "lacks the rows of the epochs after 3 (up to epoch 5" in caplog.text
+
+
+def test_a_metrics_file_that_cannot_be_written_is_an_error_naming_it(tmp_path):
+    (tmp_path / "metrics.jsonl").mkdir()
+    for resume_epoch in (None, 3):
+        with pytest.raises(WriteError, match=r"cannot write .*metrics.jsonl: a directory has that name") as err:
+            StatsLogger(tmp_path, console=False, resume_epoch=resume_epoch)
+        assert err.value.errno == errno.EISDIR and err.value.filename == str(tmp_path / "metrics.jsonl")

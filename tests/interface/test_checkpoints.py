@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import glob
 import logging
 import os
 import random
@@ -17,6 +19,7 @@ import pytest
 import torch
 
 from metta.agent.policy_store import PolicyStore
+from metta.common.fs import WriteError
 from metta.common.profiling.stopwatch import Stopwatch
 from metta.interface import Agent, Environment, Optimizer, TrainerConfig, load_checkpoint, save_checkpoint
 from metta.rl import checkpoint as ck
@@ -451,3 +454,55 @@ def test_sigkill_subprocess_loop_always_resumes(tmp_path, caplog):
             last_epoch = ckpt.epoch
         assert len(ck.list_trainer_states(directory)) <= 3  # pruning keeps up (2, plus one mid-save)
     assert last_epoch >= 5
+
+
+def test_a_failed_write_names_the_file_and_leaves_the_newest_checkpoint(env, tmp_path):
+    directory = str(tmp_path / "checkpoints")
+    agent, optimizer = trained(env)
+    store = make_store(directory)
+    save(env, agent, optimizer, store, directory, 2)
+    os.makedirs(os.path.join(directory, "model_0003.pt"))  # what the next policy write meets
+    with pytest.raises(WriteError) as err:
+        save(env, agent, optimizer, store, directory, 3)
+    path = os.path.join(directory, "model_0003.pt")
+    assert str(err.value) == (
+        f"checkpoint of epoch 3 not saved: cannot write {path}: a directory has that name; move it aside. The newest "
+        f"checkpoint on disk, {os.path.join(directory, 'trainer_state_0002.ckpt')} (epoch 2), is intact and a resumed "
+        "run starts from it"
+    )
+    assert err.value.errno == errno.EISDIR and not glob.glob(os.path.join(directory, "*.tmp.*"))
+    assert ck.load_latest_checkpoint(directory).epoch == 2
+
+
+def test_a_checkpoint_of_another_world_size_resumes_and_says_what_the_sizes_do(env, tmp_path, caplog):
+    directory = str(tmp_path / "checkpoints")
+    agent, optimizer = trained(env)
+    cfg = TrainerConfig(batch_size=1024, minibatch_size=256, bptt_horizon=16)
+    save(env, agent, optimizer, make_store(directory), directory, 4, trainer_config=cfg)
+    ckpt = ck.load_latest_checkpoint(directory)
+    assert ckpt.world_size == 1
+    ckpt.world_size = 2  # as a two-rank run wrote it
+    ck.write_trainer_state(ckpt.path, ckpt)
+    agent2, optimizer2 = trained(env, seed=1)
+    with caplog.at_level(logging.WARNING, logger="metta.rl.checkpoint"):
+        assert load_checkpoint(directory, agent2, optimizer2, vecenv=env, trainer_config=cfg)[:2] == (400, 4)
+    assert (
+        "resuming at world size 1 from a checkpoint written at world size 2: trainer.scale_batches_by_world_size="
+        "false keeps the per-rank sizes, so the totals (and each epoch's agent steps) change with the world size; "
+        "now batch_size 1024 in all (1 x 1024), minibatch_size 256 (1 x 256); before: batch_size 2048 in all "
+        "(2 x 1024), minibatch_size 512 (2 x 256). The optimizer state, agent_step and the schedules go on"
+    ) in caplog.text
+    assert f"curriculum state restored from {ckpt.path} (rank 0's, written at world size 2)" in caplog.text
+    # With the totals kept, two ranks of 512 each resume what one rank of 1024 wrote.
+    per_rank = cfg.model_copy(update={"scale_batches_by_world_size": True, "batch_size": 512, "minibatch_size": 128})
+    said = ck.world_size_change(1, 2, cfg.model_dump(), per_rank)
+    assert "=true keeps the totals and splits them over the ranks; now batch_size 1024 in all (2 x 512)" in said
+    assert said.endswith(
+        "before: batch_size 1024 in all (1 x 1024), minibatch_size 256 (1 x 256). The optimizer "
+        "state, agent_step and the schedules go on from the checkpoint"
+    )
+
+
+def test_ranks_other_than_0_take_the_curriculum_state_without_its_random_streams():
+    state = [{"rng": [3, [1, 2], None], "task_ids": ["a"], "children": {"a": {"rng": [3, [4], None], "w": 0.5}}}]
+    assert ck.without_rng_states(state) == [{"task_ids": ["a"], "children": {"a": {"w": 0.5}}}]

@@ -504,6 +504,8 @@ def _deeply_nested(raw: bytes) -> bytes:
 
 BYTE_CORRUPTIONS = {
     "truncated": (lambda raw: raw[: len(raw) // 2], "zlib stream"),
+    "bytes after the stream": (lambda raw: raw + b"\x00tail", "5 bytes after the end of its zlib stream"),
+    "two files joined": (lambda raw: raw + raw, "after the end of its zlib stream"),
     "not zlib": (lambda raw: b"plain text", "zlib"),
     "bad json": (lambda raw: zlib.compress(b'{"version": 2,'), "not valid UTF-8 JSON"),
     "not an object": (lambda raw: zlib.compress(b"[1, 2]"), "top level must be a JSON object"),

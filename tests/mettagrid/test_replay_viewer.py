@@ -190,6 +190,13 @@ def test_view_command(replay_path, tmp_path, capsys):
     assert (tmp_path / "bad.html").is_file()
     assert replay_cli(["check", str(replay_path), str(bad)]) == 1
     assert "ok:" in capsys.readouterr().out
+    # Bytes after the zlib stream: rejected by both commands like any other damaged file.
+    appended = tmp_path / "appended.json.z"
+    appended.write_bytes(replay_path.read_bytes() + b"more")
+    assert replay_cli(["view", str(appended), "--no-open"]) == 1
+    assert "appended.json.z: replay: 4 bytes after the end of its zlib stream" in capsys.readouterr().err
+    assert replay_cli(["check", str(appended)]) == 1
+    assert "invalid: " in capsys.readouterr().out
 
 
 def test_page_loads_without_console_errors(page, replay):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from pydantic import BaseModel, ValidationError
 
 from metta.common.config_cli import ConfigCliError, parse_config
@@ -66,6 +67,10 @@ def test_run_py_rejects_bad_input_before_creating_a_run_directory(tmp_path):
         (["seed=-1"], "seed=-1: Input should be greater than or equal to 0"),
         (["agent=bogus"], "agent name='bogus' is unknown"),
         (["device=bogus"], "device='bogus' is not a torch device; use 'cpu', 'cuda' or 'cuda:N'"),
+        # A run configured for a GPU never trains on the CPU instead.
+        (["device=cuda"], "device='cuda' but CUDA is not available on this machine")
+        if not torch.cuda.is_available()
+        else (["device=cuda:64"], "device='cuda:64' but only"),
     ):
         data_dir = tmp_path / f"runs{len(cases)}"
         proc = subprocess.Popen(

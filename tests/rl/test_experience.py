@@ -66,15 +66,18 @@ def test_rows_are_whole_and_ready_exactly_when_full(total_agents, batches):
     # 6 and 5 agents do not divide 16 rows: agents without a free row stop writing instead of overwriting.
     exp = make(total_agents=total_agents)
     per = total_agents // batches
-    step = 0
+    step = stepped = 0
     while not exp.ready_for_training:
         for g in range(batches):
             store_step(exp, slice(g * per, (g + 1) * per), step, per)
+            stepped += per
             if exp.ready_for_training:
                 break
         step += 1
         assert step < 100
     assert exp.full_rows == exp.segments
+    # What a rollout adds to agent_step: exact when all agents step together, at most that in batches.
+    assert stepped == exp.agent_steps_per_rollout if batches == 1 else stepped <= exp.agent_steps_per_rollout
     agent, t = exp.obs[:, :, 0, 0].long(), exp.obs[:, :, 0, 1].long()
     assert (agent == agent[:, :1]).all(), "a row mixes agents"
     assert (t == t[:, :1] + torch.arange(4)).all(), "a row's steps are not consecutive"

@@ -281,3 +281,23 @@ def test_train_ppo_runs_the_buffers_sizes_and_refuses_a_config_that_says_otherwi
     ):
         train_ppo(agent, optimizer, exp, "cpu", Losses(), 0, explicit, agent_step=32)
     env.close()
+
+
+def test_a_batch_the_agents_cannot_fill_evenly_advances_agent_step_by_what_the_log_says(caplog):
+    """16 rows of 4 steps over 6 agents: every agent steps 3 rows' worth, so a rollout steps 72 agent steps and
+    trains on 64; agent_step, the buffer's description and its warning all say 72."""
+    from metta.rl.training import rollout
+
+    env = Environment(env_config=default_env_config(num_agents=2, width=8, height=8), num_envs=3, seed=4)
+    agent = make_policy(env)
+    with caplog.at_level("WARNING", logger="metta.rl.experience"):
+        exp = experience_for(env, agent, batch_size=64, bptt=4, minibatch_size=16)
+    assert exp.agent_steps_per_rollout == 72
+    assert "(64 agent steps trained of the 72 each rollout steps)" in exp.describe()
+    assert "batch_size=64 is 16 rows of 4 steps, which do not split evenly over 6 agents" in caplog.text
+    assert "each rollout steps 72 agent steps" in caplog.text and "batch_size=48 or 72" in caplog.text
+    agent_step, _ = rollout(agent, env, exp, "cpu", 0)
+    assert agent_step == 72
+    agent_step, _ = rollout(agent, env, exp, "cpu", agent_step)
+    assert agent_step == 144
+    env.close()

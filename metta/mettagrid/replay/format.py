@@ -178,6 +178,11 @@ def decode_replay_upgraded(raw: bytes) -> tuple[dict[str, Any], bool]:
         raise ReplayFormatError(f"replay: decompresses to more than {MAX_DECOMPRESSED_BYTES} bytes")
     if not inflater.eof:
         raise ReplayFormatError(f"replay: not a complete zlib stream ({len(raw)} bytes; the file is cut short)")
+    if inflater.unused_data:
+        raise ReplayFormatError(
+            f"replay: {len(inflater.unused_data)} bytes after the end of its zlib stream ({len(raw)} bytes in all: "
+            "something was appended, or two files were joined)"
+        )
     try:
         original = json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
