@@ -101,7 +101,9 @@ class TokenConv:
         weight = self.conv.weight_net.weight  # [out, C, kh, kw]
         if self.taps_to_table.device != weight.device:  # the agent was moved after it was built
             self.taps_to_table = self.taps_to_table.to(weight.device)
-        if torch.compiler.is_compiling():  # a compiled graph computes the table as part of its own work
+        if torch.compiler.is_compiling() or (weight.is_cuda and torch.cuda.is_current_stream_capturing()):
+            # A compiled graph or a CUDA graph (the rollout step's) computes the table as part of its own work:
+            # a cached one would be a constant there, stale after the next optimizer step.
             return self._compute_table(weight)
         key = (weight._version, weight.data_ptr(), weight.device)
         if not torch.is_grad_enabled() and self._cache_key == key and self._cache_table is not None:
