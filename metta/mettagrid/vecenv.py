@@ -46,7 +46,6 @@ import sys
 import threading
 import time
 import traceback
-import types
 import weakref
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
@@ -57,6 +56,7 @@ import numpy as np
 from metta.mettagrid.curriculum.core import Curriculum
 from metta.mettagrid.env import MettaGridEnv, check_render_mode, check_seed, make_curriculum, write_actions
 from metta.mettagrid.map.terrain import build_terrain_sets, terrain_cache_dir, terrain_sets_in
+from metta.mettagrid.spawning import main_module_hidden
 
 VECTORIZATIONS = ("serial", "multiprocessing")
 
@@ -645,26 +645,6 @@ def _worker_main(conn: Connection, spec: dict[str, Any]) -> None:
                 return
 
 
-@contextlib.contextmanager
-def _main_module_hidden(hide: bool):
-    """While starting spawn workers, hide ``__main__`` so they do not re-import the user's script.
-
-    Spawn re-runs the parent's main module in every child; a training script imports torch and more, which
-    workers must not (memory, start time, threads). Workers need nothing from it unless the curriculum's
-    class is defined there, in which case ``hide`` is False.
-    """
-    if not hide:
-        yield
-        return
-    main = sys.modules.get("__main__")
-    sys.modules["__main__"] = types.ModuleType("__main__")
-    try:
-        yield
-    finally:
-        if main is not None:
-            sys.modules["__main__"] = main
-
-
 def _shutdown(processes: list, conns: list, lost: list[int], timeout: float = 2.0) -> None:
     """Stop workers without ever hanging: kill the ``lost`` ones (stopped or hung workers never read a request),
     ask the others, wait a little, then terminate, then kill."""
@@ -722,7 +702,7 @@ class MultiprocessingVecEnv(VecEnv):
         self._stash: list[list[dict]] = [[] for _ in range(self.num_batches)]  # infos read early (by call)
         hide_main = b"__main__" not in self._curriculum_bytes
         try:
-            with _main_module_hidden(hide_main):
+            with main_module_hidden(hide_main):
                 for w in range(self.num_workers):
                     parent_conn, child_conn = ctx.Pipe(duplex=True)
                     spec = {

@@ -696,13 +696,20 @@ def _save_set(dir: str, shape: tuple[int, int] | None) -> None:
 def build_terrain_sets(sets: Iterable[tuple[str, tuple[int, int] | None]], processes: int = 1) -> None:
     """Make sure every ``(dir, shape)`` set is on disk, generating what is missing; with ``processes > 1``, in that
     many spawned processes (one set each at a time; this process then loads them when it needs them), else in
-    this process, which also keeps them in memory."""
+    this process, which also keeps them in memory. Without a disk cache, every set is generated here."""
     sets = list(sets)
-    if processes > 1 and terrain_cache_dir() is not None and len(sets) > 1:
+    if terrain_cache_dir() is not None:  # what is on disk already needs no process of its own
+        sets = [one for one in sets if not _set_path(*one).is_file()]
+    if processes > 1 and len(sets) > 1 and terrain_cache_dir() is not None:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(min(processes, len(sets)), mp_context=mp.get_context("spawn")) as pool:
+        from metta.mettagrid.spawning import main_module_hidden
+
+        with (
+            main_module_hidden(),
+            ProcessPoolExecutor(min(processes, len(sets)), mp_context=mp.get_context("spawn")) as pool,
+        ):
             list(pool.map(_build_one_set, sets))
         return
     for one in sets:
