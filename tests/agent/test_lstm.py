@@ -3,12 +3,18 @@ single step of the GPU form against nn.LSTM."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from metta.agent.lib.lstm import LSTM
 from metta.agent.lib.metta_layer import AgentContext
 from metta.common.profiling.dispatch_counter import DispatchCounter
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from learn_micro import split_replay  # noqa: E402  (the replay metta ran before: one call per stretch)
 
 B, T, F, H, LAYERS = 5, 7, 6, 8, 2
 
@@ -21,23 +27,6 @@ def make_layer(dtype: torch.dtype = torch.float64) -> LSTM:
         for p in layer.parameters():
             p.add_(0.3 * torch.randn_like(p))
     return layer.to(dtype)
-
-
-def split_replay(layer: LSTM, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
-    """The replay as metta ran it before the padded batch: zero the states where an episode starts, and call
-    nn.LSTM once per stretch between steps where some row starts one."""
-    keep0 = (~starts[:, 0]).to(x.dtype).view(1, B, 1)
-    h, c = h * keep0, c * keep0
-    xs = x.view(B, T, F).transpose(0, 1)
-    cuts = [0, *(starts[:, 1:].any(0).nonzero().flatten() + 1).tolist(), T]
-    pieces = []
-    for begin, end in zip(cuts[:-1], cuts[1:]):
-        if begin > 0:
-            keep = (~starts[:, begin]).to(x.dtype).view(1, B, 1)
-            h, c = h * keep, c * keep
-        piece, (h, c) = layer.lstm(xs[begin:end], (h, c))
-        pieces.append(piece)
-    return torch.cat(pieces).transpose(0, 1).reshape(B * T, H)
 
 
 def starts_for(case: str) -> torch.Tensor:
@@ -72,7 +61,7 @@ def test_the_replay_equals_the_split_replay_in_float64(case):
         params = [x, h0, c0, *layer.parameters()]
         return torch.autograd.grad((out * weight).sum(), params)
 
-    want = split_replay(layer, x, h0, c0, starts)
+    want = split_replay(layer, x, h0, c0, starts, B, T)
     td = {"x": x, "_B_": B, "_T_": T, "lstm_h": h0, "lstm_c": c0, "episode_starts": starts}
     layer(td)
     got = td["_core_"]
@@ -95,7 +84,7 @@ def test_the_replay_without_a_given_state_starts_from_zeros():
     zeros = torch.zeros(LAYERS, B, H, dtype=torch.float64)
     td = {"x": x, "_B_": B, "_T_": T, "lstm_h": None, "lstm_c": None, "episode_starts": starts}
     layer(td)
-    torch.testing.assert_close(td["_core_"], split_replay(layer, x, zeros, zeros, starts), rtol=0, atol=1e-12)
+    torch.testing.assert_close(td["_core_"], split_replay(layer, x, zeros, zeros, starts, B, T), rtol=0, atol=1e-12)
 
 
 def test_the_replay_reads_nothing_back_from_the_device_and_makes_few_calls():

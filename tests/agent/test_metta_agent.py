@@ -316,3 +316,21 @@ def test_token_conv_only_when_nothing_else_reads_the_box(env):
     components.pop("box_reader")
     components["raw_reader"] = Flatten("raw_reader", ["_obs_"], context)
     assert TokenConv.for_components(components) is None
+
+
+def test_the_dense_first_convolution_runs_the_components_and_nothing_more(env, rollout_obs):
+    """The dense form (a GPU's) goes straight to the box and the convolution: the same ops as the components
+    themselves, no token decoding for the sparse forms first."""
+    from metta.common.profiling.dispatch_counter import DispatchCounter
+
+    agent = make_policy(env)
+    fused = agent.token_conv
+    fused.product = "dense"
+    counts = []
+    for token_conv in (fused, None):
+        agent.token_conv = token_conv
+        counter = DispatchCounter()
+        with counter, torch.no_grad():
+            agent(rollout_obs[0], PolicyState(), action=torch.zeros(rollout_obs.shape[1], 2, dtype=torch.int32))
+        counts.append(counter.totals()["ops"])
+    assert counts[0] == counts[1]

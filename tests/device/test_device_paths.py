@@ -265,3 +265,22 @@ def test_the_rollout_step_as_a_cuda_graph_equals_the_eager_step(env):
     env.send(np.zeros((len(o), 2), dtype=np.int32))
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_a_rollout_with_observations_offloaded_to_the_host(env):
+    """cpu_offload keeps the observations in (page-locked) host memory: on a GPU the rollout step writes them
+    there from the host and minibatches gather them there and send them over; the update still replays the
+    rollout exactly (ratio 1 at its first minibatch)."""
+    torch.manual_seed(7)
+    agent = make_policy(env, device=DEVICE)
+    cfg = TrainerConfig(batch_size=384, minibatch_size=384, bptt_horizon=16, update_epochs=1, cpu_offload=True)
+    experience = make_experience(env, agent, cfg, DEVICE)
+    assert experience.obs.device.type == "cpu"
+    env.async_reset(13)
+    agent_step, _ = rollout(agent, env, experience, DEVICE, 0)
+    assert bool((experience.obs.flatten(2).max(dim=2).values > 0).all())  # every step's observations written
+    losses = Losses()
+    train_ppo(
+        agent, Optimizer("adam", agent, learning_rate=1e-3), experience, DEVICE, losses, 0, cfg, agent_step=agent_step
+    )
+    assert abs(losses.stats()["importance"] - 1.0) < 1e-4
