@@ -1,6 +1,6 @@
 """One prepared command that checks metta's CUDA path and measures GPU training throughput.
 
-    python benchmarks/gpu_check.py                      # on a GPU machine (about 6 minutes on one H100/H200)
+    python benchmarks/gpu_check.py                      # on a GPU machine (about 7 minutes on one H100/H200)
     python benchmarks/gpu_check.py --tiny --device cpu  # the same checks at tiny sizes, on any CPU
     python benchmarks/gpu_check.py --only train_sps_default,run_py
 
@@ -9,8 +9,19 @@ Each check runs as its own subprocess with a time limit and prints one JSON line
 A failing check never stops the others. The checks, in order:
 
 - ``environment``: torch, CUDA, the GPU, and the packages metta imports;
+- ``lscpu``: logical CPUs against physical cores, the worker count the GPU sizes pick and the CPUs the workers
+  are pinned to;
 - ``env_sps``: one core's MettaGrid throughput on the navigation curriculum (also compiles and caches the
   numba kernels once, before many processes need them);
+- ``host_overhead``: ``benchmarks/host_overhead.py`` on the device: torch ops, scalar reads and host syncs per
+  minibatch update and per rollout step (eager and as a CUDA graph), every synchronizing call listed by line
+  (``torch.cuda.set_sync_debug_mode("warn")``);
+- ``learn_micro``: ``benchmarks/learn_micro.py``: host and GPU ms of the padded LSTM replay vs the split one,
+  the V-trace closed form vs the loop, fused vs multi-tensor Adam, on one real-shaped minibatch;
+- ``inference_graph``: ``benchmarks/inference_graph.py``: the rollout step's device work for 4096 and 8192
+  agents, eager vs CUDA graph;
+- ``vecenv_wait``: ``benchmarks/vecenv_wait.py``: the vecenv alone with a learner that spins 1, 2 and 3.5 ms
+  per batch: recv wait p50/p90/p99, with terrain maps built lazily and pre-built;
 - ``device_tests``: ``tests/device`` with ``METTA_TEST_DEVICE`` set to the device (the advantage torch path
   against the CPU kernel, the LSTM with episode starts inside rows, a rollout into an Experience on the device
   that replays to its own log-probabilities, a checkpoint saved on the device and loaded on the CPU, the
@@ -18,12 +29,13 @@ A failing check never stops the others. The checks, in order:
 - ``run_py``: ``run.py`` on the device, a short run with an evaluation and a replay;
 - ``torchrun``: ``torchrun --nproc_per_node=1 run.py`` (NCCL on a GPU, gloo on a CPU);
 - ``train_sps_*``: ``benchmarks/train_sps.py`` at GPU sizes (2048 envs of 4 agents in multiprocessing workers
-  for the machine's cores, async_factor 2, batch 524288, minibatch 16384, bptt 64): the default agent as run.py
-  builds it, then a torch profiler table of one rollout and one update, two torch threads in the learner,
+  for the machine's cores, async_factor 2, batch 524288, minibatch 16384, bptt 64, terrain sets pre-built, two
+  warm-up iterations): the default agent as run.py builds it (the rollout step as a CUDA graph), then a torch profiler table of one rollout and one update, two torch threads in the learner,
   torch.compile (default and reduce-overhead), the bag form of the first convolution, 4096 envs, and the
   interface_default agent (LSTM 512).
 
-The default and the correctness checks come first, so a short budget (``--budget-s``) drops variants, not them.
+The default and the correctness checks come first, then the host-overhead measurements, so a short budget
+(``--budget-s``) drops variants, not them. The whole command takes about 7 minutes on one H100/H200.
 
 Lines go to stdout and to ``{out}/gpu_check.jsonl``; every check's full output to ``{out}/gpu_check.log``.
 ``--out`` defaults to ``$OUT`` when set, else ``train_dir/gpu_check``.
@@ -62,6 +74,7 @@ def train_sps_args(device: str, tiny: bool, workers: int, **overrides) -> list[s
             "update_epochs": 1,
             "iterations": 1,
             "torch_threads": 1,
+            "prebuild_maps": False,  # the suite's test runs this; building all 16 terrain sets cold takes a while
         }
     else:
         sizes = {
@@ -74,6 +87,7 @@ def train_sps_args(device: str, tiny: bool, workers: int, **overrides) -> list[s
             "bptt_horizon": 64,
             "update_epochs": 1,
             "iterations": 3,
+            "warmup_iterations": 2,  # steady state: allocator, graph captures, the first episodes' resets
         }
     sizes.update(overrides)
     args = ["benchmarks/train_sps.py", "--device", device]
@@ -81,17 +95,32 @@ def train_sps_args(device: str, tiny: bool, workers: int, **overrides) -> list[s
         flag = "--" + key.replace("_", "-")
         if value is True:
             args.append(flag)
-        elif value is not False:
+        elif value is False:
+            args.append("--no-" + key.replace("_", "-"))
+        else:
             args += [flag, str(value)]
+    return args
+
+
+def host_overhead_args(device: str, tiny: bool) -> list[str]:
+    args = ["benchmarks/host_overhead.py", "--device", device, "--top-ops", "25"]
+    if tiny:
+        args += ["--num-envs", "2", "--batch-size", "512", "--minibatch-size", "512", "--warmup-rollouts", "1"]
+        args += ["--inference-agents", "16", "--torch-threads", "1"]
+    return args
+
+
+def vecenv_wait_args(tiny: bool, workers: int) -> list[str]:
+    args = ["benchmarks/vecenv_wait.py", "--num-workers", str(workers), "--seconds", "5"]
+    if tiny:  # the harness only: a map without terrain sets, so neither variant builds any
+        args = ["benchmarks/vecenv_wait.py", "--curriculum", "/env/mettagrid/curriculum/simple", "--num-envs", "4"]
+        args += ["--num-workers", "2", "--spin-ms", "1", "--seconds", "0.5"]
     return args
 
 
 def checks(device: str, tiny: bool, workdir: Path) -> list[tuple[str, list[str] | None, dict, float, str]]:
     """``(name, argv or None for in-process, extra env, time limit in seconds, group)`` in the order they run."""
-    cores = os.cpu_count() or 2
-    # Env workers: the largest power of two up to the core count (it divides the 2048 envs and async_factor 2);
-    # with async_factor 2 half of them step while the learner works, so the learner keeps a core.
-    workers = max(2, 1 << (cores.bit_length() - 1))
+    workers = default_workers(os.cpu_count() or 2)
     gpu = device.startswith("cuda")
     steps = 2048 if tiny else 32768
     run_args = [
@@ -127,6 +156,7 @@ def checks(device: str, tiny: bool, workdir: Path) -> list[tuple[str, list[str] 
             120,
             "env_sps",
         ),
+        ("lscpu", None, {}, 60, "lscpu"),
         ("train_sps_default", train_sps_args(device, tiny, workers), {}, 240, "train_sps_default"),
         ("device_tests", device_tests, {"METTA_TEST_DEVICE": device}, 240, "correctness"),
         ("run_py", ["run.py", "run=gpu_check_run", *run_args], {}, 300, "correctness"),
@@ -145,6 +175,23 @@ def checks(device: str, tiny: bool, workdir: Path) -> list[tuple[str, list[str] 
             240,
             "correctness",
         ),
+        ("host_overhead", host_overhead_args(device, tiny), {}, 240, "host_overhead"),
+        (
+            "learn_micro",
+            ["benchmarks/learn_micro.py", "--device", device] + (["--rows", "4", "--repeats", "1"] if tiny else []),
+            {},
+            120,
+            "learn_micro",
+        ),
+        (
+            "inference_graph",
+            ["benchmarks/inference_graph.py", "--device", device]
+            + (["--agents", "16", "--steps", "2"] if tiny else []),
+            {},
+            120,
+            "inference_graph",
+        ),
+        ("vecenv_wait", vecenv_wait_args(tiny, workers), {}, 240, "vecenv_wait"),
     ]
     if not tiny:
         out += [
@@ -154,6 +201,13 @@ def checks(device: str, tiny: bool, workdir: Path) -> list[tuple[str, list[str] 
                 {},
                 180,
                 "profile",
+            ),
+            (
+                "train_sps_eager_rollout",
+                train_sps_args(device, tiny, workers, no_cuda_graphs=True),
+                {},
+                180,
+                "eager_rollout",
             ),
             ("train_sps_torch_threads_2", train_sps_args(device, tiny, workers, torch_threads=2), {}, 180, "threads"),
             ("train_sps_compile", train_sps_args(device, tiny, workers, compile=True), {}, 300, "compile"),
@@ -212,6 +266,41 @@ def environment_report(device: str) -> dict:
     return report
 
 
+# Checks whose last stdout line is their benchmark's JSON result.
+JSON_CHECKS = ("train_sps", "env_sps", "host_overhead", "learn_micro", "inference_graph", "vecenv_wait")
+
+
+def default_workers(cores: int) -> int:
+    """Env workers for the GPU sizes: the largest power of two up to the core count (it divides the 2048 envs and
+    async_factor 2); with async_factor 2 half of them step while the learner works, so the learner keeps a core."""
+    return max(2, 1 << (cores.bit_length() - 1))
+
+
+def lscpu_report() -> dict:
+    """Logical CPUs against physical cores (hyper-threads), the workers the GPU sizes pick, and where those
+    workers are pinned (metta.mettagrid.vecenv.worker_cpus: never two on one CPU, the learner's core left free)."""
+    from metta.mettagrid.vecenv import physical_cores, worker_cpus
+
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    cores = physical_cores(allowed)
+    workers = default_workers(len(allowed))
+    report = {
+        "logical_cpus": len(allowed),
+        "physical_cores": len(cores),
+        "threads_per_core": max(len(core) for core in cores),
+        "workers_default": workers,
+        "worker_cpus": worker_cpus(workers),
+    }
+    lscpu = shutil.which("lscpu")
+    if lscpu:
+        lines = subprocess.run([lscpu], capture_output=True, text=True, timeout=30).stdout.splitlines()
+        keep = ("Model name", "Thread(s) per core", "Core(s) per socket", "Socket(s)", "CPU(s):", "NUMA node(s)")
+        report["lscpu"] = {
+            k.strip(): v.strip() for k, _, v in (line.partition(":") for line in lines) if k.startswith(keep)
+        }
+    return report
+
+
 def last_json_line(text: str) -> dict | None:
     for line in reversed(text.splitlines()):
         line = line.strip()
@@ -229,7 +318,7 @@ def run_check(name: str, argv: list[str] | None, extra_env: dict, limit: float, 
     record: dict = {"check": name}
     if argv is None:
         try:
-            record["result"] = environment_report(device)
+            record["result"] = lscpu_report() if name == "lscpu" else environment_report(device)
             record["ok"] = True
         except Exception as err:  # noqa: BLE001 - reported, the other checks still run
             record["ok"], record["error"] = False, str(err)
@@ -250,7 +339,7 @@ def run_check(name: str, argv: list[str] | None, extra_env: dict, limit: float, 
     record["seconds"] = round(time.perf_counter() - started, 1)
     record["rc"] = rc
     record["ok"] = rc == 0
-    result = last_json_line(proc.stdout) if rc == 0 and name.startswith(("train_sps", "env_sps")) else None
+    result = last_json_line(proc.stdout) if rc == 0 and name.startswith(JSON_CHECKS) else None
     if result is not None:
         record["result"] = result
     if name == "device_tests":

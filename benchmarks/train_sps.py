@@ -18,7 +18,10 @@ It runs the real loop (``rollout`` + ``train_ppo``, i.e. ``perform_rollout_step`
         --async-factor 2 --batch-size 524288 --minibatch-size 16384 --bptt-horizon 64 --update-epochs 1 [--compile]
 
 The defaults are run.py's CPU defaults. ``--compile`` runs the policy under ``torch.compile`` (``--compile-mode``);
-the first iterations, which compile, are the warm-up and are not timed.
+the first iterations, which compile, are the warm-up and are not timed. The curriculum's terrain sets are built
+into the disk cache first (``--no-prebuild-maps`` leaves them to the first episodes that need them, inside the
+timed window when the cache is cold), and on CUDA the rollout step runs as a CUDA graph (``--no-cuda-graphs``:
+eagerly).
 """
 
 from __future__ import annotations
@@ -94,6 +97,13 @@ def main() -> None:
         action="store_true",
         help="print torch profiler tables of rollout steps and minibatch updates to stderr",
     )
+    parser.add_argument(
+        "--prebuild-maps",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="build the curriculum's terrain sets into the disk cache first, in parallel (not timed)",
+    )
+    parser.add_argument("--no-cuda-graphs", action="store_true", help="run the GPU's rollout step eagerly")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.torch_threads:
@@ -118,7 +128,16 @@ def main() -> None:
         minibatch_size=args.minibatch_size,
         bptt_horizon=args.bptt_horizon,
         update_epochs=args.update_epochs,
+        cuda_graphs=not args.no_cuda_graphs,
     )
+    maps_seconds = None
+    if args.prebuild_maps:
+        from metta.mettagrid.env import make_curriculum
+        from metta.mettagrid.map.terrain import build_terrain_sets, terrain_sets_in
+
+        started = time.perf_counter()
+        build_terrain_sets(terrain_sets_in(make_curriculum(args.curriculum)), processes=os.cpu_count() or 1)
+        maps_seconds = time.perf_counter() - started
     started = time.perf_counter()
     env = Environment(
         curriculum_path=args.curriculum,
@@ -251,6 +270,7 @@ def main() -> None:
                 "seconds": round(wall, 2),
                 "warmup_seconds": round(warmup_seconds, 2),
                 "env_start_seconds": round(env_start_seconds, 2),
+                "maps_prebuild_seconds": None if maps_seconds is None else round(maps_seconds, 2),
                 "config": {
                     "device": str(device),
                     "curriculum": args.curriculum,
@@ -267,6 +287,8 @@ def main() -> None:
                     "minibatch_size": cfg.minibatch_size,
                     "bptt_horizon": cfg.bptt_horizon,
                     "update_epochs": cfg.update_epochs,
+                    "cuda_graphs": cfg.cuda_graphs,
+                    "prebuild_maps": args.prebuild_maps,
                 },
                 "machine": machine,
             }

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
 import torch
 
 from metta.common.headless_browser import HeadlessBrowser, find_chromium
+
+# Terrain sets a test generates whole go to a disk cache (metta.mettagrid.map.terrain): one of this session's
+# own, inherited by the processes tests start, so no test reads what another session left in ~/.cache.
+os.environ.setdefault("METTA_TERRAIN_CACHE", tempfile.mkdtemp(prefix="metta-terrain-test-"))
 
 
 @pytest.fixture(scope="module")

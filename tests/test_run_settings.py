@@ -510,9 +510,11 @@ RUN_CHECKS = {
     "wandb.project": check_wandb,
     "wandb.entity": check_wandb,
 }
-# Checked elsewhere: under torchrun with two ranks (tests/test_run_py.py::test_torchrun_two_processes), and on a
-# run directory whose checkpoints are all corrupt (tests/reliability/test_stop_and_resume.py).
-ELSEWHERE = {"trainer.scale_batches_by_world_size", "restart_if_unloadable"}
+# Checked elsewhere: under torchrun with two ranks (tests/test_run_py.py::test_torchrun_two_processes), on a
+# run directory whose checkpoints are all corrupt (tests/reliability/test_stop_and_resume.py), and the two CUDA
+# settings, which do nothing on a CPU: tf32 sets torch's switches (tests/rl/test_trainer_config.py), cuda_graphs
+# captures the rollout step (tests/device on CUDA; its eager form in tests/rl/test_rollout_training.py).
+ELSEWHERE = {"trainer.scale_batches_by_world_size", "restart_if_unloadable", "trainer.tf32", "trainer.cuda_graphs"}
 
 
 @pytest.mark.parametrize("check", sorted(set(RUN_CHECKS.values()), key=lambda f: f.__name__), ids=lambda f: f.__name__)

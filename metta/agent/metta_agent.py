@@ -7,7 +7,8 @@ One call serves both phases of PPO:
   LSTM runs over the whole sequence from ``state`` (None = zeros). Outputs are flattened to ``[B*T, ...]``.
 
 Either way it returns ``(action [BT, 2] int32, logprob [BT], entropy [BT], value [BT, 1], full_log_probs
-[BT, num_flat_actions])`` and writes the new detached LSTM state into ``state``.
+[BT, num_flat_actions])`` and writes the new detached LSTM state into ``state`` (None after a training replay
+whose rows have episode starts inside: see ``PolicyState``).
 
 Actions are flattened as ``flat = cum[type] + arg`` with ``cum`` the running sum of ``max_arg + 1`` over
 earlier action types; ``action_index_tensor[flat]`` is the reverse lookup.
@@ -195,14 +196,14 @@ class MettaAgent(nn.Module):
         shaper = self.components["_obs_"]
         if self.original_feature_mapping is None:
             self.original_feature_mapping = dict(current)
-            shaper.feature_remap.copy_(torch.arange(256, dtype=torch.uint8))
+            shaper.set_feature_remap(torch.arange(256, dtype=torch.uint8))
             return
         remap = torch.full((256,), UNKNOWN_FEATURE, dtype=torch.uint8)
         for name, env_id in current.items():
             if name not in self.original_feature_mapping and is_training:
                 self._learn_new_feature(name, env_id)
             remap[env_id] = self.original_feature_mapping.get(name, UNKNOWN_FEATURE)
-        shaper.feature_remap.copy_(remap)
+        shaper.set_feature_remap(remap)
 
     def _learn_new_feature(self, name: str, env_id: int) -> None:
         assert self.original_feature_mapping is not None and self._env_features is not None
@@ -262,7 +263,7 @@ class MettaAgent(nn.Module):
         else:
             raise ValueError(f"obs must be [BT, tokens, 3] or [B, T, tokens, 3], got shape {list(obs.shape)}")
         td: dict[str, Any] = {
-            "x": obs.reshape(batch * horizon, *obs.shape[-2:]),
+            "x": obs if horizon == 1 and obs.dim() == 3 else obs.reshape(batch * horizon, *obs.shape[-2:]),
             "_B_": batch,
             "_T_": horizon,
             "lstm_h": state.lstm_h,
@@ -288,14 +289,17 @@ class MettaAgent(nn.Module):
         for component in self._decoder_order:
             component(td)
         log_probs = F.log_softmax(td["_action_"], dim=-1)  # [BT, A]
+        probs = log_probs.exp()
         if action is None:
-            flat = torch.multinomial(log_probs.exp(), 1).squeeze(1)
+            # torch.multinomial(probs, 1)'s own draw (same random numbers, same actions) without its check that
+            # the probabilities are finite, which reads a value back from the device on every step.
+            flat = (probs / torch.empty_like(probs).exponential_()).argmax(dim=-1)
             action = self.flat_to_action(flat)
         else:
             action = action.reshape(-1, 2)
             flat = self.action_to_flat(action)
         logprob = log_probs.gather(1, flat.unsqueeze(1)).squeeze(1)
-        entropy = -(log_probs.exp() * log_probs).sum(-1)
+        entropy = -(probs * log_probs).sum(-1)
         return action, logprob, entropy, td["_value_"], log_probs
 
     def compile_forward(self, mode: str = "default") -> None:

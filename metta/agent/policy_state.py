@@ -13,9 +13,12 @@ class PolicyState:
 
     The policy overwrites both fields with the new, detached state on every call.
 
-    ``episode_starts`` (bool ``[batch, T]``, optional) is for the training path: where it is true at step
-    ``t > 0`` the LSTM zeroes its state before step ``t``, exactly as the rollout did when that observation
-    began a new episode, so a ``[B, T]`` replay that crosses an episode boundary matches the rollout.
+    ``episode_starts`` (bool ``[batch, T]``, optional) is for the training path, the replay of stored rows:
+    where it is true at step ``t`` the LSTM zeroes its state before step ``t`` (``t = 0`` included), exactly as
+    the rollout did when that observation began a new episode, so a ``[B, T]`` replay that crosses an episode
+    boundary matches the rollout. Pass it on the CPU (the buffer keeps a host copy): the replay plans its one
+    LSTM call from it without reading the device. A replay whose rows have an episode start after ``t = 0``
+    hands on no state: both fields are None after it (training never continues from a replay).
     """
 
     lstm_h: torch.Tensor | None = None

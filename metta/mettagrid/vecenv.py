@@ -46,7 +46,6 @@ import sys
 import threading
 import time
 import traceback
-import types
 import weakref
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
@@ -56,6 +55,8 @@ import numpy as np
 
 from metta.mettagrid.curriculum.core import Curriculum
 from metta.mettagrid.env import MettaGridEnv, check_render_mode, check_seed, make_curriculum, write_actions
+from metta.mettagrid.map.terrain import build_terrain_sets, terrain_cache_dir, terrain_sets_in
+from metta.mettagrid.spawning import main_module_hidden
 
 VECTORIZATIONS = ("serial", "multiprocessing")
 
@@ -102,17 +103,23 @@ def make_vecenv(
     seed: int | None = None,
     pin_workers: bool = True,
     worker_timeout_s: float = DEFAULT_WORKER_TIMEOUT_S,
+    prebuild_maps: bool = False,
 ) -> VecEnv:
     """A vecenv over ``num_envs`` envs of ``curriculum`` (a Curriculum, an env config or a config path).
 
     ``batch_size`` (envs per ``recv``, default ``num_envs``) must be a multiple of ``num_envs / num_workers``
     and divide ``num_envs``. ``seed`` is only the default for ``async_reset()`` without a seed.
-    ``pin_workers`` (multiprocessing, Linux) keeps worker processes off the first allowed CPU, which the
+    ``pin_workers`` (multiprocessing, Linux) keeps worker processes off the first allowed CPU's core, which the
     learner then has to itself: a worker woken by the learner otherwise often lands on the learner's core
-    and waits for it, and the overlap of env stepping and learning is lost.
+    and waits for it, and the overlap of env stepping and learning is lost. Each worker gets a CPU of its own
+    (``worker_cpus``); with more workers than that allows, none is pinned.
     ``worker_timeout_s`` (multiprocessing) is how long the parent waits for a worker's reply to a step or a
     call before it raises ``WorkerError`` (a worker that is stopped or hung never answers); its start and
     resets get ``SLOW_REPLY_FACTOR`` times as long. A worker that dies raises ``WorkerError`` at once.
+    ``prebuild_maps`` builds the terrain sets the curriculum draws maps from before the first step
+    (``metta.mettagrid.map.terrain``): worker ``w`` of ``W`` builds every ``W``-th set into the disk cache, so
+    they are built in parallel and each worker loads the others' from disk (serial: all in this process);
+    without it a set is generated map by map the first time an episode needs one (inside the training's time).
     """
     if vectorization not in VECTORIZATIONS:
         raise ValueError(f"vectorization={vectorization!r} is not supported; use one of {list(VECTORIZATIONS)}")
@@ -127,6 +134,7 @@ def make_vecenv(
             render_mode=render_mode,
             seed=seed,
             worker_timeout_s=worker_timeout_s,
+            prebuild_maps=prebuild_maps,
         )
     return MultiprocessingVecEnv(
         curriculum,
@@ -139,6 +147,7 @@ def make_vecenv(
         is_training=is_training,
         render_mode=render_mode,
         seed=seed,
+        prebuild_maps=prebuild_maps,
     )
 
 
@@ -194,8 +203,10 @@ class VecEnv:
         render_mode: str | None = None,
         seed: int | None = None,
         worker_timeout_s: float = DEFAULT_WORKER_TIMEOUT_S,
+        prebuild_maps: bool = False,
     ):
         self.num_envs, self.batch_size, self.num_workers = check_layout(num_envs, batch_size, num_workers)
+        self.prebuild_maps = bool(prebuild_maps)
         timeout = worker_timeout_s
         is_number = isinstance(timeout, (int, float, np.integer, np.floating)) and not isinstance(timeout, bool)
         if not is_number or not 0 < timeout < float("inf"):
@@ -471,6 +482,8 @@ class SerialVecEnv(VecEnv):
 
     def __init__(self, curriculum: Curriculum | Any, **kwargs: Any):
         super().__init__(curriculum, **kwargs)
+        if self.prebuild_maps:
+            _prebuild_maps(pickle.loads(self._curriculum_bytes), 0, 1)
         buffers = {name: np.zeros(shape, dtype=_BUFFER_DTYPES[name]) for name, shape in self._shapes.items()}
         self._init_batches(buffers)
         self.envs = [
@@ -527,15 +540,50 @@ def _set_parent_death_signal() -> None:
         pass
 
 
-def _worker_cpus(num_workers: int) -> list[int | None]:
-    """The CPU each worker is pinned to: all allowed CPUs but the first, round-robin (None: no pinning)."""
+def physical_cores(cpus: Sequence[int]) -> list[list[int]]:
+    """``cpus`` grouped by physical core (hyper-threads of one core share a group), in order of their first CPU.
+    Read from Linux's ``/sys/devices/system/cpu/cpuN/topology``; without it every CPU is its own core."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for cpu in cpus:
+        topology = f"/sys/devices/system/cpu/cpu{cpu}/topology"
+        try:
+            with open(f"{topology}/physical_package_id") as package, open(f"{topology}/core_id") as core:
+                key = (package.read().strip(), core.read().strip())
+        except OSError:
+            key = ("cpu", str(cpu))
+        groups.setdefault(key, []).append(cpu)
+    return sorted(groups.values(), key=lambda group: group[0])
+
+
+def worker_cpus(num_workers: int) -> list[int | None]:
+    """The CPU each worker is pinned to (None: not pinned): ``pin_plan`` over the allowed CPUs' cores."""
     try:
         cpus = sorted(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return [None] * num_workers
-    if len(cpus) < 2:
+    return pin_plan(physical_cores(cpus), num_workers)
+
+
+def pin_plan(cores: Sequence[Sequence[int]], num_workers: int) -> list[int | None]:
+    """Workers' CPUs on ``cores`` (each a physical core's CPUs, see ``physical_cores``).
+
+    The learner keeps the first core to itself. Workers get one CPU each, never one that another worker has:
+    first one thread of every other core, then their second threads. With more workers than those CPUs none
+    is pinned (pinning would put two on one CPU; the kernel spreads them instead).
+    """
+    others = cores[1:]
+    threads = max((len(core) for core in others), default=0)
+    candidates = [core[i] for i in range(threads) for core in others if i < len(core)]
+    if not candidates or num_workers > len(candidates):
         return [None] * num_workers
-    return [cpus[1 + w % (len(cpus) - 1)] for w in range(num_workers)]
+    return list(candidates[:num_workers])
+
+
+def _prebuild_maps(curriculum: Curriculum, worker: int, workers: int) -> None:
+    """Build the terrain sets ``curriculum`` draws from: this worker's share into the disk cache (the others
+    load it from there), or every set when there is no disk cache (see ``make_vecenv``'s ``prebuild_maps``)."""
+    sets = terrain_sets_in(curriculum)
+    build_terrain_sets(sets[worker::workers] if terrain_cache_dir() is not None else sets)
 
 
 def _worker_main(conn: Connection, spec: dict[str, Any]) -> None:
@@ -552,6 +600,8 @@ def _worker_main(conn: Connection, spec: dict[str, Any]) -> None:
         with contextlib.suppress(OSError):  # a CPU set we may not use is not worth failing for
             os.sched_setaffinity(0, {spec["cpu"]})
     try:
+        if spec["prebuild_maps"]:
+            _prebuild_maps(pickle.loads(spec["curriculum"]), spec["worker"], spec["workers"])
         rows = spec["rows"]
         buf = {
             name: np.frombuffer(raw, dtype=_BUFFER_DTYPES[name], count=int(np.prod(shape))).reshape(shape)[rows]
@@ -595,26 +645,6 @@ def _worker_main(conn: Connection, spec: dict[str, Any]) -> None:
                 return
 
 
-@contextlib.contextmanager
-def _main_module_hidden(hide: bool):
-    """While starting spawn workers, hide ``__main__`` so they do not re-import the user's script.
-
-    Spawn re-runs the parent's main module in every child; a training script imports torch and more, which
-    workers must not (memory, start time, threads). Workers need nothing from it unless the curriculum's
-    class is defined there, in which case ``hide`` is False.
-    """
-    if not hide:
-        yield
-        return
-    main = sys.modules.get("__main__")
-    sys.modules["__main__"] = types.ModuleType("__main__")
-    try:
-        yield
-    finally:
-        if main is not None:
-            sys.modules["__main__"] = main
-
-
 def _shutdown(processes: list, conns: list, lost: list[int], timeout: float = 2.0) -> None:
     """Stop workers without ever hanging: kill the ``lost`` ones (stopped or hung workers never read a request),
     ask the others, wait a little, then terminate, then kill."""
@@ -650,7 +680,7 @@ class MultiprocessingVecEnv(VecEnv):
 
     def __init__(self, curriculum: Curriculum | Any, pin_workers: bool = True, **kwargs: Any):
         super().__init__(curriculum, **kwargs)
-        worker_cpus = _worker_cpus(self.num_workers) if pin_workers else [None] * self.num_workers
+        pinned_cpus = worker_cpus(self.num_workers) if pin_workers else [None] * self.num_workers
         raws: dict[str, tuple[Any, tuple[int, ...]]] = {}
         buffers: dict[str, np.ndarray] = {}
         for name, shape in self._shapes.items():
@@ -672,7 +702,7 @@ class MultiprocessingVecEnv(VecEnv):
         self._stash: list[list[dict]] = [[] for _ in range(self.num_batches)]  # infos read early (by call)
         hide_main = b"__main__" not in self._curriculum_bytes
         try:
-            with _main_module_hidden(hide_main):
+            with main_module_hidden(hide_main):
                 for w in range(self.num_workers):
                     parent_conn, child_conn = ctx.Pipe(duplex=True)
                     spec = {
@@ -682,7 +712,10 @@ class MultiprocessingVecEnv(VecEnv):
                         "rows": slice(w * self.agents_per_worker, (w + 1) * self.agents_per_worker),
                         "death_signal": death_signal,
                         "parent_pid": os.getpid(),
-                        "cpu": worker_cpus[w],
+                        "cpu": pinned_cpus[w],
+                        "prebuild_maps": self.prebuild_maps,
+                        "worker": w,
+                        "workers": self.num_workers,
                     }
                     p = ctx.Process(target=_worker_main, args=(child_conn, spec), name=f"metta-vecenv-{w}", daemon=True)
                     p.start()

@@ -33,6 +33,9 @@ import numba
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
+
+from metta.common.code_paths import gpu_forms
 
 _NO_NEXT = -1  # next_rows: the row ends the agent's part of the buffer
 _USE_TAIL = -2  # kernel only: the step after the row's last is tail[s]
@@ -117,21 +120,22 @@ def _as_numpy_f32(x: torch.Tensor) -> np.ndarray:
     return x.detach().to(torch.float32).contiguous().numpy()
 
 
-def _checked_next_rows(next_rows: torch.Tensor | None, segments: int) -> torch.Tensor | None:
+def _checked_next_rows(next_rows: torch.Tensor | None, segments: int) -> np.ndarray | None:
+    """``next_rows`` as an int64 NumPy array (checked on the host: no torch op, no device read)."""
     if next_rows is None:
         return None
-    next_rows = torch.as_tensor(next_rows).to("cpu", torch.int64)
-    if next_rows.shape != (segments,):
-        raise ValueError(f"next_rows has shape {list(next_rows.shape)}; it must be [segments] = [{segments}]")
-    rows = torch.arange(segments)
-    bad = (next_rows != _NO_NEXT) & ((next_rows <= rows) | (next_rows >= segments))
-    if bool(bad.any()):
-        s = int(bad.nonzero()[0, 0])
+    links = np.asarray(torch.as_tensor(next_rows).detach().cpu(), dtype=np.int64)
+    if links.shape != (segments,):
+        raise ValueError(f"next_rows has shape {list(links.shape)}; it must be [segments] = [{segments}]")
+    rows = np.arange(segments)
+    bad = (links != _NO_NEXT) & ((links <= rows) | (links >= segments))
+    if bad.any():
+        s = int(np.flatnonzero(bad)[0])
         raise ValueError(
-            f"next_rows[{s}]={int(next_rows[s])}: a row continues into a later row (an index in ({s}, {segments})) "
+            f"next_rows[{s}]={int(links[s])}: a row continues into a later row (an index in ({s}, {segments})) "
             "or none (-1); pass Experience.next_rows"
         )
-    return next_rows
+    return links
 
 
 def compute_advantage(
@@ -152,8 +156,9 @@ def compute_advantage(
 
     ``next_rows`` or ``tail`` carry the recursion across row ends (see the module docstring); give at most one.
     No gradient flows through the result (the ratio is detached): advantages are targets, not predictions.
-    On CPU a compiled kernel does the work; elsewhere a torch loop over time, vectorised over segments.
-    ``device`` is accepted for upstream compatibility; the tensors' own device is used.
+    On a CPU a compiled kernel does the work; elsewhere (``metta.common.code_paths.gpu_forms``) a closed form in
+    a few torch ops (``_advantage_torch``), float64 kept where given. ``device`` is accepted for upstream
+    compatibility; the tensors' own device is used.
     """
     del device
     shape = values.shape
@@ -178,13 +183,13 @@ def compute_advantage(
     if shape[1] == 0:
         return advantages
     next_rows = _checked_next_rows(next_rows, shape[0])
-    if advantages.device.type == "cpu":
+    if not gpu_forms(advantages.device):
         out = (
             advantages
             if (advantages.dtype == torch.float32 and advantages.is_contiguous())
             else torch.empty(shape, dtype=torch.float32)
         )
-        links = np.full(shape[0], _NO_NEXT, dtype=np.int64) if next_rows is None else next_rows.numpy()
+        links = np.full(shape[0], _NO_NEXT, dtype=np.int64) if next_rows is None else next_rows.copy()
         tail_np = np.zeros((shape[0], 4), dtype=np.float32)
         if tail is not None:
             links[tail.valid.detach().cpu().numpy().astype(bool)] = _USE_TAIL
@@ -232,53 +237,84 @@ def compute_advantage(
     )
 
 
+def _host_to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host index array on ``device``; to a GPU through page-locked memory, so the host does not wait."""
+    tensor = torch.from_numpy(array)
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)  # the caching host allocator keeps it until copied
+
+
+_STEP_MASKS: dict[tuple[int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _step_masks(horizon: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(later [T, T+1], from_t [T, T+1])``: ``s > t`` and ``s >= t`` for step ``t`` and term ``s``."""
+    key = (horizon, device)
+    if key not in _STEP_MASKS:
+        t = torch.arange(horizon, device=device).view(-1, 1)
+        s = torch.arange(horizon + 1, device=device).view(1, -1)
+        _STEP_MASKS[key] = (s > t, s >= t)
+    return _STEP_MASKS[key]
+
+
 def _advantage_torch(
     values, rewards, dones, importance_sampling_ratio, advantages, gamma, gae_lambda, rho_clip, c_clip, tail=None
 ):
-    """The same recursion in torch ops (any device): a loop over time, vectorised over segments."""
+    """The same recursion in a closed form of torch ops (any device, no loop over time).
+
+    With ``delta[t]`` and ``decay[t] = gamma * lambda * c_t * nextnonterminal`` the recursion unrolls to
+    ``A[t] = sum_{s >= t} (decay[t] * ... * decay[s - 1]) * delta[s]``, where the step after the row (its
+    ``tail``) is term ``s = T`` with ``delta = tail.advantages``. The products come from one ``cumprod`` over
+    ``[segments, T, T + 1]`` (zeros, at episode ends, stay exact), the sum from one reduction: elementwise, so
+    TF32 matrix products never touch it. Without a tail the last step's ``decay`` is multiplied by a zero term,
+    so it needs no masking. float64 inputs are computed in float64, anything else in float32.
+    """
+    dtype = torch.float64 if values.dtype == torch.float64 else torch.float32
+    segments, horizon = values.shape
     with torch.no_grad():
-        v, r, ratio = values.float(), rewards.float(), importance_sampling_ratio.detach().float()
-        if tail is None:
-            zero = torch.zeros_like(v[:, 0])
-            tail = RowTail(zero, zero, zero, zero, zero)
+        steps = torch.stack([rewards, values, dones]).to(dtype)  # [3, S, T]
+        if tail is None:  # no step after the rows: every row ends with advantage 0
+            ends, tail_advantages = steps.new_zeros(3, segments), None
+        else:
+            ends, tail_advantages = torch.stack([tail.rewards, tail.values, tail.dones]).to(dtype), tail.advantages
         # What the recursion reads at t + 1: the row shifted by one, then the step after the row.
-        next_v = torch.cat([v[:, 1:], tail.values.float()[:, None]], dim=1)
-        next_r = torch.cat([r[:, 1:], tail.rewards.float()[:, None]], dim=1)
-        next_nonterminal = 1.0 - torch.cat([dones[:, 1:].float(), tail.dones.float()[:, None]], dim=1)
-        # delta for every t at once; only the time recursion is sequential.
+        next_r, next_v, next_d = torch.cat([steps[:, :, 1:], ends.unsqueeze(2)], dim=2).unbind(0)
+        v, ratio = steps[1], importance_sampling_ratio.detach().to(dtype)
+        next_nonterminal = 1.0 - next_d
         delta = ratio.clamp(max=rho_clip) * (next_r + gamma * next_v * next_nonterminal - v)
-        decay = gamma * gae_lambda * ratio.clamp(max=c_clip) * next_nonterminal
-        valid = tail.valid.to(v.dtype)  # rows without a following step end with advantage 0
-        delta[:, -1] *= valid
-        decay[:, -1] *= valid
-        last = tail.advantages.float()
-        for t in range(values.shape[1] - 1, -1, -1):
-            last = delta[:, t] + decay[:, t] * last
-            advantages[:, t] = last
+        decay = (gamma * gae_lambda) * ratio.clamp(max=c_clip) * next_nonterminal
+        if tail_advantages is None:
+            terms = F.pad(delta[:, :-1], (0, 2))  # the last step and the tail add nothing
+        else:  # rows without a following step (valid false) end with advantage 0, as above
+            last = torch.stack([delta[:, -1], tail_advantages.to(dtype)], dim=1) * tail.valid.to(dtype).unsqueeze(1)
+            terms = torch.cat([delta[:, :-1], last], dim=1)  # [S, T + 1]: delta, then the tail's advantage
+        later, from_t = _step_masks(horizon, v.device)
+        shifted = F.pad(decay, (1, 0), value=1.0)  # shifted[s] = decay[s - 1]
+        products = torch.where(later, shifted.unsqueeze(1), 1.0).cumprod(dim=2).mul_(from_t)
+        advantages.copy_(products.mul_(terms.unsqueeze(1)).sum(dim=2))
     return advantages
 
 
-def _advantage_torch_chained(values, rewards, dones, ratio, advantages, gamma, gae_lambda, rho_clip, c_clip, next_rows):
-    """``next_rows`` on the torch path: rows are solved in waves, each wave the rows whose successor is solved."""
-    links = next_rows.numpy()
-    depth_np = np.zeros(len(links), dtype=np.int64)  # rows after this one in its chain
+def _advantage_torch_chained(values, rewards, dones, ratio, advantages, gamma, gae_lambda, rho_clip, c_clip, links):
+    """``next_rows`` (``links``, on the host) on the torch path: rows are solved in waves, each wave the rows
+    whose successor is solved, the successor's step 0 being the wave's tail."""
+    depth = np.zeros(len(links), dtype=np.int64)  # rows after this one in its chain
     for s in range(len(links) - 1, -1, -1):
         if links[s] != _NO_NEXT:
-            depth_np[s] = depth_np[links[s]] + 1
-    depth = torch.from_numpy(depth_np)
+            depth[s] = depth[links[s]] + 1
     device = values.device
     for d in range(int(depth.max()) + 1 if len(depth) else 0):
-        rows = (depth == d).nonzero().flatten()
-        nxt = next_rows[rows].clamp(min=0).to(device)
-        rows = rows.to(device)
+        rows_np = np.flatnonzero(depth == d)
+        rows, nxt = (_host_to_device(a, device) for a in (rows_np, np.maximum(links[rows_np], 0)))
         tail = RowTail(
             rewards[nxt, 0],
             values[nxt, 0],
             dones[nxt, 0],
             advantages[nxt, 0],
-            torch.full_like(rows, d > 0, dtype=torch.bool),
+            torch.full((len(rows_np),), d > 0, dtype=torch.bool, device=device),
         )
-        part = torch.empty((len(rows), values.shape[1]), dtype=advantages.dtype, device=device)
+        part = torch.empty((len(rows_np), values.shape[1]), dtype=advantages.dtype, device=device)
         _advantage_torch(
             values[rows], rewards[rows], dones[rows], ratio[rows], part, gamma, gae_lambda, rho_clip, c_clip, tail
         )

@@ -30,12 +30,13 @@ Conventions (PufferLib's): the reward and done stored with observation ``t`` bel
 ``done`` is the first observation of a new episode. ``reset_lstm_state(env_id, dones)`` zeroes those
 agents' recurrent state before the policy sees that observation.
 
-Stored state. When an agent starts a row, the LSTM state it enters that row's first step with is kept
-(``row_lstm_h``/``row_lstm_c``, ``[layers, segments, hidden]``) and every minibatch carries it, so training
-replays each row from the state the rollout really had (not from zeros, as upstream did) and, with the row's
-``dones`` as episode starts, resets it where the rollout did. At the first minibatch of an update the
-policy then reproduces the rollout's log-probabilities exactly, and the LSTM is trained on the long-memory
-states it acts from.
+Stored state. When an agent moves on to a row, the LSTM state it carries into that row's first step is kept
+(``row_lstm_h``/``row_lstm_c``, ``[layers, segments, hidden]``), taken before that step's episode reset (at
+the row change, from the host's bookkeeping, never from inside a step), and every minibatch carries it, so
+training replays each row from the state the rollout really had (not from zeros, as upstream did) and, with
+the row's ``dones`` as episode starts (``t = 0`` included), resets it where the rollout did. At the first
+minibatch of an update the policy then reproduces the rollout's log-probabilities exactly, and the LSTM is
+trained on the long-memory states it acts from.
 
 Row chains. ``next_rows[r]`` is the row the agent that filled row ``r`` went on to fill (-1 if none); rows of
 one agent form a chain in time. ``compute_advantage(..., next_rows=experience.next_rows)`` follows the chains,
@@ -43,15 +44,27 @@ so rewards and returns cross row ends, and ``row_tail(indices, advantages)`` giv
 each of its rows for the per-minibatch V-trace recomputation. ``rollout_advantages(gamma, gae_lambda,
 rho_clip, c_clip)`` computes them that way once per rollout (what a minibatch update without advantages uses).
 
-Bookkeeping (row and step of every agent) lives on the CPU, so storing a step never waits for the GPU;
-positions are computed per agent, so the agents of a batch need not be at the same step.
+Rollout steps. ``perform_rollout_step`` (metta.rl.rollout) stores a step with ``store`` on a CPU; on a GPU it
+runs each env batch's step as one static, graph-capturable piece of device work and keeps the bookkeeping on
+the host (``begin_step``, ``end_step``, ``device_steps``). ``cuda_graphs`` (``TrainerConfig.cuda_graphs``)
+captures that piece as a CUDA graph on a CUDA device.
+
+Bookkeeping (row and step of every agent, the row chains, and a copy of the episode starts) lives on the host,
+in NumPy arrays (``ep_indices``, ``ep_lengths`` and ``next_rows`` are tensors sharing their memory), so
+storing a step never waits for the GPU and planning a minibatch's LSTM replay reads nothing back from it;
+positions are computed per agent, so the agents of a batch need not be at the same step. Every buffer has one
+spare row past ``segments`` (not part of the public views): agents left without a row near the end of a
+rollout write their steps there, so a step's writes never depend on the data (what a CUDA graph needs).
 
 Minibatches. ``minibatch_segments = minibatch_size // bptt_horizon`` rows each, ``num_minibatches`` per
 update epoch. Two ways to draw them:
 
 - ``iter_minibatches(advantages=None, prio_alpha=0.0, prio_beta=0.6)`` yields one update epoch's
   minibatches. With ``prio_alpha == 0`` (the default) it is a random permutation of the rows cut into
-  ``num_minibatches`` parts: every row exactly once per epoch, importance weights 1. With ``prio_alpha > 0``
+  ``num_minibatches`` parts: every row exactly once per epoch, importance weights 1. The permutation is drawn
+  on the host from the buffer's own generator, seeded from ``torch.initial_seed()`` (the last
+  ``torch.manual_seed``) at the first draw, so runs of one seed draw the same order on a CPU and on a GPU
+  (whose rollouts draw from other generators); it reaches the device in one page-locked copy per epoch. With ``prio_alpha > 0``
   it draws each minibatch with ``sample_minibatch``. ``advantages`` (the ``[segments, bptt]`` tensor from
   ``compute_advantage``) is needed for prioritized sampling; when given, each minibatch also carries
   ``advantages`` and ``returns``. Without it (``for minibatch in experience.iter_minibatches():``),
@@ -64,8 +77,9 @@ update epoch. Two ways to draw them:
 
 A minibatch is a dict of tensors on ``device``: ``obs [mb, bptt, *obs_shape]``, ``actions [mb, bptt, 2]``,
 ``logprobs``, ``values``, ``rewards``, ``dones``, ``ratio`` (``[mb, bptt]``), ``lstm_h``/``lstm_c``
-(``[layers, mb, hidden]``, each row's stored start state), ``indices [mb]``,
-``prio_weights [mb, 1]``, and ``advantages``/``returns`` when advantages were given.
+(``[layers, mb, hidden]``, each row's stored start state), ``episode_starts`` (bool ``[mb, bptt]``, on the
+host: the LSTM replay's plan), ``indices [mb]``, ``prio_weights [mb, 1]``, and ``advantages``/``returns``
+when advantages were given.
 """
 
 from __future__ import annotations
@@ -78,12 +92,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from metta.common.pinned_upload import IndexUpload
 from metta.mettagrid.vecenv import calculate_batch_sizes  # noqa: F401 - upstream's import path
 from metta.rl.advantage import RowTail, compute_advantage
 from metta.rl.host_transfer import ActionDownload, HostUpload
 from metta.rl.trainer_config import TrainerConfig
 
 logger = logging.getLogger(__name__)
+# The per-step scalars every buffer row holds besides obs and actions.
+_STEP_SCALARS = ("logprobs", "values", "rewards", "dones", "truncateds")
 
 
 class Experience:
@@ -101,6 +118,7 @@ class Experience:
         cpu_offload: bool = False,
         num_lstm_layers: int | None = None,
         agents_per_batch: int | None = None,
+        cuda_graphs: bool = True,
     ):
         if obs_space is None or atn_space is None:
             raise ValueError(
@@ -165,25 +183,29 @@ class Experience:
             logger.warning(self._uneven_rows())
 
         S, H = self.segments, self.bptt_horizon
+        rows = S + 1  # the spare row (see "Bookkeeping"): public views show the first S
         obs_shape = tuple(obs_space.shape)
         obs_dtype = torch.uint8 if np.dtype(obs_space.dtype) == np.uint8 else torch.float32
         obs_device = torch.device("cpu") if self.cpu_offload else self.device
         pin = self.cpu_offload and torch.cuda.is_available()
-        self.obs = torch.zeros((S, H, *obs_shape), dtype=obs_dtype, device=obs_device, pin_memory=pin)  # [S, H, *obs]
         atn_shape = tuple(atn_space.shape) or (1,)
-        self.actions = torch.zeros((S, H, *atn_shape), dtype=torch.int32, device=self.device)  # [S, H, 2]
-        self.logprobs = torch.zeros((S, H), device=self.device)
-        self.values = torch.zeros((S, H), device=self.device)
-        self.rewards = torch.zeros((S, H), device=self.device)
-        self.dones = torch.zeros((S, H), device=self.device)
-        self.truncateds = torch.zeros((S, H), device=self.device)
-        self.ratio = torch.ones((S, H), device=self.device)
-        # Flat [S * H, ...] views: one index_copy_ per buffer stores a step for all agents of a batch.
-        self._flat = {
-            name: getattr(self, name).view(S * H, *getattr(self, name).shape[2:])
-            for name in ("obs", "actions", "logprobs", "values", "rewards", "dones", "truncateds")
+        storage = {
+            "obs": torch.zeros((rows, H, *obs_shape), dtype=obs_dtype, device=obs_device, pin_memory=pin),
+            "actions": torch.zeros((rows, H, *atn_shape), dtype=torch.int32, device=self.device),
+            **{name: torch.zeros((rows, H), device=self.device) for name in _STEP_SCALARS},
         }
+        # [S, H, ...] views: obs [S, H, *obs], actions [S, H, 2], the others [S, H].
+        for name, buffer in storage.items():
+            setattr(self, name, buffer[:S])
+        self.ratio = torch.ones((S, H), device=self.device)
+        # Flat [(S + 1) * H, ...] views: one index_copy_ per buffer stores a step for all agents of a batch.
+        self._flat = {name: buffer.view(rows * H, *buffer.shape[2:]) for name, buffer in storage.items()}
         self._flat_np = {name: buf.numpy() for name, buf in self._flat.items() if buf.device.type == "cpu"}
+        # The host's copy of where episodes start (dones as bool), read to plan each minibatch's LSTM replay.
+        self._host_starts = np.zeros((rows, H), dtype=np.bool_)
+        self._index_upload = IndexUpload(self.device)  # index plans to the device without a host sync
+        self._offload: list[tuple[torch.Tensor, Any] | None] = [None, None]  # cpu_offload minibatch staging
+        self._offload_turn = 0
 
         # Recurrent state (see "Stored state"); sized from the policy at its first step when no size is given.
         self.hidden_size: int | None = None
@@ -193,22 +215,30 @@ class Experience:
         if hidden_size is not None and num_lstm_layers is not None:
             self._allocate_lstm_state(int(hidden_size), int(num_lstm_layers))
 
-        # CPU bookkeeping: each agent's row (segments = "no row left") and step within it.
-        self.ep_indices = torch.zeros(self.total_agents, dtype=torch.int64)
-        self.ep_lengths = torch.zeros(self.total_agents, dtype=torch.int64)
-        # The row each row continues into (the same agent's next row of this rollout), -1 for none: lets
+        # Host bookkeeping: each agent's row (segments: the spare row, "no row left") and step within it, and
+        # the row each row continues into (the same agent's next row of this rollout), -1 for none: lets
         # compute_advantage carry returns across row ends (see "Row chains").
-        self.next_rows = torch.full((S,), -1, dtype=torch.int64)
-        # Off the CPU, each agent's flat buffer position (row * bptt + step) is kept on the device as well: a
-        # step adds 1 there, and the host copies positions over only when agents change rows (every bptt steps).
-        self._flat_pos = (
-            None if self.device.type == "cpu" else torch.zeros(self.total_agents, dtype=torch.int64, device=self.device)
-        )
+        self._rows = np.zeros(self.total_agents, dtype=np.int64)
+        self._steps = np.zeros(self.total_agents, dtype=np.int64)
+        self._next = np.full(S, -1, dtype=np.int64)
+        self.ep_indices = torch.from_numpy(self._rows)
+        self.ep_lengths = torch.from_numpy(self._steps)
+        self.next_rows = torch.from_numpy(self._next)
+        # Each agent's flat buffer position (row * bptt + step) on the device, for the GPU form of a rollout
+        # step (metta.rl.rollout): a step adds 1 there, and the host sends positions over only when agents
+        # change rows (every bptt steps) or when the device copy is stale (``_positions_on_device`` false).
+        self._flat_pos = torch.zeros(self.total_agents, dtype=torch.int64, device=self.device)
+        self._positions_on_device = False
         self._next_rows_device: torch.Tensor | None = None
         self._epoch_values: torch.Tensor | None = None  # values at the start of the update epoch (row_tail)
-        # The rollout step's transfers on a GPU (see metta.rl.rollout): one upload, one download.
-        self.host_upload = None if self.device.type == "cpu" else HostUpload(self.device)
+        # Minibatch order: the buffer's own generator, seeded at the first draw (see "Minibatches").
+        self._generator: torch.Generator | None = None
+        # The rollout step's transfers and its GPU form, one per env batch (metta.rl.rollout).
+        self.cuda_graphs = bool(cuda_graphs)
+        self.host_upload = HostUpload(self.device)
         self.actions_to_host = ActionDownload(self.device)
+        self.device_steps: dict[tuple[int, int], Any] = {}
+        self.rollouts = 0  # rollouts started: a GPU-form step checks once per rollout that its graph still fits
         self._advantages: tuple[tuple, torch.Tensor] | None = None  # (settings, tensor) of this rollout
         self.reset_for_rollout()
 
@@ -217,9 +247,10 @@ class Experience:
         # Every agent's state, [layers, agents, hidden]; a batch reads its rows by env_id slice.
         self.lstm_h = torch.zeros((num_layers, self.total_agents, hidden_size), device=self.device)
         self.lstm_c = torch.zeros_like(self.lstm_h)
-        # The state each row starts from, [layers, segments, hidden].
-        self.row_lstm_h = torch.zeros((num_layers, self.segments, hidden_size), device=self.device)
-        self.row_lstm_c = torch.zeros_like(self.row_lstm_h)
+        # The state each row starts from, [layers, segments, hidden] (the spare row absorbs rowless agents').
+        self._row_lstm = torch.zeros((2, num_layers, self.segments + 1, hidden_size), device=self.device)
+        self.row_lstm_h, self.row_lstm_c = self._row_lstm[0, :, : self.segments], self._row_lstm[1, :, : self.segments]
+        self._lstm_np = None if self.device.type != "cpu" else (self.lstm_h.numpy(), self.lstm_c.numpy())
 
     def match_policy(self, policy: torch.nn.Module) -> None:
         """Check that the LSTM state fits ``policy`` (sizing it now if the buffer was built without a size).
@@ -272,22 +303,26 @@ class Experience:
         return self.full_rows >= self.segments and not self._trained_on
 
     def reset_for_rollout(self) -> None:
-        """Start filling the buffer from row 0 again: agent ``i`` writes row ``i`` from step 0.
+        """Start filling the buffer from row 0 again: agent ``i`` writes row ``i`` from step 0, entering it with
+        the LSTM state it has now.
 
         Optional: ``store`` does this itself when the buffer has been trained on (see "Rollouts" above).
         """
-        torch.arange(self.total_agents, out=self.ep_indices)
-        self.ep_lengths.zero_()
-        self.next_rows.fill_(-1)
+        self._rows[:] = np.arange(self.total_agents)
+        self._steps[:] = 0
+        self._next[:] = -1
         self.free_idx = self.total_agents
         self.full_rows = 0
-        self._agents_without_row = 0
         self._next_rows_device = None
         self._trained_on = False
         self._advantages = None
         self._epoch_values = None
-        if self._flat_pos is not None:
-            self._flat_pos.copy_(self.ep_indices * self.bptt_horizon)
+        self._positions_on_device = False
+        self.rollouts += 1
+        if self.hidden_size is not None:
+            n = self.total_agents
+            self.row_lstm_h[:, :n].copy_(self.lstm_h)
+            self.row_lstm_c[:, :n].copy_(self.lstm_c)
 
     def reset_importance_sampling_ratios(self) -> None:
         self.ratio.fill_(1.0)
@@ -309,16 +344,15 @@ class Experience:
 
         ``mask`` is accepted for the protocol; every agent of the slice is stored (MettaGrid agents are always
         active). ``lstm_state = (h, c)`` is the state after this step's forward, kept for the next one.
+        ``dones`` off the CPU is read back to the host (the GPU form of ``perform_rollout_step`` keeps the host's
+        own copy instead).
         """
         del mask
-        if self._trained_on:
-            self.reset_for_rollout()
+        self.begin_step()
         if self.hidden_size is None and lstm_state is not None:  # stored by hand, without perform_rollout_step
             self._allocate_lstm_state(int(lstm_state[0].shape[-1]), int(lstm_state[0].shape[0]))
         env_id = self._as_slice(env_id, obs.shape[0])
-        rows = self.ep_indices[env_id]
-        steps = self.ep_lengths[env_id]
-        self._store_row_start_state(env_id, rows, steps)
+        flat = self._rows[env_id] * self.bptt_horizon + self._steps[env_id]  # on the host
         data = {
             "obs": obs,
             "actions": actions,
@@ -328,76 +362,83 @@ class Experience:
             "dones": dones,
             "truncateds": truncations,
         }
-        flat_dev = None if self._flat_pos is None else self._flat_pos[env_id]
-        if self._agents_without_row:
-            # Near the end of a rollout some agents have no row: drop their steps (rare, so it may allocate).
-            keep = rows < self.segments
-            flat_dev = None
-            data = {k: v[keep.to(v.device)] for k, v in data.items()}
-            rows, steps_kept = rows[keep], steps[keep]
-        else:
-            steps_kept = steps
-        flat = rows * self.bptt_horizon + steps_kept  # on the host
-        flat_np = flat.numpy()
+        flat_dev = None
         for name, value in data.items():
             buf = self._flat[name]
             if buf.device.type == "cpu" and value.device.type == "cpu":
                 # NumPy fancy assignment (casting on the fly) is ~50x faster than index_copy_ on CPU tensors.
-                self._flat_np[name][flat_np] = value.detach().reshape(-1, *buf.shape[1:]).numpy()
+                self._flat_np[name][flat] = _host_array(value).reshape(-1, *buf.shape[1:])
                 continue
             if buf.device.type == "cpu":
-                index = flat  # cpu_offload obs with the values on the GPU
+                index = torch.from_numpy(flat)  # cpu_offload obs with the values on the GPU
             else:
                 if flat_dev is None:
-                    flat_dev = flat.to(self.device, non_blocking=True)
+                    (flat_dev,) = self._index_upload(flat)
                 index = flat_dev
             buf.index_copy_(0, index, value.reshape(-1, *buf.shape[1:]).to(buf.device, buf.dtype, non_blocking=True))
-
-        steps += 1  # a view: updates ep_lengths in place
-        if self._flat_pos is not None:
-            self._flat_pos[env_id] += 1
+        self._host_starts.reshape(-1)[flat] = _host_array(dones)
         if lstm_state is not None:
             self.set_lstm_state(env_id, *lstm_state)
-        if bool((steps >= self.bptt_horizon).any()):
-            self._next_rows(env_id)
-            if self._flat_pos is not None:  # agents moved to new rows: their positions come from the host
-                self._flat_pos[env_id] = (self.ep_indices[env_id] * self.bptt_horizon + steps).to(
-                    self.device, non_blocking=True
-                )
+        self._positions_on_device = False  # the device positions did not take this step
+        self.end_step(env_id)
         return obs.shape[0]
 
-    def _store_row_start_state(self, env_id: slice, rows: torch.Tensor, steps: torch.Tensor) -> None:
-        """Keep the state that agents beginning a row enter it with (the state before this step's forward)."""
-        if self.hidden_size is None:
-            return  # no recurrent state to keep
-        starting = (steps == 0) & (rows < self.segments)
-        if not bool(starting.any()):
-            return  # most steps: no agent of this batch begins a row
-        h, c = self.lstm_h[:, env_id], self.lstm_c[:, env_id]
-        if bool(starting.all()):
-            target = rows.to(self.device, non_blocking=True)
-        else:
-            target = rows[starting].to(self.device, non_blocking=True)
-            which = starting.nonzero().flatten().to(self.device, non_blocking=True)
-            h, c = h[:, which], c[:, which]
-        self.row_lstm_h[:, target] = h
-        self.row_lstm_c[:, target] = c
+    def begin_step(self) -> None:
+        """Before a step is stored: a buffer that has been trained on starts a new rollout."""
+        if self._trained_on:
+            self.reset_for_rollout()
+
+    def end_step(self, env_id: slice) -> None:
+        """After a step of ``env_id`` is stored (and the agents' new LSTM state set): advance each agent's
+        position; agents whose row is full move on to the next free row (or the spare one)."""
+        steps = self._steps[env_id]
+        steps += 1  # a view: updates the bookkeeping in place
+        if steps.max() >= self.bptt_horizon:
+            self._next_rows(env_id)
 
     def _next_rows(self, env_id: slice) -> None:
         self._next_rows_device = None
-        rows = self.ep_indices[env_id]
-        steps = self.ep_lengths[env_id]
-        finished = (steps >= self.bptt_horizon).nonzero().flatten()
-        real = rows[finished] < self.segments
+        rows, steps = self._rows[env_id], self._steps[env_id]
+        finished = np.flatnonzero(steps >= self.bptt_horizon)
+        old = rows[finished]
+        real = old < self.segments
         self.full_rows += int(real.sum())
-        n = finished.numel()
-        new_rows = torch.arange(self.free_idx, self.free_idx + n, dtype=torch.int64).clamp_(max=self.segments)
-        self._agents_without_row += int((new_rows >= self.segments).sum()) - int((~real).sum())
+        n = finished.size
+        new_rows = np.minimum(np.arange(self.free_idx, self.free_idx + n), self.segments)
         self.free_idx = min(self.free_idx + n, self.segments)
         linked = real & (new_rows < self.segments)
-        self.next_rows[rows[finished][linked]] = new_rows[linked]
+        self._next[old[linked]] = new_rows[linked]
         rows[finished] = new_rows
         steps[finished] = 0
+        # Each agent enters its new row with the state it has now, before its next step's episode reset (the
+        # replay applies that reset from the row's episode starts), and writes the row from step 0.
+        start = env_id.start or 0
+        if n == steps.size and new_rows[-1] < self.segments:  # a whole batch moves to consecutive rows
+            first = int(new_rows[0])
+            if self.hidden_size is not None:
+                self._row_lstm[0][:, first : first + n].copy_(self.lstm_h[:, env_id])
+                self._row_lstm[1][:, first : first + n].copy_(self.lstm_c[:, env_id])
+            if self._positions_on_device:
+                torch.arange(
+                    first * self.bptt_horizon,
+                    (first + n) * self.bptt_horizon,
+                    self.bptt_horizon,
+                    out=self._flat_pos[env_id],
+                )
+            return
+        agents, targets, positions = self._index_upload(start + finished, new_rows, new_rows * self.bptt_horizon)
+        if self.hidden_size is not None:
+            self._row_lstm[0].index_copy_(1, targets, self.lstm_h.index_select(1, agents))
+            self._row_lstm[1].index_copy_(1, targets, self.lstm_c.index_select(1, agents))
+        if self._positions_on_device:
+            self._flat_pos.index_copy_(0, agents, positions)
+
+    def sync_positions_to_device(self) -> None:
+        """Send every agent's buffer position to the device (the GPU form's first step of a rollout)."""
+        if not self._positions_on_device:
+            (positions,) = self._index_upload(self._rows * self.bptt_horizon + self._steps)
+            self._flat_pos.copy_(positions)
+            self._positions_on_device = True
 
     def _as_slice(self, env_id: slice | int, n: int) -> slice:
         if isinstance(env_id, slice):
@@ -419,6 +460,10 @@ class Experience:
 
     def set_lstm_state(self, env_id: slice | int, lstm_h: torch.Tensor, lstm_c: torch.Tensor) -> None:
         sl = self._as_slice(env_id, lstm_h.shape[1])
+        if self._lstm_np is not None and lstm_h.device.type == "cpu" and lstm_c.device.type == "cpu":
+            self._lstm_np[0][:, sl] = _host_array(lstm_h)  # NumPy: no torch dispatch on the CPU's rollout step
+            self._lstm_np[1][:, sl] = _host_array(lstm_c)
+            return
         h, c = self.lstm_h[:, sl], self.lstm_c[:, sl]
         if lstm_h.data_ptr() != h.data_ptr():
             h.copy_(lstm_h)
@@ -430,6 +475,12 @@ class Experience:
         if self.hidden_size is None:
             return  # not sized yet: the state is allocated as zeros at the first forward pass
         sl = self._as_slice(env_id, dones.shape[0])
+        if self._lstm_np is not None and dones.device.type == "cpu":
+            done = _host_array(dones).astype(bool, copy=False)
+            if done.any():
+                self._lstm_np[0][:, sl][:, done] = 0.0
+                self._lstm_np[1][:, sl][:, done] = 0.0
+            return
         keep = (~dones.to(self.device, torch.bool)).to(self.lstm_h.dtype).view(1, -1, 1)
         self.lstm_h[:, sl].mul_(keep)
         self.lstm_c[:, sl].mul_(keep)
@@ -462,18 +513,21 @@ class Experience:
             self._advantages = (settings, advantages)
         return self._advantages[1]
 
-    def row_tail(self, indices: torch.Tensor, advantages: torch.Tensor) -> RowTail:
+    def row_tail(self, indices: torch.Tensor, advantages: torch.Tensor) -> RowTail | None:
         """For the rows ``indices``, the step that follows each one's last (its successor's step 0, see
         ``next_rows``), with that step's entry of ``advantages``: what ``compute_advantage(..., tail=...)``
-        needs to recompute a minibatch's advantages without cutting returns at its rows' ends.
+        needs to recompute a minibatch's advantages without cutting returns at its rows' ends. None when no
+        row of this rollout continues into another (every agent wrote one row): there is no step to give.
 
         A row whose advantage at its last step is exactly 0 gets no following step: that is how
         ``compute_advantage`` without ``next_rows`` leaves every row's end, so a recompute from advantages
         computed that way stops at the row's end as they did (a chained advantage is 0 only by accident of
         the data, and then both ways give 0 at ratio 1)."""
+        if self._next.max(initial=-1) < 0:
+            return None
         if self._next_rows_device is None or self._next_rows_device.device != indices.device:
             # Once per update (the chains are fixed once the rollout is done), not once per minibatch.
-            self._next_rows_device = self.next_rows.to(indices.device)
+            (self._next_rows_device,) = self._index_upload(self._next)
         following = self._next_rows_device[indices]
         valid = (following >= 0) & (advantages[indices, -1] != 0)
         following = following.clamp(min=0)
@@ -496,12 +550,13 @@ class Experience:
         minibatch_idx: int | None = None,
         total_minibatches: int | None = None,
     ) -> dict[str, torch.Tensor]:
-        """One minibatch drawn with replacement by priority (see the module docstring)."""
+        """One minibatch drawn with replacement by priority (see the module docstring). The rows are drawn on
+        the device and read back once (the LSTM replay plans from the host's copy of the episode starts)."""
         del minibatch_idx, total_minibatches  # kept for upstream's signature; every draw is independent
         probs = self.sampling_probs(advantages, prio_alpha)
         idx = torch.multinomial(probs, self.minibatch_segments, replacement=True)
         weights = (self.segments * probs[idx]).pow(-prio_beta).unsqueeze(1)
-        return self._minibatch(idx, advantages, weights)
+        return self._minibatch(idx, advantages, weights, idx.cpu().numpy())
 
     def sampling_probs(self, advantages: torch.Tensor, prio_alpha: float) -> torch.Tensor:
         """``P(row)`` for prioritized sampling, a proper distribution over the ``segments`` rows."""
@@ -527,24 +582,27 @@ class Experience:
             for i in range(self.num_minibatches):
                 yield self.sample_minibatch(advantages, prio_alpha, prio_beta, i, self.num_minibatches)
             return
-        perm = torch.randperm(self.segments, device=self.device)
+        if self._generator is None:
+            self._generator = torch.Generator().manual_seed(torch.initial_seed())
+        host_perm = torch.randperm(self.segments, generator=self._generator).numpy()
+        (perm,) = self._index_upload(host_perm)
         ones = torch.ones((self.minibatch_segments, 1), device=self.device)
         for i in range(self.num_minibatches):
-            idx = perm[i * self.minibatch_segments : (i + 1) * self.minibatch_segments]
-            yield self._minibatch(idx, advantages, ones)
+            rows = slice(i * self.minibatch_segments, (i + 1) * self.minibatch_segments)
+            yield self._minibatch(perm[rows], advantages, ones, host_perm[rows])
 
     def _minibatch(
-        self, idx: torch.Tensor, advantages: torch.Tensor | None, prio_weights: torch.Tensor
+        self, idx: torch.Tensor, advantages: torch.Tensor | None, prio_weights: torch.Tensor, host_idx: np.ndarray
     ) -> dict[str, torch.Tensor]:
         self._trained_on = True
-        obs_idx = idx if self.obs.device == idx.device else idx.to(self.obs.device)
         mb = {
-            "obs": self.obs[obs_idx].to(self.device, non_blocking=True),
+            "obs": self._minibatch_obs(idx, host_idx),
             "actions": self.actions[idx],
             "logprobs": self.logprobs[idx],
             "values": self.values[idx],
             "rewards": self.rewards[idx],
             "dones": self.dones[idx],
+            "episode_starts": torch.from_numpy(self._host_starts[host_idx]),
             "ratio": self.ratio[idx],
             "lstm_h": self.row_lstm_h[:, idx] if self.hidden_size is not None else None,  # None: zeros
             "lstm_c": self.row_lstm_c[:, idx] if self.hidden_size is not None else None,
@@ -555,6 +613,28 @@ class Experience:
             mb["advantages"] = advantages[idx]
             mb["returns"] = mb["advantages"] + mb["values"]
         return mb
+
+    def _minibatch_obs(self, idx: torch.Tensor, host_idx: np.ndarray) -> torch.Tensor:
+        if self.obs.device == self.device:
+            return self.obs[idx]
+        # cpu_offload: gathered on the host into page-locked memory (two buffers taking turns, each guarded by
+        # the event of its last copy), then one asynchronous copy to the device.
+        self._offload_turn = turn = 1 - self._offload_turn
+        shape = (len(host_idx), *self.obs.shape[1:])
+        if self._offload[turn] is None or self._offload[turn][0].shape != shape:
+            cuda = self.device.type == "cuda"
+            self._offload[turn] = (
+                torch.empty(shape, dtype=self.obs.dtype, pin_memory=cuda),
+                torch.cuda.Event() if cuda else None,
+            )
+        staging, event = self._offload[turn]
+        if event is not None:
+            event.synchronize()
+        torch.index_select(self.obs, 0, torch.from_numpy(host_idx), out=staging)
+        out = staging.to(self.device, non_blocking=True)
+        if event is not None:
+            event.record()
+        return out
 
     # Stats ---------------------------------------------------------------------------------------------
     def describe(self) -> str:
@@ -603,6 +683,13 @@ class Experience:
         }
 
 
+def _host_array(value: torch.Tensor) -> np.ndarray:
+    """A tensor's values as a NumPy array (a view on the CPU; a copy, which waits for the device, elsewhere)."""
+    if value.device.type != "cpu":
+        value = value.cpu()
+    return (value.detach() if value.requires_grad else value).numpy()
+
+
 def _check_positive(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name}={value!r} must be a positive integer")
@@ -626,7 +713,9 @@ def default_minibatch_size(batch_size: int, bptt_horizon: int) -> int:
 
 
 def make_experience(vecenv: Any, policy: Any, trainer_cfg: Any, device: torch.device | str = "cpu") -> Experience:
-    """An ``Experience`` sized from a vecenv, a policy and a ``TrainerConfig`` (the usual construction)."""
+    """An ``Experience`` sized from a vecenv, a policy and a ``TrainerConfig`` (the usual construction); it also
+    applies the config's ``tf32`` switch, so the first rollout runs as the updates will."""
+    trainer_cfg.apply_tf32()
     return Experience(
         total_agents=vecenv.num_agents,
         batch_size=trainer_cfg.batch_size,
@@ -640,6 +729,7 @@ def make_experience(vecenv: Any, policy: Any, trainer_cfg: Any, device: torch.de
         cpu_offload=trainer_cfg.cpu_offload,
         num_lstm_layers=policy.core_num_layers,
         agents_per_batch=getattr(vecenv, "agents_per_batch", None),
+        cuda_graphs=trainer_cfg.cuda_graphs and not trainer_cfg.compile,
     )
 
 

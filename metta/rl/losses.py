@@ -238,12 +238,12 @@ def minibatch_loss(
     ppo = trainer_cfg.ppo
     obs, old_logprobs, dones = minibatch["obs"], minibatch["logprobs"], minibatch.get("dones")
     # Each row is replayed from the LSTM state the rollout entered it with, resetting where episodes began
-    # inside it, so the replay sees what the rollout saw.
-    state = PolicyState(
-        lstm_h=minibatch.get("lstm_h"),
-        lstm_c=minibatch.get("lstm_c"),
-        episode_starts=dones.bool() if dones is not None else None,
-    )
+    # inside it, so the replay sees what the rollout saw. The buffer hands the starts over on the host
+    # ("episode_starts"), so planning the replay reads nothing back from the device.
+    starts = minibatch.get("episode_starts")
+    if starts is None and dones is not None:
+        starts = dones.bool()
+    state = PolicyState(lstm_h=minibatch.get("lstm_h"), lstm_c=minibatch.get("lstm_c"), episode_starts=starts)
     _, new_logprobs, entropy, newvalue, full_logprobs = policy(obs, state, action=minibatch["actions"])
     new_logprobs = new_logprobs.view(old_logprobs.shape)
     new_values = newvalue.view(old_logprobs.shape)
@@ -257,7 +257,7 @@ def minibatch_loss(
             minibatch["rewards"],
             dones,
             ratio.detach(),
-            adv.clone(),
+            torch.empty_like(adv),
             ppo.gamma,
             ppo.gae_lambda,
             trainer_cfg.vtrace.vtrace_rho_clip,
@@ -275,21 +275,23 @@ def minibatch_loss(
     )
     zero = torch.zeros((), device=pg_loss.device)
     ks_action_loss, ks_value_loss = zero, zero
+    # Terms with a zero weight are left out of the loss altogether (their statistics are still reported).
+    loss = pg_loss
+    if ppo.ent_coef:
+        loss = loss - ppo.ent_coef * entropy_loss
+    if ppo.vf_coef:
+        loss = loss + ppo.vf_coef * v_loss
+    l2_reg_loss = ppo.l2_reg_loss_coef * _l2_reg_loss(policy) if ppo.l2_reg_loss_coef > 0 else zero
+    l2_init_loss = ppo.l2_init_loss_coef * policy.l2_init_loss() if ppo.l2_init_loss_coef > 0 else zero
+    if ppo.l2_reg_loss_coef > 0:
+        loss = loss + l2_reg_loss
+    if ppo.l2_init_loss_coef > 0:
+        loss = loss + l2_init_loss
     if kickstarter is not None and kickstarter.enabled:
         ks_action_loss, ks_value_loss = kickstarter.loss(
             agent_step, full_logprobs, newvalue, obs, teacher_lstm_state=[], actions=minibatch["actions"]
         )
-    l2_reg_loss = ppo.l2_reg_loss_coef * _l2_reg_loss(policy) if ppo.l2_reg_loss_coef > 0 else zero
-    l2_init_loss = ppo.l2_init_loss_coef * policy.l2_init_loss() if ppo.l2_init_loss_coef > 0 else zero
-    loss = (
-        pg_loss
-        - ppo.ent_coef * entropy_loss
-        + ppo.vf_coef * v_loss
-        + l2_reg_loss
-        + l2_init_loss
-        + ks_action_loss
-        + ks_value_loss
-    )
+        loss = loss + ks_action_loss + ks_value_loss
 
     custom_names = custom_loss_names(custom_loss_fns or [])
     custom_values: list[torch.Tensor] = []
@@ -384,9 +386,8 @@ def compute_explained_variance(values: torch.Tensor, advantages: torch.Tensor) -
     y_pred = values.flatten()
     y_true = advantages.flatten() + y_pred
     var_y = y_true.var()
-    if not bool(var_y > 0):
-        return float("nan")
-    return float(1 - (y_true - y_pred).var() / var_y)
+    # One read back from the device: the NaN case is chosen on the device too.
+    return float(torch.where(var_y > 0, 1 - (y_true - y_pred).var() / var_y, float("nan")))
 
 
 def should_stop_early(losses: Losses, target_kl: float | None) -> bool:

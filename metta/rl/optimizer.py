@@ -47,8 +47,9 @@ class Optimizer:
             raise ValueError(f"learning_rate={learning_rate!r} must be > 0, e.g. 3e-4")
         params = [p for p in policy.parameters() if p.requires_grad]
         if optimizer_type == "adam":
+            # Fused: one kernel for every parameter's update, where torch has one for the device (CUDA, CPU).
             optimizer: torch.optim.Optimizer = torch.optim.Adam(
-                params, lr=learning_rate, betas=betas, eps=eps, weight_decay=weight_decay
+                params, lr=learning_rate, betas=betas, eps=eps, weight_decay=weight_decay, fused=_fused_adam(params)
             )
         else:
             import heavyball
@@ -123,7 +124,7 @@ class Optimizer:
         if self.record_grad_stats:
             self.last_grad_stats = gradient_stats(self.params)
         # Kept as a tensor: reading it would make the GPU wait here.
-        self.last_grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+        self.last_grad_norm = clip_gradients(self.params, self.max_grad_norm)
         self.optimizer.step()
         self.steps += 1
         self.optimizer.zero_grad(set_to_none=True)
@@ -140,7 +141,40 @@ class Optimizer:
         return self.optimizer.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        fused = [group.get("fused") for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state_dict)
+        # A checkpoint's groups carry the fused flag of the machine that saved them; the step's implementation
+        # is this machine's choice, not part of the state.
+        for group, flag in zip(self.optimizer.param_groups, fused):
+            if "fused" in group:
+                group["fused"] = flag
+                if flag:
+                    group["foreach"] = None
+
+
+def _fused_adam(params: list[torch.Tensor]) -> bool | None:
+    """True when every parameter is a float tensor on a device with a fused Adam kernel (CUDA, CPU)."""
+    if not params:
+        return None
+    devices = {p.device.type for p in params}
+    if len(devices) == 1 and devices <= {"cuda", "cpu"} and all(p.is_floating_point() for p in params):
+        return True
+    return None
+
+
+def clip_gradients(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """Scale the gradients so their total L2 norm is at most ``max_norm``; returns the norm before (a tensor).
+
+    ``torch.nn.utils.clip_grad_norm_``'s arithmetic (``coef = min(1, max_norm / (norm + 1e-6))``) in a fixed
+    handful of multi-tensor ops on every device; torch's own takes its multi-tensor path only on CUDA and
+    dispatches two ops per parameter on a CPU.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    torch._foreach_mul_(grads, (max_norm / (total + 1e-6)).clamp_(max=1.0))
+    return total
 
 
 def gradient_stats(params: list[torch.Tensor]) -> dict[str, torch.Tensor] | None:

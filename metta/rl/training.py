@@ -83,6 +83,7 @@ def train_ppo(
     agent step at which this batch's rollout began (default: ``agent_step`` minus one batch of every rank).
     """
     trainer_cfg = sized_to_buffer(experience, trainer_cfg)
+    trainer_cfg.apply_tf32()
     ppo = trainer_cfg.ppo
     optimizer = as_metta_optimizer(optimizer, policy, ppo.max_grad_norm)
     prio = trainer_cfg.prioritized_experience_replay

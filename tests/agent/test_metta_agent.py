@@ -318,24 +318,19 @@ def test_token_conv_only_when_nothing_else_reads_the_box(env):
     assert TokenConv.for_components(components) is None
 
 
-def test_the_gpu_single_step_matches_nn_lstm_with_gradients():
-    """LSTM._one_step (what a GPU runs for each rollout step) is nn.LSTM's step with the same weights: outputs,
-    states and gradients agree; a missing state is zeros."""
-    from metta.agent.lib.lstm import LSTM
-    from metta.agent.lib.metta_layer import AgentContext
+def test_the_dense_first_convolution_runs_the_components_and_nothing_more(env, rollout_obs):
+    """The dense form (a GPU's) goes straight to the box and the convolution: the same ops as the components
+    themselves, no token decoding for the sparse forms first."""
+    from metta.common.profiling.dispatch_counter import DispatchCounter
 
-    torch.manual_seed(0)
-    layer = LSTM("_core_", ["x"], AgentContext.__new__(AgentContext), 32, {"num_layers": 2})
-    layer.lstm = torch.nn.LSTM(16, 32, num_layers=2)
-    layer.hidden_size, layer.num_layers = 32, 2
-    x = torch.randn(1, 8, 16, requires_grad=True)
-    h, c = torch.randn(2, 8, 32), torch.randn(2, 8, 32)
-    want, (want_h, want_c) = layer.lstm(x, (h, c))
-    got, (got_h, got_c) = layer._one_step(x, h, c)
-    for a, b in ((got, want), (got_h, want_h), (got_c, want_c)):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    (grad_want,) = torch.autograd.grad(want.sum(), x)
-    (grad_got,) = torch.autograd.grad(got.sum(), x)
-    torch.testing.assert_close(grad_got, grad_want, rtol=1e-5, atol=1e-6)
-    zeros, _ = layer._one_step(x, None, None)
-    torch.testing.assert_close(zeros, layer.lstm(x)[0], rtol=1e-5, atol=1e-6)
+    agent = make_policy(env)
+    fused = agent.token_conv
+    fused.product = "dense"
+    counts = []
+    for token_conv in (fused, None):
+        agent.token_conv = token_conv
+        counter = DispatchCounter()
+        with counter, torch.no_grad():
+            agent(rollout_obs[0], PolicyState(), action=torch.zeros(rollout_obs.shape[1], 2, dtype=torch.int32))
+        counts.append(counter.totals()["ops"])
+    assert counts[0] == counts[1]

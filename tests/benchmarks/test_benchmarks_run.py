@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
             "512",
             "--iterations",
             "1",
+            "--no-prebuild-maps",
         ],
     ],
 )
@@ -101,10 +102,21 @@ def test_trajectory_hash_is_deterministic():
 
 
 def test_gpu_check_runs_at_tiny_sizes_on_the_cpu(tmp_path):
-    """The prepared GPU command must not be broken when a GPU session comes: its checks pass on a CPU. The
-    device_tests and torchrun checks are left out here because the suite runs both itself (tests/device,
-    tests/test_run_py.py's torchrun runs), and side by side on two cores they cost a minute."""
-    checks = ["environment", "env_sps", "train_sps_default", "run_py"]
+    """The prepared GPU command must not be broken when a GPU session comes: its checks pass on a CPU, the
+    host-overhead measurements included. The device_tests and torchrun checks are left out here because the
+    suite runs both itself (tests/device, tests/test_run_py.py's torchrun runs), and side by side on two cores
+    they cost a minute."""
+    checks = [
+        "environment",
+        "env_sps",
+        "lscpu",
+        "train_sps_default",
+        "run_py",
+        "host_overhead",
+        "learn_micro",
+        "inference_graph",
+        "vecenv_wait",
+    ]
     out = subprocess.run(
         [
             sys.executable,
@@ -126,6 +138,15 @@ def test_gpu_check_runs_at_tiny_sizes_on_the_cpu(tmp_path):
     assert [r["check"] for r in records] == checks
     failed = [r for r in records if not r["ok"]]
     assert not failed and out.returncode == 0, failed or out.stderr[-2000:]
-    assert records[2]["result"]["agent_steps_per_second"] > 0 and records[2]["result"]["config"]["num_workers"] == 2
-    assert records[3]["result"]["evaluations"] > 0 and records[3]["result"]["replays"]
+    by_name = {r["check"]: r for r in records}
+    train = by_name["train_sps_default"]["result"]
+    assert train["agent_steps_per_second"] > 0 and train["config"]["num_workers"] == 2
+    assert by_name["run_py"]["result"]["evaluations"] > 0 and by_name["run_py"]["result"]["replays"]
+    cpus = by_name["lscpu"]["result"]
+    assert cpus["logical_cpus"] >= cpus["physical_cores"] >= 1 and len(cpus["worker_cpus"]) == cpus["workers_default"]
+    overhead = by_name["host_overhead"]["result"]["paths"]
+    assert set(overhead) == {"cpu", "gpu"} and all(p["minibatch"]["ops"] > 0 for p in overhead.values())
+    assert set(by_name["learn_micro"]["result"]) >= {"lstm_replay", "vtrace", "adam"}
+    assert by_name["inference_graph"]["result"]["agents"]["16"]["eager"]["ops"] > 0
+    assert by_name["vecenv_wait"]["result"]["prebuilt_maps"]["spin_1.0ms"]["batches"] > 0
     assert (tmp_path / "gpu_check.jsonl").read_text().count("\n") == len(records)

@@ -4,8 +4,8 @@ The suite runs them on the CPU (the default), where the device side and the CPU 
 ``benchmarks/gpu_check.py`` runs this file with ``METTA_TEST_DEVICE=cuda`` on a GPU, where they are not:
 the torch advantage path against the CPU's compiled kernel, the LSTM with episode starts inside a row under
 cuDNN, a rollout into an Experience on the device (packed pinned upload, positions tracked on the device),
-the bag form of the first convolution, a checkpoint saved on the device and loaded on the CPU, and the
-compiled policy against the eager one.
+the bag form of the first convolution, a checkpoint saved on the device and loaded on the CPU, the
+compiled policy against the eager one, and (CUDA only) the rollout step as a CUDA graph against the eager step.
 """
 
 from __future__ import annotations
@@ -71,8 +71,8 @@ def test_advantage_on_the_device_equals_the_cpu_kernel():
 
 
 def test_lstm_with_episode_starts_inside_rows_matches_the_cpu(env):
-    """Training's sequence pass (split at episode starts) on the device equals the CPU's, and equals stepping
-    the same observations one at a time as a rollout does."""
+    """Training's sequence pass (rows cut at episode starts, one padded LSTM call) on the device equals the
+    CPU's, and equals stepping the same observations one at a time as a rollout does."""
     torch.manual_seed(0)
     cpu_agent = make_policy(env, device="cpu")
     dev_agent = make_policy(env, device=DEVICE)
@@ -89,7 +89,8 @@ def test_lstm_with_episode_starts_inside_rows_matches_the_cpu(env):
     def sequence(agent, device):
         state = PolicyState(lstm_h=h0.to(device), lstm_c=c0.to(device), episode_starts=starts.to(device))
         _, logprob, entropy, value, _ = agent(tokens.to(device), state, action=actions.to(device))
-        return [x.detach().cpu() for x in (logprob, entropy, value.view(-1), state.lstm_h)]
+        assert state.lstm_h is None and state.lstm_c is None  # a replay with starts inside hands on no state
+        return [x.detach().cpu() for x in (logprob, entropy, value.view(-1))]
 
     on_cpu, on_device = sequence(cpu_agent, "cpu"), sequence(dev_agent, DEVICE)
     for a, b in zip(on_cpu, on_device):
@@ -222,3 +223,64 @@ def test_compiled_policy_gives_the_eager_outputs(env):
     for name, grad in outputs[0][1].items():
         torch.testing.assert_close(outputs[1][1][name], grad, rtol=1e-3, atol=1e-5, msg=name)
     assert set(compiled.state_dict()) == set(eager.state_dict())  # checkpoints keep their keys
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="CUDA graphs need a CUDA device (METTA_TEST_DEVICE=cuda)")
+def test_the_rollout_step_as_a_cuda_graph_equals_the_eager_step(env):
+    """With cuda_graphs each env batch's step is captured once and replayed; what the replays store is what the
+    eager policy computes: the rows replay to the recorded log-probabilities and values, and a graph step and
+    an eager step from the same state give the same values and next states."""
+    torch.manual_seed(6)
+    agent = make_policy(env, device=DEVICE)
+    cfg = TrainerConfig(batch_size=384, minibatch_size=384, bptt_horizon=16, update_epochs=1)
+    graphed = make_experience(env, agent, cfg, DEVICE)
+    assert graphed.cuda_graphs
+    env.async_reset(12)
+    rollout(agent, env, graphed, DEVICE, 0)
+    steps = list(graphed.device_steps.values())
+    assert steps and all(step.graph is not None for step in steps)
+    with torch.no_grad():
+        state = PolicyState(
+            lstm_h=graphed.row_lstm_h, lstm_c=graphed.row_lstm_c, episode_starts=graphed.dones.bool().cpu()
+        )
+        _, logprob, _, value, _ = agent(graphed.obs, state, action=graphed.actions)
+    torch.testing.assert_close(logprob.view_as(graphed.logprobs), graphed.logprobs, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(value.view_as(graphed.values), graphed.values, rtol=1e-4, atol=1e-4)
+
+    # One more step both ways from the same state: values and next LSTM states agree (actions are random draws).
+    eager = make_experience(env, agent, cfg.model_copy(update={"cuda_graphs": False}), DEVICE)
+    assert not eager.cuda_graphs
+    o, r, d, t, _, env_id, _ = env.recv()
+    for experience in (graphed, eager):
+        experience.match_policy(agent)
+        experience.lstm_h.copy_(graphed.lstm_h)
+        experience.lstm_c.copy_(graphed.lstm_c)
+    from metta.rl.rollout import device_step
+
+    sl = slice(int(env_id[0]), int(env_id[-1]) + 1)
+    results = []
+    for experience in (graphed, eager):
+        device_step(agent, experience, sl, o)(o, r, d, t)
+        results.append((experience.lstm_h[:, sl].clone(), experience.lstm_c[:, sl].clone()))
+    env.send(np.zeros((len(o), 2), dtype=np.int32))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_a_rollout_with_observations_offloaded_to_the_host(env):
+    """cpu_offload keeps the observations in (page-locked) host memory: on a GPU the rollout step writes them
+    there from the host and minibatches gather them there and send them over; the update still replays the
+    rollout exactly (ratio 1 at its first minibatch)."""
+    torch.manual_seed(7)
+    agent = make_policy(env, device=DEVICE)
+    cfg = TrainerConfig(batch_size=384, minibatch_size=384, bptt_horizon=16, update_epochs=1, cpu_offload=True)
+    experience = make_experience(env, agent, cfg, DEVICE)
+    assert experience.obs.device.type == "cpu"
+    env.async_reset(13)
+    agent_step, _ = rollout(agent, env, experience, DEVICE, 0)
+    assert bool((experience.obs.flatten(2).max(dim=2).values > 0).all())  # every step's observations written
+    losses = Losses()
+    train_ppo(
+        agent, Optimizer("adam", agent, learning_rate=1e-3), experience, DEVICE, losses, 0, cfg, agent_step=agent_step
+    )
+    assert abs(losses.stats()["importance"] - 1.0) < 1e-4

@@ -18,11 +18,12 @@ from metta.mettagrid.map import (
     RandomMap,
     TerrainMap,
     VariedTerrain,
+    terrain,
     upgrade_legacy_builder,
 )
 from metta.mettagrid.map.level import BLOCK, EMPTY, WALL, Level, agent_codes, cell_code
 from metta.mettagrid.map.maze import bfs_distances, label_components
-from metta.mettagrid.map.terrain import MAPS_PER_SET, base_map, size_label
+from metta.mettagrid.map.terrain import MAPS_PER_SET, base_map, build_terrain_sets, size_label, terrain_sets_in
 
 ALTAR = cell_code("altar")
 
@@ -465,3 +466,40 @@ def test_terrain_set_at_a_custom_size():
     assert a.count("altar") == 3 and a.num_agents() == 1
     with pytest.raises(ValueError, match="give both"):
         TerrainMap(dir="terrain_maps_nohearts", width=20)
+
+
+def test_terrain_sets_go_to_disk_whole_and_load_back_the_same(tmp_path, monkeypatch):
+    """A set built whole is written to the cache; a process without it in memory loads every map back, the same
+    grids and placement data as generating it; a damaged file is ignored (and the set generated again)."""
+    monkeypatch.setenv("METTA_TERRAIN_CACHE", str(tmp_path))
+    one_set = ("varied_terrain/dense_small", (12, 10))
+    build_terrain_sets([one_set])
+    (path,) = tmp_path.iterdir()
+    assert path.name.startswith("varied_terrain__dense_small__12x10__")
+    built = {i: terrain._BASE_MAPS.pop((one_set[0], i, one_set[1])) for i in range(MAPS_PER_SET)}
+    loaded = base_map(one_set[0], 5, one_set[1])  # loads the whole set from disk
+    assert all((one_set[0], i, one_set[1]) in terrain._BASE_MAPS for i in range(MAPS_PER_SET))
+    for name in ("grid", "candidates", "object_candidates", "open_padded", "counts"):
+        assert np.array_equal(getattr(loaded, name), getattr(built[5], name)), name
+    assert (loaded.n_empty, loaded.open_connected, loaded.labels) == (
+        built[5].n_empty,
+        built[5].open_connected,
+        built[5].labels,
+    )
+    path.write_bytes(b"not a set")
+    for i in range(MAPS_PER_SET):
+        terrain._BASE_MAPS.pop((one_set[0], i, one_set[1]))
+    assert np.array_equal(base_map(one_set[0], 5, one_set[1]).grid, built[5].grid)  # generated again
+    monkeypatch.setenv("METTA_TERRAIN_CACHE", "off")
+    assert terrain.terrain_cache_dir() is None
+
+
+def test_the_terrain_sets_of_a_curriculum_are_found_by_drawing_from_a_copy():
+    from metta.mettagrid.env import make_curriculum
+
+    curriculum = make_curriculum("/env/mettagrid/curriculum/navigation/bucketed")
+    state = curriculum.state_dict()
+    sets = terrain_sets_in(curriculum)
+    assert sorted(d for d, _ in sets) == sorted(terrain.NAVIGATION_TERRAIN_DIRS)
+    assert all(shape is None for _, shape in sets)
+    assert str(curriculum.state_dict()) == str(state), "the curriculum itself drew nothing"

@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from metta.mettagrid.vecenv import WorkerError, make_vecenv
+from metta.mettagrid.vecenv import WorkerError, make_vecenv, physical_cores, pin_plan, worker_cpus
 
 AGENTS_PER_ENV = 2
 MAX_STEPS = 15  # short episodes, so infos arrive within a few dozen steps
@@ -315,3 +315,20 @@ def test_worker_exits_when_parent_is_killed():
     finally:
         if parent.poll() is None:
             parent.kill()
+
+
+def test_workers_never_share_a_cpu_and_leave_the_learners_core_alone():
+    # 16 CPUs as 8 cores of 2 threads (Linux numbers siblings apart: CPU c and c + 8 share core c).
+    cores = [[c, c + 8] for c in range(8)]
+    assert pin_plan(cores, 7) == [1, 2, 3, 4, 5, 6, 7]  # one thread of every core but the learner's
+    assert pin_plan(cores, 10) == [1, 2, 3, 4, 5, 6, 7, 9, 10, 11]  # then second threads
+    assert pin_plan(cores, 14) == [1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15]
+    assert pin_plan(cores, 16) == [None] * 16  # more workers than CPUs of their own: none pinned
+    assert pin_plan([[0]], 2) == [None, None]
+    # This machine: every allowed CPU in exactly one core group, and the plan never repeats a CPU.
+    allowed = sorted(os.sched_getaffinity(0))
+    groups = physical_cores(allowed)
+    assert sorted(c for g in groups for c in g) == allowed
+    for n in (1, 2, 4, 16):
+        pinned = [c for c in worker_cpus(n) if c is not None]
+        assert len(pinned) == len(set(pinned)) and not set(pinned) & set(groups[0])

@@ -1,16 +1,20 @@
-"""compute_advantage against a plain NumPy loop of upstream-facts 4.1, on both implementations."""
+"""compute_advantage against a plain NumPy loop of upstream-facts 4.1, on both implementations: the CPU's
+compiled kernel and the GPU's closed form (run here on the CPU through ``gpu_forms_everywhere``)."""
+
+import contextlib
 
 import numpy as np
 import pytest
 import torch
 
-from metta.rl.advantage import (
-    RowTail,
-    _advantage_torch,
-    _advantage_torch_chained,
-    compute_advantage,
-    normalize_advantage_distributed,
-)
+from metta.common.code_paths import gpu_forms_everywhere
+from metta.common.profiling.dispatch_counter import DispatchCounter
+from metta.rl.advantage import RowTail, compute_advantage, normalize_advantage_distributed
+
+
+def implementation(impl: str):
+    """Where compute_advantage runs the kernel ("numba", a CPU's) or the closed form ("torch", a GPU's)."""
+    return gpu_forms_everywhere() if impl == "torch" else contextlib.nullcontext()
 
 
 def reference_advantage(values, rewards, dones, ratio, gamma, lam, rho_clip, c_clip):
@@ -54,10 +58,8 @@ def test_matches_numpy_loop(impl, gamma, lam, rho_clip, c_clip, ratio_one):
     expected = reference_advantage(values, rewards, dones, ratio, gamma, lam, rho_clip, c_clip)
     args = [torch.from_numpy(x.copy()) for x in (values, rewards, dones, ratio)]
     out = torch.full(values.shape, 123.0)
-    if impl == "numba":
+    with implementation(impl):
         result = compute_advantage(*args, out, gamma, lam, rho_clip, c_clip, "cpu")
-    else:
-        result = _advantage_torch(*args, out, gamma, lam, rho_clip, c_clip)
     assert result is out
     np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=1e-5)
     assert (out[:, -1] == 0).all()
@@ -96,10 +98,8 @@ def test_next_rows_equals_one_long_row_per_agent(impl):
             expected[r] = long_row[i * H : (i + 1) * H]
     args = [torch.from_numpy(x.copy()) for x in (values, rewards, dones, ratio)]
     out = torch.zeros(S, H)
-    if impl == "numba":
+    with implementation(impl):
         compute_advantage(*args, out, gamma, lam, rho_clip, c_clip, "cpu", next_rows=torch.from_numpy(next_rows))
-    else:
-        _advantage_torch_chained(*args, out, gamma, lam, rho_clip, c_clip, torch.from_numpy(next_rows))
     np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=1e-5)
     # Only the last row of each agent's chain ends with 0; a reward at a row's first step now counts.
     assert (out[torch.from_numpy(next_rows >= 0), -1] != 0).all()
@@ -119,11 +119,78 @@ def test_tail_recomputes_a_minibatch_as_the_whole_buffer_did(impl):
     tail = RowTail(args[1][following, 0], args[0][following, 0], args[2][following, 0], full[following, 0], nxt >= 0)
     part = [a[idx] for a in args]
     out = torch.zeros(len(idx), H)
-    if impl == "numba":
+    with implementation(impl):
         compute_advantage(*part, out, 0.9, 0.8, 0.7, 1.3, tail=tail)
-    else:
-        _advantage_torch(*part, out, 0.9, 0.8, 0.7, 1.3, tail)
     np.testing.assert_allclose(out.numpy(), full[idx].numpy(), rtol=1e-5, atol=1e-6)
+
+
+def loop_with_tail(values, rewards, dones, ratio, gamma, lam, rho_clip, c_clip, tail):
+    """The recursion step by step in float64, each row's last step reading ``tail`` (rewards, values, dones,
+    advantages, valid) as its t + 1."""
+    S, H = values.shape
+    adv = np.zeros((S, H), dtype=np.float64)
+    for s in range(S):
+        for t in range(H - 1, -1, -1):
+            if t == H - 1:
+                if not tail[4][s]:
+                    continue
+                r, v, d, last = tail[0][s], tail[1][s], tail[2][s], tail[3][s]
+            else:
+                r, v, d, last = rewards[s, t + 1], values[s, t + 1], dones[s, t + 1], adv[s, t + 1]
+            delta = min(ratio[s, t], rho_clip) * (r + gamma * v * (1 - d) - values[s, t])
+            adv[s, t] = delta + gamma * lam * min(ratio[s, t], c_clip) * last * (1 - d)
+    return adv
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
+@pytest.mark.parametrize(
+    "gamma,lam,rho_clip,c_clip,H",
+    [
+        (0.977, 0.916, 1.0, 1.0, 16),
+        (0.9, 0.8, 0.5, 0.7, 16),  # clipped rho and c
+        (0.0, 0.9, 1.0, 1.0, 8),  # gamma 0: one-step TD errors
+        (1.0, 1.0, 1.0, 1.0, 8),  # gamma and lambda 1: undiscounted returns
+        (0.99, 0.0, 1.0, 1.0, 8),  # lambda 0
+        (0.95, 0.9, 1.2, 0.9, 1),  # rows of one step
+    ],
+)
+def test_the_closed_form_equals_the_loop(dtype, tolerance, gamma, lam, rho_clip, c_clip, H):
+    """The GPU's closed form against the step-by-step loop, with episode ends, clipped ratios, tails (valid and
+    not) and the edge values of gamma and lambda: within 1e-5 in float32 and 1e-10 in float64."""
+    S = 29
+    values, rewards, dones, ratio = (x.astype(np.float64) for x in random_batch(seed=H, S=S, H=H, ratio_spread=0.8))
+    dones[::3, H // 2] = 1.0  # episode ends in every third row at least
+    rng = np.random.default_rng(5)
+    tail = (
+        rng.normal(size=S),
+        rng.normal(size=S),
+        (rng.random(S) < 0.2) * 1.0,
+        rng.normal(size=S),
+        rng.random(S) < 0.7,
+    )
+    expected = loop_with_tail(values, rewards, dones, ratio, gamma, lam, rho_clip, c_clip, tail)
+    args = [torch.from_numpy(x).to(dtype) for x in (values, rewards, dones, ratio)]
+    tail_t = RowTail(*(torch.from_numpy(np.asarray(x)).to(dtype) for x in tail[:4]), torch.from_numpy(tail[4]))
+    out = torch.zeros(S, H, dtype=dtype)
+    with gpu_forms_everywhere():
+        compute_advantage(*args, out, gamma, lam, rho_clip, c_clip, tail=tail_t)
+    if dtype == torch.float32:  # the loop on the same float32 inputs
+        expected = loop_with_tail(*(a.double().numpy() for a in args), gamma, lam, rho_clip, c_clip, tail)
+    np.testing.assert_allclose(out.double().numpy(), expected, rtol=tolerance, atol=tolerance)
+
+
+def test_the_closed_form_is_a_few_ops_without_host_reads():
+    """No loop over time: the op count does not grow with the horizon, and nothing is read back."""
+    counts = []
+    for H in (8, 64):
+        args = [torch.from_numpy(x) for x in random_batch(seed=1, S=16, H=H)]
+        counter = DispatchCounter()
+        with gpu_forms_everywhere():
+            compute_advantage(*args, torch.zeros(16, H), 0.97, 0.9, 1.0, 1.0)  # the first call builds masks
+            with counter:
+                compute_advantage(*args, torch.zeros(16, H), 0.97, 0.9, 1.0, 1.0)
+        counts.append(counter.totals())
+    assert counts[0] == counts[1] and counts[0]["host_syncs"] == 0 and counts[0]["ops"] < 40
 
 
 def test_bad_next_rows_are_named():

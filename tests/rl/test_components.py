@@ -380,6 +380,7 @@ def test_train_ppo_takes_a_plain_torch_optimizer_as_seed_000_does():
             lr=cfg.optimizer.learning_rate,
             betas=(cfg.optimizer.beta1, cfg.optimizer.beta2),
             eps=cfg.optimizer.eps,
+            fused=True,  # as metta's Adam is: the same arithmetic, bit for bit
         ),
     ):
         policy, env = fresh_policy(), tiny_vecenv()

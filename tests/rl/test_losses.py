@@ -80,3 +80,39 @@ def test_explained_variance():
     y = values + adv
     assert compute_explained_variance(values, adv) == pytest.approx(1 - adv.var().item() / y.var().item())
     assert math.isnan(compute_explained_variance(torch.ones(1, 3), torch.zeros(1, 3)))
+
+
+def test_terms_with_zero_weight_are_left_out_of_the_loss():
+    """With ent_coef and vf_coef at 0 the loss is the policy loss alone, the same number, with fewer ops in its
+    graph; the statistics still report the entropy and the value loss."""
+    from metta.agent.metta_agent import make_policy
+    from metta.common.profiling.dispatch_counter import DispatchCounter
+    from metta.mettagrid.default_env import default_env_config
+    from metta.mettagrid.env import MettaGridEnv
+    from metta.rl.losses import minibatch_loss
+
+    env = MettaGridEnv(default_env_config(num_agents=2, width=8, height=8), num_envs=1, seed=0)
+    torch.manual_seed(0)
+    policy = make_policy(env)
+    obs = torch.from_numpy(env.reset(0)[0]).unsqueeze(1)  # [B=2, T=1, tokens, 3]
+    minibatch = {
+        "obs": obs,
+        "actions": torch.zeros(2, 1, 2, dtype=torch.int32),
+        "logprobs": torch.full((2, 1), -2.0),
+        "values": torch.zeros(2, 1),
+        "advantages": torch.tensor([[1.0], [-0.5]]),
+        "returns": torch.tensor([[1.0], [-0.5]]),
+    }
+    results, ops = [], []
+    for weights in ({}, {"ent_coef": 0.0, "vf_coef": 0.0}):
+        counter = DispatchCounter()
+        with counter:
+            result = minibatch_loss(policy, dict(minibatch), cfg(**weights))
+            result.loss.total_loss.backward()
+        results.append(result)
+        ops.append(counter.totals()["ops"])
+    full, lean = results
+    assert lean.loss.total_loss.item() == lean.loss.policy_loss.item()
+    assert full.loss.total_loss.item() != full.loss.policy_loss.item()
+    assert lean.loss.entropy_loss.item() > 0 and lean.loss.value_loss.item() > 0  # still reported
+    assert ops[1] < ops[0]

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from metta.rl.optimizer import Optimizer
+from metta.common.profiling.dispatch_counter import DispatchCounter
+from metta.rl.optimizer import Optimizer, clip_gradients
 
 
 class Linear(torch.nn.Module):
@@ -59,6 +60,37 @@ def test_gradient_clipping_and_state_dict():
     other = Optimizer("adam", Linear(), learning_rate=1e-3)
     other.load_state_dict(state)
     assert other.param_groups[0]["lr"] == 1e-3 and len(other.state_dict()["state"]) == 2
+
+
+def test_adam_is_fused_and_stays_fused_after_loading_a_state_saved_without_it():
+    model = Linear()
+    opt = Optimizer("adam", model, learning_rate=1e-3)
+    assert opt.param_groups[0]["fused"] is True
+    state = opt.state_dict()
+    state["param_groups"][0]["fused"] = None  # a checkpoint written by a multi-tensor Adam
+    opt.load_state_dict(state)
+    assert opt.param_groups[0]["fused"] is True and opt.param_groups[0]["foreach"] is None
+    x, y = data()
+    counter = DispatchCounter(record_ops=True)
+    with counter:
+        opt.step(loss_fn(model, x, y))
+    assert counter.op_names["aten._fused_adam_.default"] == 1  # every parameter in one call
+
+
+def test_clip_gradients_is_torchs_clipping_in_a_few_ops():
+    grads = [torch.randn(7, 3) * 5, torch.randn(11), torch.randn(2, 2, 2)]
+    for max_norm in (0.5, 1e6):  # clipped, and left alone
+        ours = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
+        theirs = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
+        for a, b, g in zip(ours, theirs, grads):
+            a.grad, b.grad = g.clone(), g.clone()
+        counter = DispatchCounter()
+        with counter:
+            norm = clip_gradients(ours, max_norm)
+        torch.testing.assert_close(norm, torch.nn.utils.clip_grad_norm_(theirs, max_norm))
+        for a, b in zip(ours, theirs):
+            torch.testing.assert_close(a.grad, b.grad)
+        assert counter.totals()["ops"] <= 8 and counter.totals()["host_syncs"] == 0
 
 
 def test_unknown_type_lists_allowed():

@@ -1,5 +1,8 @@
 """Rollout and PPO update with the real MettaAgent and the real vecenv; kickstarter with a saved teacher."""
 
+import contextlib
+
+import numpy as np
 import pytest
 import torch
 from omegaconf import DictConfig
@@ -301,3 +304,47 @@ def test_a_batch_the_agents_cannot_fill_evenly_advances_agent_step_by_what_the_l
     agent_step, _ = rollout(agent, env, exp, "cpu", agent_step)
     assert agent_step == 144
     env.close()
+
+
+def test_the_gpu_form_of_the_rollout_step_stores_what_the_cpu_form_stores():
+    """The GPU form of the step (DeviceStep: static device work a CUDA graph captures, run eagerly here) fills
+    the buffer as the CPU form does: the same observations, rewards, episode starts and row chains, the same
+    actions (one random draw each), log-probabilities and values up to the LSTM step's float rounding, and the
+    states rows are replayed from. Its first minibatch then replays to the rollout's own log-probabilities."""
+    from metta.common.code_paths import gpu_forms_everywhere
+
+    filled = []
+    for gpu in (False, True):
+        torch.manual_seed(5)
+        env = short_episode_env(max_steps=7)  # episodes end inside rows; two env batches take turns
+        agent = make_policy(env)
+        agent.token_conv.product = "dense"  # the same first convolution in both forms
+        exp = experience_for(env, agent, batch_size=4 * 4 * 8)
+        with gpu_forms_everywhere() if gpu else contextlib.nullcontext():
+            for _ in range(2):  # the second rollout starts rows from carried states
+                exp.reset_for_rollout()
+                while not exp.ready_for_training:
+                    perform_rollout_step(agent, env, exp, "cpu")
+        assert (len(exp.device_steps) == 2) == gpu  # one DeviceStep per env batch
+        filled.append(exp)
+        env.close()
+    cpu, dev = filled
+    for name in ("obs", "actions", "rewards", "dones", "truncateds"):
+        assert torch.equal(getattr(dev, name), getattr(cpu, name)), name
+    assert torch.equal(dev.next_rows, cpu.next_rows) and np.array_equal(dev._host_starts, cpu._host_starts)
+    assert np.array_equal(dev._host_starts[: dev.segments], dev.dones.bool().numpy())
+    for name in ("logprobs", "values", "row_lstm_h", "row_lstm_c", "lstm_h"):
+        torch.testing.assert_close(getattr(dev, name), getattr(cpu, name), rtol=1e-5, atol=1e-5, msg=name)
+    assert dev.dones[:, 1:].any() and dev.row_lstm_h.abs().sum() > 0
+    # The rows' stored states and episode starts replay the rollout exactly (first minibatch: ratio 1).
+    torch.manual_seed(5)
+    env = short_episode_env(max_steps=7)
+    agent = make_policy(env)
+    agent.token_conv.product = "dense"
+    env.close()
+    mb = next(dev.iter_minibatches())
+    with torch.no_grad():
+        state = PolicyState(lstm_h=mb["lstm_h"], lstm_c=mb["lstm_c"], episode_starts=mb["episode_starts"])
+        _, logprob, _, value, _ = agent(mb["obs"], state, action=mb["actions"])
+    torch.testing.assert_close(logprob.view_as(mb["logprobs"]), mb["logprobs"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(value.view_as(mb["values"]), mb["values"], rtol=1e-5, atol=1e-5)

@@ -124,3 +124,20 @@ def test_create_trainer_config(tmp_path):
     # Serial's defaults never overwrite what the caller set.
     kept = create_trainer_config(vectorization="serial", async_factor=4, zero_copy=True)
     assert (kept.async_factor, kept.zero_copy) == (4, True)
+
+
+def test_tf32_and_cuda_graphs_are_settings_written_with_the_config():
+    import torch
+
+    cfg = TrainerConfig()
+    assert cfg.tf32 and cfg.cuda_graphs
+    text = cfg.to_yaml()
+    assert "tf32: true" in text and "cuda_graphs: true" in text  # config.yaml records both
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        TrainerConfig(tf32=False).apply_tf32()
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (False, False)
+        cfg.apply_tf32()
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (True, True)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

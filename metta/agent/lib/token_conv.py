@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from metta.agent.lib.nn_layer_library import Conv2d
 from metta.agent.lib.obs_token_to_box_shaper import ObsTokenToBoxShaper
 from metta.agent.lib.observation_normalizer import ObservationNormalizer
+from metta.common.code_paths import gpu_forms
 
 
 class TokenConv:
@@ -67,7 +68,7 @@ class TokenConv:
         self.out_shape = (out_channels, out_h, out_w)
         self._cache_key: tuple | None = None
         # "sparse", "bag" or "dense" (see the module docstring); None picks by the device: sparse on a CPU, dense
-        # (the components themselves) elsewhere.
+        # (the components themselves) elsewhere (metta.common.code_paths.gpu_forms).
         self.product: str | None = None
         self._cache_table: torch.Tensor | None = None
 
@@ -100,7 +101,9 @@ class TokenConv:
         weight = self.conv.weight_net.weight  # [out, C, kh, kw]
         if self.taps_to_table.device != weight.device:  # the agent was moved after it was built
             self.taps_to_table = self.taps_to_table.to(weight.device)
-        if torch.compiler.is_compiling():  # a compiled graph computes the table as part of its own work
+        if torch.compiler.is_compiling() or (weight.is_cuda and torch.cuda.is_current_stream_capturing()):
+            # A compiled graph or a CUDA graph (the rollout step's) computes the table as part of its own work:
+            # a cached one would be a constant there, stale after the next optimizer step.
             return self._compute_table(weight)
         key = (weight._version, weight.data_ptr(), weight.device)
         if not torch.is_grad_enabled() and self._cache_key == key and self._cache_table is not None:
@@ -123,19 +126,19 @@ class TokenConv:
 
     def __call__(self, td: dict) -> None:
         tokens = td["x"]
+        product = self.product or ("dense" if gpu_forms(tokens.device) else "sparse")
+        if product == "dense":  # on a GPU the box and a cuDNN convolution are faster, backward above all
+            for component in (self.shaper, self.normalizer, self.conv):
+                component(td)
+            return
+        if product == "sparse" and torch.compiler.is_compiling():
+            product = "bag"  # the same product with data-independent shapes, which torch.compile can trace
         n = tokens.shape[0]
         cell, feature = self.shaper.decode(tokens)
         valid = (cell < self.cells) & (feature < self.channels)
         feature = feature.clamp_max(self.channels - 1)
         columns = feature * self.cells + cell
         values = tokens[..., 2].float() * self.normalizer.inverse_norms.view(-1)[feature]
-        product = self.product or ("sparse" if tokens.device.type == "cpu" else "dense")
-        if product == "sparse" and torch.compiler.is_compiling():
-            product = "bag"  # the same product with data-independent shapes, which torch.compile can trace
-        if product == "dense":  # on a GPU the box and a cuDNN convolution are faster, backward above all
-            for component in (self.shaper, self.normalizer, self.conv):
-                component(td)
-            return
         if product == "sparse":
             out = self._sparse_product(n, columns[valid], values[valid], valid.sum(1))
         else:

@@ -118,6 +118,10 @@ class MultiTaskCurriculum(Curriculum):
     def _task_for(self, task_id: str) -> Task:
         return _ChildTask(task_id, self, self._curricula[task_id].get_task())
 
+    def task(self, task_id: str) -> Task:
+        """A draw of task ``task_id`` (one of ``task_ids``), whatever the task choice would pick."""
+        return self._task_for(task_id)
+
     def get_task(self) -> Task:
         return self._task_for(self._choose_task_id())
 

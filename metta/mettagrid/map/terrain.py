@@ -3,7 +3,9 @@
 ``VariedTerrain`` and ``CylinderWorld`` generate a fresh map from the episode rng. ``TerrainMap`` (upstream's
 ``TerrainFromNumpy``) picks one map of a fixed *terrain set*: upstream downloaded directories of
 pre-generated ``.npy`` maps; here each set is a collection of maps generated from ``(dir, index)`` alone,
-so a set is as fixed as files on disk, nothing is fetched, and each map is generated once per process.
+so a set is as fixed as files on disk and nothing is fetched. A map is generated once per process, and a
+set that a process generated whole is written to a disk cache (``terrain_cache_dir``) that later processes
+load instead; ``build_terrain_sets`` builds sets ahead of time (vecenv workers do, with ``prebuild_maps``).
 
 Every generator keeps the open space connected: features are placed with a free margin around their
 bounding box and away from the map edge, and any pocket of open cells cut off from the largest open region
@@ -12,13 +14,21 @@ bounding box and away from the map edge, and any pocket of open cells cut off fr
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import hashlib
+import os
+import tempfile
+import zipfile
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import numba
 import numpy as np
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from metta.mettagrid.map.base import Count, MapBuilder, add_border, agent_total, check_counts_fit
 from metta.mettagrid.map.level import BLOCK, EMPTY, WALL, Level, cell_code
@@ -547,13 +557,27 @@ def _generate_base(dir: str, index: int, shape: tuple[int, int] | None = None) -
 
 
 def base_map(dir: str, index: int, shape: tuple[int, int] | None = None) -> _BaseMap:
-    """Map ``index`` of terrain set ``dir`` (at ``shape`` = (height, width) if given), generated on first use
-    and cached for the process."""
+    """Map ``index`` of terrain set ``dir`` (at ``shape`` = (height, width) if given), cached for the process:
+    loaded with its whole set from the disk cache when the set is there, generated otherwise (and the set
+    written to the cache once this process has generated all of it)."""
     key = (dir, index, shape)
     cached = _BASE_MAPS.get(key)
     if cached is not None:
         return cached
-    grid = _generate_base(dir, index, shape)
+    if _load_set(dir, shape):  # a stat per map missing from the process (64 per set at most)
+        return _BASE_MAPS[key]
+    cached = _base_from_grid(dir, _generate_base(dir, index, shape))
+    _BASE_MAPS[key] = cached
+    if all((dir, i, shape) in _BASE_MAPS for i in range(MAPS_PER_SET)):
+        _save_set(dir, shape)
+    return cached
+
+
+def _base_from_grid(
+    dir: str, grid: np.ndarray, object_candidates: np.ndarray | None = None, open_connected: bool | None = None
+) -> _BaseMap:
+    """A base map's placement data from its grid; ``object_candidates`` and ``open_connected`` (the costly
+    parts) are computed unless given (from the disk cache)."""
     empty = grid == EMPTY
     # Upstream's rule: an empty cell with at least one empty 4-neighbour, not on the outermost ring.
     has_empty_neighbour = np.zeros_like(empty)
@@ -567,8 +591,9 @@ def base_map(dir: str, index: int, shape: tuple[int, int] | None = None) -> _Bas
     grid.flags.writeable = False
     root, _, leaf = dir.partition("/")
     labels = (root, leaf, size_label(grid.size)) if leaf else (root, size_label(grid.size))
-    # An object is an obstacle: on a corridor cell it would cut the map in two, so objects avoid cut cells.
-    object_ok = ok & ~articulation_cells(empty)
+    if object_candidates is None:
+        # An object is an obstacle: on a corridor cell it would cut the map in two, so objects avoid cut cells.
+        object_candidates = np.flatnonzero(ok & ~articulation_cells(empty))
     # ``empty`` inside a ring of blocked cells: the connectivity check steps to cell +-1 and +-(w + 2) with no
     # bounds checks or divisions, over arrays small enough to stay in cache between episodes.
     h, w = grid.shape
@@ -576,18 +601,154 @@ def base_map(dir: str, index: int, shape: tuple[int, int] | None = None) -> _Bas
     open_padded[1:-1, 1:-1] = empty
     open_padded = open_padded.ravel()
     open_padded.flags.writeable = False
-    cached = _BaseMap(
+    n_empty = int(empty.sum())
+    if open_connected is None:
+        open_connected = bool(_open_space_connected(open_padded, n_empty, w + 2, np.empty(0, dtype=np.int64)))
+    return _BaseMap(
         grid=grid,
         candidates=np.flatnonzero(ok),
-        object_candidates=np.flatnonzero(object_ok),
-        n_empty=int(empty.sum()),
-        open_connected=bool(_open_space_connected(open_padded, int(empty.sum()), w + 2, np.empty(0, dtype=np.int64))),
+        object_candidates=np.asarray(object_candidates, dtype=np.int64),
+        n_empty=n_empty,
+        open_connected=bool(open_connected),
         open_padded=open_padded,
         counts=np.bincount(grid.ravel(), minlength=256),
         labels=labels,
     )
-    _BASE_MAPS[key] = cached
-    return cached
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Terrain sets on disk. Generating the 16 sets of the navigation curriculum takes some 20 s of one core, paid
+# by every process that trains on it; a whole set is kept in one file (grids and the costly placement data),
+# keyed by the set and by a digest of the code and NumPy version that generate it, so a change to either
+# makes new files rather than reading stale ones.
+
+
+def terrain_cache_dir() -> Path | None:
+    """Where terrain sets are kept: ``$METTA_TERRAIN_CACHE`` ("off" for nowhere), else ``metta/terrain`` in
+    ``$XDG_CACHE_HOME`` (default ``~/.cache``)."""
+    configured = os.environ.get("METTA_TERRAIN_CACHE")
+    if configured == "off":
+        return None
+    if configured:
+        return Path(configured)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "metta" / "terrain"
+
+
+@functools.cache
+def _generator_digest() -> str:
+    sources = [Path(__file__), Path(__file__).with_name("maze.py"), Path(__file__).with_name("level.py")]
+    digest = hashlib.sha256(np.__version__.encode() + str(MAPS_PER_SET).encode())
+    for source in sources:
+        digest.update(source.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _set_path(dir: str, shape: tuple[int, int] | None) -> Path | None:
+    root = terrain_cache_dir()
+    if root is None:
+        return None
+    size = "own" if shape is None else f"{shape[0]}x{shape[1]}"
+    return root / f"{dir.replace('/', '__')}__{size}__{_generator_digest()}.npz"
+
+
+def _load_set(dir: str, shape: tuple[int, int] | None) -> bool:
+    """Fill the process cache with set ``dir`` from disk; False when it is not there (or unreadable)."""
+    path = _set_path(dir, shape)
+    if path is None or not path.is_file():
+        return False
+    try:
+        with np.load(path) as data:
+            maps = [
+                _base_from_grid(dir, data[f"grid_{i}"], data[f"object_candidates_{i}"], bool(data["open_connected"][i]))
+                for i in range(MAPS_PER_SET)
+            ]
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return False  # a damaged file is ignored; generating the set again rewrites it
+    for i, base in enumerate(maps):
+        _BASE_MAPS[(dir, i, shape)] = base
+    return True
+
+
+def _save_set(dir: str, shape: tuple[int, int] | None) -> None:
+    """Write set ``dir`` (all in the process cache) to disk, atomically; a cache that cannot be written is
+    skipped (the set is generated again by the next process)."""
+    path = _set_path(dir, shape)
+    if path is None or path.is_file():
+        return
+    maps = [_BASE_MAPS[(dir, i, shape)] for i in range(MAPS_PER_SET)]
+    arrays = {f"grid_{i}": m.grid for i, m in enumerate(maps)}
+    arrays |= {f"object_candidates_{i}": m.object_candidates.astype(np.int32) for i, m in enumerate(maps)}
+    arrays["open_connected"] = np.array([m.open_connected for m in maps])
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    except OSError:
+        return
+    try:
+        with os.fdopen(handle, "wb") as out:
+            np.savez(out, **arrays)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def build_terrain_sets(sets: Iterable[tuple[str, tuple[int, int] | None]], processes: int = 1) -> None:
+    """Make sure every ``(dir, shape)`` set is on disk, generating what is missing; with ``processes > 1``, in that
+    many spawned processes (one set each at a time; this process then loads them when it needs them), else in
+    this process, which also keeps them in memory. Without a disk cache, every set is generated here."""
+    sets = list(sets)
+    if terrain_cache_dir() is not None:  # what is on disk already needs no process of its own
+        sets = [one for one in sets if not _set_path(*one).is_file()]
+    if processes > 1 and len(sets) > 1 and terrain_cache_dir() is not None:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        from metta.mettagrid.spawning import main_module_hidden
+
+        with (
+            main_module_hidden(),
+            ProcessPoolExecutor(min(processes, len(sets)), mp_context=mp.get_context("spawn")) as pool,
+        ):
+            list(pool.map(_build_one_set, sets))
+        return
+    for one in sets:
+        _build_one_set(one)
+
+
+def _build_one_set(one: tuple[str, tuple[int, int] | None]) -> None:
+    dir, shape = one
+    for index in range(MAPS_PER_SET):
+        base_map(dir, index, shape)
+
+
+def terrain_sets_in(curriculum: Any, draws: int = 4) -> list[tuple[str, tuple[int, int] | None]]:
+    """The terrain sets ``(dir, shape)`` that ``curriculum``'s tasks build maps from, found by drawing from a
+    copy of it (the curriculum itself is left as it was): ``draws`` of each of its ``task_ids`` where it has
+    them (a multi-task, random, learning-progress or bucketed curriculum), else ``draws`` tasks."""
+    import copy
+
+    sample = copy.deepcopy(curriculum)
+    found: dict[tuple[str, tuple[int, int] | None], None] = {}
+
+    def visit(node: Any) -> None:
+        if isinstance(node, TerrainMap):
+            found[(node.dir, None if node.width is None else (node.height, node.width))] = None
+        elif isinstance(node, BaseModel):
+            for value in node.__dict__.values():
+                visit(value)
+        elif isinstance(node, (list, tuple)):
+            for value in node:
+                visit(value)
+        elif isinstance(node, dict):
+            for value in node.values():
+                visit(value)
+
+    task_ids = getattr(sample, "task_ids", None)
+    for _ in range(draws):
+        for task in [sample.task(t) for t in task_ids] if task_ids else [sample.get_task()]:
+            visit(task.env_cfg().game.map_builder)
+    return list(found)
 
 
 _PLACEMENT_TRIES = 8
