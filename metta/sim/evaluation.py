@@ -102,12 +102,18 @@ def evaluate_policy_suite(
     vectorization: str = "serial",
     stats_dir: str | os.PathLike | None = None,
     logger: logging.Logger | None = None,
+    *,
+    replay_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+    results: dict[str, SimulationResults] | None = None,
 ) -> dict[str, float]:
-    """Run every simulation of ``evaluation_config`` and return the scores (see ``suite_scores``).
+    """Run every simulation of ``evaluation_config`` and return the scores (see ``suite_scores``): the one
+    evaluation of run.py, the trainer, ``PolicyEvaluator`` and the interface, so every one logs the same keys.
 
-    Per-episode stats go to ``stats_dir`` (one ``.jsonl`` file per simulation) when it is given. To let the
-    PolicyStore's ``top`` selector pick by these scores, store them in the record before saving it:
-    ``policy_record.metadata["eval_scores"] = scores``.
+    Per-episode stats go to ``stats_dir`` (one ``.jsonl`` file per simulation) and a replay of every counted
+    episode to ``replay_dir`` when they are given; ``seed`` seeds the episodes; ``results``, when given, is filled
+    with each simulation's ``SimulationResults``. To let the PolicyStore's ``top`` selector pick by these scores,
+    store them in the record before saving it: ``policy_record.metadata["eval_scores"] = scores``.
     """
     log = logger or _logger
     _check_policy(policy_record)
@@ -116,10 +122,14 @@ def evaluate_policy_suite(
             f"evaluation_config is a {type(evaluation_config).__name__}; pass a SimulationSuiteConfig, e.g. "
             "create_evaluation_config_suite()"
         )
-    suite = SimulationSuite(evaluation_config, policy_record, policy_store, device, vectorization, stats_dir)
-    results = suite.simulate()
-    scores = suite_scores(evaluation_config, results)
-    for name, result in results.items():
+    suite = SimulationSuite(
+        evaluation_config, policy_record, policy_store, device, vectorization, stats_dir, replay_dir, seed=seed
+    )
+    simulated = suite.simulate()
+    if results is not None:
+        results.update(simulated)
+    scores = suite_scores(evaluation_config, simulated)
+    for name, result in simulated.items():
         if result.num_episodes == 0:
             log.warning("evaluation %s: no episode finished within max_time_s; it has no score", name)
     log.info("evaluation %s: %s", evaluation_config.name, ", ".join(f"{k}={v:.3f}" for k, v in scores.items()))

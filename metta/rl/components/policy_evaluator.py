@@ -1,13 +1,13 @@
-"""``PolicyEvaluator``: score a policy on a simulation suite (seed 001), over ``metta.sim.SimulationSuite``.
+"""``PolicyEvaluator``: score a policy on a simulation suite, over ``metta.sim.evaluation.evaluate_policy_suite``.
 
     evaluator = PolicyEvaluator(suite_config, policy_store, device="cpu", stats_dir=dirs.stats_dir)
-    scores = evaluator.evaluate(policy_or_record)     # {"navigation/terrain_small": 0.8, ...}
+    scores = evaluator.evaluate(policy_or_record)     # {"navigation/terrain_small": 0.8, "navigation/score": ...}
     evaluator.last_results                             # the SimulationResults of each simulation
 
 ``suite_config`` is a ``SimulationSuiteConfig`` (``metta.interface.create_evaluation_config_suite()`` builds
-the navigation suite). A score is the candidate's mean episode reward (``SimulationResults.mean_reward``);
-simulations that finished no episode within their time limit get no score. For per-category means use
-``metta.interface.evaluate_policy_suite``.
+the navigation suite). The scores are ``metta.sim.evaluation.evaluate_policy_suite``'s, the evaluation every loop
+runs: each simulation's mean episode reward under ``{category}/{sim}`` and each category's mean under
+``{category}/score``; simulations that finished no episode within their time limit get no score.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from metta.agent.policy_record import PolicyRecord
-from metta.sim.simulation import SimulationResults, SimulationSuite
+from metta.sim.evaluation import evaluate_policy_suite
+from metta.sim.simulation import SimulationResults
 from metta.sim.simulation_config import SimulationSuiteConfig
 
 
@@ -51,18 +52,18 @@ class PolicyEvaluator:
         self.last_results: dict[str, SimulationResults] = {}
 
     def evaluate(self, policy: PolicyRecord | nn.Module) -> dict[str, float]:
-        """Run every simulation of the suite on ``policy`` (a record or the agent itself): ``{sim name: score}``."""
+        """Run every simulation of the suite on ``policy`` (a record or the agent itself): the scores."""
         if not isinstance(policy, (PolicyRecord, nn.Module)):
             raise TypeError(f"policy is a {type(policy).__name__}; pass a PolicyRecord or the agent (an nn.Module)")
-        suite = SimulationSuite(
-            self.suite_config,
+        self.last_results = {}
+        return evaluate_policy_suite(
             policy,
             self.policy_store,
+            self.suite_config,
             self.device,
             self.vectorization,
             self.stats_dir,
-            self.replay_dir,
+            replay_dir=self.replay_dir,
             seed=self.seed,
+            results=self.last_results,
         )
-        self.last_results = suite.simulate()
-        return {name: result.mean_reward for name, result in self.last_results.items() if result.num_episodes > 0}
