@@ -131,7 +131,8 @@ def main() -> None:
             else ""
         )
         print(
-            f"epoch {epoch:3d}  step {agent_step:7d}  {m['overview/sps']:7.0f} SPS  policy_loss {m['losses/policy_loss']:+.4f}"
+            f"epoch {epoch:3d}  step {agent_step:7d}  {m['overview/sps']:7.0f} SPS  policy_loss "
+            f"{m['losses/policy_loss']:+.4f}"
             f"  value_loss {m['losses/value_loss']:.4f}  entropy {m['losses/entropy']:.3f}{reward}"
         )
 
@@ -167,7 +168,8 @@ def main() -> None:
     )
     vecenv.close()
     print(
-        f"done: epoch {epoch}, agent step {agent_step}, {timer.get_elapsed():.1f}s; checkpoints in {dirs.checkpoint_dir}"
+        f"done: epoch {epoch}, agent step {agent_step}, {timer.get_elapsed():.1f}s; checkpoints in "
+        f"{dirs.checkpoint_dir}"
     )
 
 

@@ -4,7 +4,8 @@
     python docs/make_screenshots.py --replay /tmp/bench/<id>.json.z --run-dir train_dir/<run>
 
 The viewer is shown at ``--step`` with the best-rewarded agent (then the one holding most items) away from the
-map's edge selected, zoomed in around it, every agent's action drawn; the report is the run directory's ``index.html``, rewritten first.
+map's edge selected, zoomed in around it, every agent's action drawn; the report is the run directory's
+``index.html``, rewritten first.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's metta
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # its headless-browser driver
 
 
 def viewer_shot(replay: Path, out: Path, step: int, zoom: float) -> None:
-    from metta.common.headless_browser import HeadlessBrowser
+    from headless_browser import HeadlessBrowser
+
     from metta.mettagrid.replay import write_viewer_page
 
     with tempfile.TemporaryDirectory() as tmp, HeadlessBrowser(width=1400, height=860) as browser:
@@ -30,7 +33,8 @@ def viewer_shot(replay: Path, out: Path, step: int, zoom: float) -> None:
             const R = metta.replay, k = Math.min({step}, R.n - 1);
             metta.setStep(k);
             const held = (a) => a.inventory[k].reduce((t, [, n]) => t + n, 0);
-            const inside = R.agents.filter((a) => a.xs[k] > 12 && a.xs[k] < R.W - 12 && a.ys[k] > 8 && a.ys[k] < R.H - 8);
+            const inside = R.agents.filter(
+                (a) => a.xs[k] > 12 && a.xs[k] < R.W - 12 && a.ys[k] > 8 && a.ys[k] < R.H - 8);
             const score = (a) => a.total[k] * 1000 + held(a);
             const best = (inside.length ? inside : R.agents).reduce((a, b) => (score(b) > score(a) ? b : a));
             metta.selectAgent(best.agentId);
@@ -43,7 +47,8 @@ def viewer_shot(replay: Path, out: Path, step: int, zoom: float) -> None:
 
 
 def report_shot(run_dir: Path, out: Path) -> None:
-    from metta.common.headless_browser import HeadlessBrowser
+    from headless_browser import HeadlessBrowser
+
     from metta.common.run_report import write_run_report
 
     with HeadlessBrowser(width=1300, height=1500) as browser:

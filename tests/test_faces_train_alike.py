@@ -34,8 +34,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import run  # noqa: E402  (run.py's loop, run in this process on the same trainer)
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 
 def tiny_env():
     # 5-step episodes: every rollout (16 steps per env) ends some, so every row has the episode keys.

@@ -44,8 +44,6 @@ REPO = Path(__file__).resolve().parents[1]
 KEYS = [key for key, *_ in field_paths(TrainingConfig)]
 CUDA = torch.cuda.is_available()
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # The key list itself

@@ -63,8 +63,8 @@ DEFAULT_COLLECTIVE_TIMEOUT_S = 1800.0
 
 class DistributedSetup(NamedTuple):
     """What ``setup_device_and_distributed`` returns: unpack it (``device, is_master, world_size, rank = ...``),
-    index it (``[0]``) or read it by name. ``wrap_agent_distributed`` accepts it whole as its device, as seed 004
-    writes ``device = setup_device_and_distributed("cuda")``."""
+    index it (``[0]``) or read it by name. ``wrap_agent_distributed`` accepts it whole as its device, as the
+    interface documentation writes ``device = setup_device_and_distributed("cuda")``."""
 
     device: torch.device
     is_master: bool

@@ -385,8 +385,8 @@ def stacked_chart(
 # --------------------------------------------------------------------------------------------------------
 # Pages
 STYLE = """
-body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; margin: 0; background: #f6f7f9;
-       color: #1f2430; font-size: 14px; }
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; margin: 0;
+       background: #f6f7f9; color: #1f2430; font-size: 14px; }
 header { background: #1f2430; color: #e5e9f0; padding: 14px 24px; }
 header h1 { margin: 0; font-size: 20px; }
 header .sub { color: #9aa3b5; margin-top: 4px; }
@@ -512,18 +512,21 @@ def run_report_html(run_dir: str | os.PathLike) -> str:
             for k in eval_keys
         )
         parts.append(
-            f"<section><h2>Latest evaluation</h2><table><tr><th>simulation</th><th>score</th></tr>{table}</table></section>"
+            "<section><h2>Latest "
+            f"evaluation</h2><table><tr><th>simulation</th><th>score</th></tr>{table}</table></section>"
         )
 
     replays = find_replays(root)
     if replays:
         items = "".join(
-            f'<tr><td>{"-" if r.epoch is None else r.epoch}</td><td><a href="{html.escape(r.href)}">{html.escape(r.name)}</a>'
+            f"<tr><td>{'-' if r.epoch is None else r.epoch}</td><td><a "
+            f'href="{html.escape(r.href)}">{html.escape(r.name)}</a>'
             f"{'' if r.has_page else ' (no viewer page: <code>python -m metta.mettagrid.replay view</code>)'}</td></tr>"
             for r in replays
         )
         parts.append(
-            f'<section><h2>Replays</h2><table class="replays"><tr><th>epoch</th><th>replay</th></tr>{items}</table></section>'
+            "<section><h2>Replays</h2><table "
+            f'class="replays"><tr><th>epoch</th><th>replay</th></tr>{items}</table></section>'
         )
     else:
         where = " or ".join(html.escape(str(d)) for d in replay_dirs(root))

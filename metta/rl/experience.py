@@ -134,7 +134,8 @@ class Experience:
         if self.minibatch_size % self.bptt_horizon:
             raise ValueError(
                 f"minibatch_size={self.minibatch_size} must be a multiple of bptt_horizon={bptt_horizon} "
-                f"(whole rows per minibatch); use minibatch_size={max(1, self.minibatch_size // bptt_horizon) * bptt_horizon}"
+                "(whole rows per minibatch); use "
+                f"minibatch_size={max(1, self.minibatch_size // bptt_horizon) * bptt_horizon}"
             )
         self.minibatch_segments = self.minibatch_size // self.bptt_horizon
         if self.segments % self.minibatch_segments:
@@ -217,7 +218,8 @@ class Experience:
         if self.hidden_size is None:
             if hidden is None or layers is None:
                 raise ValueError(
-                    f"Experience(hidden_size=None) takes its LSTM size from the policy, but a {type(agent).__name__} has "
+                    f"Experience(hidden_size=None) takes its LSTM size from the policy, but a {type(agent).__name__} "
+                    "has "
                     "no hidden_size/core_num_layers: pass hidden_size= and num_lstm_layers= to Experience"
                 )
             wanted_hidden, wanted_layers = self._requested_lstm
@@ -240,7 +242,8 @@ class Experience:
             f"Experience({given}) does not fit the policy's LSTM (hidden_size={hidden}, {layers} layers): build the "
             f"Experience with hidden_size={hidden}, num_lstm_layers={layers} (policy.hidden_size, "
             "policy.core_num_layers), leave both out to size it from the policy, or build the agent the buffer was "
-            "sized for (Agent(env) is the 512-wide, one-layer interface agent; Agent(env, config='fast') is 128 wide, 2 layers)"
+            "sized for (Agent(env) is the 512-wide, one-layer interface agent; Agent(env, config='fast') is 128 wide, "
+            "2 layers)"
         )
 
     # ------------------------------------------------------------------------------------------------------
@@ -395,7 +398,8 @@ class Experience:
         index covering ``agents_per_batch`` agents)."""
         if self.hidden_size is None:
             raise ValueError(
-                "this Experience has no LSTM state yet (built without hidden_size): call experience.match_policy(policy) "
+                "this Experience has no LSTM state yet (built without hidden_size): call "
+                "experience.match_policy(policy) "
                 "first (perform_rollout_step does), or pass hidden_size= and num_lstm_layers= to Experience"
             )
         sl = self._as_slice(env_id, self.agents_per_batch)

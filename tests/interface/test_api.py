@@ -99,8 +99,6 @@ SEED_MODULES = {
     "metta.common.system_monitor": ["SystemMonitor"],
 }
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 
 @pytest.fixture(scope="module")
 def env():
