@@ -147,7 +147,7 @@ def test_multiprocessing_layout_is_checked():
 
 # ----------------------------------------------------------------------------------------------------
 # Seed 001's snippets
-def test_seed_001_structured_config_snippet():
+def test_a_hand_built_config_with_a_named_agent_and_its_width():
     config = TrainingConfig(
         experiment_name="my_experiment",
         agent=AgentConfig(name="simple_cnn", hidden_size=512),
@@ -158,7 +158,7 @@ def test_seed_001_structured_config_snippet():
     assert config.trainer.total_timesteps == 1_000_000
 
 
-def test_seed_001_legacy_dict():
+def test_a_legacy_dict_converts_with_the_defaults_filling_the_rest():
     yaml_config = {"agent": {"name": "simple_cnn"}, "trainer": {"total_timesteps": 10_000_000}}
     config = TrainingConfig.from_dict(yaml_config)
     assert config.agent.name == "simple_cnn" and config.agent.hidden_size == 128
