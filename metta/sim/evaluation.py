@@ -154,7 +154,8 @@ def generate_replay_simple(
     The file is ``{replay_dir}[/epoch_{epoch:04d}]/replay/{episode_id}.json.z`` (docs/replay_format.md).
     Upstream returned a MettaScope URL; this returns the local path. ``metta.mettagrid.replay.write_viewer_page``
     writes a page that shows it (``python -m metta.mettagrid.replay view PATH``); ``read_replay(path)`` reads it.
-    ``vectorization`` is accepted for upstream's signature; one episode is always recorded in-process (serial).
+    The episode is recorded from the env in this process, so ``vectorization`` must be "serial" (the simulation
+    says so otherwise).
     """
     log = logger or _logger
     _check_policy(policy_record)
@@ -165,10 +166,9 @@ def generate_replay_simple(
         )
     if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0):
         raise ValueError(f"epoch={epoch!r} must be a non-negative integer or None")
-    del vectorization  # recording reads the env's grid in this process
     out_dir = Path(replay_dir) if epoch is None else Path(replay_dir) / f"epoch_{epoch:04d}"
     config = replay_config.model_copy(update={"num_episodes": 1})
-    sim = Simulation("replay", config, policy_record, policy_store, device, "serial", replay_dir=out_dir)
+    sim = Simulation("replay", config, policy_record, policy_store, device, vectorization, replay_dir=out_dir)
     result = sim.simulate()
     if result.replay_paths:
         path = result.replay_paths[0]
