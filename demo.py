@@ -11,9 +11,9 @@ It trains the default (fast) CNN-LSTM agent on a task small enough to learn in t
 steps. Every epoch prints the SPS, the losses and the mean episode reward, which rises from a random policy's
 few hundredths to most of a heart per episode; the closing line compares the first and last five epochs
 (measured on a shared 2-core CPU: 0.016 -> 0.731 for seed 0, 0.031 -> 0.941 for seed 1, each in about 17 s of
-CPU time). Navigation on the terrain maps, the production task, takes millions of steps: run.py. The demo writes a complete checkpoint every
-5 epochs (and at the end) into ``{run_dir}/checkpoints``; running it again with the same ``--run-dir`` resumes
-from the newest checkpoint (and trains further when --total-steps is larger).
+CPU time). Navigation on the terrain maps, the production task, takes millions of steps: run.py. The demo writes a
+complete checkpoint every 5 epochs (and at the end) into ``{run_dir}/checkpoints``; running it again with the same
+``--run-dir`` resumes from the newest checkpoint (and trains further when --total-steps is larger).
 """
 
 from __future__ import annotations
@@ -137,7 +137,8 @@ def main() -> None:
             rewards.append(m["overview/reward"])
             reward = f"  reward {m['overview/reward']:.3f} ({m['overview/episodes']:.0f} episodes)"
         print(
-            f"epoch {epoch:3d}  step {agent_step:7d}  {m['overview/sps']:7.0f} SPS  policy_loss {m['losses/policy_loss']:+.4f}"
+            f"epoch {epoch:3d}  step {agent_step:7d}  {m['overview/sps']:7.0f} SPS  policy_loss "
+            f"{m['losses/policy_loss']:+.4f}"
             f"  value_loss {m['losses/value_loss']:.4f}  entropy {m['losses/entropy']:.3f}{reward}"
         )
 
@@ -177,7 +178,8 @@ def main() -> None:
         first, last = sum(rewards[:n]) / n, sum(rewards[-n:]) / n
         print(f"mean episode reward: {first:.3f} in the first {n} epochs, {last:.3f} in the last {n}")
     print(
-        f"done: epoch {epoch}, agent step {agent_step}, {timer.get_elapsed():.1f}s; checkpoints in {dirs.checkpoint_dir}"
+        f"done: epoch {epoch}, agent step {agent_step}, {timer.get_elapsed():.1f}s; checkpoints in "
+        f"{dirs.checkpoint_dir}"
     )
 
 

@@ -95,7 +95,8 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, default=None, help="write the replay and its page here")
     args = parser.parse_args()
 
-    from metta.common.headless_browser import HeadlessBrowser
+    from headless_browser import HeadlessBrowser  # beside this script
+
     from metta.mettagrid.replay import write_viewer_page
 
     with tempfile.TemporaryDirectory() as tmp:

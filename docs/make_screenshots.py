@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's metta
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # its headless-browser driver
 
 
 def open_viewer(browser, replay: Path, tmp: str):
@@ -35,7 +36,7 @@ def open_viewer(browser, replay: Path, tmp: str):
 
 
 def viewer_shot(replay: Path, out: Path, step: int, zoom: float) -> None:
-    from metta.common.headless_browser import HeadlessBrowser
+    from headless_browser import HeadlessBrowser
 
     with tempfile.TemporaryDirectory() as tmp, HeadlessBrowser(width=1400, height=860) as browser:
         page = open_viewer(browser, replay, tmp)
@@ -43,7 +44,8 @@ def viewer_shot(replay: Path, out: Path, step: int, zoom: float) -> None:
             const R = metta.replay, k = Math.min({step}, R.n - 1);
             metta.setStep(k);
             const held = (a) => a.inventory[k].reduce((t, [, n]) => t + n, 0);
-            const inside = R.agents.filter((a) => a.xs[k] > 12 && a.xs[k] < R.W - 12 && a.ys[k] > 8 && a.ys[k] < R.H - 8);
+            const inside = R.agents.filter(
+                (a) => a.xs[k] > 12 && a.xs[k] < R.W - 12 && a.ys[k] > 8 && a.ys[k] < R.H - 8);
             const score = (a) => a.total[k] * 1000 + held(a);
             const best = (inside.length ? inside : R.agents).reduce((a, b) => (score(b) > score(a) ? b : a));
             metta.selectAgent(best.agentId);
@@ -56,7 +58,7 @@ def viewer_shot(replay: Path, out: Path, step: int, zoom: float) -> None:
 
 
 def large_viewer_shot(run_dir: Path, out: Path) -> None:
-    from metta.common.headless_browser import HeadlessBrowser
+    from headless_browser import HeadlessBrowser
 
     replays = list(run_dir.glob("replays/epoch_*/replay/*.json.z"))
     if not replays:
@@ -70,7 +72,8 @@ def large_viewer_shot(run_dir: Path, out: Path) -> None:
 
 
 def report_shot(run_dir: Path, out: Path) -> None:
-    from metta.common.headless_browser import HeadlessBrowser
+    from headless_browser import HeadlessBrowser
+
     from metta.common.run_report import write_run_report
 
     with HeadlessBrowser(width=1300, height=1500) as browser:
@@ -90,7 +93,8 @@ def report_shot(run_dir: Path, out: Path) -> None:
 
 
 def compare_shot(run_dirs: list[Path], out: Path) -> None:
-    from metta.common.headless_browser import HeadlessBrowser
+    from headless_browser import HeadlessBrowser
+
     from metta.common.run_report import write_comparison
 
     with tempfile.TemporaryDirectory() as tmp, HeadlessBrowser(width=1300, height=1100) as browser:

@@ -25,7 +25,7 @@ from metta.rl.components import PolicyEvaluator, PPOOptimizer, RolloutCollector,
 from metta.rl.epoch_metrics import epoch_metrics
 from metta.rl.experience import make_experience
 from metta.rl.intervals import crossed
-from metta.rl.trainer_config import create_trainer_config
+from metta.rl.trainer_config import TrainerConfig
 from metta.sim.simulation_config import SimulationSuiteConfig, SingleEnvSimulationConfig
 
 
@@ -54,15 +54,14 @@ def main() -> None:
     checkpoint_dir = os.path.join(run_dir, "checkpoints")
 
     # Plain objects: a config, an env, a policy, a buffer, an optimizer.
-    config = create_trainer_config(
-        run_dir=run_dir,
+    config = TrainerConfig(
         total_timesteps=args.total_timesteps,
         batch_size=args.batch_size,
         minibatch_size=args.minibatch_size,
         bptt_horizon=args.bptt_horizon,
         ppo={"ent_coef": 0.01, "gamma": 0.99, "gae_lambda": 0.95},
         optimizer={"learning_rate": args.learning_rate},
-    )
+    ).with_run_dir(run_dir)  # checkpoints/, replays/, torch_traces/ inside the run directory
     env = Environment(num_agents=2, width=16, height=16, num_envs=args.num_envs, seed=args.seed, device=args.device)
     policy = Agent(env, config="fast", device=args.device)
     experience = make_experience(env, policy, config, args.device)

@@ -90,7 +90,7 @@ def main() -> None:
         minibatch_size=args.minibatch_size,
         bptt_horizon=args.bptt_horizon,
         optimizer={"learning_rate": 1e-3},
-        async_factor=1,  # one batch of envs stepped in this process (the loop picks serial vectorization)
+        async_factor=1,  # one batch of envs, stepped in this process (serial vectorization: one worker)
         checkpoint={"checkpoint_interval": args.checkpoint_interval, "wandb_checkpoint_interval": 0},
         simulation={"evaluate_interval": 0},
     )

@@ -214,7 +214,8 @@ def main() -> None:
         metrics.flush()
         if "overview/reward" in row:
             print(
-                f"epoch {epoch} step {agent_step} t={row['seconds']}s reward {row['overview/reward']:.4f} sps {row['overview/sps']:.0f}"
+                f"epoch {epoch} step {agent_step} t={row['seconds']}s reward {row['overview/reward']:.4f} sps "
+                f"{row['overview/sps']:.0f}"
             )
     env.close()
     policy.eval()

@@ -56,13 +56,14 @@ def test_demo_trains_checkpoints_and_resumes(tmp_path):
 def test_structured_config_example_round_trips_and_trains(tmp_path):
     run_dir = tmp_path / "structured"
     out = run_script("examples/structured_config_training.py", "--run-dir", str(run_dir), "--total-steps", "1024")
-    assert "done: epoch 2, agent step 1024" in out, out
+    assert "done: epoch 2, agent_step 1024" in out, out
 
     config = TrainingConfig.from_yaml(run_dir / "training_config.yaml")
-    assert config.experiment_name == "structured_example" and config.agent.hidden_size == 64
+    assert config.experiment_name == "structured" and config.agent.hidden_size == 64  # --run-dir names the run
     assert config.trainer.ppo.ent_coef == 0.02 and config.trainer.total_timesteps == 1024
     assert config.trainer.batch_size == cpu_smoke_config().trainer.batch_size
-    assert config.trainer.checkpoint.checkpoint_dir == str(run_dir / "checkpoints")
+    used = json.loads((run_dir / "run_config.json").read_text())  # what the trainer resolved and ran
+    assert used["trainer"]["checkpoint"]["checkpoint_dir"] == str(run_dir / "checkpoints")
 
     states = list_trainer_states(str(run_dir / "checkpoints"))
     assert [epoch for epoch, _ in states] == [2]  # checkpoint_interval=2 and the final save coincide

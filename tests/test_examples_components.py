@@ -69,7 +69,7 @@ def test_direct_training_with_components(tmp_path):
 
 def test_functional_training_example_logs_both_custom_losses(tmp_path):
     out = run_example("functional_training_example.py", "--run-dir", str(tmp_path))
-    assert "functional training: 256 agent steps" in out and "done: epoch 2" in out
+    assert "256 agent steps on cpu" in out and "done: epoch 2, agent_step 256" in out
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2
     for row in rows:

@@ -94,9 +94,13 @@ def adam_steps(ckpt) -> float:
 
 @pytest.fixture(scope="module")
 def base_run(tmp_path_factory) -> Path:
-    """One completed 3-epoch run; tests that change it work on a copy."""
+    """One completed 3-epoch run, logged to wandb offline (under its data directory); tests that change it work on
+    a copy."""
     data_dir = tmp_path_factory.mktemp("base")
-    assert_ok(run_py(data_dir, "base", 3000))
+    wandb_dir = data_dir / "wandb_dir"
+    wandb_dir.mkdir()
+    env = _env(WANDB_MODE="offline", WANDB_DIR=str(wandb_dir), WANDB_SILENT="true")
+    assert_ok(run_py(data_dir, "base", 3000, env=env))
     return data_dir / "base"
 
 
@@ -285,13 +289,9 @@ def test_torchrun_two_processes(tmp_path: Path):
 
 
 # -------------------------------------------------------------------------------------------------------- 8
-def test_wandb_offline_writes_run_directory(tmp_path: Path):
-    wandb_dir = tmp_path / "wandb_dir"
-    wandb_dir.mkdir()
-    env = _env(WANDB_MODE="offline", WANDB_DIR=str(wandb_dir), WANDB_SILENT="true")
-    assert_ok(run_py(tmp_path / "data", "w", 2000, env=env))
-    found = glob.glob(str(tmp_path / "**" / "offline-run-*"), recursive=True)
-    assert found, f"no wandb offline run directory under {tmp_path}"
+def test_wandb_offline_writes_run_directory(base_run: Path):
+    found = glob.glob(str(base_run.parent / "**" / "offline-run-*"), recursive=True)
+    assert found, f"no wandb offline run directory under {base_run.parent}"
     assert any(glob.glob(os.path.join(d, "*.wandb")) for d in found)
 
 

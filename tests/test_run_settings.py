@@ -39,14 +39,10 @@ from metta.rl.functional_trainer import rollout, train_ppo  # noqa: E402
 from metta.rl.kickstarter import Kickstarter  # noqa: E402
 from metta.rl.losses import Losses  # noqa: E402
 from metta.rl.optimizer import Optimizer, scheduled_learning_rate  # noqa: E402
+from metta.rl.run_config import TrainingConfig  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from run import RunConfig  # noqa: E402
-
-KEYS = [key for key, *_ in field_paths(RunConfig)]
-
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+KEYS = [key for key, *_ in field_paths(TrainingConfig)]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -71,12 +67,14 @@ def test_each_setting_is_listed_once_and_never_twice_under_two_names():
         ("trainer.require_contiguous_env_ids=true", "always returns contiguous agent rows"),
         ("curriculum=/env/mettagrid/curriculum/simple", "trainer.curriculum"),
         ("num_workers=2", "trainer.num_workers"),
+        ("run_dir=/tmp/x", "the run directory is {data_dir}/{experiment_name}"),
+        ("agent.hidden_size=64", "agent is set as one value, e.g. agent={hidden_size: ...}"),
     ],
 )
 def test_removed_or_moved_keys_say_so(key, why):
     """(run.py turns this error into its exit message before any work: tests/test_run_py.py runs that path.)"""
     with pytest.raises(ConfigCliError, match=re.escape(why)):
-        parse_config(RunConfig, [key])
+        parse_config(TrainingConfig, [key])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -194,6 +192,7 @@ def runs(tmp_path_factory) -> dict:
         "trainer.simulation.suite=smoke",
         "wandb.project=proj_r2",
         "wandb.entity=ent_r2",
+        "wandb.tags=[tag_r2]",
         f"trainer.initial_policy.uri={r0_checkpoints}",
         "trainer.initial_policy.type=top",
         "trainer.initial_policy.metric=agent_step",
@@ -402,7 +401,7 @@ def check_wandb(runs):
     assert "policy uploaded to wandb" in runs["r2"]  # wandb_checkpoint_interval
     files = glob.glob(str(runs["data"] / "r2" / "**" / "*.wandb"), recursive=True)
     data = b"".join(Path(f).read_bytes() for f in files)
-    assert b"model_0002" in data and b"proj_r2" in data and b"ent_r2" in data
+    assert b"model_0002" in data and b"proj_r2" in data and b"ent_r2" in data and b"tag_r2" in data
     # An artifact record's manifest holds each file's md5 (base64): the uploaded policy file itself was recorded.
     uploaded = [
         f
@@ -454,7 +453,7 @@ def check_initial_policy(runs):
 
 
 RUN_CHECKS = {
-    "run": check_run_and_data_dir,
+    "experiment_name": check_run_and_data_dir,
     "data_dir": check_run_and_data_dir,
     "device": check_device,
     "seed": check_seed,
@@ -509,6 +508,7 @@ RUN_CHECKS = {
     "wandb.enabled": check_wandb,
     "wandb.project": check_wandb,
     "wandb.entity": check_wandb,
+    "wandb.tags": check_wandb,
 }
 # Checked elsewhere: under torchrun with two ranks (tests/test_run_py.py::test_torchrun_two_processes), on a
 # run directory whose checkpoints are all corrupt (tests/reliability/test_stop_and_resume.py), and the two CUDA

@@ -111,6 +111,7 @@ def epochs(run_dir: Path) -> list[int]:
         ({"params": {LR: {"type": "gaussian", "low": 0, "high": 1}}}, f"params.{LR}"),
         ({"trial": {"reports": 3}}, "trial: Value error, give exactly one of agent_steps and minutes"),
         ({"base": {**TINY, "run": "mine"}}, "base.run: set by the sweep"),
+        ({"base": {**TINY, "experiment_name": "mine"}}, "base.experiment_name: set by the sweep"),
         ({"base": {**TINY, "trainer.total_timesteps": 5000}}, "base.trainer.total_timesteps"),
         ({"base": {**TINY, "trainer.batch_size": "big"}}, "trainer.batch_size='big'"),
         ({"objective": {"metric": "eval/navigation/score"}}, "objective.metric='eval/navigation/score'"),
@@ -157,7 +158,7 @@ def test_trial_args_place_the_evaluations_and_refuse_values_that_only_fail_toget
     args, config = spec.trial_args("trial_0000", tmp_path, {"trainer.batch_size": 1024, "trainer.minibatch_size": 256})
     # 8 epochs of 1024 agent steps in 4 reports: an evaluation every 2 epochs, a checkpoint at least as often.
     assert "trainer.simulation.evaluate_interval=2" in args and "trainer.checkpoint.checkpoint_interval=2" in args
-    assert config["run"] == "trial_0000" and config["trainer"]["simulation"]["evaluate_interval"] == 2
+    assert config["experiment_name"] == "trial_0000" and config["trainer"]["simulation"]["evaluate_interval"] == 2
     with pytest.raises(ConfigCliError, match="minibatch_size=2048 is larger than batch_size=1024"):
         spec.trial_args("trial_0001", tmp_path, {"trainer.batch_size": 1024, "trainer.minibatch_size": 2048})
 

@@ -7,7 +7,7 @@ type) and its ``sources``. The ready configs:
 - ``fast`` (the default): upstream's ``configs/agent/fast.yaml``, small enough to train on a laptop CPU.
 - ``interface_default``: upstream's ``_get_default_agent_config`` (full-resolution CNN, 512-wide LSTM).
 
-Two conveniences for configs written by hand (seed 001): ``AgentConfig(name="fast", hidden_size=512)``
+Two conveniences for configs written by hand: ``AgentConfig(name="fast", hidden_size=512)``
 picks a ready graph by ``name`` (legacy names such as ``simple_cnn`` map to one, see ``AGENT_NAME_ALIASES``)
 and ``hidden_size`` sets the LSTM width (``components._core_.output_size``). Both are filled in after
 validation, so a dumped config names its graph's LSTM width and loads back to the same agent.
@@ -117,7 +117,8 @@ class AgentConfig(BaseModel):
             unknown = [s for s in component.sources if s not in self.components]
             if unknown:
                 raise ValueError(
-                    f"component {name!r} has sources {unknown} that are not components; known: {sorted(self.components)}"
+                    f"component {name!r} has sources {unknown} that are not components; known: "
+                    f"{sorted(self.components)}"
                 )
         if self.clip_range < 0:
             raise ValueError(f"clip_range={self.clip_range} must be >= 0 (0 turns clipping off)")
@@ -189,7 +190,7 @@ AGENT_CONFIGS_COMPONENTS = {"fast": fast_components, "interface_default": interf
 
 # Names found in older configs and documents, and the ready graph each one means here.
 AGENT_NAME_ALIASES = {
-    "simple_cnn": "fast",  # seed 001's name for the plain CNN-LSTM: the fast graph
+    "simple_cnn": "fast",  # the documented name of the plain CNN-LSTM: the fast graph
     "simple": "fast",
 }
 

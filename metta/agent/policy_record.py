@@ -69,4 +69,7 @@ class PolicyRecord:
         return sum(p.numel() for p in self.policy.parameters() if p.requires_grad)
 
     def __repr__(self) -> str:
-        return f"PolicyRecord(run_name={self.run_name!r}, uri={self.uri!r}, epoch={self.metadata.epoch}, agent_step={self.metadata.agent_step})"
+        return (
+            f"PolicyRecord(run_name={self.run_name!r}, uri={self.uri!r}, epoch={self.metadata.epoch}, "
+            f"agent_step={self.metadata.agent_step})"
+        )

@@ -150,7 +150,7 @@ class PolicyStore:
     """Policies on disk (and in W&B) behind URIs, with an LRU cache of loaded records.
 
         store = PolicyStore(checkpoint_dir=dirs.checkpoint_dir, device="cpu", run_name=dirs.run_name)
-        store = PolicyStore({"device": "cpu", "trainer": {"checkpoint": {"checkpoint_dir": ...}}})  # seeds' form
+        store = PolicyStore({"device": "cpu", "trainer": {"checkpoint": {"checkpoint_dir": ...}}})  # upstream's form
 
     Typed keywords: ``device`` (default "cpu"), ``checkpoint_dir`` (where new policies are placed),
     ``run_name``, ``run_dir``, ``wandb_entity``, ``wandb_project`` (for ``wandb://run/...`` uris),

@@ -101,8 +101,8 @@ def seed_process(seed: int, rank: int) -> int:
 
 class DistributedSetup(NamedTuple):
     """What ``setup_device_and_distributed`` returns: unpack it (``device, is_master, world_size, rank = ...``),
-    index it (``[0]``) or read it by name. ``wrap_agent_distributed`` accepts it whole as its device, as seed 004
-    writes ``device = setup_device_and_distributed("cuda")``."""
+    index it (``[0]``) or read it by name. ``wrap_agent_distributed`` accepts it whole as its device, as the
+    interface documentation writes ``device = setup_device_and_distributed("cuda")``."""
 
     device: torch.device
     is_master: bool

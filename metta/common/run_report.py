@@ -508,8 +508,8 @@ def stacked_chart(
 # --------------------------------------------------------------------------------------------------------
 # Pages
 STYLE = """
-body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; margin: 0; background: #f6f7f9;
-       color: #1f2430; font-size: 14px; }
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; margin: 0;
+       background: #f6f7f9; color: #1f2430; font-size: 14px; }
 header { background: #1f2430; color: #e5e9f0; padding: 14px 24px; }
 header h1 { margin: 0; font-size: 20px; }
 header .sub { color: #9aa3b5; margin-top: 4px; }
@@ -685,7 +685,8 @@ def run_report_html(run_dir: str | os.PathLike) -> str:
             for k in eval_keys
         )
         parts.append(
-            f"<section><h2>Latest evaluation</h2><table><tr><th>simulation</th><th>score</th></tr>{table}</table></section>"
+            "<section><h2>Latest "
+            f"evaluation</h2><table><tr><th>simulation</th><th>score</th></tr>{table}</table></section>"
         )
 
     parts.append(database_evaluation_section(root))
@@ -693,12 +694,14 @@ def run_report_html(run_dir: str | os.PathLike) -> str:
     replays = find_replays(root)
     if replays:
         items = "".join(
-            f'<tr><td>{"-" if r.epoch is None else r.epoch}</td><td><a href="{html.escape(r.href)}">{html.escape(r.name)}</a>'
+            f"<tr><td>{'-' if r.epoch is None else r.epoch}</td><td><a "
+            f'href="{html.escape(r.href)}">{html.escape(r.name)}</a>'
             f"{'' if r.has_page else ' (no viewer page: <code>python -m metta.mettagrid.replay view</code>)'}</td></tr>"
             for r in replays
         )
         parts.append(
-            f'<section><h2>Replays</h2><table class="replays"><tr><th>epoch</th><th>replay</th></tr>{items}</table></section>'
+            "<section><h2>Replays</h2><table "
+            f'class="replays"><tr><th>epoch</th><th>replay</th></tr>{items}</table></section>'
         )
     else:
         where = " or ".join(html.escape(str(d)) for d in replay_dirs(root))
@@ -834,14 +837,18 @@ def comparison_html(run_dirs: Iterable[str | os.PathLike]) -> str:
             f"<tr><th>key</th>{head}</tr>{rows_html}</table></section>"
         )
     else:
-        config = '<section><h2>Config differences</h2><p class="note">The runs\' recorded configs are the same.</p></section>'
+        config = (
+            '<section><h2>Config differences</h2><p class="note">The runs\' recorded configs are the same.</p>'
+            "</section>"
+        )
     subtitle = " · ".join(html.escape(str(root.resolve())) for _, root, _, _ in runs)
     return _page(
         f"{len(runs)} runs compared",
         subtitle,
         table
         + config
-        + f'<section><div class="charts">{"".join(charts)}</div>{_zero_note(zero, "", "Zero for the whole of every run")}</section>',
+        + f'<section><div class="charts">{"".join(charts)}</div>'
+        + f"{_zero_note(zero, '', 'Zero for the whole of every run')}</section>",
     )
 
 

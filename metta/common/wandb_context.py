@@ -115,3 +115,46 @@ class WandbContext:
                 self.run.finish(exit_code=1 if exc and exc[0] is not None else 0)
             finally:
                 self.run = None
+
+
+def initialize_wandb(
+    run_name: str,
+    run_dir: str | None = None,
+    enabled: bool | None = None,
+    project: str | None = None,
+    entity: str | None = None,
+    config: Any = None,
+    job_type: str = "train",
+    tags: list[str] | None = None,
+    notes: str | None = None,
+) -> tuple[Any, WandbContext]:
+    """Start a wandb run on rank 0: ``(wandb_run or None, context)``; pass the context to ``cleanup_wandb``.
+
+    ``enabled=None`` (the default) turns wandb on only with an API key or ``WANDB_MODE=offline`` (see the module
+    docstring). ``config`` may be a pydantic model (a ``TrainingConfig``), a dict or a DictConfig. Other ranks get
+    ``(None, context)`` and log nothing.
+    """
+    from metta.common.config_cli import plain
+    from metta.common.distributed import is_master
+
+    config = plain(config)
+    if config is not None and not isinstance(config, Mapping):
+        raise TypeError(f"config is a {type(config).__name__}; pass a TrainingConfig, a dict or a DictConfig")
+    ctx = WandbContext(
+        run_name,
+        run_dir,
+        enabled=enabled if is_master() else False,
+        project=project,
+        entity=entity,
+        config=config,
+        job_type=job_type,
+        tags=tags,
+        notes=notes,
+    )
+    return ctx.__enter__(), ctx
+
+
+def cleanup_wandb(wandb_ctx: WandbContext | None) -> None:
+    """Finish the wandb run started by ``initialize_wandb`` (a no-op when wandb was off)."""
+    if wandb_ctx is not None:
+        wandb_ctx.__exit__(None, None, None)

@@ -5,7 +5,7 @@
     agent = Agent(env, config=DictConfig({"device": "cpu", "agent": {"clip_range": 0.2}}))  # default graph, knobs set
 
 As upstream's factory, ``Agent(env)`` builds the ``interface_default`` agent (full-resolution CNN, LSTM 512 x 1
-layer), which is what seed 002's ``Experience(..., hidden_size=512, num_lstm_layers=1)`` is sized for. Code
+layer), which is what the API documentation's ``Experience(..., hidden_size=512, num_lstm_layers=1)`` is sized for. Code
 meant for a CPU names the ``fast`` agent (128 wide, 2 layers).
 """
 
@@ -35,15 +35,16 @@ def Agent(  # noqa: N802 - upstream's name; a factory returning a plain nn.Modul
     ``config`` is None (the ``interface_default`` agent), a ready config's name (``"fast"``,
     ``"interface_default"``), an ``AgentConfig``, or a dict/DictConfig either of the agent itself or, as seed
     documents write it, ``{"device": ..., "agent": {...}}`` (without a ``name`` or ``components`` it changes the
-    interface agent's knobs). The device is ``device``, else the config's ``device``, else CUDA when available;
-    CUDA on a machine without it falls back to the CPU with a warning.
+    interface agent's knobs). The device is ``device``, else the config's ``device``, else the one the env was
+    made for (``Environment(device=...)``), else CUDA when available; CUDA on a machine without it falls back to
+    the CPU with a warning.
     """
     if env is None or not hasattr(getattr(env, "driver_env", env), "single_observation_space"):
         raise TypeError(
             f"env is a {type(env).__name__}; pass the vectorized env from Environment(...) or a MettaGridEnv"
         )
     if device is None:
-        device = _config_device(config)
+        device = _config_device(config) or getattr(env, "policy_device", None)
     return make_policy(env, resolve_agent_config(config, default=DEFAULT_AGENT), resolve_device(device))
 
 

@@ -397,14 +397,16 @@ class MettaGridEnv:
                 n_conv = int(counts[present[lookup[present, 0] == KIND_CONVERTER]].sum())
                 if n_conv > _MAX_CONVERTERS:
                     raise ValueError(
-                        f"the map of task {task.id!r} has {n_conv} converters; at most {_MAX_CONVERTERS} per env are supported"
+                        f"the map of task {task.id!r} has {n_conv} converters; at most {_MAX_CONVERTERS} per env are "
+                        "supported"
                     )
                 self._ensure_capacity(e, int(self._cell_cap[e]), n_conv)
         if status < 0:
             raise tables.unknown_cell_error(-status - 1)
         if status > 0:
             raise ValueError(
-                f"the map of task {task.id!r} has {status - self.layout.num_agents - 1} agent cells but game.num_agents="
+                f"the map of task {task.id!r} has {status - self.layout.num_agents - 1} agent cells but "
+                "game.num_agents="
                 f"{self.layout.num_agents}; make the map builder place exactly num_agents agents"
             )
         present = np.flatnonzero(counts)

@@ -873,7 +873,7 @@ def agents_per_env(curriculum: Curriculum) -> int:
 def envs_for_target_batch(
     curriculum: Curriculum, target_agents: int, num_workers: int, async_factor: int
 ) -> tuple[int, int]:
-    """``(num_envs, batch_size)`` in envs for about ``target_agents`` agents per forward pass (seed 003's
+    """``(num_envs, batch_size)`` in envs for about ``target_agents`` agents per forward pass (the upstream pipeline's
     arithmetic, ``calculate_batch_sizes``): e.g. 4096 agents of 3-agent envs over 16 workers with async_factor 2
     is 1365 envs, rounded down to the workers, 1360 per batch, 2720 in all."""
     for name, value in (
@@ -915,11 +915,13 @@ def resolve_batching(num_envs: int, batch_size: int, async_factor: int, num_work
         if num_envs != batch_size * async_factor:
             raise ValueError(
                 f"num_envs={num_envs} must equal batch_size * async_factor = {batch_size} * {async_factor}; "
-                f"leave num_envs unset (it is then {batch_size * async_factor}) or set batch_size={num_envs // async_factor}"
+                f"leave num_envs unset (it is then {batch_size * async_factor}) or set "
+                f"batch_size={num_envs // async_factor}"
             )
         if num_workers % async_factor:
             raise ValueError(
                 f"num_workers={num_workers} is not a multiple of async_factor={async_factor}; each of the "
-                f"{async_factor} batches needs its own workers: use num_workers={async_factor * max(1, num_workers // async_factor)}"
+                f"{async_factor} batches needs its own workers: use "
+                f"num_workers={async_factor * max(1, num_workers // async_factor)}"
             )
     return num_envs, batch_size

@@ -157,10 +157,12 @@ def compute_advantage(
     ``next_rows`` or ``tail`` carry the recursion across row ends (see the module docstring); give at most one.
     No gradient flows through the result (the ratio is detached): advantages are targets, not predictions.
     On a CPU a compiled kernel does the work; elsewhere (``metta.common.code_paths.gpu_forms``) a closed form in
-    a few torch ops (``_advantage_torch``), float64 kept where given. ``device`` is accepted for upstream
-    compatibility; the tensors' own device is used.
+    a few torch ops (``_advantage_torch``), float64 kept where given. ``device`` (optional, as upstream's
+    signature has it) is where the tensors are: the recursion runs there, so a tensor elsewhere is an error that
+    names both.
     """
-    del device
+    if device is not None and torch.device(device).type != values.device.type:
+        raise ValueError(f"device={str(device)!r} but the tensors are on {values.device}; pass their device (or None)")
     shape = values.shape
     for name, t in (
         ("rewards", rewards),

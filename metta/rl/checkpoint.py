@@ -421,7 +421,7 @@ def _check_save_args(checkpoint_dir: Any, epoch: Any, agent_step: Any, keep_last
         raise ValueError(f"keep_last_n={keep_last_n!r} must be >= 1 (None keeps every checkpoint)")
 
 
-def save_checkpoint(
+def write_checkpoint(
     checkpoint_dir: str,
     *,
     epoch: int,
@@ -658,7 +658,151 @@ def _policy_files(checkpoint_dir: str) -> list[tuple[int, str]]:
 
 
 # ----------------------------------------------------------------------------------------------------
+# The interface's signatures (re-exported by metta.interface)
+def save_checkpoint(
+    epoch: int,
+    agent_step: int,
+    agent: torch.nn.Module,
+    optimizer: Any,
+    policy_store: Any,
+    checkpoint_path: str,
+    checkpoint_interval: int,
+    stats: Mapping[str, Any] | None = None,
+    force_save: bool = False,
+    *,
+    trainer_config: Any = None,
+    vecenv: Any = None,
+    stopwatch: Any = None,
+    keep_last_n: int | None = DEFAULT_KEEP_LAST_N,
+    final: bool = False,
+    metadata: Mapping[str, Any] | None = None,
+) -> PolicyRecord | None:
+    """Write a complete checkpoint on rank 0 when the epoch has crossed a multiple of ``checkpoint_interval``
+    since the newest checkpoint in ``checkpoint_path`` (``metta.rl.intervals.crossed``), or with ``force_save``
+    (a loop's last save, say: ``force_save=agent_step >= total_timesteps``).
+
+    Call it after every update: with ``update_epochs=2`` and ``checkpoint_interval=3`` it saves at epochs 4, 6,
+    10, 12, ... (``epoch % 3 == 0`` would miss every odd multiple).
+
+    The checkpoint (``write_checkpoint``) holds the policy (``model_XXXX.pt``) and a trainer state (optimizer,
+    agent_step, epoch, RNG, the curriculum state of ``vecenv``, ``trainer_config``, the ``stopwatch``); the newest
+    ``keep_last_n`` are kept. Returns the saved policy's record, or None when nothing was saved.
+    """
+    if not isinstance(checkpoint_interval, int) or isinstance(checkpoint_interval, bool) or checkpoint_interval < 0:
+        raise ValueError(
+            f"checkpoint_interval={checkpoint_interval!r} must be an int >= 0 (epochs; 0 saves only with force_save)"
+        )
+    checkpoint_path = _check_dir("checkpoint_path", checkpoint_path)
+    _check_agent(agent)
+    _check_optimizer(optimizer)
+    if not hasattr(policy_store, "create_empty_policy_record"):
+        raise TypeError(f"policy_store is a {type(policy_store).__name__}; pass a metta.agent.policy_store.PolicyStore")
+    if not should_save(epoch, checkpoint_interval, force_save, last_saved_epoch(checkpoint_path, epoch)):
+        return None
+    return write_checkpoint(
+        checkpoint_path,
+        epoch=epoch,
+        agent_step=agent_step,
+        agent=agent,
+        optimizer=optimizer,
+        policy_store=policy_store,
+        stats=stats,
+        trainer_config=trainer_config,
+        vecenv=vecenv,
+        stopwatch=stopwatch,
+        keep_last_n=keep_last_n,
+        final=final,
+        metadata=metadata,
+    )
+
+
+def _check_agent(agent: Any) -> None:
+    if not isinstance(agent, torch.nn.Module):
+        raise TypeError(f"agent is a {type(agent).__name__}; pass the policy from Agent(env) (an nn.Module)")
+
+
+def _check_optimizer(optimizer: Any) -> None:
+    if optimizer is not None and not (hasattr(optimizer, "state_dict") and hasattr(optimizer, "load_state_dict")):
+        raise TypeError(f"optimizer is a {type(optimizer).__name__}; pass metta's Optimizer, a torch optimizer or None")
+
+
+def _check_dir(name: str, value: Any) -> str:
+    if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
+        raise ValueError(f"{name}={value!r} must be a directory path, e.g. dirs.checkpoint_dir")
+    return os.fspath(value)
+
+
+# ----------------------------------------------------------------------------------------------------
 # Restoring
+def load_checkpoint(
+    checkpoint_dir: str,
+    agent: torch.nn.Module | None,
+    optimizer: Any,
+    policy_store: PolicyStore | None = None,
+    *,
+    vecenv: Any = None,
+    stopwatch: Any = None,
+    restore_rng: bool = True,
+    trainer_config: Any = None,
+) -> tuple[int, int, str | None]:
+    """Resume from the newest good checkpoint in ``checkpoint_dir``: ``(agent_step, epoch, policy_path)``.
+
+    Loads the weights into ``agent`` in place, the optimizer state, and (when given) the curriculum state of
+    ``vecenv``, the ``stopwatch`` and the RNG states. With a ``policy_store`` the weights are read through it
+    (``policy_store.policy_record(policy_path).policy``, on the store's device), which leaves the loaded record in
+    its cache for later ``policy_record(policy_path)`` calls. A checkpoint written at another torch.distributed
+    world size resumes too; rank 0 then logs what that does to the batch sizes of ``trainer_config`` (this run's
+    ``TrainerConfig``, per rank) and whether the curriculum state was restored or rebuilt. A checkpoint that is
+    corrupt, truncated, or whose policy file cannot be loaded into ``agent`` is skipped with a warning naming its
+    files, and the previous one is used. Returns ``(0, 0, None)`` when the directory is missing or holds no checkpoint.
+    Raises ``UnloadableCheckpointsError`` when it holds checkpoints and none can be loaded (nothing is changed),
+    and ``ValueError`` when ``checkpoint_dir`` is a file or a run directory.
+    """
+    checkpoint_dir = _check_dir("checkpoint_dir", checkpoint_dir)
+    if agent is not None:
+        _check_agent(agent)
+    _check_optimizer(optimizer)
+    if policy_store is not None and not isinstance(policy_store, PolicyStore):
+        raise TypeError(f"policy_store is a {type(policy_store).__name__}; pass a metta.agent.policy_store.PolicyStore")
+    ckpt = load_latest_checkpoint(checkpoint_dir, agent)
+    if ckpt is None:
+        return 0, 0, None
+    restore_checkpoint(
+        ckpt,
+        agent,
+        optimizer,
+        vecenv=vecenv,
+        stopwatch=stopwatch,
+        restore_rng=restore_rng,
+        policy_store=policy_store,
+        trainer_config=trainer_config,
+    )
+    return ckpt.agent_step, ckpt.epoch, ckpt.policy_path
+
+
+def ensure_initial_policy(
+    agent: torch.nn.Module, policy_store: PolicyStore, checkpoint_path: str, loaded_policy_path: str | None
+) -> str | None:
+    """Make every rank start from the same weights; returns the policy file they start from (or None).
+
+    After ``load_checkpoint`` every rank already holds the checkpoint's weights. A fresh distributed run has
+    rank 0 write its initial weights to ``model_0000.pt`` (through ``policy_store``) and the other ranks load
+    them, so the ranks agree even before DDP's own broadcast. A single process has nothing to agree on.
+    """
+    _check_agent(agent)
+    checkpoint_path = _check_dir("checkpoint_path", checkpoint_path)
+    if loaded_policy_path is not None or not is_distributed():
+        barrier()
+        return loaded_policy_path
+    path = os.path.join(os.path.abspath(checkpoint_path), policy_file_name(0))
+    if is_master():
+        write_policy(checkpoint_path, 0, agent, policy_store, {"agent_step": 0, "epoch": 0, "initial": True})
+    barrier()
+    if not is_master():
+        unwrap_agent(agent).load_state_dict(read_policy_file(path)["state_dict"])
+    return path
+
+
 def restore_checkpoint(
     ckpt: TrainerCheckpoint,
     agent: torch.nn.Module | None = None,
@@ -666,19 +810,23 @@ def restore_checkpoint(
     vecenv: Any = None,
     stopwatch: Any = None,
     restore_rng: bool = True,
+    policy_store: PolicyStore | None = None,
     trainer_config: Any = None,
 ) -> None:
     """Load a verified checkpoint into live objects (each one optional).
 
-    The agent's weights are loaded in place, so call this before ``wrap_agent_distributed`` or pass the
-    wrapped agent (it is unwrapped). Every rank should call it with the same checkpoint; RNG states are
-    restored on rank 0 only, since the other ranks must keep streams of their own (``restore_curriculum``).
-    When the checkpoint was written at another world size, rank 0 logs what that does to the batch sizes of
-    ``trainer_config`` (this run's per-rank ``TrainerConfig``; ``world_size_change``).
+    The agent's weights are loaded in place (read through ``policy_store`` when given), so call this before
+    ``wrap_agent_distributed`` or pass the wrapped agent (it is unwrapped). Every rank should call it with the
+    same checkpoint; RNG states are restored on rank 0 only, since the other ranks must keep streams of their own
+    (``restore_curriculum``). When the checkpoint was written at another world size, rank 0 logs what that does
+    to the batch sizes of ``trainer_config`` (this run's per-rank ``TrainerConfig``; ``world_size_change``).
     """
     if agent is not None:
         try:
-            state_dict = read_policy_file(ckpt.policy_path)["state_dict"]
+            if policy_store is not None:
+                state_dict = policy_store.policy_record(ckpt.policy_path, "latest").policy.state_dict()
+            else:
+                state_dict = read_policy_file(ckpt.policy_path)["state_dict"]
             unwrap_agent(agent).load_state_dict(state_dict)
         except (PolicyFileError, RuntimeError) as e:
             raise CheckpointError(

@@ -6,10 +6,10 @@
 Keys: ``overview/sps`` (``steps`` over ``seconds``: pass every rank's steps for the run's rate),
 ``overview/reward`` and ``overview/episodes`` when episodes finished, ``env_<stat>`` (episode statistics'
 means), ``losses/*``, ``experience/*``, ``parameters/minibatches`` (forward/backward passes of the update),
-``parameters/learning_rate``, ``parameters/optimizer_steps`` (steps taken so far), ``grad/norm`` (the last optimizer step's
-clipped-before norm), ``timing/frac/{env,forward,advantage,learn,other}`` (shares of the epoch's wall time,
-from a ``Stopwatch`` and its ``get_all_elapsed()`` taken at the epoch's start), and the monitors' own keys
-(``monitor/*``, ``memory/*``) as they name them.
+``parameters/learning_rate``, ``parameters/optimizer_steps`` (steps taken so far), ``grad/norm`` (the last
+optimizer step's clipped-before norm), ``timing/frac/{env,forward,advantage,learn,other}`` (shares of the
+epoch's wall time, from a ``Stopwatch`` and its ``get_all_elapsed()`` taken at the epoch's start), and the
+monitors' own keys (``monitor/*``, ``memory/*``) as they name them.
 """
 
 from __future__ import annotations

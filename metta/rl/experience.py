@@ -59,17 +59,16 @@ rollout write their steps there, so a step's writes never depend on the data (wh
 Minibatches. ``minibatch_segments = minibatch_size // bptt_horizon`` rows each, ``num_minibatches`` per
 update epoch. Two ways to draw them:
 
-- ``iter_minibatches(advantages=None, prio_alpha=0.0, prio_beta=0.6)`` yields one update epoch's
-  minibatches. With ``prio_alpha == 0`` (the default) it is a random permutation of the rows cut into
-  ``num_minibatches`` parts: every row exactly once per epoch, importance weights 1. The permutation is drawn
-  on the host from the buffer's own generator, seeded from ``torch.initial_seed()`` (the last
-  ``torch.manual_seed``) at the first draw, so runs of one seed draw the same order on a CPU and on a GPU
-  (whose rollouts draw from other generators); it reaches the device in one page-locked copy per epoch. With ``prio_alpha > 0``
-  it draws each minibatch with ``sample_minibatch``. ``advantages`` (the ``[segments, bptt]`` tensor from
-  ``compute_advantage``) is needed for prioritized sampling; when given, each minibatch also carries
-  ``advantages`` and ``returns``. Without it (``for minibatch in experience.iter_minibatches():``),
-  ``process_minibatch_update`` takes the rows' advantages from its own ``advantages`` argument, or from
-  ``rollout_advantages`` when that is None.
+- ``iter_minibatches(advantages=None, prio_alpha=0.0, prio_beta=0.6)`` yields one update epoch's minibatches. With
+  ``prio_alpha == 0`` (the default) it is a random permutation of the rows cut into ``num_minibatches`` parts: every
+  row exactly once per epoch, importance weights 1. The permutation is drawn on the host from the buffer's own
+  generator, seeded from ``torch.initial_seed()`` (the last ``torch.manual_seed``) at the first draw, so runs of one
+  seed draw the same order on a CPU and on a GPU (whose rollouts draw from other generators); it reaches the device
+  in one page-locked copy per epoch. With ``prio_alpha > 0`` it draws each minibatch with ``sample_minibatch``.
+  ``advantages`` (the ``[segments, bptt]`` tensor from ``compute_advantage``) is needed for prioritized sampling;
+  when given, each minibatch also carries ``advantages`` and ``returns``. Without it (``for minibatch in
+  experience.iter_minibatches():``), ``process_minibatch_update`` takes the rows' advantages from its own
+  ``advantages`` argument, or from ``rollout_advantages`` when that is None.
 - ``sample_minibatch(advantages, prio_alpha, prio_beta)`` draws ``minibatch_segments`` rows *with
   replacement* from ``P(i) = p_i / sum(p)``, ``p_i = (sum_t |A[i, t]|) ** prio_alpha`` (uniform if all are 0),
   and returns importance weights ``(segments * P(i)) ** -prio_beta``, which are exact for sampling with
@@ -162,7 +161,8 @@ class Experience:
         if self.minibatch_size % self.bptt_horizon:
             raise ValueError(
                 f"minibatch_size={self.minibatch_size} must be a multiple of bptt_horizon={bptt_horizon} "
-                f"(whole rows per minibatch); use minibatch_size={max(1, self.minibatch_size // bptt_horizon) * bptt_horizon}"
+                "(whole rows per minibatch); use "
+                f"minibatch_size={max(1, self.minibatch_size // bptt_horizon) * bptt_horizon}"
             )
         self.minibatch_segments = self.minibatch_size // self.bptt_horizon
         if self.segments % self.minibatch_segments:
@@ -264,7 +264,8 @@ class Experience:
         if self.hidden_size is None:
             if hidden is None or layers is None:
                 raise ValueError(
-                    f"Experience(hidden_size=None) takes its LSTM size from the policy, but a {type(agent).__name__} has "
+                    f"Experience(hidden_size=None) takes its LSTM size from the policy, but a {type(agent).__name__} "
+                    "has "
                     "no hidden_size/core_num_layers: pass hidden_size= and num_lstm_layers= to Experience"
                 )
             wanted_hidden, wanted_layers = self._requested_lstm
@@ -287,7 +288,8 @@ class Experience:
             f"Experience({given}) does not fit the policy's LSTM (hidden_size={hidden}, {layers} layers): build the "
             f"Experience with hidden_size={hidden}, num_lstm_layers={layers} (policy.hidden_size, "
             "policy.core_num_layers), leave both out to size it from the policy, or build the agent the buffer was "
-            "sized for (Agent(env) is the 512-wide, one-layer interface agent; Agent(env, config='fast') is 128 wide, 2 layers)"
+            "sized for (Agent(env) is the 512-wide, one-layer interface agent; Agent(env, config='fast') is 128 wide, "
+            "2 layers)"
         )
 
     # ------------------------------------------------------------------------------------------------------
@@ -452,7 +454,8 @@ class Experience:
         index covering ``agents_per_batch`` agents)."""
         if self.hidden_size is None:
             raise ValueError(
-                "this Experience has no LSTM state yet (built without hidden_size): call experience.match_policy(policy) "
+                "this Experience has no LSTM state yet (built without hidden_size): call "
+                "experience.match_policy(policy) "
                 "first (perform_rollout_step does), or pass hidden_size= and num_lstm_layers= to Experience"
             )
         sl = self._as_slice(env_id, self.agents_per_batch)

@@ -4,7 +4,7 @@ kickstarter distillation and L2-init, optional user losses, plus the running los
 ``minibatch_loss`` is the one implementation of the PPO loss in metta: ``process_minibatch_update`` (every
 trainer's minibatch step) and ``PPOOptimizer.compute_ppo_loss`` both call it.
 
-Custom losses (seed 001) are plain functions ``fn(policy, obs, actions, rewards, values, advantages) ->
+Custom losses are plain functions ``fn(policy, obs, actions, rewards, values, advantages) ->
 scalar tensor``, added to the minibatch's total loss and logged as ``custom/<fn.__name__>`` by
 ``Losses.stats()``. They receive the minibatch's ``obs [mb, bptt, ...]``, ``actions [mb, bptt, 2]`` and
 ``rewards [mb, bptt]``, the current policy's ``values [mb, bptt]`` (with gradient, from the same forward pass
@@ -192,7 +192,7 @@ def compute_ppo_losses(
 
 
 class PPOLoss(NamedTuple):
-    """The loss of one minibatch, seed 001's six values in its order (``policy_loss, value_loss, entropy_loss,
+    """The loss of one minibatch, the component API's six values in its order (``policy_loss, value_loss, entropy_loss,
     total_loss, approx_kl, clipfrac = ...``) and by name. ``total_loss`` is the differentiable loss the
     optimizer steps on: every term (policy, value, entropy, L2, L2-init, kickstarter, custom losses)."""
 

@@ -15,9 +15,10 @@ from metta.rl.intervals import crossed
 def wrap_agent_distributed(agent: torch.nn.Module, device: torch.device | str | DistributedSetup) -> torch.nn.Module:
     """``DistributedDataParallel(agent)`` under torch.distributed, else ``agent`` unchanged.
 
-    ``device`` is the agent's device, or what ``setup_device_and_distributed`` returned (seed 004 passes that
-    whole). On CUDA the device is passed as ``device_ids``; on CPU (gloo) none are given. Code that needs the
-    agent's own methods (``clip_weights``, ``l2_init_loss``) reaches it as ``getattr(policy, "module", policy)``.
+    ``device`` is the agent's device, or what ``setup_device_and_distributed`` returned (the interface documentation
+    passes that whole). On CUDA the device is passed as ``device_ids``; on CPU (gloo) none are given. Code that
+    needs the agent's own methods (``clip_weights``, ``l2_init_loss``) reaches it as
+    ``getattr(policy, "module", policy)``.
     """
     if isinstance(device, DistributedSetup):
         device = device.device

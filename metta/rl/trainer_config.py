@@ -7,105 +7,126 @@ Differences from upstream that make "defaults that run" hold:
 
 - ``num_workers`` defaults to 1 (upstream required it).
 - ``checkpoint_dir``, ``replay_dir`` and ``profile_dir`` default to None, folders of the run directory
-  (upstream required them): ``cfg.with_run_dir(run_dir)`` or ``create_trainer_config(run_dir=...)`` fills them
-  in; a value that is set is used as is.
+  (upstream required them): ``cfg.with_run_dir(run_dir)`` fills them in (``metta.common.run_dirs``' layout);
+  a value that is set is used as is.
 
-Load and save: ``TrainerConfig.from_dict(d)``, ``TrainerConfig.from_yaml(path)``, ``cfg.to_yaml(path)``.
+Load and save: ``TrainerConfig.from_dict(d)``, ``TrainerConfig.from_yaml(path)``, ``cfg.to_yaml(path)``
+(``metta.common.config_cli``). A whole run (device, envs, agent, wandb, ...) is a ``TrainingConfig``
+(``metta.rl.run_config``), which holds one of these as ``trainer``.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import Any, ClassVar, Literal
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal, TypeVar
 
-from omegaconf import OmegaConf
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from metta.common import config_cli
+from metta.common.run_dirs import run_folders
 from metta.mettagrid.vecenv import DEFAULT_WORKER_TIMEOUT_S
+
+C = TypeVar("C", bound="Config")
 
 
 class Config(BaseModel):
     """Base: no unknown keys, validate on assignment so a later edit is checked too."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Keys a model dropped on purpose, each with what to use instead: setting one is an error that says so.
+    REMOVED_KEYS: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_removed_keys(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            for key, why in cls.REMOVED_KEYS.items():
+                if key in data:
+                    raise ValueError(f"{key} is not a metta setting: {why}")
+        return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | Any) -> Config:
-        """Build from a plain dict or an omegaconf DictConfig (interpolations resolved)."""
-        if OmegaConf.is_config(data):
-            data = OmegaConf.to_container(data, resolve=True)
-        return cls.model_validate(data or {})
+    def from_dict(cls: type[C], data: Mapping[str, Any] | Any, base: C | None = None) -> C:
+        """A config from a (partial) dict or omegaconf DictConfig laid over ``base`` (default: the defaults):
+        nested models merge key by key (``metta.common.config_cli.merge``). Raises ``ConfigFileError`` naming
+        each bad field and its value."""
+        return config_cli.from_data(cls, data, base, source=f"{cls.__name__}.from_dict")
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike) -> Config:
-        return cls.from_dict(OmegaConf.load(str(path)))
+    def from_yaml(cls: type[C], path: str | os.PathLike, base: C | None = None) -> C:
+        """A config from a YAML file (partial files are laid over ``base``); errors name the file."""
+        return config_cli.from_data(cls, config_cli.read_yaml(path), base, source=os.fspath(path))
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)
 
     def to_yaml(self, path: str | os.PathLike | None = None) -> str:
-        """The YAML text; also written (atomically) to ``path`` when given."""
-        text = OmegaConf.to_yaml(OmegaConf.create(self.to_dict()))
-        if path is not None:
-            path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(text)
-            os.replace(tmp, path)
-        return text
+        """The complete config as YAML text; also written atomically to ``path`` when given."""
+        return config_cli.write_yaml(path, self) if path is not None else config_cli.to_yaml(self)
 
 
 class OptimizerConfig(Config):
-    type: Literal["adam", "muon"] = "adam"
-    learning_rate: float = Field(default=0.0004573146765703167, gt=0)
-    beta1: float = Field(default=0.9, ge=0, le=1)
-    beta2: float = Field(default=0.999, ge=0, le=1)
-    eps: float = Field(default=1e-12, gt=0)
-    weight_decay: float = Field(default=0.0, ge=0)
+    type: Literal["adam", "muon"] = Field(default="adam", description="adam (torch) or muon (heavyball)")
+    learning_rate: float = Field(default=0.0004573146765703167, gt=0, description="the optimizer's step size")
+    beta1: float = Field(default=0.9, ge=0, le=1, description="decay of the first gradient moment")
+    beta2: float = Field(default=0.999, ge=0, le=1, description="decay of the second gradient moment")
+    eps: float = Field(default=1e-12, gt=0, description="added to the denominator for numerical stability")
+    weight_decay: float = Field(default=0.0, ge=0, description="decoupled weight decay; 0: none")
 
 
 class LRSchedulerConfig(Config):
-    enabled: bool = False
-    anneal_lr: bool = False
-    warmup_steps: int | None = Field(default=None, ge=0)
-    schedule_type: Literal["linear", "cosine", "exponential"] | None = None
+    enabled: bool = Field(default=False, description="follow a learning-rate schedule (else constant)")
+    anneal_lr: bool = Field(default=False, description="linear decay to 0 over total_timesteps (schedule_type unset)")
+    warmup_steps: int | None = Field(
+        default=None, ge=0, description="agent steps of linear warmup from 0; null: no warmup"
+    )
+    schedule_type: Literal["linear", "cosine", "exponential"] | None = Field(
+        default=None, description="shape of the decay over total_timesteps; null: anneal_lr decides"
+    )
 
 
 class PrioritizedExperienceReplayConfig(Config):
-    # 0 samples segments uniformly; 1 samples proportionally to the summed |advantage| of a segment.
-    prio_alpha: float = Field(default=0.0, ge=0, le=1)
-    # Initial importance-sampling exponent, annealed towards 1 (see calculate_anneal_beta).
-    prio_beta0: float = Field(default=0.6, ge=0, le=1)
+    prio_alpha: float = Field(
+        default=0.0, ge=0, le=1, description="0: uniform segments; 1: sampled in proportion to summed |advantage|"
+    )
+    prio_beta0: float = Field(
+        default=0.6, ge=0, le=1, description="initial importance-sampling exponent, annealed towards 1"
+    )
 
 
 class VTraceConfig(Config):
-    vtrace_rho_clip: float = Field(default=1.0, gt=0)
-    vtrace_c_clip: float = Field(default=1.0, gt=0)
+    vtrace_rho_clip: float = Field(default=1.0, gt=0, description="clip of the importance ratio in the TD term")
+    vtrace_c_clip: float = Field(default=1.0, gt=0, description="clip of the importance ratio in the trace")
 
 
 class KickstartTeacherConfig(Config):
-    teacher_uri: str
-    action_loss_coef: float = Field(default=1.0, ge=0)
-    value_loss_coef: float = Field(default=1.0, ge=0)
+    teacher_uri: str = Field(description="a saved policy: a file, a folder or a wandb:// uri")
+    action_loss_coef: float = Field(default=1.0, ge=0, description="weight of the teacher's action loss")
+    value_loss_coef: float = Field(default=1.0, ge=0, description="weight of the teacher's value loss")
 
 
 class KickstartConfig(Config):
-    teacher_uri: str | None = None
-    action_loss_coef: float = Field(default=1.0, ge=0)
-    value_loss_coef: float = Field(default=1.0, ge=0)
-    # The last anneal_ratio of kickstart_steps ramps the teacher losses linearly down to 0.
-    anneal_ratio: float = Field(default=0.65, ge=0, le=1)
-    kickstart_steps: int = Field(default=1_000_000_000, gt=0)
-    additional_teachers: list[KickstartTeacherConfig] | None = None
+    teacher_uri: str | None = Field(default=None, description="the teacher policy; null: no kickstarting")
+    action_loss_coef: float = Field(default=1.0, ge=0, description="weight of the teacher's action loss")
+    value_loss_coef: float = Field(default=1.0, ge=0, description="weight of the teacher's value loss")
+    anneal_ratio: float = Field(
+        default=0.65, ge=0, le=1, description="the last fraction of kickstart_steps ramps the teacher losses to 0"
+    )
+    kickstart_steps: int = Field(default=1_000_000_000, gt=0, description="agent steps with teacher losses")
+    additional_teachers: list[KickstartTeacherConfig] | None = Field(
+        default=None, description="more teachers: a list of {teacher_uri, action_loss_coef, value_loss_coef}"
+    )
 
 
 class InitialPolicyConfig(Config):
-    uri: str | None = None
-    type: Literal["top", "latest", "specific"] = "top"
-    range: int = Field(default=1, gt=0)
-    metric: str = "epoch"
-    filters: dict[str, Any] = Field(default_factory=dict)
+    uri: str | None = Field(default=None, description="weights a fresh run starts from; null: random init")
+    type: Literal["top", "latest", "specific"] = Field(
+        default="top", description="which policy of the uri: best by metric, newest, or the one file named"
+    )
+    range: int = Field(default=1, gt=0, description="draw the start (with seed) from the range best or newest")
+    metric: str = Field(default="epoch", description="metadata key that ranks policies for type=top")
+    filters: dict[str, Any] = Field(default_factory=dict, description="metadata values a policy must have")
 
 
 class CheckpointConfig(Config):
@@ -113,12 +134,12 @@ class CheckpointConfig(Config):
     wandb_checkpoint_interval: int = Field(
         default=300, ge=0, description="epochs between wandb policy uploads; 0: none"
     )
-    checkpoint_dir: str | None = Field(default=None, min_length=1, description="None: {run_dir}/checkpoints")
+    checkpoint_dir: str | None = Field(default=None, min_length=1, description="null: {run_dir}/checkpoints")
 
 
 class SimulationConfig(Config):
     evaluate_interval: int = Field(default=300, ge=0, description="epochs between evaluations; 0: only the final one")
-    replay_dir: str | None = Field(default=None, min_length=1, description="None: {run_dir}/replays")
+    replay_dir: str | None = Field(default=None, min_length=1, description="null: {run_dir}/replays")
     # The names of metta.sim.suites.SUITES (a test keeps the two lists equal).
     suite: Literal["terrain", "navigation", "smoke"] = Field(
         default="terrain", description="the evaluation suite (metta.sim.suites): terrain, navigation or smoke"
@@ -127,23 +148,24 @@ class SimulationConfig(Config):
 
 class TorchProfilerConfig(Config):
     interval_epochs: int = Field(default=10000, ge=0, description="epochs between profiler traces; 0: none")
-    profile_dir: str | None = Field(default=None, min_length=1, description="None: {run_dir}/torch_traces")
+    profile_dir: str | None = Field(default=None, min_length=1, description="null: {run_dir}/torch_traces")
 
 
 class PPOConfig(Config):
-    clip_coef: float = Field(default=0.1, gt=0, le=1)
-    ent_coef: float = Field(default=0.0021, ge=0)
-    gae_lambda: float = Field(default=0.916, ge=0, le=1)
-    gamma: float = Field(default=0.977, ge=0, le=1)
-    max_grad_norm: float = Field(default=0.5, gt=0)
-    vf_clip_coef: float = Field(default=0.1, ge=0)
-    vf_coef: float = Field(default=0.44, ge=0)
-    l2_reg_loss_coef: float = Field(default=0.0, ge=0)
-    l2_init_loss_coef: float = Field(default=0.0, ge=0)
-    norm_adv: bool = True
-    clip_vloss: bool = True
-    # Stop the remaining update epochs once the mean approx_kl of the epoch exceeds this (None: never).
-    target_kl: float | None = Field(default=None, gt=0)
+    clip_coef: float = Field(default=0.1, gt=0, le=1, description="PPO's clip of the policy ratio")
+    ent_coef: float = Field(default=0.0021, ge=0, description="weight of the entropy bonus")
+    gae_lambda: float = Field(default=0.916, ge=0, le=1, description="GAE's lambda")
+    gamma: float = Field(default=0.977, ge=0, le=1, description="discount per step")
+    max_grad_norm: float = Field(default=0.5, gt=0, description="gradients are clipped to this global norm")
+    vf_clip_coef: float = Field(default=0.1, ge=0, description="clip of the value change (with clip_vloss)")
+    vf_coef: float = Field(default=0.44, ge=0, description="weight of the value loss")
+    l2_reg_loss_coef: float = Field(default=0.0, ge=0, description="weight of an L2 penalty on the weights")
+    l2_init_loss_coef: float = Field(default=0.0, ge=0, description="weight of an L2 pull towards the initial weights")
+    norm_adv: bool = Field(default=True, description="normalize advantages over each minibatch")
+    clip_vloss: bool = Field(default=True, description="clip the value loss as the policy loss is clipped")
+    target_kl: float | None = Field(
+        default=None, gt=0, description="stop the update's passes once the mean approx_kl exceeds it; null: never"
+    )
 
 
 # Upstream keys metta does not have, each with what to do instead (setting one is an error that says so).
@@ -159,46 +181,64 @@ class TrainerConfig(Config):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
     REMOVED_KEYS: ClassVar[dict[str, str]] = REMOVED_TRAINER_KEYS
 
-    total_timesteps: int = Field(default=50_000_000_000, gt=0)
-    batch_size: int = Field(default=524288, gt=0)  # agent-steps per rollout (per rank; see scale_batches_by_world_size)
-    minibatch_size: int = Field(default=16384, gt=0)  # agent-steps per gradient step
-    # Largest minibatch one forward/backward pass takes: a larger minibatch_size is split into pieces of this size
-    # whose gradients are accumulated before one optimizer step (less memory). It is the same update as one
-    # minibatch when ppo.norm_adv is off; with norm_adv each piece's advantages are normalized over that piece
-    # (a whole-minibatch mean and std would need every piece's forward pass first). None: no split.
-    max_minibatch_size: int | None = Field(default=None, gt=0)
-    bptt_horizon: int = Field(default=64, gt=0)
-    update_epochs: int = Field(default=1, gt=0)
-    # Under torchrun: batch_size and minibatch_size are the totals over all ranks, divided among them.
-    scale_batches_by_world_size: bool = False
+    total_timesteps: int = Field(
+        default=50_000_000_000, gt=0, description="agent steps to train (all ranks), rounded up to whole batches"
+    )
+    batch_size: int = Field(default=524288, gt=0, description="agent steps per rollout and update (per rank)")
+    minibatch_size: int = Field(default=16384, gt=0, description="agent steps per optimizer step")
+    # It is the same update as one minibatch when ppo.norm_adv is off; with norm_adv each piece's advantages are
+    # normalized over that piece (a whole-minibatch mean and std would need every piece's forward pass first).
+    max_minibatch_size: int | None = Field(
+        default=None,
+        gt=0,
+        description="largest piece of a minibatch per forward/backward; pieces add gradients; null: no split",
+    )
+    bptt_horizon: int = Field(default=64, gt=0, description="steps per row the LSTM is trained through")
+    update_epochs: int = Field(default=1, gt=0, description="passes over each batch (the epoch counter counts them)")
+    scale_batches_by_world_size: bool = Field(
+        default=False, description="under torchrun: batch and minibatch sizes are totals divided among the ranks"
+    )
 
-    zero_copy: bool = True  # the vecenv hands out its shared buffers instead of copies
-    verbose: bool = True  # one console line per epoch
-    cpu_offload: bool = False  # the rollout buffer's observations stay in (pinned) host memory
-    compile: bool = False  # torch.compile the policy (the parts around its LSTM)
-    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = (
-        "reduce-overhead"
+    zero_copy: bool = Field(default=True, description="the vecenv hands out its shared buffers instead of copies")
+    verbose: bool = Field(default=True, description="one console line per epoch")
+    cpu_offload: bool = Field(default=False, description="the rollout buffer's observations stay in host memory")
+    compile: bool = Field(default=False, description="torch.compile the policy (the parts around its LSTM)")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
+        default="reduce-overhead", description="torch.compile's mode"
     )
     # On CUDA, each env batch's rollout step (upload, episode resets, policy forward, buffer writes) is captured
     # as a CUDA graph and replayed, one launch instead of some 100 (metta.rl.rollout). Eager elsewhere, and with
     # compile (torch.compile's reduce-overhead mode brings graphs of its own).
-    cuda_graphs: bool = True
-    # TF32 tensor-core matmuls and convolutions on CUDA (torch.backends.cuda.matmul.allow_tf32 and
-    # torch.backends.cudnn.allow_tf32; 10-bit mantissas, about twice as fast on an H100). No effect on a CPU.
-    tf32: bool = True
+    cuda_graphs: bool = Field(
+        default=True, description="on CUDA, each env batch's rollout step is captured and replayed as a CUDA graph"
+    )
+    # torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32; 10-bit mantissas, about twice as
+    # fast on an H100. No effect on a CPU.
+    tf32: bool = Field(default=True, description="TF32 tensor-core matmuls and convolutions on CUDA")
 
     # Envs per process, when the run does not set num_envs: forward_pass_minibatch_target_size agents per
     # forward pass, rounded to the workers, times async_factor (calculate_batch_sizes).
-    forward_pass_minibatch_target_size: int = Field(default=4096, gt=0)
-    async_factor: int = Field(default=2, gt=0)
-    num_workers: int = Field(default=1, gt=0)
-    # With multiprocessing: how long to wait for a worker's reply before raising WorkerError (a stopped or hung
-    # worker would otherwise block the trainer for ever); starts and resets get longer.
-    worker_timeout_s: float = Field(default=DEFAULT_WORKER_TIMEOUT_S, gt=0)
+    forward_pass_minibatch_target_size: int = Field(
+        default=4096, gt=0, description="agents per forward pass; sizes the envs when num_envs is not set"
+    )
+    async_factor: int = Field(
+        default=2, gt=0, description="batches of envs in flight; the learner works on one while others step"
+    )
+    num_workers: int = Field(default=1, gt=0, description="env worker processes (vectorization=multiprocessing)")
+    # A stopped or hung worker would otherwise block the trainer for ever; starts and resets get longer.
+    worker_timeout_s: float = Field(
+        default=DEFAULT_WORKER_TIMEOUT_S, gt=0, description="seconds to wait for a worker's reply (multiprocessing)"
+    )
 
-    curriculum: str = Field(default="/env/mettagrid/curriculum/simple", min_length=1)
-    env_overrides: dict[str, Any] = Field(default_factory=dict)  # dotted keys applied to every task's env
-    grad_mean_variance_interval: int = Field(default=0, ge=0)  # epochs; 0 disables
+    curriculum: str = Field(
+        default="/env/mettagrid/curriculum/simple", min_length=1, description="a packaged curriculum or env path"
+    )
+    env_overrides: dict[str, Any] = Field(
+        default_factory=dict, description="dotted env keys applied to every task, e.g. {game.max_steps: 100}"
+    )
+    grad_mean_variance_interval: int = Field(
+        default=0, ge=0, description="epochs between grad/mean, grad/variance metrics; 0: none"
+    )
 
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     lr_scheduler: LRSchedulerConfig = Field(default_factory=LRSchedulerConfig)
@@ -212,15 +252,6 @@ class TrainerConfig(Config):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
     profiler: TorchProfilerConfig = Field(default_factory=TorchProfilerConfig)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _reject_removed_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            for key, why in REMOVED_TRAINER_KEYS.items():
-                if key in data:
-                    raise ValueError(f"{key} is not a metta setting: {why}")
-        return data
 
     @model_validator(mode="after")
     def _check_sizes(self) -> TrainerConfig:
@@ -239,14 +270,16 @@ class TrainerConfig(Config):
         if self.max_minibatch_size is not None and (mb % self.max_minibatch_size or self.max_minibatch_size % h):
             raise ValueError(
                 f"max_minibatch_size={self.max_minibatch_size} must divide minibatch_size={mb} and be a multiple of "
-                f"bptt_horizon={h} (the minibatch is split into equal pieces of whole rows); e.g. max_minibatch_size={mb // 2 if (mb // 2) % h == 0 else mb}"
+                f"bptt_horizon={h} (the minibatch is split into equal pieces of whole rows); "
+                f"e.g. max_minibatch_size={mb // 2 if (mb // 2) % h == 0 else mb}"
             )
         ck, wb = self.checkpoint.checkpoint_interval, self.checkpoint.wandb_checkpoint_interval
         ev = self.simulation.evaluate_interval
         if ev != 0 and ev < max(ck, wb):
             raise ValueError(
-                f"simulation.evaluate_interval={ev} must be 0 (only the final evaluation) or >= checkpoint.checkpoint_interval={ck} and "
-                f"checkpoint.wandb_checkpoint_interval={wb}, since evaluation reads a saved policy; "
+                f"simulation.evaluate_interval={ev} must be 0 (only the final evaluation) or >= "
+                f"checkpoint.checkpoint_interval={ck} and checkpoint.wandb_checkpoint_interval={wb}, since "
+                "evaluation reads a saved policy; "
                 f"use evaluate_interval={max(ck, wb)} or more"
             )
         if ck != 0 and wb != 0 and wb < ck:
@@ -265,15 +298,16 @@ class TrainerConfig(Config):
         torch.backends.cudnn.allow_tf32 = self.tf32
 
     def with_run_dir(self, run_dir: str | os.PathLike) -> TrainerConfig:
-        """A copy whose unset folders (None) are those of ``run_dir``: ``checkpoints/``, ``replays/``, ``torch_traces/``."""
-        run_dir = Path(run_dir)
+        """A copy whose unset folders (None) are those of ``run_dir`` (``metta.common.run_dirs.run_folders``:
+        ``checkpoints/``, ``replays/``, ``torch_traces/``)."""
+        folders = run_folders(run_dir)
         out = self.model_copy(deep=True)
         if out.checkpoint.checkpoint_dir is None:
-            out.checkpoint.checkpoint_dir = str(run_dir / "checkpoints")
+            out.checkpoint.checkpoint_dir = folders.checkpoint_dir
         if out.simulation.replay_dir is None:
-            out.simulation.replay_dir = str(run_dir / "replays")
+            out.simulation.replay_dir = folders.replay_dir
         if out.profiler.profile_dir is None:
-            out.profiler.profile_dir = str(run_dir / "torch_traces")
+            out.profiler.profile_dir = folders.profile_dir
         return out
 
     def check_num_agents(self, num_agents: int) -> None:
@@ -310,8 +344,8 @@ def cpu_learning_settings() -> dict[str, Any]:
     docs/training.md): two passes over each batch, learning rate 1e-3, and PPO with a small entropy bonus and a
     long horizon (gamma 0.99, gae_lambda 0.95: altars are often dozens of steps away, and returns run across
     BPTT rows, see compute_advantage). With ent_coef 0.01 the policy stayed near uniform for millions of steps,
-    because each altar pays one heart per episode and the per-action advantage signal is tiny. Used by run.py's
-    CPU defaults, ``TrainingConfig()`` and recipes/navigation_cpu.py; pass as
+    because each altar pays one heart per episode and the per-action advantage signal is tiny. Used by the CPU
+    defaults (``metta.rl.run_config.cpu_trainer_config``) and recipes/navigation_cpu.py; pass as
     ``TrainerConfig(**cpu_learning_settings(), ...)``.
     """
     return {
@@ -327,31 +361,10 @@ def _size_hint(batch: int, minibatch: int, bptt: int) -> str:
         if batch % mb == 0:
             return f"e.g. minibatch_size={mb} (a multiple of bptt_horizon={bptt} that divides batch_size={batch})"
     mb = max(bptt, minibatch - minibatch % bptt)
-    return f"e.g. batch_size={max(1, batch // mb) * mb} with minibatch_size={mb} (batch a multiple of minibatch, minibatch of bptt_horizon={bptt})"
-
-
-def create_trainer_config(
-    run_dir: str | os.PathLike | None = None,
-    vectorization: str = "serial",
-    overrides: dict[str, Any] | None = None,
-    **fields: Any,
-) -> TrainerConfig:
-    """A TrainerConfig from keyword fields and/or a nested ``overrides`` dict, adjusted like upstream's:
-
-    - ``vectorization == "serial"``: ``async_factor`` and ``zero_copy`` default to 1 and False (nothing to
-      overlap); given explicitly they are kept;
-    - directories not given explicitly go under ``run_dir``: ``checkpoints/``, ``replays/``, ``torch_traces/``.
-    """
-    data: dict[str, Any] = {**(overrides or {}), **fields}
-    if vectorization == "serial":
-        data.setdefault("async_factor", 1)
-        data.setdefault("zero_copy", False)
-    if run_dir is not None:
-        run_dir = Path(run_dir)
-        data.setdefault("checkpoint", {}).setdefault("checkpoint_dir", str(run_dir / "checkpoints"))
-        data.setdefault("simulation", {}).setdefault("replay_dir", str(run_dir / "replays"))
-        data.setdefault("profiler", {}).setdefault("profile_dir", str(run_dir / "torch_traces"))
-    return TrainerConfig.from_dict(data)
+    return (
+        f"e.g. batch_size={max(1, batch // mb) * mb} with minibatch_size={mb} (batch a multiple of minibatch, "
+        f"minibatch of bptt_horizon={bptt})"
+    )
 
 
 def resolve_trainer_config(config: Any, ppo_config: PPOConfig | None = None) -> TrainerConfig:

@@ -1,8 +1,32 @@
-"""The vectorizer lives beside the env, in ``metta.mettagrid.vecenv``. This name stays importable, as the same
-module, for code written against upstream's layout (``from metta.rl.vecenv import make_vecenv``)."""
+"""The vectorizer lives beside the env, in ``metta.mettagrid.vecenv``; its public names are importable here too, for
+code written against upstream's layout (``from metta.rl.vecenv import make_vecenv``)."""
 
-import sys
+from metta.mettagrid.vecenv import (
+    DEFAULT_WORKER_TIMEOUT_S,
+    VECTORIZATIONS,
+    MultiprocessingVecEnv,
+    SerialVecEnv,
+    VecEnv,
+    WorkerError,
+    agents_per_env,
+    calculate_batch_sizes,
+    check_layout,
+    envs_for_target_batch,
+    make_vecenv,
+    resolve_batching,
+)
 
-from metta.mettagrid import vecenv
-
-sys.modules[__name__] = vecenv
+__all__ = [
+    "DEFAULT_WORKER_TIMEOUT_S",
+    "VECTORIZATIONS",
+    "MultiprocessingVecEnv",
+    "SerialVecEnv",
+    "VecEnv",
+    "WorkerError",
+    "agents_per_env",
+    "calculate_batch_sizes",
+    "check_layout",
+    "envs_for_target_batch",
+    "make_vecenv",
+    "resolve_batching",
+]

@@ -149,15 +149,21 @@ def evaluate_policy_suite(
     logger: logging.Logger | None = None,
     *,
     database: str | os.PathLike | None = None,
+    replay_dir: str | os.PathLike | None = None,
     seed: int = 0,
+    results: dict[str, SimulationResults] | None = None,
 ) -> dict[str, float]:
-    """Run every simulation of ``evaluation_config`` and return the scores (see ``suite_scores``; NaN: missing).
+    """Run every simulation of ``evaluation_config`` and return the scores (see ``suite_scores``; NaN: missing):
+    the one evaluation of run.py, the trainer, ``PolicyEvaluator`` and the interface, so every one logs the same
+    keys.
 
     Per-episode stats go to ``stats_dir`` (one ``.jsonl`` file per simulation) when it is given, and to the
     evaluation database ``database`` (``metta.common.evaluation_db``, e.g. ``database_path(data_dir)``) when it
     is given; that needs a ``PolicyRecord`` naming the policy (``live_policy_record`` for a training run's
-    agent). ``seed`` seeds the envs and the policy's sampling. To let the PolicyStore's ``top`` selector pick by
-    these scores, store them in the record before saving it: ``policy_record.metadata["eval_scores"] = scores``.
+    agent). A replay of every counted episode goes to ``replay_dir`` when it is given. ``seed`` seeds the envs and
+    the policy's sampling; ``results``, when given, is filled with each simulation's ``SimulationResults``. To
+    let the PolicyStore's ``top`` selector pick by these scores, store them in the record before saving it:
+    ``policy_record.metadata["eval_scores"] = scores``.
     """
     log = logger or _logger
     _check_policy(policy_record)
@@ -173,12 +179,15 @@ def evaluate_policy_suite(
         device,
         vectorization,
         stats_dir,
+        replay_dir,
         seed=seed,
         database=database,
     )
-    results = suite.simulate()
-    scores = suite_scores(evaluation_config, results)
-    for name, result in results.items():
+    simulated = suite.simulate()
+    if results is not None:
+        results.update(simulated)
+    scores = suite_scores(evaluation_config, simulated)
+    for name, result in simulated.items():
         if not result.complete:
             log.warning(
                 "evaluation %s: score missing (the max_time_s guard stopped it after %d of %d episodes)",
@@ -208,7 +217,8 @@ def generate_replay_simple(
     The file is ``{replay_dir}[/epoch_{epoch:04d}]/replay/{episode_id}.json.z`` (docs/replay_format.md).
     Upstream returned a MettaScope URL; this returns the local path. ``metta.mettagrid.replay.write_viewer_page``
     writes a page that shows it (``python -m metta.mettagrid.replay view PATH``); ``read_replay(path)`` reads it.
-    ``vectorization`` is accepted for upstream's signature; one episode is always recorded in-process (serial).
+    The episode is recorded from the env in this process, so ``vectorization`` must be "serial" (the simulation
+    says so otherwise).
     """
     log = logger or _logger
     _check_policy(policy_record)
@@ -219,11 +229,10 @@ def generate_replay_simple(
         )
     if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0):
         raise ValueError(f"epoch={epoch!r} must be a non-negative integer or None")
-    del vectorization  # recording reads the env's grid in this process
     out_dir = Path(replay_dir) if epoch is None else Path(replay_dir) / f"epoch_{epoch:04d}"
     env_overrides = {**replay_config.env_overrides, "label": replay_env_label(replay_config)}
     config = replay_config.model_copy(update={"num_episodes": 1, "env_overrides": env_overrides})
-    sim = Simulation("replay", config, policy_record, policy_store, device, "serial", replay_dir=out_dir)
+    sim = Simulation("replay", config, policy_record, policy_store, device, vectorization, replay_dir=out_dir)
     result = sim.simulate()
     if result.replay_paths:
         path = result.replay_paths[0]

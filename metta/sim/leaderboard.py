@@ -181,7 +181,8 @@ def leaderboard_html(
 def _score_cell(
     row: PolicyRow, column: str, value: float | None, ci: float | None, replay: str | None, what: str, extra: str = ""
 ) -> str:
-    data = f'data-policy="{html.escape(row.uri)}" data-epoch="{"" if row.epoch is None else row.epoch}" data-column="{html.escape(column)}"'
+    epoch = "" if row.epoch is None else row.epoch
+    data = f'data-policy="{html.escape(row.uri)}" data-epoch="{epoch}" data-column="{html.escape(column)}"'
     if value is None:
         return f'<td class="missing {extra}" {data} data-score="" title="{html.escape(what)}">missing</td>'
     link = f' <a class="replay" href="{html.escape(replay)}" title="replay">▶</a>' if replay else ""

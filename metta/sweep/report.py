@@ -59,7 +59,8 @@ def _importances(study: optuna.Study, complete: list[FrozenTrial]) -> str:
     )
     return (
         '<table class="importance"><tr><th>parameter</th><th></th><th>importance</th></tr>'
-        f'{rows}</table><p class="note">Optuna\'s default evaluator over the complete trials; the shares add up to 1.</p>'
+        f'{rows}</table><p class="note">Optuna\'s default evaluator over the complete trials; the shares add up '
+        "to 1.</p>"
     )
 
 

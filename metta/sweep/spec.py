@@ -11,18 +11,15 @@ with another parameter at one of its own ends or choices where the value needs t
 a batch size at least as large). A combination of values that fails together is found when a trial draws it:
 that trial is marked failed with run.py's message and does not count.
 
-run.py's config type is named in one place, ``run_config_model()``; everything else goes through run.py's
-command-line keys, which ``python run.py --help`` lists.
+run.py's config type (``metta.rl.run_config.TrainingConfig``) is named in one place, ``run_config_model()``;
+everything else goes through run.py's command-line keys, which ``python run.py --help`` lists.
 """
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import math
 import os
 import re
-import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -31,11 +28,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from metta.common.config_cli import ConfigCliError, _lookup, parse_config
+from metta.rl.run_config import TrainingConfig
 
 RUN_PY = Path(__file__).resolve().parents[2] / "run.py"
 # Keys the sweep sets for every trial: each trial is run ``trial_NNNN`` under the sweep's folder.
 RESERVED_KEYS = {
     "run": "the sweep names each trial's run trial_NNNN",
+    "experiment_name": "the sweep names each trial's run trial_NNNN",
     "data_dir": "each trial's run directory is {data_dir}/sweeps/{name}/trial_NNNN (set the spec's data_dir)",
 }
 TOTAL_STEPS_KEY = "trainer.total_timesteps"
@@ -52,16 +51,12 @@ class SpecError(ValueError):
     """A spec that cannot be used; the message names the spec file, the key and the value."""
 
 
-@functools.cache
 def run_config_model() -> type[BaseModel]:
-    """The pydantic model run.py parses its arguments into, loaded from the run.py the sweep launches."""
+    """The pydantic model run.py parses its arguments into: ``metta.rl.run_config.TrainingConfig``, the run config
+    of run.py and the functional faces. The sweep launches run.py itself, so it must be there."""
     if not RUN_PY.is_file():
         raise SpecError(f"run.py is not at {RUN_PY}: the sweep runs run.py from a source checkout of metta")
-    module_spec = importlib.util.spec_from_file_location("metta_sweep_run_py", RUN_PY)
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[module_spec.name] = module  # pydantic resolves the config's annotations in the module's namespace
-    module_spec.loader.exec_module(module)  # defines the config; main() runs only as __main__
-    return module.RunConfig
+    return TrainingConfig
 
 
 def cli_arg(key: str, value: Any) -> str:

@@ -1,4 +1,4 @@
-"""Structured configs for whole training runs: ``TrainingConfig``, presets and YAML loading (see train_config)."""
+"""Structured configs for whole training runs (the documented package): ``metta.train.train_config``."""
 
 from metta.train.train_config import (
     PRESETS,
@@ -6,6 +6,7 @@ from metta.train.train_config import (
     TrainingConfig,
     WandbConfig,
     cpu_smoke_config,
+    cpu_trainer_config,
     gpu_full_config,
     load_yaml_config,
     small_fast_config,
@@ -17,6 +18,7 @@ __all__ = [
     "TrainingConfig",
     "WandbConfig",
     "cpu_smoke_config",
+    "cpu_trainer_config",
     "gpu_full_config",
     "load_yaml_config",
     "small_fast_config",

@@ -53,7 +53,8 @@ agent.eval()
 from metta.agent.policy_state import PolicyState
 obs = torch.load({str(tmp_path / "obs.pt")!r})
 _, lp, _, v, _ = agent(obs, PolicyState(), torch.zeros(obs.shape[0], 2, dtype=torch.int32))
-print(json.dumps({{"lp": lp.tolist(), "v": v.flatten().tolist(), "meta": dict(pr.metadata), "params": pr.num_params()}}))
+meta, params = dict(pr.metadata), pr.num_params()
+print(json.dumps({{"lp": lp.tolist(), "v": v.flatten().tolist(), "meta": meta, "params": params}}))
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
     got = json.loads(out.stdout.strip().splitlines()[-1])

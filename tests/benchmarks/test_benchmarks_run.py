@@ -68,7 +68,7 @@ VIEWER_FPS_KEYS = {
 
 def test_viewer_fps_prints_one_json_line_at_a_tiny_size():
     """The viewer benchmark (a replay recorded, its page opened and played in headless Chromium) at a tiny size."""
-    from metta.common.headless_browser import find_chromium
+    from headless_browser import find_chromium  # benchmarks/, on the path from tests/conftest.py
 
     if find_chromium() is None:
         pytest.skip("Chromium is not installed (CI installs Debian's chromium package)")

@@ -294,7 +294,10 @@ def test_report_legends_zero_losses_smoothing_and_hover(browser, runs):
 
 def test_comparison_shows_status_and_config_differences(browser, runs, tmp_path):
     alpha, beta = runs
-    status = "Object.fromEntries([...document.querySelectorAll('table.runs tr[data-run]')].map(r => [r.dataset.run, [r.cells[1].dataset.state, r.cells[1].textContent]]))"
+    status = (
+        "Object.fromEntries([...document.querySelectorAll('table.runs tr[data-run]')]"
+        ".map(r => [r.dataset.run, [r.cells[1].dataset.state, r.cells[1].textContent]]))"
+    )
 
     def compare() -> dict:
         page = browser.open(write_comparison(runs, tmp_path / "compare.html").resolve().as_uri())
@@ -309,7 +312,8 @@ def test_comparison_shows_status_and_config_differences(browser, runs, tmp_path)
     assert assert_legends_outside_the_plots(page) >= 2
     # The keys whose values differ; the run's name and its own folders are not differences.
     diff = page.evaluate(
-        "[...document.querySelectorAll('table.config-diff tr[data-key]')].map(r => [...r.cells].map(c => c.textContent))"
+        "[...document.querySelectorAll('table.config-diff tr[data-key]')]"
+        ".map(r => [...r.cells].map(c => c.textContent))"
     )
     assert diff == [
         ["trainer.optimizer.learning_rate", "0.001", "0.0003"],

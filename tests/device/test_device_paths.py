@@ -44,8 +44,6 @@ SMALL = {
     }
 }
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 
 @pytest.fixture(scope="module")
 def env():

@@ -99,8 +99,6 @@ SEED_MODULES = {
     "metta.common.system_monitor": ["SystemMonitor"],
 }
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 
 @pytest.fixture(scope="module")
 def env():
@@ -254,8 +252,8 @@ def test_ensure_initial_policy_single_process(env, tmp_path):
     from metta.interface import ensure_initial_policy
 
     agent = Agent(env, config="fast", device="cpu")
-    assert ensure_initial_policy(agent, None, str(tmp_path), None, "cpu") is None
-    assert ensure_initial_policy(agent, None, str(tmp_path), "/some/model_0003.pt", "cpu") == "/some/model_0003.pt"
+    assert ensure_initial_policy(agent, None, str(tmp_path), None) is None
+    assert ensure_initial_policy(agent, None, str(tmp_path), "/some/model_0003.pt") == "/some/model_0003.pt"
 
 
 def test_validate_policy_environment_match(env):

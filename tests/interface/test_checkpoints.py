@@ -32,8 +32,6 @@ SMALL = {
     }
 }
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 
 @pytest.fixture(scope="module")
 def env():
@@ -87,9 +85,7 @@ def test_round_trip_restores_everything(env, tmp_path):
     env.set_curriculum_state({"rng": random.Random(99).getstate()})
     random.seed(11), np.random.seed(12), torch.manual_seed(13)
     timer2 = Stopwatch()
-    agent_step, epoch, policy_path = load_checkpoint(
-        directory, agent2, optimizer2, store, "cpu", vecenv=env, stopwatch=timer2
-    )
+    agent_step, epoch, policy_path = load_checkpoint(directory, agent2, optimizer2, store, vecenv=env, stopwatch=timer2)
 
     assert (agent_step, epoch) == (700, 7)
     assert policy_path == os.path.join(os.path.abspath(directory), "model_0007.pt")

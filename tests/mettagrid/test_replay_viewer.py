@@ -630,7 +630,8 @@ def test_follow_camera_keeps_the_selected_agent_in_view(big_page, big_replay):
     # Follow off: the camera stays where it was put, away from the agent.
     redraw(
         big_page,
-        f"metta.setFollow(false); metta.setStep(0); metta.selectAgent({mover}); metta.view.s = 40; metta.centerOn(5, 5)",
+        f"metta.setFollow(false); metta.setStep(0); metta.selectAgent({mover}); metta.view.s = 40; "
+        "metta.centerOn(5, 5)",
     )
     assert big_page.evaluate(inside) is False
     # Follow on (the default): the next frame brings it into view, and it stays there on every step.

@@ -357,8 +357,9 @@ def test_policy_evaluator_scores_a_tiny_suite(tmp_path):
         },
     )
     evaluator = PolicyEvaluator(suite, None, "cpu", stats_dir=tmp_path / "stats")
-    scores = evaluator.evaluate(fresh_policy())
-    assert set(scores) == {"nav/small"} and math.isfinite(scores["nav/small"])
+    scores = evaluator.evaluate(fresh_policy())  # evaluate_policy_suite's scores: each sim and its category's mean
+    assert set(scores) == {"nav/small", "nav/score"} and scores["nav/score"] == scores["nav/small"]
+    assert math.isfinite(scores["nav/small"])
     assert evaluator.last_results["nav/small"].num_episodes == 1
 
 

@@ -189,7 +189,8 @@ def test_sizes_default_and_the_lstm_state_is_sized_from_the_policy():
     sized = Experience(total_agents=8, batch_size=256, obs_space=OBS, atn_space=ATN, hidden_size=512, num_lstm_layers=1)
     with pytest.raises(
         ValueError,
-        match=r"hidden_size=512, num_lstm_layers=1\) does not fit the policy's LSTM \(hidden_size=8, 2 layers\).*hidden_size=8, num_lstm_layers=2",
+        match=r"hidden_size=512, num_lstm_layers=1\) does not fit the policy's LSTM \(hidden_size=8, 2 layers\)"
+        r".*hidden_size=8, num_lstm_layers=2",
     ):
         sized.match_policy(Policy())
     with pytest.raises(ValueError, match=r"num_lstm_layers=1\) does not fit"):

@@ -53,7 +53,8 @@ def test_loop_with_custom_step_losses_and_checkpoints(tmp_path, capsys):
     assert (ckpt.epoch, ckpt.agent_step) == (3, 192) and ckpt.trainer_config["ppo"]["ent_coef"] == 0.02
     assert state.policy_record.file_path.endswith("model_0003.pt")
     out = capsys.readouterr().out
-    assert "functional training: 192 agent steps" in out and "epoch     3" in out and "done: epoch 3" in out
+    assert "192 agent steps on cpu x1, 2 envs (4 agents, serial)" in out and "epoch     3" in out
+    assert "done: epoch 3, agent_step 192" in out
 
 
 def test_loop_errors_are_clear(tmp_path):
@@ -325,9 +326,9 @@ def test_trainer_config_defaults_run_in_the_loop(tmp_path, capsys):
     assert "4 envs (8 agents, serial)" in capsys.readouterr().out and state.agent_step == 64
 
 
-def test_a_training_config_gives_the_run_level_defaults(tmp_path, capsys):
+def test_a_training_config_gives_the_run_level_defaults(tmp_path, capsys, monkeypatch):
     """Seed 001 passes a TrainingConfig: its seed, num_envs, run directory and keep_checkpoints are used, and
-    wandb.enabled=True without a wandb run is an error rather than a run without wandb."""
+    wandb.enabled=True starts wandb (here: without an API key, an error that says how to get one)."""
     from metta.train.train_config import TrainingConfig
 
     config = TrainingConfig(
@@ -336,6 +337,7 @@ def test_a_training_config_gives_the_run_level_defaults(tmp_path, capsys):
         num_envs=2,
         seed=3,
         keep_checkpoints=1,
+        evaluate=False,  # the terrain suite takes a minute; tests/test_faces_train_alike.py evaluates a tiny one
         trainer=tiny_config(
             total_timesteps=3 * 64, checkpoint={"checkpoint_interval": 1, "wandb_checkpoint_interval": 0}
         ),
@@ -345,7 +347,10 @@ def test_a_training_config_gives_the_run_level_defaults(tmp_path, capsys):
     assert state.epoch == 3 and state.stopped_by is None and "2 envs (4 agents, serial)" in capsys.readouterr().out
     assert sorted(os.listdir(run_dir / "checkpoints")) == ["model_0003.pt", "trainer_state_0003.ckpt"]  # keep 1
     config.wandb.enabled = True
-    with pytest.raises(ValueError, match="config.wandb.enabled=True but no wandb_run was passed"):
+    for name in ("WANDB_API_KEY", "WANDB_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no_netrc"))
+    with pytest.raises(RuntimeError, match="wandb is enabled but no API key was found"):
         functional_training_loop(config, None, fresh_policy(), tiny_curriculum(), policy_store(str(tmp_path / "s")))
 
 

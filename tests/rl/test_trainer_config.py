@@ -4,7 +4,8 @@ import pytest
 from omegaconf import OmegaConf
 from pydantic import ValidationError
 
-from metta.rl.trainer_config import KickstartConfig, PPOConfig, TrainerConfig, create_trainer_config
+from metta.common.config_cli import ConfigFileError
+from metta.rl.trainer_config import KickstartConfig, PPOConfig, TrainerConfig
 
 
 def test_defaults_match_upstream_and_construct():
@@ -75,7 +76,7 @@ def test_defaults_match_upstream_and_construct():
     ],
 )
 def test_bad_configs_fail_with_numbers(kwargs, message):
-    with pytest.raises(ValidationError, match=message):
+    with pytest.raises(ConfigFileError, match=message):  # from_dict names the source, then each field
         TrainerConfig.from_dict(kwargs)
 
 
@@ -111,19 +112,13 @@ def test_dict_yaml_round_trip(tmp_path):
     assert isinstance(cfg.kickstart, KickstartConfig) and cfg.kickstart.additional_teachers[0].action_loss_coef == 1.0
 
 
-def test_create_trainer_config(tmp_path):
-    cfg = create_trainer_config(run_dir=tmp_path, vectorization="serial", batch_size=4096, minibatch_size=512)
-    assert cfg.async_factor == 1 and cfg.zero_copy is False
+def test_with_run_dir_fills_only_the_folders_left_unset(tmp_path):
+    cfg = TrainerConfig(batch_size=4096, minibatch_size=512).with_run_dir(tmp_path)
     assert cfg.checkpoint.checkpoint_dir == str(tmp_path / "checkpoints")
     assert cfg.simulation.replay_dir == str(tmp_path / "replays")
     assert cfg.profiler.profile_dir == str(tmp_path / "torch_traces")
-    explicit = create_trainer_config(
-        run_dir=tmp_path, vectorization="multiprocessing", checkpoint={"checkpoint_dir": "/ck"}
-    )
-    assert explicit.checkpoint.checkpoint_dir == "/ck" and explicit.async_factor == 2
-    # Serial's defaults never overwrite what the caller set.
-    kept = create_trainer_config(vectorization="serial", async_factor=4, zero_copy=True)
-    assert (kept.async_factor, kept.zero_copy) == (4, True)
+    explicit = TrainerConfig(checkpoint={"checkpoint_dir": "/ck"}).with_run_dir(tmp_path)
+    assert explicit.checkpoint.checkpoint_dir == "/ck"
 
 
 def test_tf32_and_cuda_graphs_are_settings_written_with_the_config():

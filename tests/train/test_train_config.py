@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from omegaconf import OmegaConf
 from pydantic import BaseModel, ValidationError
 
 from metta.agent.agent_config import AgentConfig, fast_components, interface_default_components
 from metta.agent.metta_agent import make_policy
+from metta.common.config_cli import field_paths, help_text, parse_config
+from metta.mettagrid.curriculum.loader import curriculum_from_any
 from metta.mettagrid.env import MettaGridEnv
 from metta.rl.trainer_config import PPOConfig, TrainerConfig
 from metta.train import (
@@ -15,6 +19,7 @@ from metta.train import (
     ConfigFileError,
     TrainingConfig,
     cpu_smoke_config,
+    cpu_trainer_config,
     gpu_full_config,
     load_yaml_config,
     small_fast_config,
@@ -29,22 +34,72 @@ def test_presets_validate_and_fit_their_envs(name):
     assert isinstance(config, TrainingConfig) and config.experiment_name == name
     assert TrainingConfig.model_validate(config.model_dump(by_alias=True)) == config
     # Every env of the packaged curricula has 4 agents; each agent needs one bptt segment per batch.
-    kwargs = config.env_kwargs()  # the arguments of metta.interface.Environment
-    assert (
-        kwargs["curriculum_path"] == config.trainer.curriculum and kwargs["async_factor"] == config.trainer.async_factor
-    )
+    kwargs = config.env_kwargs(curriculum_from_any(config.trainer.curriculum))  # build_vecenv's arguments
+    assert kwargs["async_factor"] == config.trainer.async_factor
     if config.num_envs is None:  # sized from the forward-pass target (seed 003's arithmetic)
-        assert (
-            kwargs["num_envs"] == 1
-            and kwargs["forward_pass_minibatch_target_size"] == config.trainer.forward_pass_minibatch_target_size
-        )
-        num_envs = 2 * config.trainer.forward_pass_minibatch_target_size // 4
+        assert kwargs["num_envs"] == 1
+        assert kwargs["forward_pass_minibatch_target_size"] == config.trainer.forward_pass_minibatch_target_size
+        num_envs = config.trainer.async_factor * config.trainer.forward_pass_minibatch_target_size // 4
     else:
         assert kwargs["num_envs"] == config.num_envs and kwargs["forward_pass_minibatch_target_size"] is None
         num_envs = config.num_envs
     config.trainer.check_num_agents(num_envs * 4)
     if config.vectorization == "serial":  # the async_factor batches, stepped in turn in this process
         assert kwargs["num_workers"] == config.trainer.async_factor
+
+
+def test_envs_sized_from_the_target_fit_the_batch_and_say_so(caplog):
+    """num_envs=None: as many envs as forward_pass_minibatch_target_size agents make, unless a batch could not hold
+    one bptt row per agent; then fewer, with a warning naming the settings."""
+    config = TrainingConfig(trainer=TrainerConfig(batch_size=8192, minibatch_size=2048, bptt_horizon=16))
+    curriculum = curriculum_from_any(config.trainer.curriculum)  # 4 agents per env
+    with caplog.at_level(logging.WARNING, logger="metta.rl.run_config"):
+        kwargs = config.env_kwargs(curriculum)
+    # TrainerConfig's own target (4096 agents per pass, async_factor 2) would need 131072 steps per batch.
+    assert kwargs["forward_pass_minibatch_target_size"] == 8192 // (16 * 2)
+    assert "envs sized to fit the batch: trainer.forward_pass_minibatch_target_size=4096" in caplog.text
+    assert "trainer.batch_size=8192" in caplog.text
+    config.trainer.check_num_agents(2 * kwargs["forward_pass_minibatch_target_size"])
+    caplog.clear()
+    assert TrainingConfig().env_kwargs(curriculum)["forward_pass_minibatch_target_size"] == 256 and not caplog.text
+
+
+def test_one_rule_for_vectorization_workers_and_async_batches():
+    # Serial steps its async_factor batches in turn (no worker processes), with the sizes from the target or not.
+    serial = TrainingConfig(num_envs=8, trainer=TrainerConfig(async_factor=2))
+    assert serial.env_kwargs()["num_workers"] == 2 and serial.env_kwargs()["async_factor"] == 2
+    with pytest.raises(ValidationError, match="num_envs=7 must be a multiple of trainer.async_factor=2"):
+        TrainingConfig(num_envs=7, trainer=TrainerConfig(async_factor=2))
+    with pytest.raises(ValidationError, match="trainer.num_workers=2 needs vectorization='multiprocessing'"):
+        TrainingConfig(trainer=TrainerConfig(num_workers=2, async_factor=1))
+    mp = TrainingConfig(vectorization="multiprocessing", num_envs=8, trainer=TrainerConfig(num_workers=4))
+    assert mp.env_kwargs()["num_workers"] == 4
+
+
+def test_run_key_total_timesteps_and_removed_keys():
+    assert TrainingConfig(run="named").experiment_name == "named"  # run.py's and upstream's name for it
+    assert TrainingConfig.from_dict({"run": "over"}, base=small_fast_config()).experiment_name == "over"
+    assert small_fast_config().total_timesteps == small_fast_config().trainer.total_timesteps  # seed 001's loop
+    with pytest.raises(ConfigFileError, match="'run_dir' is not a metta setting: the run directory is"):
+        parse_config(TrainingConfig, ["run_dir=/tmp/x"])
+    with pytest.raises(ConfigFileError, match="run_dir is not a metta setting: the run directory is"):
+        TrainingConfig.from_dict({"run_dir": "/tmp/x"})
+
+
+def test_help_lists_every_key_with_its_choices_and_a_description():
+    rows = field_paths(TrainingConfig)
+    assert [key for key, _, _, description in rows if not description] == []
+    choices = {key: kind for key, kind, _, _ in rows if kind.startswith("one of:")}
+    assert choices == {
+        "vectorization": "one of: serial, multiprocessing",
+        "trainer.compile_mode": "one of: default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs",
+        "trainer.optimizer.type": "one of: adam, muon",
+        "trainer.lr_scheduler.schedule_type": "one of: linear, cosine, exponential or null",
+        "trainer.initial_policy.type": "one of: top, latest, specific",
+        "trainer.simulation.suite": "one of: terrain, navigation, smoke",
+    }
+    text = help_text(TrainingConfig, "run.py")
+    assert "  agent='fast'  (AgentConfig: a name or a mapping)" in text and "(Literal)" not in text
 
 
 def test_gpu_preset_uses_upstream_scale():
@@ -67,7 +122,7 @@ def test_smoke_preset_is_tiny_and_small_fast_is_cpu_sized():
 
 def test_defaults_run_on_a_cpu_and_edits_are_validated():
     config = TrainingConfig()
-    assert config.vectorization == "serial" and config.trainer.batch_size <= 16384
+    assert config.vectorization == "serial" and config.trainer == cpu_trainer_config()
     config.trainer.total_timesteps = 5000
     with pytest.raises(ValidationError, match="minibatch_size=2048 must divide batch_size=3000"):
         config.trainer.batch_size = 3000
@@ -93,7 +148,7 @@ def test_multiprocessing_layout_is_checked():
 
 # ----------------------------------------------------------------------------------------------------
 # Seed 001's snippets
-def test_seed_001_structured_config_snippet():
+def test_a_hand_built_config_with_a_named_agent_and_its_width():
     config = TrainingConfig(
         experiment_name="my_experiment",
         agent=AgentConfig(name="simple_cnn", hidden_size=512),
@@ -104,7 +159,7 @@ def test_seed_001_structured_config_snippet():
     assert config.trainer.total_timesteps == 1_000_000
 
 
-def test_seed_001_legacy_dict():
+def test_a_legacy_dict_converts_with_the_defaults_filling_the_rest():
     yaml_config = {"agent": {"name": "simple_cnn"}, "trainer": {"total_timesteps": 10_000_000}}
     config = TrainingConfig.from_dict(yaml_config)
     assert config.agent.name == "simple_cnn" and config.agent.hidden_size == 128
@@ -196,7 +251,7 @@ def test_yaml_round_trip_of_an_edited_config(tmp_path):
     config.trainer.env_overrides = {"game.max_steps": 200}
     config.trainer.ppo.ent_coef = 0.05
     config.wandb.tags = ["a", "b"]
-    config.run_dir = str(tmp_path / "run")
+    config.data_dir = str(tmp_path / "runs")
     config.to_yaml(tmp_path / "c.yaml")
     loaded = TrainingConfig.from_yaml(tmp_path / "c.yaml")
     assert loaded == config and loaded.to_dict() == config.to_dict()
@@ -245,7 +300,7 @@ def test_load_yaml_config_errors_name_file_field_and_value(tmp_path):
         load_yaml_config(tmp_path / "no_such.yaml", PPOConfig)
     syntax = tmp_path / "syntax.yaml"
     syntax.write_text("gamma: [0.9\n")
-    with pytest.raises(ConfigFileError, match=f"{syntax}: cannot read YAML"):
+    with pytest.raises(ConfigFileError, match=f"{syntax}: not valid YAML at line 2, column 1"):
         load_yaml_config(syntax, PPOConfig)
     listing = tmp_path / "list.yaml"
     listing.write_text("- 1\n- 2\n")

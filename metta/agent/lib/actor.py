@@ -19,7 +19,8 @@ class MettaActorSingleHead(LayerBase):
         super().__init__(name, sources, context)
         if len(sources) != 2:
             raise ValueError(
-                f"component {name!r} (MettaActorSingleHead) needs sources [actor features, action embeddings], got {sources}"
+                f"component {name!r} (MettaActorSingleHead) needs sources [actor features, action embeddings], got "
+                f"{sources}"
             )
 
     def _make_net(self, in_shapes: list[Shape]) -> Shape:

@@ -83,7 +83,8 @@ class ParamLayer(LayerBase):
         super().__init__(name, sources, context)
         if nonlinearity is not None and nonlinearity not in _NONLINEARITIES:
             raise ValueError(
-                f"component {name!r}: nonlinearity={nonlinearity!r} is unknown; use one of {sorted(_NONLINEARITIES)} or null"
+                f"component {name!r}: nonlinearity={nonlinearity!r} is unknown; use one of {sorted(_NONLINEARITIES)} "
+                "or null"
             )
         self.nonlinearity_name = nonlinearity
         self.initialization = initialization

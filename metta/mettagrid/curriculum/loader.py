@@ -142,7 +142,8 @@ def build_curriculum(
     # With a curriculum path, env_config is a mapping of overrides for every task's env (dotted or nested keys).
     if env_config is not None and not isinstance(env_config, Mapping):
         raise ValueError(
-            f"env_config of type {type(env_config).__name__} cannot be combined with curriculum_path={curriculum_path!r}; "
+            f"env_config of type {type(env_config).__name__} cannot be combined with "
+            f"curriculum_path={curriculum_path!r}; "
             "with a curriculum path, env_config must be a dict of overrides such as {'game.max_steps': 200}"
         )
     if width is not None or height is not None:

@@ -918,7 +918,8 @@ class TerrainMap(MapBuilder):
             raise ValueError(f"terrain file={self.file} is out of range; each set has maps 0..{MAPS_PER_SET - 1}")
         if (self.width is None) != (self.height is None):
             raise ValueError(
-                f"terrain width={self.width}, height={self.height}: give both (a custom size) or neither (the set's sizes)"
+                f"terrain width={self.width}, height={self.height}: give both (a custom size) or neither (the set's "
+                "sizes)"
             )
         # The largest map the set can give (its own sizes, or width x height): more cells than that never fit.
         if self.width is not None:

@@ -1,4 +1,4 @@
-"""Composable training components (seed 001), each a thin class over the functions of ``metta.rl``:
+"""Composable training components, each a thin class over the functions of ``metta.rl``:
 
 - ``RolloutCollector``: fills the ``Experience`` buffer (``functional_trainer.rollout``);
 - ``PPOOptimizer``: PPO updates, custom losses, the loss terms on given data (``train_ppo``,

@@ -1,14 +1,16 @@
-"""``PolicyEvaluator``: score a policy on a simulation suite (seed 001), over ``metta.sim.SimulationSuite``.
+"""``PolicyEvaluator``: score a policy on a simulation suite, over ``metta.sim.evaluation.evaluate_policy_suite``.
 
     evaluator = PolicyEvaluator(suite_config, policy_store, device="cpu", stats_dir=dirs.stats_dir)
-    scores = evaluator.evaluate(policy_or_record)     # {"navigation/terrain_small": 0.8, ...}
+    scores = evaluator.evaluate(policy_or_record)     # {"navigation/terrain_small": 0.8, "navigation/score": ...}
     evaluator.last_results                             # the SimulationResults of each simulation
 
 ``suite_config`` is a ``SimulationSuiteConfig`` (``metta.sim.suites.suite_config(name)`` builds the named
-suites). A score is the candidate's mean episode reward (``SimulationResults.score``); a simulation stopped by
-its ``max_time_s`` guard scores NaN (missing). With ``database`` (an evaluation database path) every episode is
-also stored there; ``evaluate`` then needs a ``PolicyRecord`` that names the policy
-(``metta.sim.evaluation.live_policy_record``). For per-category means use ``metta.interface.evaluate_policy_suite``.
+suites). The scores are ``metta.sim.evaluation.evaluate_policy_suite``'s, the evaluation every loop runs: each
+simulation's score (the candidate's mean episode reward, ``SimulationResults.score``) under ``{prefix}/{sim}``
+and each category's mean under ``{category}/score``; a simulation stopped by its ``max_time_s`` guard scores NaN
+(missing), and so do its categories. With ``database`` (an evaluation database path) every episode is also
+stored there; ``evaluate`` then needs a ``PolicyRecord`` that names the policy
+(``metta.sim.evaluation.live_policy_record``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import torch
 from torch import nn
 
 from metta.agent.policy_record import PolicyRecord
-from metta.sim.simulation import SimulationResults, SimulationSuite
+from metta.sim.evaluation import evaluate_policy_suite
+from metta.sim.simulation import SimulationResults
 from metta.sim.simulation_config import SimulationSuiteConfig
 
 
@@ -54,19 +57,19 @@ class PolicyEvaluator:
         self.last_results: dict[str, SimulationResults] = {}
 
     def evaluate(self, policy: PolicyRecord | nn.Module) -> dict[str, float]:
-        """Run every simulation of the suite on ``policy`` (a record or the agent itself): ``{sim name: score}``."""
+        """Run every simulation of the suite on ``policy`` (a record or the agent itself): the scores."""
         if not isinstance(policy, (PolicyRecord, nn.Module)):
             raise TypeError(f"policy is a {type(policy).__name__}; pass a PolicyRecord or the agent (an nn.Module)")
-        suite = SimulationSuite(
-            self.suite_config,
+        self.last_results = {}
+        return evaluate_policy_suite(
             policy,
             self.policy_store,
+            self.suite_config,
             self.device,
             self.vectorization,
             self.stats_dir,
-            self.replay_dir,
+            replay_dir=self.replay_dir,
             seed=self.seed,
             database=self.database,
+            results=self.last_results,
         )
-        self.last_results = suite.simulate()
-        return {name: result.score for name, result in self.last_results.items()}

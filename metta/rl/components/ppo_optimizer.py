@@ -1,4 +1,4 @@
-"""``PPOOptimizer``: the PPO update as an object (seed 001), over ``train_ppo`` and ``compute_ppo_losses``.
+"""``PPOOptimizer``: the PPO update as an object, over ``train_ppo`` and ``compute_ppo_losses``.
 
     ppo = PPOOptimizer(policy, optimizer, device, PPOConfig())     # or a TrainerConfig / TrainingConfig
     stats = ppo.update(experience, custom_loss_fns=[my_loss])     # {"policy_loss": ..., "custom/my_loss": ...}

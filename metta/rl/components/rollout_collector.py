@@ -1,4 +1,4 @@
-"""``RolloutCollector``: fills an ``Experience`` buffer from a vecenv (seed 001), over ``functional_trainer.rollout``.
+"""``RolloutCollector``: fills an ``Experience`` buffer from a vecenv, over ``functional_trainer.rollout``.
 
 collector = RolloutCollector(vecenv, policy, experience, device)
 stats, steps = collector.collect()   # stats: {key: [value per finished episode]}; steps: agent steps taken
@@ -25,13 +25,15 @@ class RolloutCollector:
     ):
         if not (callable(getattr(vecenv, "recv", None)) and callable(getattr(vecenv, "send", None))):
             raise TypeError(
-                f"vecenv is a {type(vecenv).__name__}; pass the vectorized env from Environment(...) or make_vecenv(...)"
+                f"vecenv is a {type(vecenv).__name__}; pass the vectorized env from Environment(...) or "
+                "make_vecenv(...)"
             )
         if not isinstance(policy, torch.nn.Module):
             raise TypeError(f"policy is a {type(policy).__name__}; pass the agent (an nn.Module), e.g. Agent(env)")
         if not isinstance(experience, Experience):
             raise TypeError(
-                f"experience is a {type(experience).__name__}; pass an Experience, e.g. make_experience(env, policy, cfg)"
+                f"experience is a {type(experience).__name__}; pass an Experience, e.g. make_experience(env, policy, "
+                "cfg)"
             )
         self.vecenv = vecenv
         self.policy = policy

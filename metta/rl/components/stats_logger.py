@@ -1,4 +1,4 @@
-"""``StatsLogger`` (seed 001): ``metta.common.stats_logger.StatsLogger``, the one metrics logger.
+"""``StatsLogger``: ``metta.common.stats_logger.StatsLogger``, the one metrics logger.
 
     logger = StatsLogger(run_dir, total_timesteps, wandb_run=None, console=True, tensorboard=False)
     logger.log(epoch, agent_step, {"overview/sps": 1000.0, "losses/policy_loss": 0.01})

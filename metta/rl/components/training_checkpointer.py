@@ -1,4 +1,4 @@
-"""``TrainingCheckpointer``: save and load policies and trainer state (seed 001), over ``metta.rl.checkpoint``.
+"""``TrainingCheckpointer``: save and load policies and trainer state, over ``metta.rl.checkpoint``.
 
     checkpointer = TrainingCheckpointer(checkpoint_dir, policy_store, wandb_run)
     record = checkpointer.save_policy(policy, epoch, {"agent_step": agent_step})
@@ -8,12 +8,12 @@
     checkpoint = checkpointer.resume(policy, optimizer)            # restore a run in place (or None)
 
 The files are ``metta.rl.checkpoint``'s, written by its two writers (``write_policy`` and
-``write_checkpoint_state``, the ones ``save_checkpoint`` and ``ensure_initial_policy`` use): ``model_XXXX.pt``
+``write_checkpoint_state``, the ones ``write_checkpoint`` and ``ensure_initial_policy`` use): ``model_XXXX.pt``
 (PolicyStore's format) and ``trainer_state_XXXX.ckpt`` (verified by sha256, pointing to its policy file by
 name), both written atomically, so a crash never leaves a state that cannot be loaded. The trainer state
 always lives next to its policy file in ``checkpoint_dir``; the ``run_dir`` arguments (the seed's signature)
 may be ``checkpoint_dir`` itself or the directory that holds it. ``save(...)`` writes both files at once with
-``save_checkpoint``.
+``write_checkpoint``.
 
 A trainer state is complete (optimizer, agent_step, epoch, RNG, curriculum, stopwatch, trainer config) when
 the checkpointer knows the run: ``TrainingCheckpointer(..., trainer_config=cfg, vecenv=env, stopwatch=timer)``
@@ -45,7 +45,7 @@ from metta.rl.checkpoint import (
     load_latest_checkpoint,
     policy_file_name,
     restore_checkpoint,
-    save_checkpoint,
+    write_checkpoint,
     write_checkpoint_state,
     write_policy,
 )
@@ -167,9 +167,9 @@ class TrainingCheckpointer:
         metadata: Mapping[str, Any] | None = None,
         final: bool = False,
     ) -> PolicyRecord | None:
-        """Policy and trainer state in one call (``metta.rl.checkpoint.save_checkpoint``); the trainer config,
+        """Policy and trainer state in one call (``metta.rl.checkpoint.write_checkpoint``); the trainer config,
         ``vecenv`` and ``stopwatch`` default to the checkpointer's own."""
-        return save_checkpoint(
+        return write_checkpoint(
             self.checkpoint_dir,
             epoch=epoch,
             agent_step=agent_step,

@@ -88,7 +88,9 @@ def test_direct_object_creation_has_sensible_defaults():
     assert isinstance(optimizer, torch.optim.Adam) and device.type == "cpu"
 
 
-def test_simple_training_loop_makes_progress(capsys):
+def test_simple_training_loop_makes_progress(capsys, caplog):
+    """The loop as written, its "... PPO parameters" filled in with a plain TrainerConfig: the config's sizes
+    (upstream's) are not the buffer's, so the buffer's run and one warning says so."""
     from metta.common.profiling.stopwatch import Stopwatch
     from metta.rl.functional_trainer import rollout, train_ppo
     from metta.rl.losses import Losses
@@ -98,7 +100,7 @@ def test_simple_training_loop_makes_progress(capsys):
     vecenv, policy, experience, optimizer, device = _objects_as_the_seed_creates_them()
     # Filled in: the counters, the timer, the losses, and the PPO parameters train_ppo reads.
     total_timesteps, agent_step, epoch, timer, losses = 1024, 0, 0, Stopwatch(), Losses()
-    trainer_cfg = TrainerConfig(total_timesteps=total_timesteps, batch_size=512, minibatch_size=512, bptt_horizon=32)
+    trainer_cfg = TrainerConfig()
     before = parameters_of(policy)
 
     while agent_step < total_timesteps:
@@ -114,6 +116,7 @@ def test_simple_training_loop_makes_progress(capsys):
             device=device,
             losses=losses,
             epoch=epoch,
+            # ... PPO parameters
             trainer_cfg=trainer_cfg,
             agent_step=agent_step,
         )
@@ -126,6 +129,8 @@ def test_simple_training_loop_makes_progress(capsys):
     assert (agent_step, epoch) == (1024, 2) and experience.hidden_size == policy.hidden_size
     assert losses.minibatches_processed == 1 and all_finite(losses.stats()) and changed(before, policy)
     assert "Epoch 2:" in capsys.readouterr().out
+    said = [r.getMessage() for r in caplog.records if "sizes run" in r.getMessage()]
+    assert len(said) == 1 and "batch_size=512 (trainer_cfg.batch_size=524288)" in said[0]
 
 
 def test_custom_training_step_makes_progress():

@@ -1,6 +1,6 @@
-"""Seed 004's blocks in one rank of a torchrun job (tests/seeds/test_seed_004.py launches two).
+"""Seed 004's blocks in one rank of a torchrun job (tests/seeds/test_interface_document.py launches two).
 
-    python -m torch.distributed.run --nproc_per_node=2 tests/seeds/seed_004_distributed.py OUT_DIR
+    python -m torch.distributed.run --nproc_per_node=2 tests/seeds/interface_document_distributed.py OUT_DIR
 
 Each block is as the seed writes it, sizes shrunk, undefined names filled in; every block has its own
 function, so that each one's ``device`` is the one it sets. Each rank writes ``OUT_DIR/rank{rank}.json`` with

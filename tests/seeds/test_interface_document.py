@@ -1,6 +1,6 @@
 """Seed 004 (the Metta interface documentation): its blocks as written, sizes shrunk and undefined names filled
 in, in one process (Environment, Agent, Optimizer, training functions, configuration) and under torchrun with
-two processes on gloo (tests/seeds/seed_004_distributed.py: setup, ``wrap_agent_distributed(agent, device)``
+two processes on gloo (tests/seeds/interface_document_distributed.py: setup, ``wrap_agent_distributed(agent, device)``
 with the whole ``setup_device_and_distributed(...)`` result, a PPO update, a checkpoint written by rank 0 and
 loaded by both)."""
 
@@ -18,7 +18,7 @@ import torch
 
 from seed_helpers import all_finite, changed, parameters_of
 
-SCRIPT = Path(__file__).with_name("seed_004_distributed.py")
+SCRIPT = Path(__file__).with_name("interface_document_distributed.py")
 
 
 def _free_port() -> int:

@@ -1,6 +1,7 @@
 """Headless Chromium, driven through the Chrome DevTools Protocol over a pipe (no websocket, no port).
 
-Used to test and measure the pages metta writes (replay viewer, run report) and to take their screenshots:
+Used by the tests, the benchmarks and docs/make_screenshots.py to test and measure the pages metta writes
+(replay viewer, run report) and to take their screenshots (import it with this folder on ``sys.path``):
 
     with HeadlessBrowser() as browser:
         page = browser.open(Path("replay.html").resolve().as_uri())

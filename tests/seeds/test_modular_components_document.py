@@ -13,6 +13,7 @@ import os
 
 import pytest
 import torch
+import yaml
 
 from seed_helpers import all_finite, changed, parameters_of
 
@@ -113,13 +114,22 @@ def _write(text: str) -> str:
     return "migrated.yaml"
 
 
-def test_functional_training_loop_with_custom_step_and_losses_resumes(tmp_path, parts):
+def test_functional_training_loop_with_custom_step_and_losses_sizes_its_envs_to_the_batch(tmp_path, parts, caplog):
+    """The call as written, without num_envs: the trainer config's forward-pass target (TrainerConfig's 4096
+    agents, in 2 async batches) is more than its batch holds, so the envs are sized to fit and a warning says so."""
     from metta.rl.functional_trainer import default_training_step, functional_training_loop
-    from metta.rl.trainer_config import PPOConfig
+    from metta.rl.trainer_config import PPOConfig, TrainerConfig
 
-    vecenv, agent, _, _, policy_store, _ = parts
+    _, agent, _, _, policy_store, _ = parts
     curriculum = tiny_curriculum()
-    trainer_config = tiny_trainer_config(tmp_path, total_timesteps=128)
+    # Filled in: a config of the seed's kind at a tiny size (the forward-pass target left at its default).
+    trainer_config = TrainerConfig(
+        total_timesteps=128,
+        batch_size=64,
+        minibatch_size=32,
+        bptt_horizon=8,
+        checkpoint={"checkpoint_dir": str(tmp_path / "run" / "checkpoints")},
+    )
     ppo_config = PPOConfig(ent_coef=0.02)
     steps_seen = []
 
@@ -128,39 +138,78 @@ def test_functional_training_loop_with_custom_step_and_losses_resumes(tmp_path, 
         return default_training_step(state, components, config, experience)
 
     before = parameters_of(agent)
-    state = functional_training_loop(
-        config=trainer_config,
-        ppo_config=ppo_config,
-        policy=agent,
-        curriculum=curriculum,
-        policy_store=policy_store,
-        step_fn=custom_training_step,  # Optional custom step
-        custom_losses=[curiosity_loss, diversity_loss],  # Optional custom losses
-    )
+    with caplog.at_level(logging.WARNING):
+        state = functional_training_loop(
+            config=trainer_config,
+            ppo_config=ppo_config,
+            policy=agent,
+            curriculum=curriculum,
+            policy_store=policy_store,
+            step_fn=custom_training_step,  # Optional custom step
+            custom_losses=[curiosity_loss, diversity_loss],  # Optional custom losses
+        )
+    assert "envs sized to fit the batch: trainer.forward_pass_minibatch_target_size=4096" in caplog.text
     assert steps_seen == [0, 64] and (state.agent_step, state.epoch) == (128, 2) and changed(before, agent)
     assert all_finite(state.metrics) and "losses/custom/curiosity_loss" in state.metrics
+    config_yaml = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())  # the run directory holds them
+    assert (config_yaml["env"]["num_envs"], config_yaml["env"]["agents"]) == (4, 8)  # 8 agents x 8 steps = 64
 
-    # Migration "Option 1", positional, on the same checkpoint directory with a larger budget: it continues.
-    config = tiny_trainer_config(tmp_path, total_timesteps=192)
-    policy = agent
+
+def _legacy_config():
+    """Seed 001's migration: the legacy dict converted; filled in: sizes shrunk, a run name (so that a second call
+    continues the first) and no evaluation (the terrain suite takes a minute)."""
+    from metta.train.train_config import TrainingConfig
+
+    # Old YAML config
+    yaml_config = {
+        "run": "migrated",
+        "agent": {"name": "simple_cnn"},
+        "trainer": {"total_timesteps": 128, "batch_size": 64, "minibatch_size": 32, "bptt_horizon": 8},
+        "evaluate": False,
+    }
+
+    # Convert to structured config
+    config = TrainingConfig.from_dict(yaml_config)
+    return config
+
+
+def test_migration_option_1_functional_loop_on_a_converted_config_continues(tmp_path, parts):
+    from metta.rl.functional_trainer import functional_training_loop
+    from metta.rl.trainer_config import PPOConfig
+
+    _, policy, _, _, policy_store, _ = parts
+    config, ppo_config, curriculum = _legacy_config(), PPOConfig(), tiny_curriculum()
+
+    # Option 1: Use functional trainer with same interface
     state = functional_training_loop(config, ppo_config, policy, curriculum, policy_store)
-    assert (state.agent_step, state.epoch) == (192, 3)
-    names = sorted(os.listdir(tmp_path / "run" / "checkpoints"))
-    assert names[-2:] == ["trainer_state_0002.ckpt", "trainer_state_0003.ckpt"] and "model_0001.pt" in names
+
+    assert (state.agent_step, state.epoch) == (128, 4)  # the CPU defaults' two update passes per batch
+    config.trainer.total_timesteps = 192  # a larger budget on the same run directory: it continues
+    state = functional_training_loop(config, ppo_config, policy, curriculum, policy_store)
+    assert (state.agent_step, state.epoch) == (192, 6)
+    names = sorted(os.listdir(tmp_path / "train_dir" / "migrated" / "checkpoints"))
+    assert names[-2:] == ["trainer_state_0004.ckpt", "trainer_state_0006.ckpt"]
 
 
-def test_direct_components_with_a_training_config(parts):
+@pytest.mark.parametrize("made_by", ["constructor", "from_dict"])
+def test_direct_components_with_a_training_config(parts, made_by, caplog):
+    """The Direct Component Usage block with the seed's structured configs, whose trainer sizes (upstream's, or the
+    CPU defaults') are not the buffer's: the buffer's sizes run, with one warning, and the config's other
+    settings (two update passes) are used."""
     from metta.agent.agent_config import AgentConfig
     from metta.rl.components import PPOOptimizer, RolloutCollector
     from metta.rl.trainer_config import TrainerConfig
     from metta.train.train_config import TrainingConfig
 
     vecenv, policy, experience, optimizer, _, device = parts
-    config = TrainingConfig(
-        experiment_name="my_experiment",
-        agent=AgentConfig(name="simple_cnn"),
-        trainer=TrainerConfig(total_timesteps=1_000_000, update_epochs=2),
-    )
+    if made_by == "constructor":
+        config = TrainingConfig(
+            experiment_name="my_experiment",
+            agent=AgentConfig(name="simple_cnn"),
+            trainer=TrainerConfig(total_timesteps=1_000_000, update_epochs=2),
+        )
+    else:
+        config = TrainingConfig.from_dict({"agent": {"name": "simple_cnn"}, "trainer": {"total_timesteps": 10_000_000}})
     before = parameters_of(policy)
     history = []
 
@@ -181,6 +230,7 @@ def test_direct_components_with_a_training_config(parts):
 
     assert ppo.trainer_cfg.update_epochs == 2 and ppo.epoch == 4  # the TrainingConfig's trainer settings are used
     assert [s for s, _ in history] == [64, 64] and all(all_finite(l) for _, l in history) and changed(before, policy)
+    assert sum("sizes run, not the trainer config's" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_custom_losses_and_ppo_optimizer_details(parts):
@@ -266,35 +316,34 @@ def test_training_checkpointer_four_methods(tmp_path, parts, caplog):
             assert torch.equal(value, policy_record.policy.state_dict()[key]), key
 
 
-def test_components_resume_from_a_run_directory(tmp_path, parts):
-    """Migration "Option 2": components over a run directory, a loop over default_training_step from the state
-    ``resume_training_state`` gives; a second set of components on the same directory continues where it ended."""
+def test_migration_option_2_components_over_a_converted_config(parts, caplog):
+    """Option 2 as written (``state`` filled in from the components), with the converted TrainingConfig, whose
+    ``total_timesteps`` the loop reads at the top; then a new set of components on the same run continues it."""
     from metta.rl.functional_trainer import create_training_components, default_training_step, resume_training_state
 
     vecenv, policy, experience, _, policy_store, _ = parts
-    config = tiny_trainer_config(tmp_path, total_timesteps=128)
-    ppo_config = None
+    config, ppo_config = _legacy_config(), None
 
-    components = create_training_components(config, ppo_config, policy, vecenv, experience, policy_store, console=False)
-    state = resume_training_state(components)  # filled in: nothing to resume yet, so a fresh state
-    assert (state.agent_steps, state.epoch) == (0, 0)
+    # Option 2: Use components directly for full control
+    components = create_training_components(config, ppo_config, policy, vecenv, experience, policy_store)
+    state = resume_training_state(components)  # filled in: the state the components resumed
     while state.agent_steps < config.total_timesteps:
         metrics = default_training_step(state, components, config, experience)
-    assert (state.agent_steps, state.epoch) == (128, 2) and all_finite(metrics)
+
+    assert (state.agent_steps, state.epoch) == (128, 4) and all_finite(metrics)
     components.checkpointer.save(policy, components.optimizer, state.agent_step, state.epoch)
-    components.stats_logger.close()
+    components.close()  # releases the run directory for the next process
 
     # A new process would build everything anew; here: fresh weights, then the components resume them.
     trained = {k: v.clone() for k, v in policy.state_dict().items() if isinstance(v, torch.Tensor)}
     with torch.no_grad():
         for p in policy.parameters():
             p.zero_()
-    components = create_training_components(config, ppo_config, policy, vecenv, experience, policy_store, console=False)
-    state = resume_training_state(components)
-    assert (state.agent_steps, state.epoch, components.ppo.epoch) == (128, 2, 2)
-    assert all(torch.equal(policy.state_dict()[k], v) for k, v in trained.items())
-    config = config.model_copy(update={"total_timesteps": 192})
-    while state.agent_steps < config.total_timesteps:
-        metrics = default_training_step(state, components, config, experience)
-    assert (state.agent_steps, state.epoch) == (192, 3)
-    components.stats_logger.close()
+    config.trainer.total_timesteps = 192
+    with create_training_components(config, ppo_config, policy, vecenv, experience, policy_store) as components:
+        state = resume_training_state(components)
+        assert (state.agent_steps, state.epoch, components.ppo.epoch) == (128, 4, 4)
+        assert all(torch.equal(policy.state_dict()[k], v) for k, v in trained.items())
+        while state.agent_steps < config.total_timesteps:
+            metrics = default_training_step(state, components, config, experience)
+    assert (state.agent_steps, state.epoch) == (192, 6)

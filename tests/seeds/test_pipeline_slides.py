@@ -1,5 +1,6 @@
 """Seed 003 (the pipeline slides), its numbers from the real objects: the env factory's sizing (slides 3 and 10), an
-Experience built with the seed's sizes (slides 4, 7 and 9) and its observation buffer (slide 11, for token observations)."""
+Experience built with the seed's sizes (slides 4, 7 and 9) and its observation buffer (slide 11, for token
+observations)."""
 
 from __future__ import annotations
 
