@@ -42,9 +42,11 @@ def build_vecenv(
     vectorization: str = "serial",
     worker_timeout_s: float = DEFAULT_WORKER_TIMEOUT_S,
     forward_pass_minibatch_target_size: int | None = None,
+    prebuild_maps: bool = False,
 ) -> VecEnv:
     """The vecenv over ``curriculum``, sized as the module docstring says and ``async_reset(seed)`` (default: a
-    random seed), so the caller goes straight to ``recv()``/``send()``."""
+    random seed), so the caller goes straight to ``recv()``/``send()``. ``prebuild_maps`` builds the terrain sets
+    the curriculum draws maps from before the first step (``make_vecenv``'s, which says how)."""
     check_seed(seed)  # before any env or worker exists
     if forward_pass_minibatch_target_size is not None and num_envs == 1 and batch_size == 1:
         num_envs, batch_size = envs_for_target_batch(
@@ -60,6 +62,7 @@ def build_vecenv(
         zero_copy=zero_copy,
         is_training=is_training,
         worker_timeout_s=worker_timeout_s,
+        prebuild_maps=prebuild_maps,
     )
     try:
         vecenv.async_reset(secrets.randbelow(10**6) if seed is None else seed)

@@ -20,7 +20,8 @@ configs (``metta.common.config_cli``). An upstream top-level ``run`` key is the 
 The envs, one rule for every combination: ``vectorization="serial"`` steps every env in this process, its envs
 split into ``trainer.async_factor`` batches stepped in turn (``trainer.num_workers`` must be 1: there are no worker
 processes); ``"multiprocessing"`` runs ``trainer.num_workers`` worker processes, a multiple of ``async_factor``
-(each batch has its own workers), with ``num_envs`` split evenly among them. ``num_envs=None`` sizes the envs from
+(each batch has its own workers), with ``num_envs`` split evenly among them, which build the curriculum's terrain
+sets before the first step (``prebuild_maps``). ``num_envs=None`` sizes the envs from
 ``trainer.forward_pass_minibatch_target_size`` agents per forward pass, fewer when a batch could not hold one
 ``bptt_horizon`` row per agent (``env_kwargs`` says so).
 """
@@ -224,6 +225,10 @@ class TrainingConfig(Config):
             "is_training": True,
             "worker_timeout_s": trainer.worker_timeout_s,
             "forward_pass_minibatch_target_size": target,
+            # Worker processes build their shares of the curriculum's terrain sets in parallel before the first
+            # step (into the disk cache, metta.mettagrid.map.terrain), so no episode waits for a map; serially,
+            # generating each map when an episode first needs it starts sooner.
+            "prebuild_maps": not serial,
         }
 
 

@@ -13,6 +13,7 @@ from metta.agent.metta_agent import make_policy
 from metta.common.config_cli import field_paths, help_text, parse_config
 from metta.mettagrid.curriculum.loader import curriculum_from_any
 from metta.mettagrid.env import MettaGridEnv
+from metta.mettagrid.vecenv_factory import build_vecenv
 from metta.rl.trainer_config import PPOConfig, TrainerConfig
 from metta.train import (
     PRESETS,
@@ -74,6 +75,30 @@ def test_one_rule_for_vectorization_workers_and_async_batches():
         TrainingConfig(trainer=TrainerConfig(num_workers=2, async_factor=1))
     mp = TrainingConfig(vectorization="multiprocessing", num_envs=8, trainer=TrainerConfig(num_workers=4))
     assert mp.env_kwargs()["num_workers"] == 4
+    assert mp.env_kwargs()["prebuild_maps"] and not serial.env_kwargs()["prebuild_maps"]
+
+
+def test_multiprocessing_workers_build_the_curriculums_terrain_sets_before_the_first_step(tmp_path, monkeypatch):
+    """A multiprocessing run's envs (the trainer builds them from ``env_kwargs``) have the curriculum's terrain
+    sets built into the disk cache, one share per worker, by the time the vecenv is up."""
+    monkeypatch.setenv("METTA_TERRAIN_CACHE", str(tmp_path))  # inherited by the worker processes
+    small_sets = ["varied_terrain/dense_small", "varied_terrain/sparse_small"]
+    curriculum = curriculum_from_any(
+        {
+            "_target_": "metta.mettagrid.curriculum.bucketed.BucketedCurriculum",
+            "env_cfg_template_path": "/env/mettagrid/navigation/training/terrain_from_numpy_defaults",
+            "buckets": {"game.map_builder.room.dir": {"values": small_sets}},
+        }
+    )
+    config = TrainingConfig(
+        vectorization="multiprocessing", num_envs=2, trainer=TrainerConfig(num_workers=2, async_factor=1)
+    )
+    env = build_vecenv(curriculum, seed=0, **config.env_kwargs(curriculum))
+    try:
+        built = sorted(path.name.split("__own__")[0] for path in tmp_path.iterdir())
+    finally:
+        env.close()
+    assert built == [name.replace("/", "__") for name in small_sets]
 
 
 def test_run_key_total_timesteps_and_removed_keys():
