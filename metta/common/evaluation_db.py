@@ -159,10 +159,23 @@ class EvaluationDB:
         try:
             self._conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
             self._conn.execute("PRAGMA foreign_keys = ON")
-            self._prepare()
+            self._prepare_waiting(timeout_s)
         except BaseException:
             self._conn.close()
             raise
+
+    def _prepare_waiting(self, timeout_s: float) -> None:
+        # Switching a new file to WAL needs every other connection out of it, and SQLite reports a conflict there
+        # as "database is locked" at once instead of calling the busy handler; so when two processes create the
+        # file at the same moment, the one that loses waits and tries again, as busy_timeout does elsewhere.
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return self._prepare()
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or time.monotonic() > deadline:
+                    raise EvaluationDBError(f"{self.path} is not a usable evaluation database: {err}") from None
+                time.sleep(0.05)
 
     def _prepare(self) -> None:
         try:
@@ -191,6 +204,8 @@ class EvaluationDB:
                 except BaseException:
                     self._conn.execute("ROLLBACK")
                     raise
+        except sqlite3.OperationalError:
+            raise  # _prepare_waiting retries a locked file
         except sqlite3.DatabaseError as err:
             raise EvaluationDBError(f"{self.path} is not a usable evaluation database: {err}") from None
         if version > SCHEMA_VERSION:
