@@ -275,7 +275,9 @@ def _thin(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
 
 
 def _nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
-    if hi <= lo:
+    # A range within float rounding (a metric that is constant up to its last bit) gets one tick: a step that
+    # small would not move ``t`` below, and the loop would never end.
+    if hi - lo <= 1e-9 * max(abs(lo), abs(hi)):
         return [lo]
     raw = (hi - lo) / max(1, count)
     mag = 10 ** math.floor(math.log10(raw))

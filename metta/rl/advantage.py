@@ -4,12 +4,23 @@ The buffers are ``[segments, bptt]``: each row is one agent's ``bptt`` consecuti
 the reward and done stored with observation ``t`` belong to the action taken at ``t - 1``, so the recursion
 reads ``rewards[t + 1]`` and ``dones[t + 1]``::
 
-    nextnonterminal = 1 - dones[t + 1]
+    nextnonterminal = 1 - max(dones[t + 1], truncations[t + 1])
+    bootstrap = values[t + 1] * nextnonterminal + values[t] * truncations[t + 1]
     rho_t = min(ratio[t], rho_clip);  c_t = min(ratio[t], c_clip)
-    delta = rho_t * (rewards[t + 1] + gamma * values[t + 1] * nextnonterminal - values[t])
+    delta = rho_t * (rewards[t + 1] + gamma * bootstrap - values[t])
     A[t] = delta + gamma * gae_lambda * c_t * A[t + 1] * nextnonterminal
 
 With ratio == 1 and both clips >= 1 this is plain GAE.
+
+Episode ends, as Gymnasium defines them. ``dones`` marks every step whose observation starts a new episode
+(``terminals | truncations``); ``truncations`` (optional, default none) marks the ends that are truncations,
+a time limit rather than a terminal state. Neither lets the recursion cross into the next episode. At a
+terminal the return stops (the episode's future is worth 0). At a truncation the episode had a future, worth
+the value of its final observation ``s_T``; an auto-resetting env has already replaced that observation with
+the next episode's first one, so the recursion takes the value of the last observation before the time limit,
+``V(s_{T-1}) = values[t]``, in its place (docs/training.md, "Truncation", has why). A step marked in
+``truncations`` ends an episode whatever ``dones`` says there, so ``terminals`` passed as ``dones`` give the same
+result as ``terminals | truncations``.
 
 Row ends. Alone, a row's last step has no ``t + 1``: its advantage is 0, and the reward stored at a row's first
 step is never seen (PufferLib's rule, harmless there because a row is an agent's whole rollout). An agent
@@ -20,7 +31,7 @@ every lambda-return at the row's end. Two optional inputs carry the recursion ac
   time, or -1. The step after row ``s``'s last is then row ``next_rows[s]``'s step 0, including its advantage
   (rows continue into rows with a larger index, so rows are solved from the last one down).
 - ``tail`` (a ``RowTail``): that following step given directly, for rows taken out of the buffer (a
-  minibatch, whose V-trace advantages are recomputed from its own rows only).
+  minibatch, whose V-trace advantages are recomputed from its own rows only), its truncation flag included.
 
 Rows with neither keep advantage 0 at their last step (an agent's last row of a rollout).
 """
@@ -43,30 +54,44 @@ _USE_TAIL = -2  # kernel only: the step after the row's last is tail[s]
 
 class RowTail(NamedTuple):
     """The step after each row's last step (all ``[segments]``): what the recursion reads as ``t + 1`` there,
-    with the advantage already computed for it. Rows where ``valid`` is false keep advantage 0 at their end."""
+    with the advantage already computed for it. Rows where ``valid`` is false keep advantage 0 at their end.
+    ``truncations`` (None: no truncation) says which of those steps' ``dones`` are truncations."""
 
     rewards: torch.Tensor
     values: torch.Tensor
     dones: torch.Tensor
     advantages: torch.Tensor
     valid: torch.Tensor
+    truncations: torch.Tensor | None = None
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def _gae_step(
-    value, ratio, next_reward, next_value, next_done, next_advantage, gamma, gae_lambda, rho_clip, c_clip
+    value,
+    ratio,
+    next_reward,
+    next_value,
+    next_done,
+    next_truncated,
+    next_advantage,
+    gamma,
+    gae_lambda,
+    rho_clip,
+    c_clip,
 ):  # pragma: no cover - compiled
     """``A[t]`` from step ``t``'s value and ratio and what the recursion reads at ``t + 1``."""
-    nextnonterminal = 1.0 - next_done
+    nextnonterminal = 1.0 - (next_done if next_done > next_truncated else next_truncated)
+    # A truncation bootstraps from V(s_{T-1}), standing in for the final observation's value (module docstring).
+    bootstrap = next_value * nextnonterminal + value * next_truncated
     rho_t = ratio if ratio < rho_clip else rho_clip
     c_t = ratio if ratio < c_clip else c_clip
-    delta = rho_t * (next_reward + gamma * next_value * nextnonterminal - value)
+    delta = rho_t * (next_reward + gamma * bootstrap - value)
     return delta + gamma * gae_lambda * c_t * next_advantage * nextnonterminal
 
 
 @numba.njit(cache=True, nogil=True)
 def _advantage_kernel(
-    values, rewards, dones, ratio, advantages, gamma, gae_lambda, rho_clip, c_clip, next_rows, tail
+    values, rewards, dones, truncations, ratio, advantages, gamma, gae_lambda, rho_clip, c_clip, next_rows, tail
 ):  # pragma: no cover - compiled
     segments, horizon = values.shape
     h = horizon - 1
@@ -80,6 +105,7 @@ def _advantage_kernel(
                 tail[s, 0],
                 tail[s, 1],
                 tail[s, 2],
+                tail[s, 4],
                 tail[s, 3],
                 gamma,
                 gae_lambda,
@@ -93,6 +119,7 @@ def _advantage_kernel(
                 rewards[n, 0],
                 values[n, 0],
                 dones[n, 0],
+                truncations[n, 0],
                 advantages[n, 0],
                 gamma,
                 gae_lambda,
@@ -107,6 +134,7 @@ def _advantage_kernel(
                 rewards[s, t + 1],
                 values[s, t + 1],
                 dones[s, t + 1],
+                truncations[s, t + 1],
                 last,
                 gamma,
                 gae_lambda,
@@ -151,9 +179,12 @@ def compute_advantage(
     device: torch.device | str | None = None,
     next_rows: torch.Tensor | None = None,
     tail: RowTail | None = None,
+    truncations: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Fill ``advantages`` (``[segments, bptt]``) in place by the recursion above and return it.
 
+    ``truncations`` (``[segments, bptt]``, like ``dones``) marks the episode ends that are truncations, which
+    bootstrap (see the module docstring); without it every done is a terminal.
     ``next_rows`` or ``tail`` carry the recursion across row ends (see the module docstring); give at most one.
     No gradient flows through the result (the ratio is detached): advantages are targets, not predictions.
     On a CPU a compiled kernel does the work; elsewhere (``metta.common.code_paths.gpu_forms``) a closed form in
@@ -169,8 +200,9 @@ def compute_advantage(
         ("dones", dones),
         ("importance_sampling_ratio", importance_sampling_ratio),
         ("advantages", advantages),
+        ("truncations", truncations),
     ):
-        if t.shape != shape:
+        if t is not None and t.shape != shape:
             raise ValueError(
                 f"{name} has shape {list(t.shape)} but values has {list(shape)}; all must be [segments, bptt]"
             )
@@ -180,8 +212,9 @@ def compute_advantage(
         raise ValueError(
             "pass next_rows (rows of this buffer continue each other) or tail (the steps after the rows), not both"
         )
-    if tail is not None and any(t.shape != shape[:1] for t in tail):
-        raise ValueError(f"every field of tail must be [segments] = [{shape[0]}]; got {[list(t.shape) for t in tail]}")
+    if tail is not None and any(t is not None and t.shape != shape[:1] for t in tail):
+        got = [None if t is None else list(t.shape) for t in tail]
+        raise ValueError(f"every field of tail must be [segments] = [{shape[0]}]; got {got}")
     if shape[1] == 0:
         return advantages
     next_rows = _checked_next_rows(next_rows, shape[0])
@@ -192,14 +225,17 @@ def compute_advantage(
             else torch.empty(shape, dtype=torch.float32)
         )
         links = np.full(shape[0], _NO_NEXT, dtype=np.int64) if next_rows is None else next_rows.copy()
-        tail_np = np.zeros((shape[0], 4), dtype=np.float32)
+        tail_np = np.zeros((shape[0], 5), dtype=np.float32)
         if tail is not None:
             links[tail.valid.detach().cpu().numpy().astype(bool)] = _USE_TAIL
-            tail_np = _as_numpy_f32(torch.stack([tail.rewards, tail.values, tail.dones, tail.advantages], dim=1))
+            tail_np[:, :4] = _as_numpy_f32(torch.stack([tail.rewards, tail.values, tail.dones, tail.advantages], 1))
+            if tail.truncations is not None:
+                tail_np[:, 4] = _as_numpy_f32(tail.truncations)
         _advantage_kernel(
             _as_numpy_f32(values),
             _as_numpy_f32(rewards),
             _as_numpy_f32(dones),
+            np.zeros(shape, dtype=np.float32) if truncations is None else _as_numpy_f32(truncations),
             _as_numpy_f32(importance_sampling_ratio),
             out.detach().numpy(),
             float(gamma),
@@ -217,6 +253,7 @@ def compute_advantage(
             values,
             rewards,
             dones,
+            truncations,
             importance_sampling_ratio,
             advantages,
             gamma,
@@ -229,6 +266,7 @@ def compute_advantage(
         values,
         rewards,
         dones,
+        truncations,
         importance_sampling_ratio,
         advantages,
         gamma,
@@ -261,7 +299,17 @@ def _step_masks(horizon: int, device: torch.device) -> tuple[torch.Tensor, torch
 
 
 def _advantage_torch(
-    values, rewards, dones, importance_sampling_ratio, advantages, gamma, gae_lambda, rho_clip, c_clip, tail=None
+    values,
+    rewards,
+    dones,
+    truncations,
+    importance_sampling_ratio,
+    advantages,
+    gamma,
+    gae_lambda,
+    rho_clip,
+    c_clip,
+    tail=None,
 ):
     """The same recursion in a closed form of torch ops (any device, no loop over time).
 
@@ -270,21 +318,37 @@ def _advantage_torch(
     ``tail``) is term ``s = T`` with ``delta = tail.advantages``. The products come from one ``cumprod`` over
     ``[segments, T, T + 1]`` (zeros, at episode ends, stay exact), the sum from one reduction: elementwise, so
     TF32 matrix products never touch it. Without a tail the last step's ``decay`` is multiplied by a zero term,
-    so it needs no masking. float64 inputs are computed in float64, anything else in float32.
+    so it needs no masking. float64 inputs are computed in float64, anything else in float32. Without
+    truncations (in the rows or the tail) the two ops that bootstrap them are left out.
     """
     dtype = torch.float64 if values.dtype == torch.float64 else torch.float32
     segments, horizon = values.shape
+    truncated = truncations is not None or (tail is not None and tail.truncations is not None)
     with torch.no_grad():
-        steps = torch.stack([rewards, values, dones]).to(dtype)  # [3, S, T]
+        fields = [rewards, values, dones]
+        if truncated:
+            fields.append(truncations if truncations is not None else torch.zeros_like(values))
+        steps = torch.stack(fields).to(dtype)  # [3 or 4, S, T]
         if tail is None:  # no step after the rows: every row ends with advantage 0
-            ends, tail_advantages = steps.new_zeros(3, segments), None
+            ends, tail_advantages = steps.new_zeros(len(fields), segments), None
         else:
-            ends, tail_advantages = torch.stack([tail.rewards, tail.values, tail.dones]).to(dtype), tail.advantages
+            tail_fields = [tail.rewards, tail.values, tail.dones]
+            if truncated:
+                tail_fields.append(tail.truncations if tail.truncations is not None else torch.zeros_like(tail.dones))
+            ends, tail_advantages = torch.stack(tail_fields).to(dtype), tail.advantages
         # What the recursion reads at t + 1: the row shifted by one, then the step after the row.
-        next_r, next_v, next_d = torch.cat([steps[:, :, 1:], ends.unsqueeze(2)], dim=2).unbind(0)
+        following = torch.cat([steps[:, :, 1:], ends.unsqueeze(2)], dim=2).unbind(0)
         v, ratio = steps[1], importance_sampling_ratio.detach().to(dtype)
-        next_nonterminal = 1.0 - next_d
-        delta = ratio.clamp(max=rho_clip) * (next_r + gamma * next_v * next_nonterminal - v)
+        if truncated:
+            next_r, next_v, next_d, next_t = following
+            next_nonterminal = 1.0 - torch.maximum(next_d, next_t)
+            # A truncation bootstraps from V(s_{T-1}), standing in for the final observation's value.
+            bootstrap = torch.addcmul(next_v * next_nonterminal, v, next_t)
+        else:
+            next_r, next_v, next_d = following
+            next_nonterminal = 1.0 - next_d
+            bootstrap = next_v * next_nonterminal
+        delta = ratio.clamp(max=rho_clip) * (next_r + gamma * bootstrap - v)
         decay = (gamma * gae_lambda) * ratio.clamp(max=c_clip) * next_nonterminal
         if tail_advantages is None:
             terms = F.pad(delta[:, :-1], (0, 2))  # the last step and the tail add nothing
@@ -298,7 +362,9 @@ def _advantage_torch(
     return advantages
 
 
-def _advantage_torch_chained(values, rewards, dones, ratio, advantages, gamma, gae_lambda, rho_clip, c_clip, links):
+def _advantage_torch_chained(
+    values, rewards, dones, truncations, ratio, advantages, gamma, gae_lambda, rho_clip, c_clip, links
+):
     """``next_rows`` (``links``, on the host) on the torch path: rows are solved in waves, each wave the rows
     whose successor is solved, the successor's step 0 being the wave's tail."""
     depth = np.zeros(len(links), dtype=np.int64)  # rows after this one in its chain
@@ -315,10 +381,21 @@ def _advantage_torch_chained(values, rewards, dones, ratio, advantages, gamma, g
             dones[nxt, 0],
             advantages[nxt, 0],
             torch.full((len(rows_np),), d > 0, dtype=torch.bool, device=device),
+            None if truncations is None else truncations[nxt, 0],
         )
         part = torch.empty((len(rows_np), values.shape[1]), dtype=advantages.dtype, device=device)
         _advantage_torch(
-            values[rows], rewards[rows], dones[rows], ratio[rows], part, gamma, gae_lambda, rho_clip, c_clip, tail
+            values[rows],
+            rewards[rows],
+            dones[rows],
+            None if truncations is None else truncations[rows],
+            ratio[rows],
+            part,
+            gamma,
+            gae_lambda,
+            rho_clip,
+            c_clip,
+            tail,
         )
         advantages[rows] = part
     return advantages

@@ -28,7 +28,9 @@ is an error that names both.
 Conventions (PufferLib's): the reward and done stored with observation ``t`` belong to the action taken at
 ``t - 1``; ``dones = terminals | truncations``, and since envs reset in the same step, an observation with
 ``done`` is the first observation of a new episode. ``reset_lstm_state(env_id, dones)`` zeroes those
-agents' recurrent state before the policy sees that observation.
+agents' recurrent state before the policy sees that observation. ``truncateds`` keeps which of those ends
+were truncations (a time limit): the advantages bootstrap there (``compute_advantage(..., truncations=)``,
+which ``rollout_advantages``, ``row_tail`` and every minibatch pass on), and stop at a terminal.
 
 Stored state. When an agent moves on to a row, the LSTM state it carries into that row's first step is kept
 (``row_lstm_h``/``row_lstm_c``, ``[layers, segments, hidden]``), taken before that step's episode reset (at
@@ -75,7 +77,7 @@ update epoch. Two ways to draw them:
   replacement (upstream drew without replacement from a not-quite-normalized distribution).
 
 A minibatch is a dict of tensors on ``device``: ``obs [mb, bptt, *obs_shape]``, ``actions [mb, bptt, 2]``,
-``logprobs``, ``values``, ``rewards``, ``dones``, ``ratio`` (``[mb, bptt]``), ``lstm_h``/``lstm_c``
+``logprobs``, ``values``, ``rewards``, ``dones``, ``truncateds``, ``ratio`` (``[mb, bptt]``), ``lstm_h``/``lstm_c``
 (``[layers, mb, hidden]``, each row's stored start state), ``episode_starts`` (bool ``[mb, bptt]``, on the
 host: the LSTM replay's plan), ``indices [mb]``, ``prio_weights [mb, 1]``, and ``advantages``/``returns``
 when advantages were given.
@@ -512,6 +514,7 @@ class Experience:
                 advantages,
                 *settings,
                 next_rows=self.next_rows,
+                truncations=self.truncateds,
             )
             self._advantages = (settings, advantages)
         return self._advantages[1]
@@ -543,6 +546,7 @@ class Experience:
             self.dones[following, 0],
             advantages[following, 0],
             valid,
+            self.truncateds[following, 0],
         )
 
     def sample_minibatch(
@@ -605,6 +609,7 @@ class Experience:
             "values": self.values[idx],
             "rewards": self.rewards[idx],
             "dones": self.dones[idx],
+            "truncateds": self.truncateds[idx],
             "episode_starts": torch.from_numpy(self._host_starts[host_idx]),
             "ratio": self.ratio[idx],
             "lstm_h": self.row_lstm_h[:, idx] if self.hidden_size is not None else None,  # None: zeros

@@ -230,8 +230,9 @@ def minibatch_loss(
     ``minibatch`` holds ``obs``, ``actions``, ``logprobs``, ``values``, ``advantages`` and ``returns``
     (``[mb, bptt, ...]``); optional ``rewards`` and ``dones`` (then the advantages are recomputed with V-trace
     from the current ratios, each row's last step bootstrapping from ``tail`` when given, and ``dones`` mark
-    where the LSTM replay starts new episodes), ``lstm_h``/``lstm_c`` (the rows' start states, default zeros)
-    and ``prio_weights`` (``[mb, 1]``, default 1).
+    where the LSTM replay starts new episodes), ``truncateds`` (which of the dones are truncations, which
+    bootstrap; default none), ``lstm_h``/``lstm_c`` (the rows' start states, default zeros) and ``prio_weights``
+    (``[mb, 1]``, default 1).
     """
     from metta.agent.policy_state import PolicyState
 
@@ -264,6 +265,7 @@ def minibatch_loss(
             trainer_cfg.vtrace.vtrace_c_clip,
             device,
             tail=tail,
+            truncations=minibatch.get("truncateds"),
         )
     adv = normalize_advantage_distributed(adv, ppo.norm_adv)
     prio_weights = minibatch.get("prio_weights")

@@ -118,6 +118,7 @@ def train_ppo(
                 trainer_cfg.vtrace.vtrace_c_clip,
                 device,
                 next_rows=experience.next_rows,
+                truncations=experience.truncateds,
             )
         for _ in range(trainer_cfg.update_epochs):
             for minibatch in experience.iter_minibatches(advantages, prio.prio_alpha, anneal_beta):

@@ -14,7 +14,15 @@ import numpy as np
 import pytest
 
 from metta.common.run_lock import RunLock
-from metta.common.run_report import find_replays, main, read_metrics, write_comparison, write_run_report
+from metta.common.run_report import (
+    Curve,
+    find_replays,
+    line_chart,
+    main,
+    read_metrics,
+    write_comparison,
+    write_run_report,
+)
 from metta.common.stats_logger import StatsLogger
 from metta.mettagrid.env import MettaGridEnv
 from metta.mettagrid.replay import ReplayWriter, write_viewer_page
@@ -327,3 +335,11 @@ def test_comparison_shows_status_and_config_differences(browser, runs, tmp_path)
     (beta / "run.lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "since": "then"}))
     assert compare()[1]["beta"][0] == "stopped"
     (beta / "run.lock").write_text("")
+
+
+def test_a_metric_constant_up_to_float_rounding_gets_a_chart():
+    """Values equal but for their last bit (a timing ratio, say) make a y range below float resolution: the
+    chart draws them on one tick."""
+    curve = Curve("m", [(0.0, 7.1), (64.0, 7.099999999999999), (128.0, 7.1)], "#000")
+    svg = line_chart("m", [curve], "m")
+    assert svg.startswith("<svg") and 'data-y="' in svg

@@ -57,15 +57,25 @@ def test_advantage_on_the_device_equals_the_cpu_kernel():
     S, H = 64, 16
     values, rewards = (torch.from_numpy(rng.normal(size=(S, H)).astype(np.float32)) for _ in range(2))
     dones = torch.from_numpy((rng.random((S, H)) < 0.1).astype(np.float32))
+    truncations = dones * torch.from_numpy(rng.random((S, H)) < 0.5)  # half of the episode ends are time limits
     ratio = torch.from_numpy(np.exp(rng.normal(scale=0.3, size=(S, H))).astype(np.float32))
     next_rows = torch.from_numpy(random_chains(rng, S, 8))
     args = (0.97, 0.9, 1.2, 0.9)
     for links in (None, next_rows):
-        on_cpu = compute_advantage(values, rewards, dones, ratio, torch.zeros(S, H), *args, next_rows=links)
-        dev = [x.to(DEVICE) for x in (values, rewards, dones, ratio)]
-        on_device = compute_advantage(*dev, torch.zeros(S, H, device=DEVICE), *args, next_rows=links)
-        assert on_device.device.type == DEVICE.type
-        torch.testing.assert_close(on_device.cpu(), on_cpu, rtol=1e-5, atol=1e-5)
+        for trunc in (None, truncations):
+            on_cpu = compute_advantage(
+                values, rewards, dones, ratio, torch.zeros(S, H), *args, next_rows=links, truncations=trunc
+            )
+            dev = [x.to(DEVICE) for x in (values, rewards, dones, ratio)]
+            on_device = compute_advantage(
+                *dev,
+                torch.zeros(S, H, device=DEVICE),
+                *args,
+                next_rows=links,
+                truncations=None if trunc is None else trunc.to(DEVICE),
+            )
+            assert on_device.device.type == DEVICE.type
+            torch.testing.assert_close(on_device.cpu(), on_cpu, rtol=1e-5, atol=1e-5)
 
 
 def test_lstm_with_episode_starts_inside_rows_matches_the_cpu(env):

@@ -17,16 +17,19 @@ def implementation(impl: str):
     return gpu_forms_everywhere() if impl == "torch" else contextlib.nullcontext()
 
 
-def reference_advantage(values, rewards, dones, ratio, gamma, lam, rho_clip, c_clip):
+def reference_advantage(values, rewards, dones, ratio, gamma, lam, rho_clip, c_clip, truncations=None):
+    """Upstream-facts 4.1 step by step; at a truncation the step before it bootstraps from its own value."""
     S, H = values.shape
+    truncations = np.zeros_like(dones) if truncations is None else truncations
     adv = np.zeros((S, H), dtype=np.float64)
     for s in range(S):
         last = 0.0
         for t in range(H - 2, -1, -1):
             nextnonterminal = 1.0 - dones[s, t + 1]
+            bootstrap = values[s, t] if truncations[s, t + 1] else values[s, t + 1] * nextnonterminal
             rho_t = min(ratio[s, t], rho_clip)
             c_t = min(ratio[s, t], c_clip)
-            delta = rho_t * (rewards[s, t + 1] + gamma * values[s, t + 1] * nextnonterminal - values[s, t])
+            delta = rho_t * (rewards[s, t + 1] + gamma * bootstrap - values[s, t])
             last = delta + gamma * lam * c_t * last * nextnonterminal
             adv[s, t] = last
     return adv
@@ -41,25 +44,41 @@ def random_batch(seed, S=37, H=16, ratio_spread=0.5):
     return values, rewards, dones, ratio
 
 
+def random_truncations(dones, seed):
+    """Half of the episode ends, at random, are truncations (a subset of ``dones``, as Experience stores them)."""
+    return (dones * (np.random.default_rng(seed).random(dones.shape) < 0.5)).astype(dones.dtype)
+
+
 @pytest.mark.parametrize("impl", ["numba", "torch"])
 @pytest.mark.parametrize(
-    "gamma,lam,rho_clip,c_clip,ratio_one",
+    "gamma,lam,rho_clip,c_clip,ratio_one,truncated",
     [
-        (0.99, 0.95, 1.0, 1.0, True),  # plain GAE
-        (0.977, 0.916, 1.0, 1.0, False),  # upstream defaults with off-policy ratios
-        (0.9, 0.8, 0.5, 2.0, False),
-        (0.99, 1.0, 10.0, 0.3, False),
+        (0.99, 0.95, 1.0, 1.0, True, False),  # plain GAE, every done a terminal
+        (0.99, 0.95, 1.0, 1.0, True, True),  # plain GAE with truncations
+        (0.977, 0.916, 1.0, 1.0, False, True),  # upstream defaults with off-policy ratios
+        (0.9, 0.8, 0.5, 2.0, False, True),
+        (0.99, 1.0, 10.0, 0.3, False, False),
     ],
 )
-def test_matches_numpy_loop(impl, gamma, lam, rho_clip, c_clip, ratio_one):
+def test_matches_numpy_loop(impl, gamma, lam, rho_clip, c_clip, ratio_one, truncated):
     values, rewards, dones, ratio = random_batch(seed=int(gamma * 1000 + lam * 100))
     if ratio_one:
         ratio = np.ones_like(ratio)
-    expected = reference_advantage(values, rewards, dones, ratio, gamma, lam, rho_clip, c_clip)
+    truncations = random_truncations(dones, seed=2) if truncated else None
+    expected = reference_advantage(values, rewards, dones, ratio, gamma, lam, rho_clip, c_clip, truncations)
     args = [torch.from_numpy(x.copy()) for x in (values, rewards, dones, ratio)]
     out = torch.full(values.shape, 123.0)
     with implementation(impl):
-        result = compute_advantage(*args, out, gamma, lam, rho_clip, c_clip, "cpu")
+        result = compute_advantage(
+            *args,
+            out,
+            gamma,
+            lam,
+            rho_clip,
+            c_clip,
+            "cpu",
+            truncations=None if truncations is None else torch.from_numpy(truncations),
+        )
     assert result is out
     np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=1e-5)
     assert (out[:, -1] == 0).all()
@@ -85,6 +104,8 @@ def test_next_rows_equals_one_long_row_per_agent(impl):
     S, H, agents = 23, 8, 5
     rng = np.random.default_rng(7)
     values, rewards, dones, ratio = random_batch(seed=11, S=S, H=H)
+    dones[::2, 0] = 1.0  # episode ends at rows' first steps too, where the step before is the previous row's last
+    truncations = random_truncations(dones, seed=4)
     next_rows = random_chains(rng, S, agents)
     gamma, lam, rho_clip, c_clip = 0.95, 0.9, 1.0, 1.0
     expected = np.zeros((S, H))
@@ -92,14 +113,24 @@ def test_next_rows_equals_one_long_row_per_agent(impl):
         chain = [first]
         while next_rows[chain[-1]] >= 0:
             chain.append(int(next_rows[chain[-1]]))
-        joined = [np.concatenate([x[r] for r in chain])[None] for x in (values, rewards, dones, ratio)]
-        long_row = reference_advantage(*joined, gamma, lam, rho_clip, c_clip)[0]
+        joined = [np.concatenate([x[r] for r in chain])[None] for x in (values, rewards, dones, ratio, truncations)]
+        long_row = reference_advantage(*joined[:4], gamma, lam, rho_clip, c_clip, joined[4])[0]
         for i, r in enumerate(chain):
             expected[r] = long_row[i * H : (i + 1) * H]
     args = [torch.from_numpy(x.copy()) for x in (values, rewards, dones, ratio)]
     out = torch.zeros(S, H)
     with implementation(impl):
-        compute_advantage(*args, out, gamma, lam, rho_clip, c_clip, "cpu", next_rows=torch.from_numpy(next_rows))
+        compute_advantage(
+            *args,
+            out,
+            gamma,
+            lam,
+            rho_clip,
+            c_clip,
+            "cpu",
+            next_rows=torch.from_numpy(next_rows),
+            truncations=torch.from_numpy(truncations),
+        )
     np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=1e-5)
     # Only the last row of each agent's chain ends with 0; a reward at a row's first step now counts.
     assert (out[torch.from_numpy(next_rows >= 0), -1] != 0).all()
@@ -110,23 +141,32 @@ def test_tail_recomputes_a_minibatch_as_the_whole_buffer_did(impl):
     """A minibatch's rows with their tails (V-trace clipped ratios included) reproduce the chained buffer."""
     S, H = 20, 6
     values, rewards, dones, ratio = random_batch(seed=3, S=S, H=H)
+    dones[:, 0] = 1.0  # every row starts an episode: its predecessor's tail ends one, half of them truncated
+    truncations = torch.from_numpy(random_truncations(dones, seed=5))
     next_rows = torch.from_numpy(random_chains(np.random.default_rng(1), S, 4))
     args = [torch.from_numpy(x.copy()) for x in (values, rewards, dones, ratio)]
-    full = compute_advantage(*args, torch.zeros(S, H), 0.9, 0.8, 0.7, 1.3, next_rows=next_rows)
+    full = compute_advantage(*args, torch.zeros(S, H), 0.9, 0.8, 0.7, 1.3, next_rows=next_rows, truncations=truncations)
     idx = torch.tensor([2, 9, 15, 0, 19])
     nxt = next_rows[idx]
     following = nxt.clamp(min=0)
-    tail = RowTail(args[1][following, 0], args[0][following, 0], args[2][following, 0], full[following, 0], nxt >= 0)
+    tail = RowTail(
+        args[1][following, 0],
+        args[0][following, 0],
+        args[2][following, 0],
+        full[following, 0],
+        nxt >= 0,
+        truncations[following, 0],
+    )
     part = [a[idx] for a in args]
     out = torch.zeros(len(idx), H)
     with implementation(impl):
-        compute_advantage(*part, out, 0.9, 0.8, 0.7, 1.3, tail=tail)
+        compute_advantage(*part, out, 0.9, 0.8, 0.7, 1.3, tail=tail, truncations=truncations[idx])
     np.testing.assert_allclose(out.numpy(), full[idx].numpy(), rtol=1e-5, atol=1e-6)
 
 
-def loop_with_tail(values, rewards, dones, ratio, gamma, lam, rho_clip, c_clip, tail):
+def loop_with_tail(values, rewards, dones, truncations, ratio, gamma, lam, rho_clip, c_clip, tail):
     """The recursion step by step in float64, each row's last step reading ``tail`` (rewards, values, dones,
-    advantages, valid) as its t + 1."""
+    advantages, valid, truncations) as its t + 1."""
     S, H = values.shape
     adv = np.zeros((S, H), dtype=np.float64)
     for s in range(S):
@@ -134,10 +174,12 @@ def loop_with_tail(values, rewards, dones, ratio, gamma, lam, rho_clip, c_clip, 
             if t == H - 1:
                 if not tail[4][s]:
                     continue
-                r, v, d, last = tail[0][s], tail[1][s], tail[2][s], tail[3][s]
+                r, v, d, u, last = tail[0][s], tail[1][s], tail[2][s], tail[5][s], tail[3][s]
             else:
-                r, v, d, last = rewards[s, t + 1], values[s, t + 1], dones[s, t + 1], adv[s, t + 1]
-            delta = min(ratio[s, t], rho_clip) * (r + gamma * v * (1 - d) - values[s, t])
+                r, v, d, u = rewards[s, t + 1], values[s, t + 1], dones[s, t + 1], truncations[s, t + 1]
+                last = adv[s, t + 1]
+            bootstrap = values[s, t] if u else v * (1 - d)
+            delta = min(ratio[s, t], rho_clip) * (r + gamma * bootstrap - values[s, t])
             adv[s, t] = delta + gamma * lam * min(ratio[s, t], c_clip) * last * (1 - d)
     return adv
 
@@ -160,22 +202,31 @@ def test_the_closed_form_equals_the_loop(dtype, tolerance, gamma, lam, rho_clip,
     S = 29
     values, rewards, dones, ratio = (x.astype(np.float64) for x in random_batch(seed=H, S=S, H=H, ratio_spread=0.8))
     dones[::3, H // 2] = 1.0  # episode ends in every third row at least
+    truncations = random_truncations(dones, seed=H)
     rng = np.random.default_rng(5)
+    tail_dones = (rng.random(S) < 0.4) * 1.0
     tail = (
         rng.normal(size=S),
         rng.normal(size=S),
-        (rng.random(S) < 0.2) * 1.0,
+        tail_dones,
         rng.normal(size=S),
         rng.random(S) < 0.7,
+        tail_dones * (rng.random(S) < 0.5),
     )
-    expected = loop_with_tail(values, rewards, dones, ratio, gamma, lam, rho_clip, c_clip, tail)
+    expected = loop_with_tail(values, rewards, dones, truncations, ratio, gamma, lam, rho_clip, c_clip, tail)
     args = [torch.from_numpy(x).to(dtype) for x in (values, rewards, dones, ratio)]
-    tail_t = RowTail(*(torch.from_numpy(np.asarray(x)).to(dtype) for x in tail[:4]), torch.from_numpy(tail[4]))
+    tail_t = RowTail(
+        *(torch.from_numpy(np.asarray(x)).to(dtype) for x in tail[:4]),
+        torch.from_numpy(tail[4]),
+        torch.from_numpy(tail[5]).to(dtype),
+    )
+    truncations_t = torch.from_numpy(truncations).to(dtype)
     out = torch.zeros(S, H, dtype=dtype)
     with gpu_forms_everywhere():
-        compute_advantage(*args, out, gamma, lam, rho_clip, c_clip, tail=tail_t)
+        compute_advantage(*args, out, gamma, lam, rho_clip, c_clip, tail=tail_t, truncations=truncations_t)
     if dtype == torch.float32:  # the loop on the same float32 inputs
-        expected = loop_with_tail(*(a.double().numpy() for a in args), gamma, lam, rho_clip, c_clip, tail)
+        as_float64 = [a.double().numpy() for a in args]
+        expected = loop_with_tail(*as_float64[:3], truncations, as_float64[3], gamma, lam, rho_clip, c_clip, tail)
     np.testing.assert_allclose(out.double().numpy(), expected, rtol=tolerance, atol=tolerance)
 
 
@@ -184,12 +235,17 @@ def test_the_closed_form_is_a_few_ops_without_host_reads():
     counts = []
     for H in (8, 64):
         args = [torch.from_numpy(x) for x in random_batch(seed=1, S=16, H=H)]
+        truncations = torch.from_numpy(random_truncations(args[2].numpy(), seed=1))
         counter = DispatchCounter()
         with gpu_forms_everywhere():
             compute_advantage(*args, torch.zeros(16, H), 0.97, 0.9, 1.0, 1.0)  # the first call builds masks
             with counter:
                 compute_advantage(*args, torch.zeros(16, H), 0.97, 0.9, 1.0, 1.0)
+            with DispatchCounter() as truncated:
+                compute_advantage(*args, torch.zeros(16, H), 0.97, 0.9, 1.0, 1.0, truncations=truncations)
         counts.append(counter.totals())
+        # Truncations cost two ops: the end of an episode as max(done, truncated), and the bootstrap term.
+        assert truncated.totals()["ops"] == counts[-1]["ops"] + 2 and truncated.totals()["host_syncs"] == 0
     assert counts[0] == counts[1] and counts[0]["host_syncs"] == 0 and counts[0]["ops"] < 40
 
 

@@ -45,6 +45,7 @@ def _advantages(experience, cfg):
         cfg.vtrace.vtrace_c_clip,
         "cpu",
         next_rows=experience.next_rows,
+        truncations=experience.truncateds,
     )
 
 
@@ -226,6 +227,7 @@ def test_compute_ppo_loss_is_the_update_loss_on_the_first_minibatch(filled):
         minibatch["values"],
         rewards=minibatch["rewards"],
         dones=minibatch["dones"],
+        truncations=minibatch["truncateds"],
         tail=experience.row_tail(minibatch["indices"], advantages),
         prio_weights=minibatch["prio_weights"],
         state=state,
@@ -267,6 +269,16 @@ def test_compute_ppo_loss_is_the_update_loss_on_the_first_minibatch(filled):
             minibatch["returns"],
             minibatch["values"],
             rewards=minibatch["rewards"],
+        )
+    with pytest.raises(ValueError, match="truncations mark which dones are truncations"):
+        ppo.compute_ppo_loss(
+            minibatch["obs"],
+            minibatch["actions"],
+            minibatch["logprobs"],
+            minibatch["advantages"],
+            minibatch["returns"],
+            minibatch["values"],
+            truncations=minibatch["truncateds"],
         )
 
 

@@ -107,6 +107,7 @@ class PPOOptimizer:
         *,
         rewards: torch.Tensor | None = None,
         dones: torch.Tensor | None = None,
+        truncations: torch.Tensor | None = None,
         tail: RowTail | None = None,
         prio_weights: torch.Tensor | None = None,
         state: PolicyState | None = None,
@@ -120,13 +121,16 @@ class PPOOptimizer:
         Shapes: ``obs [B, T, tokens, 3]``, ``actions [B, T, 2]`` and ``[B, T]`` for the rest (or ``obs [N,
         tokens, 3]`` with ``[N]``). ``total_loss`` holds every term of the update's loss, including L2-init and
         the kickstarter's. With ``rewards`` and ``dones`` (``[B, T]``) the advantages are recomputed with V-trace
-        from the current ratios as in the update (``tail``: the steps after the rows, for rows of an Experience
-        ``experience.row_tail(indices, advantages)``); without them they are used as given. ``prio_weights``
+        from the current ratios as in the update (``truncations``: which dones are truncations, which bootstrap;
+        ``tail``: the steps after the rows, for rows of an Experience ``experience.row_tail(indices,
+        advantages)``); without them they are used as given. ``prio_weights``
         (``[B, 1]``) scale the advantages as prioritized replay does; ``state`` is the LSTM state the rows start
         from (default zeros).
         """
         if (rewards is None) != (dones is None):
             raise ValueError("pass both rewards and dones (the V-trace recompute needs both) or neither")
+        if truncations is not None and dones is None:
+            raise ValueError("truncations mark which dones are truncations: pass rewards and dones with them")
         if rewards is not None and old_logprobs.dim() != 2:
             raise ValueError(f"rewards/dones need [B, T] data; old_logprobs has shape {list(old_logprobs.shape)}")
         state = state or PolicyState()
@@ -142,6 +146,8 @@ class PPOOptimizer:
         }
         if rewards is not None:
             minibatch.update(rewards=rewards, dones=dones)
+            if truncations is not None:
+                minibatch["truncateds"] = truncations
         if prio_weights is not None:
             minibatch["prio_weights"] = prio_weights
         result = minibatch_loss(
