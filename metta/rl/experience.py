@@ -346,12 +346,18 @@ class Experience:
     ) -> int:
         """Store one step of the agents ``env_id`` (a slice of agent rows); returns the number of agents stored.
 
-        ``mask`` is accepted for the protocol; every agent of the slice is stored (MettaGrid agents are always
-        active). ``lstm_state = (h, c)`` is the state after this step's forward, kept for the next one.
+        ``mask`` (the vecenv's per-agent active flags, None for all) must be all true: every agent of the slice
+        takes each step (MettaGrid agents are always active), and a False entry raises ValueError. A NumPy mask
+        (what the vecenv returns) is checked on the host; a device tensor makes the check wait for the device.
+        ``lstm_state = (h, c)`` is the state after this step's forward, kept for the next one.
         ``dones`` off the CPU is read back to the host (the GPU form of ``perform_rollout_step`` keeps the host's
         own copy instead).
         """
-        del mask
+        if mask is not None and not mask.all():
+            raise ValueError(
+                f"mask has {int((mask == 0).sum())} False entries of {len(mask)}: Experience stores every agent of the "
+                "slice at each step (MettaGrid agents are always active); pass mask=None or the vecenv's all-true mask"
+            )
         self.begin_step()
         if self.hidden_size is None and lstm_state is not None:  # stored by hand, without perform_rollout_step
             self._allocate_lstm_state(int(lstm_state[0].shape[-1]), int(lstm_state[0].shape[0]))
@@ -558,8 +564,24 @@ class Experience:
         total_minibatches: int | None = None,
     ) -> dict[str, torch.Tensor]:
         """One minibatch drawn with replacement by priority (see the module docstring). The rows are drawn on
-        the device and read back once (the LSTM replay plans from the host's copy of the episode starts)."""
-        del minibatch_idx, total_minibatches  # kept for upstream's signature; every draw is independent
+        the device and read back once (the LSTM replay plans from the host's copy of the episode starts).
+
+        ``minibatch_idx`` of ``total_minibatches`` (upstream's arguments; None: not said) place the draw in its
+        epoch. Every draw is independent and ``minibatch_segments`` rows, so the place changes nothing drawn;
+        a ``total_minibatches`` other than ``num_minibatches`` (which would call for another minibatch size) or
+        an index outside ``range(total_minibatches)`` raises ValueError.
+        """
+        if total_minibatches is not None and total_minibatches != self.num_minibatches:
+            raise ValueError(
+                f"total_minibatches={total_minibatches} but this buffer cuts each epoch into num_minibatches="
+                f"{self.num_minibatches} of {self.minibatch_size} steps; pass total_minibatches=experience."
+                "num_minibatches, or build the Experience with the minibatch_size you want"
+            )
+        if minibatch_idx is not None and not 0 <= minibatch_idx < self.num_minibatches:
+            raise ValueError(
+                f"minibatch_idx={minibatch_idx} is outside range(num_minibatches={self.num_minibatches}); "
+                "count the epoch's minibatches from 0"
+            )
         probs = self.sampling_probs(advantages, prio_alpha)
         idx = torch.multinomial(probs, self.minibatch_segments, replacement=True)
         weights = (self.segments * probs[idx]).pow(-prio_beta).unsqueeze(1)

@@ -7,11 +7,13 @@ and ``loss`` returns zeros.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from metta.agent.policy_state import PolicyState
 from metta.rl.trainer_config import KickstartConfig, KickstartTeacherConfig
 
 
@@ -69,33 +71,54 @@ class Kickstarter:
         student_log_probs: torch.Tensor,
         student_value: torch.Tensor,
         obs: torch.Tensor,
-        teacher_lstm_state: list | None = None,
+        teacher_lstm_state: Sequence[PolicyState | tuple[torch.Tensor, torch.Tensor] | None] | None = None,
         actions: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(ks_action_loss, ks_value_loss)`` for the student's full log-probs ``[N, A]`` and values ``[N, 1]``.
 
-        ``obs`` is the minibatch's ``[B, T, *obs]``; teachers replay it from a zero LSTM state like the student.
-        ``actions`` (the minibatch's ``[B, T, 2]``) selects the teachers' training path over sequences; without
-        it each observation is fed as an independent inference step.
+        ``obs`` is the minibatch's ``[B, T, *obs]``. ``actions`` (the minibatch's ``[B, T, 2]``) selects the
+        teachers' training path over sequences; without it each observation is fed as an independent inference
+        step. ``teacher_lstm_state`` holds each teacher's starting LSTM state, one per teacher in
+        ``self.teachers`` order: a ``PolicyState`` or ``(h, c)``, each ``[layers, B, hidden]`` (``B * T`` rows
+        without ``actions``), or None for zeros; None or ``[]`` (upstream's default) starts every teacher from
+        zeros. The given states are read, not changed.
         """
-        del teacher_lstm_state  # teachers start every row from a zero state, as the student does
         zero = torch.zeros((), device=student_value.device)
         if not self.enabled or agent_step > self.kickstart_steps:
             return zero, zero
+        states = list(teacher_lstm_state or [None] * len(self.teachers))
+        if len(states) != len(self.teachers):
+            raise ValueError(
+                f"teacher_lstm_state has {len(states)} states for {len(self.teachers)} teachers; pass one per "
+                "teacher (a PolicyState, (h, c) or None for zeros), or None / [] to start them all from zeros"
+            )
         self.anneal_factor = self.annealing(agent_step)
-        from metta.agent.policy_state import PolicyState
 
         ks_action_loss, ks_value_loss = zero, zero
-        for teacher, cfg in zip(self.teachers, self.teacher_cfgs):
+        for teacher, cfg, start in zip(self.teachers, self.teacher_cfgs, states):
+            state = _starting_state(start)
             with torch.no_grad():
                 if actions is not None:
-                    _, _, _, teacher_value, teacher_log_probs = teacher(obs, PolicyState(), action=actions)
+                    _, _, _, teacher_value, teacher_log_probs = teacher(obs, state, action=actions)
                 else:
                     flat_obs = obs.reshape(-1, *obs.shape[-2:])
-                    _, _, _, teacher_value, teacher_log_probs = teacher(flat_obs, PolicyState())
+                    _, _, _, teacher_value, teacher_log_probs = teacher(flat_obs, state)
             teacher_probs = teacher_log_probs.exp()
             action_loss = -(teacher_probs * student_log_probs).sum(dim=-1).mean()
             value_loss = F.mse_loss(student_value.view(-1), teacher_value.view(-1))
             ks_action_loss = ks_action_loss + action_loss * cfg.action_loss_coef * self.anneal_factor
             ks_value_loss = ks_value_loss + value_loss * cfg.value_loss_coef * self.anneal_factor
         return ks_action_loss, ks_value_loss
+
+
+def _starting_state(start: PolicyState | tuple[torch.Tensor, torch.Tensor] | None) -> PolicyState:
+    """A fresh ``PolicyState`` holding ``start``'s LSTM state (the teacher's forward overwrites its state)."""
+    if start is None:
+        return PolicyState()
+    if isinstance(start, PolicyState):
+        return PolicyState(lstm_h=start.lstm_h, lstm_c=start.lstm_c)
+    if isinstance(start, (tuple, list)) and len(start) == 2:
+        return PolicyState(lstm_h=start[0], lstm_c=start[1])
+    raise TypeError(
+        f"a teacher_lstm_state entry is a {type(start).__name__}; pass a PolicyState, (h, c) or None for zeros"
+    )

@@ -5,10 +5,13 @@
         optimizer.step(process_minibatch_update(...), epoch, accumulate_steps=experience.accumulate_minibatches)
 
 ``step(loss, epoch, accumulate_steps)`` backpropagates ``loss / accumulate_steps`` into the accumulated
-gradients and takes an optimizer step every ``accumulate_steps`` calls (counted by the optimizer itself, not
-from ``epoch``), so k calls on k equal parts of a batch give the same update as one call on the whole batch.
-Gradients are cleared only after a step (upstream cleared them before every backward, so nothing
-accumulated). After each step it calls ``policy.clip_weights()`` when the policy has it.
+gradients and takes an optimizer step every ``accumulate_steps`` calls (counted by the optimizer itself), so k
+calls on k equal parts of a batch give the same update as one call on the whole batch. ``epoch`` is the update
+epoch the loss belongs to: an accumulation group never spans two epochs. When ``epoch`` (or
+``accumulate_steps``) differs from that of the gradients still pending, the pending group is stepped first,
+rescaled to the mean of the losses it holds, and the new loss starts a new group. Gradients are cleared only
+after a step (upstream cleared them before every backward, so nothing accumulated). After each step it calls
+``policy.clip_weights()`` when the policy has it.
 
 ``Optimizer.wrap(torch.optim.SGD(policy.parameters(), lr=0.01), policy)`` gives the same ``step`` to an
 optimizer you built yourself; ``train_ppo`` does that for you when handed a plain torch optimizer.
@@ -101,6 +104,7 @@ class Optimizer:
         self.params = [p for group in optimizer.param_groups for p in group["params"]]  # what gets clipped
         self.param_groups = optimizer.param_groups
         self._pending = 0  # backward passes accumulated since the last optimizer step
+        self._pending_group: tuple[int, int] = (0, 1)  # (epoch, accumulate_steps) of the pending backward passes
         self.steps = 0  # optimizer steps taken by this object
         self.last_grad_norm: torch.Tensor | float = 0.0
         # When set, each step also keeps the mean, variance and norm of all gradients (before clipping) in
@@ -109,17 +113,50 @@ class Optimizer:
         self.last_grad_stats: dict[str, torch.Tensor] | None = None
 
     def step(self, loss: torch.Tensor, epoch: int = 0, accumulate_steps: int = 1) -> bool:
-        """Accumulate ``loss``'s gradient; every ``accumulate_steps``-th call, clip and step. Returns True on a step.
+        """Accumulate ``loss``'s gradient; every ``accumulate_steps``-th call of one ``epoch``, clip and step.
 
-        ``epoch`` is accepted for upstream's signature and does not decide when to step.
+        A group of accumulated losses belongs to one update epoch: when ``epoch`` or ``accumulate_steps``
+        differs from the pending group's, that group is stepped first (its gradients rescaled from
+        ``1 / accumulate_steps`` per loss to ``1 / losses held``, so it is the mean of what it holds), and
+        ``loss`` starts the next group. Returns True when the call took an optimizer step.
         """
-        del epoch
         if accumulate_steps < 1:
             raise ValueError(f"accumulate_steps={accumulate_steps} must be >= 1")
-        (loss / accumulate_steps).backward()
-        self._pending += 1
+        group = (epoch, accumulate_steps)
+        stepped = bool(self._pending) and group != self._pending_group
+        if stepped:
+            self._step_pending_group_then_start(loss, group)
+        else:
+            self._pending_group = group
+            (loss / accumulate_steps).backward()
+            self._pending += 1
         if self._pending < accumulate_steps:
-            return False
+            return stepped
+        self._apply_step()
+        return True
+
+    def _step_pending_group_then_start(self, loss: torch.Tensor, group: tuple[int, int]) -> None:
+        """Step the pending (short) group as the mean of its losses, and start ``group`` with ``loss``.
+
+        ``loss`` is backpropagated before the step, into gradients of its own, because its graph holds the
+        parameters the step changes in place."""
+        pending = [p.grad for p in self.params]
+        for p in self.params:
+            p.grad = None
+        (loss / group[1]).backward()
+        started = [p.grad for p in self.params]
+        for p, grad in zip(self.params, pending):
+            p.grad = grad
+        grads = [grad for grad in pending if grad is not None]
+        if grads:
+            torch._foreach_mul_(grads, self._pending_group[1] / self._pending)
+        self._apply_step()
+        for p, grad in zip(self.params, started):
+            p.grad = grad
+        self._pending, self._pending_group = 1, group
+
+    def _apply_step(self) -> None:
+        """Clip the accumulated gradients, step, clear them and clip the policy's weights."""
         self._pending = 0
         if self.record_grad_stats:
             self.last_grad_stats = gradient_stats(self.params)
@@ -131,7 +168,6 @@ class Optimizer:
         module = getattr(self.policy, "module", self.policy)  # DDP wraps the agent in .module
         if hasattr(module, "clip_weights"):
             module.clip_weights()
-        return True
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)

@@ -37,6 +37,32 @@ def test_named_timers_laps_and_rates():
     sw.stop()
 
 
+def test_named_checkpoints_are_kept_and_the_rates_use_the_latest_checkpoint():
+    sw = Stopwatch(max_laps=2)
+    sw.start()
+    sw.checkpoint(100, "warmup")
+    for steps in (200, 300, 400):  # more than max_laps: the rate window drops old ones, the names keep theirs
+        sw.checkpoint(steps)
+    sw.checkpoint(500, "eval")
+    sw.checkpoint(600, "eval", timer_name="_train")
+    assert sw.get_checkpoint("warmup")[0] == 100 and sw.get_checkpoint("eval")[0] == 500
+    assert sw.get_checkpoint("eval", timer_name="_train")[0] == 600
+    assert sw.get_checkpoint("warmup")[1] <= sw.get_checkpoint("eval")[1] <= sw.get_elapsed()
+    assert [steps for steps, _ in sw.get_summary()["checkpoints"]] == [300, 400, 500]
+    assert sw.get_summary()["named_checkpoints"] == {
+        "warmup": sw.get_checkpoint("warmup"),
+        "eval": sw.get_checkpoint("eval"),
+    }
+    # The lap rate runs from the latest checkpoint, named or not: no steps since "eval" is a rate of 0.
+    assert sw.get_lap_rate(500) == 0.0 and sw.get_lap_rate(1500) > 0
+    restored = Stopwatch()
+    restored.load_state(sw.save_state())
+    assert restored.get_checkpoint("warmup") == sw.get_checkpoint("warmup")
+    with pytest.raises(KeyError, match=r"timer 'global' has no checkpoint named 'eval2'; .*\['eval', 'warmup'\]"):
+        sw.get_checkpoint("eval2")
+    sw.stop()
+
+
 def test_stop_without_start_is_harmless():
     sw = Stopwatch()
     assert sw.stop("never") == 0.0

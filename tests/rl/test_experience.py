@@ -26,7 +26,7 @@ def make(total_agents=4, batch_size=64, bptt=4, minibatch_size=16, **kw):
     )
 
 
-def store_step(exp, env_id, step, n):
+def store_step(exp, env_id, step, n, mask=None):
     """Observation token 0 encodes (agent, step) so rows can be checked afterwards."""
     agents = torch.arange(env_id.start, env_id.stop)
     obs = torch.zeros(n, 4, 3, dtype=torch.uint8)
@@ -42,7 +42,7 @@ def store_step(exp, env_id, step, n):
         torch.zeros(n, dtype=torch.bool),
         z,
         env_id,
-        None,
+        mask,
     )
 
 
@@ -122,6 +122,12 @@ def test_prioritized_distribution_and_weights():
     assert torch.allclose(freq, expected, atol=0.01)  # 8000 draws: std of a frequency < 0.006
     assert exp.sampling_probs(adv, prio_alpha=0.0).eq(1 / 8).all()
     assert exp.sampling_probs(torch.zeros(8, 4), prio_alpha=1.0).eq(1 / 8).all()
+    # Upstream's place of the draw in its epoch: checked against the buffer's minibatches, nothing else.
+    assert exp.sample_minibatch(adv, 1.0, 0.5, 3, 4)["indices"].shape == (2,)
+    with pytest.raises(ValueError, match=r"total_minibatches=2 but .* num_minibatches=4 of 8 steps"):
+        exp.sample_minibatch(adv, 1.0, 0.5, 0, 2)
+    with pytest.raises(ValueError, match=r"minibatch_idx=4 is outside range\(num_minibatches=4\)"):
+        exp.sample_minibatch(adv, 1.0, 0.5, 4, 4)
 
 
 def test_iter_minibatches_as_seed_002_writes_it():
@@ -174,6 +180,15 @@ def test_a_trained_on_buffer_starts_a_new_rollout_at_the_next_store():
     assert exp.full_rows == 0 and (exp.obs[:4, 0, 0, 1] == 99).all() and (exp.next_rows == -1).all()
     exp.reset_for_rollout()  # still allowed at any time
     assert exp.full_rows == 0 and not exp.ready_for_training
+
+
+def test_store_takes_an_all_true_mask_and_rejects_an_inactive_agent():
+    exp = make()
+    store_step(exp, slice(0, 4), 0, 4, mask=np.ones(4, dtype=bool))  # the vecenv's mask
+    store_step(exp, slice(0, 4), 1, 4, mask=torch.ones(4, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"mask has 1 False entries of 4: .*pass mask=None or the vecenv's all-true"):
+        store_step(exp, slice(0, 4), 2, 4, mask=np.array([True, False, True, True]))
+    assert (exp.obs[:4, :2, 0, 1] == torch.tensor([0, 1], dtype=torch.uint8)).all() and exp._steps.tolist() == [2] * 4
 
 
 def test_sizes_default_and_the_lstm_state_is_sized_from_the_policy():

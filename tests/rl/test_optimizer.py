@@ -50,6 +50,41 @@ def test_two_half_steps_equal_one_full_step(kind):
     assert all(p.grad is None for p in halves.parameters()), "gradients are cleared after a step"
 
 
+def test_an_accumulation_group_never_spans_two_epochs():
+    """A new epoch steps the pending group first, as the mean of the losses it holds; nothing leaks over."""
+    x, y = data()
+    grouped, by_hand, epoch1_alone = Linear(), Linear(), Linear()
+    opt = Optimizer("adam", grouped, learning_rate=1e-2, max_grad_norm=100.0)
+    ref = Optimizer("adam", by_hand, learning_rate=1e-2, max_grad_norm=100.0)
+    parts = [(x[:4], y[:4]), (x[4:6], y[4:6]), (x[6:], y[6:])]
+    # Epoch 0 ends after two of its three accumulate_steps=3 parts; epoch 1 brings one part.
+    assert not opt.step(loss_fn(grouped, *parts[0]), 0, 3)
+    assert not opt.step(loss_fn(grouped, *parts[1]), 0, 3)
+    assert opt.step(loss_fn(grouped, *parts[2]), 1, 3), "the pending group of epoch 0 is stepped"
+    assert opt.steps == 1
+    # The same step as the mean of epoch 0's two losses...
+    ref.step((loss_fn(by_hand, *parts[0]) + loss_fn(by_hand, *parts[1])) / 2)
+    for a, b in zip(grouped.parameters(), by_hand.parameters()):
+        torch.testing.assert_close(a, b)
+    # ...and epoch 1's group holds its own part's gradient only (taken where its loss was computed).
+    (loss_fn(epoch1_alone, *parts[2]) / 3).backward()
+    for a, b in zip(grouped.parameters(), epoch1_alone.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg="epoch 0's gradients leaked into epoch 1's group")
+    assert not opt.step(loss_fn(grouped, *parts[0]), 1, 3)
+    assert opt.step(loss_fn(grouped, *parts[1]), 1, 3) and opt.steps == 2
+
+
+def test_a_new_epoch_steps_the_pending_group_of_a_recurrent_policy():
+    """The new loss's graph holds the parameters the pending step changes in place; it is backpropagated first."""
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(5, 3)
+    opt = Optimizer("adam", lstm, learning_rate=1e-2)
+    x = torch.randn(4, 2, 5)
+    assert not opt.step(lstm(x)[0].pow(2).mean(), 0, 2)
+    assert opt.step(lstm(x)[0].pow(2).mean(), 1, 1), "the pending group and the new one-loss group both step"
+    assert opt.steps == 2 and all(p.grad is None for p in lstm.parameters())
+
+
 def test_gradient_clipping_and_state_dict():
     x, y = data()
     model = Linear()

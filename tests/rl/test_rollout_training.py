@@ -229,6 +229,21 @@ def test_kickstarter_with_saved_teacher(tmp_path):
     ks_action, ks_value = ks.loss(750, logp.detach(), student_value, obs, actions=actions)
     assert ks_value.item() == pytest.approx(2.0 * 0.5 * 1.0, rel=1e-4)
     assert ks.loss(1001, logp, value, obs, actions=actions)[0].item() == 0.0
+
+    # A given starting state (one per teacher) is the teacher's: distilled into itself from that state, the
+    # value loss is 0 again, while from zeros it is not. The state handed in is left as it was.
+    h = torch.randn(teacher.core_num_layers, 1, teacher.hidden_size)
+    start = PolicyState(lstm_h=h, lstm_c=torch.randn_like(h))
+    _, _, entropy, value, logp = teacher(obs, PolicyState(lstm_h=start.lstm_h, lstm_c=start.lstm_c), action=actions)
+    for given in ([start], [(start.lstm_h, start.lstm_c)]):
+        ks_action, ks_value = ks.loss(0, logp.detach(), value.detach(), obs, teacher_lstm_state=given, actions=actions)
+        assert ks_action.item() == pytest.approx(entropy.mean().item(), rel=1e-4)
+        assert ks_value.item() == pytest.approx(0.0, abs=1e-8)
+    assert start.lstm_h is h
+    for zeros in (None, [], [None]):
+        assert ks.loss(0, logp.detach(), value.detach(), obs, teacher_lstm_state=zeros, actions=actions)[1] > 1e-8
+    with pytest.raises(ValueError, match=r"teacher_lstm_state has 2 states for 1 teachers; pass one per teacher"):
+        ks.loss(0, logp, value, obs, teacher_lstm_state=[start, start], actions=actions)
     env.close()
 
 

@@ -5,6 +5,7 @@
         ...
     timer.lap_all(agent_step)                  # closes a lap on every timer: per-epoch split
     timer.get_all_elapsed()                    # {"global": ..., "_rollout": ...}
+    timer.checkpoint(agent_step, "eval")       # later: timer.get_checkpoint("eval") -> (steps, seconds)
 
 The timer named "global" is reserved: it is started by ``start()`` with no name and covers the whole run.
 A timer may be started only once at a time; nested use of the same name is an error, not a silent reset.
@@ -34,6 +35,8 @@ class _Timer:
     # (steps, total_elapsed) snapshots; the last max_laps are kept, which is all lap rates need.
     checkpoints: list[tuple[int, float]] = field(default_factory=list)
     lap_marks: list[tuple[int, float]] = field(default_factory=list)
+    # (steps, total_elapsed) of each checkpoint given a name, the latest per name; kept apart from the rate window.
+    named_checkpoints: dict[str, tuple[int, float]] = field(default_factory=dict)
 
     def elapsed(self, now: float) -> float:
         running = now - self.start_time if self.start_time is not None else 0.0
@@ -109,11 +112,26 @@ class Stopwatch:
 
     # Laps and checkpoints -------------------------------------------------------------------------------
     def checkpoint(self, steps: int, checkpoint_name: str | None = None, timer_name: str | None = None) -> None:
-        """Record ``(steps, elapsed)`` on a timer (the global one by default)."""
-        del checkpoint_name  # upstream named checkpoints; a position in the list is all rates need
+        """Record ``(steps, elapsed)`` on a timer (the global one by default); the lap rates run from the latest.
+
+        With ``checkpoint_name`` the record is also kept under that name (a later checkpoint of the same name
+        replaces it) for ``get_checkpoint``; names do not change which checkpoints the rates use."""
         timer = self._timer(timer_name)
-        timer.checkpoints.append((int(steps), timer.elapsed(time.perf_counter())))
+        record = (int(steps), timer.elapsed(time.perf_counter()))
+        timer.checkpoints.append(record)
         del timer.checkpoints[: -self.max_laps - 1]
+        if checkpoint_name is not None:
+            timer.named_checkpoints[checkpoint_name] = record
+
+    def get_checkpoint(self, checkpoint_name: str, timer_name: str | None = None) -> tuple[int, float]:
+        """``(steps, elapsed seconds)`` of the timer's checkpoint named ``checkpoint_name``."""
+        named = self._timer(timer_name).named_checkpoints
+        if checkpoint_name not in named:
+            raise KeyError(
+                f"timer {timer_name or GLOBAL_TIMER_NAME!r} has no checkpoint named {checkpoint_name!r}; its named "
+                f"checkpoints are {sorted(named)} (record one with checkpoint(steps, {checkpoint_name!r}))"
+            )
+        return named[checkpoint_name]
 
     def lap(self, steps: int, name: str | None = None) -> float:
         """Close a lap on one timer and return the seconds since its previous lap."""
@@ -172,6 +190,7 @@ class Stopwatch:
             "last_elapsed": timer.last_elapsed,
             "is_running": timer.start_time is not None,
             "checkpoints": list(timer.checkpoints),
+            "named_checkpoints": dict(timer.named_checkpoints),
             "lap_count": len(timer.lap_marks),
         }
 
@@ -182,7 +201,12 @@ class Stopwatch:
         """Totals and checkpoints for a trainer checkpoint; running timers are saved as their elapsed time."""
         now = time.perf_counter()
         return {
-            n: {"total_elapsed": t.elapsed(now), "checkpoints": list(t.checkpoints), "lap_marks": list(t.lap_marks)}
+            n: {
+                "total_elapsed": t.elapsed(now),
+                "checkpoints": list(t.checkpoints),
+                "named_checkpoints": dict(t.named_checkpoints),
+                "lap_marks": list(t.lap_marks),
+            }
             for n, t in self._timers.items()
         }
 
@@ -191,6 +215,7 @@ class Stopwatch:
             timer = _Timer(n, total_elapsed=float(s["total_elapsed"]))
             timer.checkpoints = [tuple(c) for c in s.get("checkpoints", [])]
             timer.lap_marks = [tuple(c) for c in s.get("lap_marks", [])]
+            timer.named_checkpoints = {k: tuple(c) for k, c in s.get("named_checkpoints", {}).items()}
             if resume_running and n == GLOBAL_TIMER_NAME:
                 timer.start_time = time.perf_counter()
             self._timers[n] = timer
