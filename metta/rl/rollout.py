@@ -79,8 +79,10 @@ def run_policy_inference(
     """``(actions [n, 2], logprobs [n], values [n], (lstm_h, lstm_c))`` for the agents starting at ``env_id_start``.
 
     The LSTM state is read from ``experience`` (sized for ``policy`` on first use); the returned state is the one
-    after this step.
+    after this step. ``obs`` is moved to ``device``, the policy's device (no copy when it is there already, as
+    ``get_observation`` leaves it).
     """
+    obs = obs.to(device, non_blocking=True)
     env_id = env_id_start if isinstance(env_id_start, slice) else slice(env_id_start, env_id_start + obs.shape[0])
     experience.match_policy(policy)
     with torch.no_grad():
