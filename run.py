@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
+import sys
 
 from metta.common.config_cli import ConfigFileError, parse_config
 from metta.common.fs import WriteError
@@ -44,6 +46,8 @@ def main() -> None:
         raise SystemExit(f"run.py: {err}") from None
     with trainer:  # released however the loop ends: the final checkpoint was written by its last iteration
         train(trainer)
+    if trainer.is_master:
+        print(next_command(trainer), flush=True)
 
 
 def train(t: Trainer) -> None:
@@ -74,6 +78,24 @@ def train(t: Trainer) -> None:
         # wandb upload, the L2-init reference weights.
         for task in t.periodic_tasks:
             task(it)
+
+
+def next_command(t: Trainer) -> str:
+    """The command that goes on with this run from its records: the same run, resumed, after a stop; with twice the
+    steps after the end (any larger trainer.total_timesteps continues it). Printed by rank 0 as the run's last
+    line."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", t.world_size))
+    if t.world_size == 1:
+        launcher = "python"
+    elif local == t.world_size:
+        launcher = f"torchrun --nproc_per_node={local}"
+    else:
+        launcher = f"torchrun --nnodes={t.world_size // local} --nproc_per_node={local} <rendezvous options>"
+    config = os.path.join(t.run_dir, "run_config.json")
+    command = f"{launcher} {shlex.quote(sys.argv[0])} --config {shlex.quote(config)}"
+    if t.state.agent_step < t.trainer_cfg.total_timesteps:  # stopped early
+        return f"resume with: {command}"
+    return f"train further with: {command} trainer.total_timesteps={2 * t.trainer_cfg.total_timesteps}"
 
 
 if __name__ == "__main__":
