@@ -11,8 +11,12 @@ functional loop and the components take. Everything lands in `{data_dir}/{run}/`
 `run_config.json` (the settings the run used, sizes resolved), `metrics.jsonl` (one JSON object per epoch),
 `checkpoints/` (complete, atomic checkpoints), `replays/` (with a viewer page per replay), `stats/` (evaluation
 episodes, also rows of `{data_dir}/evaluations.sqlite`), `torch_traces/` (profiler traces), `index.html` (the run
-report). Running again with the same `run` name resumes from the last good checkpoint. wandb logs when an API
-key is configured or `WANDB_MODE=offline` is set (`wandb.enabled=true|false` forces it).
+report). Running again with the same `run` name resumes from the last good checkpoint; the last line printed is
+the command that does (`--config {run_dir}/run_config.json`, which records the name and data_dir), or that trains
+further once the steps are done. A launch that does not fit (a batch too small for the agents, a missing or unsafe
+teacher file, an agent or action set the checkpoints do not fit) stops with a `run.py: ...` line before the run
+directory is made or changed. wandb logs when an API key is configured or `WANDB_MODE=offline` is set
+(`wandb.enabled=true|false` forces it).
 
 The ``Trainer`` (metta.rl.trainer) holds what the loop works with and releases it at the end: the run directory
 and its lock, the envs, the policy, the optimizer, the buffer, wandb, the monitors, the process group and the

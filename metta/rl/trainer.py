@@ -15,8 +15,8 @@ run.py writes this loop out; ``functional_training_loop`` runs it with a step fu
 Setup (``__enter__``) acquires, in order, each released in reverse by one ``ExitStack`` however the run ends: the stop
 signals (SIGTERM/SIGINT finish the iteration in progress, checkpoint and return; under torchrun the launcher's death
 does too, ``GracefulStop.watch_launcher``), the device (``device=cuda`` without CUDA is an error) and the process group
-under torchrun, the run directory and its lock, the seeds (``seed_process``), the envs, the policy, store, optimizer and
-buffer (or the ones given), the resume from the newest good checkpoint (else the initial policy), compilation and the
+under torchrun, an existing run directory's lock, the seeds, the envs, the policy, store, optimizer, buffer and teachers
+(or the ones given), a new run's directory and lock, the resume (else the initial policy), the records, compilation, the
 DDP wrapper, the monitors, wandb, the metrics logger and the profiler. Every periodic task fires when the epoch counter
 crosses a multiple of its interval (``metta.rl.intervals.crossed``); the last iteration (steps done, or a stop) always
 checkpoints and, unless stopped, evaluates; the epoch's row is logged before its checkpoint, so a run killed in between
@@ -51,6 +51,7 @@ from metta.common.profiling.stopwatch import Stopwatch
 from metta.common.run_dirs import (
     RunDirectories,
     resolve_data_dir,
+    resolve_run_name,
     run_directories,
     save_experiment_config,
     setup_run_directories,
@@ -380,11 +381,12 @@ class Trainer:
         """The paths of ``{data_dir}/{experiment_name}`` (absolute, so the records resume from any directory) and
         whether it exists; nothing is created. Under torchrun every rank uses rank 0's (possibly timestamped) name
         and rank 0's answer."""
-        dirs = run_directories(self.config.experiment_name, os.path.abspath(resolve_data_dir(self.config.data_dir)))
-        found = [dirs, os.path.isdir(dirs.run_dir)]
+        data_dir = os.path.abspath(resolve_data_dir(self.config.data_dir))
+        name = resolve_run_name(self.config.experiment_name)
+        found = [name, os.path.isdir(os.path.join(data_dir, name))]
         if self.world_size > 1:
             torch.distributed.broadcast_object_list(found, src=0)
-        return found[0], found[1]
+        return run_directories(found[0], data_dir), found[1]
 
     def _lock_run_directory(self, stack: ExitStack) -> None:
         """One writer per run directory: rank 0 holds ``run.lock`` (every rank learns the outcome), and the OS drops

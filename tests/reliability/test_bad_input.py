@@ -186,7 +186,11 @@ def test_a_refused_launch_of_an_existing_run_changes_nothing(small_embedding_run
         ),
         ([], corrupt_every_checkpoint, "can be loaded"),
         (["trainer.kickstart.teacher_uri=/nonexistent/teacher.pt"], None, "teacher_uri='/nonexistent/teacher.pt'"),
-        (TOO_MANY_AGENTS, None, TOO_MANY_AGENTS_MESSAGE),
+        (  # the run's 16 agents in a batch of 8 rows
+            ["trainer.batch_size=64", "trainer.minibatch_size=64"],
+            None,
+            "total_agents=16 is more than segments = batch_size / bptt_horizon = 64 / 8 = 8",
+        ),
     ]
     started = []
     for i, (args, damage, message) in enumerate(cases):
