@@ -11,8 +11,12 @@ functional loop and the components take. Everything lands in `{data_dir}/{run}/`
 `run_config.json` (the settings the run used, sizes resolved), `metrics.jsonl` (one JSON object per epoch),
 `checkpoints/` (complete, atomic checkpoints), `replays/` (with a viewer page per replay), `stats/` (evaluation
 episodes, also rows of `{data_dir}/evaluations.sqlite`), `torch_traces/` (profiler traces), `index.html` (the run
-report). Running again with the same `run` name resumes from the last good checkpoint. wandb logs when an API
-key is configured or `WANDB_MODE=offline` is set (`wandb.enabled=true|false` forces it).
+report). Running again with the same `run` name resumes from the last good checkpoint; the last line printed is
+the command that does (`--config {run_dir}/run_config.json`, which records the name and data_dir), or that trains
+further once the steps are done. A launch that does not fit (a batch too small for the agents, a missing or unsafe
+teacher file, an agent or action set the checkpoints do not fit) stops with a `run.py: ...` line before the run
+directory is made or changed. wandb logs when an API key is configured or `WANDB_MODE=offline` is set
+(`wandb.enabled=true|false` forces it).
 
 The ``Trainer`` (metta.rl.trainer) holds what the loop works with and releases it at the end: the run directory
 and its lock, the envs, the policy, the optimizer, the buffer, wandb, the monitors, the process group and the
@@ -25,6 +29,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
+import sys
 
 from metta.common.config_cli import ConfigFileError, parse_config
 from metta.common.fs import WriteError
@@ -44,6 +50,8 @@ def main() -> None:
         raise SystemExit(f"run.py: {err}") from None
     with trainer:  # released however the loop ends: the final checkpoint was written by its last iteration
         train(trainer)
+    if trainer.is_master:
+        print(next_command(trainer), flush=True)
 
 
 def train(t: Trainer) -> None:
@@ -74,6 +82,24 @@ def train(t: Trainer) -> None:
         # wandb upload, the L2-init reference weights.
         for task in t.periodic_tasks:
             task(it)
+
+
+def next_command(t: Trainer) -> str:
+    """The command that goes on with this run from its records: the same run, resumed, after a stop; with twice the
+    steps after the end (any larger trainer.total_timesteps continues it). Printed by rank 0 as the run's last
+    line."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", t.world_size))
+    if t.world_size == 1:
+        launcher = "python"
+    elif local == t.world_size:
+        launcher = f"torchrun --nproc_per_node={local}"
+    else:
+        launcher = f"torchrun --nnodes={t.world_size // local} --nproc_per_node={local} <rendezvous options>"
+    config = os.path.join(t.run_dir, "run_config.json")
+    command = f"{launcher} {shlex.quote(sys.argv[0])} --config {shlex.quote(config)}"
+    if t.state.agent_step < t.trainer_cfg.total_timesteps:  # stopped early
+        return f"resume with: {command}"
+    return f"train further with: {command} trainer.total_timesteps={2 * t.trainer_cfg.total_timesteps}"
 
 
 if __name__ == "__main__":

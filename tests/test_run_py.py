@@ -141,10 +141,15 @@ def test_resume_after_clean_stop(base_run: Path, tmp_path: Path):
     assert Path(path).name == "model_0003.pt"
     assert (epoch, agent_step) == (before.epoch, before.agent_step) == (3, 3072)
     assert "timer 'global' is already running" not in out
+    # run.py's last word (on stdout): the run's own records, with twice the steps (the stop's form: the signal tests).
+    further = f"python {RUN_PY} --config {run_dir}/run_config.json trainer.total_timesteps=10000"
+    assert f"train further with: {further}" in out.splitlines()
 
     rows = metrics_rows(run_dir)
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5]
     assert [r["agent_step"] for r in rows] == [1024 * e for e in range(1, 6)]
+    times = [r["time"] for r in rows]
+    assert all(a < b for a, b in zip(times, times[1:])), times  # the training time goes on from the checkpoint's
 
     after = load_latest_checkpoint(str(run_dir / "checkpoints"))
     assert (after.epoch, after.agent_step) == (5, 5120)

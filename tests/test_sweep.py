@@ -207,10 +207,10 @@ def test_reports_are_the_mean_of_each_part_of_the_budget():
     scores = objective_reports(evals, progress, "eval/navigation/score", 4)
     assert scores.complete == {2: 2.0, 3: 2.0, 4: 4.0}
 
-    # A timed budget: the clock of metrics.jsonl, which starts again when a run resumes (rows 4-5 here).
-    times = [10, 20, 30, 5, 15]
+    # A timed budget: the clock of metrics.jsonl, which goes on across resumes.
+    times = [10, 20, 30, 35, 45]
     timed = [{"epoch": i + 1, "agent_step": 1024 * (i + 1), "time": t} for i, t in enumerate(times)]
-    assert training_seconds(timed) == [10, 20, 30, 35, 45]
+    assert training_seconds(timed) == times
     assert row_progress(timed, TrialBudget(minutes=0.5)) == pytest.approx([1 / 3, 2 / 3, 1.0, 35 / 30, 1.5])
 
 

@@ -27,6 +27,7 @@ __all__ = [
     "RunDirectories",
     "RunFolders",
     "resolve_run_name",
+    "run_directories",
     "run_folders",
     "save_experiment_config",
     "setup_run_directories",
@@ -87,13 +88,19 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> str:
     return os.fspath(data_dir)
 
 
-def setup_run_directories(run_name: str | None = None, data_dir: str | os.PathLike | None = None) -> RunDirectories:
-    """Create ``{data_dir}/{run_name}/`` with ``checkpoints/``, ``replays/`` and ``stats/`` (defaults: see the
-    module docstring). An existing run directory is reused: that is how a run resumes."""
+def run_directories(run_name: str | None = None, data_dir: str | os.PathLike | None = None) -> RunDirectories:
+    """The paths of ``{data_dir}/{run_name}/`` and its folders (defaults: see the module docstring); nothing is
+    created (``setup_run_directories`` creates them)."""
     run_name = resolve_run_name(run_name)
     run_dir = os.path.join(resolve_data_dir(data_dir), run_name)
     folders = run_folders(run_dir)
-    dirs = RunDirectories(run_dir, folders.checkpoint_dir, folders.replay_dir, folders.stats_dir, run_name)
+    return RunDirectories(run_dir, folders.checkpoint_dir, folders.replay_dir, folders.stats_dir, run_name)
+
+
+def setup_run_directories(run_name: str | None = None, data_dir: str | os.PathLike | None = None) -> RunDirectories:
+    """Create ``{data_dir}/{run_name}/`` with ``checkpoints/``, ``replays/`` and ``stats/`` (defaults: see the
+    module docstring). An existing run directory is reused: that is how a run resumes."""
+    dirs = run_directories(run_name, data_dir)
     for path in (dirs.checkpoint_dir, dirs.replay_dir, dirs.stats_dir):
         try:
             os.makedirs(path, exist_ok=True)

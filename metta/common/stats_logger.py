@@ -14,6 +14,9 @@ since those epochs are about to be trained and logged again. The file then has e
 kill came. Lines that are not metrics rows (a damaged file) are dropped with a warning that quotes them, and the
 epochs up to the checkpoint whose rows are then missing are named.
 
+Each row's ``time`` is seconds of training: by default since the logger was made; a trainer passes ``clock``, its
+stopwatch's total, which a checkpoint saves and a resume restores, so ``time`` goes on across resumes.
+
 A file that cannot be written (a directory named ``metrics.jsonl``, a full disk) raises
 ``metta.common.fs.WriteError`` naming the file and the cause.
 """
@@ -28,6 +31,7 @@ import operator
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -56,6 +60,7 @@ class StatsLogger:
         tensorboard: bool = False,
         stream: TextIO | None = None,
         resume_epoch: int | None = None,
+        clock: Callable[[], float] | None = None,
     ):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -75,7 +80,8 @@ class StatsLogger:
             except ImportError as err:  # tensorboard is an optional install
                 raise ImportError("tensorboard=True needs the tensorboard package: pip install tensorboard") from err
             self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
-        self._start = time.time()
+        start = time.time()
+        self._clock = clock or (lambda: time.time() - start)
 
     def resume_from(self, epoch: int) -> None:
         """What ``resume_epoch=epoch`` does, for a logger opened before the run knew where it resumes: the rows
@@ -93,7 +99,7 @@ class StatsLogger:
             raise write_error(self.metrics_path, err) from err
 
     def log(self, epoch: int, agent_step: int, metrics: dict[str, Any]) -> None:
-        row = {"epoch": epoch, "agent_step": agent_step, "time": round(time.time() - self._start, 3)}
+        row = {"epoch": epoch, "agent_step": agent_step, "time": round(self._clock(), 3)}
         row.update({k: _plain(v) for k, v in metrics.items()})
         fault_point("log", str(epoch))
         try:

@@ -30,6 +30,7 @@ optimizer state and the run's counters as they are, says in the log what happens
 
 from __future__ import annotations
 
+import copy
 import io
 import logging
 import os
@@ -236,6 +237,16 @@ def _fit_problem(state_dict: Mapping[str, Any], agent: torch.nn.Module) -> str |
         if isinstance(value, torch.Tensor) and (not isinstance(other, torch.Tensor) or other.shape != value.shape):
             shape = tuple(other.shape) if isinstance(other, torch.Tensor) else type(other).__name__
             return f"its {key} has shape {shape}, the agent's {tuple(value.shape)}"
+    # The shapes fit; what the layers' extra state binds may not (the env's actions next to the checkpoint's may
+    # outnumber the action embeddings): loaded into a copy, so the agent itself is untouched either way.
+    try:
+        trial = copy.deepcopy(unwrap_agent(agent))
+    except Exception:  # an agent of the caller's own that cannot be copied: restore_checkpoint reports a misfit
+        return None
+    try:
+        trial.load_state_dict(state_dict)
+    except (RuntimeError, ValueError, KeyError) as e:
+        return " ".join(str(e).split())
     return None
 
 
@@ -828,7 +839,7 @@ def restore_checkpoint(
             else:
                 state_dict = read_policy_file(ckpt.policy_path)["state_dict"]
             unwrap_agent(agent).load_state_dict(state_dict)
-        except (PolicyFileError, RuntimeError) as e:
+        except (PolicyFileError, RuntimeError, ValueError) as e:
             raise CheckpointError(
                 f"cannot load policy {ckpt.policy_path} into the agent: {e}. The checkpoint was made with a "
                 "different agent config or environment; build the agent with the config in the checkpoint's "

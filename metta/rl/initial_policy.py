@@ -18,19 +18,22 @@ from __future__ import annotations
 
 import glob
 import os
+import pickle
 import random
 from typing import Any
 
 import torch
 
 from metta.agent.policy_record import PolicyRecord
-from metta.agent.policy_store import select_records
+from metta.agent.policy_store import PolicyFileError, read_policy_file, select_records
 
 
-def check_initial_policy_uri(uri: str | None) -> None:
-    """Fail fast, before a run creates anything, when ``uri`` cannot name a policy: a path (plain or ``file://``)
-    that does not exist or a directory without ``*.pt`` files, or a scheme other than ``file://``/``wandb://``
-    (a ``wandb://`` uri is resolved when the policy is loaded). ``None`` or "" (no initial policy) passes."""
+def check_policy_uri(uri: str | None, field: str = "initial_policy.uri") -> None:
+    """Fail fast, before a run creates anything, when ``uri`` (the setting ``field``, e.g. ``initial_policy.uri``
+    or ``kickstart.teacher_uri``) cannot name a policy: a path (plain or ``file://``) that does not exist, a
+    directory without ``*.pt`` files, a file that is not a readable metta policy (truncated, or holding objects a
+    weights-only load refuses, which could run code when loaded), or a scheme other than ``file://``/``wandb://``
+    (a ``wandb://`` uri is resolved when the policy is loaded). ``None`` or "" (no policy) passes."""
     if not uri:
         return
     uri = str(uri)
@@ -38,16 +41,24 @@ def check_initial_policy_uri(uri: str | None) -> None:
         return
     path = uri[len("file://") :] if uri.startswith("file://") else uri
     if "://" in path:
-        raise ValueError(
-            f"initial_policy.uri={uri!r}: unsupported scheme; use a policy file, a directory, file:// or wandb://"
-        )
+        raise ValueError(f"{field}={uri!r}: unsupported scheme; use a policy file, a directory, file:// or wandb://")
     if os.path.isdir(path):
         if not glob.glob(os.path.join(path, "*.pt")):
-            raise FileNotFoundError(f"initial_policy.uri={uri!r} is a directory with no *.pt policy files")
-    elif not os.path.isfile(path):
+            raise FileNotFoundError(f"{field}={uri!r} is a directory with no *.pt policy files")
+        return
+    if not os.path.isfile(path):
         raise FileNotFoundError(
-            f"initial_policy.uri={uri!r} does not exist; name a policy file, a directory of them or a wandb:// uri"
+            f"{field}={uri!r} does not exist; name a policy file, a directory of them or a wandb:// uri"
         )
+    try:
+        read_policy_file(path)  # memory-mapped: the metadata is read, the weights are not
+    except PolicyFileError as err:
+        if isinstance(err.__cause__, pickle.UnpicklingError):  # torch's message is a page long: say it in one line
+            raise ValueError(
+                f"{field}={uri!r} holds objects other than tensors and plain values, which a weights-only load "
+                "refuses (loading them could run code); use a policy file saved by metta (PolicyStore.save)"
+            ) from None
+        raise ValueError(f"{field}={uri!r}: {' '.join(str(err).split())}") from None
 
 
 def select_initial_policy(policy_store: Any, cfg: Any, seed: int = 0) -> PolicyRecord:

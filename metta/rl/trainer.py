@@ -15,8 +15,8 @@ run.py writes this loop out; ``functional_training_loop`` runs it with a step fu
 Setup (``__enter__``) acquires, in order, each released in reverse by one ``ExitStack`` however the run ends: the stop
 signals (SIGTERM/SIGINT finish the iteration in progress, checkpoint and return; under torchrun the launcher's death
 does too, ``GracefulStop.watch_launcher``), the device (``device=cuda`` without CUDA is an error) and the process group
-under torchrun, the run directory and its lock, the seeds (``seed_process``), the envs, the policy, store, optimizer and
-buffer (or the ones given), the resume from the newest good checkpoint (else the initial policy), compilation and the
+under torchrun, an existing run directory's lock, the seeds, the envs, the policy, store, optimizer, buffer and teachers
+(or the ones given), a new run's directory and lock, the resume (else the initial policy), the records, compilation, the
 DDP wrapper, the monitors, wandb, the metrics logger and the profiler. Every periodic task fires when the epoch counter
 crosses a multiple of its interval (``metta.rl.intervals.crossed``); the last iteration (steps done, or a stop) always
 checkpoints and, unless stopped, evaluates; the epoch's row is logged before its checkpoint, so a run killed in between
@@ -48,7 +48,14 @@ from metta.common.fault_points import fault_point
 from metta.common.graceful_stop import GracefulStop
 from metta.common.profiling.memory_monitor import MemoryMonitor
 from metta.common.profiling.stopwatch import Stopwatch
-from metta.common.run_dirs import RunDirectories, resolve_run_name, save_experiment_config, setup_run_directories
+from metta.common.run_dirs import (
+    RunDirectories,
+    resolve_data_dir,
+    resolve_run_name,
+    run_directories,
+    save_experiment_config,
+    setup_run_directories,
+)
 from metta.common.run_lock import acquire_run_lock
 from metta.common.run_report import write_run_report
 from metta.common.stats_logger import StatsLogger
@@ -68,7 +75,7 @@ from metta.rl.checkpoint import (
 from metta.rl.components import PolicyEvaluator, PPOOptimizer, RolloutCollector, TrainingCheckpointer
 from metta.rl.epoch_metrics import epoch_metrics, interval_metrics
 from metta.rl.experience import Experience, make_experience
-from metta.rl.initial_policy import check_initial_policy_uri, load_initial_policy
+from metta.rl.initial_policy import check_policy_uri, load_initial_policy
 from metta.rl.intervals import crossed
 from metta.rl.kickstarter import Kickstarter
 from metta.rl.losses import CustomLossFn, custom_loss_names
@@ -227,7 +234,10 @@ class Trainer:
         given = self._given
         trainer_cfg = cfg.trainer
         # Inputs only their files can validate come first, before anything is created.
-        check_initial_policy_uri(trainer_cfg.initial_policy.uri)
+        check_policy_uri(trainer_cfg.initial_policy.uri, "trainer.initial_policy.uri")
+        check_policy_uri(trainer_cfg.kickstart.teacher_uri, "trainer.kickstart.teacher_uri")
+        for i, teacher in enumerate(trainer_cfg.kickstart.additional_teachers or []):
+            check_policy_uri(teacher.teacher_uri, f"trainer.kickstart.additional_teachers[{i}].teacher_uri")
         curriculum = None
         if given["vecenv"] is None:
             source = given["curriculum"] if given["curriculum"] is not None else trainer_cfg.curriculum
@@ -240,10 +250,11 @@ class Trainer:
             self.stop.watch_launcher(trainer_cfg.worker_timeout_s)  # under torchrun: no orphan ranks if it dies
         self.device, self.is_master, self.world_size, self.rank = self._device_and_process_group(stack)
         trainer_cfg = scale_by_world_size(trainer_cfg, self.world_size)  # per-rank sizes
-        self.dirs = self._run_directory()
-        # One writer per run directory: rank 0 holds the lock (every rank learns the outcome), and the OS drops it if
-        # the process dies.
-        stack.callback(acquire_run_lock(self.dirs.run_dir).release)
+        # A launch is checked whole before it changes the run directory: a new run's directory is made, and an
+        # existing one's records written, only once the envs, policy, buffer, teachers and checkpoint fit.
+        self.dirs, existing = self._run_directory()
+        if existing:  # one writer per run directory, before its checkpoints are read (see _lock_run_directory)
+            self._lock_run_directory(stack)
         env_seed = seed_process(cfg.seed, self.rank)  # torch and numpy: seed + rank; the envs: seed + 1000 x rank
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
@@ -263,14 +274,10 @@ class Trainer:
                 "data_dir": os.path.dirname(self.dirs.run_dir),
                 "num_envs": self.env.num_envs,
                 "agent": agent_config if isinstance(agent_config, AgentConfig) else cfg.agent,
-                "trainer": trainer_cfg,
+                # The sizes as given (totals when scale_batches_by_world_size), so a relaunch splits them again.
+                "trainer": cfg.trainer.with_run_dir(self.dirs.run_dir),
             }
         )
-        save_experiment_config(self.dirs, self.device, trainer_cfg, extra=self._run_record())
-        if self.is_master:
-            Path(self.dirs.run_dir, "run_config.json").write_text(
-                self.resolved.model_dump_json(indent=2, by_alias=True)
-            )
         self.policy_store = _given_or(
             given["policy_store"],
             lambda: PolicyStore(
@@ -291,7 +298,13 @@ class Trainer:
             given["kickstarter"], lambda: Kickstarter(trainer_cfg.kickstart, self.device, self.policy_store, self.env)
         )
         self.timer = _given_or(given["timer"], Stopwatch)
+        if not existing:
+            setup_run_directories(self.dirs.run_name, os.path.dirname(self.dirs.run_dir))
+            self._lock_run_directory(stack)
         self._resume()
+        # The launch is accepted: the folders (a copied run directory may lack some) and the run's records.
+        setup_run_directories(self.dirs.run_name, os.path.dirname(self.dirs.run_dir))
+        self._write_run_records()
         if trainer_cfg.compile:
             compile_policy(self.policy, trainer_cfg.compile_mode)
             self.say(f"policy compiled with torch.compile (mode {trainer_cfg.compile_mode})")
@@ -326,6 +339,7 @@ class Trainer:
                 wandb_run=self.wandb_run,
                 console=trainer_cfg.verbose,
                 resume_epoch=self.state.epoch,
+                clock=self.timer.get_elapsed,  # the run's training seconds, restored with a checkpoint
             )
             if self.is_master
             else None
@@ -363,14 +377,30 @@ class Trainer:
         device = setup.device if policy is None else next(policy.parameters()).device
         return device, setup.is_master, setup.world_size, setup.rank
 
-    def _run_directory(self) -> RunDirectories:
-        """``{data_dir}/{experiment_name}``; under torchrun every rank uses rank 0's (possibly timestamped) name."""
-        name = self.config.experiment_name
-        if self.world_size > 1 and name is None:
-            names = [resolve_run_name(None) if self.is_master else None]
-            torch.distributed.broadcast_object_list(names, src=0)
-            name = names[0]
-        return setup_run_directories(name, self.config.data_dir)
+    def _run_directory(self) -> tuple[RunDirectories, bool]:
+        """The paths of ``{data_dir}/{experiment_name}`` (absolute, so the records resume from any directory) and
+        whether it exists; nothing is created. Under torchrun every rank uses rank 0's (possibly timestamped) name
+        and rank 0's answer."""
+        data_dir = os.path.abspath(resolve_data_dir(self.config.data_dir))
+        name = resolve_run_name(self.config.experiment_name)
+        found = [name, os.path.isdir(os.path.join(data_dir, name))]
+        if self.world_size > 1:
+            torch.distributed.broadcast_object_list(found, src=0)
+        return run_directories(found[0], data_dir), found[1]
+
+    def _lock_run_directory(self, stack: ExitStack) -> None:
+        """One writer per run directory: rank 0 holds ``run.lock`` (every rank learns the outcome), and the OS drops
+        it if the process dies."""
+        stack.callback(acquire_run_lock(self.dirs.run_dir).release)
+
+    def _write_run_records(self) -> None:
+        """``config.yaml`` and ``run_config.json`` (rank 0): the settings this launch runs with, sizes resolved,
+        written once the launch is accepted; ``python run.py --config {run_dir}/run_config.json`` resumes it."""
+        save_experiment_config(self.dirs, self.device, self.trainer_cfg, extra=self._run_record())
+        if self.is_master:
+            Path(self.dirs.run_dir, "run_config.json").write_text(
+                self.resolved.model_dump_json(indent=2, by_alias=True)
+            )
 
     def _run_record(self) -> dict[str, Any]:
         """What config.yaml records beside the trainer: the run's settings, the agent and the envs this process

@@ -33,20 +33,10 @@ def _number(value: Any) -> float | None:
 
 
 def training_seconds(rows: list[dict[str, Any]]) -> list[float]:
-    """Each row's training time since the run began, summed over resumes.
-
-    A row's ``time`` is seconds since its process began logging; a resumed run starts again near zero, so a
-    ``time`` below the row before it starts a new process, whose times add to where the previous one ended.
-    (A resume whose first epoch outlasts everything its killed process logged is not noticed; then its clock
-    misses that process's time, at most one epoch.)"""
-    out, offset, previous = [], 0.0, None
-    for row in rows:
-        t = _number(row.get("time")) or 0.0
-        if previous is not None and t < previous:
-            offset += previous
-        out.append(offset + t)
-        previous = t
-    return out
+    """Each row's training time since the run began: its ``time``, which run.py carries across resumes (the
+    checkpoint keeps it), so a trial resumed by another worker goes on spending the same budget. (A killed
+    process's time after its last checkpoint is not counted: its rows are logged again.)"""
+    return [_number(row.get("time")) or 0.0 for row in rows]
 
 
 def row_progress(rows: list[dict[str, Any]], budget: TrialBudget) -> list[float]:

@@ -163,7 +163,9 @@ class TrialBudget(BaseModel):
     model_config = ConfigDict(extra="forbid")
     agent_steps: int | None = Field(default=None, gt=0, description="sets trainer.total_timesteps of every trial")
     minutes: float | None = Field(
-        default=None, gt=0, description="training time (metrics.jsonl's clock, summed over resumes); then SIGTERM"
+        default=None,
+        gt=0,
+        description="training time (metrics.jsonl's clock, which goes on across resumes); then SIGTERM",
     )
     reports: int = Field(default=10, ge=1, description="intermediate reports per trial, at equal parts of the budget")
 

@@ -47,18 +47,23 @@ class Run:
         env: dict[str, str] | None = None,
         launcher: list[str] | None = None,
     ):
-        self.run_dir = data_dir / name
-        self.log_path = data_dir / f"{name}.{time.monotonic_ns()}.log"
         total = FOREVER if epochs is None else epochs * STEPS
         args = [f"data_dir={data_dir}", f"run={name}", f"trainer.total_timesteps={total}", *TINY, *extra]
+        command = [*(launcher or [sys.executable]), str(REPO / "run.py"), *args]
+        self._start(command, data_dir / name, data_dir / f"{name}.{time.monotonic_ns()}.log", env or run_env(), REPO)
+
+    @classmethod
+    def command(cls, command: list[str], run_dir: Path | None, log_path: Path, cwd: Path) -> Run:
+        """Any command line, started in ``cwd`` (``run_dir`` may be set once it is known)."""
+        run = cls.__new__(cls)
+        run._start(command, run_dir, log_path, run_env(), cwd)
+        return run
+
+    def _start(self, command: list[str], run_dir: Path | None, log_path: Path, env: dict[str, str], cwd: Path):
+        self.run_dir, self.log_path = run_dir, log_path
         with open(self.log_path, "w") as log:
             self.proc = subprocess.Popen(
-                [*(launcher or [sys.executable]), str(REPO / "run.py"), *args],
-                cwd=REPO,
-                env=env or run_env(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
+                command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
 
     @property

@@ -1,8 +1,11 @@
-"""Bad input gets a clear error before any work starts (naming the field, the value and what is allowed), and
-out-of-range action values of any integer dtype are counted as invalid actions, never wrapped to valid ones."""
+"""Bad input gets a clear error before any work starts (naming the field, the value and what is allowed), a
+refused launch of an existing run changes none of its files, and out-of-range action values of any integer dtype
+are counted as invalid actions, never wrapped to valid ones."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,14 +13,62 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from pydantic import BaseModel, ValidationError
 
+from metta.agent.agent_config import fast_agent_config
 from metta.common.config_cli import ConfigCliError, parse_config
 from metta.interface import Environment
 from metta.mettagrid import MettaGridConfig, MettaGridEnv
 from metta.mettagrid.vecenv import make_vecenv
 
 ROOT = Path(__file__).resolve().parents[2]
+TINY = (
+    "num_envs=4 trainer.batch_size=1024 trainer.minibatch_size=256 trainer.bptt_horizon=8 trainer.update_epochs=1 "
+    "evaluate=false device=cpu torch_threads=1"
+).split()
+TOO_MANY_AGENTS = [
+    "trainer.curriculum=/env/mettagrid/curriculum/simple",
+    "num_envs=50",
+    "trainer.batch_size=1024",
+    "trainer.minibatch_size=256",
+    "trainer.bptt_horizon=8",
+]
+TOO_MANY_AGENTS_MESSAGE = "total_agents=200 is more than segments = batch_size / bptt_horizon = 1024 / 8 = 128"
+
+
+def unsafe_policy_file(tmp_path: Path) -> Path:
+    """A .pt file whose unpickling would run a command: a weights-only load refuses it."""
+    path = tmp_path / "unsafe.pt"
+    torch.save({"payload": _RunsCode()}, path)
+    return path
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("echo this must never run",))
+
+
+def start_run_py(args: list[str], cwd: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k not in ("METTA_RUN", "DATA_DIR")}
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "run.py"), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=cwd,
+        env={**env, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"},
+    )
+
+
+def assert_refused(proc: subprocess.Popen, message: str) -> str:
+    """run.py exits non-zero with a ``run.py: ...`` message holding ``message`` and no traceback; returns its
+    stdout."""
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode != 0, stderr[-3000:]
+    assert "Traceback" not in stderr and message in stderr, stderr[-3000:]
+    assert "\nrun.py: " in f"\n{stderr}", stderr[-3000:]
+    return stdout
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -48,6 +99,7 @@ def test_broken_yaml_config_names_the_file_and_the_place(tmp_path, text, where):
 def test_run_py_rejects_bad_input_before_creating_a_run_directory(tmp_path):
     broken = tmp_path / "broken.yaml"
     broken.write_text("trainer: {total_timesteps: 10\n")
+    unsafe = unsafe_policy_file(tmp_path)
     cases: list[tuple[subprocess.Popen, str, Path]] = []
     for args, message in (
         ([f"--config={broken}"], f"--config {broken}: not valid YAML at line 2"),
@@ -65,6 +117,12 @@ def test_run_py_rejects_bad_input_before_creating_a_run_directory(tmp_path):
             "game.num_agents: Input should be greater than or equal to 1 (got 0)",
         ),
         (["seed=-1"], "seed=-1: Input should be greater than or equal to 0"),
+        (
+            ["trainer.kickstart.teacher_uri=/nonexistent/teacher.pt"],
+            "trainer.kickstart.teacher_uri='/nonexistent/teacher.pt' does not exist",
+        ),
+        ([f"trainer.kickstart.teacher_uri={unsafe}"], "holds objects other than tensors and plain values"),
+        (TOO_MANY_AGENTS, TOO_MANY_AGENTS_MESSAGE),
         (["agent=bogus"], "agent name='bogus' is unknown"),
         (["device=bogus"], "device='bogus' is not a torch device; use 'cpu', 'cuda' or 'cuda:N'"),
         # A run configured for a GPU never trains on the CPU instead.
@@ -73,19 +131,80 @@ def test_run_py_rejects_bad_input_before_creating_a_run_directory(tmp_path):
         else (["device=cuda:64"], "device='cuda:64' but only"),
     ):
         data_dir = tmp_path / f"runs{len(cases)}"
-        proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "run.py"), *args, f"data_dir={data_dir}", "run=bad_input"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=tmp_path,
-        )
+        proc = start_run_py([*args, f"data_dir={data_dir}", "run=bad_input"], tmp_path)
         cases.append((proc, message, data_dir))  # all at once: each is mostly an interpreter starting
     for proc, message, data_dir in cases:
-        _, stderr = proc.communicate(timeout=120)
-        assert proc.returncode != 0
-        assert message in stderr and "Traceback" not in stderr
+        assert "this must never run" not in assert_refused(proc, message)
         assert not data_dir.exists()
+
+
+# --------------------------------------------------------------------------------------------------------
+# Refused launches of an existing run
+
+
+@pytest.fixture(scope="module")
+def small_embedding_run(tmp_path_factory) -> Path:
+    """One epoch of a run whose agent has action embeddings for the navigation actions alone (8 of them, and 1
+    to spare), resumed below with launches that must be refused."""
+    data_dir = tmp_path_factory.mktemp("refused")
+    proc = start_run_py([*small_embedding_launch(data_dir), "trainer.total_timesteps=1024"], data_dir)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr[-3000:]
+    return data_dir / "existing"
+
+
+def small_embedding_launch(data_dir: Path) -> list[str]:
+    """run.py's arguments for the run ``existing`` under ``data_dir`` (its agent in a config file there)."""
+    config = data_dir / "small_embeddings.yaml"
+    if not config.exists():
+        agent = fast_agent_config().model_dump(mode="json", by_alias=True)
+        agent["components"]["_action_embeds_"]["nn_params"]["num_embeddings"] = 9
+        config.write_text(yaml.safe_dump({"agent": agent}))
+    return [f"--config={config}", f"data_dir={data_dir}", "run=existing", *TINY]
+
+
+def snapshot(run_dir: Path) -> dict[str, bytes | None]:
+    """Every file's bytes and every folder (None) under ``run_dir``."""
+    return {str(p.relative_to(run_dir)): None if p.is_dir() else p.read_bytes() for p in sorted(run_dir.rglob("*"))}
+
+
+def corrupt_every_checkpoint(run_dir: Path) -> None:
+    for path in (run_dir / "checkpoints").iterdir():
+        path.write_bytes(path.read_bytes()[:100])
+
+
+def test_a_refused_launch_of_an_existing_run_changes_nothing(small_embedding_run: Path, tmp_path: Path):
+    """Each launch resumes a copy of the run with one thing that does not fit; each is refused with a one-line
+    message, and every file of the run is as it was."""
+    cases = [
+        # (the launch's own settings, what the run directory's copy has done to it, the message)
+        (["agent=interface_default"], None, "fits this agent"),
+        (  # one action more than the checkpoint's embeddings hold beside its own 8
+            ["trainer.env_overrides={game.actions.get_items.enabled: false, game.actions.swap.enabled: true}"],
+            None,
+            "action 'swap_0' needs embedding 9 but num_embeddings=9",
+        ),
+        ([], corrupt_every_checkpoint, "can be loaded"),
+        (["trainer.kickstart.teacher_uri=/nonexistent/teacher.pt"], None, "teacher_uri='/nonexistent/teacher.pt'"),
+        (  # the run's 16 agents in a batch of 8 rows
+            ["trainer.batch_size=64", "trainer.minibatch_size=64"],
+            None,
+            "total_agents=16 is more than segments = batch_size / bptt_horizon = 64 / 8 = 8",
+        ),
+    ]
+    started = []
+    for i, (args, damage, message) in enumerate(cases):
+        data_dir = tmp_path / f"copy{i}"
+        run_dir = data_dir / "existing"
+        shutil.copytree(small_embedding_run, run_dir)
+        if damage is not None:
+            damage(run_dir)
+        before = snapshot(run_dir)
+        launch = [*small_embedding_launch(data_dir), "trainer.total_timesteps=4096", *args]
+        started.append((start_run_py(launch, tmp_path), message, run_dir, before))
+    for proc, message, run_dir, before in started:
+        assert_refused(proc, message)
+        assert snapshot(run_dir) == before, message
 
 
 # --------------------------------------------------------------------------------------------------------

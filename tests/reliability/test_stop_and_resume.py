@@ -10,6 +10,8 @@
 - A directory whose checkpoints all fail to load stops run.py with the error and changes nothing, unless
   ``restart_if_unloadable=true``.
 - A second run.py on a directory in use is refused, naming the directory and the holder's pid.
+- A run named by its timestamp, stopped, resumes with the command its stop message prints (its run_config.json),
+  from another directory; metrics.jsonl's ``time`` and the report's wall time go on across the resume.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -27,7 +30,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-from run_helpers import REPO, STEPS, Run, metrics_epochs, metrics_rows, run_env
+from run_helpers import FOREVER, REPO, STEPS, TINY, Run, metrics_epochs, metrics_rows, run_env
 
 from metta.agent.policy_store import read_policy_file
 from metta.common.run_lock import RunLock
@@ -159,6 +162,62 @@ def test_kills_at_chosen_moments_resume_without_duplicate_or_missing_epochs(tmp_
         f"trainer_state_{final - 1:04d}.ckpt",
         f"trainer_state_{final:04d}.ckpt",
     ]
+
+
+def resume_command(log: str) -> list[str]:
+    """The command of the stop message's ``resume with: ...`` line, on this interpreter."""
+    (line,) = [line for line in log.splitlines() if line.startswith("resume with: ")]
+    command = shlex.split(line.removeprefix("resume with: "))
+    assert command[0] == "python"
+    return [sys.executable, *command[1:]]
+
+
+def test_a_timestamped_run_resumes_with_the_printed_command_and_its_time_goes_on(tmp_path: Path):
+    data_dir = tmp_path / "runs"  # given relative to where run.py starts; recorded absolute
+    first = Run.command(
+        [sys.executable, str(REPO / "run.py"), "data_dir=runs", f"trainer.total_timesteps={FOREVER}", *TINY],
+        None,
+        tmp_path / "first.log",
+        cwd=tmp_path,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (found := list(data_dir.glob("run_*/metrics.jsonl"))):  # `python run.py` names it run_<time>
+            assert first.proc.poll() is None and time.monotonic() < deadline, first.log[-3000:]
+            time.sleep(0.05)
+        first.run_dir = found[0].parent
+        first.wait_for_epoch(2)
+        first.signal_group(signal.SIGTERM)
+        assert first.finish() == 0, first.log[-3000:]
+    finally:
+        first.kill()
+    run_dir = first.run_dir
+    record = json.loads((run_dir / "run_config.json").read_text())
+    assert record["experiment_name"] == run_dir.name and Path(record["data_dir"]) == data_dir.resolve()
+    stopped_at = metrics_epochs(run_dir)[-1]
+    first_time = metrics_rows(run_dir)[-1]["time"]
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    command = resume_command(first.log)
+    assert command[1:] == [str(REPO / "run.py"), "--config", str(run_dir.resolve() / "run_config.json")]
+    second = Run.command(command, run_dir, tmp_path / "second.log", cwd=elsewhere)
+    try:
+        second.wait_for_epoch(stopped_at + 2)
+        second.signal_group(signal.SIGTERM)
+        assert second.finish() == 0, second.log[-3000:]
+    finally:
+        second.kill()
+    assert resumed_epoch(second.log) == stopped_at and resume_command(second.log) == command
+    assert not list(elsewhere.iterdir())  # everything went to the recorded run directory
+    assert_complete(run_dir)
+    times = [row["time"] for row in metrics_rows(run_dir)]
+    assert all(a < b for a, b in zip(times, times[1:])), times  # on across the resume, never from 0 again
+    assert times[stopped_at] > first_time
+    # The checkpoint carries the training time; the report's wall time covers both processes.
+    stopwatch = load_latest_checkpoint(str(run_dir / "checkpoints")).stopwatch_state
+    assert stopwatch["global"]["total_elapsed"] >= times[-1]
+    assert f"{times[-1] / 60:.1f} min" in (run_dir / "index.html").read_text()
 
 
 def test_all_corrupt_directory_stops_with_the_error_and_changes_nothing(tmp_path: Path):
