@@ -3,7 +3,9 @@ fixture."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -23,8 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from headless_browser import HeadlessBrowser, find_chromium  # noqa: E402
 
 # Terrain sets a test generates whole go to a disk cache (metta.mettagrid.map.terrain): one of this session's
-# own, inherited by the processes tests start, so no test reads what another session left in ~/.cache.
-os.environ.setdefault("METTA_TERRAIN_CACHE", tempfile.mkdtemp(prefix="metta-terrain-test-"))
+# own, inherited by the processes tests start (pytest-xdist's workers too), so no test reads what another session
+# left in ~/.cache; the process that made it removes it at exit.
+if "METTA_TERRAIN_CACHE" not in os.environ:
+    os.environ["METTA_TERRAIN_CACHE"] = tempfile.mkdtemp(prefix="metta-terrain-test-")
+    atexit.register(shutil.rmtree, os.environ["METTA_TERRAIN_CACHE"], ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
