@@ -313,7 +313,7 @@ def check_evaluation_suite_and_database(runs):
 
 
 def check_torch_threads(runs):
-    assert "1 torch thread (torch_threads)" in runs["r1"]
+    assert "1 torch thread (set by torch_threads)" in runs["r1"]
     threads, why = torch_threads_for(env_workers=0)  # r0 leaves it unset: the usable CPUs, serial envs
     assert f"{threads} torch thread{'s' * (threads != 1)} ({why})" in runs["r0"]
 

@@ -381,7 +381,7 @@ class Trainer:
         its env worker processes (``metta.common.cpus.torch_threads_for``); returns why, for the start line."""
         if self.config.torch_threads:
             torch.set_num_threads(self.config.torch_threads)
-            return "torch_threads"
+            return "set by torch_threads"
         workers = self.env.num_workers if isinstance(self.env, MultiprocessingVecEnv) else 0
         ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun's ranks on this machine
         threads, why = torch_threads_for(workers, ranks_here)
@@ -671,7 +671,7 @@ class Trainer:
             )
             return True
         why = (
-            "this run has not evaluated yet, so how long that takes is unknown"
+            "no evaluation has run in this process yet, so how long one takes is unknown"
             if took is None
             else f"this run's last evaluation took {took:.1f} s, more than {setting}"
         )
