@@ -143,7 +143,7 @@ def test_resume_after_clean_stop(base_run: Path, tmp_path: Path):
     assert "timer 'global' is already running" not in out
     # The start line says what the run will train; the epoch line its time and the time left.
     assert "run base: 5,000 agent steps, rounded up to whole batches of 1,024: 5,120 on cpu" in out
-    assert re.search(r"epoch +5 .* time \d+s +eta 0s\n", out), out[-2000:]
+    assert re.search(r"epoch +5 .* elapsed \d+s +eta 0s\n", out), out[-2000:]
 
     rows = metrics_rows(run_dir)
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5]

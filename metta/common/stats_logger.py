@@ -78,7 +78,10 @@ class StatsLogger:
                 raise ImportError("tensorboard=True needs the tensorboard package: pip install tensorboard") from err
             self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
         self._start = time.time()
-        self.start_agent_step = start_agent_step  # the steps before this logger started: the ETA's rate is since
+        # The ETA's rate: the steps since this logger started over the seconds since (a resumed run's earlier
+        # steps ran at another time, maybe on another machine).
+        self.start_agent_step = start_agent_step
+        self._rate_start = time.monotonic()
 
     def resume_from(self, epoch: int) -> None:
         """What ``resume_epoch=epoch`` does, for a logger opened before the run knew where it resumes: the rows
@@ -144,7 +147,7 @@ class StatsLogger:
         ]
         if split:
             parts.append("[" + " ".join(split) + "]")
-        parts.append(f"time {format_duration(row['time'])}")
+        parts.append(f"elapsed {format_duration(row['time'])}")
         eta = self._eta(agent_step)
         if eta is not None:
             parts.append(f"eta {format_duration(eta)}")
@@ -156,7 +159,7 @@ class StatsLogger:
 
     def _eta(self, agent_step: int) -> float | None:
         """Seconds until ``total_timesteps`` at this logger's average rate (steps since it started per second)."""
-        steps, seconds = agent_step - self.start_agent_step, time.time() - self._start
+        steps, seconds = agent_step - self.start_agent_step, time.monotonic() - self._rate_start
         if not self.total_timesteps or steps <= 0 or seconds <= 0:
             return None
         return max(0, self.total_timesteps - agent_step) * seconds / steps

@@ -30,7 +30,7 @@ def test_metrics_file_console_and_append(tmp_path):
     line = out.getvalue().strip()
     assert "epoch     1" in line and "sps 1,234" in line and "reward 0.5000" in line and "env 25%" in line
     assert "|" not in line  # no progress bar when the stream is not a terminal
-    assert " time 0s" in line and " eta " in line  # elapsed, and the time left at this run's rate
+    assert " elapsed 0s" in line and " eta " in line  # elapsed, and the time left at this run's rate
 
 
 def test_epoch_line_eta_needs_a_total_and_steps_since_the_start(tmp_path):
@@ -41,7 +41,7 @@ def test_epoch_line_eta_needs_a_total_and_steps_since_the_start(tmp_path):
     logger = StatsLogger(tmp_path, total_timesteps=1000, stream=out, start_agent_step=100)
     logger.log(2, 100, {})  # no step since this logger started: no rate yet
     logger.close()
-    assert all(" time " in line and " eta " not in line for line in out.getvalue().splitlines())
+    assert all(" elapsed " in line and " eta " not in line for line in out.getvalue().splitlines())
 
 
 def test_format_duration():
