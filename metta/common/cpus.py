@@ -2,6 +2,7 @@
 
     usable_cpus()                      # 2: the affinity mask, cut by a cgroup CPU quota
     torch_threads_for(env_workers=1)   # (1, "2 usable CPUs, 1 env worker")
+    torch_threads_for(env_workers=0)   # (1, "2 usable CPUs, 1 left for the envs stepped in this process")
 
 ``os.cpu_count()`` counts the machine's CPUs, which is more than a process may use under ``taskset``, a
 scheduler's CPU set (affinity) or a container's CPU quota (cgroup). A quota of 1.5 CPUs counts as 2, as the JVM
@@ -53,14 +54,20 @@ def usable_cpus(cgroup_root: str | os.PathLike = CGROUP_ROOT) -> int:
 
 
 def torch_threads_for(env_workers: int, ranks: int = 1, cpus: int | None = None) -> tuple[int, str]:
-    """Torch threads for a learner beside its ``env_workers`` env worker processes, one of ``ranks`` learners
-    sharing this machine, and why: the usable CPUs (``cpus``, default ``usable_cpus()``) split among the ranks,
-    less one per worker, at least 1. More threads than free CPUs make every parallel op wait for a thread that is
-    not running, which costs far more than the parallelism gains."""
+    """Torch threads for a learner beside its ``env_workers`` env worker processes (0: its envs step in its own
+    thread), one of ``ranks`` learners sharing this machine, and why: the usable CPUs (``cpus``, default
+    ``usable_cpus()``) split among the ranks, less one per worker, or less one for envs stepped in this process,
+    at least 1. Parallel ops wait for their slowest thread, so a thread that shares its core with other busy
+    work costs far more than it adds: on a 2-core machine with one other busy process, the serial CPU defaults
+    ran at ~2.5k agent steps/s with 2 threads and ~5.4k with 1; the CPU kept for serial envs keeps the learner
+    off the core the envs' own work and the rest of the machine need."""
     cpus = usable_cpus() if cpus is None else cpus
-    threads = max(1, cpus // ranks - env_workers)
+    threads = max(1, cpus // ranks - max(1, env_workers))
     why = f"{cpus} usable CPU{'s' * (cpus != 1)}"
     if ranks > 1:
         why += f" for {ranks} ranks"
-    why += f", {env_workers} env worker{'s' * (env_workers != 1)}" + (" per rank" if ranks > 1 else "")
+    if env_workers:
+        why += f", {env_workers} env worker{'s' * (env_workers != 1)}" + (" per rank" if ranks > 1 else "")
+    else:
+        why += ", 1 left for the envs stepped in this process"
     return threads, why

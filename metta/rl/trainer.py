@@ -378,7 +378,8 @@ class Trainer:
 
     def _set_torch_threads(self) -> str:
         """``torch_threads``, else the CPUs this process may use (shared with the other ranks on this machine) less
-        its env worker processes (``metta.common.cpus.torch_threads_for``); returns why, for the start line."""
+        one per env worker process, or one for serial envs (``metta.common.cpus.torch_threads_for``); returns why,
+        for the start line."""
         if self.config.torch_threads:
             torch.set_num_threads(self.config.torch_threads)
             return "set by torch_threads"
