@@ -77,7 +77,8 @@ def train(t: Trainer) -> None:
                 t.custom_loss_fns,
                 batch_start_step=it.agent_step_before,
             )
-        # In order, each at its interval (the last iteration checkpoints, and evaluates unless stopping): the
+        # In order, each at its interval (the last iteration checkpoints and evaluates; a stopped run evaluates
+        # only when its previous evaluation took at most trainer.simulation.evaluate_on_stop_s): the
         # epoch's metrics, evaluation and replay, the row to metrics.jsonl/console/wandb, a checkpoint and its
         # wandb upload, the L2-init reference weights.
         for task in t.periodic_tasks:

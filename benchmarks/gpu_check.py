@@ -120,7 +120,9 @@ def vecenv_wait_args(tiny: bool, workers: int) -> list[str]:
 
 def checks(device: str, tiny: bool, workdir: Path) -> list[tuple[str, list[str] | None, dict, float, str]]:
     """``(name, argv or None for in-process, extra env, time limit in seconds, group)`` in the order they run."""
-    workers = default_workers(os.cpu_count() or 2)
+    from metta.common.cpus import usable_cpus
+
+    workers = default_workers(usable_cpus())
     gpu = device.startswith("cuda")
     steps = 2048 if tiny else 32768
     run_args = [
@@ -279,13 +281,16 @@ def default_workers(cores: int) -> int:
 def lscpu_report() -> dict:
     """Logical CPUs against physical cores (hyper-threads), the workers the GPU sizes pick, and where those
     workers are pinned (metta.mettagrid.vecenv.worker_cpus: never two on one CPU, the learner's core left free)."""
+    from metta.common.cpus import usable_cpus
     from metta.mettagrid.vecenv import physical_cores, worker_cpus
 
     allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
     cores = physical_cores(allowed)
-    workers = default_workers(len(allowed))
+    usable = usable_cpus()  # the affinity cut by a cgroup CPU quota
+    workers = default_workers(usable)
     report = {
         "logical_cpus": len(allowed),
+        "usable_cpus": usable,
         "physical_cores": len(cores),
         "threads_per_core": max(len(core) for core in cores),
         "workers_default": workers,

@@ -58,7 +58,7 @@ ARGS = (
     "num_envs=4 trainer.batch_size=1024 trainer.minibatch_size=256 trainer.bptt_horizon=8 trainer.update_epochs=1 "
     "evaluate=false trainer.checkpoint.checkpoint_interval=1 device=cpu torch_threads=1 keep_checkpoints=2"
 ).split()
-SETUP_DONE = re.compile(r"INFO run \S+: [\d,]+ agent steps on")
+SETUP_DONE = re.compile(r"INFO run \S+: [\d,]+ agent steps\b")  # the start line, after the setup
 RESUMED = re.compile(r"resumed from \S+: epoch (\d+), agent_step (\d+)")
 
 

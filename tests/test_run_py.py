@@ -144,6 +144,9 @@ def test_resume_after_clean_stop(base_run: Path, tmp_path: Path):
     # run.py's last word (on stdout): the run's own records, with twice the steps (the stop's form: the signal tests).
     further = f"python {RUN_PY} --config {run_dir}/run_config.json trainer.total_timesteps=10000"
     assert f"train further with: {further}" in out.splitlines()
+    # The start line says what the run will train; the epoch line its time and the time left.
+    assert "run base: 5,000 agent steps, rounded up to whole batches of 1,024: 5,120 on cpu" in out
+    assert re.search(r"epoch +5 .* elapsed \d+s +eta 0s\n", out), out[-2000:]
 
     rows = metrics_rows(run_dir)
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5]

@@ -32,6 +32,7 @@ from component_helpers import fresh_policy, tiny_config, tiny_vecenv  # noqa: E4
 
 from metta.agent.policy_store import PolicyStore  # noqa: E402
 from metta.common.config_cli import ConfigCliError, field_paths, parse_config  # noqa: E402
+from metta.common.cpus import torch_threads_for  # noqa: E402
 from metta.common.evaluation_db import EvaluationDB, database_path  # noqa: E402
 from metta.rl.checkpoint import load_latest_checkpoint  # noqa: E402
 from metta.rl.experience import make_experience  # noqa: E402
@@ -312,7 +313,9 @@ def check_evaluation_suite_and_database(runs):
 
 
 def check_torch_threads(runs):
-    assert "1 torch threads" in runs["r1"]
+    assert "1 torch thread (set by torch_threads)" in runs["r1"]
+    threads, why = torch_threads_for(env_workers=0)  # r0 leaves it unset: the usable CPUs, serial envs
+    assert f"{threads} torch thread{'s' * (threads != 1)} ({why})" in runs["r0"]
 
 
 def check_debug_dump_weights(runs):
@@ -511,10 +514,17 @@ RUN_CHECKS = {
     "wandb.tags": check_wandb,
 }
 # Checked elsewhere: under torchrun with two ranks (tests/test_run_py.py::test_torchrun_two_processes), on a
-# run directory whose checkpoints are all corrupt (tests/reliability/test_stop_and_resume.py), and the two CUDA
+# run directory whose checkpoints are all corrupt and on a stopped run's evaluation
+# (tests/reliability/test_stop_and_resume.py), and the two CUDA
 # settings, which do nothing on a CPU: tf32 sets torch's switches (tests/rl/test_trainer_config.py), cuda_graphs
 # captures the rollout step (tests/device on CUDA; its eager form in tests/rl/test_rollout_training.py).
-ELSEWHERE = {"trainer.scale_batches_by_world_size", "restart_if_unloadable", "trainer.tf32", "trainer.cuda_graphs"}
+ELSEWHERE = {
+    "trainer.scale_batches_by_world_size",
+    "restart_if_unloadable",
+    "trainer.tf32",
+    "trainer.cuda_graphs",
+    "trainer.simulation.evaluate_on_stop_s",
+}
 
 
 @pytest.mark.parametrize("check", sorted(set(RUN_CHECKS.values()), key=lambda f: f.__name__), ids=lambda f: f.__name__)

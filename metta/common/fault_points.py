@@ -17,6 +17,7 @@ A value is ``<point>:<glob>``; the glob is matched (fnmatch) against the point's
     prune:<file name>   checkpoint pruning, before <file name> is deleted
     log:<epoch>         ``StatsLogger.log``, before the metrics row of <epoch> is written
     setup:env           run.py, after the run directory and the signal handlers exist, before the envs are built
+    evaluate:<epoch>    ``Trainer.evaluate``, before the evaluation of <epoch> starts
 
 They exist so that the reliability tests and ``benchmarks/kill_resume.py`` can kill a real run in the middle
 of a policy write, a trainer-state write or a prune instead of hoping a random kill lands there.

@@ -1,5 +1,6 @@
 """Where training metrics go: a local JSON-lines file (always), wandb (when a run is given), TensorBoard (when
-asked), and the console (a line per epoch, with a progress bar toward the total when stdout is a terminal).
+asked), and the console (a line per epoch with the time since the start and the ETA to ``total_timesteps``, and a
+progress bar toward it when stdout is a terminal).
 
     logger = StatsLogger(run_dir, total_timesteps=cfg.trainer.total_timesteps, wandb_run=wandb_run)
     logger.log(epoch, agent_step, {"overview/sps": sps, "overview/reward": r, "losses/policy_loss": pl, ...})
@@ -61,6 +62,7 @@ class StatsLogger:
         stream: TextIO | None = None,
         resume_epoch: int | None = None,
         clock: Callable[[], float] | None = None,
+        start_agent_step: int = 0,
     ):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -82,6 +84,10 @@ class StatsLogger:
             self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
         start = time.time()
         self._clock = clock or (lambda: time.time() - start)
+        # The ETA's rate: the steps since this logger started over the seconds since (a resumed run's earlier
+        # steps ran at another time, maybe on another machine).
+        self.start_agent_step = start_agent_step
+        self._rate_start = time.monotonic()
 
     def resume_from(self, epoch: int) -> None:
         """What ``resume_epoch=epoch`` does, for a logger opened before the run knew where it resumes: the rows
@@ -147,11 +153,22 @@ class StatsLogger:
         ]
         if split:
             parts.append("[" + " ".join(split) + "]")
+        parts.append(f"elapsed {format_duration(row['time'])}")
+        eta = self._eta(agent_step)
+        if eta is not None:
+            parts.append(f"eta {format_duration(eta)}")
         if self.total_timesteps and self._is_tty:
             done = min(1.0, agent_step / self.total_timesteps)
             width = 20
             parts.append("|" + "#" * int(done * width) + "." * (width - int(done * width)) + f"| {done * 100:.0f}%")
         return "  ".join(parts)
+
+    def _eta(self, agent_step: int) -> float | None:
+        """Seconds until ``total_timesteps`` at this logger's average rate (steps since it started per second)."""
+        steps, seconds = agent_step - self.start_agent_step, time.monotonic() - self._rate_start
+        if not self.total_timesteps or steps <= 0 or seconds <= 0:
+            return None
+        return max(0, self.total_timesteps - agent_step) * seconds / steps
 
     def close(self) -> None:
         if not self._file.closed:
@@ -159,6 +176,16 @@ class StatsLogger:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def format_duration(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``2h07m``: short enough for a line per epoch."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 _EPOCH_IN_TEXT = re.compile(r'"epoch"\s*:\s*(\d+)')

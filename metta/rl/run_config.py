@@ -123,7 +123,12 @@ class TrainingConfig(Config):
         description="evaluate on trainer.simulation.suite every trainer.simulation.evaluate_interval epochs",
     )
     replay: bool = Field(default=True, description="write a replay and its viewer page with each evaluation")
-    torch_threads: int | None = Field(default=None, ge=1, description="threads for torch ops; null: torch's choice")
+    torch_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="threads for torch ops; null: the usable CPUs (affinity, cgroup quota) less one per env worker "
+        "(serial envs: one), at least 1",
+    )
     debug_dump_weights: bool = Field(
         default=False, description="every rank saves its final weights to {run_dir}/rank{r}_weights.pt"
     )

@@ -19,8 +19,9 @@ under torchrun, an existing run directory's lock, the seeds, the envs, the polic
 (or the ones given), a new run's directory and lock, the resume (else the initial policy), the records, compilation, the
 DDP wrapper, the monitors, wandb, the metrics logger and the profiler. Every periodic task fires when the epoch counter
 crosses a multiple of its interval (``metta.rl.intervals.crossed``); the last iteration (steps done, or a stop) always
-checkpoints and, unless stopped, evaluates; the epoch's row is logged before its checkpoint, so a run killed in between
-resumes from the previous checkpoint and drops the row.
+checkpoints and evaluates (a stopped run only when its previous evaluation took at most
+``trainer.simulation.evaluate_on_stop_s``, ``Trainer.evaluate_on_stop``); the epoch's row is logged before its
+checkpoint, so a run killed in between resumes from the previous checkpoint and drops the row.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from metta.agent.agent_config import AgentConfig
 from metta.agent.metta_agent import make_policy
 from metta.agent.policy_record import PolicyRecord
 from metta.agent.policy_store import PolicyStore
+from metta.common.cpus import torch_threads_for
 from metta.common.device import require_device
 from metta.common.distributed import cleanup_distributed, is_distributed, seed_process, setup_device_and_distributed
 from metta.common.evaluation_db import database_path
@@ -64,6 +66,7 @@ from metta.common.wandb_context import cleanup_wandb, initialize_wandb
 from metta.mettagrid.curriculum.core import Curriculum
 from metta.mettagrid.curriculum.loader import curriculum_from_any
 from metta.mettagrid.replay import write_viewer_page
+from metta.mettagrid.vecenv import MultiprocessingVecEnv
 from metta.mettagrid.vecenv_factory import build_vecenv
 from metta.rl.checkpoint import (
     UnloadableCheckpointsError,
@@ -124,7 +127,7 @@ class Iteration:
     phase_before: dict[str, float]
     episode_stats: dict[str, list] = field(default_factory=dict)
     metrics: dict[str, float] | None = None
-    stopping: bool = False  # a stop was asked for: this is the last iteration, checkpointed, not evaluated
+    stopping: bool = False  # a stop was asked for: the last iteration, checkpointed, evaluated if that is quick
     last: bool = False  # the steps are done or a stop was asked for
     evaluated: bool = False
 
@@ -196,6 +199,7 @@ class Trainer:
         self._graceful_stop = graceful_stop and threading.current_thread() is threading.main_thread()
         self._stack: ExitStack | None = None
         self._stopped = False
+        self.last_evaluation_s: float | None = None  # how long this process's last evaluation took (with replay)
         self.state = TrainingState()
         self.periodic_tasks = [
             self.record_metrics,
@@ -256,8 +260,6 @@ class Trainer:
         if existing:  # one writer per run directory, before its checkpoints are read (see _lock_run_directory)
             self._lock_run_directory(stack)
         env_seed = seed_process(cfg.seed, self.rank)  # torch and numpy: seed + rank; the envs: seed + 1000 x rank
-        if cfg.torch_threads:
-            torch.set_num_threads(cfg.torch_threads)
         self.trainer_cfg = trainer_cfg = trainer_cfg.with_run_dir(self.dirs.run_dir)
 
         fault_point("setup", "env")  # a test hook (metta.common.fault_points); nothing unless its env var is set
@@ -266,6 +268,7 @@ class Trainer:
             kwargs = cfg.model_copy(update={"trainer": trainer_cfg}).env_kwargs(curriculum)
             self.env = build_vecenv(curriculum, seed=env_seed, **kwargs)
             stack.callback(self.env.close)
+        self.torch_threads_reason = self._set_torch_threads()
         self.policy = _given_or(given["policy"], lambda: make_policy(self.env, cfg.agent, self.device))
         agent_config = getattr(self.policy, "config", None)  # what was built, when the caller brought the policy
         self.resolved = cfg.model_copy(
@@ -340,6 +343,7 @@ class Trainer:
                 console=trainer_cfg.verbose,
                 resume_epoch=self.state.epoch,
                 clock=self.timer.get_elapsed,  # the run's training seconds, restored with a checkpoint
+                start_agent_step=self.state.agent_step,
             )
             if self.is_master
             else None
@@ -401,6 +405,19 @@ class Trainer:
             Path(self.dirs.run_dir, "run_config.json").write_text(
                 self.resolved.model_dump_json(indent=2, by_alias=True)
             )
+
+    def _set_torch_threads(self) -> str:
+        """``torch_threads``, else the CPUs this process may use (shared with the other ranks on this machine) less
+        one per env worker process, or one for serial envs (``metta.common.cpus.torch_threads_for``); returns why,
+        for the start line."""
+        if self.config.torch_threads:
+            torch.set_num_threads(self.config.torch_threads)
+            return "set by torch_threads"
+        workers = self.env.num_workers if isinstance(self.env, MultiprocessingVecEnv) else 0
+        ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun's ranks on this machine
+        threads, why = torch_threads_for(workers, ranks_here)
+        torch.set_num_threads(threads)
+        return why
 
     def _run_record(self) -> dict[str, Any]:
         """What config.yaml records beside the trainer: the run's settings, the agent and the envs this process
@@ -521,12 +538,26 @@ class Trainer:
         notes = f", batch {self.trainer_cfg.batch_size}"
         if self.state.agent_step:
             notes += f", resumed at epoch {self.state.epoch}, step {self.state.agent_step:,}"
+        threads = torch.get_num_threads()
         return (
-            f"run {self.dirs.run_name}: {self.trainer_cfg.total_timesteps:,} agent steps on {self.device} "
-            f"x{self.world_size}, {self.env.num_envs} envs ({self.env.num_agents} agents, {self.config.vectorization})"
-            f" per process{notes}, {torch.get_num_threads()} torch threads; metrics, checkpoints and replays in "
-            f"{self.dirs.run_dir}"
+            f"run {self.dirs.run_name}: {self._planned_steps()} on {self.device} x{self.world_size}, "
+            f"{self.env.num_envs} envs ({self.env.num_agents} agents, {self.config.vectorization}) per process{notes}, "
+            f"{threads} torch thread{'s' * (threads != 1)} ({self.torch_threads_reason}); metrics, checkpoints and "
+            f"replays in {self.dirs.run_dir}"
         )
+
+    def _planned_steps(self) -> str:
+        """``total_timesteps``, and what the run trains when that is not a whole number of batches (an iteration
+        collects a whole batch on every rank; ``training()`` stops after the first that reaches the total)."""
+        total, done = self.trainer_cfg.total_timesteps, self.state.agent_step
+        per_iteration = self.experience.agent_steps_per_rollout * self.world_size
+        iterations = -(-max(0, total - done) // per_iteration)  # rounded up
+        planned = done + iterations * per_iteration
+        if planned == max(total, done):
+            return f"{total:,} agent steps"
+        # With fewer agents per env batch than agents (async envs), a rollout may stop a step short of its bound.
+        up_to = "up to " if self.experience.agents_per_batch < self.experience.total_agents else ""
+        return f"{total:,} agent steps, rounded up to whole batches of {per_iteration:,}: {up_to}{planned:,}"
 
     def say(self, message: str) -> None:
         """A message about the run: printed with ``console``, else logged."""
@@ -621,13 +652,16 @@ class Trainer:
 
     def evaluate(self, it: Iteration) -> None:
         """Score the policy on ``trainer.simulation.suite`` (rank 0, ``config.evaluate``) every
-        ``trainer.simulation.evaluate_interval`` epochs and in the last iteration unless stopping (a stop exits in
-        seconds), with a replay and its viewer page (``config.replay``); the scores join the row as ``eval/*`` and
-        the checkpoint's metadata, the episodes the evaluation database (``{data_dir}/evaluations.sqlite``)."""
+        ``trainer.simulation.evaluate_interval`` epochs and in the last iteration, with a replay and its viewer page
+        (``config.replay``); the scores join the row as ``eval/*`` and the checkpoint's metadata, the episodes the
+        evaluation database (``{data_dir}/evaluations.sqlite``). A stopped run's last iteration evaluates only when
+        that takes seconds (``evaluate_on_stop``)."""
         interval = self.trainer_cfg.simulation.evaluate_interval
         due = it.last or crossed(interval, it.epoch_before, self.state.epoch)
-        if self.evaluator is None or it.stopping or not due:
+        if self.evaluator is None or not due or (it.stopping and not self.evaluate_on_stop()):
             return
+        fault_point("evaluate", str(self.state.epoch))  # a test hook: a second Ctrl-C during a stop's evaluation
+        started = time.monotonic()
         policy, state = unwrap_agent(self.agent), self.state
         # The live agent under the name of this epoch's checkpoint file, as the database rows and the report name it.
         record = live_policy_record(
@@ -653,6 +687,33 @@ class Trainer:
             )
             if path is not None:
                 self.say(f"replay: {write_viewer_page(path).resolve().as_uri()}")
+        self.last_evaluation_s = time.monotonic() - started
+
+    def evaluate_on_stop(self) -> bool:
+        """Whether a stopped run evaluates before its final checkpoint: when this run's previous evaluation (in
+        this process, with its replay) took at most ``trainer.simulation.evaluate_on_stop_s``, so the stop still
+        ends in seconds. Either way the log says which and why; a skipped one says how to evaluate afterwards."""
+        limit, took = self.trainer_cfg.simulation.evaluate_on_stop_s, self.last_evaluation_s
+        setting = f"trainer.simulation.evaluate_on_stop_s={limit:g}"
+        if took is not None and took <= limit:
+            self.say(
+                f"stopping: evaluating before the final checkpoint, as this run's last evaluation took {took:.1f} s "
+                f"(at most {setting}); Ctrl-C again aborts without saving"
+            )
+            return True
+        why = (
+            "no evaluation has run in this process yet, so how long one takes is unknown"
+            if took is None
+            else f"this run's last evaluation took {took:.1f} s, more than {setting}"
+        )
+        # The suite by name (one given as an object has none) and the run's database, as the run would evaluate.
+        suite = "" if self._given["evaluation_suite"] is not None else f" --suite {self.trainer_cfg.simulation.suite}"
+        data_dir = os.path.dirname(self.dirs.run_dir)
+        self.say(
+            f"stopping: evaluation skipped ({why}); evaluate the final checkpoint with: "
+            f"python -m metta.sim.evaluate {self.dirs.run_dir}{suite} --data-dir {data_dir}"
+        )
+        return False
 
     def log_metrics(self, it: Iteration) -> None:
         """The row to metrics.jsonl, the console and wandb (rank 0); after an evaluation the run report is

@@ -139,6 +139,12 @@ class CheckpointConfig(Config):
 
 class SimulationConfig(Config):
     evaluate_interval: int = Field(default=300, ge=0, description="epochs between evaluations; 0: only the final one")
+    evaluate_on_stop_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="a run stopped by SIGTERM/Ctrl-C evaluates first when this run's previous evaluation took at "
+        "most this many seconds (none yet: it does not)",
+    )
     replay_dir: str | None = Field(default=None, min_length=1, description="null: {run_dir}/replays")
     # The names of metta.sim.suites.SUITES (a test keeps the two lists equal).
     suite: Literal["terrain", "navigation", "smoke"] = Field(

@@ -10,7 +10,7 @@ import math
 import pytest
 
 from metta.common.fs import WriteError
-from metta.common.stats_logger import StatsLogger
+from metta.common.stats_logger import StatsLogger, format_duration
 
 
 def test_metrics_file_console_and_append(tmp_path):
@@ -30,6 +30,22 @@ def test_metrics_file_console_and_append(tmp_path):
     line = out.getvalue().strip()
     assert "epoch     1" in line and "sps 1,234" in line and "reward 0.5000" in line and "env 25%" in line
     assert "|" not in line  # no progress bar when the stream is not a terminal
+    assert " elapsed 0s" in line and " eta " in line  # elapsed, and the time left at this run's rate
+
+
+def test_epoch_line_eta_needs_a_total_and_steps_since_the_start(tmp_path):
+    out = io.StringIO()
+    logger = StatsLogger(tmp_path, stream=out)  # no total: no ETA
+    logger.log(1, 100, {})
+    logger.close()
+    logger = StatsLogger(tmp_path, total_timesteps=1000, stream=out, start_agent_step=100)
+    logger.log(2, 100, {})  # no step since this logger started: no rate yet
+    logger.close()
+    assert all(" elapsed " in line and " eta " not in line for line in out.getvalue().splitlines())
+
+
+def test_format_duration():
+    assert [format_duration(s) for s in (0, 42.4, 185, 7620)] == ["0s", "42s", "3m05s", "2h07m"]
 
 
 def test_tensorboard_scalars_are_written_per_agent_step(tmp_path):

@@ -4,6 +4,9 @@
   one Ctrl-C to a plain run.py ends the kill chain below; under torchrun a SIGINT to one rank stops both ranks
   after the same iteration, and torchrun exits 0.
 - A second Ctrl-C aborts at once, even in the middle of a checkpoint write, leaving a resumable directory.
+- A stopped run evaluates before its final checkpoint when its previous evaluation took at most
+  ``trainer.simulation.evaluate_on_stop_s``, with scores and a replay as any evaluation; otherwise it says that it
+  skipped and prints the command that evaluates afterwards, which works; a second Ctrl-C during it aborts at once.
 - SIGKILL before the first epoch, during a policy write, during a trainer-state write and during pruning
   (``METTA_KILL_AT``, metta/common/fault_points.py): each resume continues from the last complete checkpoint
   and metrics.jsonl ends with every epoch exactly once.
@@ -33,6 +36,7 @@ import torch
 from run_helpers import FOREVER, REPO, STEPS, TINY, Run, metrics_epochs, metrics_rows, run_env
 
 from metta.agent.policy_store import read_policy_file
+from metta.common.evaluation_db import EvaluationDB, database_path
 from metta.common.run_lock import RunLock
 from metta.rl.checkpoint import TRAINER_STATE_HEADER, list_trainer_states, load_latest_checkpoint
 
@@ -118,6 +122,60 @@ def test_second_ctrl_c_aborts_at_once_and_the_run_resumes(tmp_path: Path):
     assert metrics_epochs(run.run_dir) == [1, 2] and temp_files(run.run_dir)
     assert load_latest_checkpoint(str(run.run_dir / "checkpoints")).epoch == 1
     RunLock(run.run_dir).acquire().release()
+
+
+EVALUATE_EVERY_EPOCH = ("evaluate=true", "trainer.simulation.suite=smoke", "trainer.simulation.evaluate_interval=1")
+
+
+def test_a_stop_evaluates_when_the_last_evaluation_was_quick_and_else_says_how_to(tmp_path: Path):
+    quick = Run(tmp_path, "quick", None, *EVALUATE_EVERY_EPOCH)  # smoke's evaluations take well under 30 s
+    skip = Run(tmp_path, "skip", None, *EVALUATE_EVERY_EPOCH, "trainer.simulation.evaluate_on_stop_s=0", "replay=false")
+    try:
+        for run in (quick, skip):
+            run.wait_for("evaluation at epoch 1")
+            run.signal_group(signal.SIGTERM)
+        assert quick.finish() == 0 and skip.finish() == 0
+    finally:
+        quick.kill()
+        skip.kill()
+    last = assert_complete(quick.run_dir)
+    assert "stopping: evaluating before the final checkpoint" in quick.log
+    assert f"evaluation at epoch {last}:" in quick.log and "eval/smoke/score" in metrics_rows(quick.run_dir)[-1]
+    assert list((quick.run_dir / "replays" / f"epoch_{last:04d}").glob("replay/*.json.z"))
+    saved = read_policy_file(str(quick.run_dir / "checkpoints" / f"model_{last:04d}.pt"))
+    assert "smoke/score" in saved["metadata"]["eval_scores"]
+
+    last = assert_complete(skip.run_dir)
+    command = f"python -m metta.sim.evaluate {skip.run_dir} --suite smoke --data-dir {tmp_path}"
+    assert "stopping: evaluation skipped (this run's last evaluation took" in skip.log
+    assert f"evaluate_on_stop_s=0); evaluate the final checkpoint with: {command}\n" in skip.log
+    assert f"evaluation at epoch {last}:" not in skip.log and "eval/smoke/score" not in metrics_rows(skip.run_dir)[-1]
+    # The printed command scores the final checkpoint into the run's database.
+    args = [*command.split()[1:], "--no-baselines", "--workers", "1"]
+    out = subprocess.run([sys.executable, *args], cwd=REPO, env=run_env(), capture_output=True, text=True)
+    assert out.returncode == 0 and f"model_{last:04d}.pt@{last}" in out.stdout, out.stdout + out.stderr
+    with EvaluationDB(database_path(tmp_path)) as db:
+        rows = db.execute("SELECT epoch, sim FROM evaluations WHERE run_dir = ?", (str(skip.run_dir),))
+    assert sorted((r["epoch"], r["sim"]) for r in rows if r["epoch"] == last) == [
+        (last, "smoke/open"),
+        (last, "smoke/wall"),
+    ]
+
+
+def test_second_ctrl_c_during_a_stops_evaluation_aborts_at_once(tmp_path: Path):
+    # The run pauses as epoch 2's evaluation starts: the stop's, since the first Ctrl-C comes during epoch 1.
+    run = Run(tmp_path, "abort", None, *EVALUATE_EVERY_EPOCH, "replay=false", env=run_env(METTA_PAUSE_AT="evaluate:2"))
+    try:
+        run.wait_for("evaluation at epoch 1")
+        run.signal_group(signal.SIGINT)
+        run.wait_for("fault point reached: evaluate:2")
+        time.sleep(1.2)  # a SIGINT within a second of the first is the same Ctrl-C delivered twice
+        run.signal_group(signal.SIGINT)
+        assert run.finish() == -signal.SIGINT
+    finally:
+        run.kill()
+    assert "stopping: evaluating before the final checkpoint" in run.log and "aborting now without saving" in run.log
+    assert metrics_epochs(run.run_dir) == [1] and load_latest_checkpoint(str(run.run_dir / "checkpoints")).epoch == 1
 
 
 def test_kills_at_chosen_moments_resume_without_duplicate_or_missing_epochs(tmp_path: Path):
