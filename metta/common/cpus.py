@@ -2,7 +2,7 @@
 
     usable_cpus()                      # 2: the affinity mask, cut by a cgroup CPU quota
     torch_threads_for(env_workers=1)   # (1, "2 usable CPUs, 1 env worker")
-    torch_threads_for(env_workers=0)   # (1, "2 usable CPUs, 1 left for the envs stepped in this process")
+    torch_threads_for(env_workers=0)   # (2, "2 usable CPUs, envs stepped in this process between updates")
 
 ``os.cpu_count()`` counts the machine's CPUs, which is more than a process may use under ``taskset``, a
 scheduler's CPU set (affinity) or a container's CPU quota (cgroup). A quota of 1.5 CPUs counts as 2, as the JVM
@@ -56,18 +56,20 @@ def usable_cpus(cgroup_root: str | os.PathLike = CGROUP_ROOT) -> int:
 def torch_threads_for(env_workers: int, ranks: int = 1, cpus: int | None = None) -> tuple[int, str]:
     """Torch threads for a learner beside its ``env_workers`` env worker processes (0: its envs step in its own
     thread), one of ``ranks`` learners sharing this machine, and why: the usable CPUs (``cpus``, default
-    ``usable_cpus()``) split among the ranks, less one per worker, or less one for envs stepped in this process,
-    at least 1. Parallel ops wait for their slowest thread, so a thread that shares its core with other busy
-    work costs far more than it adds: on a 2-core machine with one other busy process, the serial CPU defaults
-    ran at ~2.5k agent steps/s with 2 threads and ~5.4k with 1; the CPU kept for serial envs keeps the learner
-    off the core the envs' own work and the rest of the machine need."""
+    ``usable_cpus()``) split among the ranks, less one per worker, at least 1. A worker process steps envs while
+    the learner computes, so its CPU is busy; envs stepped in this process run between the learner's ops and need
+    no CPU of their own (on an idle 2-core machine the serial CPU defaults run at ~9k agent steps/s with 2
+    threads, ~5k with 1). Parallel ops wait for their slowest thread, so a thread that shares its core with
+    other busy work costs far more than it adds: beside one other busy process the same run fell to ~2.5k with
+    2 threads and kept ~5.4k with 1. The affinity mask and quota show what this process may use, not what others
+    use: on a machine shared with other work, set ``torch_threads``."""
     cpus = usable_cpus() if cpus is None else cpus
-    threads = max(1, cpus // ranks - max(1, env_workers))
+    threads = max(1, cpus // ranks - env_workers)
     why = f"{cpus} usable CPU{'s' * (cpus != 1)}"
     if ranks > 1:
         why += f" for {ranks} ranks"
     if env_workers:
         why += f", {env_workers} env worker{'s' * (env_workers != 1)}" + (" per rank" if ranks > 1 else "")
     else:
-        why += ", 1 left for the envs stepped in this process"
+        why += ", envs stepped in this process between updates"
     return threads, why

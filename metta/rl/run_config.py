@@ -127,7 +127,7 @@ class TrainingConfig(Config):
         default=None,
         ge=1,
         description="threads for torch ops; null: the usable CPUs (affinity, cgroup quota) less one per env worker "
-        "(serial envs: one), at least 1",
+        "process, at least 1",
     )
     debug_dump_weights: bool = Field(
         default=False, description="every rank saves its final weights to {run_dir}/rank{r}_weights.pt"

@@ -408,7 +408,7 @@ class Trainer:
 
     def _set_torch_threads(self) -> str:
         """``torch_threads``, else the CPUs this process may use (shared with the other ranks on this machine) less
-        one per env worker process, or one for serial envs (``metta.common.cpus.torch_threads_for``); returns why,
+        one per env worker process (``metta.common.cpus.torch_threads_for``); returns why,
         for the start line."""
         if self.config.torch_threads:
             torch.set_num_threads(self.config.torch_threads)

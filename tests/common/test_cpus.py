@@ -46,7 +46,7 @@ def test_usable_cpus_is_the_affinity_cut_by_the_quota_rounded_up(tmp_path):
 
 
 def test_torch_threads_are_the_cpus_less_the_env_workers():
-    assert torch_threads_for(0, cpus=8) == (7, "8 usable CPUs, 1 left for the envs stepped in this process")
+    assert torch_threads_for(0, cpus=8) == (8, "8 usable CPUs, envs stepped in this process between updates")
     assert torch_threads_for(1, cpus=2) == (1, "2 usable CPUs, 1 env worker")
     assert torch_threads_for(4, cpus=16) == (12, "16 usable CPUs, 4 env workers")
     assert torch_threads_for(4, cpus=2) == (1, "2 usable CPUs, 4 env workers")  # at least one
@@ -63,4 +63,4 @@ def test_a_process_pinned_to_one_cpu_picks_one_thread():
         text=True,
         check=True,
     ).stdout
-    assert out.strip() == "(1, '1 usable CPU, 1 left for the envs stepped in this process')"
+    assert out.strip() == "(1, '1 usable CPU, envs stepped in this process between updates')"
