@@ -195,7 +195,8 @@ def evaluate_policy_suite(
                 result.num_episodes,
                 result.num_episodes_requested,
             )
-    log.info("evaluation %s: %s", evaluation_config.name, format_scores(scores))
+    # Callers say the scores with their context (run.py's "evaluation at epoch N: ..."); here only for debugging.
+    log.debug("suite %s: %s", evaluation_config.name, format_scores(scores))
     return scores
 
 
