@@ -212,6 +212,7 @@ def runs(tmp_path_factory) -> dict:
         "trainer.checkpoint.checkpoint_interval=1",
         "trainer.compile=true",
         "trainer.compile_mode=default",
+        env={"OMP_NUM_THREADS": ""},  # unset: torch threads from the usable CPUs (check_torch_threads)
     )
     return out
 
@@ -314,8 +315,9 @@ def check_evaluation_suite_and_database(runs):
 
 def check_torch_threads(runs):
     assert "1 torch thread (set by torch_threads)" in runs["r1"]
-    threads, why = torch_threads_for(env_workers=0)  # r0 leaves it unset: the usable CPUs, serial envs
-    assert f"{threads} torch thread{'s' * (threads != 1)} ({why})" in runs["r0"]
+    assert "1 torch thread (set by OMP_NUM_THREADS=1)" in runs["r0"]  # the environment's choice is kept
+    threads, why = torch_threads_for(env_workers=0)  # r3 has neither: the usable CPUs, serial envs
+    assert f"{threads} torch thread{'s' * (threads != 1)} ({why})" in runs["r3"]
 
 
 def check_debug_dump_weights(runs):

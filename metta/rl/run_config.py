@@ -126,8 +126,8 @@ class TrainingConfig(Config):
     torch_threads: int | None = Field(
         default=None,
         ge=1,
-        description="threads for torch ops; null: the usable CPUs (affinity, cgroup quota) less one per env worker "
-        "process, at least 1",
+        description="threads for torch ops; null: OMP_NUM_THREADS when set, else the usable CPUs (affinity, cgroup "
+        "quota) less one per env worker process, at least 1",
     )
     debug_dump_weights: bool = Field(
         default=False, description="every rank saves its final weights to {run_dir}/rank{r}_weights.pt"

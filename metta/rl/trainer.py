@@ -407,12 +407,14 @@ class Trainer:
             )
 
     def _set_torch_threads(self) -> str:
-        """``torch_threads``, else the CPUs this process may use (shared with the other ranks on this machine) less
-        one per env worker process (``metta.common.cpus.torch_threads_for``); returns why,
-        for the start line."""
+        """``torch_threads``, else ``OMP_NUM_THREADS`` when the environment sets it (torch started with it), else
+        the CPUs this process may use (shared with the other ranks on this machine) less one per env worker process
+        (``metta.common.cpus.torch_threads_for``); returns why, for the start line."""
         if self.config.torch_threads:
             torch.set_num_threads(self.config.torch_threads)
             return "set by torch_threads"
+        if os.environ.get("OMP_NUM_THREADS", "").strip():  # a choice made for this process (a job script, a test)
+            return f"set by OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS'].strip()}"
         workers = self.env.num_workers if isinstance(self.env, MultiprocessingVecEnv) else 0
         ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun's ranks on this machine
         threads, why = torch_threads_for(workers, ranks_here)
