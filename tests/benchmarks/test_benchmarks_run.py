@@ -79,15 +79,14 @@ def test_trajectory_hash_is_deterministic():
 
 def test_gpu_check_runs_at_tiny_sizes_on_the_cpu(tmp_path):
     """The prepared GPU command must not be broken when a GPU session comes: its checks pass on a CPU, the
-    host-overhead measurements included. The device_tests and torchrun checks are left out here because the
-    suite runs both itself (tests/device, tests/test_run_py.py's torchrun runs), and side by side on two cores
-    they cost a minute."""
+    host-overhead measurements included. The device_tests, torchrun and run_py checks are left out here because
+    the suite runs each itself (tests/device; tests/test_run_py.py's torchrun runs and its run.py runs with
+    evaluations and replays), and on two cores they cost a minute and a half."""
     checks = [
         "environment",
         "env_sps",
         "lscpu",
         "train_sps_default",
-        "run_py",
         "host_overhead",
         "learn_micro",
         "inference_graph",
@@ -118,7 +117,6 @@ def test_gpu_check_runs_at_tiny_sizes_on_the_cpu(tmp_path):
     assert by_name["env_sps"]["result"]["agent_steps_per_second"] > 0
     train = by_name["train_sps_default"]["result"]
     assert train["agent_steps_per_second"] > 0 and train["config"]["num_workers"] == 2
-    assert by_name["run_py"]["result"]["evaluations"] > 0 and by_name["run_py"]["result"]["replays"]
     cpus = by_name["lscpu"]["result"]
     assert cpus["logical_cpus"] >= cpus["physical_cores"] >= 1 and len(cpus["worker_cpus"]) == cpus["workers_default"]
     overhead = by_name["host_overhead"]["result"]["paths"]
