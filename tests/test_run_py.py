@@ -11,18 +11,15 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from metta.agent.policy_store import read_policy_file
 from metta.rl.checkpoint import list_trainer_states, load_latest_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -163,36 +160,6 @@ def test_resume_after_clean_stop(base_run: Path, tmp_path: Path):
 
 
 # -------------------------------------------------------------------------------------------------------- 3
-def test_resume_after_sigkill(tmp_path: Path):
-    ckpt_dir = tmp_path / "killed" / "checkpoints"
-    args = [f"data_dir={tmp_path}", "run=killed", "trainer.total_timesteps=1000000", *TINY]
-    proc = subprocess.Popen(
-        [sys.executable, RUN_PY, *args], cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        deadline = time.time() + 90
-        while len(list_trainer_states(str(ckpt_dir))) < 2:
-            assert proc.poll() is None, f"run.py exited early with {proc.returncode}"
-            assert time.time() < deadline, "no two checkpoints within 90 s"
-            time.sleep(0.05)
-        time.sleep(0.3)  # land somewhere mid-epoch, possibly mid-save
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
-
-    last_good = load_latest_checkpoint(str(ckpt_dir))
-    assert last_good is not None and last_good.agent_step > 0
-    total = last_good.agent_step + 2 * STEPS_PER_EPOCH
-    out = assert_ok(run_py(tmp_path, "killed", total))
-    _, epoch, agent_step = resumed(out)
-    assert (epoch, agent_step) == (last_good.epoch, last_good.agent_step)
-
-    final = load_latest_checkpoint(str(ckpt_dir))
-    assert final.agent_step >= total and final.epoch == last_good.epoch + 2
-    assert adam_steps(final) == pytest.approx(adam_steps(last_good) / last_good.epoch * final.epoch)
-
-
 # -------------------------------------------------------------------------------------------------------- 4
 def test_corrupt_checkpoint_falls_back_to_previous(base_run: Path, tmp_path: Path):
     data_dir = copy_run(base_run, tmp_path, "base")
@@ -252,48 +219,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def test_torchrun_two_processes(tmp_path: Path):
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}"]
-    env = _env(OMP_NUM_THREADS="1")
-    # The batch sizes are totals over the ranks (scale_batches_by_world_size): each rank takes 1024 of 2048.
-    out = assert_ok(
-        run_py(
-            tmp_path,
-            "ddp",
-            4000,
-            "debug_dump_weights=true",
-            "trainer.batch_size=2048",
-            "trainer.minibatch_size=512",
-            "trainer.scale_batches_by_world_size=true",
-            env=env,
-            launcher=launcher,
-            timeout=180,
-        )
-    )
-    run_dir = tmp_path / "ddp"
-    assert out.count("experience: 128 rows of 8 steps (1024 agent steps)") == 2  # each rank's own buffer
-
-    # agent_step counts both ranks: 2 x 1024 per epoch.
-    rows = metrics_rows(run_dir)
-    assert [r["agent_step"] for r in rows] == [2048, 4096]
-    assert [r["epoch"] for r in rows] == [1, 2]
-    assert out.count("INFO done:") == 1  # only rank 0 logs
-
-    # Only rank 0 wrote: one run directory, one set of checkpoints, no stray files from rank 1.
-    assert [p.name for p in tmp_path.iterdir()] == ["ddp"]
-    assert len(glob.glob(str(run_dir / "**" / "metrics*.jsonl"), recursive=True)) == 1
-    assert (run_dir / "config.yaml").is_file()
-    assert [e for e, _ in list_trainer_states(str(run_dir / "checkpoints"))] == [2, 1]
-    final = load_latest_checkpoint(str(run_dir / "checkpoints"))
-    assert final.agent_step == 4096
-
-    # Every rank ends with the same weights, which are the ones in the final checkpoint.
-    w0 = torch.load(run_dir / "rank0_weights.pt", weights_only=True)
-    w1 = torch.load(run_dir / "rank1_weights.pt", weights_only=True)
-    assert_same(w0, w1, "rank0 vs rank1")
-    assert_same(read_policy_file(final.policy_path)["state_dict"], w0, "final checkpoint vs rank0")
 
 
 # -------------------------------------------------------------------------------------------------------- 8

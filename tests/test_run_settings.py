@@ -83,13 +83,14 @@ def test_removed_or_moved_keys_say_so(key, why):
 TINY = ["trainer.batch_size=2048", "trainer.minibatch_size=512", "trainer.bptt_horizon=8", "device=cpu"]
 
 
-def start(data_dir: Path, name: str, *args: str, env: dict | None = None) -> subprocess.Popen:
+def start(data_dir: Path, name: str, *args: str, env: dict[str, str | None] | None = None) -> subprocess.Popen:
     """run.py in the background; its output goes to a file (a pipe nobody reads while another run is awaited
     could fill up and stall it)."""
     environ = {
         k: v for k, v in os.environ.items() if k not in ("METTA_RUN", "DATA_DIR", "RANK", "WORLD_SIZE", "LOCAL_RANK")
     }
     environ.update({"WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})})
+    environ = {k: v for k, v in environ.items() if v is not None}  # None: not set at all
     cmd = [sys.executable, "run.py", f"data_dir={data_dir}", f"run={name}", *args]
     log = open(data_dir / f"{name}.{len(list(data_dir.glob(f'{name}.*.log')))}.log", "w+")
     proc = subprocess.Popen(cmd, cwd=REPO, env=environ, stdout=log, stderr=subprocess.STDOUT, text=True)
@@ -107,7 +108,7 @@ def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
     return out
 
 
-def run(data_dir: Path, name: str, *args: str, env: dict | None = None) -> str:
+def run(data_dir: Path, name: str, *args: str, env: dict[str, str | None] | None = None) -> str:
     return finish(start(data_dir, name, *args, env=env))
 
 
@@ -157,7 +158,7 @@ def runs(tmp_path_factory) -> dict:
         "trainer.checkpoint.checkpoint_interval=2",
         "trainer.simulation.evaluate_interval=2",
         "trainer.simulation.suite=smoke",  # whole episodes of the terrain suite would cost minutes here
-        f"trainer.simulation.replay_dir={data / 'r1_replays'}",
+        "replay=false",  # R2's replay is the cheap one: this agent's forward pass is 5x the fast agent's
         "trainer.profiler.interval_epochs=1",
         f"trainer.profiler.profile_dir={data / 'r1_traces'}",
     )
@@ -182,7 +183,7 @@ def runs(tmp_path_factory) -> dict:
         "device=cpu",
         "trainer.total_timesteps=2048",
         "trainer.update_epochs=1",
-        "replay=false",
+        f"trainer.simulation.replay_dir={data / 'r2_replays'}",
         "trainer.curriculum=/env/mettagrid/curriculum/simple",
         "trainer.forward_pass_minibatch_target_size=32",
         "trainer.optimizer.type=muon",
@@ -212,7 +213,7 @@ def runs(tmp_path_factory) -> dict:
         "trainer.checkpoint.checkpoint_interval=1",
         "trainer.compile=true",
         "trainer.compile_mode=default",
-        env={"OMP_NUM_THREADS": ""},  # unset: torch threads from the usable CPUs (check_torch_threads)
+        env={"OMP_NUM_THREADS": None},  # unset: torch threads from the usable CPUs (check_torch_threads)
     )
     return out
 
@@ -267,14 +268,14 @@ def check_keep_checkpoints(runs):
 
 def check_evaluate_and_replay(runs):
     assert not any(k.startswith("eval/") for r in rows(runs["data"] / "r0") for k in r)  # evaluate=false
-    assert any("eval/smoke/score" in r for r in rows(runs["data"] / "r2"))  # evaluated ...
-    assert "replay: file://" not in runs["r2"]  # ... without a replay (replay=false)
-    replays = sorted(glob.glob(str(runs["data"] / "r1_replays" / "**" / "*.json.z"), recursive=True))
+    assert any("eval/smoke/score" in r for r in rows(runs["data"] / "r1"))  # evaluated ...
+    assert "replay: file://" not in runs["r1"]  # ... without a replay (replay=false)
+    replays = sorted(glob.glob(str(runs["data"] / "r2_replays" / "**" / "*.json.z"), recursive=True))
     assert replays  # replay_dir
     # Each replay has its viewer page beside it, and the log names the page as a file:// URL.
     pages = [Path(r[: -len(".json.z")] + ".html") for r in replays]
     assert all(p.is_file() for p in pages)
-    assert re.findall(r"replay: (file://\S+)", runs["r1"]) == [p.resolve().as_uri() for p in pages]
+    assert re.findall(r"replay: (file://\S+)", runs["r2"]) == [p.resolve().as_uri() for p in pages]
     # The run report: written after each evaluation's row except the last one's, and once at the end.
     for name in ("r0", "r1", "r2"):
         log, last_epoch = runs[name], rows(runs["data"] / name)[-1]["epoch"]
@@ -284,9 +285,9 @@ def check_evaluate_and_replay(runs):
             sum(e != last_epoch for e in evaluated) + 1
         )
         assert log.rindex("run report: ") > max(log.rfind("evaluation at epoch"), log.rfind("replay: file://"))
-    # R1's report links its pages in replay_dir, outside the run directory.
-    report = (runs["data"] / "r1" / "index.html").read_text()
-    assert all(f'href="../r1_replays/{p.relative_to(runs["data"] / "r1_replays").as_posix()}"' in report for p in pages)
+    # R2's report links its pages in replay_dir, outside the run directory.
+    report = (runs["data"] / "r2" / "index.html").read_text()
+    assert all(f'href="../r2_replays/{p.relative_to(runs["data"] / "r2_replays").as_posix()}"' in report for p in pages)
 
 
 def check_evaluation_suite_and_database(runs):
@@ -515,9 +516,8 @@ RUN_CHECKS = {
     "wandb.entity": check_wandb,
     "wandb.tags": check_wandb,
 }
-# Checked elsewhere: under torchrun with two ranks (tests/test_run_py.py::test_torchrun_two_processes), on a
-# run directory whose checkpoints are all corrupt and on a stopped run's evaluation
-# (tests/reliability/test_stop_and_resume.py), and the two CUDA
+# Checked elsewhere: under torchrun with two ranks, on a run directory whose checkpoints are all corrupt and on a
+# stopped run's evaluation (tests/reliability/test_stop_and_resume.py), and the two CUDA
 # settings, which do nothing on a CPU: tf32 sets torch's switches (tests/rl/test_trainer_config.py), cuda_graphs
 # captures the rollout step (tests/device on CUDA; its eager form in tests/rl/test_rollout_training.py).
 ELSEWHERE = {

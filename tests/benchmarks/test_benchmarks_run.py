@@ -80,8 +80,8 @@ def test_trajectory_hash_is_deterministic():
 def test_gpu_check_runs_at_tiny_sizes_on_the_cpu(tmp_path):
     """The prepared GPU command must not be broken when a GPU session comes: its checks pass on a CPU, the
     host-overhead measurements included. The device_tests, torchrun and run_py checks are left out here because
-    the suite runs each itself (tests/device; tests/test_run_py.py's torchrun runs and its run.py runs with
-    evaluations and replays), and on two cores they cost a minute and a half."""
+    the suite runs each itself (tests/device; torchrun in tests/reliability/test_stop_and_resume.py; run.py with
+    evaluations and replays in tests/test_run_py.py), and on two cores they cost a minute and a half."""
     checks = [
         "environment",
         "env_sps",

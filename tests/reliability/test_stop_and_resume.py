@@ -1,15 +1,16 @@
 """run.py under signals, kills, corrupt run directories and a second writer, on real processes.
 
 - SIGTERM (to the process group, vecenv workers included) and SIGINT finish the iteration, checkpoint and exit 0:
-  one Ctrl-C to a plain run.py ends the kill chain below; under torchrun a SIGINT to one rank stops both ranks
-  after the same iteration, and torchrun exits 0.
-- A second Ctrl-C aborts at once, even in the middle of a checkpoint write, leaving a resumable directory.
+  one Ctrl-C to a plain run.py stops the timestamped run below, SIGTERM to the group ends the kill chain; under
+  torchrun a SIGINT to one rank stops both ranks after the same iteration, and torchrun exits 0.
+- A second Ctrl-C aborts at once, even in the middle of a checkpoint write (in the kill chain) or of a stop's
+  evaluation, leaving a resumable directory.
 - A stopped run evaluates before its final checkpoint when its previous evaluation took at most
   ``trainer.simulation.evaluate_on_stop_s``, with scores and a replay as any evaluation; otherwise it says that it
-  skipped and prints the command that evaluates afterwards, which works; a second Ctrl-C during it aborts at once.
-- SIGKILL before the first epoch, during a policy write, during a trainer-state write and during pruning
-  (``METTA_KILL_AT``, metta/common/fault_points.py): each resume continues from the last complete checkpoint
-  and metrics.jsonl ends with every epoch exactly once.
+  skipped and prints the command that evaluates afterwards, which works.
+- SIGKILL before the first epoch, during a trainer-state write and during pruning (``METTA_KILL_AT``,
+  metta/common/fault_points.py): each resume continues from the last complete checkpoint, the optimizer state
+  included, and metrics.jsonl ends with every epoch exactly once.
 - A directory whose checkpoints all fail to load stops run.py with the error and changes nothing, unless
   ``restart_if_unloadable=true``.
 - A second run.py on a directory in use is refused, naming the directory and the holder's pid.
@@ -69,26 +70,6 @@ def resumed_epoch(log: str) -> int | None:
 
 
 # ----------------------------------------------------------------------------------------------------------
-def test_second_process_is_refused_and_sigterm_to_the_group_saves_and_exits_0(tmp_path: Path):
-    """A second run.py on the directory is refused; then SIGTERM to the trainer and its multiprocessing vecenv
-    worker at once, as a scheduler preempts a job."""
-    first = Run(tmp_path, "shared", None, "vectorization=multiprocessing", "trainer.num_workers=1")
-    try:
-        first.wait_for_epoch(1)
-        second = Run(tmp_path, "shared", None)
-        assert second.finish() == 1
-        assert f"run directory {first.run_dir} is in use by another process (pid {first.pid} " in second.log
-        assert "Traceback" not in second.log
-        first.wait_for_epoch(2)  # the first run went on
-        first.signal_group(signal.SIGTERM)
-        assert first.finish() == 0, first.log[-3000:]
-    finally:
-        first.kill()
-    assert "received SIGTERM" in first.log and "stopped by SIGTERM" in first.log and "Traceback" not in first.log
-    assert_complete(first.run_dir)
-    assert (first.run_dir / "run.lock").read_text() == ""  # released
-
-
 def test_sigterm_during_setup_exits_0_without_training(tmp_path: Path):
     """The handlers are in place before the run directory is made: a signal while the envs are being built ends
     the run before its first iteration, with exit 0 and no traceback."""
@@ -101,26 +82,6 @@ def test_sigterm_during_setup_exits_0_without_training(tmp_path: Path):
         run.kill()
     assert "stopped by SIGTERM: epoch 0, agent_step 0" in run.log and "Traceback" not in run.log
     assert metrics_epochs(run.run_dir) == [] and not list_trainer_states(str(run.run_dir / "checkpoints"))
-    RunLock(run.run_dir).acquire().release()
-
-
-def test_second_ctrl_c_aborts_at_once_and_the_run_resumes(tmp_path: Path):
-    # The run pauses inside the write of epoch 2's policy, so both Ctrl-Cs arrive while it saves.
-    run = Run(tmp_path, "abort", None, env=run_env(METTA_PAUSE_AT="write:model_0002.pt"))
-    try:
-        run.wait_for("fault point reached: write:model_0002.pt")
-        run.signal_group(signal.SIGINT)
-        run.wait_for("received SIGINT")
-        time.sleep(1.2)  # a SIGINT within a second of the first is the same Ctrl-C delivered twice (documented)
-        run.signal_group(signal.SIGINT)
-        assert run.finish() == -signal.SIGINT
-    finally:
-        run.kill()
-    assert "aborting now without saving" in run.log
-    # Epoch 2 was logged but its checkpoint never finished; the directory is free and resumes from epoch 1
-    # (the kill tests below resume such directories with run.py).
-    assert metrics_epochs(run.run_dir) == [1, 2] and temp_files(run.run_dir)
-    assert load_latest_checkpoint(str(run.run_dir / "checkpoints")).epoch == 1
     RunLock(run.run_dir).acquire().release()
 
 
@@ -178,41 +139,75 @@ def test_second_ctrl_c_during_a_stops_evaluation_aborts_at_once(tmp_path: Path):
     assert metrics_epochs(run.run_dir) == [1] and load_latest_checkpoint(str(run.run_dir / "checkpoints")).epoch == 1
 
 
-def test_kills_at_chosen_moments_resume_without_duplicate_or_missing_epochs(tmp_path: Path):
-    """One run directory killed four times at chosen moments, then resumed and stopped by one Ctrl-C."""
+def adam_steps(checkpoint) -> float:
+    """The Adam step count of the first parameter: it keeps growing across resumes only if the state was restored."""
+    state = checkpoint.optimizer_state_dict["state"]
+    return float(state[min(state)]["step"])
+
+
+def test_kills_and_stops_at_chosen_moments_resume_without_duplicate_or_missing_epochs(tmp_path: Path):
+    """One run directory, five processes: killed before its first epoch; aborted by a second Ctrl-C in the middle
+    of a policy write; killed during a trainer-state write and during pruning; then resumed with a vecenv worker
+    process, refused to a second run.py, and stopped by SIGTERM to its process group (as a scheduler preempts a
+    job). Every process resumes from the last complete checkpoint. (SIGKILL at every step of a checkpoint write
+    is tests/interface/test_checkpoints.py's.)"""
     run_dir = tmp_path / "chain"
     ckpts = run_dir / "checkpoints"
-    moments = [
-        # (METTA_KILL_AT, the checkpoint that process resumes from, epochs in metrics.jsonl when it dies)
-        ("log:1", None, []),  # before the first epoch
-        ("write:model_0002.pt", None, [1, 2]),  # during a policy write
-        ("write:trainer_state_0003.ckpt", 1, [1, 2, 3]),  # during a trainer-state write
-        ("prune:model_0001.pt", 2, [1, 2, 3]),  # during pruning: trainer_state_0001 gone, model_0001 not yet
-    ]
-    for point, resumes_from, logged in moments:
+
+    def sigkill_at(point: str) -> Run:
         run = Run(tmp_path, "chain", None, env=run_env(METTA_KILL_AT=point))
         try:
             assert run.finish() == -signal.SIGKILL, f"{point}: {run.log[-3000:]}"
         finally:
             run.kill()
-        assert resumed_epoch(run.log) == resumes_from, point
-        assert metrics_epochs(run_dir) == logged, point
+        return run
+
+    def aborted_by_two_ctrl_c_during(point: str) -> Run:
+        run = Run(tmp_path, "chain", None, env=run_env(METTA_PAUSE_AT=point))
+        try:
+            run.wait_for(f"fault point reached: {point}")
+            run.signal_group(signal.SIGINT)
+            run.wait_for("received SIGINT")
+            time.sleep(1.2)  # a SIGINT within a second of the first is the same Ctrl-C delivered twice (documented)
+            run.signal_group(signal.SIGINT)
+            assert run.finish() == -signal.SIGINT, run.log[-3000:]
+        finally:
+            run.kill()
+        assert "aborting now without saving" in run.log
+        assert temp_files(run_dir)  # the write it cut short; the next process clears it
+        return run
+
+    moments = [
+        # (what ends the process, the checkpoint it resumes from, the epochs in metrics.jsonl when it ends)
+        (lambda: sigkill_at("log:1"), None, []),  # before the first epoch
+        # Epoch 2 is logged but its checkpoint never finishes: the directory resumes from epoch 1.
+        (lambda: aborted_by_two_ctrl_c_during("write:model_0002.pt"), None, [1, 2]),
+        (lambda: sigkill_at("write:trainer_state_0003.ckpt"), 1, [1, 2, 3]),  # during a trainer-state write
+        (lambda: sigkill_at("prune:model_0001.pt"), 2, [1, 2, 3]),  # trainer_state_0001 gone, model_0001 not yet
+    ]
+    for i, (end_process, resumes_from, logged) in enumerate(moments):
+        run = end_process()
+        assert resumed_epoch(run.log) == resumes_from, i
+        assert metrics_epochs(run_dir) == logged, i
     assert [e for e, _ in list_trainer_states(str(ckpts))] == [3, 2]
     assert (ckpts / "model_0001.pt").exists()
 
-    # The last process resumes and, past epoch 4, gets one Ctrl-C: a SIGINT to its process group, as a terminal
-    # sends it to a plain `python run.py`. It finishes the iteration, saves and exits 0.
-    last = Run(tmp_path, "chain", None)
+    last = Run(tmp_path, "chain", None, "vectorization=multiprocessing", "trainer.num_workers=1")
     try:
         last.wait_for_epoch(4)
-        last.signal_group(signal.SIGINT)
+        second = Run(tmp_path, "chain", None)
+        assert second.finish() == 1
+        assert f"run directory {run_dir} is in use by another process (pid {last.pid} " in second.log
+        assert "Traceback" not in second.log
+        last.wait_for_epoch(5)  # the first went on
+        last.signal_group(signal.SIGTERM)  # the trainer and its vecenv worker at once
         assert last.finish() == 0, last.log[-3000:]
     finally:
         last.kill()
     assert resumed_epoch(last.log) == 3
-    assert "received SIGINT" in last.log and "stopped by SIGINT" in last.log and "Traceback" not in last.log
+    assert "received SIGTERM" in last.log and "stopped by SIGTERM" in last.log and "Traceback" not in last.log
     final = assert_complete(run_dir)
-    assert final >= 4
+    assert final >= 5
     # The interrupted prune was finished: only the two kept checkpoints remain.
     assert sorted(p.name for p in ckpts.iterdir()) == [
         f"model_{final - 1:04d}.pt",
@@ -220,6 +215,10 @@ def test_kills_at_chosen_moments_resume_without_duplicate_or_missing_epochs(tmp_
         f"trainer_state_{final - 1:04d}.ckpt",
         f"trainer_state_{final:04d}.ckpt",
     ]
+    assert (run_dir / "run.lock").read_text() == ""  # released
+    # The optimizer state came through every resume: Adam took one step per minibatch of every epoch.
+    newest = load_latest_checkpoint(str(ckpts))
+    assert adam_steps(newest) == (STEPS // 256) * final  # TINY: minibatches of 256, one update epoch
 
 
 def resume_command(log: str) -> list[str]:
@@ -245,10 +244,11 @@ def test_a_timestamped_run_resumes_with_the_printed_command_and_its_time_goes_on
             time.sleep(0.05)
         first.run_dir = found[0].parent
         first.wait_for_epoch(2)
-        first.signal_group(signal.SIGTERM)
+        first.signal_group(signal.SIGINT)  # one Ctrl-C, as a terminal sends it to a plain `python run.py`
         assert first.finish() == 0, first.log[-3000:]
     finally:
         first.kill()
+    assert "received SIGINT" in first.log and "stopped by SIGINT" in first.log and "Traceback" not in first.log
     run_dir = first.run_dir
     record = json.loads((run_dir / "run_config.json").read_text())
     assert record["experiment_name"] == run_dir.name and Path(record["data_dir"]) == data_dir.resolve()
@@ -327,8 +327,11 @@ def _rank_pids(launcher_pid: int, timeout: float = 60) -> dict[int, int]:
 
 
 def test_torchrun_ctrl_c_on_one_rank_stops_every_rank_with_exit_0(tmp_path: Path):
+    """Two ranks train one run: the batch sizes are totals over the ranks (scale_batches_by_world_size), rank 0
+    alone writes and logs, every rank ends with the checkpoint's weights, and a Ctrl-C to one rank stops both."""
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}"]
-    run = Run(tmp_path, "ddp", None, "debug_dump_weights=true", launcher=launcher)
+    per_rank = ["trainer.batch_size=2048", "trainer.minibatch_size=512", "trainer.scale_batches_by_world_size=true"]
+    run = Run(tmp_path, "ddp", None, "debug_dump_weights=true", *per_rank, launcher=launcher)
     try:
         run.wait_for_epoch(2, timeout=180)
         ranks = _rank_pids(run.pid)
@@ -340,7 +343,11 @@ def test_torchrun_ctrl_c_on_one_rank_stops_every_rank_with_exit_0(tmp_path: Path
     finally:
         run.kill()
     assert "stopped by a signal to another rank" in run.log
-    last = assert_complete(run.run_dir, steps=2 * STEPS)
+    assert run.log.count("experience: 128 rows of 8 steps (1024 agent steps)") == 2  # each rank's half
+    assert run.log.count("INFO stopped by") == 1 and run.log.count("resume with: ") == 1  # rank 0 logs
+    assert [p.name for p in tmp_path.iterdir() if p.suffix != ".log"] == ["ddp"]  # rank 0 alone writes
+    assert len(glob.glob(str(run.run_dir / "**" / "metrics*.jsonl"), recursive=True)) == 1
+    last = assert_complete(run.run_dir, steps=2 * STEPS)  # agent_step counts both ranks
     w0 = torch.load(run.run_dir / "rank0_weights.pt", weights_only=True)
     w1 = torch.load(run.run_dir / "rank1_weights.pt", weights_only=True)
     saved = read_policy_file(str(run.run_dir / "checkpoints" / f"model_{last:04d}.pt"))["state_dict"]
