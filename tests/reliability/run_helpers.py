@@ -7,6 +7,8 @@ scheduler's would) and never the test runner.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 import os
 import signal
@@ -116,3 +118,41 @@ def metrics_rows(run_dir: Path) -> list[dict]:
 
 def metrics_epochs(run_dir: Path) -> list[int]:
     return [row["epoch"] for row in metrics_rows(run_dir)]
+
+
+@functools.cache
+def run_py_main():
+    """run.py's ``main``, loaded from the file once per test process."""
+    spec = importlib.util.spec_from_file_location("run_py_under_test", REPO / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def refused_in_process(args: list[str], monkeypatch) -> str:
+    """Launch run.py with ``args`` by calling its ``main`` in this process; the launch must be refused: returns
+    the message. A refused launch ends in ``SystemExit("run.py: ...")``, which a process prints to stderr and exits
+    1 with (tests/test_run_py.py checks that on real processes); calling ``main`` here spares each case an
+    interpreter start. The launch must leave the signal handlers as it found them; torch's threads and random
+    state, which a launch may set before it is refused, are put back for the tests that follow."""
+    import numpy as np
+    import pytest
+    import torch
+
+    monkeypatch.setattr(sys, "argv", ["run.py", *args])
+    for name in ("METTA_RUN", "DATA_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    handlers = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
+    threads, torch_rng, numpy_rng = torch.get_num_threads(), torch.get_rng_state(), np.random.get_state()
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            run_py_main()()
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_rng_state(torch_rng)
+        np.random.set_state(numpy_rng)
+    assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == handlers
+    message = stopped.value.code
+    assert isinstance(message, str) and message.startswith("run.py: "), message
+    return message

@@ -4,10 +4,8 @@ are counted as invalid actions, never wrapped to valid ones."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +15,7 @@ import pytest
 import torch
 import yaml
 from pydantic import BaseModel, ValidationError
+from run_helpers import refused_in_process
 
 from metta.agent.agent_config import fast_agent_config
 from metta.common.config_cli import ConfigCliError, parse_config
@@ -63,40 +62,6 @@ def start_run_py(args: list[str], cwd: Path) -> subprocess.Popen:
     )
 
 
-@pytest.fixture(scope="module")
-def run_py_main():
-    """run.py's ``main``, loaded from the file. A refused launch ends in ``SystemExit("run.py: ...")``, which a
-    process prints to stderr and exits 1 with (tests/test_run_py.py checks that on real processes); calling it here
-    spares each case an interpreter start."""
-    spec = importlib.util.spec_from_file_location("run_py_under_test", ROOT / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
-
-
-def refusal(main, args: list[str], monkeypatch: pytest.MonkeyPatch) -> str:
-    """Launch run.py with ``args`` in this process; it must be refused: returns the message. The launch leaves
-    the signal handlers as it found them (torch's threads and random state, which a launch may set before it is
-    refused, are put back here for the tests that follow)."""
-    monkeypatch.setattr(sys, "argv", ["run.py", *args])
-    for name in ("METTA_RUN", "DATA_DIR"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    handlers = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
-    threads, torch_rng, numpy_rng = torch.get_num_threads(), torch.get_rng_state(), np.random.get_state()
-    try:
-        with pytest.raises(SystemExit) as stopped:
-            main()
-    finally:
-        torch.set_num_threads(threads)
-        torch.set_rng_state(torch_rng)
-        np.random.set_state(numpy_rng)
-    assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == handlers
-    message = stopped.value.code
-    assert isinstance(message, str) and message.startswith("run.py: "), message
-    return message
-
-
 # --------------------------------------------------------------------------------------------------------
 # Command line
 
@@ -122,7 +87,7 @@ def test_broken_yaml_config_names_the_file_and_the_place(tmp_path, text, where):
     assert "<unicode string>" not in str(err.value)
 
 
-def test_run_py_rejects_bad_input_before_creating_a_run_directory(tmp_path, run_py_main, monkeypatch, capfd):
+def test_run_py_rejects_bad_input_before_creating_a_run_directory(tmp_path, monkeypatch, capfd):
     broken = tmp_path / "broken.yaml"
     broken.write_text("trainer: {total_timesteps: 10\n")
     unsafe = unsafe_policy_file(tmp_path)
@@ -158,7 +123,7 @@ def test_run_py_rejects_bad_input_before_creating_a_run_directory(tmp_path, run_
         )
     ):
         data_dir = tmp_path / f"runs{i}"
-        assert message in refusal(run_py_main, [*args, f"data_dir={data_dir}", "run=bad_input"], monkeypatch)
+        assert message in refused_in_process([*args, f"data_dir={data_dir}", "run=bad_input"], monkeypatch)
         assert not data_dir.exists(), message
     out, err = capfd.readouterr()
     assert "this must never run" not in out + err and "Traceback" not in err
@@ -199,9 +164,7 @@ def corrupt_every_checkpoint(run_dir: Path) -> None:
         path.write_bytes(path.read_bytes()[:100])
 
 
-def test_a_refused_launch_of_an_existing_run_changes_nothing(
-    small_embedding_run: Path, tmp_path: Path, run_py_main, monkeypatch
-):
+def test_a_refused_launch_of_an_existing_run_changes_nothing(small_embedding_run: Path, tmp_path: Path, monkeypatch):
     """Each launch resumes a copy of the run with one thing that does not fit; each is refused with a one-line
     message, and every file of the run is as it was."""
     cases = [
@@ -228,7 +191,7 @@ def test_a_refused_launch_of_an_existing_run_changes_nothing(
             damage(run_dir)
         before = snapshot(run_dir)
         launch = [*small_embedding_launch(data_dir), "trainer.total_timesteps=4096", *args]
-        assert message in refusal(run_py_main, launch, monkeypatch)
+        assert message in refused_in_process(launch, monkeypatch)
         assert snapshot(run_dir) == before, message
 
 

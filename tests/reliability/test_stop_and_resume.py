@@ -34,7 +34,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-from run_helpers import FOREVER, REPO, STEPS, TINY, Run, metrics_epochs, metrics_rows, run_env
+from run_helpers import FOREVER, REPO, STEPS, TINY, Run, metrics_epochs, metrics_rows, refused_in_process, run_env
 
 from metta.agent.policy_store import read_policy_file
 from metta.common.evaluation_db import EvaluationDB, database_path
@@ -278,7 +278,7 @@ def test_a_timestamped_run_resumes_with_the_printed_command_and_its_time_goes_on
     assert f"{times[-1] / 60:.1f} min" in (run_dir / "index.html").read_text()
 
 
-def test_all_corrupt_directory_stops_with_the_error_and_changes_nothing(tmp_path: Path):
+def test_all_corrupt_directory_stops_with_the_error_and_changes_nothing(tmp_path: Path, monkeypatch):
     run_dir = tmp_path / "bad"
     ckpts = run_dir / "checkpoints"
     ckpts.mkdir(parents=True)
@@ -288,12 +288,12 @@ def test_all_corrupt_directory_stops_with_the_error_and_changes_nothing(tmp_path
     (run_dir / "metrics.jsonl").write_text('{"epoch": 1, "agent_step": 1024}\n{"epoch": 2, "agent_step": 2048}\n')
     before = {p: p.read_bytes() for p in [*ckpts.iterdir(), run_dir / "metrics.jsonl"]}
 
-    refused = Run(tmp_path, "bad", 1)
-    assert refused.finish() == 1
-    log = refused.log
-    assert f"no checkpoint in {os.path.abspath(ckpts)} can be loaded" in log
-    assert "trainer_state_0001.ckpt" in log and "trainer_state_0002.ckpt" in log
-    assert "run=" in log and "restart_if_unloadable=true" in log and "Traceback" not in log
+    message = refused_in_process(
+        [f"data_dir={tmp_path}", "run=bad", f"trainer.total_timesteps={STEPS}", *TINY], monkeypatch
+    )
+    assert f"no checkpoint in {os.path.abspath(ckpts)} can be loaded" in message
+    assert "trainer_state_0001.ckpt" in message and "trainer_state_0002.ckpt" in message
+    assert "run=" in message and "restart_if_unloadable=true" in message and "Traceback" not in message
     assert {p: p.read_bytes() for p in [*ckpts.iterdir(), run_dir / "metrics.jsonl"]} == before
 
     restarted = Run(tmp_path, "bad", 1, "restart_if_unloadable=true")
