@@ -128,15 +128,24 @@ def test_smoke_run_writes_run_directory(base_run: Path):
 
 
 # -------------------------------------------------------------------------------------------------------- 2
-def test_resume_after_clean_stop(base_run: Path, tmp_path: Path):
+def test_resume_falls_back_past_a_corrupt_checkpoint_and_goes_on(base_run: Path, tmp_path: Path):
+    """The finished 3-epoch run resumed to 5,000 steps with its newest trainer state cut in half: run.py warns,
+    resumes from epoch 2's complete checkpoint with its optimizer state, and metrics.jsonl ends with every epoch
+    once."""
     data_dir = copy_run(base_run, tmp_path, "base")
     run_dir = data_dir / "base"
     before = load_latest_checkpoint(str(run_dir / "checkpoints"))
-    out = assert_ok(run_py(data_dir, "base", 5000))
+    assert (before.epoch, before.agent_step) == (3, 3072)
+    newest = run_dir / "checkpoints" / "trainer_state_0003.ckpt"
+    data = newest.read_bytes()
+    newest.write_bytes(data[: len(data) // 2])
 
+    out = assert_ok(run_py(data_dir, "base", 5000))
+    warning = [line for line in out.splitlines() if "WARNING" in line and "trainer_state_0003.ckpt" in line]
+    assert warning, f"no warning naming the truncated file:\n{out[-3000:]}"
     path, epoch, agent_step = resumed(out)
-    assert Path(path).name == "model_0003.pt"
-    assert (epoch, agent_step) == (before.epoch, before.agent_step) == (3, 3072)
+    assert Path(path).name == "model_0002.pt"
+    assert (epoch, agent_step) == (2, 2048)
     assert "timer 'global' is already running" not in out
     # run.py's last word (on stdout): the run's own records, with twice the steps (the stop's form: the signal tests).
     further = f"python {RUN_PY} --config {run_dir}/run_config.json trainer.total_timesteps=10000"
@@ -146,36 +155,17 @@ def test_resume_after_clean_stop(base_run: Path, tmp_path: Path):
     assert re.search(r"epoch +5 .* elapsed \d+s +eta 0s\n", out), out[-2000:]
 
     rows = metrics_rows(run_dir)
-    assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5]  # epoch 3 again, once
     assert [r["agent_step"] for r in rows] == [1024 * e for e in range(1, 6)]
     times = [r["time"] for r in rows]
     assert all(a < b for a, b in zip(times, times[1:])), times  # the training time goes on from the checkpoint's
 
     after = load_latest_checkpoint(str(run_dir / "checkpoints"))
     assert (after.epoch, after.agent_step) == (5, 5120)
-    # Adam's step counter carried over: 3 epochs' worth before, 5 epochs' worth after (a fresh optimizer: 2).
+    # Adam's step counter carried over: 3 epochs' worth before, 5 epochs' worth after (a fresh optimizer: 3).
     per_epoch = adam_steps(before) / before.epoch
     assert per_epoch > 0
     assert adam_steps(after) == pytest.approx(per_epoch * after.epoch)
-
-
-# -------------------------------------------------------------------------------------------------------- 3
-# -------------------------------------------------------------------------------------------------------- 4
-def test_corrupt_checkpoint_falls_back_to_previous(base_run: Path, tmp_path: Path):
-    data_dir = copy_run(base_run, tmp_path, "base")
-    newest = data_dir / "base" / "checkpoints" / "trainer_state_0003.ckpt"
-    data = newest.read_bytes()
-    newest.write_bytes(data[: len(data) // 2])
-
-    out = assert_ok(run_py(data_dir, "base", 4000))
-    warning = [line for line in out.splitlines() if "WARNING" in line and "trainer_state_0003.ckpt" in line]
-    assert warning, f"no warning naming the truncated file:\n{out[-3000:]}"
-    path, epoch, agent_step = resumed(out)
-    assert Path(path).name == "model_0002.pt"
-    assert (epoch, agent_step) == (2, 2048)
-
-    final = load_latest_checkpoint(str(data_dir / "base" / "checkpoints"))
-    assert (final.epoch, final.agent_step) == (4, 4096)
 
 
 # -------------------------------------------------------------------------------------------------------- 5
