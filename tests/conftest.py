@@ -39,3 +39,32 @@ def browser():
         pytest.skip("Chromium is not installed (CI installs Debian's chromium package)")
     with HeadlessBrowser(width=1400, height=900) as b:
         yield b
+
+
+# Files whose tests start training processes, heaviest first (seconds of a suite run, from pytest --durations):
+# pytest-xdist's --dist loadfile hands whole files to its workers in collection order, so starting with these
+# leaves the many short files to even out the end, instead of one worker finishing a long file alone.
+HEAVY_FIRST = (
+    "tests/reliability/test_stop_and_resume.py",  # ~100
+    "tests/reliability/test_multinode.py",  # ~50
+    "tests/benchmarks/test_benchmarks_run.py",  # ~45
+    "tests/test_run_settings.py",  # ~40
+    "tests/test_sweep.py",  # ~40
+    "tests/reliability/test_worker_faults.py",  # ~20
+    "tests/test_examples_components.py",
+    "tests/rl/test_learning.py",
+    "tests/seeds/test_interface_document.py",
+    "tests/test_run_py.py",
+    "tests/test_demo_and_structured_example.py",
+    "tests/sim/test_evaluate_command.py",
+    "tests/reliability/test_bad_input.py",
+    "tests/interface/test_checkpoints.py",
+    "tests/reliability/test_write_faults.py",
+    "tests/test_notebook.py",  # ~10
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The files of HEAVY_FIRST first, in its order; every other file after them, in the usual order."""
+    rank = {path: i for i, path in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable within a file
