@@ -7,6 +7,7 @@ baselines are scored on the same 512 episodes (the curriculum's tasks drawn unif
 
     python recipes/navigation_cpu.py --minutes 10 --out-dir train_dir/navigation_cpu
     python recipes/navigation_cpu.py --evaluate train_dir/navigation_cpu/navigation_cpu_e300   # score again
+    python recipes/navigation_cpu.py --minutes 60 --save-every-minutes 10   # and a policy every 10 minutes
 
 This is the learning check of the PPO core (metta/rl); ``run.py`` is the full production loop.
 
@@ -147,6 +148,14 @@ def main() -> None:
     )
     parser.add_argument("--eval-episodes", type=int, default=512, help="episodes for each policy's evaluation")
     parser.add_argument("--evaluate", metavar="POLICY", help="only evaluate this saved policy (a file the run saved)")
+    parser.add_argument(
+        "--save-every-minutes",
+        type=float,
+        default=None,
+        metavar="M",
+        help="also save the policy every M minutes of training (navigation_cpu_t{minutes}m), for a learning "
+        "curve scored afterwards with --evaluate",
+    )
     args = parser.parse_args()
     if args.evaluate:
         print(json.dumps(evaluate_saved(args.evaluate, args.num_envs, args.seed + 1, args.eval_episodes)))
@@ -191,8 +200,18 @@ def main() -> None:
         enabled=args.lr_schedule != "constant",
         schedule_type=None if args.lr_schedule == "constant" else args.lr_schedule,
     )
+    store = PolicyStore({"device": "cpu", "trainer": {"checkpoint": {"checkpoint_dir": str(out)}}})
+
+    def save(name: str) -> None:
+        """The policy with the policy store, so it can be evaluated again or watched in a replay."""
+        record = store.create_empty_policy_record(name)
+        record.policy = policy
+        record.metadata.update(agent_step=agent_step, epoch=epoch, seconds=round(time.perf_counter() - start, 1))
+        store.save(record)
+
     agent_step, epoch = 0, 0
     start = time.perf_counter()
+    next_save = args.save_every_minutes
     while time.perf_counter() - start < args.minutes * 60 and agent_step < (args.max_steps or float("inf")):
         t0 = time.perf_counter()
         agent_step_before = agent_step
@@ -217,14 +236,12 @@ def main() -> None:
                 f"epoch {epoch} step {agent_step} t={row['seconds']}s reward {row['overview/reward']:.4f} sps "
                 f"{row['overview/sps']:.0f}"
             )
+        if next_save is not None and row["seconds"] >= next_save * 60:
+            save(f"navigation_cpu_t{next_save:g}m")
+            next_save += args.save_every_minutes
     env.close()
     policy.eval()
-    # Saved with the policy store so the trained agent can be evaluated again or watched in a replay.
-    store = PolicyStore({"device": "cpu", "trainer": {"checkpoint": {"checkpoint_dir": str(out)}}})
-    record = store.create_empty_policy_record(f"navigation_cpu_e{epoch}")
-    record.policy = policy
-    record.metadata.update(agent_step=agent_step, epoch=epoch)
-    store.save(record)
+    save(f"navigation_cpu_e{epoch}")
     summary = {**score(policy, args.num_envs, args.seed + 1, args.eval_episodes), "agent_step": agent_step}
     summary["minutes"] = args.minutes
     metrics.write(json.dumps({"final_evaluation": summary}) + "\n")
