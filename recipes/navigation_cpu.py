@@ -82,11 +82,17 @@ def evaluate(
 
 
 def score(
-    policy: torch.nn.Module, num_envs: int, seed: int, episodes: int, curriculum: Curriculum | None = None
+    policy: torch.nn.Module,
+    num_envs: int,
+    seed: int,
+    episodes: int,
+    curriculum: Curriculum | None = None,
+    baselines: dict[str, float] | None = None,
 ) -> dict:
     """The policy and both scripted baselines on the same episodes, side by side: every figure we publish
-    stands next to random and nearest-visible-altar."""
-    rewards = {name: evaluate(name, num_envs, seed, episodes, curriculum) for name in BASELINES}
+    stands next to random and nearest-visible-altar. ``baselines`` (name -> mean episode reward) reuses scores
+    already taken with the same arguments."""
+    rewards = baselines or {name: evaluate(name, num_envs, seed, episodes, curriculum) for name in BASELINES}
     trained = evaluate(policy, num_envs, seed, episodes, curriculum)
     return {
         "eval_seed": seed,
@@ -98,12 +104,19 @@ def score(
     }
 
 
-def evaluate_saved(path: str, num_envs: int, seed: int, episodes: int) -> dict:
-    """A saved policy (``--evaluate PATH``) against both baselines on the same episodes."""
-    store = PolicyStore({"device": "cpu", "trainer": {"checkpoint": {"checkpoint_dir": str(Path(path).parent)}}})
-    policy = store.policy_record(path).policy
-    policy.eval()
-    return {"policy": path, **score(policy, num_envs, seed, episodes)}
+def evaluate_saved(paths: list[str], num_envs: int, seed: int, episodes: int) -> list[dict]:
+    """Saved policies (``--evaluate PATH [PATH ...]``) against both baselines, all on the same episodes: the
+    baselines are scored once, then each policy (a learning curve from ``--save-every-minutes``)."""
+    baselines = {name: evaluate(name, num_envs, seed, episodes) for name in BASELINES}
+    results = []
+    for path in paths:
+        store = PolicyStore({"device": "cpu", "trainer": {"checkpoint": {"checkpoint_dir": str(Path(path).parent)}}})
+        record = store.policy_record(path)
+        saved = {k: record.metadata[k] for k in ("agent_step", "seconds") if k in record.metadata}
+        results.append(
+            {"policy": path, **saved, **score(record.policy.eval(), num_envs, seed, episodes, None, baselines)}
+        )
+    return results
 
 
 def _key_value(item: str) -> tuple[str, object]:
@@ -147,7 +160,12 @@ def main() -> None:
         help="more PPOConfig fields, e.g. --ppo clip_vloss=false vf_coef=0.5 (values are read as JSON, else text)",
     )
     parser.add_argument("--eval-episodes", type=int, default=512, help="episodes for each policy's evaluation")
-    parser.add_argument("--evaluate", metavar="POLICY", help="only evaluate this saved policy (a file the run saved)")
+    parser.add_argument(
+        "--evaluate",
+        nargs="+",
+        metavar="POLICY",
+        help="only evaluate these saved policies (files a run saved), beside the baselines scored once",
+    )
     parser.add_argument(
         "--save-every-minutes",
         type=float,
@@ -158,7 +176,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.evaluate:
-        print(json.dumps(evaluate_saved(args.evaluate, args.num_envs, args.seed + 1, args.eval_episodes)))
+        for result in evaluate_saved(args.evaluate, args.num_envs, args.seed + 1, args.eval_episodes):
+            print(json.dumps(result), flush=True)
         return
 
     out = Path(args.out_dir)

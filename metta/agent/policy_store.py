@@ -350,8 +350,8 @@ def _metric_value(record: PolicyRecord, metric: str) -> float | None:
 
 def select_records(records: list[PolicyRecord], selector_type: str, n: int, metric: str) -> list[PolicyRecord]:
     """``records`` arrive newest first."""
-    if selector_type == "all":
-        return records
+    if selector_type == "all" or (len(records) == 1 and n >= 1):
+        return records  # all of them, or a single policy: nothing to choose between
     if selector_type == "latest":
         return records[:n]
     if selector_type == "rand":

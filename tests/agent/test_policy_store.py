@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -118,6 +119,15 @@ def test_selectors(env, tmp_path):
     assert store.policy_record(uri, "top", metric="score").metadata.epoch == 7
     with pytest.raises(ValueError, match="selector_type"):
         store.policy_record(uri, "best")
+
+
+def test_a_single_policy_is_selected_without_a_fallback_warning(env, tmp_path, caplog):
+    """One file (no score in it) is the top policy by any metric: there is nothing to fall back from."""
+    store = _store(tmp_path)
+    path = _save(store, make_policy(env), 1)
+    with caplog.at_level(logging.WARNING, logger="metta.agent.policy_store"):
+        record = store.policy_record(path, "top", metric="score")
+    assert record.metadata.epoch == 1 and "selecting the latest" not in caplog.text
 
 
 def test_saved_record_cache_does_not_hold_the_live_policy(env, tmp_path):
