@@ -105,17 +105,19 @@ def score(
     }
 
 
-def evaluate_saved(paths: list[str], num_envs: int, seed: int, episodes: int) -> list[dict]:
+def evaluate_saved(
+    paths: list[str], num_envs: int, seed: int, episodes: int, curriculum: Curriculum | None = None
+) -> list[dict]:
     """Saved policies (``--evaluate PATH [PATH ...]``) against both baselines, all on the same episodes: the
     baselines are scored once, then each policy (a learning curve from ``--save-every-minutes``)."""
-    baselines = {name: evaluate(name, num_envs, seed, episodes) for name in BASELINES}
+    baselines = {name: evaluate(name, num_envs, seed, episodes, curriculum) for name in BASELINES}
     results = []
     for path in paths:
         store = PolicyStore({"device": "cpu", "trainer": {"checkpoint": {"checkpoint_dir": str(Path(path).parent)}}})
         record = store.policy_record(path)
         saved = {k: record.metadata[k] for k in ("agent_step", "seconds") if k in record.metadata}
         results.append(
-            {"policy": path, **saved, **score(record.policy.eval(), num_envs, seed, episodes, None, baselines)}
+            {"policy": path, **saved, **score(record.policy.eval(), num_envs, seed, episodes, curriculum, baselines)}
         )
     return results
 
@@ -176,6 +178,8 @@ def main() -> None:
         "curve scored afterwards with --evaluate",
     )
     args = parser.parse_args()
+    if args.save_every_minutes is not None and args.save_every_minutes <= 0:
+        parser.error(f"--save-every-minutes {args.save_every_minutes:g}: give a positive number of minutes")
     if args.evaluate:
         for result in evaluate_saved(args.evaluate, args.num_envs, args.seed + 1, args.eval_episodes):
             print(json.dumps(result), flush=True)
