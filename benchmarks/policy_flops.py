@@ -7,8 +7,8 @@ Throughput: inference on ``--batch`` agents (one rollout step, no grad, state ca
 forward+backward on ``[--train-b, --train-t]`` sequences, both in agent-steps per second on this machine's CPU
 with torch's default thread count.
 
-    python benchmarks/policy_flops.py [--config fast|interface_default] [--batch 256] [--train-b 32] [--train-t 16]
-                                      [--seconds 3] [--first-conv tokens|dense]
+    python benchmarks/policy_flops.py [--config fast|fast_cpu|interface_default] [--batch 256] [--train-b 32]
+                                      [--train-t 16] [--seconds 3] [--first-conv tokens|dense]
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import platform
 import time
 
 import torch
+
+from metta.agent.agent_config import AGENT_CONFIGS
 
 
 def time_loop(fn, seconds: float) -> float:
@@ -37,7 +39,7 @@ def tile(obs: torch.Tensor, n: int) -> torch.Tensor:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="fast", choices=["fast", "interface_default"])
+    parser.add_argument("--config", default="fast", choices=sorted(AGENT_CONFIGS))
     parser.add_argument("--batch", type=int, default=256, help="agents per inference call")
     parser.add_argument("--train-b", type=int, default=32, help="sequences per training call")
     parser.add_argument("--train-t", type=int, default=16, help="steps per sequence (bptt_horizon)")

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from metta.agent.agent_config import AGENT_CONFIGS
 from metta.agent.metta_agent import make_policy
 from metta.agent.policy_state import PolicyState
 from metta.agent.policy_store import PolicyStore
@@ -137,6 +138,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--out-dir", default="train_dir/navigation_cpu")
+    parser.add_argument(
+        "--agent",
+        choices=sorted(AGENT_CONFIGS),
+        default="fast_cpu",
+        help="the policy graph (metta.agent.agent_config): fast_cpu (default) learns most per CPU minute",
+    )
     parser.add_argument("--num-envs", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32768)
     parser.add_argument("--minibatch-size", type=int, default=2048)
@@ -214,7 +221,7 @@ def main() -> None:
     env = Environment(
         curriculum_path=CURRICULUM, num_envs=args.num_envs, seed=args.seed, is_training=True, device="cpu"
     )
-    policy = make_policy(env, "fast")
+    policy = make_policy(env, args.agent)
     experience = make_experience(env, policy, cfg, "cpu")
     optimizer = Optimizer(
         "adam", policy, learning_rate=cfg.optimizer.learning_rate, max_grad_norm=cfg.ppo.max_grad_norm

@@ -1,10 +1,12 @@
-"""Agent configs: a typed description of the component graph, and the two ready-made agents.
+"""Agent configs: a typed description of the component graph, and the ready-made agents.
 
 A config is ``AgentConfig`` (or a dict with the same fields, as upstream's YAML). Each component names a
 ``type`` from ``metta.agent.lib`` (upstream's dotted ``_target_`` is accepted too: its last part is the
 type) and its ``sources``. The ready configs:
 
 - ``fast`` (the default): upstream's ``configs/agent/fast.yaml``, small enough to train on a laptop CPU.
+- ``fast_cpu``: the fast graph with one LSTM layer and 256-wide critic and actor layers, half its FLOPs: the
+  agent that learns most per minute on a CPU (the CPU recipe's).
 - ``interface_default``: upstream's ``_get_default_agent_config`` (full-resolution CNN, 512-wide LSTM).
 
 Two conveniences for configs written by hand: ``AgentConfig(name="fast", hidden_size=512)``
@@ -131,16 +133,19 @@ def _c(type_: str, *sources: str, **fields: Any) -> dict[str, Any]:
     return {"type": type_, "sources": list(sources), **fields}
 
 
-def _shared_head(core_features: str) -> dict[str, dict[str, Any]]:
+def _shared_head(core_features: str, actor_width: int = 512) -> dict[str, dict[str, Any]]:
     return {
-        "actor_1": _c("Linear", core_features, nn_params={"out_features": 512}),
+        "actor_1": _c("Linear", core_features, nn_params={"out_features": actor_width}),
         "_action_embeds_": _c("ActionEmbedding", nn_params={"num_embeddings": 100, "embedding_dim": 16}),
         "_action_": _c("MettaActorSingleHead", "actor_1", "_action_embeds_"),
     }
 
 
-def fast_components() -> dict[str, ComponentConfig]:
-    """Upstream ``fast.yaml``: a strided 5x5 conv to 3x3, a 3x3 conv to 1x1, 128-wide 2-layer LSTM."""
+def fast_components(lstm_layers: int = 2, head_width: int | None = None) -> dict[str, ComponentConfig]:
+    """Upstream ``fast.yaml``: a strided 5x5 conv to 3x3, a 3x3 conv to 1x1, 128-wide 2-layer LSTM, a 1024-wide
+    critic and a 512-wide actor layer. ``lstm_layers`` and ``head_width`` (critic and actor widths) make the
+    ``fast_cpu`` graph."""
+    critic_width, actor_width = (1024, 512) if head_width is None else (head_width, head_width)
     raw = {
         "_obs_": _c("ObsTokenToBoxShaper"),
         "obs_normalizer": _c("ObservationNormalizer", "_obs_"),
@@ -149,14 +154,22 @@ def fast_components() -> dict[str, ComponentConfig]:
         "obs_flattener": _c("Flatten", "cnn2"),
         "fc1": _c("Linear", "obs_flattener", nn_params={"out_features": 128}),
         "encoded_obs": _c("Linear", "fc1", nn_params={"out_features": 128}),
-        "_core_": _c("LSTM", "encoded_obs", output_size=128, nn_params={"num_layers": 2}),
+        "_core_": _c("LSTM", "encoded_obs", output_size=128, nn_params={"num_layers": lstm_layers}),
         "critic_1": _c(
-            "Linear", "_core_", nn_params={"out_features": 1024}, nonlinearity="nn.Tanh", effective_rank=True
+            "Linear", "_core_", nn_params={"out_features": critic_width}, nonlinearity="nn.Tanh", effective_rank=True
         ),
         "_value_": _c("Linear", "critic_1", nn_params={"out_features": 1}, nonlinearity=None),
-        **_shared_head("_core_"),
+        **_shared_head("_core_", actor_width),
     }
     return {name: ComponentConfig.model_validate(c) for name, c in raw.items()}
+
+
+def fast_cpu_components() -> dict[str, ComponentConfig]:
+    """The fast graph cut for CPU training: one LSTM layer instead of two, a 256-wide critic and actor layer
+    instead of 1024 and 512. About 0.57 MFLOPs per agent step instead of 1.10, so on a CPU, where the learner's
+    forward and backward set the pace, it trains on ~1.6x the agent steps per minute; on the navigation
+    curriculum it learned more per CPU minute than fast (docs/training.md)."""
+    return fast_components(lstm_layers=1, head_width=256)
 
 
 def interface_default_components() -> dict[str, ComponentConfig]:
@@ -181,12 +194,24 @@ def fast_agent_config() -> AgentConfig:
     return AgentConfig(name="fast")
 
 
+def fast_cpu_agent_config() -> AgentConfig:
+    return AgentConfig(name="fast_cpu")
+
+
 def interface_default_agent_config() -> AgentConfig:
     return AgentConfig(name="interface_default")
 
 
-AGENT_CONFIGS = {"fast": fast_agent_config, "interface_default": interface_default_agent_config}
-AGENT_CONFIGS_COMPONENTS = {"fast": fast_components, "interface_default": interface_default_components}
+AGENT_CONFIGS = {
+    "fast": fast_agent_config,
+    "fast_cpu": fast_cpu_agent_config,
+    "interface_default": interface_default_agent_config,
+}
+AGENT_CONFIGS_COMPONENTS = {
+    "fast": fast_components,
+    "fast_cpu": fast_cpu_components,
+    "interface_default": interface_default_components,
+}
 
 # Names found in older configs and documents, and the ready graph each one means here.
 AGENT_NAME_ALIASES = {

@@ -33,7 +33,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 
-from metta.agent.agent_config import AgentConfig, fast_agent_config, resolve_agent_config
+from metta.agent.agent_config import AgentConfig, fast_cpu_agent_config, resolve_agent_config
 from metta.common.device import parse_device
 from metta.common.run_dirs import check_run_name
 from metta.mettagrid.vecenv import agents_per_env, check_layout
@@ -105,9 +105,10 @@ class TrainingConfig(Config):
         default=0, ge=0, le=2**31 - 1, description="seeds torch, numpy (plus the rank) and the envs (plus 1000 x rank)"
     )
     agent: AgentConfig = Field(
-        default_factory=fast_agent_config,
-        description="the policy: a ready graph's name (fast, interface_default; legacy simple_cnn, simple) or a "
-        "mapping of AgentConfig fields, set whole",
+        default_factory=fast_cpu_agent_config,
+        description="the policy: a ready graph's name (fast_cpu, fast, interface_default; legacy simple_cnn, "
+        "simple) or a mapping of AgentConfig fields, set whole; fast_cpu learns most per minute on a CPU, fast is "
+        "upstream's default agent",
     )
     num_envs: int | None = Field(
         default=None,
@@ -240,7 +241,7 @@ class TrainingConfig(Config):
 # ----------------------------------------------------------------------------------------------------
 # Presets
 def small_fast_config() -> TrainingConfig:
-    """A preset that learns in minutes on a laptop CPU: the fast agent on the navigation curriculum, 32 envs (128
+    """A preset that learns in minutes on a laptop CPU: the fast_cpu agent on the navigation curriculum, 32 envs (128
     agents), batch 8192, 1M agent steps, ``cpu_learning_settings()``, evaluated at the end."""
     trainer = cpu_trainer_config().model_copy(update={"total_timesteps": 1_000_000, "batch_size": 8192})
     trainer.simulation.evaluate_interval = 0
@@ -278,6 +279,7 @@ def gpu_full_config() -> TrainingConfig:
     return TrainingConfig(
         experiment_name="gpu_full",
         device="cuda",
+        agent="fast",  # upstream's agent, the one the GPU figures in docs/benchmarks.md are measured with
         num_envs=None,  # from forward_pass_minibatch_target_size: 2 x 1024 envs of 4 agents, 8192 agents
         vectorization="multiprocessing",
         trainer=TrainerConfig(

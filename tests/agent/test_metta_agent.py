@@ -231,6 +231,12 @@ def test_configs_and_errors(env):
     assert big.hidden_size == 512 and big.core_num_layers == 1
     fast = make_policy(env)
     assert fast.hidden_size == 128 and fast.core_num_layers == 2
+    # fast_cpu: the fast graph with one LSTM layer and 256-wide heads, about half its FLOPs per agent step.
+    fast_cpu = make_policy(env, "fast_cpu")
+    assert fast_cpu.hidden_size == 128 and fast_cpu.core_num_layers == 1
+    assert [fast_cpu.components[n].out_shape for n in ("critic_1", "actor_1")] == [(256,), (256,)]
+    assert [fast.components[n].out_shape for n in ("critic_1", "actor_1")] == [(1024,), (512,)]
+    assert sum(p.numel() for p in fast_cpu.parameters()) < 0.6 * sum(p.numel() for p in fast.parameters())
     # The seed documents' shape: {"device": ..., "agent": {knobs}} keeps the default graph.
     cfg = resolve_agent_config({"device": "cpu", "agent": {"clip_range": 0.2, "l2_init_weight_update_interval": 100}})
     assert cfg.clip_range == 0.2 and "critic_1" in cfg.components

@@ -124,7 +124,7 @@ def test_help_lists_every_key_with_its_choices_and_a_description():
         "trainer.simulation.suite": "one of: terrain, navigation, smoke",
     }
     text = help_text(TrainingConfig, "run.py")
-    assert "  agent='fast'  (AgentConfig: a name or a mapping)" in text and "(Literal)" not in text
+    assert "  agent='fast_cpu'  (AgentConfig: a name or a mapping)" in text and "(Literal)" not in text
 
 
 def test_gpu_preset_uses_upstream_scale():
@@ -134,6 +134,7 @@ def test_gpu_preset_uses_upstream_scale():
     assert config.device == "cuda" and config.vectorization == "multiprocessing"
     assert trainer.async_factor == 2 and trainer.forward_pass_minibatch_target_size == 4096
     assert trainer.ppo == PPOConfig()  # upstream's PPO defaults
+    assert config.agent.name == "fast"  # upstream's agent; the CPU default is fast_cpu
     assert config.wandb.enabled is None  # on when an API key (or WANDB_MODE=offline) is there
 
 
@@ -148,6 +149,9 @@ def test_smoke_preset_is_tiny_and_small_fast_is_cpu_sized():
 def test_defaults_run_on_a_cpu_and_edits_are_validated():
     config = TrainingConfig()
     assert config.vectorization == "serial" and config.trainer == cpu_trainer_config()
+    assert config.agent == AgentConfig(name="fast_cpu") and config.agent.components["_core_"].nn_params == {
+        "num_layers": 1
+    }
     config.trainer.total_timesteps = 5000
     with pytest.raises(ValidationError, match="minibatch_size=2048 must divide batch_size=3000"):
         config.trainer.batch_size = 3000
@@ -214,7 +218,8 @@ def test_agent_name_and_hidden_size_build_that_policy():
 
 def test_agent_name_errors_are_clear():
     with pytest.raises(
-        ValidationError, match=r"name='latent_attn_med' is unknown .*not implemented.*'fast', 'interface_default'"
+        ValidationError,
+        match=r"name='latent_attn_med' is unknown .*not implemented.*'fast', 'fast_cpu', 'interface_default'",
     ):
         AgentConfig(name="latent_attn_med")
     with pytest.raises(ValidationError, match="hidden_size=64 conflicts with components._core_.output_size=128"):
