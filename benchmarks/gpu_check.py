@@ -30,9 +30,10 @@ A failing check never stops the others. The checks, in order:
 - ``torchrun``: ``torchrun --nproc_per_node=1 run.py`` (NCCL on a GPU, gloo on a CPU);
 - ``train_sps_*``: ``benchmarks/train_sps.py`` at GPU sizes (2048 envs of 4 agents in multiprocessing workers for
   the machine's cores, async_factor 2, batch 524288, minibatch 16384, bptt 64, terrain sets pre-built, two warm-up
-  iterations): the default agent as run.py builds it (the rollout step as a CUDA graph), then a torch profiler table
-  of one rollout and one update, two torch threads in the learner, torch.compile (default and reduce-overhead), the
-  bag form of the first convolution, 4096 envs, and the interface_default agent (LSTM 512).
+  iterations): the fast agent (upstream's, gpu_full_config's) as run.py builds it (the rollout step as a CUDA
+  graph), then a torch profiler table of one rollout and one update, two torch threads in the learner,
+  torch.compile (default and reduce-overhead), the bag form of the first convolution, 4096 envs, and the
+  interface_default agent (LSTM 512).
 
 The default and the correctness checks come first, then the host-overhead measurements, so a short budget
 (``--budget-s``) drops variants, not them. The whole command takes about 7 minutes on one H100/H200.

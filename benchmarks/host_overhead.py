@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--curriculum", default="/env/mettagrid/curriculum/navigation/bucketed")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda (the GPU's forms for real, with sync listing)")
     parser.add_argument("--paths", default="cpu,gpu", help="on a CPU, the forms to measure: cpu, gpu or both")
-    parser.add_argument("--agent", default="fast", choices=["fast", "interface_default"])
+    parser.add_argument("--agent", default="fast", choices=["fast", "fast_cpu", "interface_default"])
     parser.add_argument("--first-conv", default="dense", choices=["auto", "sparse", "bag", "dense"])
     parser.add_argument("--num-envs", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=32768)

@@ -1,6 +1,6 @@
 """A rollout step's device work for one env batch, eager vs replayed as a CUDA graph, as one JSON line.
 
-The GPU form of the rollout step (``metta.rl.rollout.DeviceStep``: upload, episode resets, the default agent's
+The GPU form of the rollout step (``metta.rl.rollout.DeviceStep``: upload, episode resets, the fast agent's
 forward, buffer writes, action download) for ``--agents`` agents (default 4096 and 8192), on navigation
 observations; the env itself is left out. For each size: ms per step (wall, the step ends with the actions on
 the host) and torch ops dispatched per step, eagerly and as a graph replay (CUDA only; on a CPU the graph

@@ -1,6 +1,6 @@
 """The pieces of a minibatch update, each in the form metta runs and the form it replaced, as one JSON line.
 
-On one real-shaped minibatch (``--rows`` rows of ``--bptt`` steps, the default agent's sizes, episode starts
+On one real-shaped minibatch (``--rows`` rows of ``--bptt`` steps, the fast agent's sizes, episode starts
 inside rows at navigation's rate of about one per 1,000 steps per agent):
 
 - ``lstm_replay``: the replay of rows cut at their episode starts as one padded LSTM call (``metta.agent.lib.
@@ -8,7 +8,7 @@ inside rows at navigation's rate of about one per 1,000 steps per agent):
   episode), forward and backward;
 - ``vtrace``: the closed form of the advantages (``compute_advantage``, the GPU form) vs the loop over time it
   replaced;
-- ``adam``: fused Adam (one kernel) vs the multi-tensor step, on the default agent's parameters.
+- ``adam``: fused Adam (one kernel) vs the multi-tensor step, on the fast agent's parameters.
 
 For each: ``host_ms``, the time the host spends issuing the work, and ``device_ms``, the time until the device
 finished it (CUDA events; on a CPU the two are the same work and ``device_ms`` is the wall time).

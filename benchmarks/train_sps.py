@@ -1,4 +1,5 @@
-"""End-to-end training throughput of the default agent on the navigation curriculum, as one JSON line.
+"""End-to-end training throughput of an agent (``--agent``, default fast: upstream's) on the navigation
+curriculum, as one JSON line.
 
 It runs the real loop (``rollout`` + ``train_ppo``, i.e. ``perform_rollout_step`` and
 ``process_minibatch_update``) and reports:
@@ -70,7 +71,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--curriculum", default="/env/mettagrid/curriculum/navigation/bucketed")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    parser.add_argument("--agent", default="fast", choices=["fast", "interface_default"])
+    parser.add_argument("--agent", default="fast", choices=["fast", "fast_cpu", "interface_default"])
     parser.add_argument(
         "--first-conv",
         default="auto",

@@ -1,4 +1,4 @@
-"""Train the fast agent on the navigation curriculum on a CPU for a fixed wall-clock budget.
+"""Train the fast_cpu agent on the navigation curriculum on a CPU for a fixed wall-clock budget.
 
 Writes one JSON object per epoch to ``{out_dir}/metrics.jsonl`` (agent steps, wall time, mean episode
 reward, SPS, losses) and, first, the mean episode reward of the two scripted baselines (``metta.sim.baselines``:
@@ -11,10 +11,11 @@ baselines are scored on the same 512 episodes (the curriculum's tasks drawn unif
 
 This is the learning check of the PPO core (metta/rl); ``run.py`` is the full production loop.
 
-The defaults are run.py's CPU settings (``cpu_learning_settings()``, batch 32768, minibatch 2048), which came
-from sweeping this script and run.py; docs/training.md has the measurements (with truncation bootstrapped, 6.8x
-the random policy's reward after 10 minutes on seed 0 and 4.3x on seed 1; after an hour on seed 1, 14.9x, or 0.48
-of the nearest-visible-altar script; on seed 0, 18.8x and 0.63) and the sweep.
+The defaults are run.py's CPU settings (the ``fast_cpu`` agent, ``cpu_learning_settings()``, batch 32768,
+minibatch 2048), which came from sweeping this script and run.py; docs/training.md has the measurements (after 10
+minutes, 4.9x to 8.3x the random policy's reward over seeds 0 to 4, mean 6.5x; with ``--agent fast``, 6.8x on
+seed 0 and 4.3x on seed 1, and after an hour 18.8x and 14.9x, 0.63 and 0.48 of the nearest-visible-altar script)
+and the sweep.
 """
 
 from __future__ import annotations

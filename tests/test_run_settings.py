@@ -240,7 +240,7 @@ def check_seed(runs):
 
 
 def check_agent(runs):
-    assert "LSTM 1x512" in runs["r1"] and "LSTM 2x128" in runs["r0"]
+    assert "LSTM 1x512" in runs["r1"] and "LSTM 1x128" in runs["r0"]  # r0: the default agent, fast_cpu
 
 
 def check_num_envs_and_workers(runs):

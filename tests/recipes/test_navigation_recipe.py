@@ -1,8 +1,10 @@
 """recipes/navigation_cpu.py scores a policy beside both scripted baselines on the same episodes."""
 
 import importlib.util
+import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from metta.agent.metta_agent import make_policy
@@ -66,3 +68,32 @@ def test_saved_policies_are_scored_beside_baselines_scored_once(tmp_path):
     # Each policy scores as a lone evaluation of it does on those episodes.
     alone = recipe.evaluate(store.policy_record(paths[1]).policy.eval(), 8, 1, 16, room)
     assert results[1]["trained_policy_episode_reward"] == alone
+
+
+def test_a_short_run_trains_the_chosen_agent_logs_each_epoch_and_scores_it(tmp_path, monkeypatch, capsys):
+    """One batch of the recipe as a user runs it: the default agent is fast_cpu, every epoch is a metrics row
+    after the baselines' row, and the final evaluation puts the saved policy beside both baselines."""
+    recipe = load_recipe()
+    out = tmp_path / "run"
+    args = ["--minutes", "5", "--max-steps", "1024", "--num-envs", "2", "--batch-size", "1024"]
+    args += ["--minibatch-size", "512", "--update-epochs", "1", "--eval-episodes", "8", "--out-dir", str(out)]
+    monkeypatch.setattr("sys.argv", ["navigation_cpu.py", *args])
+    with torch.random.fork_rng():
+        recipe.main()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert set(rows[0]) == {"random_policy_episode_reward", "nearest_altar_policy_episode_reward"}
+    assert [row["agent_step"] for row in rows[1:-1]] == [1024]
+    final = rows[-1]["final_evaluation"]
+    assert final["episodes"] == 8 and final["agent_step"] == 1024 and final["eval_seed"] == 1
+    assert final["random_policy_episode_reward"] == rows[0]["random_policy_episode_reward"]
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == final
+    store = PolicyStore({"device": "cpu", "trainer": {"checkpoint": {"checkpoint_dir": str(out)}}})
+    saved = store.policy_record(str(out / f"navigation_cpu_e{rows[-2]['epoch']}"))
+    assert saved.policy.config.name == "fast_cpu" and saved.policy.core_num_layers == 1
+    assert saved.metadata["agent_step"] == 1024
+
+    monkeypatch.setattr("sys.argv", ["navigation_cpu.py", "--agent", "fast_lstm"])
+    with pytest.raises(SystemExit):
+        recipe.main()
+    err = capsys.readouterr().err
+    assert "invalid choice: 'fast_lstm'" in err and "fast_cpu" in err

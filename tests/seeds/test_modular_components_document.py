@@ -86,7 +86,7 @@ def test_structured_configs_and_migration_from_legacy_yaml():
 
     # Use preset
     config = small_fast_config()
-    assert config.agent.name == "fast"
+    assert config.agent.name == "fast_cpu"  # the CPU default agent
 
     # Or create custom
     config = TrainingConfig(
