@@ -274,7 +274,11 @@ def main() -> None:
     env.close()
     policy.eval()
     save(f"navigation_cpu_e{epoch}")
-    summary = {**score(policy, args.num_envs, args.seed + 1, args.eval_episodes), "agent_step": agent_step}
+    # The baselines were scored at the start on these very episodes (same envs, seed and count).
+    summary = {
+        **score(policy, args.num_envs, args.seed + 1, args.eval_episodes, baselines=baselines),
+        "agent_step": agent_step,
+    }
     summary["minutes"] = args.minutes
     metrics.write(json.dumps({"final_evaluation": summary}) + "\n")
     metrics.close()
