@@ -143,7 +143,7 @@ def main() -> None:
         "--agent",
         choices=sorted(AGENT_CONFIGS),
         default="fast_cpu",
-        help="the policy graph (metta.agent.agent_config): fast_cpu (default) learns most per CPU minute",
+        help="the policy graph (metta.agent.agent_config): fast_cpu (default) learns most in runs of minutes",
     )
     parser.add_argument("--num-envs", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32768)

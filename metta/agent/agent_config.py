@@ -5,8 +5,8 @@ A config is ``AgentConfig`` (or a dict with the same fields, as upstream's YAML)
 type) and its ``sources``. The ready configs:
 
 - ``fast`` (the default): upstream's ``configs/agent/fast.yaml``, small enough to train on a laptop CPU.
-- ``fast_cpu``: the fast graph with one LSTM layer and 256-wide critic and actor layers, half its FLOPs: the
-  agent that learns most per minute on a CPU (the CPU recipe's).
+- ``fast_cpu``: the fast graph with one LSTM layer and 256-wide critic and actor layers, half its FLOPs: what
+  learns most in runs of minutes on a CPU (run.py's and the CPU recipe's default).
 - ``interface_default``: upstream's ``_get_default_agent_config`` (full-resolution CNN, 512-wide LSTM).
 
 Two conveniences for configs written by hand: ``AgentConfig(name="fast", hidden_size=512)``
@@ -167,8 +167,8 @@ def fast_components(lstm_layers: int = 2, head_width: int | None = None) -> dict
 def fast_cpu_components() -> dict[str, ComponentConfig]:
     """The fast graph cut for CPU training: one LSTM layer instead of two, a 256-wide critic and actor layer
     instead of 1024 and 512. About 0.57 MFLOPs per agent step instead of 1.10, so on a CPU, where the learner's
-    forward and backward set the pace, it trains on ~1.6x the agent steps per minute; on the navigation
-    curriculum it learned more per CPU minute than fast (docs/training.md)."""
+    forward and backward set the pace, it trains on ~1.6x the agent steps per minute. On the navigation curriculum
+    it learned more than fast in runs of minutes and was level with it after an hour (docs/training.md)."""
     return fast_components(lstm_layers=1, head_width=256)
 
 

@@ -107,7 +107,7 @@ class TrainingConfig(Config):
     agent: AgentConfig = Field(
         default_factory=fast_cpu_agent_config,
         description="the policy: a ready graph's name (fast_cpu, fast, interface_default; legacy simple_cnn, "
-        "simple) or a mapping of AgentConfig fields, set whole; fast_cpu learns most per minute on a CPU, fast is "
+        "simple) or a mapping of AgentConfig fields, set whole; fast_cpu learns most in short CPU runs, fast is "
         "upstream's default agent",
     )
     num_envs: int | None = Field(
