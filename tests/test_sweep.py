@@ -269,7 +269,9 @@ def test_two_workers_share_one_study_and_the_killed_ones_trial_resumes(shared):
     assert "received SIGTERM" in resumed and "resumed from" in resumed
     assert "trial 3 (3 of 3), resuming trial_0001" in out
     assert "best so far: trial 3, parameters/learning_rate 0.002" in out
-    assert re.search(r"trial 2: pruned at report [12]/3", out)  # under load two reports can arrive in one poll
+    # Reports arrive as the worker polls metrics.jsonl: when run.py's epochs are quicker than a poll (or the machine
+    # is loaded), several come at once and the pruner decides at the last of them.
+    assert re.search(r"trial 2: pruned at report [123]/3", out)
 
 
 def test_a_worker_with_another_spec_cannot_join(shared, tmp_path):
