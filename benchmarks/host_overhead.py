@@ -39,6 +39,7 @@ import warnings
 
 import torch
 
+from metta.agent.agent_config import AGENT_CONFIGS
 from metta.common.code_paths import gpu_forms_everywhere
 from metta.common.profiling.dispatch_counter import DispatchCounter
 from metta.common.profiling.stopwatch import Stopwatch
@@ -53,7 +54,7 @@ def main() -> None:
     parser.add_argument("--curriculum", default="/env/mettagrid/curriculum/navigation/bucketed")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda (the GPU's forms for real, with sync listing)")
     parser.add_argument("--paths", default="cpu,gpu", help="on a CPU, the forms to measure: cpu, gpu or both")
-    parser.add_argument("--agent", default="fast", choices=["fast", "fast_cpu", "interface_default"])
+    parser.add_argument("--agent", default="fast", choices=sorted(AGENT_CONFIGS))
     parser.add_argument("--first-conv", default="dense", choices=["auto", "sparse", "bag", "dense"])
     parser.add_argument("--num-envs", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=32768)

@@ -36,6 +36,8 @@ import time
 import numpy as np
 import torch
 
+from metta.agent.agent_config import AGENT_CONFIGS
+
 
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
@@ -71,7 +73,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--curriculum", default="/env/mettagrid/curriculum/navigation/bucketed")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    parser.add_argument("--agent", default="fast", choices=["fast", "fast_cpu", "interface_default"])
+    parser.add_argument("--agent", default="fast", choices=sorted(AGENT_CONFIGS))
     parser.add_argument(
         "--first-conv",
         default="auto",

@@ -42,6 +42,7 @@ from metta.rl.experience import make_experience
 from metta.rl.functional_trainer import rollout, train_ppo
 from metta.rl.losses import Losses
 from metta.rl.optimizer import Optimizer, scheduled_learning_rate, set_learning_rate
+from metta.rl.run_config import TrainingConfig
 from metta.rl.trainer_config import LRSchedulerConfig, TrainerConfig, cpu_learning_settings
 from metta.sim.baselines import make_baseline
 
@@ -142,8 +143,8 @@ def main() -> None:
     parser.add_argument(
         "--agent",
         choices=sorted(AGENT_CONFIGS),
-        default="fast_cpu",
-        help="the policy graph (metta.agent.agent_config): fast_cpu (default) learns most in runs of minutes",
+        default=TrainingConfig().agent.name,  # run.py's CPU default: fast_cpu
+        help="the policy graph (metta.agent.agent_config); the default, run.py's, learns most in runs of minutes",
     )
     parser.add_argument("--num-envs", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32768)

@@ -141,11 +141,11 @@ def _shared_head(core_features: str, actor_width: int = 512) -> dict[str, dict[s
     }
 
 
-def fast_components(lstm_layers: int = 2, head_width: int | None = None) -> dict[str, ComponentConfig]:
-    """Upstream ``fast.yaml``: a strided 5x5 conv to 3x3, a 3x3 conv to 1x1, 128-wide 2-layer LSTM, a 1024-wide
-    critic and a 512-wide actor layer. ``lstm_layers`` and ``head_width`` (critic and actor widths) make the
-    ``fast_cpu`` graph."""
-    critic_width, actor_width = (1024, 512) if head_width is None else (head_width, head_width)
+def fast_components(
+    lstm_layers: int = 2, critic_width: int = 1024, actor_width: int = 512
+) -> dict[str, ComponentConfig]:
+    """Upstream ``fast.yaml`` with its defaults: a strided 5x5 conv to 3x3, a 3x3 conv to 1x1, 128-wide 2-layer
+    LSTM, a 1024-wide critic and a 512-wide actor layer. Other values make the ``fast_cpu`` graph."""
     raw = {
         "_obs_": _c("ObsTokenToBoxShaper"),
         "obs_normalizer": _c("ObservationNormalizer", "_obs_"),
@@ -169,7 +169,7 @@ def fast_cpu_components() -> dict[str, ComponentConfig]:
     instead of 1024 and 512. About 0.57 MFLOPs per agent step instead of 1.10, so on a CPU, where the learner's
     forward and backward set the pace, it trains on ~1.6x the agent steps per minute. On the navigation curriculum
     it learned more than fast in runs of minutes and was level with it after an hour (docs/training.md)."""
-    return fast_components(lstm_layers=1, head_width=256)
+    return fast_components(lstm_layers=1, critic_width=256, actor_width=256)
 
 
 def interface_default_components() -> dict[str, ComponentConfig]:
