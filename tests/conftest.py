@@ -46,22 +46,31 @@ def browser():
 # leaves the many short files to even out the end, instead of one worker finishing a long file alone.
 HEAVY_FIRST = (
     "tests/reliability/test_stop_and_resume.py",  # ~100
-    "tests/reliability/test_multinode.py",  # ~50
-    "tests/benchmarks/test_benchmarks_run.py",  # ~45
+    "tests/reliability/test_multinode.py",  # ~45
     "tests/test_run_settings.py",  # ~40
-    "tests/test_sweep.py",  # ~40
+    "tests/test_sweep.py",  # ~35
+    "tests/benchmarks/test_benchmarks_run.py",  # ~25
     "tests/reliability/test_worker_faults.py",  # ~20
-    "tests/test_examples_components.py",
-    "tests/rl/test_learning.py",
-    "tests/seeds/test_interface_document.py",
     "tests/test_run_py.py",
     "tests/test_demo_and_structured_example.py",
-    "tests/sim/test_evaluate_command.py",
-    "tests/reliability/test_bad_input.py",
+    "tests/test_examples_components.py",
+    "tests/rl/test_learning.py",
     "tests/interface/test_checkpoints.py",
+    "tests/seeds/test_interface_document.py",
+    "tests/reliability/test_bad_input.py",
     "tests/reliability/test_write_faults.py",
-    "tests/test_notebook.py",  # ~10
+    "tests/recipes/test_navigation_recipe.py",
+    "tests/test_notebook.py",
+    "tests/sim/test_evaluate_command.py",
+    "tests/mettagrid/test_replay_viewer.py",  # ~8
 )
+
+
+def pytest_configure(config):
+    """Keep HEAVY_FIRST's order under pytest-xdist: by default (``--loadscope-reorder``) its scheduler re-sorts the
+    files by how many tests each holds, which puts the files of one long test last."""
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
 
 
 def pytest_collection_modifyitems(config, items):
