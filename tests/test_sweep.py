@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -263,15 +262,17 @@ def test_two_workers_share_one_study_and_the_killed_ones_trial_resumes(shared):
         found = epochs(sweep_dir / name)
         assert found == list(range(1, len(found) + 1)) and found  # each epoch once
     assert epochs(sweep_dir / "trial_0000") == epochs(sweep_dir / "trial_0001") == [1, 2, 3]
-    assert "stopped by SIGTERM" in (sweep_dir / "trial_0002" / "train.log").read_text()  # pruned: stopped early
+    # Pruned: stopped early, or, when its three epochs were quicker than a poll, told so after its run had ended.
+    pruned_log = (sweep_dir / "trial_0002" / "train.log").read_text()
+    assert "stopped by SIGTERM" in pruned_log or "trial 2: pruned at report 1/3, after its run had ended" in out
     resumed = (sweep_dir / "trial_0001" / "train.log").read_text()
     # The killed worker's run.py got SIGTERM from the kernel, saved after its iteration and exited; then resumed.
     assert "received SIGTERM" in resumed and "resumed from" in resumed
     assert "trial 3 (3 of 3), resuming trial_0001" in out
     assert "best so far: trial 3, parameters/learning_rate 0.002" in out
-    # Reports arrive as the worker polls metrics.jsonl: when run.py's epochs are quicker than a poll (or the machine
-    # is loaded), several come at once and the pruner decides at the last of them.
-    assert re.search(r"trial 2: pruned at report [123]/3", out)
+    # Reports arrive as the worker polls metrics.jsonl, several at once when run.py's epochs are quicker than a poll;
+    # the pruner is asked after each, so it stops trial 2 at its first report (1e-05 < the median, 0.001) either way.
+    assert "trial 2: pruned at report 1/3" in out
 
 
 def test_a_worker_with_another_spec_cannot_join(shared, tmp_path):

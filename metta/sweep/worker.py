@@ -324,33 +324,43 @@ class SweepWorker:
                 progress = row_progress(rows, spec.trial)
                 if rows and budget_s is not None:
                     clock = (progress[-1] * budget_s, time.time())
-                if self._report(trial, rows, progress, reported) and trial.should_prune():
+                pruned_at = self._report(trial, rows, progress, reported)
+                if pruned_at is not None:
                     _terminate(process, beat)
-                    step = max(reported)
-                    self.study.tell(trial, state=TrialState.PRUNED)
-                    self.say(
-                        f"trial {trial.number}: pruned at report {step}/{spec.trial.reports} "
-                        f"({spec.objective.metric} {reported[step]:.4g}) | {self._summary()}"
-                    )
-                    self.write_report()
-                    return "pruned"
+                    return self._pruned(trial, pruned_at, reported)
             if clock is not None and not time_up and clock[0] + time.time() - clock[1] >= budget_s:
                 process.send_signal(signal.SIGTERM)  # time is up: run.py ends its iteration, saves, exits 0
                 time_up = True
         return None
 
-    def _report(self, trial: Trial, rows, progress, reported: dict[int, float]) -> bool:
-        """Report the parts of the budget that are over and not yet reported; True when any was."""
+    def _report(self, trial: Trial, rows, progress, reported: dict[int, float]) -> int | None:
+        """Report the parts of the budget that are over and not yet reported, asking the pruner after each one;
+        the part at which it stops the trial, or None.
+
+        Several parts arrive at once when run.py's epochs are quicker than a poll, or when the run ended between
+        two polls; asking after each part gives the decision an objective inside Optuna would get, whatever the
+        timing."""
         spec = self.spec
         reports = objective_reports(rows, progress, spec.objective.metric, spec.trial.reports)
-        new = sorted(set(reports.complete) - set(reported))
-        for step in new:
+        for step in sorted(set(reports.complete) - set(reported)):
             trial.report(reports.complete[step], step)
             reported[step] = reports.complete[step]
             self.say(
                 f"trial {trial.number}: report {step}/{spec.trial.reports} {spec.objective.metric} {reported[step]:.4g}"
             )
-        return bool(new)
+            if trial.should_prune():
+                return step
+        return None
+
+    def _pruned(self, trial: Trial, step: int, reported: dict[int, float], after: str = "") -> str:
+        spec = self.spec
+        self.study.tell(trial, state=TrialState.PRUNED)
+        self.say(
+            f"trial {trial.number}: pruned at report {step}/{spec.trial.reports}{after} "
+            f"({spec.objective.metric} {reported[step]:.4g}) | {self._summary()}"
+        )
+        self.write_report()
+        return "pruned"
 
     def _budget_spent(self, rows, total_steps: int | None) -> bool:
         """Whether the run trained its budget, or to its trainer.total_timesteps (a timed trial can get there)."""
@@ -369,7 +379,9 @@ class SweepWorker:
                 trial, f"run.py exited 0 before the budget ({spec.trial.describe()}), at agent step {step}"
             )
         progress = row_progress(rows, spec.trial)
-        self._report(trial, rows, progress, reported)
+        pruned_at = self._report(trial, rows, progress, reported)
+        if pruned_at is not None:  # the run ended before a poll saw the part the pruner stops it at
+            return self._pruned(trial, pruned_at, reported, after=", after its run had ended")
         latest = objective_reports(rows, progress, spec.objective.metric, spec.trial.reports).latest
         if latest is None:  # e.g. no episode ended in a very short trial, or a misspelt metric
             self._fail(trial, f"metrics.jsonl has no value of the objective {spec.objective.metric!r}")
