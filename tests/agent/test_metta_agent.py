@@ -340,3 +340,31 @@ def test_the_dense_first_convolution_runs_the_components_and_nothing_more(env, r
             agent(rollout_obs[0], PolicyState(), action=torch.zeros(rollout_obs.shape[1], 2, dtype=torch.int32))
         counts.append(counter.totals()["ops"])
     assert counts[0] == counts[1]
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_convolution_covering_its_input_runs_as_a_matrix_product_with_the_same_results(bias):
+    """cnn2 of the fast graphs (3x3 kernel over a 3x3 input) runs as one matrix product over the flattened input:
+    the convolution's outputs and gradients, through the same parameters. Any other shape stays a convolution."""
+    from metta.agent.lib.nn_layer_library import Conv2d
+
+    torch.manual_seed(0)
+    context = AgentContext(obs_width=11, obs_height=11, feature_normalizations={}, clip_range=0.0)
+    layer = Conv2d("cnn2", ["cnn1"], context, nn_params={"out_channels": 8, "kernel_size": 3, "bias": bias})
+    layer.setup([(4, 3, 3)])
+    assert layer.covers_input and layer.out_shape == (8, 1, 1)
+    x = torch.randn(5, 4, 3, 3, requires_grad=True)
+    product = layer._forward(x)
+    (product * torch.arange(8.0).view(1, 8, 1, 1)).sum().backward()
+    product_grads = [x.grad.clone()] + [p.grad.clone() for p in layer.parameters()]
+    x.grad = None
+    layer.zero_grad()
+    convolution = torch.relu(layer.weight_net(x))
+    (convolution * torch.arange(8.0).view(1, 8, 1, 1)).sum().backward()
+    torch.testing.assert_close(product, convolution)
+    for a, b in zip(product_grads, [x.grad] + [p.grad for p in layer.parameters()]):
+        torch.testing.assert_close(a, b)
+    for nn_params, in_shape in (({"kernel_size": 3}, (4, 5, 5)), ({"kernel_size": 3, "padding": 1}, (4, 3, 3))):
+        other = Conv2d("c", ["x"], context, nn_params={"out_channels": 8, **nn_params})
+        other.setup([in_shape])
+        assert not other.covers_input
