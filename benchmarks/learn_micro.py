@@ -8,7 +8,10 @@ inside rows at navigation's rate of about one per 1,000 steps per agent):
   episode), forward and backward;
 - ``vtrace``: the closed form of the advantages (``compute_advantage``, the GPU form) vs the loop over time it
   replaced;
-- ``adam``: fused Adam (one kernel) vs the multi-tensor step, on the fast agent's parameters.
+- ``adam``: fused Adam (one kernel) vs the multi-tensor step, on the fast agent's parameters;
+- ``first_conv``: the agent's first convolution from the tokens (``metta.agent.lib.token_conv``), forward and
+  backward, on ``rows * bptt`` navigation observations (agents taking random actions): the sparse patch product (a
+  CPU's form; CPU only), the dense components (a GPU's) and the bag form.
 
 For each: ``host_ms``, the time the host spends issuing the work, and ``device_ms``, the time until the device
 finished it (CUDA events; on a CPU the two are the same work and ``device_ms`` is the wall time).
@@ -58,6 +61,27 @@ def vtrace_loop(values, rewards, dones, ratio, gamma, lam, rho_clip, c_clip) -> 
         last = delta[:, t] + decay[:, t] * last
         out[:, t] = last
     return out
+
+
+def _navigation_tokens(count: int, seed: int) -> torch.Tensor:
+    """``count`` token observations of the navigation curriculum, from 64 envs of agents taking random actions
+    (from the 51st step on, so they have left their start)."""
+    from metta.mettagrid.env import MettaGridEnv
+
+    env = MettaGridEnv("/env/mettagrid/curriculum/navigation/bucketed", num_envs=64)
+    obs, _ = env.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    batches, have = [], 0
+    for step in range(10_000):
+        actions = np.stack([rng.integers(0, 2, env.num_agents), rng.integers(0, 4, env.num_agents)], axis=1)
+        obs, *_ = env.step(actions.astype(np.int32))
+        if step >= 50:
+            batches.append(torch.from_numpy(obs.copy()))
+            have += len(obs)
+            if have >= count:
+                break
+    env.close()
+    return torch.cat(batches)[:count]
 
 
 def timed(fn, device: torch.device, repeats: int) -> dict[str, float]:
@@ -134,6 +158,22 @@ def main() -> None:
     def loop():
         vtrace_loop(values, rewards, dones, ratio, 0.977, 0.916, 1.0, 1.0)
 
+    observations = _navigation_tokens(rows * horizon, args.seed).to(device)
+    first_conv = policy.token_conv
+
+    def first_conv_pass(product: str):
+        def run():
+            first_conv.product = product
+            td = {"x": observations}
+            first_conv(td)
+            td[first_conv.name].sum().backward()
+
+        return run
+
+    conv_forms = ["sparse", "dense", "bag"] if device.type == "cpu" else ["dense", "bag"]
+    first_conv_times = {form: timed(first_conv_pass(form), device, args.repeats) for form in conv_forms}
+    first_conv.product = None
+
     params = [p for p in policy.parameters() if p.requires_grad]
     for p in params:
         p.grad = torch.randn_like(p) * 1e-3
@@ -146,6 +186,7 @@ def main() -> None:
         "lstm_replay": {"padded": timed(padded, device, args.repeats), "split": timed(split, device, args.repeats)},
         "vtrace": {"closed_form": timed(closed_form, device, args.repeats), "loop": timed(loop, device, args.repeats)},
         "adam": {name: timed(opt.step, device, args.repeats) for name, opt in optimizers.items()},
+        "first_conv": first_conv_times,
         "config": {
             "device": str(device),
             "rows": rows,
