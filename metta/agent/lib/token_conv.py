@@ -200,9 +200,9 @@ class TokenConv:
         )
 
     def _bag_product(self, columns: torch.Tensor, values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """GPU: the same product as a weighted bag of table rows per observation. Every slot takes part (an
-        empty or dropped token points at row 0 with weight 0), so the shapes never depend on the data: no
-        device-to-host synchronisation to count tokens, and fixed shapes for torch.compile."""
+        """The product as a weighted bag of table rows per observation (torch.compile's form, any device). Every
+        slot takes part (an empty or dropped token points at row 0 with weight 0), so the shapes never depend on
+        the data: no device-to-host synchronisation to count tokens, and fixed shapes for torch.compile."""
         columns = torch.where(valid, columns, 0)
         values = torch.where(valid, values, 0.0)
         return F.embedding_bag(columns, self._table(), per_sample_weights=values, mode="sum")
