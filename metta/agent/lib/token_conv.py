@@ -235,8 +235,18 @@ class _PatchProduct(torch.autograd.Function):
 
 
 @numba.njit(cache=True, nogil=True)
-def _patches(tokens, location_offset, feature_remap, inverse_norms, cover_count, cover_position, cover_tap, cells, taps,
-             positions):  # fmt: skip
+def _patches(
+    tokens,
+    location_offset,
+    feature_remap,
+    inverse_norms,
+    cover_count,
+    cover_position,
+    cover_tap,
+    cells,
+    taps,
+    positions,
+):
     """The patches of ``tokens`` (uint8 ``[N, slots, 3]``) as CSR arrays ``(row_starts, columns, values)``, rows
     ``position * N + n``. Two passes over the token slots (count the entries of each row, then place them), so
     no sort: empty slots, cells off the window and dropped features (``feature_remap`` >= channels) are
