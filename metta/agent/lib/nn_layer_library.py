@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metta.agent.lib.metta_layer import AgentContext, LayerBase, ParamLayer, Shape
+from metta.common.code_paths import gpu_forms
 
 
 def _single_source(name: str, in_shapes: list[Shape]) -> Shape:
@@ -52,15 +53,15 @@ class Conv2d(ParamLayer):
             raise ValueError(f"component {self.name!r}: a {h}x{w} input is too small for {self.nn_params}")
         net = self.weight_net
         # A kernel the size of its input, unpadded, has one output position that sees every input value: the
-        # convolution is a matrix product over the flattened input. As one, forward and backward take about a
-        # quarter of the convolution kernels' time on a CPU (the fast graphs' cnn2: 3x3 input, 3x3 kernel).
+        # convolution is a matrix product over the flattened input. As one (the CPU's form), forward and backward take
+        # about a third of the convolution kernels' time on a CPU (the fast graphs' cnn2: 3x3 input, 3x3 kernel).
         self.covers_input = (
             net.kernel_size == (h, w) and net.padding == (0, 0) and net.dilation == (1, 1) and net.groups == 1
         )
         return (net.out_channels, out_h, out_w)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.covers_input:
+        if not self.covers_input or gpu_forms(x.device):  # a GPU keeps cuDNN's kernel and its fewer launches
             return super()._forward(x)
         net = self.weight_net  # the same parameters either way, so checkpoints do not depend on the form
         out = F.linear(x.flatten(1), net.weight.flatten(1), net.bias)
