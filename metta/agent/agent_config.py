@@ -166,7 +166,7 @@ def fast_components(
 
 def fast_cpu_components() -> dict[str, ComponentConfig]:
     """The fast graph cut for CPU training: one LSTM layer instead of two, a 256-wide critic and actor layer
-    instead of 1024 and 512. About 0.57 MFLOPs per agent step instead of 1.10, so on a CPU, where the learner's
+    instead of 1024 and 512. About 0.53 MFLOPs per agent step instead of 1.07, so on a CPU, where the learner's
     forward and backward set the pace, it trains on ~1.6x the agent steps per minute. On the navigation curriculum
     it learned more than fast in runs of minutes and was level with it after an hour (docs/training.md)."""
     return fast_components(lstm_layers=1, critic_width=256, actor_width=256)
