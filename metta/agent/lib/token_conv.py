@@ -74,13 +74,14 @@ class TokenConv:
         # The sparse product's patches: cell c is covered by the kernels of cover_count[c] output positions,
         # cover_position[c, :count], through the taps cover_tap[c, :count] (positions ascending).
         covered_cells = covered.reshape(h * w, out_h * out_w).numpy()
+        taps_of_cells = index.view(h * w, out_h * out_w).numpy()  # the tap where covered
         self.cover_count = covered_cells.sum(1).astype(np.int64)
         self.cover_position = np.zeros((h * w, max(1, int(self.cover_count.max()))), dtype=np.int64)
         self.cover_tap = np.zeros_like(self.cover_position)
         for cell, positions in enumerate(covered_cells):
             where = np.flatnonzero(positions)
             self.cover_position[cell, : where.size] = where
-            self.cover_tap[cell, : where.size] = (kr * kw + kc).reshape(h * w, -1)[cell, where].numpy()
+            self.cover_tap[cell, : where.size] = taps_of_cells[cell, where]
         self.taps = kh * kw
         self.positions = out_h * out_w
         # taps_to_table[cell * positions + position, tap] = 1 for the tap that cell feeds at that position.
