@@ -12,12 +12,12 @@ baselines are scored on the same 512 episodes (the curriculum's tasks drawn unif
 This is the learning check of the PPO core (metta/rl); ``run.py`` is the full production loop.
 
 The defaults are run.py's CPU settings (the ``fast_cpu`` agent, ``cpu_learning_settings()``, batch 32768,
-minibatch 2048), which came from sweeping this script and run.py; docs/training.md has the measurements (after 10
-minutes, 4.6x to 15.7x the random policy's reward over seeds 0 to 4, mean 8.4x, at 8.3M to 9.6M agent steps; with
-``--agent fast``, 6.8x on seed 0 and 4.3x on seed 1, and after an hour 18.8x and 14.9x, 0.63 and 0.48 of the
-nearest-visible-altar script) and the sweep. With the default constant learning rate a run is deterministic for
-its seed, settings and number of epochs, so two runs of one seed differ only by how many epochs the machine fits
-in the time (``--lr-schedule`` follows the wall clock, so its runs are not).
+minibatch 2048), which came from sweeping this script and run.py; docs/training.md has the measurements (6.3x to
+10.9x the random policy's reward over seeds 0 to 4, mean 7.4x, at 8.3M agent steps, what ten minutes made on a
+slower day; with ``--agent fast`` and the value loss clipped, after an hour 18.8x and 14.9x on seeds 0 and 1,
+0.63 and 0.48 of the nearest-visible-altar script) and the sweep. With the default constant learning rate a run
+is deterministic for its seed, settings and number of epochs, so two runs of one seed differ only by how many
+epochs the machine fits in the time (``--lr-schedule`` follows the wall clock, so its runs are not).
 """
 
 from __future__ import annotations

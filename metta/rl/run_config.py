@@ -65,8 +65,9 @@ def cpu_trainer_config() -> TrainerConfig:
     """The CPU defaults (``TrainingConfig().trainer``): they show learning in minutes on a laptop CPU; raise the
     sizes on a GPU. The navigation curriculum, 3M agent steps, batch 32768, minibatch 2048, BPTT 16, 256 agents
     per forward pass (64 envs of 4 agents) in this process, ``cpu_learning_settings()`` (two passes per batch, lr
-    1e-3, ent_coef 0.0005, gamma 0.99, gae_lambda 0.95; docs/training.md says why), a checkpoint every 20 epochs
-    and an evaluation every 50 (3M steps are 184 epochs: evaluations at 50, 100, 150 and the end)."""
+    1e-3, ent_coef 0.0005, gamma 0.99, gae_lambda 0.95, the value loss unclipped; docs/training.md says why), a
+    checkpoint every 20 epochs and an evaluation every 50 (3M steps are 184 epochs: evaluations at 50, 100, 150
+    and the end)."""
     return TrainerConfig(
         total_timesteps=3_000_000,
         batch_size=32768,

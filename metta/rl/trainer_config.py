@@ -350,13 +350,15 @@ def cpu_learning_settings() -> dict[str, Any]:
     docs/training.md): two passes over each batch, learning rate 1e-3, and PPO with a small entropy bonus and a
     long horizon (gamma 0.99, gae_lambda 0.95: altars are often dozens of steps away, and returns run across
     BPTT rows, see compute_advantage). With ent_coef 0.01 the policy stayed near uniform for millions of steps,
-    because each altar pays one heart per episode and the per-action advantage signal is tiny. Used by the CPU
-    defaults (``metta.rl.run_config.cpu_trainer_config``) and recipes/navigation_cpu.py; pass as
+    because each altar pays one heart per episode and the per-action advantage signal is tiny. The value loss is
+    not clipped: a value that may move only vf_clip_coef (0.1) per update trails returns of several hearts, and
+    its advantages stalled some seeds' learning for minutes. Used by the CPU defaults
+    (``metta.rl.run_config.cpu_trainer_config``) and recipes/navigation_cpu.py; pass as
     ``TrainerConfig(**cpu_learning_settings(), ...)``.
     """
     return {
         "update_epochs": 2,
-        "ppo": {"clip_coef": 0.1, "ent_coef": 0.0005, "gamma": 0.99, "gae_lambda": 0.95},
+        "ppo": {"clip_coef": 0.1, "ent_coef": 0.0005, "gamma": 0.99, "gae_lambda": 0.95, "clip_vloss": False},
         "optimizer": {"learning_rate": 1e-3},
     }
 

@@ -156,9 +156,10 @@ def test_two_nodes_grow_restart_lose_their_launchers_and_shrink(tmp_path: Path):
             worker.kill()
         for n in nodes:
             n.kill()
-    # Both ranks notice; rank 0 reports whichever reached it first: its own watcher, or rank 1's stop through the
-    # all-reduce of should_stop.
-    assert logs().count("the torchrun launcher (pid") == 2
+    # Each rank's watcher polls for its launcher every 0.5 s; the first to notice logs it and asks for the stop, and
+    # the other may learn of it through the all-reduce of should_stop and exit before its own next poll. Rank 0
+    # reports whichever reached it first: its own watcher, or the other rank's stop.
+    assert 1 <= logs().count("the torchrun launcher (pid") <= 2
     assert re.search(r"stopped by (the launcher's death|a signal to another rank): epoch", logs()), logs()[-3000:]
     for n in nodes:  # the last group ended cleanly on both nodes
         assert "Traceback" not in n.log.split("resumed from")[-1], n.log[-3000:]
