@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from metta.rl.losses import Losses, compute_explained_variance, compute_ppo_losses, should_stop_early
+from metta.rl.run_config import cpu_trainer_config
 from metta.rl.trainer_config import PPOConfig, TrainerConfig
 
 
@@ -46,6 +47,24 @@ def test_value_loss_without_clipping():
         cfg(clip_vloss=False),
     )
     assert v.item() == pytest.approx(0.5 * (1 + 4) / 2)
+
+
+def test_the_cpu_defaults_move_the_value_past_the_clip():
+    """run.py's CPU defaults (cpu_learning_settings) train the value unclipped: a value already more than
+    vf_clip_coef from the rollout's still gets a gradient towards its return, where the clipped loss gives none."""
+    mb = {"returns": torch.tensor([[3.0]]), "values": torch.tensor([[0.0]])}
+
+    def value_grad(config: TrainerConfig) -> float:
+        newvalue = torch.tensor([1.0], requires_grad=True)  # 1.0 from the rollout's value, past the 0.1 clip
+        _, v, _, _, _ = compute_ppo_losses(
+            mb, torch.zeros(1, 1), torch.zeros(1), newvalue, torch.ones(1, 1), torch.zeros(1, 1), config
+        )
+        v.backward()
+        return newvalue.grad.item()
+
+    assert cpu_trainer_config().ppo.clip_vloss is False
+    assert value_grad(cpu_trainer_config()) == pytest.approx(-2.0)  # d/dV 0.5 (V - 3)^2 at V = 1
+    assert value_grad(cfg(clip_vloss=True)) == 0.0
 
 
 def test_losses_stats_and_zero():
