@@ -352,7 +352,7 @@ def cpu_learning_settings() -> dict[str, Any]:
     BPTT rows, see compute_advantage). With ent_coef 0.01 the policy stayed near uniform for millions of steps,
     because each altar pays one heart per episode and the per-action advantage signal is tiny. The value loss is
     not clipped: a value that may move only vf_clip_coef (0.1) per update trails returns of several hearts, and
-    its advantages stalled some seeds' learning for minutes. Used by the CPU defaults
+    with the clip two of five seeds' ten-minute runs stalled for minutes. Used by the CPU defaults
     (``metta.rl.run_config.cpu_trainer_config``) and recipes/navigation_cpu.py; pass as
     ``TrainerConfig(**cpu_learning_settings(), ...)``.
     """
