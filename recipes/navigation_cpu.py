@@ -17,7 +17,8 @@ minibatch 2048), which came from sweeping this script and run.py; docs/training.
 slower day; with ``--agent fast`` and the value loss clipped, after an hour 18.8x and 14.9x on seeds 0 and 1,
 0.63 and 0.48 of the nearest-visible-altar script) and the sweep. With the default constant learning rate a run
 is deterministic for its seed, settings and number of epochs, so two runs of one seed differ only by how many
-epochs the machine fits in the time (``--lr-schedule`` follows the wall clock, so its runs are not).
+epochs the machine fits in the time. ``--lr-schedule`` follows the agent steps when ``--max-steps`` is given (the
+run stays deterministic), else the wall clock (the run is then not).
 """
 
 from __future__ import annotations
@@ -164,7 +165,8 @@ def main() -> None:
         "--lr-schedule",
         choices=["constant", "linear", "cosine"],
         default="constant",
-        help="learning-rate schedule over the wall-clock budget (progress = elapsed / --minutes)",
+        help="learning-rate schedule over the budget: agent steps / --max-steps when --max-steps is given "
+        "(repeatable), else elapsed / --minutes",
     )
     parser.add_argument(
         "--ppo",
@@ -251,7 +253,12 @@ def main() -> None:
         t0 = time.perf_counter()
         agent_step_before = agent_step
         agent_step, stats = rollout(policy, env, experience, "cpu", agent_step)
-        progress = (time.perf_counter() - start) / (args.minutes * 60)
+        # Over agent steps when a step budget is given (as run.py's schedule does: the steps before this batch's
+        # rollout, so the run stays deterministic for its seed), else over the wall clock.
+        if args.max_steps:
+            progress = agent_step_before / args.max_steps
+        else:
+            progress = (time.perf_counter() - start) / (args.minutes * 60)
         set_learning_rate(optimizer, scheduled_learning_rate(args.learning_rate, schedule, progress))
         epoch = train_ppo(policy, optimizer, experience, "cpu", losses, epoch, cfg, agent_step=agent_step)
         # The row every loop logs (metta.rl.epoch_metrics): overview/sps, overview/reward, losses/*,

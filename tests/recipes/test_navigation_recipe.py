@@ -92,6 +92,18 @@ def test_a_short_run_trains_the_chosen_agent_logs_each_epoch_and_scores_it(tmp_p
     assert saved.policy.config.name == "fast_cpu" and saved.policy.core_num_layers == 1
     assert saved.metadata["agent_step"] == 1024
 
+    # With a step budget the schedule follows the agent steps (before each batch's rollout), not the clock.
+    out = tmp_path / "scheduled"
+    args = ["--minutes", "5", "--max-steps", "2048", "--num-envs", "2", "--batch-size", "1024", "--eval-episodes", "2"]
+    args += ["--minibatch-size", "512", "--update-epochs", "1", "--lr-schedule", "linear", "--out-dir", str(out)]
+    monkeypatch.setattr("sys.argv", ["navigation_cpu.py", *args, "--learning-rate", "0.002"])
+    with torch.random.fork_rng():
+        recipe.main()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:-1]
+    assert [row["agent_step"] for row in rows] == [1024, 2048]
+    assert [row["parameters/learning_rate"] for row in rows] == pytest.approx([0.002, 0.001])
+    capsys.readouterr()
+
     monkeypatch.setattr("sys.argv", ["navigation_cpu.py", "--agent", "fast_lstm"])
     with pytest.raises(SystemExit):
         recipe.main()
