@@ -75,7 +75,7 @@ def test_a_short_run_trains_the_chosen_agent_logs_each_epoch_and_scores_it(tmp_p
     after the baselines' row, and the final evaluation puts the saved policy beside both baselines."""
     recipe = load_recipe()
     out = tmp_path / "run"
-    args = ["--minutes", "5", "--max-steps", "1024", "--num-envs", "2", "--batch-size", "1024"]
+    args = ["--minutes", "60", "--max-steps", "1024", "--num-envs", "2", "--batch-size", "1024"]
     args += ["--minibatch-size", "512", "--update-epochs", "1", "--eval-episodes", "8", "--out-dir", str(out)]
     monkeypatch.setattr("sys.argv", ["navigation_cpu.py", *args])
     with torch.random.fork_rng():
@@ -94,7 +94,7 @@ def test_a_short_run_trains_the_chosen_agent_logs_each_epoch_and_scores_it(tmp_p
 
     # With a step budget the schedule follows the agent steps (before each batch's rollout), not the clock.
     out = tmp_path / "scheduled"
-    args = ["--minutes", "5", "--max-steps", "2048", "--num-envs", "2", "--batch-size", "1024", "--eval-episodes", "2"]
+    args = ["--minutes", "60", "--max-steps", "2048", "--num-envs", "2", "--batch-size", "1024", "--eval-episodes", "2"]
     args += ["--minibatch-size", "512", "--update-epochs", "1", "--lr-schedule", "linear", "--out-dir", str(out)]
     monkeypatch.setattr("sys.argv", ["navigation_cpu.py", *args, "--learning-rate", "0.002"])
     with torch.random.fork_rng():
