@@ -8,6 +8,7 @@ baselines are scored on the same 512 episodes (the curriculum's tasks drawn unif
     python recipes/navigation_cpu.py --minutes 10 --out-dir train_dir/navigation_cpu
     python recipes/navigation_cpu.py --evaluate train_dir/navigation_cpu/navigation_cpu_e300   # score again
     python recipes/navigation_cpu.py --minutes 60 --save-every-minutes 10   # and a policy every 10 minutes
+    python recipes/navigation_cpu.py --evaluate POLICY --breakdown   # per terrain set and size, and action counts
 
 This is the learning check of the PPO core (metta/rl); ``run.py`` is the full production loop.
 
@@ -33,6 +34,7 @@ import torch
 
 from metta.agent.agent_config import AGENT_CONFIGS
 from metta.agent.metta_agent import make_policy
+from metta.agent.policy_record import PolicyRecord
 from metta.agent.policy_state import PolicyState
 from metta.agent.policy_store import PolicyStore
 from metta.interface.environment import Environment
@@ -60,10 +62,10 @@ def evaluation_curriculum() -> Curriculum:
     return curriculum_from_any({**raw, "rand_task_rate": 1.0, "num_active_tasks": 64})
 
 
-def evaluate(
+def play(
     policy: torch.nn.Module | str, num_envs: int, seed: int, episodes: int, curriculum: Curriculum | None = None
-) -> float:
-    """Mean episode reward over the first ``episodes`` episodes of ``curriculum`` (default
+) -> list[dict]:
+    """The env's info of each of the first ``episodes`` episodes of ``curriculum`` (default
     ``evaluation_curriculum()``; the same episodes for every policy). ``policy`` is a trained policy or a scripted
     baseline's name ("random", "nearest_altar": ``metta.sim.baselines``), whose draws come from torch's generator
     seeded with ``seed``."""
@@ -72,10 +74,10 @@ def evaluate(
     done = np.zeros(env.num_agents, dtype=bool)
     scripted = make_baseline(policy).bind(env) if isinstance(policy, str) else None
     state = PolicyState()
-    rewards: list[float] = []
+    finished: list[dict] = []
     with torch.random.fork_rng(), torch.no_grad():  # the baselines' draws leave the caller's generator alone
         torch.manual_seed(seed)
-        while len(rewards) < episodes:
+        while len(finished) < episodes:
             if scripted is not None:
                 actions = scripted.act(obs)
             else:
@@ -83,9 +85,34 @@ def evaluate(
                 actions = policy(torch.from_numpy(obs), state)[0].numpy().astype(np.int32)
             obs, _, terminals, truncations, infos = env.step(actions)
             done = terminals | truncations
-            rewards += [info["episode_reward"] for info in infos]
+            finished += infos
     env.close()
-    return float(np.mean(rewards[:episodes]))
+    return finished[:episodes]
+
+
+def evaluate(
+    policy: torch.nn.Module | str, num_envs: int, seed: int, episodes: int, curriculum: Curriculum | None = None
+) -> float:
+    """Mean episode reward over the episodes of ``play`` (same arguments)."""
+    return float(np.mean([info["episode_reward"] for info in play(policy, num_envs, seed, episodes, curriculum)]))
+
+
+def breakdown(infos: list[dict]) -> dict:
+    """Where a policy scores and what its agents do, over finished episodes' infos: the mean episode reward per
+    map label (``map_reward``: the terrain set, e.g. ``dense_large``, and the size, e.g. ``large``), the episodes
+    per label, and each agent stat's mean per agent per episode (``agent``: e.g. ``action.move.failed``)."""
+    by_label: dict[str, list[float]] = {}
+    for info in infos:
+        for key in info:
+            if key.startswith("map_reward/"):
+                by_label.setdefault(key.removeprefix("map_reward/"), []).append(info["episode_reward"])
+    stats = sorted({name for info in infos for name in info["agent"]})
+    return {
+        "episode_reward": float(np.mean([info["episode_reward"] for info in infos])),
+        "map_reward": {label: float(np.mean(rewards)) for label, rewards in sorted(by_label.items())},
+        "episodes": {label: len(rewards) for label, rewards in sorted(by_label.items())},
+        "agent": {name: float(np.mean([info["agent"].get(name, 0.0) for info in infos])) for name in stats},
+    }
 
 
 def score(
@@ -111,6 +138,12 @@ def score(
     }
 
 
+def load_saved(path: str) -> PolicyRecord:
+    """A policy that a run of this recipe saved (its file path)."""
+    store = PolicyStore({"device": "cpu", "trainer": {"checkpoint": {"checkpoint_dir": str(Path(path).parent)}}})
+    return store.policy_record(path)
+
+
 def evaluate_saved(
     paths: list[str], num_envs: int, seed: int, episodes: int, curriculum: Curriculum | None = None
 ) -> list[dict]:
@@ -119,8 +152,7 @@ def evaluate_saved(
     baselines = {name: evaluate(name, num_envs, seed, episodes, curriculum) for name in BASELINES}
     results = []
     for path in paths:
-        store = PolicyStore({"device": "cpu", "trainer": {"checkpoint": {"checkpoint_dir": str(Path(path).parent)}}})
-        record = store.policy_record(path)
+        record = load_saved(path)
         saved = {k: record.metadata[k] for k in ("agent_step", "seconds") if k in record.metadata}
         results.append(
             {"policy": path, **saved, **score(record.policy.eval(), num_envs, seed, episodes, curriculum, baselines)}
@@ -183,6 +215,12 @@ def main() -> None:
         help="only evaluate these saved policies (files a run saved), beside the baselines scored once",
     )
     parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="with --evaluate: also print, for both baselines and each policy, the mean reward per map label "
+        "(terrain set and size) and the agents' action counts per episode, on the same episodes",
+    )
+    parser.add_argument(
         "--save-every-minutes",
         type=float,
         default=None,
@@ -193,7 +231,15 @@ def main() -> None:
     args = parser.parse_args()
     if args.save_every_minutes is not None and args.save_every_minutes <= 0:
         parser.error(f"--save-every-minutes {args.save_every_minutes:g}: give a positive number of minutes")
+    if args.breakdown and not args.evaluate:
+        parser.error("--breakdown goes with --evaluate POLICY [POLICY ...]")
     if args.evaluate:
+        if args.breakdown:
+            for name in (*BASELINES, *args.evaluate):
+                policy = name if name in BASELINES else load_saved(name).policy.eval()
+                infos = play(policy, args.num_envs, args.seed + 1, args.eval_episodes)
+                print(json.dumps({"policy": name, "eval_seed": args.seed + 1, **breakdown(infos)}), flush=True)
+            return
         for result in evaluate_saved(args.evaluate, args.num_envs, args.seed + 1, args.eval_episodes):
             print(json.dumps(result), flush=True)
         return

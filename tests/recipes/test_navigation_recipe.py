@@ -109,3 +109,41 @@ def test_a_short_run_trains_the_chosen_agent_logs_each_epoch_and_scores_it(tmp_p
         recipe.main()
     err = capsys.readouterr().err
     assert "invalid choice: 'fast_lstm'" in err and "fast_cpu" in err
+
+
+def test_breakdown_scores_each_map_label_and_counts_actions_on_the_same_episodes(tmp_path, monkeypatch, capsys):
+    """``--evaluate P --breakdown``: both baselines and the policy per map label (terrain set, size) and their
+    agents' action counts, on the recipe's own episodes."""
+    recipe = load_recipe()
+    env = MettaGridEnv(recipe.evaluation_curriculum(), num_envs=2, is_training=False)
+    store = PolicyStore({"device": "cpu", "trainer": {"checkpoint": {"checkpoint_dir": str(tmp_path)}}})
+    torch.manual_seed(0)
+    record = store.create_empty_policy_record("navigation_cpu_e1")
+    record.policy = make_policy(env, "fast_cpu")
+    path = store.save(record).file_path
+    env.close()
+    args = ["--evaluate", path, "--breakdown", "--num-envs", "4", "--eval-episodes", "4", "--seed", "2"]
+    monkeypatch.setattr("sys.argv", ["navigation_cpu.py", *args])
+    recipe.main()
+    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [line["policy"] for line in lines] == ["random", "nearest_altar", path]
+    infos = recipe.play("nearest_altar", 4, 3, 4)
+    scripted = lines[1]
+    assert scripted["eval_seed"] == 3 and scripted == {
+        "policy": "nearest_altar",
+        "eval_seed": 3,
+        **recipe.breakdown(infos),
+    }
+    assert scripted["episode_reward"] == recipe.evaluate("nearest_altar", 4, 3, 4)
+    for line in lines:
+        # Every episode has one size label; a label's score is the mean over its episodes.
+        assert sum(line["episodes"].get(size, 0) for size in ("small", "medium", "large")) == 4
+        assert line["agent"]["action.move.success"] + line["agent"].get("action.move.failed", 0) > 0
+    for label, n in scripted["episodes"].items():
+        rewards = [info["episode_reward"] for info in infos if f"map_reward/{label}" in info]
+        assert len(rewards) == n and scripted["map_reward"][label] == pytest.approx(sum(rewards) / n)
+
+    monkeypatch.setattr("sys.argv", ["navigation_cpu.py", "--breakdown"])
+    with pytest.raises(SystemExit):
+        recipe.main()
+    assert "--breakdown goes with --evaluate" in capsys.readouterr().err
