@@ -217,8 +217,8 @@ def main() -> None:
     parser.add_argument(
         "--breakdown",
         action="store_true",
-        help="with --evaluate: also print, for both baselines and each policy, the mean reward per map label "
-        "(terrain set and size) and the agents' action counts per episode, on the same episodes",
+        help="with --evaluate: print instead, for both baselines and each policy, the mean episode reward, the mean "
+        "reward per map label (terrain set and size) and the agents' action counts per episode, on the same episodes",
     )
     parser.add_argument(
         "--save-every-minutes",
