@@ -235,8 +235,9 @@ def main() -> None:
         parser.error("--breakdown goes with --evaluate POLICY [POLICY ...]")
     if args.evaluate:
         if args.breakdown:
-            for name in (*BASELINES, *args.evaluate):
-                policy = name if name in BASELINES else load_saved(name).policy.eval()
+            policies = [(name, name) for name in BASELINES]
+            policies += [(path, load_saved(path).policy.eval()) for path in args.evaluate]
+            for name, policy in policies:
                 infos = play(policy, args.num_envs, args.seed + 1, args.eval_episodes)
                 print(json.dumps({"policy": name, "eval_seed": args.seed + 1, **breakdown(infos)}), flush=True)
             return
