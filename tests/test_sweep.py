@@ -223,7 +223,9 @@ def shared(tmp_path_factory):
         root / "shared.yaml",
         root / "data",
         trials=3,
-        trial={"agent_steps": 3 * 1024, "reports": 3},
+        # Six epochs: the kill after epoch 1 lands while run.py has epochs left to resume, even when an epoch is
+        # quicker than the kill's delivery (a run stopped by SIGTERM still finishes the epoch it is in).
+        trial={"agent_steps": 6 * 1024, "reports": 3},
         params={LR: {"type": "categorical", "choices": choices}},
         enqueue=[{LR: lr} for lr in choices],
         pruner={"type": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
@@ -261,10 +263,15 @@ def test_two_workers_share_one_study_and_the_killed_ones_trial_resumes(shared):
         assert log.count("sweep shared, trial") == starts  # run.py started once per trial (twice for the resumed)
         found = epochs(sweep_dir / name)
         assert found == list(range(1, len(found) + 1)) and found  # each epoch once
-    assert epochs(sweep_dir / "trial_0000") == epochs(sweep_dir / "trial_0001") == [1, 2, 3]
-    # Pruned: stopped early, or, when its three epochs were quicker than a poll, told so after its run had ended.
+    assert epochs(sweep_dir / "trial_0000") == epochs(sweep_dir / "trial_0001") == [1, 2, 3, 4, 5, 6]
+    # Pruned: stopped early; or, when its epochs were quicker than a poll, told so after its run had ended, or
+    # (the poll falling while run.py was exiting) stopped after its log's last line, "done: epoch 6".
     pruned_log = (sweep_dir / "trial_0002" / "train.log").read_text()
-    assert "stopped by SIGTERM" in pruned_log or "trial 2: pruned at report 1/3, after its run had ended" in out
+    assert (
+        "stopped by SIGTERM" in pruned_log
+        or "trial 2: pruned at report 1/3, after its run had ended" in out
+        or "done: epoch 6," in pruned_log
+    )
     resumed = (sweep_dir / "trial_0001" / "train.log").read_text()
     # The killed worker's run.py got SIGTERM from the kernel, saved after its iteration and exited; then resumed.
     assert "received SIGTERM" in resumed and "resumed from" in resumed
